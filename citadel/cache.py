@@ -1,0 +1,201 @@
+"""Embedding cache: Redis in production, a bounded in-process LRU otherwise.
+
+Keys are ``citadel:embedding:{model}:{sha256 of the exact text}`` and values raw float32 bytes
+with a TTL set at write. A Redis outage makes a run slower, never failed: errors count as misses
+and the cache steps aside for a while before trying Redis again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from citadel.codec import decode_vector, encode_vector
+from citadel.hashing import sha256_text
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "citadel:embedding"
+
+
+def cache_key(model: str, text: str) -> str:
+    """The cache key of ``text`` embedded by ``model``."""
+    return f"{KEY_PREFIX}:{model}:{sha256_text(text)}"
+
+
+@dataclass
+class CacheStats:
+    """Counters of one cache since it was built."""
+
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "errors": self.errors}
+
+
+class EmbeddingCache(Protocol):
+    stats: CacheStats
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class LRUCache:
+    """A bounded in-process cache; the oldest entries go first when it is full."""
+
+    max_items: int = 50_000
+    stats: CacheStats = field(default_factory=CacheStats)
+    _data: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        found: list[bytes | None] = []
+        for key in keys:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            found.append(value)
+        return found
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        if self.max_items <= 0:
+            return
+        for key, value in items:
+            self._data[key] = value
+            self._data.move_to_end(key)
+        while len(self._data) > self.max_items:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisCache:
+    """Redis-backed cache: MGET and pipelined ``SET EX`` in chunks of ``batch`` keys."""
+
+    def __init__(self, url: str, *, ttl_s: int = 30 * 24 * 3600, batch: int = 100, cooldown_s: float = 30.0) -> None:
+        import redis.asyncio as redis
+
+        self.url = url
+        self.ttl_s = ttl_s
+        self.batch = batch
+        self.cooldown_s = cooldown_s
+        self.stats = CacheStats()
+        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._down_until = 0.0
+
+    def _available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, exc: Exception, action: str) -> None:
+        self.stats.errors += 1
+        self._down_until = time.monotonic() + self.cooldown_s
+        log.warning("embedding cache unavailable (%s failed: %s); continuing without it for %.0fs", action, exc, self.cooldown_s)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys or not self._available():
+            return [None] * len(keys)
+        found: list[bytes | None] = []
+        try:
+            for start in range(0, len(keys), self.batch):
+                found.extend(await self._redis.mget(keys[start : start + self.batch]))
+        except Exception as exc:  # noqa: BLE001 - any Redis failure degrades to a miss
+            self._failed(exc, "read")
+            return [None] * len(keys)
+        return found
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        if not items or not self._available():
+            return
+        try:
+            for start in range(0, len(items), self.batch):
+                pipe = self._redis.pipeline(transaction=False)
+                for key, value in items[start : start + self.batch]:
+                    pipe.set(key, value, ex=self.ttl_s)
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc, "write")
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+@dataclass
+class EmbedResult:
+    """Vectors in input order, with how many came from the cache and how many were computed."""
+
+    vectors: np.ndarray
+    cache_hits: int
+    embedded: int
+
+
+class CachedEmbedder:
+    """Embeds through the cache: one batched read, one embedder call for the unique misses, one batched write."""
+
+    def __init__(self, embedder, cache: EmbeddingCache) -> None:  # noqa: ANN001 - any Embedder
+        self.embedder = embedder
+        self.cache = cache
+
+    @property
+    def model(self) -> str:
+        return self.embedder.model
+
+    @property
+    def dimensions(self) -> int:
+        return self.embedder.dimensions
+
+    async def embed(self, texts: Sequence[str]) -> EmbedResult:
+        dims = self.embedder.dimensions
+        vectors = np.zeros((len(texts), dims), dtype=np.float32)
+        keys = [cache_key(self.embedder.model, text) for text in texts]
+        cached = await self.cache.get_many(keys)
+        missing: dict[str, list[int]] = {}
+        hits = 0
+        for row, (key, value) in enumerate(zip(keys, cached)):
+            if value is not None:
+                try:
+                    vectors[row] = decode_vector(value, dims)
+                    hits += 1
+                    continue
+                except ValueError:
+                    pass  # a corrupt or foreign value is a miss, rewritten below
+            missing.setdefault(key, []).append(row)
+        self.cache.stats.hits += hits
+        self.cache.stats.misses += len(texts) - hits
+        if missing:
+            first_rows = [rows[0] for rows in missing.values()]
+            computed = await self.embedder.embed([texts[row] for row in first_rows])
+            writes: list[tuple[str, bytes]] = []
+            for (key, rows), vector in zip(missing.items(), computed):
+                vectors[rows] = vector
+                writes.append((key, encode_vector(vector)))
+            await self.cache.set_many(writes)
+        return EmbedResult(vectors, hits, len(missing))
+
+
+def build_cache(redis_url: str | None, *, ttl_s: int, lru_size: int) -> EmbeddingCache:
+    """Redis when a URL is configured, else the in-process LRU."""
+    if redis_url:
+        return RedisCache(redis_url, ttl_s=ttl_s)
+    return LRUCache(max_items=lru_size)

@@ -1,0 +1,87 @@
+"""Deterministic chunking that prefers paragraph, then sentence, then word boundaries.
+
+Every chunk is an exact slice ``text[start:end]``; consecutive chunks touch or overlap, so the
+chunks together always cover the whole text and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from citadel.hashing import sha256_text
+
+_SENTENCE_END = re.compile(r"[.!?;:][\"')\]]*\s+|\n")
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One slice of a document: its position, the exact text and where it came from."""
+
+    index: int
+    text: str
+    start: int
+    end: int
+
+    @property
+    def hash(self) -> str:
+        return sha256_text(self.text)
+
+
+def _last_match_end(pattern: re.Pattern[str], text: str, lo: int, hi: int) -> int:
+    """End offset of the last match of ``pattern`` inside ``text[lo:hi]``, or -1."""
+    best = -1
+    for match in pattern.finditer(text, lo, hi):
+        best = match.end()
+    return best
+
+
+def _cut(text: str, start: int, size: int) -> int:
+    """Where the chunk beginning at ``start`` should end: the best boundary within ``size``."""
+    limit = start + size
+    if limit >= len(text):
+        return len(text)
+    floor = start + max(1, size // 2)  # never cut so early that chunks become tiny
+    paragraph = text.rfind("\n\n", floor, limit)
+    if paragraph != -1:
+        return paragraph + 2
+    sentence = _last_match_end(_SENTENCE_END, text, floor, limit)
+    if sentence > floor:
+        return sentence
+    word = _last_match_end(_WHITESPACE, text, floor, limit)
+    if word > floor:
+        return word
+    return limit
+
+
+def _overlap_start(text: str, start: int, end: int, overlap: int) -> int:
+    """Start of the next chunk: ``overlap`` characters back from ``end``, moved to a word start."""
+    if overlap <= 0 or end >= len(text):
+        return end
+    candidate = max(start + 1, end - overlap)
+    space = text.find(" ", candidate, end)
+    if space != -1 and space + 1 < end:
+        return space + 1
+    return candidate
+
+
+def chunk_text(text: str, size: int = 1000, overlap: int = 100) -> list[Chunk]:
+    """Split ``text`` into chunks of at most ``size`` characters overlapping by up to ``overlap``.
+
+    >>> [c.text for c in chunk_text("one. two. three.", size=10, overlap=0)]
+    ['one. two. ', 'three.']
+    """
+    if size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {size}")
+    if not 0 <= overlap < size:
+        raise ValueError(f"chunk overlap must be between 0 and size - 1 ({size - 1}), got {overlap}")
+    chunks: list[Chunk] = []
+    start = 0
+    while start < len(text):
+        end = _cut(text, start, size)
+        chunks.append(Chunk(len(chunks), text[start:end], start, end))
+        if end >= len(text):
+            break
+        start = _overlap_start(text, start, end, overlap)
+    return chunks

@@ -1,0 +1,185 @@
+"""Reading a corpus: list a source completely, then stream its documents one file at a time.
+
+A file that cannot become a document (empty, binary, not UTF-8, too large, malformed JSON)
+becomes a :class:`LoadFailure` with its reason instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from citadel.errors import ConfigurationError
+from citadel.hashing import sha256_text
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
+
+
+@dataclass
+class Document:
+    """One text to index, with a stable id and the metadata it carries into the payload."""
+
+    id: str
+    text: str
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content_hash(self) -> str:
+        """Changes when the text or the metadata changes (either one changes the points)."""
+        return sha256_text(self.text + "\x00" + json.dumps(self.metadata, sort_keys=True, default=str))
+
+
+@dataclass
+class LoadFailure:
+    """A document that could not be read, and why."""
+
+    id: str
+    source: str
+    reason: str
+    stage: str = "load"
+
+
+@dataclass
+class SourceListing:
+    """What one source holds. ``complete`` means documents missing from it may be deleted."""
+
+    key: str
+    paths: list[Path]
+    complete: bool
+
+
+def list_source(source: str | os.PathLike[str]) -> SourceListing:
+    """List the supported files of a directory (recursively), a glob pattern or one file."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if any(ch in text for ch in "*?["):
+        pattern = str(path if path.is_absolute() else Path.cwd() / path)
+        paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        return SourceListing(pattern, [p for p in paths if p.suffix.lower() in SUPPORTED_SUFFIXES], True)
+    if not path.exists():
+        raise ConfigurationError(f"path {text!r} does not exist; give a directory, a file or a glob of documents")
+    path = path.resolve()
+    if path.is_file():
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise ConfigurationError(f"{path} is not a supported document ({', '.join(SUPPORTED_SUFFIXES)})")
+        return SourceListing(str(path), [path], True)
+    paths = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    return SourceListing(str(path), paths, True)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    if b"\x00" in data[:8192]:
+        raise ValueError("binary file (contains NUL bytes); only text documents can be indexed")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not valid UTF-8 at byte {exc.start}; convert the file to UTF-8") from exc
+
+
+def _record_document(raw: Any, default_id: str, source: str, where: str) -> Document:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected an object with a 'text' field, got {type(raw).__name__}")
+    text = raw.get("text")
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: missing a string 'text' field")
+    metadata = raw.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where}: 'metadata' must be an object")
+    doc_id = str(raw.get("id") or default_id)
+    return Document(doc_id, text, source, metadata)
+
+
+def _check_text(doc: Document) -> Document | LoadFailure:
+    if not doc.text.strip():
+        return LoadFailure(doc.id, doc.source, "empty document (no text to index)")
+    return doc
+
+
+def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFailure]:
+    """The documents of one file: one for text files, one per record for .json lists and .jsonl."""
+    doc_id = str(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            return [LoadFailure(doc_id, source, f"file is {size} bytes, over the limit of {max_bytes} (CITADEL_MAX_FILE_BYTES)")]
+        text = _decode(path, path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return [LoadFailure(doc_id, source, str(exc))]
+    base_meta = {"path": str(path), "extension": path.suffix.lower()}
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".jsonl"):
+        return [_check_text(Document(doc_id, text, source, base_meta))]
+    out: list[Document | LoadFailure] = []
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            item_id = f"{doc_id}#{number}"
+            try:
+                doc = _record_document(json.loads(line), item_id, source, f"line {number}")
+            except ValueError as exc:
+                out.append(LoadFailure(item_id, source, f"line {number}: {exc}"))
+                continue
+            doc.metadata = {**base_meta, **doc.metadata}
+            if doc.id != item_id:
+                doc.id = f"{doc_id}#{doc.id}"
+            out.append(_check_text(doc))
+        return out or [LoadFailure(doc_id, source, "empty document (no records)")]
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return [LoadFailure(doc_id, source, f"invalid JSON: {exc}")]
+    items = data if isinstance(data, list) else [data]
+    for number, raw in enumerate(items):
+        item_id = doc_id if not isinstance(data, list) else f"{doc_id}#{number}"
+        try:
+            doc = _record_document(raw, item_id, source, f"item {number}")
+        except ValueError as exc:
+            out.append(LoadFailure(item_id, source, str(exc)))
+            continue
+        doc.metadata = {**base_meta, **doc.metadata}
+        if isinstance(data, list) and doc.id != item_id:
+            doc.id = f"{doc_id}#{doc.id}"
+        out.append(_check_text(doc))
+    return out or [LoadFailure(doc_id, source, "empty document (no records)")]
+
+
+def iter_documents(listing: SourceListing, max_bytes: int) -> Iterator[Document | LoadFailure]:
+    """Stream the documents of a listing, reading one file at a time."""
+    for path in listing.paths:
+        yield from load_file(path, listing.key, max_bytes)
+
+
+def documents_from_records(records: Sequence[dict[str, Any]], source: str) -> Iterable[Document | LoadFailure]:
+    """Documents given inline as ``{"id", "text", "metadata"}`` objects."""
+    for number, raw in enumerate(records):
+        try:
+            doc = _record_document(raw, "", source, f"document {number}")
+        except ValueError as exc:
+            yield LoadFailure(str((raw or {}).get("id", f"{source}#{number}")) if isinstance(raw, dict) else f"{source}#{number}", source, str(exc))
+            continue
+        if not doc.id:
+            yield LoadFailure(f"{source}#{number}", source, f"document {number}: missing an 'id'")
+            continue
+        yield _check_text(doc)
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of at most ``size`` items, pulling lazily from ``items``."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,45 @@
+"""Embedders behind one async interface, and the factory that picks one from settings."""
+
+from __future__ import annotations
+
+from citadel.embedders.base import Embedder
+from citadel.embedders.hashing import HashingEmbedder
+from citadel.embedders.models import KNOWN_MODELS, resolve_dimensions
+from citadel.embedders.ollama import OllamaEmbedder
+from citadel.embedders.openai import OpenAIEmbedder
+from citadel.errors import ConfigurationError
+from citadel.settings import Settings
+
+__all__ = [
+    "Embedder",
+    "HashingEmbedder",
+    "KNOWN_MODELS",
+    "OllamaEmbedder",
+    "OpenAIEmbedder",
+    "build_embedder",
+    "resolve_dimensions",
+]
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """The embedder ``settings`` ask for; a bad model or size is a :class:`ConfigurationError`."""
+    common = dict(
+        dimensions=settings.embedding_dimensions,
+        batch_size=settings.embed_batch_size,
+        timeout_s=settings.embed_timeout_s,
+        retries=settings.embed_retries,
+        max_input_chars=settings.max_input_chars,
+    )
+    try:
+        if settings.embedder == "hashing":
+            return HashingEmbedder(dimensions=settings.embedding_dimensions or 384)
+        if settings.embedder == "ollama":
+            return OllamaEmbedder(settings.embedding_model or "nomic-embed-text", settings.ollama_urls, **common)
+        return OpenAIEmbedder(
+            settings.embedding_model or "text-embedding-3-small",
+            [settings.openai_base_url],
+            api_key=settings.openai_api_key,
+            **common,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc

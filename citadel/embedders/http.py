@@ -1,0 +1,184 @@
+"""Shared machinery of embedders that speak HTTP: batching, spreading over servers, retries.
+
+One embedding server embeds one batch at a time, so throughput grows only by spreading
+batches over several base URLs; each URL gets one worker that pulls the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, Sequence
+
+import httpx
+import numpy as np
+
+from citadel.embedders.models import resolve_dimensions
+from citadel.errors import EmbedderError, InputTooLongError
+
+log = logging.getLogger(__name__)
+
+_LENGTH_HINTS = ("context length", "too long", "maximum context", "exceeds", "must have less than", "max_length")
+
+
+def error_message(response: httpx.Response) -> str:
+    """The server's own words: the JSON ``error`` field (or ``error.message``), else the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error", body.get("message", body.get("detail")))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        if error is not None:
+            return str(error)[:500]
+    return str(body)[:500]
+
+
+def looks_like_length_error(status: int, message: str) -> bool:
+    lowered = message.lower()
+    return status in (400, 413, 422) and any(hint in lowered for hint in _LENGTH_HINTS)
+
+
+class HttpEmbedder:
+    """Base class: subclasses build one request for a batch and parse its response."""
+
+    kind = "http"
+
+    def __init__(
+        self,
+        model: str,
+        urls: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        batch_size: int = 64,
+        timeout_s: float = 60.0,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        max_input_chars: int = 8000,
+        headers: dict[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one base URL is needed")
+        self.model = model
+        self.dimensions = resolve_dimensions(model, dimensions)
+        self.urls = [url.rstrip("/") for url in urls]
+        self.batch_size = batch_size
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_input_chars = max_input_chars
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            headers=headers or {},
+            transport=transport,
+        )
+        self.requests = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # subclasses -------------------------------------------------------------------------
+    async def _request_batch(self, url: str, texts: list[str]) -> list[list[float]]:
+        raise NotImplementedError
+
+    # shared -----------------------------------------------------------------------------
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request with retries on connection errors, 429 and 5xx; never on other 4xx."""
+        attempt = 0
+        while True:
+            try:
+                self.requests += 1
+                response = await self._client.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt >= self.retries:
+                    raise EmbedderError(
+                        f"cannot reach embedding server {url}: {exc!r}; is it running?", transient=True
+                    ) from exc
+                await self._sleep(attempt, None)
+                attempt += 1
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                if attempt >= self.retries:
+                    raise EmbedderError(
+                        f"embedding server {url} answered {response.status_code}: {error_message(response)}",
+                        status=response.status_code,
+                        transient=True,
+                    )
+                await self._sleep(attempt, response.headers.get("retry-after"))
+                attempt += 1
+                continue
+            return response
+
+    async def _sleep(self, attempt: int, retry_after: str | None) -> None:
+        """Exponential backoff with full jitter; honour a numeric Retry-After when given."""
+        delay = self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0)
+        if retry_after:
+            try:
+                delay = max(delay, min(float(retry_after), 60.0))
+            except ValueError:
+                pass
+        await asyncio.sleep(delay)
+
+    def _raise_for(self, response: httpx.Response, url: str) -> None:
+        if response.status_code < 400:
+            return
+        message = error_message(response)
+        if looks_like_length_error(response.status_code, message):
+            raise InputTooLongError(f"{url}: {message}", status=response.status_code)
+        raise EmbedderError(
+            f"embedding server {url} answered {response.status_code}: {message}", status=response.status_code
+        )
+
+    def _check_vectors(self, vectors: list[list[float]], expected: int) -> np.ndarray:
+        if len(vectors) != expected:
+            raise EmbedderError(f"server returned {len(vectors)} vectors for {expected} inputs")
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape[1] != self.dimensions:
+            got = matrix.shape[1] if matrix.ndim == 2 else "ragged"
+            raise EmbedderError(
+                f"model {self.model} returned {got}-dimensional vectors, expected {self.dimensions}; "
+                "set CITADEL_EMBEDDING_DIMENSIONS to the model's real size"
+            )
+        return matrix
+
+    async def _embed_with_halving(self, url: str, texts: list[str]) -> np.ndarray:
+        """Embed a batch; when the server rejects it for length, halve it, and at one text truncate it."""
+        try:
+            return self._check_vectors(await self._request_batch(url, texts), len(texts))
+        except InputTooLongError:
+            if len(texts) > 1:
+                middle = len(texts) // 2
+                left = await self._embed_with_halving(url, texts[:middle])
+                right = await self._embed_with_halving(url, texts[middle:])
+                return np.vstack([left, right])
+            text = texts[0]
+            if len(text) <= 16:
+                raise
+            log.warning("input of %d characters too long for %s; truncating to half", len(text), self.model)
+            return await self._embed_with_halving(url, [text[: len(text) // 2]])
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        prepared = [text[: self.max_input_chars] for text in texts]
+        batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
+        results: list[np.ndarray | None] = [None] * len(batches)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(len(batches)):
+            queue.put_nowait(index)
+
+        async def worker(url: str) -> None:
+            while not queue.empty():
+                index = queue.get_nowait()
+                results[index] = await self._embed_with_halving(url, batches[index])
+
+        workers = [asyncio.create_task(worker(url)) for url in self.urls[: len(batches)]]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+        return np.vstack(results)  # type: ignore[arg-type]

@@ -1,0 +1,51 @@
+"""Error types that say what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class CitadelError(Exception):
+    """Base class of every error Citadel raises on purpose."""
+
+
+class ConfigurationError(CitadelError, ValueError):
+    """Bad settings or usage: fix the configuration and run again (never retried)."""
+
+
+class CollectionMismatchError(ConfigurationError):
+    """A collection holds vectors of another model or size; mixing them would corrupt search."""
+
+
+class DocumentError(CitadelError):
+    """One document cannot be indexed; it goes to the dead letters and the run goes on."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+class EmbedderError(CitadelError):
+    """An embedding server answered with an error.
+
+    ``status`` is the HTTP status (None for connection failures); ``transient`` says whether
+    retrying the same request later may succeed (connection errors, 429 and 5xx).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+        self.message = message
+
+
+class InputTooLongError(EmbedderError):
+    """The server rejected an input as longer than the model's context."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the failed operation later may succeed."""
+    if isinstance(exc, EmbedderError):
+        return exc.transient
+    if isinstance(exc, (ConfigurationError, DocumentError, ValueError, TypeError, KeyError)):
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError))

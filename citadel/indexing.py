@@ -1,0 +1,269 @@
+"""Incremental, idempotent indexing of document batches: plan, embed, write, prune.
+
+Each step takes a whole batch. The order of writes makes a run killed at any point safe to run
+again: pending intents in the registry, then points in the store, then the registry marks the
+documents indexed. Unchanged documents are skipped by content hash without touching the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from citadel.chunking import chunk_text
+from citadel.documents import Document, LoadFailure
+from citadel.errors import EmbedderError
+from citadel.hashing import point_id
+from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry
+from citadel.resources import Resources
+
+
+@dataclass
+class PlannedDocument:
+    """A new or changed document: its chunks, and which of them need a vector computed."""
+
+    record: DocumentRecord
+    is_new: bool
+    texts: list[str]
+    payloads: list[dict[str, Any]]
+    reuse: dict[int, str] = field(default_factory=dict)  # chunk position -> old point id with the same text
+    stale: list[str] = field(default_factory=list)  # point ids to delete once the new ones are stored
+
+
+@dataclass
+class BatchPlan:
+    """What one batch of documents needs."""
+
+    documents: list[PlannedDocument] = field(default_factory=list)
+    unchanged: int = 0
+    failures: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(len(d.texts) for d in self.documents)
+
+
+@dataclass
+class EmbeddedBatch:
+    """A plan with a vector for every chunk of every document that could be embedded."""
+
+    plan: BatchPlan
+    vectors: list[np.ndarray]
+    chunks_embedded: int = 0
+    cache_hits: int = 0
+    chunks_reused: int = 0
+
+
+@dataclass
+class RunCounts:
+    """Totals of one indexing run; ``as_summary`` is the shape the CLI prints."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: int = 0
+    chunks_embedded: int = 0
+    chunks_written: int = 0
+    chunks_reused: int = 0
+    cache_hits: int = 0
+
+    def add_written(self, written: "WriteResult") -> None:
+        self.added += written.added
+        self.updated += written.updated
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class WriteResult:
+    added: int = 0
+    updated: int = 0
+    chunks_written: int = 0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+async def plan_batch(
+    registry: Registry,
+    collection: str,
+    model: str,
+    items: Sequence[Document | LoadFailure],
+    *,
+    chunk_size: int,
+    chunk_overlap: int,
+    full: bool = False,
+) -> BatchPlan:
+    """Split a batch into unchanged, failed and to-index documents, chunking only what changed."""
+    plan = BatchPlan()
+    docs: list[Document] = []
+    for item in items:
+        if isinstance(item, LoadFailure):
+            plan.failures.append(DeadLetter(item.id, item.source, item.stage, item.reason))
+        else:
+            docs.append(item)
+    stored = await registry.get_documents(collection, [d.id for d in docs])
+    changed: list[tuple[Document, str]] = []
+    for doc in docs:
+        content_hash = doc.content_hash
+        known = stored.get(doc.id)
+        if not full and known is not None and known.status == "indexed" and known.content_hash == content_hash:
+            plan.unchanged += 1
+        else:
+            changed.append((doc, content_hash))
+    if not changed:
+        return plan
+    old_chunks = await registry.get_chunks(collection, [doc.id for doc, _ in changed])
+    indexed_at = _now()
+    for doc, content_hash in changed:
+        pieces = chunk_text(doc.text, chunk_size, chunk_overlap)
+        rows = [ChunkRow(point_id(collection, doc.id, c.index, c.hash), c.index, c.hash) for c in pieces]
+        old = old_chunks.get(doc.id, [])
+        new_ids = {row.point_id for row in rows}
+        by_hash = {c.chunk_hash: c.point_id for c in old if c.state == "indexed"}
+        planned = PlannedDocument(
+            record=DocumentRecord(doc.id, doc.source, content_hash, rows),
+            is_new=doc.id not in stored or stored[doc.id].status != "indexed",
+            texts=[c.text for c in pieces],
+            payloads=[
+                {
+                    "document_id": doc.id,
+                    "source": doc.source,
+                    "chunk_index": c.index,
+                    "text": c.text,
+                    "chunk_hash": c.hash,
+                    "model": model,
+                    "indexed_at": indexed_at,
+                    "metadata": doc.metadata,
+                }
+                for c in pieces
+            ],
+            reuse={} if full else {c.index: by_hash[c.hash] for c in pieces if c.hash in by_hash},
+            stale=[c.point_id for c in old if c.point_id not in new_ids],
+        )
+        plan.documents.append(planned)
+    return plan
+
+
+async def _embed_texts(resources: Resources, texts: list[str]) -> tuple[np.ndarray, int, int]:
+    result = await resources.cached_embedder.embed(texts)
+    return result.vectors, result.embedded, result.cache_hits
+
+
+async def embed_plan(resources: Resources, plan: BatchPlan, collection: str) -> EmbeddedBatch:
+    """Vectors for every planned chunk: reused from the store when the same text was indexed, else
+    through the cache. A document the embedder rejects goes to the dead letters, not the batch."""
+    reuse_ids = [pid for doc in plan.documents for pid in doc.reuse.values()]
+    reused = await resources.store.retrieve_vectors(collection, reuse_ids) if reuse_ids else {}
+    batch = EmbeddedBatch(plan, [])
+    wanted: list[tuple[int, int]] = []  # (document index, chunk position) needing the embedder
+    for d_index, doc in enumerate(plan.documents):
+        vectors = np.zeros((len(doc.texts), resources.embedder.dimensions), dtype=np.float32)
+        for position in range(len(doc.texts)):
+            old = doc.reuse.get(position)
+            if old is not None and old in reused:
+                vectors[position] = reused[old]
+                batch.chunks_reused += 1
+            else:
+                wanted.append((d_index, position))
+        batch.vectors.append(vectors)
+    if not wanted:
+        return batch
+    try:
+        matrix, embedded, hits = await _embed_texts(resources, [plan.documents[d].texts[p] for d, p in wanted])
+    except EmbedderError as exc:
+        if exc.transient:
+            raise  # the whole backend is down: let the task retry
+        return await _embed_documents_one_by_one(resources, batch, wanted)
+    for (d_index, position), vector in zip(wanted, matrix):
+        batch.vectors[d_index][position] = vector
+    batch.chunks_embedded += embedded
+    batch.cache_hits += hits
+    return batch
+
+
+async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch, wanted: list[tuple[int, int]]) -> EmbeddedBatch:
+    """Isolate the documents that make the embedder fail, so the rest of the batch goes through."""
+    per_doc: dict[int, list[int]] = {}
+    for d_index, position in wanted:
+        per_doc.setdefault(d_index, []).append(position)
+    failed: set[int] = set()
+    for d_index, positions in per_doc.items():
+        doc = batch.plan.documents[d_index]
+        try:
+            matrix, embedded, hits = await _embed_texts(resources, [doc.texts[p] for p in positions])
+        except EmbedderError as exc:
+            if exc.transient:
+                raise
+            failed.add(d_index)
+            batch.plan.failures.append(DeadLetter(doc.record.id, doc.record.source, "embed", exc.message))
+            continue
+        for position, vector in zip(positions, matrix):
+            batch.vectors[d_index][position] = vector
+        batch.chunks_embedded += embedded
+        batch.cache_hits += hits
+    if failed:
+        batch.plan.documents = [d for i, d in enumerate(batch.plan.documents) if i not in failed]
+        batch.vectors = [v for i, v in enumerate(batch.vectors) if i not in failed]
+    return batch
+
+
+async def write_batch(resources: Resources, batch: EmbeddedBatch, collection: str) -> WriteResult:
+    """Store the points, delete the ones they replace, then record the documents as indexed."""
+    registry = await resources.registry()
+    model = resources.embedder.model
+    plan = batch.plan
+    result = WriteResult()
+    if plan.documents:
+        store = resources.store
+        await store.ensure_collection(collection, resources.embedder.dimensions, model)
+        records = [d.record for d in plan.documents]
+        await registry.write_intent(collection, model, records)
+        ids = [row.point_id for d in plan.documents for row in d.record.chunks]
+        payloads = [p for d in plan.documents for p in d.payloads]
+        vectors = np.vstack(batch.vectors) if batch.vectors else np.zeros((0, resources.embedder.dimensions))
+        await store.upsert(collection, ids, vectors, payloads)
+        await store.delete(collection, [pid for d in plan.documents for pid in d.stale])
+        await registry.commit_documents(collection, model, records)
+        result.chunks_written = len(ids)
+        result.added = sum(1 for d in plan.documents if d.is_new)
+        result.updated = len(plan.documents) - result.added
+    await registry.record_dead_letters(collection, plan.failures)
+    return result
+
+
+async def delete_documents(resources: Resources, collection: str, document_ids: Sequence[str]) -> int:
+    """Remove documents' points from the store, then from the registry (safe to repeat)."""
+    if not document_ids:
+        return 0
+    registry = await resources.registry()
+    await resources.store.delete(collection, await registry.point_ids(collection, document_ids))
+    await registry.delete_documents(collection, document_ids)
+    return len(document_ids)
+
+
+async def find_gone_documents(registry: Registry, collection: str, source: str, seen: set[str]) -> list[str]:
+    """Registered documents of ``source`` that its complete listing no longer holds."""
+    gone: list[str] = []
+    async for page in registry.iter_document_ids(collection, source):
+        gone.extend(doc_id for doc_id in page if doc_id not in seen)
+    return gone
+
+
+async def prepare_collection(resources: Resources, collection: str) -> None:
+    """Refuse a collection of another model or size before anything is written.
+
+    The registry answers without opening the store; only a collection it has never seen is
+    checked against (and created in) the store itself.
+    """
+    registry = await resources.registry()
+    embedder = resources.embedder
+    if await registry.collection(collection) is None:
+        await resources.store.ensure_collection(collection, embedder.dimensions, embedder.model)
+    await registry.ensure_collection(collection, embedder.model, embedder.dimensions)

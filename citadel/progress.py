@@ -1,0 +1,22 @@
+"""A progress hook: long work reports to whoever listens (the CLI draws a bar), or to no one."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Callable
+
+ProgressCallback = Callable[[int, int, str], None]
+"""Called with (done, total, description)."""
+
+_listener: ContextVar[ProgressCallback | None] = ContextVar("citadel_progress", default=None)
+
+
+def listen(callback: ProgressCallback | None):  # noqa: ANN201 - returns a reset token
+    """Send progress reports of work started in this context to ``callback``."""
+    return _listener.set(callback)
+
+
+def report(done: int, total: int, description: str = "") -> None:
+    callback = _listener.get()
+    if callback is not None:
+        callback(done, total, description)

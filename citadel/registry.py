@@ -1,0 +1,460 @@
+"""The document registry: what is indexed where, in SQL (Postgres via asyncpg, or a SQLite file).
+
+One code path (SQLAlchemy Core, async) serves both databases. The registry follows the vector
+store, never leads it: before points are written it records their ids as *pending* (a write-ahead
+intent, so a crash can never leave a point the registry does not know), and only after the store
+acknowledged the write does it mark the document indexed with its new content hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from citadel.errors import CollectionMismatchError, ConfigurationError
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "citadel_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+collections = sa.Table(
+    "citadel_collections",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("dimensions", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+documents = sa.Table(
+    "citadel_documents",
+    metadata,
+    sa.Column("collection", sa.String(255), primary_key=True),
+    sa.Column("id", sa.String(1024), primary_key=True),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("chunk_count", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | indexed
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_citadel_documents_source", "collection", "source"),
+)
+
+chunks = sa.Table(
+    "citadel_chunks",
+    metadata,
+    sa.Column("collection", sa.String(255), primary_key=True),
+    sa.Column("point_id", sa.String(36), primary_key=True),
+    sa.Column("document_id", sa.String(1024), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("chunk_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | indexed
+    sa.Index("ix_citadel_chunks_document", "collection", "document_id"),
+)
+
+index_runs = sa.Table(
+    "citadel_index_runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("collection", sa.String(255), nullable=False),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),  # running | completed | failed
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("duration_s", sa.Float),
+    sa.Column("added", sa.Integer, nullable=False, default=0),
+    sa.Column("updated", sa.Integer, nullable=False, default=0),
+    sa.Column("unchanged", sa.Integer, nullable=False, default=0),
+    sa.Column("deleted", sa.Integer, nullable=False, default=0),
+    sa.Column("failed", sa.Integer, nullable=False, default=0),
+    sa.Column("chunks_embedded", sa.Integer, nullable=False, default=0),
+    sa.Column("cache_hits", sa.Integer, nullable=False, default=0),
+)
+
+dead_letters = sa.Table(
+    "citadel_dead_letters",
+    metadata,
+    sa.Column("collection", sa.String(255), primary_key=True),
+    sa.Column("document_id", sa.String(1024), primary_key=True),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_failed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Each entry upgrades the schema from version N-1 to N; version 1 is create_all.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    id: str
+    content_hash: str
+    status: str
+    chunk_count: int
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    point_id: str
+    position: int
+    chunk_hash: str
+    state: str
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    point_id: str
+    position: int
+    chunk_hash: str
+
+
+@dataclass
+class DocumentRecord:
+    """What the registry keeps of one document once its vectors are stored."""
+
+    id: str
+    source: str
+    content_hash: str
+    chunks: list[ChunkRow] = field(default_factory=list)
+
+
+@dataclass
+class DeadLetter:
+    document_id: str
+    source: str
+    stage: str
+    error: str
+
+
+def _chunked(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Registry:
+    """Async access to the registry tables of one database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        try:
+            self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a bad URL is a configuration error
+            raise ConfigurationError(f"bad CITADEL_DATABASE_URL {url!r}: {exc}") from exc
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._ready = False
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _insert(self, table: sa.Table):  # noqa: ANN202 - dialect-specific INSERT with ON CONFLICT
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    async def init(self) -> None:
+        """Create or upgrade the schema (idempotent, safe for concurrent workers on Postgres)."""
+        if self._ready:
+            return
+        if self.url.startswith("sqlite"):
+            path = self.url.split(":///", 1)[-1]
+            if path and path != ":memory:":
+                import pathlib
+
+                pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(724113)"))
+            await conn.run_sync(metadata.create_all)
+            current = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
+            if current is None:
+                await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=utcnow()))
+                current = SCHEMA_VERSION
+            if current > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the registry schema is version {current}, newer than this Citadel ({SCHEMA_VERSION}); upgrade Citadel"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS.get(version, []):
+                    await conn.execute(sa.text(statement))
+                await conn.execute(schema_version.insert().values(version=version, applied_at=utcnow()))
+        self._ready = True
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+    # collections -------------------------------------------------------------------------
+    async def collection(self, name: str) -> tuple[str, int] | None:
+        """The (model, dimensions) of collection ``name``, or None when unknown."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(collections.c.model, collections.c.dimensions).where(collections.c.name == name))).first()
+        return (row.model, row.dimensions) if row else None
+
+    async def ensure_collection(self, name: str, model: str, dimensions: int) -> None:
+        """Remember which model fills ``name``; another model or size is refused before any write."""
+        known = await self.collection(name)
+        if known is None:
+            async with self.engine.begin() as conn:
+                stmt = self._insert(collections).values(name=name, model=model, dimensions=dimensions, created_at=utcnow())
+                await conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+            known = await self.collection(name)
+        assert known is not None
+        if known != (model, dimensions):
+            raise CollectionMismatchError(
+                f"collection {name!r} is indexed with {known[0]} ({known[1]} dimensions), not {model} "
+                f"({dimensions} dimensions); choose another collection or the same embedder"
+            )
+
+    async def forget_collection(self, name: str) -> None:
+        """Drop every registry row of a collection (used by ``--full``)."""
+        async with self.engine.begin() as conn:
+            for table in (chunks, documents, dead_letters):
+                await conn.execute(table.delete().where(table.c.collection == name))
+            await conn.execute(collections.delete().where(collections.c.name == name))
+
+    # documents ---------------------------------------------------------------------------
+    async def get_documents(self, collection: str, ids: Sequence[str]) -> dict[str, StoredDocument]:
+        found: dict[str, StoredDocument] = {}
+        async with self.engine.connect() as conn:
+            for part in _chunked(list(ids)):
+                query = sa.select(documents.c.id, documents.c.content_hash, documents.c.status, documents.c.chunk_count).where(
+                    documents.c.collection == collection, documents.c.id.in_(part)
+                )
+                for row in await conn.execute(query):
+                    found[row.id] = StoredDocument(row.id, row.content_hash, row.status, row.chunk_count)
+        return found
+
+    async def get_chunks(self, collection: str, document_ids: Sequence[str]) -> dict[str, list[StoredChunk]]:
+        found: dict[str, list[StoredChunk]] = {doc_id: [] for doc_id in document_ids}
+        async with self.engine.connect() as conn:
+            for part in _chunked(list(document_ids)):
+                query = sa.select(chunks).where(chunks.c.collection == collection, chunks.c.document_id.in_(part))
+                for row in await conn.execute(query):
+                    found[row.document_id].append(StoredChunk(row.point_id, row.position, row.chunk_hash, row.state))
+        return found
+
+    async def write_intent(self, collection: str, model: str, records: Sequence[DocumentRecord]) -> None:
+        """Before writing points: mark the documents pending and remember every point id about to exist."""
+        if not records:
+            return
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            doc_rows = [
+                dict(collection=collection, id=r.id, source=r.source, content_hash="", chunk_count=0, model=model,
+                     status="pending", created_at=now, updated_at=now)
+                for r in records
+            ]
+            stmt = self._insert(documents)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["collection", "id"], set_={"status": "pending", "updated_at": stmt.excluded.updated_at}
+                ),
+                doc_rows,
+            )
+            chunk_rows = [
+                dict(collection=collection, point_id=c.point_id, document_id=r.id, position=c.position,
+                     chunk_hash=c.chunk_hash, state="pending")
+                for r in records
+                for c in r.chunks
+            ]
+            if chunk_rows:
+                await conn.execute(
+                    self._insert(chunks).on_conflict_do_nothing(index_elements=["collection", "point_id"]), chunk_rows
+                )
+
+    async def commit_documents(self, collection: str, model: str, records: Sequence[DocumentRecord]) -> None:
+        """After the store acknowledged the points: keep exactly these chunks and mark the documents indexed."""
+        if not records:
+            return
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            for record in records:
+                keep = [c.point_id for c in record.chunks]
+                await conn.execute(
+                    chunks.delete().where(
+                        chunks.c.collection == collection,
+                        chunks.c.document_id == record.id,
+                        chunks.c.point_id.not_in(keep) if keep else sa.true(),
+                    )
+                )
+            await conn.execute(
+                chunks.update()
+                .where(chunks.c.collection == collection, chunks.c.document_id.in_([r.id for r in records]))
+                .values(state="indexed")
+            )
+            stmt = self._insert(documents)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["collection", "id"],
+                    set_={
+                        "source": stmt.excluded.source,
+                        "content_hash": stmt.excluded.content_hash,
+                        "chunk_count": stmt.excluded.chunk_count,
+                        "model": stmt.excluded.model,
+                        "status": "indexed",
+                        "updated_at": stmt.excluded.updated_at,
+                    },
+                ),
+                [
+                    dict(collection=collection, id=r.id, source=r.source, content_hash=r.content_hash,
+                         chunk_count=len(r.chunks), model=model, status="indexed", created_at=now, updated_at=now)
+                    for r in records
+                ],
+            )
+            await conn.execute(
+                dead_letters.delete().where(
+                    dead_letters.c.collection == collection, dead_letters.c.document_id.in_([r.id for r in records])
+                )
+            )
+
+    async def iter_document_ids(self, collection: str, source: str, page: int = 5000) -> AsyncIterator[list[str]]:
+        """Ids of the documents registered from ``source``, a page at a time."""
+        last = ""
+        while True:
+            async with self.engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        sa.select(documents.c.id)
+                        .where(documents.c.collection == collection, documents.c.source == source, documents.c.id > last)
+                        .order_by(documents.c.id)
+                        .limit(page)
+                    )
+                ).scalars().all()
+            if not rows:
+                return
+            yield list(rows)
+            last = rows[-1]
+
+    async def point_ids(self, collection: str, document_ids: Sequence[str]) -> list[str]:
+        stored = await self.get_chunks(collection, document_ids)
+        return [c.point_id for doc in stored.values() for c in doc]
+
+    async def delete_documents(self, collection: str, document_ids: Sequence[str]) -> None:
+        """Forget documents whose points are already deleted from the store."""
+        async with self.engine.begin() as conn:
+            for part in _chunked(list(document_ids)):
+                for table in (chunks, documents, dead_letters):
+                    column = table.c.document_id if "document_id" in table.c else table.c.id
+                    await conn.execute(table.delete().where(table.c.collection == collection, column.in_(part)))
+
+    # dead letters ------------------------------------------------------------------------
+    async def record_dead_letters(self, collection: str, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        now = utcnow()
+        stmt = self._insert(dead_letters)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["collection", "document_id"],
+                    set_={
+                        "stage": stmt.excluded.stage,
+                        "error": stmt.excluded.error,
+                        "source": stmt.excluded.source,
+                        "attempts": dead_letters.c.attempts + 1,
+                        "last_failed_at": stmt.excluded.last_failed_at,
+                    },
+                ),
+                [
+                    dict(collection=collection, document_id=l.document_id, source=l.source, stage=l.stage,
+                         error=l.error[:4000], attempts=1, first_failed_at=now, last_failed_at=now)
+                    for l in letters
+                ],
+            )
+
+    async def dead_letters(self, collection: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(dead_letters).order_by(dead_letters.c.last_failed_at.desc()).limit(limit)
+        if collection:
+            query = query.where(dead_letters.c.collection == collection)
+        async with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in await conn.execute(query)]
+
+    # runs --------------------------------------------------------------------------------
+    async def start_run(self, collection: str, source: str, flow_run_id: str | None) -> str:
+        run_id = str(uuid.uuid4())
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                index_runs.insert().values(
+                    id=run_id, collection=collection, source=source[:1024], flow_run_id=flow_run_id,
+                    status="running", started_at=utcnow(),
+                )
+            )
+        return run_id
+
+    async def finish_run(self, run_id: str, status: str, counts: dict[str, Any]) -> None:
+        columns = {"added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "cache_hits", "duration_s"}
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                index_runs.update()
+                .where(index_runs.c.id == run_id)
+                .values(status=status, finished_at=utcnow(), **{k: v for k, v in counts.items() if k in columns})
+            )
+
+    async def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(index_runs).order_by(index_runs.c.started_at.desc()).limit(limit))
+            return [dict(row._mapping) for row in rows]
+
+    # status ------------------------------------------------------------------------------
+    async def collection_stats(self) -> list[dict[str, Any]]:
+        """Per collection: model, size, documents, chunks and dead letters."""
+        async with self.engine.connect() as conn:
+            cols = (await conn.execute(sa.select(collections).order_by(collections.c.name))).all()
+            doc_counts = dict((await conn.execute(
+                sa.select(documents.c.collection, sa.func.count()).where(documents.c.status == "indexed").group_by(documents.c.collection)
+            )).all())
+            chunk_counts = dict((await conn.execute(
+                sa.select(chunks.c.collection, sa.func.count()).group_by(chunks.c.collection)
+            )).all())
+            dead_counts = dict((await conn.execute(
+                sa.select(dead_letters.c.collection, sa.func.count()).group_by(dead_letters.c.collection)
+            )).all())
+        return [
+            {
+                "collection": c.name,
+                "model": c.model,
+                "dimensions": c.dimensions,
+                "documents": doc_counts.get(c.name, 0),
+                "chunks": chunk_counts.get(c.name, 0),
+                "dead_letters": dead_counts.get(c.name, 0),
+            }
+            for c in cols
+        ]
+
+    async def count_chunks(self, collection: str) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(sa.func.count()).select_from(chunks).where(chunks.c.collection == collection))).scalar_one()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

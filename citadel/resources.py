@@ -1,0 +1,78 @@
+"""The backends one run needs, built from settings on first use and closed together.
+
+Nothing is opened until asked for: a run over an unchanged corpus never opens the vector store
+(Qdrant's embedded mode takes seconds and gigabytes to load a large collection).
+"""
+
+from __future__ import annotations
+
+from citadel.cache import CachedEmbedder, EmbeddingCache, build_cache
+from citadel.embedders import Embedder, build_embedder
+from citadel.registry import Registry
+from citadel.settings import Settings
+from citadel.vectorstore import VectorStore
+
+
+class Resources:
+    """Lazily built embedder, cache, registry and vector store of one :class:`Settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._embedder: Embedder | None = None
+        self._cache: EmbeddingCache | None = None
+        self._cached: CachedEmbedder | None = None
+        self._registry: Registry | None = None
+        self._store: VectorStore | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = build_embedder(self.settings)
+        return self._embedder
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        if self._cache is None:
+            s = self.settings
+            self._cache = build_cache(s.redis_url, ttl_s=s.cache_ttl_s, lru_size=s.lru_size)
+        return self._cache
+
+    @property
+    def cached_embedder(self) -> CachedEmbedder:
+        if self._cached is None:
+            self._cached = CachedEmbedder(self.embedder, self.cache)
+        return self._cached
+
+    async def registry(self) -> Registry:
+        if self._registry is None:
+            registry = Registry(self.settings.registry_url)
+            await registry.init()
+            self._registry = registry
+        return self._registry
+
+    @property
+    def store_opened(self) -> bool:
+        return self._store is not None
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            s = self.settings
+            self._store = VectorStore.connect(
+                url=s.qdrant_url,
+                api_key=s.qdrant_api_key.get_secret_value() if s.qdrant_api_key else None,
+                path=s.qdrant_path,
+                batch_size=s.upsert_batch_size,
+            )
+        return self._store
+
+    async def aclose(self) -> None:
+        if self._embedder is not None:
+            await self._embedder.aclose()
+        if self._cache is not None:
+            await self._cache.aclose()
+        if self._registry is not None:
+            await self._registry.aclose()
+        if self._store is not None and self.settings.qdrant_url:
+            self._store.client.close()
+        self._embedder = self._cache = self._cached = self._registry = self._store = None

@@ -1,0 +1,115 @@
+"""Configuration from ``CITADEL_*`` environment variables and a ``.env`` file.
+
+With no setting at all Citadel runs on embedded defaults: the hashing embedder, an in-process
+LRU cache, Qdrant's embedded mode and a SQLite registry under ``CITADEL_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EmbedderKind = Literal["hashing", "ollama", "openai"]
+
+
+class Settings(BaseSettings):
+    """Every knob Citadel reads; each field maps to ``CITADEL_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CITADEL_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path(".citadel"), description="Where embedded-mode state lives.")
+    collection: str = Field("documents", description="Default vector collection.")
+
+    embedder: EmbedderKind = Field("hashing", description="hashing (embedded), ollama or openai.")
+    embedding_model: str | None = Field(None, description="Model name; each embedder has a default.")
+    embedding_dimensions: int | None = Field(None, gt=0, description="Needed for models Citadel does not know.")
+    ollama_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:11434"], description="Comma-separated Ollama base URLs."
+    )
+    openai_base_url: str = Field("http://localhost:8080/v1", description="OpenAI-compatible server base URL.")
+    openai_api_key: SecretStr | None = None
+    embed_batch_size: int = Field(64, gt=0, description="Texts per embedding request.")
+    embed_timeout_s: float = Field(60.0, gt=0)
+    embed_retries: int = Field(4, ge=0)
+    max_input_chars: int = Field(8000, gt=0, description="Longer inputs are truncated before sending.")
+
+    redis_url: str | None = Field(None, description="Embedding cache; unset means an in-process LRU.")
+    cache_ttl_s: int = Field(30 * 24 * 3600, gt=0)
+    lru_size: int = Field(50_000, ge=0)
+
+    qdrant_url: str | None = Field(None, description="Qdrant server; unset means embedded mode under data_dir.")
+    qdrant_api_key: SecretStr | None = None
+    upsert_batch_size: int = Field(128, ge=64, le=256)
+
+    database_url: str | None = Field(None, description="Registry; unset means SQLite under data_dir.")
+
+    chunk_size: int = Field(1000, gt=0)
+    chunk_overlap: int = Field(100, ge=0)
+    max_file_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    document_batch_size: int = Field(64, gt=0, description="Documents per indexing batch.")
+
+    @field_validator("ollama_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ollama_urls")
+    @classmethod
+    def _need_one_url(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("CITADEL_OLLAMA_URLS needs at least one URL, e.g. http://localhost:11434")
+        return [url.rstrip("/") for url in value]
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def registry_url(self) -> str:
+        """The SQLAlchemy async URL of the registry (asyncpg for Postgres, aiosqlite for SQLite)."""
+        url = self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'registry.db').resolve()}"
+        for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix):]
+        if url.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+        return url
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment with ``overrides`` applied on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+class EmbedderConfig(BaseModel):
+    """The non-secret embedder choice a flow run takes as a parameter (secrets stay in the environment)."""
+
+    kind: EmbedderKind | None = None
+    model: str | None = None
+    dimensions: int | None = Field(None, gt=0)
+    urls: list[str] | None = Field(None, description="Ollama base URLs, or the OpenAI-compatible base URL.")
+
+    def apply(self, settings: Settings) -> Settings:
+        """``settings`` with this choice applied on top."""
+        update: dict[str, object] = {}
+        if self.kind:
+            update["embedder"] = self.kind
+        if self.model:
+            update["embedding_model"] = self.model
+        if self.dimensions:
+            update["embedding_dimensions"] = self.dimensions
+        if self.urls:
+            kind = self.kind or settings.embedder
+            update["ollama_urls" if kind == "ollama" else "openai_base_url"] = self.urls if kind == "ollama" else self.urls[0]
+        return settings.model_copy(update=update)
+
+
+def settings_for(embedder: EmbedderConfig | None = None, **overrides: object) -> Settings:
+    """Settings from the environment, then an embedder choice, then explicit overrides."""
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    return embedder.apply(settings) if embedder else settings

@@ -1,0 +1,200 @@
+"""Qdrant vector store: a server by URL, or embedded mode in a folder (the default).
+
+Collections are created with the embedder's size and model recorded in their metadata; a
+collection of another size or model is refused before anything is written. Writes go in
+batches with deterministic ids, so retrying them never duplicates a point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from qdrant_client import QdrantClient, models
+
+from citadel.errors import CollectionMismatchError, ConfigurationError
+
+# Embedded mode locks its folder to one client per process, so clients are shared by path.
+_LOCAL_CLIENTS: dict[str, QdrantClient] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def local_client(path: Path) -> QdrantClient:
+    """The process-wide embedded-mode client of ``path``."""
+    key = str(path.resolve())
+    with _LOCAL_LOCK:
+        client = _LOCAL_CLIENTS.get(key)
+        if client is None:
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                client = QdrantClient(path=key)
+            except RuntimeError as exc:
+                raise ConfigurationError(
+                    f"the embedded vector store at {key} is in use by another process; "
+                    "stop it or point CITADEL_QDRANT_URL at a Qdrant server"
+                ) from exc
+            _LOCAL_CLIENTS[key] = client
+        return client
+
+
+def close_local_clients() -> None:
+    """Close every embedded-mode client (tests and process exit)."""
+    with _LOCAL_LOCK:
+        for client in _LOCAL_CLIENTS.values():
+            client.close()
+        _LOCAL_CLIENTS.clear()
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        payload = dict(self.payload)
+        return {
+            "score": self.score,
+            "id": self.id,
+            "document_id": payload.pop("document_id", None),
+            "chunk_index": payload.pop("chunk_index", None),
+            "text": payload.pop("text", None),
+            "source": payload.pop("source", None),
+            **{"payload": payload},
+        }
+
+
+class VectorStore:
+    """Thin, batched, async-friendly wrapper over one Qdrant client.
+
+    The client is synchronous (embedded mode is pure Python), so every call runs in a worker
+    thread and never blocks the event loop.
+    """
+
+    def __init__(self, client: QdrantClient, *, batch_size: int = 128, is_server: bool = False) -> None:
+        self.client = client
+        self.is_server = is_server
+        self.batch_size = batch_size
+        self._checked: set[str] = set()
+
+    @classmethod
+    def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
+        if url:
+            return cls(QdrantClient(url=url, api_key=api_key, timeout=60), batch_size=batch_size, is_server=True)
+        return cls(local_client(path), batch_size=batch_size)
+
+    async def _run(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # collections -------------------------------------------------------------------------
+    def _ensure_collection_sync(self, name: str, dimensions: int, model: str) -> None:
+        if not self.client.collection_exists(name):
+            self.client.create_collection(
+                name,
+                vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE),
+                metadata={"model": model, "dimensions": dimensions, "created_by": "citadel"},
+            )
+            if self.is_server:  # embedded mode has no payload indexes; on a server they speed up filters
+                for field in ("document_id", "source"):
+                    self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+            return
+        info = self.client.get_collection(name)
+        vectors = info.config.params.vectors
+        size = vectors.size if isinstance(vectors, models.VectorParams) else None
+        stored_model = (info.config.metadata or {}).get("model")
+        if size != dimensions:
+            raise CollectionMismatchError(
+                f"collection {name!r} holds {size}-dimensional vectors but the embedder {model} makes "
+                f"{dimensions}; use another collection (--collection) or the collection's own model"
+            )
+        if stored_model and stored_model != model:
+            raise CollectionMismatchError(
+                f"collection {name!r} was built with model {stored_model!r}, not {model!r}; "
+                "vectors of different models cannot be searched together: use another collection"
+            )
+
+    async def ensure_collection(self, name: str, dimensions: int, model: str) -> None:
+        """Create ``name`` if missing; refuse one of another size or model."""
+        if name in self._checked:
+            return
+        await self._run(self._ensure_collection_sync, name, dimensions, model)
+        self._checked.add(name)
+
+    async def collection_exists(self, name: str) -> bool:
+        return await self._run(self.client.collection_exists, name)
+
+    async def count(self, name: str) -> int:
+        if not await self.collection_exists(name):
+            return 0
+        return (await self._run(self.client.count, name, exact=True)).count
+
+    # points ------------------------------------------------------------------------------
+    def _upsert_sync(self, name: str, ids: Sequence[str], vectors: Sequence[Any], payloads: Sequence[dict]) -> None:
+        for start in range(0, len(ids), self.batch_size):
+            end = start + self.batch_size
+            batch = models.Batch(
+                ids=list(ids[start:end]),
+                vectors=[list(map(float, v)) for v in vectors[start:end]],
+                payloads=list(payloads[start:end]),
+            )
+            self.client.upsert(name, points=batch, wait=True)
+
+    async def upsert(self, name: str, ids: Sequence[str], vectors: Sequence[Any], payloads: Sequence[dict]) -> None:
+        """Write points in batches and return once the store acknowledged every batch."""
+        if ids:
+            await self._run(self._upsert_sync, name, ids, vectors, payloads)
+
+    def _delete_sync(self, name: str, ids: Sequence[str]) -> None:
+        if not self.client.collection_exists(name):
+            return
+        for start in range(0, len(ids), self.batch_size * 4):
+            selector = models.PointIdsList(points=list(ids[start : start + self.batch_size * 4]))
+            self.client.delete(name, points_selector=selector, wait=True)
+
+    async def delete(self, name: str, ids: Sequence[str]) -> None:
+        """Delete points by id (the registry knows them; a filter scan would be slow in embedded mode)."""
+        if ids:
+            await self._run(self._delete_sync, name, ids)
+
+    async def retrieve_vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
+        """Stored vectors by point id, for reusing them instead of embedding a moved chunk again."""
+        if not ids:
+            return {}
+        records = await self._run(self.client.retrieve, name, ids=list(ids), with_vectors=True, with_payload=False)
+        return {str(record.id): record.vector for record in records if isinstance(record.vector, list)}
+
+    async def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        *,
+        limit: int = 10,
+        score_threshold: float | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        """Nearest points to ``vector``; ``filters`` match payload fields exactly (a list means any of)."""
+        if not await self.collection_exists(name):
+            raise ConfigurationError(f"collection {name!r} does not exist yet; index something into it first")
+        conditions = []
+        for key, value in (filters or {}).items():
+            match = models.MatchAny(any=list(value)) if isinstance(value, (list, tuple)) else models.MatchValue(value=value)
+            conditions.append(models.FieldCondition(key=key, match=match))
+        response = await self._run(
+            self.client.query_points,
+            name,
+            query=[float(x) for x in vector],
+            limit=limit,
+            score_threshold=score_threshold,
+            query_filter=models.Filter(must=conditions) if conditions else None,
+            with_payload=True,
+        )
+        return [Hit(str(point.id), float(point.score), point.payload or {}) for point in response.points]
+
+    async def delete_collection(self, name: str) -> None:
+        await self._run(self.client.delete_collection, name)
+        self._checked.discard(name)

@@ -1,0 +1,1 @@
+"""Prefect flows: each composes tasks into one workflow, one flow per module."""

@@ -1,0 +1,42 @@
+"""Embedding tasks for texts and queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+from citadel.settings import Settings
+from tasks.resources import get_resources
+from tasks.retry import RETRYING
+
+
+@task(name="embed-texts", cache_policy=NO_CACHE, **RETRYING)
+async def embed_texts_task(settings: Settings, texts: list[str]) -> dict:
+    """Vectors for ``texts`` through the embedding cache (the cache, not Prefect, reuses them)."""
+    resources = get_resources(settings)
+    result = await resources.cached_embedder.embed(texts)
+    return {
+        "model": resources.embedder.model,
+        "dimensions": resources.embedder.dimensions,
+        "vectors": result.vectors.tolist(),
+        "cache_hits": result.cache_hits,
+        "embedded": result.embedded,
+    }
+
+
+@task(
+    name="embed-query",
+    # A query's vector depends only on the query, the model and this code: reuse it across runs
+    # for a day. Results are stored as JSON, never pickle, so a shared result store cannot run code.
+    cache_policy=(INPUTS + TASK_SOURCE) - "settings",
+    cache_key_fn=None,
+    cache_expiration=timedelta(days=1),
+    result_serializer="json",
+    **RETRYING,
+)
+async def embed_query(settings: Settings, query: str, model: str) -> list[float]:
+    """The vector of one search query; ``model`` is part of the cache key, the settings are not."""
+    result = await get_resources(settings).cached_embedder.embed([query])
+    return [float(x) for x in result.vectors[0]]

@@ -1,0 +1,61 @@
+"""Indexing tasks, one per step, each over a whole batch of documents.
+
+None of them caches across runs (``NO_CACHE`` on purpose): they read or change external state,
+and per-text reuse is the embedding cache's job, which is finer grained than a task cache.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from citadel import indexing
+from citadel.documents import Document, LoadFailure
+from citadel.settings import Settings
+from tasks.resources import get_resources
+from tasks.retry import RETRYING
+
+
+@task(name="prepare-collection", cache_policy=NO_CACHE, **RETRYING)
+async def prepare_collection(settings: Settings, collection: str) -> None:
+    """Create the collection or refuse it when it holds another model's vectors."""
+    await indexing.prepare_collection(get_resources(settings), collection)
+
+
+@task(name="plan-batch", cache_policy=NO_CACHE, **RETRYING)
+async def plan_batch(
+    settings: Settings, collection: str, items: Sequence[Document | LoadFailure], full: bool = False
+) -> indexing.BatchPlan:
+    """Chunk the new and changed documents of a batch; count the unchanged ones."""
+    resources = get_resources(settings)
+    return await indexing.plan_batch(
+        await resources.registry(),
+        collection,
+        resources.embedder.model,
+        items,
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
+        full=full,
+    )
+
+
+@task(name="embed-chunks", cache_policy=NO_CACHE, **RETRYING)
+async def embed_chunks(settings: Settings, collection: str, plan: indexing.BatchPlan) -> indexing.EmbeddedBatch:
+    """Vectors for a batch's chunks through the embedding cache."""
+    return await indexing.embed_plan(get_resources(settings), plan, collection)
+
+
+@task(name="write-batch", cache_policy=NO_CACHE, **RETRYING)
+async def write_batch(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> indexing.WriteResult:
+    """Upsert the points, delete replaced ones, then record the documents in the registry."""
+    return await indexing.write_batch(get_resources(settings), batch, collection)
+
+
+@task(name="delete-stale-documents", cache_policy=NO_CACHE, **RETRYING)
+async def delete_stale_documents(settings: Settings, collection: str, source: str, seen: set[str]) -> int:
+    """Delete the vectors and records of documents gone from a completely listed source."""
+    resources = get_resources(settings)
+    gone = await indexing.find_gone_documents(await resources.registry(), collection, source, seen)
+    return await indexing.delete_documents(resources, collection, gone)
