@@ -8,6 +8,7 @@ batches with deterministic ids, so retrying them never duplicates a point.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,9 @@ def local_client(path: Path) -> QdrantClient:
         return client
 
 
+@atexit.register
 def close_local_clients() -> None:
-    """Close every embedded-mode client (tests and process exit)."""
+    """Close every embedded-mode client; at exit, before the interpreter tears down its modules."""
     with _LOCAL_LOCK:
         for client in _LOCAL_CLIENTS.values():
             client.close()

@@ -1,0 +1,69 @@
+"""Health checks of every configured backend, each with the fix when it fails."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Awaitable, Callable
+
+import httpx
+
+from citadel.resources import Resources
+from citadel.settings import Settings
+
+
+async def _check(name: str, probe: Callable[[], Awaitable[str]], fix: str) -> dict[str, Any]:
+    try:
+        return {"name": name, "ok": True, "detail": await probe(), "fix": ""}
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, none raised
+        return {"name": name, "ok": False, "detail": f"{type(exc).__name__}: {exc}", "fix": fix}
+
+
+async def run_checks(settings: Settings) -> list[dict[str, Any]]:
+    """Check the embedder, the cache, the registry, the vector store and the Prefect API."""
+    resources = Resources(settings)
+    results: list[dict[str, Any]] = []
+    try:
+        async def embedder() -> str:
+            e = resources.embedder
+            await e.check()
+            return f"{settings.embedder} model {e.model} ({e.dimensions} dimensions)"
+
+        embedder_fix = {
+            "hashing": "nothing to do: the hashing embedder runs in-process",
+            "ollama": f"start Ollama at {', '.join(settings.ollama_urls)} and `ollama pull {settings.embedding_model or 'nomic-embed-text'}`, or fix CITADEL_OLLAMA_URLS",
+            "openai": f"start the server at {settings.openai_base_url} or fix CITADEL_OPENAI_BASE_URL / CITADEL_OPENAI_API_KEY",
+        }[settings.embedder]
+        results.append(await _check("embedder", embedder, embedder_fix))
+
+        async def cache() -> str:
+            await resources.cache.ping()
+            return f"redis {settings.redis_url}" if settings.redis_url else f"in-process LRU ({settings.lru_size} vectors); set CITADEL_REDIS_URL to share it"
+
+        results.append(await _check("embedding cache", cache, "start Redis or fix CITADEL_REDIS_URL (runs still work without it, slower)"))
+
+        async def registry() -> str:
+            await resources.registry()
+            return settings.registry_url.split("@")[-1]
+
+        results.append(await _check("registry", registry, "start Postgres or fix CITADEL_DATABASE_URL (postgresql://user@host:5432/db)"))
+
+        async def store() -> str:
+            await resources.store._run(resources.store.client.get_collections)
+            return f"qdrant {settings.qdrant_url}" if settings.qdrant_url else f"embedded qdrant at {settings.qdrant_path}"
+
+        results.append(await _check("vector store", store, "start Qdrant or fix CITADEL_QDRANT_URL / CITADEL_QDRANT_API_KEY; embedded mode allows one process per folder"))
+
+        api = os.environ.get("PREFECT_API_URL")
+        if api:
+            async def prefect() -> str:
+                async with httpx.AsyncClient(timeout=5) as client:
+                    response = await client.get(f"{api.rstrip('/')}/health")
+                    response.raise_for_status()
+                return f"Prefect API {api}"
+
+            results.append(await _check("prefect", prefect, "start `prefect server start` or fix PREFECT_API_URL"))
+        else:
+            results.append({"name": "prefect", "ok": True, "detail": "no PREFECT_API_URL: flows run on a temporary local server", "fix": ""})
+    finally:
+        await resources.aclose()
+    return results

@@ -1,0 +1,1 @@
+"""The ``citadel`` command line."""

@@ -1,0 +1,86 @@
+"""Shared fixtures: the real services of this machine, and a private data directory per test.
+
+Services come from the environment with the local defaults; a service that is down is a test
+failure (with the reason), never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REDIS_URL = os.environ.get("CITADEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get("CITADEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the real Redis (database 15, flushed by the tests that need it empty)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # pragma: no cover - only when the machine lacks Redis
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({exc}); start it or set CITADEL_TEST_REDIS_URL")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """URL of the real Postgres; tests isolate themselves with unique collection names."""
+    import asyncio
+
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"), timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # pragma: no cover - only when the machine lacks Postgres
+        pytest.fail(f"Postgres at {POSTGRES_URL} is not reachable ({exc}); start it or set CITADEL_TEST_DATABASE_URL")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh CITADEL_DATA_DIR with every other CITADEL_ setting cleared (embedded defaults)."""
+    for key in list(os.environ):
+        if key.startswith("CITADEL_") and not key.startswith("CITADEL_TEST_"):
+            monkeypatch.delenv(key)
+    directory = tmp_path / "data"
+    monkeypatch.setenv("CITADEL_DATA_DIR", str(directory))
+    monkeypatch.chdir(tmp_path)
+    return directory
+
+
+@pytest.fixture
+def collection_name() -> str:
+    """A collection name no other test uses."""
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the whole session (it takes seconds to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_embedded_stores():
+    yield
+    from citadel.vectorstore import close_local_clients
+
+    close_local_clients()

@@ -1,0 +1,49 @@
+"""Generated corpora and invariant checks shared by flow, CLI and benchmark tests."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from citadel.registry import Registry
+from citadel.settings import Settings
+from citadel.vectorstore import VectorStore
+
+WORDS = (
+    "vector index cache embedding search query document chunk model server batch retry flow task "
+    "registry payload collection cosine similarity latency throughput worker schedule deployment "
+    "paragraph sentence token context window redis qdrant postgres prefect ollama"
+).split()
+
+
+def paragraph(rng: random.Random, words: int = 60) -> str:
+    sentences = []
+    while words > 0:
+        n = min(words, rng.randint(6, 14))
+        sentences.append(" ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + ".")
+        words -= n
+    return " ".join(sentences)
+
+
+def write_corpus(root: Path, files: int, paragraphs: int = 6, seed: int = 7) -> list[Path]:
+    """``files`` markdown documents of ``paragraphs`` paragraphs each, deterministic for a seed."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number in range(files):
+        path = root / f"doc_{number:05d}.md"
+        path.write_text(f"# Document {number}\n\n" + "\n\n".join(paragraph(rng) for _ in range(paragraphs)) + "\n")
+        paths.append(path)
+    return paths
+
+
+async def index_state(settings: Settings, collection: str) -> tuple[int, int]:
+    """(vectors in the store, chunks in the registry) of a collection."""
+    registry = Registry(settings.registry_url)
+    await registry.init()
+    try:
+        chunks = await registry.count_chunks(collection)
+    finally:
+        await registry.aclose()
+    store = VectorStore.connect(url=settings.qdrant_url, api_key=None, path=settings.qdrant_path)
+    return await store.count(collection), chunks
