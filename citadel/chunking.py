@@ -37,12 +37,15 @@ def _last_match_end(pattern: re.Pattern[str], text: str, lo: int, hi: int) -> in
     return best
 
 
-def _cut(text: str, start: int, size: int) -> int:
-    """Where the chunk beginning at ``start`` should end: the best boundary within ``size``."""
+def _cut(text: str, start: int, size: int, min_end: int = 0) -> int:
+    """Where the chunk beginning at ``start`` should end: the best boundary within ``size``.
+
+    ``min_end`` (the previous chunk's end) keeps a chunk from lying inside the one before it.
+    """
     limit = start + size
     if limit >= len(text):
         return len(text)
-    floor = start + max(1, size // 2)  # never cut so early that chunks become tiny
+    floor = max(start + max(1, size // 2), min_end)  # never cut so early that chunks become tiny
     paragraph = text.rfind("\n\n", floor, limit)
     if paragraph != -1:
         return paragraph + 2
@@ -79,7 +82,7 @@ def chunk_text(text: str, size: int = 1000, overlap: int = 100) -> list[Chunk]:
     chunks: list[Chunk] = []
     start = 0
     while start < len(text):
-        end = _cut(text, start, size)
+        end = _cut(text, start, size, chunks[-1].end if chunks else 0)
         chunks.append(Chunk(len(chunks), text[start:end], start, end))
         if end >= len(text):
             break

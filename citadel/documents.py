@@ -94,7 +94,8 @@ def _record_document(raw: Any, default_id: str, source: str, where: str) -> Docu
     metadata = raw.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ValueError(f"{where}: 'metadata' must be an object")
-    doc_id = str(raw.get("id") or default_id)
+    raw_id = raw.get("id")
+    doc_id = default_id if raw_id is None or raw_id == "" else str(raw_id)
     return Document(doc_id, text, source, metadata)
 
 
@@ -126,8 +127,11 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
             item_id = f"{doc_id}#{number}"
             try:
                 doc = _record_document(json.loads(line), item_id, source, f"line {number}")
+            except json.JSONDecodeError as exc:
+                out.append(LoadFailure(item_id, source, f"line {number}: invalid JSON: {exc}"))
+                continue
             except ValueError as exc:
-                out.append(LoadFailure(item_id, source, f"line {number}: {exc}"))
+                out.append(LoadFailure(item_id, source, str(exc)))
                 continue
             doc.metadata = {**base_meta, **doc.metadata}
             if doc.id != item_id:
@@ -147,7 +151,7 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
             out.append(LoadFailure(item_id, source, str(exc)))
             continue
         doc.metadata = {**base_meta, **doc.metadata}
-        if isinstance(data, list) and doc.id != item_id:
+        if doc.id != item_id:  # ids in a file are scoped to that file, so two files never collide
             doc.id = f"{doc_id}#{doc.id}"
         out.append(_check_text(doc))
     return out or [LoadFailure(doc_id, source, "empty document (no records)")]

@@ -21,6 +21,10 @@ from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry
 from citadel.resources import Resources
 
 
+# Statuses that blame the configuration (bad key, unknown model), never one document.
+_BACKEND_MISCONFIGURED = {401, 403, 404}
+
+
 @dataclass
 class PlannedDocument:
     """A new or changed document: its chunks, and which of them need a vector computed."""
@@ -178,8 +182,8 @@ async def embed_plan(resources: Resources, plan: BatchPlan, collection: str) -> 
     try:
         matrix, embedded, hits = await _embed_texts(resources, [plan.documents[d].texts[p] for d, p in wanted])
     except EmbedderError as exc:
-        if exc.transient:
-            raise  # the whole backend is down: let the task retry
+        if exc.transient or exc.status in _BACKEND_MISCONFIGURED:
+            raise  # the backend is down or misconfigured: no document is at fault
         return await _embed_documents_one_by_one(resources, batch, wanted)
     for (d_index, position), vector in zip(wanted, matrix):
         batch.vectors[d_index][position] = vector
@@ -199,7 +203,7 @@ async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch
         try:
             matrix, embedded, hits = await _embed_texts(resources, [doc.texts[p] for p in positions])
         except EmbedderError as exc:
-            if exc.transient:
+            if exc.transient or exc.status in _BACKEND_MISCONFIGURED:
                 raise
             failed.add(d_index)
             batch.plan.failures.append(DeadLetter(doc.record.id, doc.record.source, "embed", exc.message))

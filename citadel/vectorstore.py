@@ -82,7 +82,7 @@ class VectorStore:
         self.client = client
         self.is_server = is_server
         self.batch_size = batch_size
-        self._checked: set[str] = set()
+        self._checked: set[tuple[str, int, str]] = set()
 
     @classmethod
     def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
@@ -122,10 +122,11 @@ class VectorStore:
 
     async def ensure_collection(self, name: str, dimensions: int, model: str) -> None:
         """Create ``name`` if missing; refuse one of another size or model."""
-        if name in self._checked:
+        key = (name, dimensions, model)
+        if key in self._checked:
             return
         await self._run(self._ensure_collection_sync, name, dimensions, model)
-        self._checked.add(name)
+        self._checked.add(key)
 
     async def collection_exists(self, name: str) -> bool:
         return await self._run(self.client.collection_exists, name)
@@ -199,4 +200,4 @@ class VectorStore:
 
     async def delete_collection(self, name: str) -> None:
         await self._run(self.client.delete_collection, name)
-        self._checked.discard(name)
+        self._checked = {key for key in self._checked if key[0] != name}

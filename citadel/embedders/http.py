@@ -38,8 +38,9 @@ def error_message(response: httpx.Response) -> str:
 
 
 def looks_like_length_error(status: int, message: str) -> bool:
+    """A 413 (payload too large), or a 400/422 whose message speaks of length or context."""
     lowered = message.lower()
-    return status in (400, 413, 422) and any(hint in lowered for hint in _LENGTH_HINTS)
+    return status == 413 or (status in (400, 422) and any(hint in lowered for hint in _LENGTH_HINTS))
 
 
 class HttpEmbedder:
@@ -70,6 +71,8 @@ class HttpEmbedder:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_input_chars = max_input_chars
+        # One batch in flight per server, across every concurrent embed() call: a server embeds serially.
+        self._slots = {url: asyncio.Semaphore(1) for url in self.urls}
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers or {},
@@ -94,6 +97,12 @@ class HttpEmbedder:
                 response = await self._client.request(method, url, **kwargs)
             except httpx.TransportError as exc:
                 if attempt >= self.retries:
+                    if isinstance(exc, httpx.TimeoutException):
+                        raise EmbedderError(
+                            f"embedding server {url} did not answer within {self._client.timeout.read}s; "
+                            "raise CITADEL_EMBED_TIMEOUT_S or lower CITADEL_EMBED_BATCH_SIZE",
+                            transient=True,
+                        ) from exc
                     raise EmbedderError(
                         f"cannot reach embedding server {url}: {exc!r}; is it running?", transient=True
                     ) from exc
@@ -132,17 +141,32 @@ class HttpEmbedder:
             f"embedding server {url} answered {response.status_code}: {message}", status=response.status_code
         )
 
+    def _json_body(self, response: httpx.Response, url: str) -> dict[str, Any]:
+        """The response's JSON object; anything else is an :class:`EmbedderError`."""
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise EmbedderError(
+                f"{url} answered {response.status_code} with a non-JSON body: {response.text[:200]!r}"
+            ) from exc
+        if not isinstance(body, dict):
+            raise EmbedderError(f"{url} answered JSON {type(body).__name__}, expected an object")
+        return body
+
     def _check_vectors(self, vectors: list[list[float]], expected: int) -> np.ndarray:
         if len(vectors) != expected:
             raise EmbedderError(f"server returned {len(vectors)} vectors for {expected} inputs")
-        matrix = np.asarray(vectors, dtype=np.float32)
-        if matrix.ndim != 2 or matrix.shape[1] != self.dimensions:
-            got = matrix.shape[1] if matrix.ndim == 2 else "ragged"
+        sizes = {len(v) if isinstance(v, (list, tuple)) else -1 for v in vectors}
+        if sizes != {self.dimensions}:
+            got = "/".join(str(size) for size in sorted(sizes))
             raise EmbedderError(
                 f"model {self.model} returned {got}-dimensional vectors, expected {self.dimensions}; "
                 "set CITADEL_EMBEDDING_DIMENSIONS to the model's real size"
             )
-        return matrix
+        try:
+            return np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise EmbedderError(f"model {self.model} returned non-numeric vectors: {exc}") from exc
 
     async def _embed_with_halving(self, url: str, texts: list[str]) -> np.ndarray:
         """Embed a batch; when the server rejects it for length, halve it, and at one text truncate it."""
@@ -173,7 +197,8 @@ class HttpEmbedder:
         async def worker(url: str) -> None:
             while not queue.empty():
                 index = queue.get_nowait()
-                results[index] = await self._embed_with_halving(url, batches[index])
+                async with self._slots[url]:
+                    results[index] = await self._embed_with_halving(url, batches[index])
 
         workers = [asyncio.create_task(worker(url)) for url in self.urls[: len(batches)]]
         try:

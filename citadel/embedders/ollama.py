@@ -15,7 +15,7 @@ class OllamaEmbedder(HttpEmbedder):
     kind = "ollama"
 
     def __init__(self, model: str = "nomic-embed-text", urls: list[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(model, urls or ["http://localhost:11434"], **kwargs)
+        super().__init__(model, ["http://localhost:11434"] if urls is None else urls, **kwargs)
         self._legacy: set[str] = set()
 
     async def _request_batch(self, url: str, texts: list[str]) -> list[list[float]]:
@@ -27,7 +27,7 @@ class OllamaEmbedder(HttpEmbedder):
             self._legacy.add(url)
             return [await self._legacy_one(url, text) for text in texts]
         self._raise_for(response, url)
-        embeddings = response.json().get("embeddings")
+        embeddings = self._json_body(response, url).get("embeddings")
         if not isinstance(embeddings, list):
             raise EmbedderError(f"{url}/api/embed returned no 'embeddings' list")
         return embeddings
@@ -35,7 +35,9 @@ class OllamaEmbedder(HttpEmbedder):
     async def _legacy_one(self, url: str, text: str) -> list[float]:
         response = await self._send("POST", f"{url}/api/embeddings", json={"model": self.model, "prompt": text})
         self._raise_for(response, url)
-        embedding = response.json().get("embedding")
+        embedding = self._json_body(response, url).get("embedding")
+        if embedding == [] and not text:
+            return [0.0] * self.dimensions  # old servers embed an empty prompt as an empty list
         if not isinstance(embedding, list):
             raise EmbedderError(f"{url}/api/embeddings returned no 'embedding' list")
         return embedding
@@ -43,7 +45,7 @@ class OllamaEmbedder(HttpEmbedder):
     async def available_models(self, url: str) -> list[str]:
         response = await self._send("GET", f"{url}/api/tags")
         self._raise_for(response, url)
-        return [entry.get("name", "") for entry in response.json().get("models", [])]
+        return [entry.get("name", "") for entry in self._json_body(response, url).get("models", [])]
 
     async def check(self) -> None:
         """Every server is reachable and has the model pulled."""

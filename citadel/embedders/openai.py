@@ -25,7 +25,7 @@ class OpenAIEmbedder(HttpEmbedder):
     ) -> None:
         secret = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}
-        super().__init__(model, base_urls or ["http://localhost:8080/v1"], headers=headers, **kwargs)
+        super().__init__(model, ["http://localhost:8080/v1"] if base_urls is None else base_urls, headers=headers, **kwargs)
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r}, urls={self.urls!r})"
@@ -33,9 +33,11 @@ class OpenAIEmbedder(HttpEmbedder):
     async def _request_batch(self, url: str, texts: list[str]) -> list[list[float]]:
         response = await self._send("POST", f"{url}/embeddings", json={"model": self.model, "input": texts})
         self._raise_for(response, url)
-        data = response.json().get("data")
-        if not isinstance(data, list):
-            raise EmbedderError(f"{url}/embeddings returned no 'data' list")
+        data = self._json_body(response, url).get("data")
+        if not isinstance(data, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data
+        ):
+            raise EmbedderError(f"{url}/embeddings returned no 'data' list of embeddings")
         ordered = sorted(data, key=lambda item: item.get("index", 0))
         return [item["embedding"] for item in ordered]
 

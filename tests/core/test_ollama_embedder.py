@@ -312,6 +312,16 @@ async def test_length_errors_halve_on_a_legacy_server_too(server: EmbeddingServe
     assert np.array_equal(vectors, server.vectors(["fine", "y" * 25], normalised=False))
 
 
+async def test_server_side_truncation_is_left_on(server: EmbeddingServer, make_embedder) -> None:
+    # A server that honours "truncate" cuts the input itself: one request, no halving.
+    server.honour_truncate = True
+    server.context_chars = 30
+    text = "0123456789" * 6
+    vectors = await make_embedder([server.url]).embed([text])
+    assert server.batch_sizes == [1]
+    assert np.array_equal(vectors, server.vectors([text[:30]]))
+
+
 async def test_long_input_is_truncated_before_sending(server: EmbeddingServer, make_embedder) -> None:
     text = "abcdefghij" * 20
     embedder = make_embedder([server.url], max_input_chars=50)
@@ -357,3 +367,32 @@ async def test_check_of_an_unreachable_server_fails(make_embedder) -> None:
     embedder = make_embedder([f"http://127.0.0.1:{free_port()}"], retries=0)
     with pytest.raises(EmbedderError, match="cannot reach"):
         await embedder.check()
+
+
+# malformed answers -----------------------------------------------------------------------------
+# Indexing catches EmbedderError to dead-letter only the offending documents; any other exception
+# fails the whole batch, so a malformed answer must surface as EmbedderError.
+
+
+async def test_answer_without_embeddings_is_an_embedder_error(server: EmbeddingServer, make_embedder) -> None:
+    server.fail_next(1, 200, body={"model": MODEL})
+    with pytest.raises(EmbedderError, match="no 'embeddings' list"):
+        await make_embedder([server.url]).embed(["a"])
+
+
+async def test_too_few_vectors_is_an_embedder_error(server: EmbeddingServer, make_embedder) -> None:
+    server.fail_next(1, 200, body={"model": MODEL, "embeddings": [server.vector("a").tolist()]})
+    with pytest.raises(EmbedderError, match="returned 1 vectors for 2 inputs"):
+        await make_embedder([server.url]).embed(["a", "b"])
+
+
+async def test_ragged_vectors_are_an_embedder_error(server: EmbeddingServer, make_embedder) -> None:
+    server.fail_next(1, 200, body={"model": MODEL, "embeddings": [server.vector("a").tolist(), [0.5] * 10]})
+    with pytest.raises(EmbedderError, match="768"):
+        await make_embedder([server.url]).embed(["a", "b"])
+
+
+async def test_non_json_answer_is_an_embedder_error(server: EmbeddingServer, make_embedder) -> None:
+    server.fail_next(1, 200, body="<html>a proxy's page</html>")
+    with pytest.raises(EmbedderError):
+        await make_embedder([server.url]).embed(["a"])

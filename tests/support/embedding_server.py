@@ -98,19 +98,13 @@ class EmbeddingServer:
         honour_truncate: bool = False,
         reverse_openai_data: bool = False,
     ) -> None:
-        self._defaults = dict(
-            models={canonical_model(name): size for name, size in (models or DEFAULT_MODELS).items()},
-            context_chars=context_chars,
-            legacy=legacy,
-            api_key=api_key,
-            honour_truncate=honour_truncate,
-            reverse_openai_data=reverse_openai_data,
-        )
+        self._initial_models = {canonical_model(name): size for name, size in (models or DEFAULT_MODELS).items()}
+        self._initial = (context_chars, legacy, api_key, honour_truncate, reverse_openai_data)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._server: uvicorn.Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping = False
+        self._generation = 0
         self.port: int | None = None
         self.reset()
 
@@ -118,12 +112,14 @@ class EmbeddingServer:
     def reset(self) -> None:
         """Back to the constructor's settings, with no faults, no delay and zeroed counters."""
         with self._lock:
-            self.models: dict[str, int] = dict(self._defaults["models"])  # type: ignore[arg-type]
-            self.context_chars: int | None = self._defaults["context_chars"]  # type: ignore[assignment]
-            self.legacy: bool = self._defaults["legacy"]  # type: ignore[assignment]
-            self.api_key: str | None = self._defaults["api_key"]  # type: ignore[assignment]
-            self.honour_truncate: bool = self._defaults["honour_truncate"]  # type: ignore[assignment]
-            self.reverse_openai_data: bool = self._defaults["reverse_openai_data"]  # type: ignore[assignment]
+            self._generation += 1  # requests still held from before answer at once and are not counted
+            self.models: dict[str, int] = dict(self._initial_models)
+            self.context_chars: int | None
+            self.legacy: bool
+            self.api_key: str | None
+            self.honour_truncate: bool
+            self.reverse_openai_data: bool
+            (self.context_chars, self.legacy, self.api_key, self.honour_truncate, self.reverse_openai_data) = self._initial
             self._faults: deque[Fault] = deque()
             self._delays: deque[float] = deque()
             self._delay_all: float = 0.0
@@ -145,7 +141,7 @@ class EmbeddingServer:
     ) -> None:
         """Answer the next ``count`` requests (to ``path`` only, when given) with ``status``.
 
-        ``body`` defaults to an Ollama-style ``{"error": ...}`` for that status; a string body
+        Any status works, 200 included, to send a malformed answer. ``body`` defaults to an Ollama-style ``{"error": ...}`` for that status; a string body
         is sent as plain text. ``retry_after`` sets the Retry-After header.
         """
         with self._lock:
@@ -187,7 +183,9 @@ class EmbeddingServer:
         """Bind a free port and serve from a daemon thread; returns once the server accepts connections."""
         if self._thread is not None:
             return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections; without it
+        # every answer on a kept-alive connection waits ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -212,18 +210,13 @@ class EmbeddingServer:
         """Stop serving: wake delayed requests, drop open connections, join the thread."""
         if self._thread is None or self._server is None:
             return
+        self._stopping = True
         self._server.should_exit = True
         self._server.force_exit = True
-        if self._loop is not None and self._stopping is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._stopping.set)
-            except RuntimeError:
-                pass  # the loop already closed
         self._thread.join(timeout=10)
         self._thread = None
         self._server = None
-        self._loop = None
-        self._stopping = None
+        self._stopping = False
 
     def __enter__(self) -> "EmbeddingServer":
         return self.start()
@@ -235,35 +228,37 @@ class EmbeddingServer:
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._stopping = asyncio.Event()
         request = Request(scope, receive)
         path = request.url.path
         with self._lock:
+            generation = self._generation
             self.requests[path] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             delay = self._delays.popleft() if self._delays else self._delay_all
         try:
             await request.body()  # read the whole request first, as a real server does
-            if delay > 0:
-                await self._sleep(delay)
+            # The answer is worked out (and recorded) at once; a delay holds only its sending,
+            # so a request whose client timed out never shows up in a later test's counters.
             response = self._take_fault(path) or await self._route(request, path)
+            if delay > 0:
+                await self._hold(delay, generation)
             await response(scope, receive, send)
         except (ClientDisconnect, OSError):
             pass  # the client gave up (a timeout test) or the server is stopping
         finally:
             with self._lock:
-                self.in_flight -= 1
+                if generation == self._generation:
+                    self.in_flight -= 1
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once when the server stops."""
-        assert self._stopping is not None
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+    async def _hold(self, seconds: float, generation: int) -> None:
+        """Wait ``seconds``, but stop waiting when the server stops or is reset."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and generation == self._generation:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, 0.01))
 
     def _take_fault(self, path: str) -> Response | None:
         with self._lock:

@@ -1,0 +1,138 @@
+"""Benchmark: index a generated corpus through the index-corpus flow and through a plain loop.
+
+Each measurement runs in its own process on a fresh data directory, so peak memory (max RSS) and
+timings do not leak between them. Usage:
+
+    .venv/bin/python -m bench.index_bench --files 1000 --paragraphs 12
+
+prints a JSON report and, with ``--markdown``, the table used in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def _plain_loop(corpus: Path, collection: str) -> dict:
+    """The same work with the same core objects, one step after another, without Prefect."""
+    from citadel import indexing
+    from citadel.documents import batched, iter_documents, list_source
+    from citadel.resources import Resources
+    from citadel.settings import Settings
+
+    settings = Settings()
+    resources = Resources(settings)
+    registry = await resources.registry()
+    await indexing.prepare_collection(resources, collection)
+    listing = list_source(corpus)
+    chunks = embedded = 0
+    for items in batched(iter_documents(listing, settings.max_file_bytes), settings.document_batch_size):
+        plan = await indexing.plan_batch(
+            registry, collection, resources.embedder.model, items,
+            chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap,
+        )
+        if plan.documents:
+            batch = await indexing.embed_plan(resources, plan, collection)
+            embedded += batch.chunks_embedded
+            chunks += (await indexing.write_batch(resources, batch, collection)).chunks_written
+    await resources.aclose()
+    return {"chunks_written": chunks, "chunks_embedded": embedded}
+
+
+def run_one(mode: str, corpus: Path, data_dir: Path) -> dict:
+    """Run one measurement in this process (called in a child process by ``main``)."""
+    os.environ["CITADEL_DATA_DIR"] = str(data_dir)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    report: dict = {"mode": mode}
+    if mode == "loop":
+        start = time.perf_counter()
+        result = asyncio.run(_plain_loop(corpus, "bench"))
+        report.update(result, seconds=time.perf_counter() - start)
+    else:
+        from flows.index_corpus import index_corpus
+
+        async def both() -> None:
+            warm = time.perf_counter()
+            await index_corpus([], collection="warmup", source_name="warmup")  # starts the local Prefect server
+            report["prefect_startup_s"] = time.perf_counter() - warm
+            start = time.perf_counter()
+            first = await index_corpus(str(corpus), collection="bench")
+            report["seconds"] = time.perf_counter() - start
+            report["chunks_written"] = first["chunks_written"]
+            report["chunks_embedded"] = first["chunks_embedded"]
+            report["rss_after_first_mb"] = _rss_mb()
+            if mode == "flow+rerun":
+                start = time.perf_counter()
+                again = await index_corpus(str(corpus), collection="bench")
+                report["rerun_seconds"] = time.perf_counter() - start
+                report["rerun_chunks_embedded"] = again["chunks_embedded"]
+                report["rerun_opened_store"] = again["vector_store_opened"]
+
+        asyncio.run(both())
+    report["peak_rss_mb"] = _rss_mb()
+    return report
+
+
+def _child(mode: str, corpus: Path, data_dir: Path) -> dict:
+    code = f"import json,sys; from bench.index_bench import run_one; from pathlib import Path; print('BENCH'+json.dumps(run_one({mode!r}, Path({str(corpus)!r}), Path({str(data_dir)!r}))))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    line = next(l for l in out.stdout.splitlines() if l.startswith("BENCH"))
+    return json.loads(line[5:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--paragraphs", type=int, default=12)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from tests.support.corpus import write_corpus
+
+    with tempfile.TemporaryDirectory(prefix="citadel-bench-") as tmp:
+        root = Path(tmp)
+        corpus = root / "corpus"
+        write_corpus(corpus, files=args.files, paragraphs=args.paragraphs, seed=2026)
+        size_mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
+        loop = _child("loop", corpus, root / "loop")
+        flow = _child("flow+rerun", corpus, root / "flow")
+    report = {
+        "files": args.files,
+        "corpus_mb": round(size_mb, 2),
+        "chunks": flow["chunks_written"],
+        "loop": loop,
+        "flow": flow,
+        "loop_chunks_per_s": loop["chunks_written"] / loop["seconds"],
+        "flow_chunks_per_s": flow["chunks_written"] / flow["seconds"],
+        "flow_over_loop": loop["seconds"] / flow["seconds"],
+        "rerun_fraction": flow["rerun_seconds"] / flow["seconds"],
+    }
+    print(json.dumps(report, indent=2))
+    if args.markdown:
+        print()
+        print("| measure | plain loop | index-corpus flow |")
+        print("|---|---|---|")
+        print(f"| first run, {report['chunks']} chunks | {loop['seconds']:.2f} s ({report['loop_chunks_per_s']:.0f} chunks/s) | {flow['seconds']:.2f} s ({report['flow_chunks_per_s']:.0f} chunks/s) |")
+        print(f"| speed ratio (loop time / flow time) | 1.00 | {report['flow_over_loop']:.2f} |")
+        print(f"| unchanged re-run | | {flow['rerun_seconds']:.2f} s ({100 * report['rerun_fraction']:.1f}% of the first run), {flow['rerun_chunks_embedded']} chunks embedded, store opened: {flow['rerun_opened_store']} |")
+        print(f"| peak memory (max RSS) | {loop['peak_rss_mb']:.0f} MB | {flow['peak_rss_mb']:.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()

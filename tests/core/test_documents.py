@@ -1,0 +1,288 @@
+"""Reading a corpus: listing sources, loading every file type, and turning bad files into failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from citadel.documents import (
+    SUPPORTED_SUFFIXES,
+    Document,
+    LoadFailure,
+    batched,
+    documents_from_records,
+    iter_documents,
+    list_source,
+    load_file,
+)
+from citadel.errors import ConfigurationError
+
+MAX = 1_000_000
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A directory with supported files, unsupported ones and a hidden folder."""
+    root = tmp_path / "corpus"
+    write(root / "b.txt", "bee")
+    write(root / "a.md", "# a")
+    write(root / "sub" / "deep" / "c.py", "print('c')")
+    write(root / "sub" / "d.JSON", '{"text": "d"}')
+    write(root / "sub" / "e.jsonl", '{"text": "e"}\n')
+    write(root / "f.rst", "eff")
+    write(root / "image.png", b"\x89PNG")
+    write(root / "notes.docx", "no")
+    write(root / ".git" / "config.txt", "hidden")
+    write(root / "sub" / ".cache" / "x.md", "hidden")
+    return root
+
+
+# list_source -------------------------------------------------------------------------------
+def test_list_directory_recursive_supported_sorted(corpus: Path) -> None:
+    """A directory lists its supported files recursively, sorted, skipping hidden folders."""
+    listing = list_source(corpus)
+    assert listing.key == str(corpus.resolve())
+    assert listing.complete is True
+    rel = [p.relative_to(corpus.resolve()).as_posix() for p in listing.paths]
+    assert rel == ["a.md", "b.txt", "f.rst", "sub/d.JSON", "sub/deep/c.py", "sub/e.jsonl"]
+    assert listing.paths == sorted(listing.paths)
+    assert all(p.is_absolute() for p in listing.paths)
+
+
+def test_list_directory_with_hidden_parent_still_lists(tmp_path: Path) -> None:
+    """Only folders hidden inside the source are skipped, not a hidden folder holding the source."""
+    root = tmp_path / ".hidden-root" / "docs"
+    write(root / "a.txt", "a")
+    assert [p.name for p in list_source(root).paths] == ["a.txt"]
+
+
+def test_list_glob(corpus: Path) -> None:
+    """A glob lists the matching supported files, sorted, keyed by the absolute pattern."""
+    listing = list_source(str(corpus / "**" / "*.*"))
+    names = [p.name for p in listing.paths]
+    assert set(names) == {"a.md", "b.txt", "f.rst", "d.JSON", "c.py", "e.jsonl"}
+    assert listing.key == str(corpus / "**" / "*.*")
+    assert listing.paths == sorted(listing.paths)
+    only_txt = list_source(str(corpus / "*.txt"))
+    assert [p.name for p in only_txt.paths] == ["b.txt"]
+
+
+def test_list_relative_glob_resolves_against_cwd(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative glob is anchored at the current directory."""
+    monkeypatch.chdir(corpus)
+    listing = list_source("*.md")
+    assert listing.paths == [Path.cwd() / "a.md"]
+    assert listing.key == str(Path.cwd() / "*.md")
+
+
+def test_list_glob_matching_nothing_is_empty(tmp_path: Path) -> None:
+    """A glob without matches is an empty (complete) listing, not an error."""
+    listing = list_source(str(tmp_path / "*.txt"))
+    assert listing.paths == [] and listing.complete
+
+
+def test_list_single_file(corpus: Path) -> None:
+    """A single supported file lists just itself."""
+    listing = list_source(corpus / "b.txt")
+    assert listing.paths == [(corpus / "b.txt").resolve()]
+    assert listing.key == str((corpus / "b.txt").resolve())
+
+
+def test_list_unsupported_single_file(corpus: Path) -> None:
+    """A single file of an unsupported type is refused with the supported list."""
+    with pytest.raises(ConfigurationError, match="not a supported document"):
+        list_source(corpus / "image.png")
+
+
+def test_list_missing_path(tmp_path: Path) -> None:
+    """A path that does not exist is a configuration error naming it."""
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        list_source(missing)
+
+
+def test_supported_suffixes() -> None:
+    """The documented file types are the supported ones."""
+    assert set(SUPPORTED_SUFFIXES) == {".txt", ".md", ".rst", ".json", ".jsonl", ".py"}
+
+
+# load_file ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["notes.txt", "readme.md", "script.py", "guide.rst"])
+def test_load_text_files(tmp_path: Path, name: str) -> None:
+    """Text files become one document with the path as id and path/extension metadata."""
+    path = write(tmp_path / name, "héllo\nwörld\n")
+    (doc,) = load_file(path, "src", MAX)
+    assert isinstance(doc, Document)
+    assert (doc.id, doc.text, doc.source) == (str(path), "héllo\nwörld\n", "src")
+    assert doc.metadata == {"path": str(path), "extension": path.suffix}
+
+
+def test_load_json_object(tmp_path: Path) -> None:
+    """A JSON object gives one document with its text and metadata merged over the file metadata."""
+    path = write(tmp_path / "doc.json", json.dumps({"text": "body", "metadata": {"author": "ann", "extension": "x"}}))
+    (doc,) = load_file(path, "src", MAX)
+    assert isinstance(doc, Document)
+    assert doc.id == str(path)
+    assert doc.text == "body"
+    assert doc.metadata == {"path": str(path), "extension": "x", "author": "ann"}
+
+
+def test_load_json_list(tmp_path: Path) -> None:
+    """A JSON list gives one document per item, ids prefixed by the file (own id or position)."""
+    items = [{"text": "zero"}, {"id": "custom", "text": "one", "metadata": {"k": 1}}, {"nope": 1}, "string"]
+    path = write(tmp_path / "docs.json", json.dumps(items))
+    out = load_file(path, "src", MAX)
+    assert [type(o) for o in out] == [Document, Document, LoadFailure, LoadFailure]
+    assert out[0].id == f"{path}#0" and out[0].text == "zero"
+    assert out[1].id == f"{path}#custom" and out[1].metadata["k"] == 1
+    assert out[2].id == f"{path}#2" and "missing a string 'text' field" in out[2].reason
+    assert out[3].id == f"{path}#3" and "expected an object" in out[3].reason
+
+
+def test_load_jsonl_per_line_with_ids(tmp_path: Path) -> None:
+    """Each JSONL line is a document; blank lines are skipped; ids keep the file as prefix."""
+    lines = [json.dumps({"id": "a", "text": "first"}), "", json.dumps({"text": "third", "metadata": {"n": 3}})]
+    path = write(tmp_path / "docs.jsonl", "\n".join(lines) + "\n")
+    out = load_file(path, "src", MAX)
+    assert all(isinstance(o, Document) for o in out)
+    assert [o.id for o in out] == [f"{path}#a", f"{path}#3"]
+    assert [o.text for o in out] == ["first", "third"]
+    assert out[1].metadata == {"path": str(path), "extension": ".jsonl", "n": 3}
+
+
+def test_bad_jsonl_line_fails_alone(tmp_path: Path) -> None:
+    """A malformed line becomes a LoadFailure naming its line; the other lines still load."""
+    path = write(tmp_path / "docs.jsonl", '{"text": "ok 1"}\n{not json\n{"text": "ok 3"}\n[1, 2]\n')
+    out = load_file(path, "src", MAX)
+    assert [type(o) for o in out] == [Document, LoadFailure, Document, LoadFailure]
+    assert out[1].id == f"{path}#2"
+    assert out[1].reason.startswith("line 2:")
+    assert out[1].stage == "load"
+    assert out[3].reason.startswith("line 4:") and "expected an object" in out[3].reason
+    assert [o.text for o in out if isinstance(o, Document)] == ["ok 1", "ok 3"]
+
+
+def test_invalid_json_file(tmp_path: Path) -> None:
+    """A .json file that does not parse is one failure saying so."""
+    path = write(tmp_path / "bad.json", "{oops")
+    (failure,) = load_file(path, "src", MAX)
+    assert isinstance(failure, LoadFailure)
+    assert failure.reason.startswith("invalid JSON")
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.txt", ""), ("blank.md", " \n\t\n  "), ("empty.jsonl", "\n\n"), ("empty.json", "[]")])
+def test_empty_documents_fail(tmp_path: Path, name: str, content: str) -> None:
+    """Files with nothing to index are failures with an 'empty document' reason."""
+    path = write(tmp_path / name, content)
+    (failure,) = load_file(path, "src", MAX)
+    assert isinstance(failure, LoadFailure)
+    assert failure.id == str(path)
+    assert "empty document" in failure.reason
+
+
+def test_whitespace_only_record_fails(tmp_path: Path) -> None:
+    """A JSON record with only whitespace text is an empty document too."""
+    path = write(tmp_path / "r.json", json.dumps({"text": "   "}))
+    (failure,) = load_file(path, "src", MAX)
+    assert isinstance(failure, LoadFailure) and "empty document" in failure.reason
+
+
+def test_binary_file_fails(tmp_path: Path) -> None:
+    """Content with NUL bytes is refused as binary."""
+    path = write(tmp_path / "blob.txt", b"text\x00\x01\x02more")
+    (failure,) = load_file(path, "src", MAX)
+    assert isinstance(failure, LoadFailure)
+    assert "binary file" in failure.reason
+
+
+def test_invalid_utf8_fails(tmp_path: Path) -> None:
+    """Non-UTF-8 bytes are refused with the offending offset."""
+    path = write(tmp_path / "latin.txt", "caf".encode() + b"\xe9 au lait")
+    (failure,) = load_file(path, "src", MAX)
+    assert isinstance(failure, LoadFailure)
+    assert failure.reason == "not valid UTF-8 at byte 3; convert the file to UTF-8"
+
+
+def test_over_max_bytes_fails(tmp_path: Path) -> None:
+    """A file over the size limit is refused without being read, naming both sizes."""
+    path = write(tmp_path / "big.txt", "x" * 101)
+    (failure,) = load_file(path, "src", 100)
+    assert isinstance(failure, LoadFailure)
+    assert failure.reason == "file is 101 bytes, over the limit of 100 (CITADEL_MAX_FILE_BYTES)"
+    (doc,) = load_file(path, "src", 101)
+    assert isinstance(doc, Document)
+
+
+def test_unreadable_path_fails(tmp_path: Path) -> None:
+    """A file that vanished between listing and loading is a failure, not a crash."""
+    (failure,) = load_file(tmp_path / "gone.txt", "src", MAX)
+    assert isinstance(failure, LoadFailure)
+    assert failure.id == str(tmp_path / "gone.txt")
+
+
+def test_iter_documents_streams_listing(corpus: Path) -> None:
+    """Iterating a listing loads every listed file with the listing key as source."""
+    listing = list_source(corpus)
+    docs = list(iter_documents(listing, MAX))
+    assert len(docs) == 6
+    assert all(isinstance(d, Document) and d.source == listing.key for d in docs)
+    assert {d.text for d in docs} >= {"bee", "# a", "d", "e"}
+
+
+# records, hashes, batching -----------------------------------------------------------------
+def test_documents_from_records() -> None:
+    """Inline records become documents; bad ones become failures with the best id available."""
+    records = [
+        {"id": "one", "text": "first", "metadata": {"a": 1}},
+        {"id": "two", "text": "  "},
+        {"text": "no id"},
+        {"id": "three"},
+        "not a dict",
+        {"id": "four", "text": "x", "metadata": ["bad"]},
+    ]
+    out = list(documents_from_records(records, "api"))
+    assert isinstance(out[0], Document)
+    assert (out[0].id, out[0].text, out[0].source, out[0].metadata) == ("one", "first", "api", {"a": 1})
+    assert isinstance(out[1], LoadFailure) and out[1].id == "two" and "empty document" in out[1].reason
+    assert isinstance(out[2], LoadFailure) and out[2].id == "api#2" and "missing an 'id'" in out[2].reason
+    assert isinstance(out[3], LoadFailure) and out[3].id == "three" and "'text'" in out[3].reason
+    assert isinstance(out[4], LoadFailure) and out[4].id == "api#4" and "expected an object" in out[4].reason
+    assert isinstance(out[5], LoadFailure) and out[5].id == "four" and "'metadata' must be an object" in out[5].reason
+
+
+def test_content_hash_changes_with_text_or_metadata() -> None:
+    """The content hash follows the text and the metadata, but not metadata key order or the id."""
+    base = Document("id", "text", "src", {"a": 1, "b": 2})
+    assert base.content_hash == Document("other-id", "text", "other-src", {"b": 2, "a": 1}).content_hash
+    assert base.content_hash != Document("id", "text!", "src", {"a": 1, "b": 2}).content_hash
+    assert base.content_hash != Document("id", "text", "src", {"a": 1, "b": 3}).content_hash
+    assert base.content_hash != Document("id", "text", "src", {}).content_hash
+    assert len(base.content_hash) == 64
+
+
+def test_batched() -> None:
+    """batched yields full lists of the size and a shorter last one, lazily."""
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(batched(range(6), 3)) == [[0, 1, 2], [3, 4, 5]]
+    assert list(batched([], 3)) == []
+    pulled: list[int] = []
+
+    def source():
+        for i in range(100):
+            pulled.append(i)
+            yield i
+
+    first = next(batched(source(), 4))
+    assert first == [0, 1, 2, 3]
+    assert pulled == [0, 1, 2, 3], "only one batch is pulled from the source"

@@ -1,0 +1,317 @@
+"""The registry on SQLite and on the real Postgres: schema, collections, intents, commits, runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+
+from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.hashing import point_id, sha256_text
+from citadel.registry import (
+    SCHEMA_VERSION,
+    ChunkRow,
+    DeadLetter,
+    DocumentRecord,
+    Registry,
+    schema_version,
+)
+
+MODEL = "test-model"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests run against a SQLite file and the real Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'registry' / 'registry.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+async def registry(registry_url: str, collection_name: str) -> AsyncIterator[Registry]:
+    reg = Registry(registry_url)
+    await reg.init()
+    yield reg
+    await reg.forget_collection(collection_name)
+    await reg.aclose()
+
+
+def record(collection: str, doc_id: str, texts: list[str], *, source: str = "src", content: str | None = None) -> DocumentRecord:
+    """A DocumentRecord whose chunks carry the ids the indexer would give them."""
+    rows = [ChunkRow(point_id(collection, doc_id, i, sha256_text(t)), i, sha256_text(t)) for i, t in enumerate(texts)]
+    return DocumentRecord(doc_id, source, content or sha256_text("|".join(texts)), rows)
+
+
+async def test_init_is_idempotent_and_records_schema_version(registry_url: str) -> None:
+    """Initialising twice (on fresh instances) works and leaves exactly one row for the version."""
+    for _ in range(2):
+        reg = Registry(registry_url)
+        try:
+            await reg.init()
+            await reg.init()
+        finally:
+            await reg.aclose()
+    reg = Registry(registry_url)
+    try:
+        await reg.init()
+        async with reg.engine.connect() as conn:
+            versions = (await conn.execute(sa.select(schema_version.c.version))).scalars().all()
+    finally:
+        await reg.aclose()
+    assert versions.count(SCHEMA_VERSION) == 1
+    assert max(versions) == SCHEMA_VERSION
+
+
+async def test_dialect_matches_url(registry: Registry, registry_url: str) -> None:
+    """SQLite URLs use SQLite, Postgres URLs use asyncpg on Postgres."""
+    assert registry.dialect == ("sqlite" if registry_url.startswith("sqlite") else "postgresql")
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A registry written by a newer Citadel is refused with an upgrade hint."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'newer.db'}"
+    reg = Registry(url)
+    await reg.init()
+    async with reg.engine.begin() as conn:
+        await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION + 1, applied_at=sa.func.now()))
+    await reg.aclose()
+    newer = Registry(url)
+    try:
+        with pytest.raises(ConfigurationError, match="upgrade Citadel"):
+            await newer.init()
+    finally:
+        await newer.aclose()
+
+
+def test_bad_url_is_configuration_error() -> None:
+    """A malformed database URL is a configuration error naming the URL."""
+    with pytest.raises(ConfigurationError, match="bad CITADEL_DATABASE_URL"):
+        Registry("not-a-database-url")
+
+
+async def test_ensure_collection_then_mismatch(registry: Registry, collection_name: str) -> None:
+    """The first embedder claims the collection; another model or size is refused."""
+    assert await registry.collection(collection_name) is None
+    await registry.ensure_collection(collection_name, MODEL, 16)
+    await registry.ensure_collection(collection_name, MODEL, 16)
+    assert await registry.collection(collection_name) == (MODEL, 16)
+    with pytest.raises(CollectionMismatchError, match="not other-model"):
+        await registry.ensure_collection(collection_name, "other-model", 16)
+    with pytest.raises(CollectionMismatchError, match="32 dimensions"):
+        await registry.ensure_collection(collection_name, MODEL, 32)
+    assert await registry.collection(collection_name) == (MODEL, 16)
+
+
+async def test_write_intent_then_commit(registry: Registry, collection_name: str) -> None:
+    """Intents are pending until commit, which marks chunks and the document indexed with its hash."""
+    rec = record(collection_name, "doc-1", ["a", "b", "c"], content="hash-1")
+    await registry.write_intent(collection_name, MODEL, [rec])
+    pending = await registry.get_documents(collection_name, ["doc-1"])
+    assert pending["doc-1"].status == "pending"
+    chunks = (await registry.get_chunks(collection_name, ["doc-1"]))["doc-1"]
+    assert {c.state for c in chunks} == {"pending"}
+    assert len(chunks) == 3
+
+    await registry.commit_documents(collection_name, MODEL, [rec])
+    doc = (await registry.get_documents(collection_name, ["doc-1"]))["doc-1"]
+    assert (doc.status, doc.content_hash, doc.chunk_count) == ("indexed", "hash-1", 3)
+    chunks = (await registry.get_chunks(collection_name, ["doc-1"]))["doc-1"]
+    assert sorted((c.point_id, c.position, c.chunk_hash, c.state) for c in chunks) == sorted(
+        (c.point_id, c.position, c.chunk_hash, "indexed") for c in rec.chunks
+    )
+    assert sorted(await registry.point_ids(collection_name, ["doc-1"])) == sorted(c.point_id for c in rec.chunks)
+    assert await registry.count_chunks(collection_name) == 3
+
+
+async def test_commit_removes_stale_intents(registry: Registry, collection_name: str) -> None:
+    """Chunks of an earlier version (or an abandoned intent) disappear once the new version commits."""
+    old = record(collection_name, "doc-1", ["old one", "old two", "shared"], content="v1")
+    await registry.write_intent(collection_name, MODEL, [old])
+    await registry.commit_documents(collection_name, MODEL, [old])
+    abandoned = record(collection_name, "doc-1", ["never stored"], content="v-abandoned")
+    await registry.write_intent(collection_name, MODEL, [abandoned])
+    new = record(collection_name, "doc-1", ["new", "shared"], content="v2")
+    await registry.write_intent(collection_name, MODEL, [new])
+    assert len((await registry.get_chunks(collection_name, ["doc-1"]))["doc-1"]) == 6
+
+    await registry.commit_documents(collection_name, MODEL, [new])
+    chunks = (await registry.get_chunks(collection_name, ["doc-1"]))["doc-1"]
+    assert {c.point_id for c in chunks} == {c.point_id for c in new.chunks}
+    assert {c.state for c in chunks} == {"indexed"}
+    doc = (await registry.get_documents(collection_name, ["doc-1"]))["doc-1"]
+    assert (doc.content_hash, doc.chunk_count, doc.status) == ("v2", 2, "indexed")
+
+
+async def test_commit_without_chunks_removes_all(registry: Registry, collection_name: str) -> None:
+    """Committing a document with no chunks leaves none of its old chunks behind."""
+    rec = record(collection_name, "doc-1", ["x", "y"])
+    await registry.write_intent(collection_name, MODEL, [rec])
+    await registry.commit_documents(collection_name, MODEL, [rec])
+    empty = DocumentRecord("doc-1", "src", "empty-hash", [])
+    await registry.commit_documents(collection_name, MODEL, [empty])
+    assert (await registry.get_chunks(collection_name, ["doc-1"]))["doc-1"] == []
+    assert (await registry.get_documents(collection_name, ["doc-1"]))["doc-1"].chunk_count == 0
+
+
+async def test_commit_only_touches_its_own_documents(registry: Registry, collection_name: str) -> None:
+    """Committing one document leaves another document's pending intents alone."""
+    one = record(collection_name, "doc-1", ["a"])
+    two = record(collection_name, "doc-2", ["b", "c"])
+    await registry.write_intent(collection_name, MODEL, [one, two])
+    await registry.commit_documents(collection_name, MODEL, [one])
+    stored = await registry.get_documents(collection_name, ["doc-1", "doc-2"])
+    assert stored["doc-1"].status == "indexed"
+    assert stored["doc-2"].status == "pending"
+    chunks = await registry.get_chunks(collection_name, ["doc-1", "doc-2"])
+    assert {c.state for c in chunks["doc-2"]} == {"pending"}
+    assert len(chunks["doc-2"]) == 2
+
+
+async def test_reindexing_marks_document_pending_again(registry: Registry, collection_name: str) -> None:
+    """A new intent on an indexed document makes it pending, so a crash before commit is visible."""
+    rec = record(collection_name, "doc-1", ["a"], content="v1")
+    await registry.write_intent(collection_name, MODEL, [rec])
+    await registry.commit_documents(collection_name, MODEL, [rec])
+    await registry.write_intent(collection_name, MODEL, [record(collection_name, "doc-1", ["b"], content="v2")])
+    doc = (await registry.get_documents(collection_name, ["doc-1"]))["doc-1"]
+    assert doc.status == "pending"
+
+
+async def test_empty_calls_are_no_ops(registry: Registry, collection_name: str) -> None:
+    """Empty batches write nothing."""
+    await registry.write_intent(collection_name, MODEL, [])
+    await registry.commit_documents(collection_name, MODEL, [])
+    await registry.record_dead_letters(collection_name, [])
+    assert await registry.get_documents(collection_name, []) == {}
+    assert await registry.count_chunks(collection_name) == 0
+
+
+async def test_dead_letters_count_attempts_and_clear_on_commit(registry: Registry, collection_name: str) -> None:
+    """A failing document's attempts grow with each failure; indexing it clears its dead letter."""
+    letter = DeadLetter("doc-bad", "src", "load", "first reason")
+    await registry.record_dead_letters(collection_name, [letter, DeadLetter("doc-other", "src", "embed", "x")])
+    await registry.record_dead_letters(collection_name, [DeadLetter("doc-bad", "src", "embed", "second reason")])
+    letters = {row["document_id"]: row for row in await registry.dead_letters(collection_name)}
+    assert set(letters) == {"doc-bad", "doc-other"}
+    assert letters["doc-bad"]["attempts"] == 2
+    assert (letters["doc-bad"]["stage"], letters["doc-bad"]["error"]) == ("embed", "second reason")
+    assert letters["doc-other"]["attempts"] == 1
+
+    rec = record(collection_name, "doc-bad", ["fixed now"])
+    await registry.write_intent(collection_name, MODEL, [rec])
+    await registry.commit_documents(collection_name, MODEL, [rec])
+    remaining = [row["document_id"] for row in await registry.dead_letters(collection_name)]
+    assert remaining == ["doc-other"]
+
+
+async def test_dead_letter_error_is_truncated(registry: Registry, collection_name: str) -> None:
+    """Huge error messages are stored cut to 4000 characters."""
+    await registry.record_dead_letters(collection_name, [DeadLetter("doc", "src", "load", "e" * 10_000)])
+    (row,) = await registry.dead_letters(collection_name)
+    assert len(row["error"]) == 4000
+
+
+async def test_iter_document_ids_pages_by_source(registry: Registry, collection_name: str) -> None:
+    """Ids come back per source, sorted, in pages of the requested size, with none repeated."""
+    a_ids = [f"a-{i:02d}" for i in range(7)]
+    recs = [record(collection_name, d, [d], source="source-a") for d in a_ids]
+    recs += [record(collection_name, f"b-{i}", ["b"], source="source-b") for i in range(3)]
+    await registry.write_intent(collection_name, MODEL, recs)
+    await registry.commit_documents(collection_name, MODEL, recs)
+    pages = [page async for page in registry.iter_document_ids(collection_name, "source-a", page=3)]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [d for p in pages for d in p] == sorted(a_ids)
+    b_pages = [page async for page in registry.iter_document_ids(collection_name, "source-b", page=100)]
+    assert b_pages == [["b-0", "b-1", "b-2"]]
+    assert [page async for page in registry.iter_document_ids(collection_name, "nowhere")] == []
+    assert [page async for page in registry.iter_document_ids("other-" + collection_name, "source-a")] == []
+
+
+async def test_delete_documents_removes_chunks_documents_and_dead_letters(registry: Registry, collection_name: str) -> None:
+    """Deleting a document forgets its chunks, its row and its dead letter; others stay."""
+    keep = record(collection_name, "keep", ["k1", "k2"])
+    gone = record(collection_name, "gone", ["g1", "g2", "g3"])
+    await registry.write_intent(collection_name, MODEL, [keep, gone])
+    await registry.commit_documents(collection_name, MODEL, [keep, gone])
+    await registry.record_dead_letters(collection_name, [DeadLetter("gone", "src", "embed", "x"), DeadLetter("other", "src", "load", "y")])
+
+    await registry.delete_documents(collection_name, ["gone"])
+    assert set(await registry.get_documents(collection_name, ["keep", "gone"])) == {"keep"}
+    assert await registry.point_ids(collection_name, ["gone"]) == []
+    assert await registry.count_chunks(collection_name) == 2
+    assert [row["document_id"] for row in await registry.dead_letters(collection_name)] == ["other"]
+    await registry.delete_documents(collection_name, ["gone"])  # repeating is harmless
+    await registry.delete_documents(collection_name, [])
+
+
+async def test_runs_start_finish_and_list(registry: Registry, collection_name: str) -> None:
+    """A run is recorded as running, then finished with its counts; unknown count keys are ignored."""
+    run_id = await registry.start_run(collection_name, "x" * 2000, "flow-123")
+    runs = {r["id"]: r for r in await registry.recent_runs(limit=1000)}
+    assert runs[run_id]["status"] == "running"
+    assert runs[run_id]["finished_at"] is None
+    assert len(runs[run_id]["source"]) == 1024
+    assert runs[run_id]["flow_run_id"] == "flow-123"
+
+    counts = {"added": 3, "updated": 1, "unchanged": 5, "deleted": 2, "failed": 1, "chunks_embedded": 9,
+              "cache_hits": 4, "duration_s": 1.5, "not_a_column": 99}
+    await registry.finish_run(run_id, "completed", counts)
+    run = {r["id"]: r for r in await registry.recent_runs(limit=1000)}[run_id]
+    assert run["status"] == "completed"
+    assert run["finished_at"] is not None
+    assert run["collection"] == collection_name
+    assert {k: run[k] for k in counts if k != "not_a_column"} == {k: v for k, v in counts.items() if k != "not_a_column"}
+
+
+async def test_recent_runs_newest_first_and_limited(registry: Registry, collection_name: str) -> None:
+    """recent_runs lists newest first and honours the limit."""
+    first = await registry.start_run(collection_name, "s", None)
+    second = await registry.start_run(collection_name, "s", None)
+    ours = [r["id"] for r in await registry.recent_runs(limit=1000) if r["id"] in (first, second)]
+    assert ours == [second, first]
+    assert len(await registry.recent_runs(limit=1)) == 1
+
+
+async def test_collection_stats_counts(registry: Registry, collection_name: str) -> None:
+    """Stats count indexed documents, all chunks and dead letters of each collection."""
+    await registry.ensure_collection(collection_name, MODEL, 8)
+    done = record(collection_name, "done", ["a", "b"])
+    pending = record(collection_name, "pending", ["c"])
+    await registry.write_intent(collection_name, MODEL, [done, pending])
+    await registry.commit_documents(collection_name, MODEL, [done])
+    await registry.record_dead_letters(collection_name, [DeadLetter("bad", "src", "load", "x")])
+    stats = {row["collection"]: row for row in await registry.collection_stats()}
+    assert stats[collection_name] == {
+        "collection": collection_name, "model": MODEL, "dimensions": 8,
+        "documents": 1, "chunks": 3, "dead_letters": 1,
+    }
+
+
+async def test_forget_collection(registry: Registry, collection_name: str) -> None:
+    """Forgetting a collection removes its rows from every table."""
+    await registry.ensure_collection(collection_name, MODEL, 8)
+    rec = record(collection_name, "d", ["a"])
+    await registry.write_intent(collection_name, MODEL, [rec])
+    await registry.commit_documents(collection_name, MODEL, [rec])
+    await registry.record_dead_letters(collection_name, [DeadLetter("bad", "src", "load", "x")])
+    await registry.forget_collection(collection_name)
+    assert await registry.collection(collection_name) is None
+    assert await registry.get_documents(collection_name, ["d"]) == {}
+    assert await registry.count_chunks(collection_name) == 0
+    assert await registry.dead_letters(collection_name) == []
+    assert collection_name not in {row["collection"] for row in await registry.collection_stats()}
+
+
+async def test_large_batches_span_parameter_chunks(registry: Registry, collection_name: str) -> None:
+    """Lookups of more ids than one IN-list chunk (500) still find every document."""
+    recs = [record(collection_name, f"doc-{i:04d}", [str(i)]) for i in range(620)]
+    await registry.write_intent(collection_name, MODEL, recs)
+    await registry.commit_documents(collection_name, MODEL, recs)
+    ids = [r.id for r in recs]
+    assert len(await registry.get_documents(collection_name, ids)) == 620
+    assert len(await registry.point_ids(collection_name, ids)) == 620
+    await registry.delete_documents(collection_name, ids)
+    assert await registry.count_chunks(collection_name) == 0
