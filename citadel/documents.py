@@ -157,12 +157,6 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
     return out or [LoadFailure(doc_id, source, "empty document (no records)")]
 
 
-def iter_documents(listing: SourceListing, max_bytes: int) -> Iterator[Document | LoadFailure]:
-    """Stream the documents of a listing, reading one file at a time."""
-    for path in listing.paths:
-        yield from load_file(path, listing.key, max_bytes)
-
-
 def documents_from_records(records: Sequence[dict[str, Any]], source: str) -> Iterable[Document | LoadFailure]:
     """Documents given inline as ``{"id", "text", "metadata"}`` objects."""
     for number, raw in enumerate(records):
@@ -177,13 +171,50 @@ def documents_from_records(records: Sequence[dict[str, Any]], source: str) -> It
         yield _check_text(doc)
 
 
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Consecutive lists of at most ``size`` items, pulling lazily from ``items``."""
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+@dataclass
+class Batch:
+    """Documents read so far, with progress in source units (files, or records when given inline)."""
+
+    items: list[Document | LoadFailure]
+    done: int
+    total: int
+
+
+def _size(item: Document | LoadFailure) -> int:
+    return len(item.text) if isinstance(item, Document) else 0
+
+
+def iter_batches(
+    listing: SourceListing | None,
+    records: Sequence[dict[str, Any]] | None,
+    source: str,
+    *,
+    max_documents: int,
+    max_chars: int,
+    max_file_bytes: int,
+) -> Iterator[Batch]:
+    """Stream documents in batches bounded by count and by text size, reading one file at a time.
+
+    Memory stays bounded by the batch limits (plus one file), whatever the size of the corpus.
+    """
+    pending: list[Document | LoadFailure] = []
+    chars = 0
+    if records is not None:
+        total = len(records)
+        units: Iterable[tuple[int, list[Document | LoadFailure]]] = (
+            (number, [item]) for number, item in enumerate(documents_from_records(records, source), start=1)
+        )
+    else:
+        assert listing is not None
+        total = len(listing.paths)
+        units = ((number, load_file(path, listing.key, max_file_bytes)) for number, path in enumerate(listing.paths, start=1))
+    done = 0
+    for done, items in units:
+        for item in items:
+            pending.append(item)
+            chars += _size(item)
+            if len(pending) >= max_documents or chars >= max_chars:
+                yield Batch(pending, done, total)
+                pending, chars = [], 0
+    if pending or total == 0:
+        yield Batch(pending, max(done, total), total)

@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     chunk_size: int = Field(1000, gt=0)
     chunk_overlap: int = Field(100, ge=0)
     max_file_bytes: int = Field(10 * 1024 * 1024, gt=0)
-    document_batch_size: int = Field(64, gt=0, description="Documents per indexing batch.")
+    document_batch_size: int = Field(256, gt=0, description="Documents per indexing batch, at most.")
+    document_batch_chars: int = Field(8_000_000, gt=0, description="Characters of text per indexing batch, at most.")
 
     @field_validator("ollama_urls", mode="before")
     @classmethod

@@ -50,6 +50,24 @@ def close_local_clients() -> None:
         _LOCAL_CLIENTS.clear()
 
 
+def _tune_embedded_storage(client: QdrantClient, name: str) -> None:
+    """Put an embedded collection's SQLite file in WAL mode with ``synchronous=NORMAL``.
+
+    Embedded mode commits every point on its own; with the default rollback journal each commit
+    waits for the disk (measured here: about 1.1 ms a point, against 0.13 ms in WAL mode). WAL stays
+    consistent when a process is killed; only an operating-system crash or power loss may lose the
+    last commits (``citadel index --full`` rewrites them). Best effort: the attributes are
+    qdrant-client's internals, and without them the store is merely slower.
+    """
+    try:
+        storage = client._client.collections[name].storage  # type: ignore[attr-defined]
+        if storage is not None:
+            storage.storage.execute("PRAGMA journal_mode=WAL")
+            storage.storage.execute("PRAGMA synchronous=NORMAL")
+    except (AttributeError, KeyError, TypeError):
+        pass
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result."""
@@ -126,6 +144,8 @@ class VectorStore:
         if key in self._checked:
             return
         await self._run(self._ensure_collection_sync, name, dimensions, model)
+        if not self.is_server:
+            _tune_embedded_storage(self.client, name)
         self._checked.add(key)
 
     async def collection_exists(self, name: str) -> bool:

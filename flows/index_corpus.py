@@ -4,46 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from citadel import progress
-from citadel.documents import (
-    Document,
-    LoadFailure,
-    SourceListing,
-    documents_from_records,
-    list_source,
-    load_file,
-)
+from citadel.documents import iter_batches, list_source
 from citadel.indexing import EmbeddedBatch, RunCounts
-from citadel.settings import EmbedderConfig, Settings, settings_for
+from citadel.settings import EmbedderConfig, settings_for
 from tasks.indexing import delete_stale_documents, embed_chunks, plan_batch, prepare_collection, write_batch
 from tasks.resources import open_resources
-
-
-def _batches(
-    listing: SourceListing | None, records: list[dict[str, Any]] | None, source_key: str, settings: Settings
-) -> Iterator[tuple[list[Document | LoadFailure], int, int]]:
-    """Batches of documents with (units done, units total) for the progress bar; one file at a time."""
-    size = settings.document_batch_size
-    if records is not None:
-        items = list(documents_from_records(records, source_key))
-        for start in range(0, len(items), size):
-            yield items[start : start + size], min(start + size, len(items)), len(items)
-        return
-    assert listing is not None
-    batch: list[Document | LoadFailure] = []
-    total = len(listing.paths)
-    for done, path in enumerate(listing.paths, start=1):
-        batch.extend(load_file(path, listing.key, settings.max_file_bytes))
-        if len(batch) >= size:
-            yield batch, done, total
-            batch = []
-    if batch or total == 0:
-        yield batch, total, total
 
 
 @flow(name="index-corpus", validate_parameters=True)
@@ -81,13 +53,21 @@ async def index_corpus(
         writer: asyncio.Task | None = None
         status = "failed"
         try:
-            for items, done, total in _batches(listing, records, source_key, settings):
+            batches = iter_batches(
+                listing, records, source_key,
+                max_documents=settings.document_batch_size,
+                max_chars=settings.document_batch_chars,
+                max_file_bytes=settings.max_file_bytes,
+            )
+            for batch in batches:
+                items = batch.items
                 seen.update(item.id for item in items)
-                plan = await plan_batch(settings, collection, items, full)
+                # quote(): Prefect would otherwise walk every document and payload looking for futures.
+                plan = await plan_batch(settings, collection, quote(items), full)
                 counts.unchanged += plan.unchanged
                 if plan.documents:
                     # Embedding this batch overlaps with writing the previous one.
-                    embedded = await embed_chunks(settings, collection, plan)
+                    embedded = await embed_chunks(settings, collection, quote(plan))
                 else:
                     embedded = EmbeddedBatch(plan, [])
                 counts.chunks_embedded += embedded.chunks_embedded
@@ -98,13 +78,13 @@ async def index_corpus(
                     _collect(counts, await writer)
                     writer = None
                 if embedded.plan.documents or embedded.plan.failures:
-                    writer = asyncio.create_task(write_batch(settings, collection, embedded))
-                progress.report(done, total, "indexing")
+                    writer = asyncio.create_task(write_batch(settings, collection, quote(embedded)))
+                progress.report(batch.done, batch.total, "indexing")
             if writer is not None:
                 _collect(counts, await writer)
                 writer = None
             if complete:
-                counts.deleted = await delete_stale_documents(settings, collection, source_key, seen)
+                counts.deleted = await delete_stale_documents(settings, collection, source_key, quote(seen))
             status = "completed"
         finally:
             if writer is not None:

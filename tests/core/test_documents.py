@@ -11,9 +11,8 @@ from citadel.documents import (
     SUPPORTED_SUFFIXES,
     Document,
     LoadFailure,
-    batched,
     documents_from_records,
-    iter_documents,
+    iter_batches,
     list_source,
     load_file,
 )
@@ -231,10 +230,12 @@ def test_unreadable_path_fails(tmp_path: Path) -> None:
     assert failure.id == str(tmp_path / "gone.txt")
 
 
-def test_iter_documents_streams_listing(corpus: Path) -> None:
+def test_iter_batches_streams_listing(corpus: Path) -> None:
     """Iterating a listing loads every listed file with the listing key as source."""
     listing = list_source(corpus)
-    docs = list(iter_documents(listing, MAX))
+    batches = list(iter_batches(listing, None, listing.key, max_documents=100, max_chars=MAX, max_file_bytes=MAX))
+    assert len(batches) == 1 and (batches[0].done, batches[0].total) == (len(listing.paths), len(listing.paths))
+    docs = batches[0].items
     assert len(docs) == 6
     assert all(isinstance(d, Document) and d.source == listing.key for d in docs)
     assert {d.text for d in docs} >= {"bee", "# a", "d", "e"}
@@ -271,18 +272,27 @@ def test_content_hash_changes_with_text_or_metadata() -> None:
     assert len(base.content_hash) == 64
 
 
-def test_batched() -> None:
-    """batched yields full lists of the size and a shorter last one, lazily."""
-    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(batched(range(6), 3)) == [[0, 1, 2], [3, 4, 5]]
-    assert list(batched([], 3)) == []
-    pulled: list[int] = []
+def test_iter_batches_bounds_count_and_size_and_reads_lazily(tmp_path: Path) -> None:
+    """Batches close at the document limit or the character limit, and files are read one batch ahead at most."""
+    for n in range(7):
+        write(tmp_path / f"{n}.txt", "x" * (10 if n != 3 else 500))
+    listing = list_source(tmp_path)
+    by_count = list(iter_batches(listing, None, listing.key, max_documents=3, max_chars=10_000, max_file_bytes=MAX))
+    assert [len(b.items) for b in by_count] == [3, 3, 1]
+    assert [b.done for b in by_count] == [3, 6, 7] and all(b.total == 7 for b in by_count)
+    by_size = list(iter_batches(listing, None, listing.key, max_documents=100, max_chars=100, max_file_bytes=MAX))
+    assert [len(b.items) for b in by_size] == [4, 3]  # the 500-character file closes the first batch
 
-    def source():
-        for i in range(100):
-            pulled.append(i)
-            yield i
+    stream = iter_batches(listing, None, listing.key, max_documents=2, max_chars=10_000, max_file_bytes=MAX)
+    first = next(stream)
+    assert first.done == 2, "only the files of the first batch were read"
 
-    first = next(batched(source(), 4))
-    assert first == [0, 1, 2, 3]
-    assert pulled == [0, 1, 2, 3], "only one batch is pulled from the source"
+
+def test_iter_batches_of_inline_records() -> None:
+    """Inline records batch by count, with progress counted in records; an empty list yields one empty batch."""
+    records = [{"id": str(i), "text": f"t{i}"} for i in range(5)]
+    batches = list(iter_batches(None, records, "api", max_documents=2, max_chars=10_000, max_file_bytes=MAX))
+    assert [[d.id for d in b.items] for b in batches] == [["0", "1"], ["2", "3"], ["4"]]
+    assert [(b.done, b.total) for b in batches] == [(2, 5), (4, 5), (5, 5)]
+    (empty,) = iter_batches(None, [], "api", max_documents=2, max_chars=10, max_file_bytes=MAX)
+    assert (empty.items, empty.done, empty.total) == ([], 0, 0)

@@ -1,0 +1,102 @@
+"""index_corpus through the Ollama embedder and the Redis cache: the production code path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from citadel.registry import Registry
+from citadel.settings import Settings
+from flows.index_corpus import index_corpus
+from tests.support.corpus import index_state, write_corpus
+from tests.support.embedding_server import EmbeddingServer
+
+
+@pytest.fixture
+def ollama(data_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    with EmbeddingServer() as server:
+        monkeypatch.setenv("CITADEL_EMBEDDER", "ollama")
+        monkeypatch.setenv("CITADEL_EMBEDDING_MODEL", "all-minilm")
+        monkeypatch.setenv("CITADEL_OLLAMA_URLS", server.url)
+        monkeypatch.setenv("CITADEL_EMBED_BATCH_SIZE", "16")
+        yield server
+
+
+async def test_document_the_embedder_rejects_is_dead_lettered(
+    ollama: EmbeddingServer, tmp_path: Path, collection_name: str
+) -> None:
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=3, paragraphs=2)
+    # The batch request fails, then so does the first document's own request: only it is at fault.
+    ollama.fail_next(2, 400, body={"error": "invalid input: unsupported characters"}, path="/api/embed")
+    summary = await index_corpus(str(corpus), collection=collection_name)
+    assert (summary["added"], summary["failed"]) == (2, 1)
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    letters = await registry.dead_letters(collection_name)
+    await registry.aclose()
+    assert [(Path(l["document_id"]).name, l["stage"]) for l in letters] == [("doc_00000.md", "embed")]
+    assert "unsupported characters" in letters[0]["error"]
+
+    retried = await index_corpus(str(corpus), collection=collection_name)
+    assert (retried["added"], retried["unchanged"], retried["failed"]) == (1, 2, 0)
+    vectors, chunks = await index_state(Settings(), collection_name)
+    assert vectors == chunks > 0
+
+
+async def test_transient_outage_is_retried_by_the_task(
+    ollama: EmbeddingServer, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CITADEL_EMBED_RETRIES", "0")  # the client gives up at once; the Prefect task retries
+    monkeypatch.setattr("tasks.retry.RETRY_DELAYS", [0.0])
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=2, paragraphs=2)
+    ollama.fail_next(1, 503, path="/api/embed")
+    from tasks import indexing as indexing_tasks
+
+    fast = indexing_tasks.embed_chunks.with_options(retry_delay_seconds=0)
+    monkeypatch.setattr("flows.index_corpus.embed_chunks", fast)
+    summary = await index_corpus(str(corpus), collection=collection_name)
+    assert (summary["added"], summary["failed"]) == (2, 0)
+    assert ollama.requests["/api/embed"] >= 2
+
+
+async def test_unknown_model_fails_the_run_without_dead_letters(
+    ollama: EmbeddingServer, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CITADEL_EMBEDDING_MODEL", "not-pulled-model")
+    monkeypatch.setenv("CITADEL_EMBEDDING_DIMENSIONS", "64")
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=2, paragraphs=1)
+    from citadel.errors import EmbedderError
+
+    with pytest.raises(EmbedderError, match="not found"):
+        await index_corpus(str(corpus), collection=collection_name)
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    assert await registry.dead_letters(collection_name) == []
+    await registry.aclose()
+
+
+async def test_redis_cache_makes_a_full_reindex_free(
+    ollama: EmbeddingServer, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    monkeypatch.setenv("CITADEL_REDIS_URL", redis_url)
+    monkeypatch.setenv("CITADEL_EMBEDDING_MODEL", "mxbai-embed-large")  # a model no other test caches
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("citadel:embedding:mxbai-embed-large:*"):
+        client.delete(key)
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=3, paragraphs=3, seed=11)
+    first = await index_corpus(str(corpus), collection=collection_name)
+    assert first["chunks_embedded"] > 0 and first["cache_hits"] == 0
+    requests = ollama.requests["/api/embed"]
+    full = await index_corpus(str(corpus), collection=collection_name, full=True)
+    assert full["updated"] == 3 and full["chunks_embedded"] == 0
+    assert full["cache_hits"] == first["chunks_embedded"]
+    assert ollama.requests["/api/embed"] == requests, "a cached text never reaches the embedding server"
+    stored = client.get(next(iter(client.scan_iter("citadel:embedding:mxbai-embed-large:*"))))
+    assert len(stored) == 1024 * 4 and client.ttl(next(iter(client.scan_iter("citadel:embedding:mxbai-embed-large:*")))) > 0
+    client.close()

@@ -1,0 +1,41 @@
+"""The embed-texts and similarity-search flows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from citadel.embedders import HashingEmbedder
+from flows.embed_texts import embed_texts
+from flows.index_corpus import index_corpus
+from flows.similarity_search import similarity_search
+from tests.support.corpus import write_corpus
+
+
+async def test_embed_texts_returns_vectors_in_order(data_dir: Path) -> None:
+    texts = ["first text", "second text", "first text"]
+    result = await embed_texts(texts)
+    expected = await HashingEmbedder().embed(texts)
+    assert result["model"] == "citadel-hashing-v1-384d" and result["dimensions"] == 384
+    assert np.allclose(np.array(result["vectors"]), expected, atol=1e-6)
+    assert result["embedded"] == 2  # the duplicate is embedded once
+
+
+async def test_similarity_search_ranks_filters_and_thresholds(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=3)
+    (corpus / "zebra.md").write_text("Zebras juggle xylophones near quartz fountains.\n")
+    await index_corpus(str(corpus), collection=collection_name)
+
+    hits = await similarity_search("zebras juggling xylophones", collection=collection_name, limit=3)
+    assert hits[0]["document_id"].endswith("zebra.md")
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert {"score", "document_id", "chunk_index", "text"} <= set(hits[0])
+
+    only = await similarity_search(
+        "zebras", collection=collection_name, limit=10, filters={"document_id": str(corpus / "doc_00001.md")}
+    )
+    assert only and all(h["document_id"].endswith("doc_00001.md") for h in only)
+    strict = await similarity_search("zebras juggling xylophones", collection=collection_name, score_threshold=0.3)
+    assert [h["document_id"] for h in strict] == [str(corpus / "zebra.md")]
