@@ -157,9 +157,11 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
     return out or [LoadFailure(doc_id, source, "empty document (no records)")]
 
 
-def documents_from_records(records: Sequence[dict[str, Any]], source: str) -> Iterable[Document | LoadFailure]:
-    """Documents given inline as ``{"id", "text", "metadata"}`` objects."""
-    for number, raw in enumerate(records):
+def documents_from_records(
+    records: Sequence[dict[str, Any]], source: str, offset: int = 0
+) -> Iterable[Document | LoadFailure]:
+    """Documents given inline as ``{"id", "text", "metadata"}`` objects; ``offset`` numbers them in a longer list."""
+    for number, raw in enumerate(records, start=offset):
         try:
             doc = _record_document(raw, "", source, f"document {number}")
         except ValueError as exc:
@@ -172,49 +174,54 @@ def documents_from_records(records: Sequence[dict[str, Any]], source: str) -> It
 
 
 @dataclass
-class Batch:
-    """Documents read so far, with progress in source units (files, or records when given inline)."""
+class SourceGroup:
+    """A group of files (or inline records) to load together, with progress in source units."""
 
-    items: list[Document | LoadFailure]
+    paths: list[Path]
+    records: list[dict[str, Any]]
     done: int
     total: int
 
 
-def _size(item: Document | LoadFailure) -> int:
-    return len(item.text) if isinstance(item, Document) else 0
-
-
-def iter_batches(
+def iter_groups(
     listing: SourceListing | None,
     records: Sequence[dict[str, Any]] | None,
-    source: str,
     *,
     max_documents: int,
-    max_chars: int,
-    max_file_bytes: int,
-) -> Iterator[Batch]:
-    """Stream documents in batches bounded by count and by text size, reading one file at a time.
-
-    Memory stays bounded by the batch limits (plus one file), whatever the size of the corpus.
-    """
-    pending: list[Document | LoadFailure] = []
-    chars = 0
+    max_bytes: int,
+) -> Iterator[SourceGroup]:
+    """Split a source into groups of at most ``max_documents`` files or records and about
+    ``max_bytes`` of files, so that loading one group at a time keeps memory bounded."""
     if records is not None:
         total = len(records)
-        units: Iterable[tuple[int, list[Document | LoadFailure]]] = (
-            (number, [item]) for number, item in enumerate(documents_from_records(records, source), start=1)
-        )
-    else:
-        assert listing is not None
-        total = len(listing.paths)
-        units = ((number, load_file(path, listing.key, max_file_bytes)) for number, path in enumerate(listing.paths, start=1))
-    done = 0
-    for done, items in units:
-        for item in items:
-            pending.append(item)
-            chars += _size(item)
-            if len(pending) >= max_documents or chars >= max_chars:
-                yield Batch(pending, done, total)
-                pending, chars = [], 0
-    if pending or total == 0:
-        yield Batch(pending, max(done, total), total)
+        for start in range(0, total, max_documents):
+            part = list(records[start : start + max_documents])
+            yield SourceGroup([], part, start + len(part), total)
+        if total == 0:
+            yield SourceGroup([], [], 0, 0)
+        return
+    assert listing is not None
+    total = len(listing.paths)
+    group: list[Path] = []
+    size = 0
+    for done, path in enumerate(listing.paths, start=1):
+        group.append(path)
+        try:
+            size += path.stat().st_size
+        except OSError:
+            pass  # load_file reports the file; here it only counts toward the group
+        if len(group) >= max_documents or size >= max_bytes:
+            yield SourceGroup(group, [], done, total)
+            group, size = [], 0
+    if group or total == 0:
+        yield SourceGroup(group, [], total, total)
+
+
+def load_group(group: SourceGroup, source: str, max_file_bytes: int) -> list[Document | LoadFailure]:
+    """The documents of one group, read one file at a time."""
+    if group.records:
+        return list(documents_from_records(group.records, source, offset=group.done - len(group.records)))
+    items: list[Document | LoadFailure] = []
+    for path in group.paths:
+        items.extend(load_file(path, source, max_file_bytes))
+    return items

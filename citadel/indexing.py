@@ -218,28 +218,39 @@ async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch
     return batch
 
 
-async def write_batch(resources: Resources, batch: EmbeddedBatch, collection: str) -> WriteResult:
-    """Store the points, delete the ones they replace, then record the documents as indexed."""
+async def upsert_vectors(resources: Resources, batch: EmbeddedBatch, collection: str) -> int:
+    """Record the intent, store the points, then delete the ones they replace; returns points written.
+
+    The registry learns every point id before the store holds it, so no crash leaves a point
+    the registry does not know.
+    """
+    plan = batch.plan
+    if not plan.documents:
+        return 0
     registry = await resources.registry()
     model = resources.embedder.model
+    store = resources.store
+    await store.ensure_collection(collection, resources.embedder.dimensions, model)
+    await registry.write_intent(collection, model, [d.record for d in plan.documents])
+    ids = [row.point_id for d in plan.documents for row in d.record.chunks]
+    payloads = [p for d in plan.documents for p in d.payloads]
+    await store.upsert(collection, ids, np.vstack(batch.vectors), payloads)
+    await store.delete(collection, [pid for d in plan.documents for pid in d.stale])
+    return len(ids)
+
+
+async def record_documents(resources: Resources, batch: EmbeddedBatch, collection: str) -> WriteResult:
+    """After the store acknowledged a batch: mark its documents indexed and its failures dead-lettered."""
+    registry = await resources.registry()
     plan = batch.plan
-    result = WriteResult()
-    if plan.documents:
-        store = resources.store
-        await store.ensure_collection(collection, resources.embedder.dimensions, model)
-        records = [d.record for d in plan.documents]
-        await registry.write_intent(collection, model, records)
-        ids = [row.point_id for d in plan.documents for row in d.record.chunks]
-        payloads = [p for d in plan.documents for p in d.payloads]
-        vectors = np.vstack(batch.vectors) if batch.vectors else np.zeros((0, resources.embedder.dimensions))
-        await store.upsert(collection, ids, vectors, payloads)
-        await store.delete(collection, [pid for d in plan.documents for pid in d.stale])
-        await registry.commit_documents(collection, model, records)
-        result.chunks_written = len(ids)
-        result.added = sum(1 for d in plan.documents if d.is_new)
-        result.updated = len(plan.documents) - result.added
+    await registry.commit_documents(collection, resources.embedder.model, [d.record for d in plan.documents])
     await registry.record_dead_letters(collection, plan.failures)
-    return result
+    added = sum(1 for d in plan.documents if d.is_new)
+    return WriteResult(
+        added=added,
+        updated=len(plan.documents) - added,
+        chunks_written=sum(len(d.record.chunks) for d in plan.documents),
+    )
 
 
 async def delete_documents(resources: Resources, collection: str, document_ids: Sequence[str]) -> int:

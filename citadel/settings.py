@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(100, ge=0)
     max_file_bytes: int = Field(10 * 1024 * 1024, gt=0)
     document_batch_size: int = Field(256, gt=0, description="Documents per indexing batch, at most.")
-    document_batch_chars: int = Field(8_000_000, gt=0, description="Characters of text per indexing batch, at most.")
+    document_batch_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Bytes of files per indexing batch, about.")
 
     @field_validator("ollama_urls", mode="before")
     @classmethod

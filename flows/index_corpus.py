@@ -11,10 +11,19 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from citadel import progress
-from citadel.documents import iter_batches, list_source
-from citadel.indexing import EmbeddedBatch, RunCounts
+from citadel.documents import iter_groups, list_source
+from citadel.indexing import EmbeddedBatch, RunCounts, WriteResult
 from citadel.settings import EmbedderConfig, settings_for
-from tasks.indexing import delete_stale_documents, embed_chunks, plan_batch, prepare_collection, write_batch
+from citadel.settings import Settings
+from tasks.indexing import (
+    delete_stale_documents,
+    embed_chunks,
+    load_documents,
+    plan_batch,
+    prepare_collection,
+    record_documents,
+    upsert_vectors,
+)
 from tasks.resources import open_resources
 
 
@@ -53,14 +62,11 @@ async def index_corpus(
         writer: asyncio.Task | None = None
         status = "failed"
         try:
-            batches = iter_batches(
-                listing, records, source_key,
-                max_documents=settings.document_batch_size,
-                max_chars=settings.document_batch_chars,
-                max_file_bytes=settings.max_file_bytes,
+            groups = iter_groups(
+                listing, records, max_documents=settings.document_batch_size, max_bytes=settings.document_batch_bytes
             )
-            for batch in batches:
-                items = batch.items
+            for group in groups:
+                items = await load_documents(settings, quote(group), source_key)
                 seen.update(item.id for item in items)
                 # quote(): Prefect would otherwise walk every document and payload looking for futures.
                 plan = await plan_batch(settings, collection, quote(items), full)
@@ -78,8 +84,8 @@ async def index_corpus(
                     _collect(counts, await writer)
                     writer = None
                 if embedded.plan.documents or embedded.plan.failures:
-                    writer = asyncio.create_task(write_batch(settings, collection, quote(embedded)))
-                progress.report(batch.done, batch.total, "indexing")
+                    writer = asyncio.create_task(_write(settings, collection, embedded))
+                progress.report(group.done, group.total, "indexing")
             if writer is not None:
                 _collect(counts, await writer)
                 writer = None
@@ -109,6 +115,12 @@ async def index_corpus(
     return summary
 
 
-def _collect(counts: RunCounts, written: Any) -> None:
+async def _write(settings: Settings, collection: str, batch: EmbeddedBatch) -> WriteResult:
+    """The two write steps of a batch, in order: the points, then the registry."""
+    await upsert_vectors(settings, collection, quote(batch))
+    return await record_documents(settings, collection, quote(batch))
+
+
+def _collect(counts: RunCounts, written: WriteResult) -> None:
     counts.add_written(written)
     counts.chunks_written += written.chunks_written

@@ -3,12 +3,16 @@ VENV="${CITADEL_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
 fi
 # Re-install only when the project's dependencies changed.
 stamp="$VENV/.citadel-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$VENV/bin/pip" install -q -e '.[test]'
+  if ! "$VENV/bin/pip" install -q -e '.[test]' >"$VENV/install.log" 2>&1; then
+    cat "$VENV/install.log" >&2
+    echo "installing Citadel into $VENV failed (log above)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

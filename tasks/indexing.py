@@ -12,7 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from citadel import indexing
-from citadel.documents import Document, LoadFailure
+from citadel.documents import Document, LoadFailure, SourceGroup, load_group
 from citadel.settings import Settings
 from tasks.resources import get_resources
 from tasks.retry import RETRYING
@@ -22,6 +22,12 @@ from tasks.retry import RETRYING
 async def prepare_collection(settings: Settings, collection: str) -> None:
     """Create the collection or refuse it when it holds another model's vectors."""
     await indexing.prepare_collection(get_resources(settings), collection)
+
+
+@task(name="load-documents", cache_policy=NO_CACHE, **RETRYING)
+async def load_documents(settings: Settings, group: SourceGroup, source: str) -> list[Document | LoadFailure]:
+    """Read one group of files (or validate inline records) into documents and load failures."""
+    return load_group(group, source, settings.max_file_bytes)
 
 
 @task(name="plan-batch", cache_policy=NO_CACHE, **RETRYING)
@@ -47,10 +53,16 @@ async def embed_chunks(settings: Settings, collection: str, plan: indexing.Batch
     return await indexing.embed_plan(get_resources(settings), plan, collection)
 
 
-@task(name="write-batch", cache_policy=NO_CACHE, **RETRYING)
-async def write_batch(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> indexing.WriteResult:
-    """Upsert the points, delete replaced ones, then record the documents in the registry."""
-    return await indexing.write_batch(get_resources(settings), batch, collection)
+@task(name="upsert-vectors", cache_policy=NO_CACHE, **RETRYING)
+async def upsert_vectors(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> int:
+    """Register the point ids as pending, upsert the points, delete the ones they replace."""
+    return await indexing.upsert_vectors(get_resources(settings), batch, collection)
+
+
+@task(name="record-documents", cache_policy=NO_CACHE, **RETRYING)
+async def record_documents(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> indexing.WriteResult:
+    """Mark the batch's documents indexed (after the store acknowledged them) and record failures."""
+    return await indexing.record_documents(get_resources(settings), batch, collection)
 
 
 @task(name="delete-stale-documents", cache_policy=NO_CACHE, **RETRYING)

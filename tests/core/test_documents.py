@@ -12,7 +12,8 @@ from citadel.documents import (
     Document,
     LoadFailure,
     documents_from_records,
-    iter_batches,
+    iter_groups,
+    load_group,
     list_source,
     load_file,
 )
@@ -230,12 +231,12 @@ def test_unreadable_path_fails(tmp_path: Path) -> None:
     assert failure.id == str(tmp_path / "gone.txt")
 
 
-def test_iter_batches_streams_listing(corpus: Path) -> None:
-    """Iterating a listing loads every listed file with the listing key as source."""
+def test_groups_of_a_listing_load_every_file(corpus: Path) -> None:
+    """Loading the groups of a listing loads every listed file with the listing key as source."""
     listing = list_source(corpus)
-    batches = list(iter_batches(listing, None, listing.key, max_documents=100, max_chars=MAX, max_file_bytes=MAX))
-    assert len(batches) == 1 and (batches[0].done, batches[0].total) == (len(listing.paths), len(listing.paths))
-    docs = batches[0].items
+    groups = list(iter_groups(listing, None, max_documents=100, max_bytes=MAX))
+    assert len(groups) == 1 and (groups[0].done, groups[0].total) == (len(listing.paths), len(listing.paths))
+    docs = load_group(groups[0], listing.key, MAX)
     assert len(docs) == 6
     assert all(isinstance(d, Document) and d.source == listing.key for d in docs)
     assert {d.text for d in docs} >= {"bee", "# a", "d", "e"}
@@ -272,27 +273,24 @@ def test_content_hash_changes_with_text_or_metadata() -> None:
     assert len(base.content_hash) == 64
 
 
-def test_iter_batches_bounds_count_and_size_and_reads_lazily(tmp_path: Path) -> None:
-    """Batches close at the document limit or the character limit, and files are read one batch ahead at most."""
+def test_groups_are_bounded_by_count_and_bytes(tmp_path: Path) -> None:
+    """Groups close at the file limit or the byte limit, with progress in files."""
     for n in range(7):
         write(tmp_path / f"{n}.txt", "x" * (10 if n != 3 else 500))
     listing = list_source(tmp_path)
-    by_count = list(iter_batches(listing, None, listing.key, max_documents=3, max_chars=10_000, max_file_bytes=MAX))
-    assert [len(b.items) for b in by_count] == [3, 3, 1]
-    assert [b.done for b in by_count] == [3, 6, 7] and all(b.total == 7 for b in by_count)
-    by_size = list(iter_batches(listing, None, listing.key, max_documents=100, max_chars=100, max_file_bytes=MAX))
-    assert [len(b.items) for b in by_size] == [4, 3]  # the 500-character file closes the first batch
-
-    stream = iter_batches(listing, None, listing.key, max_documents=2, max_chars=10_000, max_file_bytes=MAX)
-    first = next(stream)
-    assert first.done == 2, "only the files of the first batch were read"
+    by_count = list(iter_groups(listing, None, max_documents=3, max_bytes=10_000))
+    assert [len(g.paths) for g in by_count] == [3, 3, 1]
+    assert [g.done for g in by_count] == [3, 6, 7] and all(g.total == 7 for g in by_count)
+    by_size = list(iter_groups(listing, None, max_documents=100, max_bytes=100))
+    assert [len(g.paths) for g in by_size] == [4, 3]  # the 500-byte file closes the first group
+    assert sum(len(load_group(g, listing.key, MAX)) for g in by_size) == 7
 
 
-def test_iter_batches_of_inline_records() -> None:
-    """Inline records batch by count, with progress counted in records; an empty list yields one empty batch."""
-    records = [{"id": str(i), "text": f"t{i}"} for i in range(5)]
-    batches = list(iter_batches(None, records, "api", max_documents=2, max_chars=10_000, max_file_bytes=MAX))
-    assert [[d.id for d in b.items] for b in batches] == [["0", "1"], ["2", "3"], ["4"]]
-    assert [(b.done, b.total) for b in batches] == [(2, 5), (4, 5), (5, 5)]
-    (empty,) = iter_batches(None, [], "api", max_documents=2, max_chars=10, max_file_bytes=MAX)
-    assert (empty.items, empty.done, empty.total) == ([], 0, 0)
+def test_groups_of_inline_records() -> None:
+    """Inline records group by count, numbered across groups; an empty list yields one empty group."""
+    records = [{"id": str(i), "text": f"t{i}"} for i in range(5)] + [{"text": "no id"}]
+    groups = list(iter_groups(None, records, max_documents=2, max_bytes=10))
+    assert [[d.id for d in load_group(g, "api", MAX)] for g in groups] == [["0", "1"], ["2", "3"], ["4", "api#5"]]
+    assert [(g.done, g.total) for g in groups] == [(2, 6), (4, 6), (6, 6)]
+    (empty,) = iter_groups(None, [], max_documents=2, max_bytes=10)
+    assert (empty.records, empty.done, empty.total) == ([], 0, 0)
