@@ -166,7 +166,9 @@ def main() -> None:
         print("|---|---|---|")
         print(f"| first run, {report['chunks']} chunks | {loop['seconds']:.2f} s ({report['loop_chunks_per_s']:.0f} chunks/s) | {flow['seconds']:.2f} s ({report['flow_chunks_per_s']:.0f} chunks/s) |")
         print(f"| speed ratio (loop time / flow time) | 1.00 | {report['flow_over_loop']:.2f} |")
-        print(f"| unchanged re-run | | {flow['rerun_seconds']:.2f} s ({100 * report['rerun_fraction']:.1f}% of the first run), {flow['rerun_chunks_embedded']} chunks embedded, store opened: {flow['rerun_opened_store']} |")
+        print(f"| unchanged re-run, wall clock with Prefect's flow-run bookkeeping | | {flow['rerun_seconds']:.2f} s ({100 * report['rerun_fraction']:.1f}% of the first run), {flow['rerun_chunks_embedded']} chunks embedded, store opened: {flow['rerun_opened_store']} |")
+        inner = flow["rerun_flow_reported_s"] / flow["flow_reported_s"]
+        print(f"| unchanged re-run, inside the flow (its own duration_s) | | {flow['rerun_flow_reported_s']:.2f} s ({100 * inner:.1f}% of the first run's {flow['flow_reported_s']:.2f} s) |")
         print(f"| peak memory (max RSS) | {loop['peak_rss_mb']:.0f} MB | {flow['peak_rss_mb']:.0f} MB |")
         print(f"| resident before indexing (imports, clients, store open) | {loop['baseline_rss_mb']:.0f} MB | {flow['baseline_rss_mb']:.0f} MB |")
         loop_growth = loop["peak_rss_mb"] - loop["baseline_rss_mb"]

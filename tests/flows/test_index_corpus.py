@@ -26,7 +26,17 @@ def expected_chunks(paths: list[Path], settings: Settings) -> int:
     return sum(len(chunk_text(p.read_text(), settings.chunk_size, settings.chunk_overlap)) for p in paths)
 
 
-async def test_index_reindex_edit_delete(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> str:
+    """Run a test once on the embedded SQLite registry and once on the real Postgres."""
+    if request.param == "postgres":
+        monkeypatch.setenv("CITADEL_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    return request.param
+
+
+async def test_index_reindex_edit_delete(
+    data_dir: Path, tmp_path: Path, collection_name: str, registry_backend: str
+) -> None:
     corpus = tmp_path / "corpus"
     paths = write_corpus(corpus, files=12)
     settings = Settings()
