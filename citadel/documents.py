@@ -99,7 +99,24 @@ def _record_document(raw: Any, default_id: str, source: str, where: str) -> Docu
     return Document(doc_id, text, source, metadata)
 
 
+def printable_id(text: str) -> str:
+    """``text`` with lone surrogates (undecodable file-name bytes) shown as escapes, safe for any database."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _check_text(doc: Document) -> Document | LoadFailure:
+    if _has_lone_surrogate(doc.id):
+        return LoadFailure(printable_id(doc.id), doc.source, "the document id (file name) is not valid UTF-8; rename it")
+    if _has_lone_surrogate(doc.text):
+        return LoadFailure(doc.id, doc.source, "the text holds unpaired UTF-16 surrogates (invalid Unicode); fix its encoding")
     if not doc.text.strip():
         return LoadFailure(doc.id, doc.source, "empty document (no text to index)")
     return doc
@@ -108,6 +125,8 @@ def _check_text(doc: Document) -> Document | LoadFailure:
 def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFailure]:
     """The documents of one file: one for text files, one per record for .json lists and .jsonl."""
     doc_id = str(path)
+    if _has_lone_surrogate(doc_id):
+        return [LoadFailure(printable_id(doc_id), source, "the file name is not valid UTF-8; rename it")]
     try:
         size = path.stat().st_size
         if size > max_bytes:

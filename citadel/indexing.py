@@ -19,6 +19,7 @@ from citadel.errors import EmbedderError
 from citadel.hashing import point_id
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry
 from citadel.resources import Resources
+from citadel.vectorstore import check_collection_name
 
 
 # Statuses that blame the configuration (bad key, unknown model), never one document.
@@ -277,6 +278,7 @@ async def prepare_collection(resources: Resources, collection: str) -> None:
     The registry answers without opening the store; only a collection it has never seen is
     checked against (and created in) the store itself.
     """
+    check_collection_name(collection)
     registry = await resources.registry()
     embedder = resources.embedder
     if await registry.collection(collection) is None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from citadel.resources import Resources
 from citadel.settings import Settings
+from citadel.vectorstore import check_collection_name
 
 
 async def search(
@@ -18,6 +19,7 @@ async def search(
     filters: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Embed ``query`` through the cache and return the nearest chunks as plain dicts."""
+    check_collection_name(collection)
     resources = Resources(settings)
     try:
         registry = await resources.registry()

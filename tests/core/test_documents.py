@@ -294,3 +294,20 @@ def test_groups_of_inline_records() -> None:
     assert [(g.done, g.total) for g in groups] == [(2, 6), (4, 6), (6, 6)]
     (empty,) = iter_groups(None, [], max_documents=2, max_bytes=10)
     assert (empty.records, empty.done, empty.total) == ([], 0, 0)
+
+
+def test_undecodable_file_name_and_lone_surrogates_are_failures(tmp_path: Path) -> None:
+    """A file name that is not UTF-8, or text with a lone surrogate, fails alone with a printable id."""
+    import os
+
+    bad_name = tmp_path / os.fsdecode(b"bad\xff.txt")
+    bad_name.write_text("fine text")
+    (failure,) = load_file(bad_name, "src", MAX)
+    assert isinstance(failure, LoadFailure) and "not valid UTF-8" in failure.reason
+    failure.id.encode("utf-8")  # storable in any database
+
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"id": "ok", "text": "fine"}\n{"id": "lone", "text": "\\ud800 broken"}\n')
+    ok, broken = load_file(records, "src", MAX)
+    assert isinstance(ok, Document)
+    assert isinstance(broken, LoadFailure) and "surrogate" in broken.reason

@@ -41,6 +41,7 @@ def test_point_id_changes_with_each_part(base: tuple[str, str, int, str], which:
     assert point_id(*base) != point_id(*changed)
 
 
+# The separator itself is excluded: ids and collection names never contain control characters.
 _safe_names = st.text(alphabet=st.characters(blacklist_characters="\x1f"), max_size=30)
 
 
