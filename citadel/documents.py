@@ -27,6 +27,7 @@ class Document:
     text: str
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # the file it came from (its shard key); inline documents use their id
 
     @property
     def content_hash(self) -> str:
@@ -42,6 +43,7 @@ class LoadFailure:
     source: str
     reason: str
     stage: str = "load"
+    origin: str = ""
 
 
 @dataclass
@@ -74,6 +76,13 @@ def list_source(source: str | os.PathLike[str]) -> SourceListing:
         if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     return SourceListing(str(path), paths, True)
+
+
+def shard_listing(listing: SourceListing, shard: int, shards: int) -> SourceListing:
+    """The files of ``listing`` that belong to ``shard`` of ``shards`` (still a complete listing of that shard)."""
+    from citadel.sharding import shard_of
+
+    return SourceListing(listing.key, [p for p in listing.paths if shard_of(str(p), shards) == shard], listing.complete)
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -137,7 +146,7 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
     base_meta = {"path": str(path), "extension": path.suffix.lower()}
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):
-        return [_check_text(Document(doc_id, text, source, base_meta))]
+        return [_check_text(Document(doc_id, text, source, base_meta, origin=doc_id))]
     out: list[Document | LoadFailure] = []
     if suffix == ".jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
@@ -153,6 +162,7 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
                 out.append(LoadFailure(item_id, source, str(exc)))
                 continue
             doc.metadata = {**base_meta, **doc.metadata}
+            doc.origin = doc_id
             if doc.id != item_id:
                 doc.id = f"{doc_id}#{doc.id}"
             out.append(_check_text(doc))
@@ -170,6 +180,7 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
             out.append(LoadFailure(item_id, source, str(exc)))
             continue
         doc.metadata = {**base_meta, **doc.metadata}
+        doc.origin = doc_id
         if doc.id != item_id:  # ids in a file are scoped to that file, so two files never collide
             doc.id = f"{doc_id}#{doc.id}"
         out.append(_check_text(doc))
@@ -189,6 +200,7 @@ def documents_from_records(
         if not doc.id:
             yield LoadFailure(f"{source}#{number}", source, f"document {number}: missing an 'id'")
             continue
+        doc.origin = doc.id
         yield _check_text(doc)
 
 

@@ -19,6 +19,7 @@ from citadel.errors import EmbedderError
 from citadel.hashing import point_id
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry
 from citadel.resources import Resources
+from citadel.sharding import shard_of
 from citadel.vectorstore import check_collection_name
 
 
@@ -133,7 +134,7 @@ async def plan_batch(
         new_ids = {row.point_id for row in rows}
         by_hash = {c.chunk_hash: c.point_id for c in old if c.state == "indexed"}
         planned = PlannedDocument(
-            record=DocumentRecord(doc.id, doc.source, content_hash, rows),
+            record=DocumentRecord(doc.id, doc.source, content_hash, rows, origin=doc.origin or doc.id),
             is_new=doc.id not in stored or stored[doc.id].status != "indexed",
             texts=[c.text for c in pieces],
             payloads=[
@@ -264,11 +265,19 @@ async def delete_documents(resources: Resources, collection: str, document_ids: 
     return len(document_ids)
 
 
-async def find_gone_documents(registry: Registry, collection: str, source: str, seen: set[str]) -> list[str]:
-    """Registered documents of ``source`` that its complete listing no longer holds."""
+async def find_gone_documents(
+    registry: Registry, collection: str, source: str, seen: set[str], shard: tuple[int, int] | None = None
+) -> list[str]:
+    """Registered documents of ``source`` (of one ``(shard, shards)`` when given) that its
+    complete listing no longer holds."""
     gone: list[str] = []
-    async for page in registry.iter_document_ids(collection, source):
-        gone.extend(doc_id for doc_id in page if doc_id not in seen)
+    async for page in registry.iter_documents(collection, source):
+        for doc_id, origin in page:
+            if doc_id in seen:
+                continue
+            if shard is not None and shard_of(origin or doc_id, shard[1]) != shard[0]:
+                continue  # another shard's document: its own run decides
+            gone.append(doc_id)
     return gone
 
 

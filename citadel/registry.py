@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -44,6 +44,7 @@ documents = sa.Table(
     sa.Column("collection", sa.String(255), primary_key=True),
     sa.Column("id", sa.String(1024), primary_key=True),
     sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("origin", sa.String(1024), nullable=False, default=""),  # the file it came from: its shard key
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("chunk_count", sa.Integer, nullable=False),
     sa.Column("model", sa.String(255), nullable=False),
@@ -98,8 +99,11 @@ dead_letters = sa.Table(
     sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-# Each entry upgrades the schema from version N-1 to N; version 1 is create_all.
-MIGRATIONS: dict[int, list[str]] = {}
+# Each entry upgrades the schema from version N-1 to N. A new database gets the current tables
+# from create_all and is stamped with SCHEMA_VERSION; an older one runs the steps it lacks.
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE citadel_documents ADD COLUMN origin VARCHAR(1024) NOT NULL DEFAULT ''"],
+}
 
 
 def utcnow() -> dt.datetime:
@@ -137,6 +141,7 @@ class DocumentRecord:
     source: str
     content_hash: str
     chunks: list[ChunkRow] = field(default_factory=list)
+    origin: str = ""
 
 
 @dataclass
@@ -267,8 +272,8 @@ class Registry:
         now = utcnow()
         async with self.engine.begin() as conn:
             doc_rows = [
-                dict(collection=collection, id=r.id, source=r.source, content_hash="", chunk_count=0, model=model,
-                     status="pending", created_at=now, updated_at=now)
+                dict(collection=collection, id=r.id, source=r.source, origin=r.origin or r.id, content_hash="",
+                     chunk_count=0, model=model, status="pending", created_at=now, updated_at=now)
                 for r in records
             ]
             stmt = self._insert(documents)
@@ -315,6 +320,7 @@ class Registry:
                     index_elements=["collection", "id"],
                     set_={
                         "source": stmt.excluded.source,
+                        "origin": stmt.excluded.origin,
                         "content_hash": stmt.excluded.content_hash,
                         "chunk_count": stmt.excluded.chunk_count,
                         "model": stmt.excluded.model,
@@ -323,8 +329,9 @@ class Registry:
                     },
                 ),
                 [
-                    dict(collection=collection, id=r.id, source=r.source, content_hash=r.content_hash,
-                         chunk_count=len(r.chunks), model=model, status="indexed", created_at=now, updated_at=now)
+                    dict(collection=collection, id=r.id, source=r.source, origin=r.origin or r.id,
+                         content_hash=r.content_hash, chunk_count=len(r.chunks), model=model, status="indexed",
+                         created_at=now, updated_at=now)
                     for r in records
                 ],
             )
@@ -334,23 +341,25 @@ class Registry:
                 )
             )
 
-    async def iter_document_ids(self, collection: str, source: str, page: int = 5000) -> AsyncIterator[list[str]]:
-        """Ids of the documents registered from ``source``, a page at a time."""
+    async def iter_documents(
+        self, collection: str, source: str, page: int = 5000
+    ) -> AsyncIterator[list[tuple[str, str]]]:
+        """(id, origin) of the documents registered from ``source``, a page at a time."""
         last = ""
         while True:
             async with self.engine.connect() as conn:
                 rows = (
                     await conn.execute(
-                        sa.select(documents.c.id)
+                        sa.select(documents.c.id, documents.c.origin)
                         .where(documents.c.collection == collection, documents.c.source == source, documents.c.id > last)
                         .order_by(documents.c.id)
                         .limit(page)
                     )
-                ).scalars().all()
+                ).all()
             if not rows:
                 return
-            yield list(rows)
-            last = rows[-1]
+            yield [(row.id, row.origin) for row in rows]
+            last = rows[-1].id
 
     async def point_ids(self, collection: str, document_ids: Sequence[str]) -> list[str]:
         stored = await self.get_chunks(collection, document_ids)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
 
@@ -127,15 +128,20 @@ class VectorStore:
     # collections -------------------------------------------------------------------------
     def _ensure_collection_sync(self, name: str, dimensions: int, model: str) -> None:
         if not self.client.collection_exists(name):
-            self.client.create_collection(
-                name,
-                vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE),
-                metadata={"model": model, "dimensions": dimensions, "created_by": "citadel"},
-            )
-            if self.is_server:  # embedded mode has no payload indexes; on a server they speed up filters
-                for field in ("document_id", "source"):
-                    self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
-            return
+            try:
+                self.client.create_collection(
+                    name,
+                    vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE),
+                    metadata={"model": model, "dimensions": dimensions, "created_by": "citadel"},
+                )
+            except UnexpectedResponse as exc:
+                if exc.status_code != 409:  # 409: another worker created it meanwhile; check it below
+                    raise
+            else:
+                if self.is_server:  # embedded mode has no payload indexes; on a server they speed up filters
+                    for field in ("document_id", "source"):
+                        self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+                return
         info = self.client.get_collection(name)
         vectors = info.config.params.vectors
         size = vectors.size if isinstance(vectors, models.VectorParams) else None

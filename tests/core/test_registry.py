@@ -221,13 +221,13 @@ async def test_iter_document_ids_pages_by_source(registry: Registry, collection_
     recs += [record(collection_name, f"b-{i}", ["b"], source="source-b") for i in range(3)]
     await registry.write_intent(collection_name, MODEL, recs)
     await registry.commit_documents(collection_name, MODEL, recs)
-    pages = [page async for page in registry.iter_document_ids(collection_name, "source-a", page=3)]
+    pages = [[i for i, _ in page] async for page in registry.iter_documents(collection_name, "source-a", page=3)]
     assert [len(p) for p in pages] == [3, 3, 1]
     assert [d for p in pages for d in p] == sorted(a_ids)
-    b_pages = [page async for page in registry.iter_document_ids(collection_name, "source-b", page=100)]
+    b_pages = [[i for i, _ in page] async for page in registry.iter_documents(collection_name, "source-b", page=100)]
     assert b_pages == [["b-0", "b-1", "b-2"]]
-    assert [page async for page in registry.iter_document_ids(collection_name, "nowhere")] == []
-    assert [page async for page in registry.iter_document_ids("other-" + collection_name, "source-a")] == []
+    assert [page async for page in registry.iter_documents(collection_name, "nowhere")] == []
+    assert [page async for page in registry.iter_documents("other-" + collection_name, "source-a")] == []
 
 
 async def test_delete_documents_removes_chunks_documents_and_dead_letters(registry: Registry, collection_name: str) -> None:
@@ -315,3 +315,28 @@ async def test_large_batches_span_parameter_chunks(registry: Registry, collectio
     assert len(await registry.point_ids(collection_name, ids)) == 620
     await registry.delete_documents(collection_name, ids)
     assert await registry.count_chunks(collection_name) == 0
+
+
+async def test_an_older_schema_is_upgraded_at_start(tmp_path) -> None:  # noqa: ANN001
+    """A version-1 registry (no origin column) gains it, and the new version is recorded."""
+    import sqlalchemy as sa
+
+    from citadel.registry import SCHEMA_VERSION
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    first = Registry(url)
+    await first.init()
+    async with first.engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE citadel_documents DROP COLUMN origin"))
+        await conn.execute(sa.text("DELETE FROM citadel_schema_version"))
+        await conn.execute(sa.text("INSERT INTO citadel_schema_version (version, applied_at) VALUES (1, CURRENT_TIMESTAMP)"))
+    await first.aclose()
+
+    upgraded = Registry(url)
+    await upgraded.init()
+    async with upgraded.engine.connect() as conn:
+        columns = [row[1] for row in await conn.execute(sa.text("PRAGMA table_info(citadel_documents)"))]
+        versions = [row[0] for row in await conn.execute(sa.text("SELECT version FROM citadel_schema_version ORDER BY version"))]
+    await upgraded.aclose()
+    assert "origin" in columns
+    assert versions == list(range(1, SCHEMA_VERSION + 1))  # 1 as found, then each upgrade applied

@@ -1,0 +1,321 @@
+"""Built-in step types on the core alone: chunk, embedding, search, index, and the ``flow`` stub.
+
+Steps that need backends use ``ctx.services`` when it is a :class:`citadel.resources.Resources`
+and otherwise build one from ``Settings()`` and close it afterwards. Heavy backends are imported
+only when a step runs, so loading and validating workflows stays cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from citadel.chunking import chunk_text
+from citadel.settings import EmbedderConfig, Settings
+from citadel.workflows.errors import OrchestrationRequired
+from citadel.workflows.steps import StepContext, StepRegistry, default_registry
+
+if TYPE_CHECKING:
+    from citadel.resources import Resources
+
+__all__ = [
+    "ChunkParams",
+    "EmbeddingParams",
+    "FlowParams",
+    "IndexParams",
+    "SearchParams",
+    "index_source",
+    "register_builtins",
+]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _one_of_text_or_texts(model: Any) -> Any:
+    if (model.text is None) == (model.texts is None):
+        raise ValueError("give exactly one of 'text' (one string) or 'texts' (a list of strings)")
+    return model
+
+
+class ChunkParams(_Params):
+    """Split ``text`` or each of ``texts``; sizes default to CITADEL_CHUNK_SIZE / CITADEL_CHUNK_OVERLAP."""
+
+    text: str | None = None
+    texts: list[str] | None = None
+    chunk_size: int | None = Field(None, gt=0)
+    chunk_overlap: int | None = Field(None, ge=0)
+
+    _check_text = model_validator(mode="after")(_one_of_text_or_texts)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkParams:
+        if self.chunk_size is not None and self.chunk_overlap is not None and self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        return self
+
+
+class EmbeddingParams(_Params):
+    """Embed ``text`` or ``texts`` through the cache; ``model``/``embedder`` override the settings."""
+
+    text: str | None = None
+    texts: list[str] | None = None
+    model: str | None = None
+    embedder: EmbedderConfig | None = None
+
+    _check_text = model_validator(mode="after")(_one_of_text_or_texts)
+
+    @model_validator(mode="after")
+    def _one_model(self) -> EmbeddingParams:
+        if self.model and self.embedder and self.embedder.model and self.embedder.model != self.model:
+            raise ValueError(f"'model' ({self.model}) and 'embedder.model' ({self.embedder.model}) disagree; give one")
+        return self
+
+    def embedder_config(self) -> EmbedderConfig | None:
+        if not self.model:
+            return self.embedder
+        base = self.embedder.model_dump() if self.embedder else {}
+        return EmbedderConfig(**{**base, "model": self.model})
+
+
+class SearchParams(_Params):
+    """Nearest chunks of ``collection`` (default CITADEL_COLLECTION) to ``query``."""
+
+    query: str = Field(min_length=1)
+    collection: str | None = None
+    limit: int = Field(10, gt=0, le=1000)
+    score_threshold: float | None = None
+    filters: dict[str, Any] | None = None
+    embedder: EmbedderConfig | None = None
+
+
+class IndexParams(_Params):
+    """Index a directory, glob or file path, or inline ``{"id", "text", "metadata"}`` records."""
+
+    source: str | list[dict[str, Any]]
+    collection: str | None = None
+    full: bool = False
+    prune: bool | None = None
+    source_name: str = Field("inline", min_length=1, description="Source key of inline records.")
+    embedder: EmbedderConfig | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _non_empty_path(cls, value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("source must be a path, a glob or a list of documents, not an empty string")
+        return value
+
+
+class FlowParams(_Params):
+    """Run the Prefect deployment ``flow-name/deployment-name`` with ``parameters``."""
+
+    deployment: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: float | None = Field(None, gt=0)
+
+    @field_validator("deployment")
+    @classmethod
+    def _flow_slash_deployment(cls, value: str) -> str:
+        parts = value.split("/")
+        if len(parts) != 2 or not all(part.strip() for part in parts):
+            raise ValueError(f"deployment must look like 'flow-name/deployment-name', got {value!r}")
+        return value
+
+
+# backends ------------------------------------------------------------------------------------
+
+
+def _settings_of(ctx: StepContext) -> Settings:
+    settings = getattr(ctx.services, "settings", None)
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+@asynccontextmanager
+async def _resources(ctx: StepContext, embedder: EmbedderConfig | None) -> AsyncIterator[Resources]:
+    """The caller's Resources when they fit the requested embedder, else a private one closed after."""
+    from citadel.resources import Resources
+
+    services = ctx.services
+    if isinstance(services, Resources):
+        settings = embedder.apply(services.settings) if embedder else services.settings
+        if settings == services.settings:
+            yield services
+            return
+    else:
+        settings = embedder.apply(Settings()) if embedder else Settings()
+    own = Resources(settings)
+    try:
+        yield own
+    finally:
+        await own.aclose()
+
+
+# runners -------------------------------------------------------------------------------------
+
+
+async def run_chunk(params: ChunkParams, ctx: StepContext) -> dict[str, Any]:
+    """Split text into overlapping chunks at paragraph, sentence or word boundaries."""
+    settings = _settings_of(ctx)
+    size = params.chunk_size or settings.chunk_size
+    overlap = params.chunk_overlap
+    if overlap is None:  # the configured overlap, unless it does not fit an explicitly small size
+        overlap = settings.chunk_overlap if settings.chunk_overlap < size else size // 10
+    texts = [params.text] if params.text is not None else list(params.texts or [])
+    chunks: list[dict[str, Any]] = []
+    for text_index, text in enumerate(texts):
+        for piece in chunk_text(text, size, overlap):
+            item = {"index": piece.index, "text": piece.text, "start": piece.start, "end": piece.end, "hash": piece.hash}
+            if params.texts is not None:
+                item["text_index"] = text_index
+            chunks.append(item)
+    return {"chunks": chunks, "texts": [chunk["text"] for chunk in chunks]}
+
+
+async def run_embedding(params: EmbeddingParams, ctx: StepContext) -> dict[str, Any]:
+    """Embed texts through the embedding cache."""
+    texts = [params.text] if params.text is not None else list(params.texts or [])
+    async with _resources(ctx, params.embedder_config()) as resources:
+        result = await resources.cached_embedder.embed(texts)
+        return {
+            "model": resources.embedder.model,
+            "dimensions": resources.embedder.dimensions,
+            "vectors": result.vectors.tolist(),
+            "cache_hits": result.cache_hits,
+            "embedded": result.embedded,
+        }
+
+
+async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
+    """Embed a query and return the nearest chunks of a collection."""
+    from citadel.errors import CollectionMismatchError
+
+    async with _resources(ctx, params.embedder) as resources:
+        collection = params.collection or resources.settings.collection
+        registry = await resources.registry()
+        known = await registry.collection(collection)
+        model = resources.embedder.model
+        if known and known[0] != model:
+            raise CollectionMismatchError(
+                f"collection {collection!r} holds {known[0]} vectors but the embedder is {model}; "
+                "search it with the embedder it was indexed with"
+            )
+        vector = (await resources.cached_embedder.embed([params.query])).vectors[0]
+        hits = await resources.store.search(
+            collection, vector, limit=params.limit, score_threshold=params.score_threshold, filters=params.filters
+        )
+        return {"collection": collection, "model": model, "hits": [hit.as_dict() for hit in hits]}
+
+
+async def index_source(
+    resources: Resources,
+    source: str | list[dict[str, Any]],
+    collection: str,
+    full: bool = False,
+    prune: bool | None = None,
+    *,
+    source_name: str = "inline",
+) -> dict[str, Any]:
+    """Index ``source`` into ``collection`` one batch after another, without an orchestrator.
+
+    The same incremental, idempotent steps as the index-corpus flow: unchanged documents are
+    skipped by hash; ``prune`` (default: on for paths, off for inline records) deletes documents
+    of the source that it no longer holds. Returns added/updated/unchanged/deleted/failed counts.
+    """
+    from citadel import indexing
+    from citadel.documents import iter_groups, list_source, load_group
+
+    started = time.perf_counter()
+    settings = resources.settings
+    if isinstance(source, str):
+        listing, records = list_source(source), None
+        source_key = listing.key
+        complete = listing.complete if prune is None else prune
+    else:
+        listing, records, source_key = None, list(source), source_name
+        complete = bool(prune)
+    registry = await resources.registry()
+    await indexing.prepare_collection(resources, collection)
+    model = resources.embedder.model
+    run_id = await registry.start_run(collection, source_key, None)
+    counts = indexing.RunCounts()
+    seen: set[str] = set()
+    status = "failed"
+    try:
+        groups = iter_groups(listing, records, max_documents=settings.document_batch_size, max_bytes=settings.document_batch_bytes)
+        for group in groups:
+            items = load_group(group, source_key, settings.max_file_bytes)
+            seen.update(item.id for item in items)
+            plan = await indexing.plan_batch(
+                registry, collection, model, items,
+                chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
+            )
+            counts.unchanged += plan.unchanged
+            batch = await indexing.embed_plan(resources, plan, collection) if plan.documents else indexing.EmbeddedBatch(plan, [])
+            counts.chunks_embedded += batch.chunks_embedded
+            counts.cache_hits += batch.cache_hits
+            counts.chunks_reused += batch.chunks_reused
+            counts.failed += len(batch.plan.failures)
+            if batch.plan.documents or batch.plan.failures:
+                await indexing.upsert_vectors(resources, batch, collection)
+                written = await indexing.record_documents(resources, batch, collection)
+                counts.add_written(written)
+                counts.chunks_written += written.chunks_written
+        if complete:
+            gone = await indexing.find_gone_documents(registry, collection, source_key, seen)
+            counts.deleted = await indexing.delete_documents(resources, collection, gone)
+        status = "completed"
+    finally:
+        summary = {
+            **counts.as_dict(),
+            "documents_seen": len(seen),
+            "duration_s": round(time.perf_counter() - started, 3),
+            "collection": collection,
+            "model": model,
+            "source": source_key,
+            "vector_store_opened": resources.store_opened,
+            "run_id": run_id,
+        }
+        await registry.finish_run(run_id, status, summary)
+    return summary
+
+
+async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
+    """Index documents incrementally: embed only what changed, prune what is gone."""
+    async with _resources(ctx, params.embedder) as resources:
+        collection = params.collection or resources.settings.collection
+        return await index_source(
+            resources, params.source, collection, params.full, params.prune, source_name=params.source_name
+        )
+
+
+async def run_flow(params: FlowParams, ctx: StepContext) -> Any:
+    """Run a Prefect deployment (needs the orchestration layer)."""
+    raise OrchestrationRequired(
+        f"step {ctx.step_id!r} runs the Prefect deployment {params.deployment!r}: the 'flow' step type "
+        "needs the orchestration layer, which registers its runner; run this workflow through it"
+    )
+
+
+BUILTINS: tuple[tuple[str, Any, type[BaseModel], str], ...] = (
+    ("chunk", run_chunk, ChunkParams, "Split text into overlapping chunks."),
+    ("embedding", run_embedding, EmbeddingParams, "Embed texts through the embedding cache."),
+    ("search", run_search, SearchParams, "Nearest chunks of a collection to a query."),
+    ("index", run_index, IndexParams, "Index documents into a collection, incrementally."),
+    ("flow", run_flow, FlowParams, "Run a Prefect deployment (provided by the orchestration layer)."),
+)
+
+
+def register_builtins(registry: StepRegistry, *, replace: bool = False) -> None:
+    """Register the built-in step types into ``registry``; existing names stay unless ``replace``."""
+    for name, run, params, description in BUILTINS:
+        if name in registry and not replace:
+            continue
+        registry.register(name, run, params=params, description=description, replace=replace)
+
+
+register_builtins(default_registry)

@@ -1,0 +1,123 @@
+"""The shape of a declarative workflow, and loading one from JSON or YAML text or a file.
+
+A workflow is the body of ``POST /api/v1/orchestration/workflow``
+(``{"workflow_id", "steps": [{"step_id", "type", "parameters"}], "context": {}}``) with explicit
+``depends_on`` edges, per-step retries and timeouts added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from citadel.workflows.errors import Problem, WorkflowInvalid, WorkflowLoadError, problem_from_error
+
+ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class StepSpec(BaseModel):
+    """One step: which step type runs, with which parameters, after which other steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_id: str = Field(pattern=ID_PATTERN, description="Unique within the workflow; letters, digits, _ . -")
+    type: str = Field(min_length=1, description="A registered step type, e.g. chunk, embedding, index.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="May hold ${steps...} and ${context...}.")
+    depends_on: list[str] = Field(default_factory=list, description="Steps that must finish first.")
+    retries: int = Field(0, ge=0, description="Extra attempts after a failure.")
+    timeout_seconds: float | None = Field(None, gt=0, description="Limit of one attempt.")
+
+
+class WorkflowDefinition(BaseModel):
+    """A named list of steps and the context their parameters may reference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow_id: str = Field(pattern=ID_PATTERN)
+    description: str | None = None
+    steps: list[StepSpec] = Field(min_length=1)
+    context: dict[str, Any] = Field(default_factory=dict)
+
+    def step(self, step_id: str) -> StepSpec:
+        """The first step called ``step_id`` (a KeyError naming the known ids otherwise)."""
+        for spec in self.steps:
+            if spec.step_id == step_id:
+                return spec
+        raise KeyError(f"no step {step_id!r} in workflow {self.workflow_id!r}; steps: {', '.join(self.step_ids)}")
+
+    @property
+    def step_ids(self) -> list[str]:
+        return [spec.step_id for spec in self.steps]
+
+
+def workflow_from_data(data: Any) -> WorkflowDefinition:
+    """A definition from already parsed data; every schema error at once as :class:`WorkflowInvalid`."""
+    if not isinstance(data, dict):
+        raise WorkflowInvalid([Problem("", f"a workflow must be a mapping, got {type(data).__name__}")])
+    try:
+        return WorkflowDefinition.model_validate(data)
+    except ValidationError as exc:
+        workflow_id = data.get("workflow_id") if isinstance(data.get("workflow_id"), str) else None
+        raise WorkflowInvalid([problem_from_error(error) for error in exc.errors()], workflow_id) from None
+
+
+def _parse(text: str, origin: str, fmt: str | None) -> Any:
+    """JSON or YAML ``text``; ``fmt`` (json/yaml) is forced by a file's suffix, else guessed."""
+    if fmt == "json" or (fmt is None and text.lstrip().startswith("{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WorkflowLoadError(f"{origin} is not valid JSON: {exc}") from None
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - PyYAML comes with Prefect
+        raise WorkflowLoadError("reading YAML workflows needs PyYAML (pip install pyyaml)") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise WorkflowLoadError(f"{origin} is not valid YAML: {exc}") from None
+
+
+def _is_path(value: str | os.PathLike[str]) -> bool:
+    """Whether ``value`` names a file rather than holding a definition: one line that is an existing
+    file, or that has no ``key: value`` or JSON syntax in it."""
+    if isinstance(value, os.PathLike):
+        return True
+    text = value.strip()
+    if not text or "\n" in text:
+        return False
+    try:
+        if Path(text).expanduser().is_file():
+            return True
+    except OSError:  # a name too long for the file system is text
+        return False
+    return not text.startswith(("{", "[")) and ": " not in text and not text.endswith(":")
+
+
+def load_workflow(path_or_text: str | os.PathLike[str]) -> WorkflowDefinition:
+    """A definition from a ``.json``/``.yaml``/``.yml`` file, or from JSON or YAML text.
+
+    A single line naming an existing file (or ending in a workflow suffix) is read as a path;
+    anything else is parsed as text.
+    """
+    fmt: str | None = None
+    if _is_path(path_or_text):
+        path = Path(path_or_text if isinstance(path_or_text, os.PathLike) else path_or_text.strip()).expanduser()
+        if not path.is_file():
+            raise WorkflowLoadError(f"workflow file {str(path)!r} does not exist")
+        suffix = path.suffix.lower()
+        fmt = "json" if suffix == ".json" else "yaml" if suffix in (".yaml", ".yml") else None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WorkflowLoadError(f"cannot read workflow file {str(path)!r}: {exc}") from None
+        origin = str(path)
+    else:
+        text, origin = str(path_or_text), "workflow text"
+    if not text.strip():
+        raise WorkflowLoadError(f"{origin} is empty")
+    return workflow_from_data(_parse(text, origin, fmt))

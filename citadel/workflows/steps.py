@@ -1,0 +1,158 @@
+"""The registry of step types: a name, a pydantic parameters model and an async runner.
+
+Definitions name step types by string; the registry turns a name into code and lets validation
+check parameters before anything runs. The orchestration layer swaps runners with ``replace=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
+
+from pydantic import BaseModel
+
+from citadel.workflows.errors import DuplicateStepType, UnknownStepType
+
+P = TypeVar("P", bound=BaseModel)
+Runner = Callable[[Any, "StepContext"], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a runner knows besides its parameters: where it runs and the caller's services.
+
+    ``services`` is whatever the caller supplies; the built-in steps use a
+    :class:`citadel.resources.Resources` when given one and build their own otherwise.
+    """
+
+    workflow_id: str
+    step_id: str
+    context: dict[str, Any] = field(default_factory=dict)
+    services: Any = None
+
+
+@dataclass(frozen=True)
+class StepType:
+    """A registered step type."""
+
+    name: str
+    params: type[BaseModel]
+    run: Runner
+    description: str = ""
+
+    def parse(self, parameters: dict[str, Any]) -> BaseModel:
+        """``parameters`` validated into the params model (pydantic's ValidationError otherwise)."""
+        return self.params.model_validate(parameters)
+
+    async def __call__(self, parameters: dict[str, Any] | BaseModel, ctx: StepContext) -> Any:
+        """Validate (if not already a model) and run."""
+        params = parameters if isinstance(parameters, self.params) else self.parse(dict(parameters))  # type: ignore[arg-type]
+        return await self.run(params, ctx)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of the parameters, for documentation and API clients."""
+        return self.params.model_json_schema()
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
+
+
+class StepRegistry:
+    """Step types by name; one name, one type, unless a registration says ``replace=True``."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, StepType] = {}
+
+    def register(
+        self,
+        name: str,
+        run: Runner,
+        *,
+        params: type[BaseModel],
+        description: str | None = None,
+        replace: bool = False,
+    ) -> StepType:
+        """Add (or with ``replace`` swap) the step type ``name``."""
+        if not name or not isinstance(name, str):
+            raise ValueError("a step type needs a non-empty name")
+        if not (isinstance(params, type) and issubclass(params, BaseModel)):
+            raise TypeError(f"step type {name!r}: params must be a pydantic model class, got {params!r}")
+        if not inspect.iscoroutinefunction(run):
+            raise TypeError(f"step type {name!r}: the runner must be an async function (async def run(params, ctx))")
+        if name in self._types and not replace:
+            raise DuplicateStepType(
+                f"step type {name!r} is already registered; pass replace=True to replace its runner"
+            )
+        step = StepType(name, params, run, description if description is not None else _first_line(run.__doc__))
+        self._types[name] = step
+        return step
+
+    def step_type(
+        self, name: str, *, params: type[P], description: str | None = None, replace: bool = False
+    ) -> Callable[[Callable[[P, StepContext], Awaitable[Any]]], Callable[[P, StepContext], Awaitable[Any]]]:
+        """Decorator form of :meth:`register`; returns the function unchanged."""
+
+        def decorate(run: Callable[[P, StepContext], Awaitable[Any]]) -> Callable[[P, StepContext], Awaitable[Any]]:
+            self.register(name, run, params=params, description=description, replace=replace)
+            return run
+
+        return decorate
+
+    def get(self, name: str) -> StepType:
+        """The step type ``name``; :class:`UnknownStepType` lists the known ones."""
+        try:
+            return self._types[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none registered"
+            raise UnknownStepType(f"unknown step type {name!r}; known types: {known}") from None
+
+    def unregister(self, name: str) -> None:
+        self._types.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def types(self) -> list[StepType]:
+        return [self._types[name] for name in self.names()]
+
+    def copy(self) -> StepRegistry:
+        """An independent registry with the same step types (tests, sandboxes)."""
+        other = StepRegistry()
+        other._types = dict(self._types)
+        return other
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __iter__(self) -> Iterator[StepType]:
+        return iter(self.types())
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+
+default_registry = StepRegistry()
+
+
+def step_type(
+    name: str,
+    *,
+    params: type[P],
+    description: str | None = None,
+    replace: bool = False,
+    registry: StepRegistry | None = None,
+) -> Callable[[Callable[[P, StepContext], Awaitable[Any]]], Callable[[P, StepContext], Awaitable[Any]]]:
+    """Register the decorated ``async def run(params, ctx)`` as step type ``name``."""
+    return (registry if registry is not None else default_registry).step_type(name, params=params, description=description, replace=replace)
+
+
+def get_step_type(name: str, registry: StepRegistry | None = None) -> StepType:
+    """The registered step type ``name``."""
+    return (registry if registry is not None else default_registry).get(name)
+
+
+def step_types(registry: StepRegistry | None = None) -> list[StepType]:
+    """Every registered step type, by name."""
+    return (registry if registry is not None else default_registry).types()

@@ -1,0 +1,339 @@
+"""Static checks of a workflow definition, reporting every problem at once, and its run order.
+
+A step's effective dependencies are its ``depends_on`` plus every step its parameters reference,
+so a reference to a downstream step shows up as a cycle. Parameters are checked against the step
+type's model with references counted as valid values, since they are only known at run time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from citadel.workflows.errors import (
+    Problem,
+    UnresolvedReference,
+    WorkflowInvalid,
+    format_location,
+    problem_from_error,
+)
+from citadel.workflows.references import contains_reference, find_malformed, find_references, lookup
+from citadel.workflows.spec import WorkflowDefinition, workflow_from_data
+from citadel.workflows.steps import StepRegistry, StepType, default_registry
+
+__all__ = [
+    "Problem",
+    "WorkflowInvalid",
+    "check_workflow",
+    "parameter_problems",
+    "topological_order",
+    "upstream",
+    "validate_workflow",
+]
+
+# (step index, dependency id, location of the edge in the definition, whether it is a reference)
+_Edge = tuple[int, str, str, bool]
+
+
+def _edges(defn: WorkflowDefinition) -> list[_Edge]:
+    """Every dependency edge with where it is declared: depends_on entries, then references."""
+    edges: list[_Edge] = []
+    for index, step in enumerate(defn.steps):
+        for position, dep in enumerate(step.depends_on):
+            edges.append((index, dep, format_location("steps", index, "depends_on", position), False))
+        for ref in find_references(step.parameters):
+            if ref.step_id is not None:
+                edges.append((index, ref.step_id, format_location("steps", index, "parameters", *ref.where), True))
+    return edges
+
+
+def _first_index(defn: WorkflowDefinition) -> dict[str, int]:
+    first: dict[str, int] = {}
+    for index, step in enumerate(defn.steps):
+        first.setdefault(step.step_id, index)
+    return first
+
+
+def upstream(defn: WorkflowDefinition, *, transitive: bool = False) -> dict[str, set[str]]:
+    """Each step's effective dependencies (``depends_on`` ∪ referenced steps) among known steps.
+
+    Direct dependencies by default; ``transitive=True`` gives every ancestor. Unknown ids and a
+    step's references to itself are left out (validation reports them).
+    """
+    first = _first_index(defn)
+    direct: dict[str, set[str]] = {step_id: set() for step_id in first}
+    for index, dep, _, _ in _edges(defn):
+        source = defn.steps[index].step_id
+        if dep in first and dep != source:
+            direct[source].add(dep)
+    if not transitive:
+        return direct
+    closed: dict[str, set[str]] = {}
+    for step_id in direct:
+        seen: set[str] = set()
+        stack = list(direct[step_id])
+        while stack:
+            dep = stack.pop()
+            if dep not in seen:
+                seen.add(dep)
+                stack.extend(direct[dep] - seen)
+        seen.discard(step_id)  # only a cycle would bring a step back to itself
+        closed[step_id] = seen
+    return closed
+
+
+def _strongly_connected(nodes: list[str], graph: dict[str, list[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components, iteratively (no recursion limit on long chains)."""
+    index_of: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    components: list[list[str]] = []
+    counter = 0
+    for root in nodes:
+        if root in index_of:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                index_of[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            targets = graph[node]
+            if child < len(targets):
+                work.append((node, child + 1))
+                target = targets[child]
+                if target not in index_of:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[node] = min(low[node], index_of[target])
+                continue
+            if low[node] == index_of[node]:
+                component: list[str] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return components
+
+
+def _cycle_problems(defn: WorkflowDefinition) -> list[Problem]:
+    """One problem per group of steps that depend on each other, naming one cycle through them."""
+    first = _first_index(defn)
+    order = sorted(first, key=first.__getitem__)
+    graph: dict[str, list[str]] = {step_id: [] for step_id in order}
+    where: dict[tuple[str, str], str] = {}
+    for index, dep, location, _ in _edges(defn):
+        source = defn.steps[index].step_id
+        if dep not in first or dep == source:
+            continue
+        if (source, dep) not in where:
+            where[(source, dep)] = location
+            graph[source].append(dep)
+    for targets in graph.values():
+        targets.sort(key=first.__getitem__)
+    problems: list[tuple[int, Problem]] = []
+    for component in _strongly_connected(order, graph):
+        if len(component) < 2:
+            continue
+        members = set(component)
+        start = min(component, key=first.__getitem__)
+        # Shortest way from start back to itself inside the component (breadth first).
+        parent: dict[str, str] = {}
+        frontier = [start]
+        end = None
+        while frontier and end is None:
+            following: list[str] = []
+            for node in frontier:
+                for target in graph[node]:
+                    if target == start:
+                        end = node
+                        break
+                    if target in members and target not in parent:
+                        parent[target] = node
+                        following.append(target)
+                if end is not None:
+                    break
+            frontier = following
+        assert end is not None
+        path = [end]
+        while path[-1] != start:
+            path.append(parent[path[-1]])
+        path.reverse()
+        cycle = " -> ".join([*path, start])
+        problems.append(
+            (first[start], Problem(where[(start, path[1])], f"cycle: {cycle} (each step depends on the next)"))
+        )
+    return [problem for _, problem in sorted(problems, key=lambda item: item[0])]
+
+
+def _graph_problems(defn: WorkflowDefinition) -> list[tuple[int, Problem]]:
+    """Duplicate ids, and edges to unknown steps or to the step itself."""
+    first = _first_index(defn)
+    found: list[tuple[int, Problem]] = []
+    for index, step in enumerate(defn.steps):
+        if first[step.step_id] != index:
+            found.append(
+                (index, Problem(format_location("steps", index, "step_id"),
+                                f"duplicate step id {step.step_id!r} (first declared at steps[{first[step.step_id]}])"))
+            )
+    known = ", ".join(first)
+    for index, dep, location, is_reference in _edges(defn):
+        source = defn.steps[index].step_id
+        if dep == source:
+            message = "a step cannot reference its own output" if is_reference else "a step cannot depend on itself"
+            found.append((index, Problem(location, message)))
+        elif dep not in first:
+            what = "references unknown step" if is_reference else "depends on unknown step"
+            found.append((index, Problem(location, f"{what} {dep!r}; steps: {known}")))
+    return found
+
+
+def _accepted_names(model: type[BaseModel]) -> list[str]:
+    names: list[str] = []
+    for name, info in model.model_fields.items():
+        names.append(name)
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str) and alias not in names:
+                names.append(alias)
+    return names
+
+
+def _under_reference(raw: Any, loc: tuple[Any, ...]) -> bool:
+    """Whether an error at ``loc`` concerns a value given by a reference (known only at run time)."""
+    current = raw
+    for part in loc:
+        if isinstance(current, str):
+            break
+        if isinstance(current, Mapping) and part in current:
+            current = current[part]
+        elif isinstance(current, (list, tuple)) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        else:
+            return False
+        if isinstance(current, str) and contains_reference(current):
+            return True
+    return isinstance(current, str) and contains_reference(current)
+
+
+def parameter_problems(step: StepType, parameters: Mapping[str, Any], *prefix: str | int) -> list[Problem]:
+    """Unknown, missing and ill-typed parameters of ``step``; values given by references pass."""
+    model = step.params
+    problems: list[Problem] = []
+    accepted = _accepted_names(model)
+    if model.model_config.get("extra") != "allow":
+        for key in parameters:
+            if key not in accepted:
+                problems.append(
+                    Problem(format_location(*prefix, key),
+                            f"unknown parameter {key!r} for step type {step.name!r}; accepted: {', '.join(accepted) or 'none'}")
+                )
+    try:
+        model.model_validate(dict(parameters))
+    except ValidationError as exc:
+        for error in exc.errors():
+            if error.get("type") == "extra_forbidden" or _under_reference(parameters, tuple(error.get("loc", ()))):
+                continue
+            problems.append(problem_from_error(error, *prefix))
+    return problems
+
+
+def _step_problems(
+    defn: WorkflowDefinition, registry: StepRegistry, context: Mapping[str, Any]
+) -> list[tuple[int, Problem]]:
+    found: list[tuple[int, Problem]] = []
+    for index, step in enumerate(defn.steps):
+        params_at = ("steps", index, "parameters")
+        if step.type not in registry:
+            known = ", ".join(registry.names()) or "none registered"
+            found.append((index, Problem(format_location("steps", index, "type"),
+                                         f"unknown step type {step.type!r}; known types: {known}")))
+        else:
+            found.extend((index, p) for p in parameter_problems(registry.get(step.type), step.parameters, *params_at))
+        for bad in find_malformed(step.parameters):
+            found.append((index, Problem(format_location(*params_at, *bad.where), f"malformed reference {bad.text}: {bad.reason}")))
+        for ref in find_references(step.parameters):
+            if ref.source != "context":
+                continue
+            try:
+                lookup(context, ref.path, "context", ref.text)
+            except UnresolvedReference as exc:
+                found.append((index, Problem(format_location(*params_at, *ref.where), str(exc))))
+    return found
+
+
+def validate_workflow(
+    defn: WorkflowDefinition | Mapping[str, Any],
+    registry: StepRegistry | None = None,
+    *,
+    context: Mapping[str, Any] | None = None,
+) -> list[Problem]:
+    """Every problem of ``defn`` at once (empty when it can run).
+
+    ``context`` adds run-time context on top of the definition's own for checking
+    ``${context...}`` references. A mapping is first checked against the schema.
+    """
+    if not isinstance(defn, WorkflowDefinition):
+        try:
+            defn = workflow_from_data(defn)
+        except WorkflowInvalid as exc:
+            return exc.problems
+    registry = registry if registry is not None else default_registry
+    merged = {**defn.context, **(context or {})}
+    per_step = _graph_problems(defn) + _step_problems(defn, registry, merged)
+    ordered = [problem for _, problem in sorted(per_step, key=lambda item: item[0])]  # stable: by step
+    return ordered + _cycle_problems(defn)
+
+
+def check_workflow(
+    defn: WorkflowDefinition | Mapping[str, Any],
+    registry: StepRegistry | None = None,
+    *,
+    context: Mapping[str, Any] | None = None,
+) -> WorkflowDefinition:
+    """``defn`` as a definition when valid; :class:`WorkflowInvalid` with every problem otherwise."""
+    problems = validate_workflow(defn, registry, context=context)
+    workflow_id = defn.workflow_id if isinstance(defn, WorkflowDefinition) else defn.get("workflow_id")
+    if problems:
+        raise WorkflowInvalid(problems, workflow_id if isinstance(workflow_id, str) else None)
+    return defn if isinstance(defn, WorkflowDefinition) else workflow_from_data(defn)
+
+
+def topological_order(defn: WorkflowDefinition) -> list[str]:
+    """Step ids in an order that runs every step after its effective dependencies.
+
+    Among steps that are ready together, declaration order wins, so the order is deterministic.
+    Duplicate ids, unknown or self dependencies and cycles raise :class:`WorkflowInvalid`.
+    """
+    problems = [problem for _, problem in _graph_problems(defn)] + _cycle_problems(defn)
+    if problems:
+        raise WorkflowInvalid(problems, defn.workflow_id)
+    first = _first_index(defn)
+    deps = upstream(defn)
+    waiting = {step_id: len(needed) for step_id, needed in deps.items()}
+    dependents: dict[str, list[str]] = {step_id: [] for step_id in deps}
+    for step_id, needed in deps.items():
+        for dep in needed:
+            dependents[dep].append(step_id)
+    ready = [(first[step_id], step_id) for step_id, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, step_id = heapq.heappop(ready)
+        order.append(step_id)
+        for child in dependents[step_id]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, (first[child], child))
+    return order
