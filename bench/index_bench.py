@@ -41,34 +41,18 @@ def _current_rss_mb() -> float:
 async def _plain_loop(corpus: Path, collection: str, report: dict) -> dict:
     """The same work with the same core objects, one step after another, without Prefect."""
     from citadel import indexing
-    from citadel.documents import iter_groups, list_source, load_group
     from citadel.resources import Resources
     from citadel.settings import Settings
 
-    settings = Settings()
-    resources = Resources(settings)
-    registry = await resources.registry()
+    resources = Resources(Settings())
     await indexing.prepare_collection(resources, "warmup")  # open the store and registry before timing
     await resources.embedder.embed(WARMUP_TEXTS)  # and start the hashing worker process
     report["baseline_rss_mb"] = _current_rss_mb()
     start = time.perf_counter()
-    await indexing.prepare_collection(resources, collection)
-    listing = list_source(corpus)
-    chunks = embedded = 0
-    groups = iter_groups(listing, None, max_documents=settings.document_batch_size, max_bytes=settings.document_batch_bytes)
-    for group in groups:
-        plan = await indexing.plan_batch(
-            registry, collection, resources.embedder.model, load_group(group, listing.key, settings.max_file_bytes),
-            chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap,
-        )
-        if plan.documents:
-            batch = await indexing.embed_plan(resources, plan, collection)
-            embedded += batch.chunks_embedded
-            await indexing.upsert_vectors(resources, batch, collection)
-            chunks += (await indexing.record_documents(resources, batch, collection)).chunks_written
+    summary = await indexing.index_source(resources, str(corpus), collection)
     report["seconds"] = time.perf_counter() - start
     await resources.aclose()
-    return {"chunks_written": chunks, "chunks_embedded": embedded}
+    return {"chunks_written": summary["chunks_written"], "chunks_embedded": summary["chunks_embedded"]}
 
 
 def _store_open_time(data_dir: Path) -> dict:

@@ -13,13 +13,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import time
+
 from citadel.chunking import chunk_text
-from citadel.documents import Document, LoadFailure
+from citadel.documents import (
+    Document,
+    LoadFailure,
+    SourceListing,
+    iter_groups,
+    list_source,
+    load_group,
+    shard_listing,
+)
 from citadel.errors import EmbedderError
 from citadel.hashing import point_id
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry
 from citadel.resources import Resources
-from citadel.sharding import shard_of
+from citadel.sharding import check_shard, shard_of
 from citadel.vectorstore import check_collection_name
 
 
@@ -77,9 +87,16 @@ class RunCounts:
     chunks_reused: int = 0
     cache_hits: int = 0
 
+    def add_embedded(self, batch: "EmbeddedBatch") -> None:
+        self.chunks_embedded += batch.chunks_embedded
+        self.cache_hits += batch.cache_hits
+        self.chunks_reused += batch.chunks_reused
+        self.failed += len(batch.plan.failures)
+
     def add_written(self, written: "WriteResult") -> None:
         self.added += written.added
         self.updated += written.updated
+        self.chunks_written += written.chunks_written
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -293,3 +310,109 @@ async def prepare_collection(resources: Resources, collection: str) -> None:
     if await registry.collection(collection) is None:
         await resources.store.ensure_collection(collection, embedder.dimensions, embedder.model)
     await registry.ensure_collection(collection, embedder.model, embedder.dimensions)
+
+
+@dataclass
+class ResolvedSource:
+    """What a run indexes: files of a listing or inline records, under one source key."""
+
+    listing: SourceListing | None
+    records: list[dict[str, Any]] | None
+    key: str
+    prune: bool
+    shard: tuple[int, int] | None = None
+
+    def groups(self, settings: Any) -> Any:
+        """Groups to load one at a time, bounded by the settings' batch limits."""
+        return iter_groups(
+            self.listing, self.records,
+            max_documents=settings.document_batch_size, max_bytes=settings.document_batch_bytes,
+        )
+
+
+def resolve_source(
+    source: str | Sequence[dict[str, Any]],
+    *,
+    prune: bool | None = None,
+    source_name: str = "inline",
+    shard: int | None = None,
+    shards: int | None = None,
+) -> ResolvedSource:
+    """A path, glob or list of documents as a run sees it, restricted to one shard when asked.
+
+    Directories and globs are listed completely, so they prune by default; inline lists only when
+    ``prune`` says so.
+    """
+    check_shard(shard, shards)
+    sharding = (shard, shards) if shard is not None and shards is not None else None
+    if isinstance(source, str):
+        listing = list_source(source)
+        key = listing.key
+        if sharding:
+            listing = shard_listing(listing, *sharding)
+        return ResolvedSource(listing, None, key, listing.complete if prune is None else prune, sharding)
+    records = list(source)
+    if sharding:
+        records = [r for r in records if shard_of(str(r.get("id", "")) if isinstance(r, dict) else "", sharding[1]) == sharding[0]]
+    return ResolvedSource(None, records, source_name, bool(prune), sharding)
+
+
+def run_summary(counts: RunCounts, seen: int, started: float, collection: str, resources: Resources, source: str, run_id: str) -> dict[str, Any]:
+    """The summary a run returns and records: its counts, what it touched and how long it took."""
+    return {
+        **counts.as_dict(),
+        "documents_seen": seen,
+        "duration_s": round(time.perf_counter() - started, 3),
+        "collection": collection,
+        "model": resources.embedder.model,
+        "source": source,
+        "vector_store_opened": resources.store_opened,
+        "run_id": run_id,
+    }
+
+
+async def index_source(
+    resources: Resources,
+    source: str | Sequence[dict[str, Any]],
+    collection: str,
+    full: bool = False,
+    prune: bool | None = None,
+    *,
+    source_name: str = "inline",
+) -> dict[str, Any]:
+    """Index ``source`` into ``collection`` one batch after another, without an orchestrator.
+
+    The same steps as the index-corpus flow, in sequence: the workflow ``index`` step and the
+    benchmark's plain loop use it. Returns the run summary.
+    """
+    started = time.perf_counter()
+    settings = resources.settings
+    resolved = resolve_source(source, prune=prune, source_name=source_name)
+    registry = await resources.registry()
+    await prepare_collection(resources, collection)
+    run_id = await registry.start_run(collection, resolved.key, None)
+    counts = RunCounts()
+    seen: set[str] = set()
+    status = "failed"
+    try:
+        for group in resolved.groups(settings):
+            items = load_group(group, resolved.key, settings.max_file_bytes)
+            seen.update(item.id for item in items)
+            plan = await plan_batch(
+                registry, collection, resources.embedder.model, items,
+                chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
+            )
+            counts.unchanged += plan.unchanged
+            batch = await embed_plan(resources, plan, collection) if plan.documents else EmbeddedBatch(plan, [])
+            counts.add_embedded(batch)
+            if batch.plan.documents or batch.plan.failures:
+                await upsert_vectors(resources, batch, collection)
+                counts.add_written(await record_documents(resources, batch, collection))
+        if resolved.prune:
+            gone = await find_gone_documents(registry, collection, resolved.key, seen, resolved.shard)
+            counts.deleted = await delete_documents(resources, collection, gone)
+        status = "completed"
+    finally:
+        summary = run_summary(counts, len(seen), started, collection, resources, resolved.key, run_id)
+        await registry.finish_run(run_id, status, summary)
+    return summary

@@ -426,6 +426,12 @@ class Registry:
                 .values(status=status, finished_at=utcnow(), **{k: v for k, v in counts.items() if k in columns})
             )
 
+    async def runs_of_flow_runs(self, flow_run_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The index runs recorded by the given Prefect flow runs (e.g. the shards of one sharded run)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(index_runs).where(index_runs.c.flow_run_id.in_(list(flow_run_ids))))
+            return [dict(row._mapping) for row in rows]
+
     async def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(index_runs).order_by(index_runs.c.started_at.desc()).limit(limit))

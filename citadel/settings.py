@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     embed_timeout_s: float = Field(60.0, gt=0)
     embed_retries: int = Field(4, ge=0)
     max_input_chars: int = Field(8000, gt=0, description="Longer inputs are truncated before sending.")
+    embed_concurrency: int | None = Field(
+        None, gt=0, description="Batches in flight at the embedding backend across all runs and workers "
+        "(a Prefect global concurrency limit); default: one per Ollama server, 4 for others."
+    )
 
     redis_url: str | None = Field(None, description="Embedding cache; unset means an in-process LRU.")
     cache_ttl_s: int = Field(30 * 24 * 3600, gt=0)

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from citadel.settings import Settings
+from tasks.limits import embedding_slot
 from tasks.resources import get_resources
 from tasks.retry import RETRYING
 
@@ -16,7 +17,8 @@ from tasks.retry import RETRYING
 async def embed_texts_task(settings: Settings, texts: list[str]) -> dict:
     """Vectors for ``texts`` through the embedding cache (the cache, not Prefect, reuses them)."""
     resources = get_resources(settings)
-    result = await resources.cached_embedder.embed(texts)
+    async with embedding_slot(settings):
+        result = await resources.cached_embedder.embed(texts)
     return {
         "model": resources.embedder.model,
         "dimensions": resources.embedder.dimensions,
@@ -38,5 +40,6 @@ async def embed_texts_task(settings: Settings, texts: list[str]) -> dict:
 )
 async def embed_query(settings: Settings, query: str, model: str) -> list[float]:
     """The vector of one search query; ``model`` is part of the cache key, the settings are not."""
-    result = await get_resources(settings).cached_embedder.embed([query])
+    async with embedding_slot(settings):
+        result = await get_resources(settings).cached_embedder.embed([query])
     return [float(x) for x in result.vectors[0]]

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from citadel import indexing
 from citadel.documents import Document, LoadFailure, SourceGroup, load_group
 from citadel.settings import Settings
+from tasks.limits import embedding_slot
 from tasks.resources import get_resources
 from tasks.retry import RETRYING
 
@@ -49,8 +50,9 @@ async def plan_batch(
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, **RETRYING)
 async def embed_chunks(settings: Settings, collection: str, plan: indexing.BatchPlan) -> indexing.EmbeddedBatch:
-    """Vectors for a batch's chunks through the embedding cache."""
-    return await indexing.embed_plan(get_resources(settings), plan, collection)
+    """Vectors for a batch's chunks through the embedding cache, within the backend's concurrency limit."""
+    async with embedding_slot(settings):
+        return await indexing.embed_plan(get_resources(settings), plan, collection)
 
 
 @task(name="upsert-vectors", cache_policy=NO_CACHE, **RETRYING)
@@ -66,8 +68,10 @@ async def record_documents(settings: Settings, collection: str, batch: indexing.
 
 
 @task(name="delete-stale-documents", cache_policy=NO_CACHE, **RETRYING)
-async def delete_stale_documents(settings: Settings, collection: str, source: str, seen: set[str]) -> int:
-    """Delete the vectors and records of documents gone from a completely listed source."""
+async def delete_stale_documents(
+    settings: Settings, collection: str, source: str, seen: set[str], shard: tuple[int, int] | None = None
+) -> int:
+    """Delete the vectors and records of documents gone from a completely listed source (or shard of it)."""
     resources = get_resources(settings)
-    gone = await indexing.find_gone_documents(await resources.registry(), collection, source, seen)
+    gone = await indexing.find_gone_documents(await resources.registry(), collection, source, seen, shard)
     return await indexing.delete_documents(resources, collection, gone)

@@ -6,7 +6,7 @@ steps as flows and tasks.
 """
 
 from citadel.workflows import builtin as _builtin  # noqa: F401 - registers the built-in step types
-from citadel.workflows.builtin import index_source, register_builtins
+from citadel.workflows.builtin import register_builtins
 from citadel.workflows.errors import (
     DuplicateStepType,
     OrchestrationRequired,
@@ -52,7 +52,6 @@ __all__ = [
     "default_registry",
     "find_references",
     "get_step_type",
-    "index_source",
     "load_workflow",
     "register_builtins",
     "resolve",

@@ -7,7 +7,6 @@ only when a step runs, so loading and validating workflows stays cheap.
 
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -27,7 +26,6 @@ __all__ = [
     "FlowParams",
     "IndexParams",
     "SearchParams",
-    "index_source",
     "register_builtins",
 ]
 
@@ -159,7 +157,10 @@ async def _resources(ctx: StepContext, embedder: EmbedderConfig | None) -> Async
 
 
 async def run_chunk(params: ChunkParams, ctx: StepContext) -> dict[str, Any]:
-    """Split text into overlapping chunks at paragraph, sentence or word boundaries."""
+    """Split text into overlapping chunks at paragraph, sentence or word boundaries.
+
+    With ``texts`` every chunk also carries ``text_index``, the position of the text it came from.
+    """
     settings = _settings_of(ctx)
     size = params.chunk_size or settings.chunk_size
     overlap = params.chunk_overlap
@@ -211,84 +212,13 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
         return {"collection": collection, "model": model, "hits": [hit.as_dict() for hit in hits]}
 
 
-async def index_source(
-    resources: Resources,
-    source: str | list[dict[str, Any]],
-    collection: str,
-    full: bool = False,
-    prune: bool | None = None,
-    *,
-    source_name: str = "inline",
-) -> dict[str, Any]:
-    """Index ``source`` into ``collection`` one batch after another, without an orchestrator.
-
-    The same incremental, idempotent steps as the index-corpus flow: unchanged documents are
-    skipped by hash; ``prune`` (default: on for paths, off for inline records) deletes documents
-    of the source that it no longer holds. Returns added/updated/unchanged/deleted/failed counts.
-    """
-    from citadel import indexing
-    from citadel.documents import iter_groups, list_source, load_group
-
-    started = time.perf_counter()
-    settings = resources.settings
-    if isinstance(source, str):
-        listing, records = list_source(source), None
-        source_key = listing.key
-        complete = listing.complete if prune is None else prune
-    else:
-        listing, records, source_key = None, list(source), source_name
-        complete = bool(prune)
-    registry = await resources.registry()
-    await indexing.prepare_collection(resources, collection)
-    model = resources.embedder.model
-    run_id = await registry.start_run(collection, source_key, None)
-    counts = indexing.RunCounts()
-    seen: set[str] = set()
-    status = "failed"
-    try:
-        groups = iter_groups(listing, records, max_documents=settings.document_batch_size, max_bytes=settings.document_batch_bytes)
-        for group in groups:
-            items = load_group(group, source_key, settings.max_file_bytes)
-            seen.update(item.id for item in items)
-            plan = await indexing.plan_batch(
-                registry, collection, model, items,
-                chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
-            )
-            counts.unchanged += plan.unchanged
-            batch = await indexing.embed_plan(resources, plan, collection) if plan.documents else indexing.EmbeddedBatch(plan, [])
-            counts.chunks_embedded += batch.chunks_embedded
-            counts.cache_hits += batch.cache_hits
-            counts.chunks_reused += batch.chunks_reused
-            counts.failed += len(batch.plan.failures)
-            if batch.plan.documents or batch.plan.failures:
-                await indexing.upsert_vectors(resources, batch, collection)
-                written = await indexing.record_documents(resources, batch, collection)
-                counts.add_written(written)
-                counts.chunks_written += written.chunks_written
-        if complete:
-            gone = await indexing.find_gone_documents(registry, collection, source_key, seen)
-            counts.deleted = await indexing.delete_documents(resources, collection, gone)
-        status = "completed"
-    finally:
-        summary = {
-            **counts.as_dict(),
-            "documents_seen": len(seen),
-            "duration_s": round(time.perf_counter() - started, 3),
-            "collection": collection,
-            "model": model,
-            "source": source_key,
-            "vector_store_opened": resources.store_opened,
-            "run_id": run_id,
-        }
-        await registry.finish_run(run_id, status, summary)
-    return summary
-
-
 async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
     """Index documents incrementally: embed only what changed, prune what is gone."""
+    from citadel import indexing
+
     async with _resources(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection
-        return await index_source(
+        return await indexing.index_source(
             resources, params.source, collection, params.full, params.prune, source_name=params.source_name
         )
 

@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from citadel.errors import ConfigurationError
-from citadel.workflows.errors import StepFailed, WorkflowError, WorkflowInvalid, problem_from_error
+from citadel.workflows.errors import StepFailed, WorkflowError, WorkflowInvalid
 from citadel.workflows.references import resolve
 from citadel.workflows.spec import StepSpec, WorkflowDefinition
 from citadel.workflows.steps import StepContext, StepRegistry, default_registry
-from citadel.workflows.validation import check_workflow, topological_order
+from citadel.workflows.validation import check_workflow, problems_from_validation, topological_order
 
 # Failures that another attempt cannot fix.
 _PERMANENT = (ConfigurationError, ValidationError, WorkflowError, TypeError)
@@ -41,11 +41,13 @@ async def run_step(
     merged = {**defn.context, **(context or {})}
     step_type = registry.get(step.type)
     parameters = resolve(step.parameters, outputs, merged)
-    index = defn.steps.index(step)
+    index = next((i for i, spec in enumerate(defn.steps) if spec is step), None)
+    if index is None:
+        index = defn.steps.index(step)
     try:
         params = step_type.parse(parameters)
     except ValidationError as exc:
-        problems = [problem_from_error(error, "steps", index, "parameters") for error in exc.errors()]
+        problems = problems_from_validation(exc, parameters, "steps", index, "parameters")
         raise WorkflowInvalid(problems, defn.workflow_id) from None
     ctx = StepContext(defn.workflow_id, step.step_id, merged, services)
     attempt = 0

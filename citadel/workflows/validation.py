@@ -29,6 +29,7 @@ __all__ = [
     "WorkflowInvalid",
     "check_workflow",
     "parameter_problems",
+    "problems_from_validation",
     "topological_order",
     "upstream",
     "validate_workflow",
@@ -227,6 +228,45 @@ def _under_reference(raw: Any, loc: tuple[Any, ...]) -> bool:
     return isinstance(current, str) and contains_reference(current)
 
 
+def _raw_location(raw: Any, loc: tuple[Any, ...], missing: bool) -> tuple[Any, ...]:
+    """The part of a pydantic error location that exists in the given data.
+
+    Union members add their type names (``source.str``) to locations; users see only the path
+    into what they wrote, plus the name of a missing field.
+    """
+    kept: list[Any] = []
+    current = raw
+    for position, part in enumerate(loc):
+        if isinstance(current, Mapping) and part in current:
+            current = current[part]
+        elif isinstance(current, (list, tuple)) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        elif missing and position == len(loc) - 1 and isinstance(current, Mapping):
+            kept.append(part)
+            break
+        else:
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
+def problems_from_validation(
+    exc: ValidationError, parameters: Mapping[str, Any], *prefix: str | int, skip_references: bool = False
+) -> list[Problem]:
+    """Located problems of a parameters ValidationError; alternatives of a union share one line."""
+    merged: dict[str, list[str]] = {}
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        if skip_references and (error.get("type") == "extra_forbidden" or _under_reference(parameters, loc)):
+            continue
+        cleaned = dict(error, loc=_raw_location(parameters, loc, error.get("type") == "missing"))
+        problem = problem_from_error(cleaned, *prefix)
+        messages = merged.setdefault(problem.location, [])
+        if problem.message not in messages:
+            messages.append(problem.message)
+    return [Problem(location, " or ".join(messages)) for location, messages in merged.items()]
+
+
 def parameter_problems(step: StepType, parameters: Mapping[str, Any], *prefix: str | int) -> list[Problem]:
     """Unknown, missing and ill-typed parameters of ``step``; values given by references pass."""
     model = step.params
@@ -242,10 +282,7 @@ def parameter_problems(step: StepType, parameters: Mapping[str, Any], *prefix: s
     try:
         model.model_validate(dict(parameters))
     except ValidationError as exc:
-        for error in exc.errors():
-            if error.get("type") == "extra_forbidden" or _under_reference(parameters, tuple(error.get("loc", ()))):
-                continue
-            problems.append(problem_from_error(error, *prefix))
+        problems.extend(problems_from_validation(exc, parameters, *prefix, skip_references=True))
     return problems
 
 

@@ -1,0 +1,89 @@
+"""The deployments, in Python, for ``citadel serve`` (the same ones ``prefect.yaml`` declares)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+NIGHTLY_CRON = "0 2 * * *"
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment: which flow, under which name, on what schedule and with what limits."""
+
+    flow_name: str
+    name: str
+    entrypoint: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    cron: str | None = None
+    concurrency_limit: int | None = None
+    tags: tuple[str, ...] = ("citadel",)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow_name}/{self.name}"
+
+
+def catalog() -> list[DeploymentSpec]:
+    """Every deployment; the nightly source and collection come from the environment."""
+    nightly_source = os.environ.get("CITADEL_NIGHTLY_SOURCE", "docs")
+    nightly_collection = os.environ.get("CITADEL_COLLECTION", "documents")
+    return [
+        DeploymentSpec(
+            "index-corpus", "nightly", "flows/index_corpus.py:index_corpus",
+            "Re-index the corpus every night; unchanged documents cost nothing.",
+            {"source": nightly_source, "collection": nightly_collection},
+            cron=NIGHTLY_CRON, concurrency_limit=1,
+        ),
+        DeploymentSpec(
+            "index-corpus", "on-demand", "flows/index_corpus.py:index_corpus",
+            "Index a source when asked (one shard of it when shard/shards are given).",
+        ),
+        DeploymentSpec(
+            "index-sharded", "default", "flows/index_sharded.py:index_sharded",
+            "Index a large corpus as one sub-run of index-corpus/on-demand per shard, across workers.",
+            {"deployment": "index-corpus/on-demand"},
+        ),
+        DeploymentSpec(
+            "run-workflow", "default", "flows/run_workflow.py:run_workflow",
+            "Run a declarative workflow (JSON/YAML definition) as a graph of tasks.",
+        ),
+        DeploymentSpec(
+            "embed-texts", "default", "flows/embed_texts.py:embed_texts",
+            "Embed texts through the cache.",
+        ),
+        DeploymentSpec(
+            "similarity-search", "default", "flows/similarity_search.py:similarity_search",
+            "Embed a query and return the nearest chunks.",
+        ),
+    ]
+
+
+def load_flow(entrypoint: str):  # noqa: ANN201 - a Prefect Flow
+    """The flow object an entrypoint (``path/to/file.py:function``) names."""
+    import importlib
+
+    path, function = entrypoint.split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, function)
+
+
+def to_deployments(specs: list[DeploymentSpec] | None = None) -> list[Any]:
+    """Runner deployments for ``prefect.serve`` (schedules included, no work pool)."""
+    out = []
+    for spec in specs or catalog():
+        flow = load_flow(spec.entrypoint)
+        out.append(
+            flow.to_deployment(
+                name=spec.name,
+                description=spec.description,
+                parameters=spec.parameters or None,
+                cron=spec.cron,
+                concurrency_limit=spec.concurrency_limit,
+                tags=list(spec.tags),
+            )
+        )
+    return out

@@ -1,0 +1,72 @@
+"""Index a corpus too large for one worker: one sub-run of the indexing deployment per shard.
+
+Every file belongs to exactly one shard (a stable hash of its path), and each shard's sub-run
+prunes only its own files, so N workers on one work pool share the corpus and the registry and
+the vector store end as if one worker had done it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+
+from citadel.documents import list_source
+from citadel.settings import EmbedderConfig, settings_for
+from tasks.resources import open_resources
+
+COUNTS = ("added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "cache_hits")
+
+
+@flow(name="index-sharded")
+async def index_sharded(
+    source: str,
+    collection: str | None = None,
+    shards: int = 2,
+    deployment: str = "index-corpus/shard",
+    embedder: EmbedderConfig | None = None,
+    full: bool = False,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run ``deployment`` once per shard of ``source`` and add up what the shards did."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    started = time.perf_counter()
+    logger = get_run_logger()
+    settings = settings_for(embedder)
+    collection = collection or settings.collection
+    listing = list_source(source)  # fail here, once, on a missing path
+    parameters = {"source": listing.key, "collection": collection, "full": full, "shards": shards}
+    if embedder is not None:
+        parameters["embedder"] = embedder.model_dump(exclude_none=True)
+    runs = await asyncio.gather(
+        *(
+            run_deployment(
+                deployment, parameters={**parameters, "shard": shard}, timeout=timeout_s, poll_interval=1,
+                flow_run_name=f"{collection}-shard-{shard}-of-{shards}",
+            )
+            for shard in range(shards)
+        )
+    )
+    failed = [run for run in runs if run.state is None or not run.state.is_completed()]
+    async with open_resources(settings) as resources:
+        registry = await resources.registry()
+        recorded = await registry.runs_of_flow_runs([str(run.id) for run in runs])
+    summary: dict[str, Any] = {key: sum(int(r.get(key) or 0) for r in recorded) for key in COUNTS}
+    summary.update(
+        collection=collection,
+        source=listing.key,
+        shards=shards,
+        files=len(listing.paths),
+        flow_run_ids=[str(run.id) for run in runs],
+        failed_shards=[str(run.id) for run in failed],
+        duration_s=round(time.perf_counter() - started, 3),
+    )
+    logger.info("indexed %s in %d shards: %s", collection, shards, {k: summary[k] for k in COUNTS})
+    if failed:
+        states = ", ".join(f"{run.name}: {run.state.name if run.state else 'unknown'}" for run in failed)
+        raise RuntimeError(f"{len(failed)} of {shards} shards did not complete ({states}); run again to finish them")
+    return summary

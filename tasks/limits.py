@@ -1,0 +1,59 @@
+"""A Prefect global concurrency limit per embedding backend, shared by every run and worker.
+
+One Ollama server embeds one batch at a time; letting ten workers send it batches at once only
+queues them there, with timeouts. The limit makes them wait for a slot instead.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.asyncio import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+
+from citadel.settings import Settings
+
+_ensured: set[tuple[str | None, str]] = set()
+
+
+def limit_name(settings: Settings) -> str:
+    """``citadel-embedder-ollama``, ``citadel-embedder-openai`` or ``citadel-embedder-hashing``."""
+    return f"citadel-embedder-{settings.embedder}"
+
+
+def default_limit(settings: Settings) -> int:
+    if settings.embed_concurrency:
+        return settings.embed_concurrency
+    return len(settings.ollama_urls) if settings.embedder == "ollama" else 4
+
+
+async def ensure_limit(settings: Settings) -> str:
+    """Create the backend's limit when it does not exist yet (an existing one is left as set)."""
+    name = limit_name(settings)
+    key = (PREFECT_API_URL.value(), name)
+    if key in _ensured:
+        return name
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                await client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=default_limit(settings))
+                )
+            except ObjectAlreadyExists:
+                pass  # another worker created it meanwhile
+    _ensured.add(key)
+    return name
+
+
+@asynccontextmanager
+async def embedding_slot(settings: Settings) -> AsyncIterator[None]:
+    """Hold one slot of the embedding backend's limit (created on first use) while embedding."""
+    name = await ensure_limit(settings)
+    async with concurrency(name, occupy=1, strict=True):
+        yield

@@ -1,0 +1,143 @@
+"""A real Prefect server and real workers, started as processes for integration tests.
+
+``PrefectServer`` runs ``prefect server start`` on a free loopback port with its own home folder
+(SQLite there, or the Postgres URL given), and every process it starts is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrefectServer:
+    """``prefect server start`` plus the workers and commands run against it."""
+
+    def __init__(self, home: Path, database_url: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.database_url = database_url
+        self.extra_env = env or {}
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment every process of this server gets: its API, its home, no analytics."""
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            "PYTHONPATH": str(REPO),
+            **self.extra_env,
+            **extra,
+        }
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        else:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{self.home / 'prefect.db'}"
+        return env
+
+    def spawn(self, name: str, args: list[str], **extra: str) -> subprocess.Popen:
+        """Start a long-running process (server, worker) with its output in a log file."""
+        log = self.home / f"{name}.log"
+        self.logs.append(log)
+        handle = log.open("ab")
+        proc = subprocess.Popen(
+            args, cwd=REPO, env=self.env(**extra), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.processes.append(proc)
+        return proc
+
+    def run(self, args: list[str], timeout: float = 180, **extra: str) -> subprocess.CompletedProcess[str]:
+        """Run a command to completion against this server; a failure shows its output."""
+        done = subprocess.run(args, cwd=REPO, env=self.env(**extra), capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def start(self, timeout: float = 120) -> PrefectServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.spawn("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes[0].poll() is not None:
+                raise AssertionError(f"prefect server exited:\n{self.log_text()}")
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"prefect server did not answer in {timeout}s:\n{self.log_text()}")
+
+    def start_worker(self, pool: str, name: str, **extra: str) -> subprocess.Popen:
+        return self.spawn(
+            f"worker-{name}",
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name, "--limit", "4"],
+            **extra,
+        )
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def deployment_id(self, full_name: str) -> str:
+        flow_name, name = full_name.split("/")
+        return self.api("GET", f"/deployments/name/{flow_name}/{name}")["id"]
+
+    def wait_for_flow_run(self, flow_run_id: str, timeout: float = 240) -> dict[str, Any]:
+        """Poll a flow run until it reaches a final state; return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.api("GET", f"/flow_runs/{flow_run_id}")
+            if run["state"] and run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+            time.sleep(0.25)
+        raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout}s:\n{self.log_text()}")
+
+    def log_text(self, tail: int = 6000) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-tail:]}" for log in self.logs if log.exists())
+
+    def stop(self) -> None:
+        """Stop every process started here (workers first, then the server), killing what lingers."""
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.processes):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self.processes.clear()
+
+    def __enter__(self) -> PrefectServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
