@@ -1,0 +1,56 @@
+"""A Prefect server on Postgres (the production database), with a worker and a REST-triggered run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support.prefect_server import BIN, PrefectServer
+
+DATABASE = "citadel_prefect_test"
+
+
+async def recreate_database(admin_url: str) -> None:
+    """A fresh database with pg_trgm, which Prefect's server needs for its text search."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {DATABASE}")
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(admin_url.rsplit("/", 1)[0] + f"/{DATABASE}")
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    finally:
+        await conn.close()
+
+
+def test_prefect_server_on_postgres_runs_a_triggered_flow(postgres_url: str, tmp_path: Path) -> None:
+    admin = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+    asyncio.run(recreate_database(admin))
+    database_url = postgres_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+    env = {"CITADEL_DATA_DIR": str(tmp_path / "data"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    with PrefectServer(tmp_path / "prefect", database_url=database_url, env=env) as server:
+        server.run([str(BIN / "citadel"), "setup"])
+        server.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "embed-texts/default"])
+        server.start_worker("citadel", "pg-worker")
+        deployment = server.deployment_id("embed-texts/default")
+        started = time.perf_counter()
+        run = server.api("POST", f"/deployments/{deployment}/create_flow_run", json={"parameters": {"texts": ["on postgres"]}})
+        final = server.wait_for_flow_run(run["id"])
+        assert final["state"]["type"] == "COMPLETED", server.log_text()
+        assert time.perf_counter() - started < 300
+
+    async def tables() -> set[str]:
+        conn = await asyncpg.connect(admin.rsplit("/", 1)[0] + f"/{DATABASE}")
+        try:
+            rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            return {row["tablename"] for row in rows}
+        finally:
+            await conn.close()
+
+    assert {"flow_run", "deployment", "task_run"} <= asyncio.run(tables())

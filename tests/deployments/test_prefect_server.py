@@ -1,0 +1,229 @@
+"""Citadel on a real Prefect server: deployed from prefect.yaml, run by process workers.
+
+One server (SQLite in a temporary folder) for the module, two workers on one process pool, and
+the production code paths of every backend: Postgres for the registry, Redis for the cache, and
+a Qdrant REST server shared by the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from citadel.chunking import chunk_text
+from citadel.registry import Registry
+from citadel.settings import Settings
+from citadel.vectorstore import VectorStore
+from tests.support.corpus import write_corpus
+from tests.support.prefect_server import BIN, PrefectServer
+from tests.support.qdrant_server import start_qdrant_process, stop_qdrant_process
+
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """Prefect server + Qdrant REST server + two workers, with Citadel pointed at production backends."""
+    from tests.conftest import POSTGRES_URL, REDIS_URL
+
+    root = tmp_path_factory.mktemp("stack")
+    qdrant, qdrant_url = start_qdrant_process(root / "qdrant")
+    env = {
+        "CITADEL_DATA_DIR": str(root / "data"),
+        "CITADEL_QDRANT_URL": qdrant_url,
+        "CITADEL_DATABASE_URL": POSTGRES_URL,
+        "CITADEL_REDIS_URL": REDIS_URL,
+        "CITADEL_COLLECTION": "deployed",
+        # The scheduler looks for due schedules every 2 s instead of every minute.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    server = PrefectServer(root / "prefect", env=env)
+    try:
+        server.start()
+        server.run([str(BIN / "citadel"), "setup", "--json"])
+        server.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"])
+        server.start_worker("citadel", "worker-a")
+        server.start_worker("citadel", "worker-b")
+        yield server, root, env
+    finally:
+        server.stop()
+        stop_qdrant_process(qdrant)
+
+
+def settings_of(env: dict[str, str], **overrides: object) -> Settings:
+    values = {k.removeprefix("CITADEL_").lower(): v for k, v in env.items() if k.startswith("CITADEL_")}
+    return Settings(**{**values, **overrides})
+
+
+def create_run(server: PrefectServer, deployment: str, parameters: dict) -> tuple[str, float]:
+    """Trigger a deployment through Prefect's REST API, as an external system would."""
+    started = time.perf_counter()
+    run = server.api("POST", f"/deployments/{server.deployment_id(deployment)}/create_flow_run", json={"parameters": parameters})
+    return run["id"], started
+
+
+async def state_of_index(settings: Settings, collection: str) -> tuple[int, int, int]:
+    registry = Registry(settings.registry_url)
+    await registry.init()
+    chunks = await registry.count_chunks(collection)
+    stats = {s["collection"]: s for s in await registry.collection_stats()}
+    await registry.aclose()
+    store = VectorStore.connect(url=settings.qdrant_url, api_key=None, path=settings.qdrant_path)
+    vectors = await store.count(collection)
+    store.client.close()
+    return vectors, chunks, stats.get(collection, {}).get("documents", 0)
+
+
+def test_deployments_match_the_catalog(stack) -> None:  # noqa: ANN001
+    """prefect.yaml and `citadel serve` declare the same deployments, schedules and limits."""
+    server, _, _ = stack
+    from deployments.catalog import NIGHTLY_CRON, catalog
+
+    for spec in catalog():
+        deployment = server.api("GET", f"/deployments/name/{spec.full_name}")
+        assert deployment["entrypoint"] == spec.entrypoint
+        assert deployment["work_pool_name"] == "citadel"
+    nightly = server.api("GET", "/deployments/name/index-corpus/nightly")
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == [NIGHTLY_CRON]
+    limit = nightly.get("global_concurrency_limit") or {}
+    assert limit.get("limit") == 1 or nightly.get("concurrency_limit") == 1
+    embed_limit = server.api("GET", "/v2/concurrency_limits/citadel-embedder-hashing")
+    assert embed_limit["limit"] >= 1
+
+
+def test_rest_trigger_indexes_and_is_searchable(stack, tmp_path: Path) -> None:  # noqa: ANN001
+    server, _, env = stack
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=4, seed=3)
+    (corpus / "zebra.md").write_text("Zebras juggle xylophones near quartz fountains.\n")
+    collection = f"rest_{uuid.uuid4().hex[:8]}"
+    run_id, started = create_run(server, "index-corpus/on-demand", {"source": str(corpus), "collection": collection})
+    final = server.wait_for_flow_run(run_id)
+    elapsed = time.perf_counter() - started
+    assert final["state"]["type"] == "COMPLETED", server.log_text()
+    print(f"REST trigger to Completed: {elapsed:.2f}s")
+    (tmp_path.parent / "trigger_latency.txt").write_text(f"{elapsed:.3f}\n")
+
+    settings = settings_of(env)
+    vectors, chunks, documents = asyncio.run(state_of_index(settings, collection))
+    assert documents == 5 and vectors == chunks > 0
+    from citadel.search import search
+
+    hits = asyncio.run(search(settings, "zebras juggling xylophones", collection, limit=1))
+    assert hits[0]["document_id"] == str(corpus / "zebra.md")
+
+
+def test_workflow_with_parallel_branches_and_a_failing_step(stack, tmp_path: Path) -> None:  # noqa: ANN001
+    server, _, env = stack
+    workflow = {
+        "workflow_id": "branches",
+        "context": {"collection": f"wf_{uuid.uuid4().hex[:8]}"},
+        "steps": [
+            {"step_id": "index", "type": "index", "parameters": {
+                "source": [{"id": "z", "text": "zebras juggle xylophones"}, {"id": "c", "text": "cats sleep all day"}],
+                "collection": "${context.collection}"}},
+            {"step_id": "search", "type": "search", "depends_on": ["index"], "parameters": {
+                "query": "zebras", "collection": "${context.collection}", "limit": 1}},
+            {"step_id": "chunk", "type": "chunk", "parameters": {"text": "one. two. three.", "chunk_size": 6, "chunk_overlap": 0}},
+            {"step_id": "embed", "type": "embedding", "parameters": {"texts": "${steps.chunk.output.texts}"}},
+            {"step_id": "broken", "type": "flow", "parameters": {"deployment": "no-such-flow/none"}},
+            {"step_id": "after_broken", "type": "embedding", "depends_on": ["broken"], "parameters": {"text": "never"}},
+            {"step_id": "after_after", "type": "chunk", "depends_on": ["after_broken"], "parameters": {"text": "never"}},
+        ],
+    }
+    path = tmp_path / "branches.json"
+    path.write_text(json.dumps(workflow))
+    done = server.run([str(BIN / "citadel"), "workflow", "run", str(path), "--json"])
+    run_id = json.loads(done.stdout)["flow_run_id"]
+    final = server.wait_for_flow_run(run_id)
+    assert final["state"]["type"] == "FAILED"
+
+    status = json.loads(server.run([str(BIN / "citadel"), "workflow", "status", run_id, "--json"]).stdout)
+    deadline = time.monotonic() + 30
+    while any(s["state"] in ("Pending", "Running") for s in status["steps"].values()) and time.monotonic() < deadline:
+        time.sleep(1)  # task states reach the server as events, a moment after the flow run ends
+        status = json.loads(server.run([str(BIN / "citadel"), "workflow", "status", run_id, "--json"]).stdout)
+    steps = status["steps"]
+    assert status["state"] == "Failed" and status["workflow_id"] == "branches"
+    assert {sid: steps[sid]["state"] for sid in steps} == {
+        "index": "Completed", "search": "Completed", "chunk": "Completed", "embed": "Completed",
+        "broken": "Failed", "after_broken": "Skipped", "after_after": "Skipped",
+    }
+    assert "no-such-flow/none" in steps["broken"]["error"]
+    assert steps["index"]["start"] and steps["index"]["end"] >= steps["index"]["start"]
+    # The two branches overlapped: chunk started before search finished.
+    assert steps["chunk"]["start"] < steps["search"]["end"]
+
+
+def test_interval_schedule_fires_on_its_own(stack) -> None:  # noqa: ANN001
+    server, _, _ = stack
+    deployment_id = server.deployment_id("embed-texts/default")
+    schedule = server.api(
+        "POST", f"/deployments/{deployment_id}/schedules",
+        json=[{"schedule": {"interval": 5}, "active": True, "parameters": {"texts": ["scheduled text"]}}],
+    )[0]
+    try:
+        deadline = time.monotonic() + 150
+        completed = []
+        while time.monotonic() < deadline and not completed:
+            runs = server.api("POST", "/flow_runs/filter", json={
+                "deployments": {"id": {"any_": [deployment_id]}},
+                "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+            })
+            completed = [r for r in runs if r.get("auto_scheduled")]
+            time.sleep(1)
+        assert completed, f"no scheduled run completed:\n{server.log_text()}"
+    finally:
+        server.api("DELETE", f"/deployments/{deployment_id}/schedules/{schedule['id']}")
+
+
+def test_sharded_corpus_on_two_workers_is_indexed_exactly_once(stack, tmp_path: Path) -> None:  # noqa: ANN001
+    server, _, env = stack
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=24, seed=5)
+    collection = f"shards_{uuid.uuid4().hex[:8]}"
+    run_id, _ = create_run(server, "index-sharded/default", {"source": str(corpus), "collection": collection, "shards": 3})
+    final = server.wait_for_flow_run(run_id, timeout=400)
+    assert final["state"]["type"] == "COMPLETED", server.log_text()
+
+    settings = settings_of(env)
+    expected = sum(len(chunk_text(p.read_text(), settings.chunk_size, settings.chunk_overlap)) for p in paths)
+    vectors, chunks, documents = asyncio.run(state_of_index(settings, collection))
+    assert (documents, chunks, vectors) == (24, expected, expected)
+
+    children = server.api("POST", "/flow_runs/filter", json={"flow_runs": {"parent_task_run_id": {"is_null_": False}}, "deployments": {"id": {"any_": [server.deployment_id("index-corpus/on-demand")]}}})
+    shard_runs = [r for r in children if r["parameters"].get("collection") == collection]
+    assert sorted(r["parameters"]["shard"] for r in shard_runs) == [0, 1, 2]
+    assert all(r["state"]["type"] == "COMPLETED" for r in shard_runs)
+
+    # Deleting a file and running again removes exactly its chunks, in its own shard only.
+    gone = paths.pop()
+    gone.unlink()
+    run_id, _ = create_run(server, "index-sharded/default", {"source": str(corpus), "collection": collection, "shards": 3})
+    assert server.wait_for_flow_run(run_id, timeout=400)["state"]["type"] == "COMPLETED"
+    expected = sum(len(chunk_text(p.read_text(), settings.chunk_size, settings.chunk_overlap)) for p in paths)
+    assert asyncio.run(state_of_index(settings, collection)) == (expected, expected, 23)
+
+
+def test_cli_and_python_triggers(stack) -> None:  # noqa: ANN001
+    """The README's other two ways to trigger a run: `prefect deployment run` and run_deployment()."""
+    server, _, _ = stack
+    done = server.run([str(BIN / "prefect"), "deployment", "run", "embed-texts/default", "--param", 'texts=["from the cli"]', "--watch"], timeout=240)
+    assert "Completed" in done.stdout, done.stdout
+
+    script = (
+        "import asyncio; from prefect.deployments import run_deployment\n"
+        "run = run_deployment('similarity-search/default', parameters={'query': 'zebras', 'collection': 'deployed'}, timeout=0)\n"
+        "print(run.id)\n"
+    )
+    out = server.run([str(BIN / "python"), "-c", script])
+    run_id = out.stdout.strip().splitlines()[-1]
+    final = server.wait_for_flow_run(run_id)
+    # The collection may not exist: what matters is that the run was created and executed by a worker.
+    assert final["state"]["type"] in ("COMPLETED", "FAILED")
+    assert final["start_time"] is not None
