@@ -56,7 +56,11 @@ class Settings(BaseSettings):
     document_batch_size: int = Field(256, gt=0, description="Documents per indexing batch, at most.")
     document_batch_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Bytes of files per indexing batch, about.")
 
-    @field_validator("ollama_urls", mode="before")
+    step_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated modules that register workflow step types."
+    )
+
+    @field_validator("ollama_urls", "step_modules", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):

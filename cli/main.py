@@ -194,9 +194,10 @@ app.add_typer(workflow_app, name="workflow")
 
 
 def _load_definition(path: str):  # noqa: ANN202
-    from citadel.workflows import WorkflowInvalid, check_workflow, load_workflow
+    from citadel.workflows import WorkflowInvalid, check_workflow, load_step_modules, load_workflow
 
     try:
+        load_step_modules(_settings().step_modules)
         return check_workflow(load_workflow(path))
     except WorkflowInvalid as exc:
         return exc
@@ -237,10 +238,11 @@ def _print_report(status: dict[str, Any], as_json: bool) -> None:
         return
     out.print(f"[bold]{status.get('workflow_id') or status['name']}[/bold] flow run {status['flow_run_id']}: {status['state']}", highlight=False)
     table = Table()
-    for column in ("step", "state", "start", "end", "error"):
+    for column in ("step", "state", "start", "end", "output or error"):
         table.add_column(column)
     for step_id, step in status["steps"].items():
-        table.add_row(step_id, step["state"], (step["start"] or "")[11:19], (step["end"] or "")[11:19], step.get("error") or "")
+        detail = step.get("error") or (json.dumps(step["output"], default=str)[:80] if "output" in step else "")
+        table.add_row(step_id, step["state"], (step["start"] or "")[11:19], (step["end"] or "")[11:19], detail)
     out.print(table)
 
 

@@ -20,7 +20,14 @@ from prefect.states import State
 from prefect.utilities.annotations import quote
 
 from citadel.settings import settings_for
-from citadel.workflows import WorkflowDefinition, check_workflow, load_workflow, upstream, workflow_from_data
+from citadel.workflows import (
+    WorkflowDefinition,
+    check_workflow,
+    load_step_modules,
+    load_workflow,
+    upstream,
+    workflow_from_data,
+)
 from citadel.workflows.errors import StepFailed
 from tasks.resources import open_resources
 from tasks.workflow import workflow_step
@@ -43,13 +50,16 @@ def summarize(output: Any) -> Any:
     return output
 
 
-@flow(name="run-workflow")
+# The report (states, timings, output summaries) is persisted as JSON, never pickle, so that
+# `citadel workflow status` can show the outputs of a run executed by a worker.
+@flow(name="run-workflow", persist_result=True, result_serializer="json")
 async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate ``workflow`` (a definition, or JSON/YAML text or a file path) and run it."""
     logger = get_run_logger()
+    settings = settings_for()
+    load_step_modules(settings.step_modules)
     definition = check_workflow(_definition(workflow), context=context)  # an invalid workflow never starts
     merged = {**definition.context, **(context or {})}
-    settings = settings_for()
     deps = upstream(definition)
     states: dict[str, asyncio.Future[tuple[State | None, Any]]] = {}
     report: dict[str, dict[str, Any]] = {}
@@ -126,6 +136,13 @@ async def workflow_status(flow_run_id: str) -> dict[str, Any]:
             definition = _definition(workflow)
         except Exception:  # noqa: BLE001 - a status must still be readable for a bad definition
             definition = None
+    report: dict[str, Any] = {}
+    if flow_run.state is not None and flow_run.state.is_completed():
+        try:
+            result = await flow_run.state.aresult(raise_on_failure=False)
+            report = result.get("steps", {}) if isinstance(result, dict) else {}
+        except Exception:  # noqa: BLE001 - results stored where this process cannot read them
+            report = {}
     by_name = {run.name: run for run in task_runs}
     step_ids = [s.step_id for s in definition.steps] if definition else list(by_name)
     steps = {}
@@ -139,6 +156,8 @@ async def workflow_status(flow_run_id: str) -> dict[str, Any]:
             "end": run.end_time.isoformat() if run and run.end_time else None,
             "error": state.message if state and (state.is_failed() or state.is_crashed() or name == "NotReady") else None,
         }
+        if "output" in report.get(step_id, {}):
+            steps[step_id]["output"] = report[step_id]["output"]
     return {
         "flow_run_id": str(flow_run.id),
         "name": flow_run.name,

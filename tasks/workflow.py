@@ -13,8 +13,8 @@ from citadel.errors import ConfigurationError
 from citadel.settings import Settings
 from citadel.workflows import StepContext, WorkflowDefinition, default_registry, run_step
 from citadel.workflows.builtin import FlowParams
+from citadel.workflows.errors import StepFailed
 from tasks.resources import get_resources
-from tasks.retry import retry_on_transient
 
 
 async def run_flow_step(params: FlowParams, ctx: StepContext) -> dict[str, Any]:
@@ -43,11 +43,27 @@ default_registry.register(
 )
 
 
-@task(name="workflow-step", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient)
+async def retry_unless_invalid(task: Any, task_run: Any, state: Any) -> bool:
+    """A step's own ``retries`` cover any failure except bad parameters or configuration.
+
+    The core raises those as they are and wraps every other failure in :class:`StepFailed`.
+    """
+    exc = await state.aresult(raise_on_failure=False)
+    return isinstance(exc, StepFailed)
+
+
+@task(name="workflow-step", cache_policy=NO_CACHE, retry_condition_fn=retry_unless_invalid)
 async def workflow_step(
     settings: Settings, definition: WorkflowDefinition, step_id: str, outputs: dict[str, Any], context: dict[str, Any]
 ) -> Any:
     """Run one step with its upstream ``outputs``; Prefect owns its retries and timeout."""
-    step = next(s for s in definition.steps if s.step_id == step_id)
-    once = step.model_copy(update={"retries": 0, "timeout_seconds": None})
-    return await run_step(definition, once, outputs, context=context, services=get_resources(settings))
+    once = definition.model_copy(
+        update={
+            "steps": [
+                s.model_copy(update={"retries": 0, "timeout_seconds": None}) if s.step_id == step_id else s
+                for s in definition.steps
+            ]
+        }
+    )
+    step = next(s for s in once.steps if s.step_id == step_id)
+    return await run_step(once, step, outputs, context=context, services=get_resources(settings))

@@ -27,6 +27,7 @@ from citadel.workflows.steps import (
     StepType,
     default_registry,
     get_step_type,
+    load_step_modules,
     step_type,
     step_types,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "default_registry",
     "find_references",
     "get_step_type",
+    "load_step_modules",
     "load_workflow",
     "register_builtins",
     "resolve",

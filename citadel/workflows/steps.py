@@ -156,3 +156,23 @@ def get_step_type(name: str, registry: StepRegistry | None = None) -> StepType:
 def step_types(registry: StepRegistry | None = None) -> list[StepType]:
     """Every registered step type, by name."""
     return (registry if registry is not None else default_registry).types()
+
+
+def load_step_modules(modules: list[str]) -> None:
+    """Import the modules that register step types (``CITADEL_STEP_MODULES``); a missing one is a clear error."""
+    import importlib
+    import os
+    import sys
+
+    from citadel.errors import ConfigurationError
+
+    if modules and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # as `python -m` would: step modules may live in the project folder
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"cannot import step module {name!r} from CITADEL_STEP_MODULES: {exc}; "
+                "is it on the Python path of this process (and of every worker)?"
+            ) from exc

@@ -45,6 +45,24 @@ def test_prefect_server_on_postgres_runs_a_triggered_flow(postgres_url: str, tmp
         assert final["state"]["type"] == "COMPLETED", server.log_text()
         assert time.perf_counter() - started < 300
 
+        # `citadel serve`: every deployment served from one process, no work pool involved.
+        server.spawn("serve", [str(BIN / "citadel"), "serve"])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                served = server.deployment_id("run-workflow/default")
+                break
+            except Exception:  # noqa: BLE001 - not registered yet
+                time.sleep(1)
+        else:
+            raise AssertionError(f"citadel serve registered nothing:\n{server.log_text()}")
+        workflow = {"workflow_id": "served", "steps": [{"step_id": "c", "type": "chunk", "parameters": {"text": "a. b."}}]}
+        run = server.api("POST", f"/deployments/{served}/create_flow_run", json={"parameters": {"workflow": workflow}})
+        final = server.wait_for_flow_run(run["id"])
+        assert final["state"]["type"] == "COMPLETED", server.log_text()
+        nightly = server.api("GET", "/deployments/name/index-corpus/nightly")
+        assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+
     async def tables() -> set[str]:
         conn = await asyncpg.connect(admin.rsplit("/", 1)[0] + f"/{DATABASE}")
         try:

@@ -1,0 +1,37 @@
+"""prefect.yaml and the Python catalog of `citadel serve` declare the same deployments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from deployments.catalog import catalog, load_flow, to_deployments
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_prefect_yaml_matches_the_catalog() -> None:
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    by_key = {(d["entrypoint"], d["name"]): d for d in declared}
+    specs = catalog()
+    assert len(declared) == len(specs)
+    for spec in specs:
+        entry = by_key[(spec.entrypoint, spec.name)]
+        assert load_flow(spec.entrypoint).name == spec.flow_name
+        assert entry["work_pool"]["name"] == "citadel"
+        assert entry.get("concurrency_limit") == spec.concurrency_limit
+        crons = [s["cron"] for s in entry.get("schedules", [])]
+        assert crons == ([spec.cron] if spec.cron else [])
+        for key, value in spec.parameters.items():
+            if key not in ("source", "collection"):  # those two come from the environment in the catalog
+                assert entry["parameters"][key] == value
+
+
+def test_catalog_builds_runner_deployments(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("CITADEL_NIGHTLY_SOURCE", "/srv/corpus")
+    deployments = {d.name + "@" + d.flow_name: d for d in to_deployments()}
+    nightly = deployments["nightly@index-corpus"]
+    assert nightly.parameters["source"] == "/srv/corpus"
+    assert nightly.schedules and nightly.schedules[0].schedule.cron == "0 2 * * *"
+    assert len(deployments) == len(catalog())

@@ -1,0 +1,121 @@
+"""run-workflow: concurrency of independent steps, failures, skips, retries and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from citadel.workflows import StepContext, WorkflowInvalid, default_registry
+from flows.run_workflow import run_workflow, wait_for_workflow
+
+
+class SleepParams(BaseModel):
+    seconds: float = 0.0
+    fail_times: int = 0
+    key: str = ""
+
+
+ATTEMPTS: dict[str, int] = {}
+
+
+async def sleepy(params: SleepParams, ctx: StepContext) -> dict:
+    """A test step: sleeps, and fails with a transient error the first ``fail_times`` times."""
+    ATTEMPTS[params.key] = ATTEMPTS.get(params.key, 0) + 1
+    await asyncio.sleep(params.seconds)
+    if ATTEMPTS[params.key] <= params.fail_times:
+        raise ConnectionError(f"transient failure {ATTEMPTS[params.key]}")
+    return {"slept": params.seconds, "attempts": ATTEMPTS[params.key]}
+
+
+@pytest.fixture(autouse=True)
+def _sleepy_step():
+    default_registry.register("sleepy", sleepy, params=SleepParams, replace=True)
+    yield
+    default_registry.unregister("sleepy")
+
+
+async def test_independent_steps_overlap_and_outputs_flow_downstream(data_dir: Path) -> None:
+    workflow = {
+        "workflow_id": "overlap",
+        "steps": [
+            {"step_id": "left", "type": "sleepy", "parameters": {"seconds": 0.5, "key": "left"}},
+            {"step_id": "right", "type": "sleepy", "parameters": {"seconds": 0.5, "key": "right"}},
+            {"step_id": "join", "type": "chunk", "depends_on": ["left", "right"],
+             "parameters": {"text": "slept ${steps.left.output.slept} and ${steps.right.output.slept}"}},
+        ],
+    }
+    result = await run_workflow(workflow)
+    steps = result["steps"]
+    assert steps["join"]["output"]["texts"] == ["slept 0.5 and 0.5"]
+    left, right = steps["left"], steps["right"]
+    assert left["started"] < right["finished"] and right["started"] < left["finished"], "branches ran concurrently"
+    assert steps["join"]["started"] >= max(left["finished"], right["finished"])
+
+
+async def test_failed_step_skips_dependants_and_others_finish(data_dir: Path) -> None:
+    ATTEMPTS.clear()
+    workflow = {
+        "workflow_id": "failing",
+        "steps": [
+            {"step_id": "bad", "type": "sleepy", "parameters": {"fail_times": 99, "key": "bad"}},
+            {"step_id": "child", "type": "sleepy", "depends_on": ["bad"], "parameters": {"key": "child"}},
+            {"step_id": "grandchild", "type": "sleepy", "depends_on": ["child"], "parameters": {"key": "grandchild"}},
+            {"step_id": "independent", "type": "sleepy", "parameters": {"seconds": 0.2, "key": "independent"}},
+        ],
+    }
+    state = await run_workflow(workflow, return_state=True)
+    assert state.is_failed() and "bad" in state.message
+    assert "child" not in ATTEMPTS and "grandchild" not in ATTEMPTS
+    status = await wait_for_workflow(str(state.state_details.flow_run_id))
+    assert {k: v["state"] for k, v in status["steps"].items()} == {
+        "bad": "Failed", "child": "Skipped", "grandchild": "Skipped", "independent": "Completed",
+    }
+    assert "transient failure" in status["steps"]["bad"]["error"]
+
+
+async def test_step_retries_and_timeout_are_honoured(data_dir: Path) -> None:
+    ATTEMPTS.clear()
+    workflow = {
+        "workflow_id": "retries",
+        "steps": [
+            {"step_id": "flaky", "type": "sleepy", "retries": 2, "parameters": {"fail_times": 2, "key": "flaky"}},
+            {"step_id": "slow", "type": "sleepy", "timeout_seconds": 0.5, "parameters": {"seconds": 5, "key": "slow"}},
+        ],
+    }
+    state = await run_workflow(workflow, return_state=True)
+    assert ATTEMPTS["flaky"] == 3
+    status = await wait_for_workflow(str(state.state_details.flow_run_id))
+    assert status["steps"]["flaky"]["state"] == "Completed"
+    assert status["steps"]["slow"]["state"] in ("TimedOut", "Failed")
+
+
+async def test_an_invalid_workflow_never_starts(data_dir: Path) -> None:
+    ATTEMPTS.clear()
+    workflow = {
+        "workflow_id": "invalid",
+        "steps": [
+            {"step_id": "a", "type": "sleepy", "parameters": {"key": "a"}},
+            {"step_id": "b", "type": "sleepy", "depends_on": ["missing"], "parameters": {"key": "b"}},
+        ],
+    }
+    with pytest.raises(WorkflowInvalid, match="missing"):
+        await run_workflow(workflow)
+    assert ATTEMPTS == {}
+
+
+async def test_bad_parameters_at_run_time_are_not_retried(data_dir: Path) -> None:
+    """A reference that resolves to the wrong type fails the step before its code runs."""
+    workflow = {
+        "workflow_id": "bad-params",
+        "steps": [
+            {"step_id": "a", "type": "sleepy", "parameters": {"key": "a"}},
+            {"step_id": "b", "type": "sleepy", "retries": 3, "parameters": {"seconds": "${steps.a.output}", "key": "b"}},
+        ],
+    }
+    ATTEMPTS.clear()
+    state = await run_workflow(workflow, return_state=True)
+    assert state.is_failed()
+    assert "b" not in ATTEMPTS
