@@ -190,6 +190,13 @@ async def test_search_errors_are_clear(data_dir: Path, collection_name: str) -> 
 
 
 async def test_flow_step_needs_the_orchestration_layer(data_dir: Path) -> None:
-    """The core only declares the flow step; running it says which layer provides it."""
+    """The core only declares the flow step; running it says which layer provides it.
+
+    A fresh registry: importing the Prefect layer (``tasks.workflow``) replaces the default one's runner.
+    """
+    from citadel.workflows import StepRegistry, register_builtins
+
+    core_only = StepRegistry()
+    register_builtins(core_only)
     with pytest.raises(OrchestrationRequired, match="'flow' step type needs the orchestration layer"):
-        await get_step_type("flow")({"deployment": "index-corpus/nightly", "parameters": {"source": "."}}, ctx())
+        await core_only.get("flow")({"deployment": "index-corpus/nightly", "parameters": {"source": "."}}, ctx())

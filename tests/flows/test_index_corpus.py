@@ -227,3 +227,40 @@ def test_killed_run_resumes_without_duplicates(data_dir: Path, tmp_path: Path, c
     assert summary["unchanged"] >= 8
     total = expected_chunks(paths, Settings())
     assert asyncio.run(index_state(Settings(), collection_name)) == (total, total)
+
+
+async def test_shards_cover_the_corpus_once_and_prune_only_their_own(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=10)
+    settings = Settings()
+    first = await index_corpus(str(corpus), collection=collection_name, shard=0, shards=2)
+    second = await index_corpus(str(corpus), collection=collection_name, shard=1, shards=2)
+    assert first["added"] + second["added"] == 10 and first["added"] > 0 and second["added"] > 0
+    total = expected_chunks(paths, settings)
+    assert await index_state(settings, collection_name) == (total, total)
+
+    from citadel.sharding import shard_of
+
+    gone = next(p for p in paths if shard_of(str(p), 2) == 1)
+    gone.unlink()
+    paths.remove(gone)
+    other = await index_corpus(str(corpus), collection=collection_name, shard=0, shards=2)
+    assert other["deleted"] == 0, "shard 0 never prunes shard 1's files"
+    own = await index_corpus(str(corpus), collection=collection_name, shard=1, shards=2)
+    assert own["deleted"] == 1
+    total = expected_chunks(paths, settings)
+    assert await index_state(settings, collection_name) == (total, total)
+
+    with pytest.raises(ValueError, match="both shard and shards"):
+        await index_corpus(str(corpus), collection=collection_name, shard=1)
+
+
+async def test_inline_documents_shard_by_id(data_dir: Path, collection_name: str) -> None:
+    docs = [{"id": f"d{i}", "text": f"inline document {i}"} for i in range(8)]
+    counts = [
+        (await index_corpus(docs, collection=collection_name, source_name="api", shard=s, shards=3))["added"]
+        for s in range(3)
+    ]
+    assert sum(counts) == 8
