@@ -6,8 +6,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from blocks.base import CitadelBlock, url_scheme
-from citadel.embedders import HashingEmbedder, OllamaEmbedder, OpenAIEmbedder
+from blocks.base import CitadelBlock, settings_from_blocks, url_scheme
+from citadel.embedders import HashingEmbedder, OllamaEmbedder, OpenAIEmbedder, build_embedder
 from citadel.embedders.models import KNOWN_MODELS, base_model_name
 from citadel.errors import ConfigurationError
 
@@ -25,6 +25,18 @@ def _known_size_or_fail(block: CitadelBlock, model: str, dimensions: int | None)
             f"{block.get_block_type_name()}: the vector size of model {model!r} is unknown; set the block's "
             f"'dimensions' field to it. Models of known size: {', '.join(sorted(KNOWN_MODELS))}"
         )
+
+
+def _http_settings(block: Any) -> dict[str, Any]:
+    """The Settings fields both HTTP embedder blocks share."""
+    return {
+        "embedding_model": block.model,
+        "embedding_dimensions": block.dimensions,
+        "embed_batch_size": block.batch_size,
+        "embed_timeout_s": block.timeout_s,
+        "embed_retries": block.retries,
+        "max_input_chars": block.max_input_chars,
+    }
 
 
 class OllamaEmbedderBlock(CitadelBlock):
@@ -65,27 +77,10 @@ class OllamaEmbedderBlock(CitadelBlock):
     def build(self) -> OllamaEmbedder:
         """An :class:`OllamaEmbedder` (close it with ``aclose``); an unknown model without dimensions is refused."""
         _known_size_or_fail(self, self.model, self.dimensions)
-        return OllamaEmbedder(
-            self.model,
-            list(self.urls),
-            dimensions=self.dimensions,
-            batch_size=self.batch_size,
-            timeout_s=self.timeout_s,
-            retries=self.retries,
-            max_input_chars=self.max_input_chars,
-        )
+        return build_embedder(settings_from_blocks(self))  # type: ignore[return-value]
 
     def settings_overrides(self) -> dict[str, Any]:
-        return {
-            "embedder": "ollama",
-            "embedding_model": self.model,
-            "embedding_dimensions": self.dimensions,
-            "ollama_urls": list(self.urls),
-            "embed_batch_size": self.batch_size,
-            "embed_timeout_s": self.timeout_s,
-            "embed_retries": self.retries,
-            "max_input_chars": self.max_input_chars,
-        }
+        return {"embedder": "ollama", "ollama_urls": list(self.urls), **_http_settings(self)}
 
 
 class OpenAICompatibleEmbedderBlock(CitadelBlock):
@@ -116,28 +111,14 @@ class OpenAICompatibleEmbedderBlock(CitadelBlock):
     def build(self) -> OpenAIEmbedder:
         """An :class:`OpenAIEmbedder` (close it with ``aclose``); an unknown model without dimensions is refused."""
         _known_size_or_fail(self, self.model, self.dimensions)
-        return OpenAIEmbedder(
-            self.model,
-            [self.base_url],
-            api_key=self.api_key,
-            dimensions=self.dimensions,
-            batch_size=self.batch_size,
-            timeout_s=self.timeout_s,
-            retries=self.retries,
-            max_input_chars=self.max_input_chars,
-        )
+        return build_embedder(settings_from_blocks(self))  # type: ignore[return-value]
 
     def settings_overrides(self) -> dict[str, Any]:
         return {
             "embedder": "openai",
-            "embedding_model": self.model,
-            "embedding_dimensions": self.dimensions,
             "openai_base_url": self.base_url,
             "openai_api_key": self.api_key,
-            "embed_batch_size": self.batch_size,
-            "embed_timeout_s": self.timeout_s,
-            "embed_retries": self.retries,
-            "max_input_chars": self.max_input_chars,
+            **_http_settings(self),
         }
 
 

@@ -149,6 +149,16 @@ class EmbedResult:
     cache_hits: int
     embedded: int
 
+    def as_dict(self, model: str, dimensions: int) -> dict[str, object]:
+        """The JSON shape flows, workflow steps and the API return."""
+        return {
+            "model": model,
+            "dimensions": dimensions,
+            "vectors": self.vectors.tolist(),
+            "cache_hits": self.cache_hits,
+            "embedded": self.embedded,
+        }
+
 
 class CachedEmbedder:
     """Embeds through the cache: one batched read, one embedder call for the unique misses, one batched write."""

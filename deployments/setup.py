@@ -29,5 +29,8 @@ async def prepare_server(settings: Settings, pool: str = "citadel") -> dict[str,
         except ObjectAlreadyExists:
             actions.append(f"work pool {pool!r} already exists")
     name = await ensure_limit(settings)
-    actions.append(f"concurrency limit {name!r} is in place (created with {default_limit(settings)} slots if new)")
+    if name is None:
+        actions.append("no concurrency limit needed: the hashing embedder runs inside each process")
+    else:
+        actions.append(f"concurrency limit {name!r} is in place (created with {default_limit(settings)} slots if new)")
     return {"actions": actions, "pool": pool, "limit": name}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -22,6 +23,7 @@ from tasks.indexing import (
     record_documents,
     upsert_vectors,
 )
+from tasks.limits import embedding_slot
 from tasks.resources import open_resources
 
 
@@ -50,11 +52,12 @@ async def index_corpus(
     resolved = resolve_source(source, prune=prune, source_name=source_name, shard=shard, shards=shards)
     counts = RunCounts()
     seen: set[str] = set()
-    async with open_resources(settings) as resources:
+    async with open_resources(settings) as resources, AsyncExitStack() as slot:
         registry = await resources.registry()
         await prepare_collection(settings, collection)
         run_id = await registry.start_run(collection, resolved.key, str(flow_run.id) if flow_run.id else None)
         writer: asyncio.Task | None = None
+        holding_slot = False
         status = "failed"
         try:
             for group in resolved.groups(settings):
@@ -63,6 +66,11 @@ async def index_corpus(
                 seen.update(item.id for item in items)
                 plan = await plan_batch(settings, collection, quote(items), full)
                 counts.unchanged += plan.unchanged
+                if plan.documents and not holding_slot:
+                    # One slot of the backend's global limit, taken when the run first needs the
+                    # embedder (an unchanged run never does) and held until the run ends.
+                    await slot.enter_async_context(embedding_slot(settings))
+                    holding_slot = True
                 # Embedding this batch overlaps with writing the previous one.
                 embedded = await embed_chunks(settings, collection, quote(plan)) if plan.documents else EmbeddedBatch(plan, [])
                 counts.add_embedded(embedded)

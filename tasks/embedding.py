@@ -19,13 +19,7 @@ async def embed_texts_task(settings: Settings, texts: list[str]) -> dict:
     resources = get_resources(settings)
     async with embedding_slot(settings):
         result = await resources.cached_embedder.embed(texts)
-    return {
-        "model": resources.embedder.model,
-        "dimensions": resources.embedder.dimensions,
-        "vectors": result.vectors.tolist(),
-        "cache_hits": result.cache_hits,
-        "embedded": result.embedded,
-    }
+    return result.as_dict(resources.embedder.model, resources.embedder.dimensions)
 
 
 @task(

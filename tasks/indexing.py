@@ -14,7 +14,6 @@ from prefect.cache_policies import NO_CACHE
 from citadel import indexing
 from citadel.documents import Document, LoadFailure, SourceGroup, load_group
 from citadel.settings import Settings
-from tasks.limits import embedding_slot
 from tasks.resources import get_resources
 from tasks.retry import RETRYING
 
@@ -50,9 +49,8 @@ async def plan_batch(
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, **RETRYING)
 async def embed_chunks(settings: Settings, collection: str, plan: indexing.BatchPlan) -> indexing.EmbeddedBatch:
-    """Vectors for a batch's chunks through the embedding cache, within the backend's concurrency limit."""
-    async with embedding_slot(settings):
-        return await indexing.embed_plan(get_resources(settings), plan, collection)
+    """Vectors for a batch's chunks through the embedding cache (the flow holds the backend's slot)."""
+    return await indexing.embed_plan(get_resources(settings), plan, collection)
 
 
 @task(name="upsert-vectors", cache_policy=NO_CACHE, **RETRYING)

@@ -20,6 +20,11 @@ from citadel.settings import Settings
 _ensured: set[tuple[str | None, str]] = set()
 
 
+def needs_limit(settings: Settings) -> bool:
+    """Only a shared backend needs guarding: the hashing embedder runs inside each process."""
+    return settings.embedder != "hashing"
+
+
 def limit_name(settings: Settings) -> str:
     """``citadel-embedder-ollama``, ``citadel-embedder-openai`` or ``citadel-embedder-hashing``."""
     return f"citadel-embedder-{settings.embedder}"
@@ -31,8 +36,13 @@ def default_limit(settings: Settings) -> int:
     return len(settings.ollama_urls) if settings.embedder == "ollama" else 4
 
 
-async def ensure_limit(settings: Settings) -> str:
-    """Create the backend's limit when it does not exist yet (an existing one is left as set)."""
+async def ensure_limit(settings: Settings) -> str | None:
+    """Create the backend's limit when it does not exist yet (an existing one is left as set).
+
+    None for the in-process hashing embedder, which no other run shares.
+    """
+    if not needs_limit(settings):
+        return None
     name = limit_name(settings)
     key = (PREFECT_API_URL.value(), name)
     if key in _ensured:
@@ -55,5 +65,8 @@ async def ensure_limit(settings: Settings) -> str:
 async def embedding_slot(settings: Settings) -> AsyncIterator[None]:
     """Hold one slot of the embedding backend's limit (created on first use) while embedding."""
     name = await ensure_limit(settings)
+    if name is None:
+        yield
+        return
     async with concurrency(name, occupy=1, strict=True):
         yield

@@ -182,13 +182,7 @@ async def run_embedding(params: EmbeddingParams, ctx: StepContext) -> dict[str, 
     texts = [params.text] if params.text is not None else list(params.texts or [])
     async with _resources(ctx, params.embedder_config()) as resources:
         result = await resources.cached_embedder.embed(texts)
-        return {
-            "model": resources.embedder.model,
-            "dimensions": resources.embedder.dimensions,
-            "vectors": result.vectors.tolist(),
-            "cache_hits": result.cache_hits,
-            "embedded": result.embedded,
-        }
+        return result.as_dict(resources.embedder.model, resources.embedder.dimensions)
 
 
 async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:

@@ -100,3 +100,18 @@ async def test_redis_cache_makes_a_full_reindex_free(
     stored = client.get(next(iter(client.scan_iter("citadel:embedding:mxbai-embed-large:*"))))
     assert len(stored) == 1024 * 4 and client.ttl(next(iter(client.scan_iter("citadel:embedding:mxbai-embed-large:*")))) > 0
     client.close()
+
+
+async def test_a_run_takes_and_returns_a_slot_of_the_embedder_limit(
+    ollama: EmbeddingServer, tmp_path: Path, collection_name: str
+) -> None:
+    """A shared backend gets a global concurrency limit (one slot per Ollama server); a run gives its slot back."""
+    from prefect.client.orchestration import get_client
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=2, paragraphs=1)
+    await index_corpus(str(corpus), collection=collection_name)
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name("citadel-embedder-ollama")
+    assert limit.limit == 1
+    assert limit.active_slots == 0
