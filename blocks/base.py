@@ -5,12 +5,11 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, model_validator
 
-from citadel.settings import Settings
+from citadel.settings import Settings, masked_url  # noqa: F401 - re-exported for the blocks
 
 
 class CitadelBlock(Block, ABC):
@@ -51,16 +50,6 @@ def settings_from_blocks(*blocks: CitadelBlock, **overrides: Any) -> Settings:
         merged.update(block.settings_overrides())
     merged.update(overrides)
     return Settings(**merged)
-
-
-def masked_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def url_scheme(url: str) -> str:

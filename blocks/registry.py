@@ -47,7 +47,7 @@ class RegistryDatabaseBlock(CitadelBlock):
     @property
     def async_url(self) -> str:
         """The SQLAlchemy async URL (asyncpg or aiosqlite), exactly as Citadel's settings derive it."""
-        return Settings.model_construct(database_url=self.url.get_secret_value()).registry_url
+        return Settings.model_construct(database_url=self.url).registry_url
 
     def build(self) -> Registry:
         """A :class:`Registry`, not yet initialised: ``await registry.init()`` creates or upgrades the schema."""

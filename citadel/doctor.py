@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable
 import httpx
 
 from citadel.resources import Resources
-from citadel.settings import Settings
+from citadel.settings import Settings, masked_url
 
 
 async def _check(name: str, probe: Callable[[], Awaitable[str]], fix: str) -> dict[str, Any]:
@@ -37,13 +37,15 @@ async def run_checks(settings: Settings) -> list[dict[str, Any]]:
 
         async def cache() -> str:
             await resources.cache.ping()
-            return f"redis {settings.redis_url}" if settings.redis_url else f"in-process LRU ({settings.lru_size} vectors); set CITADEL_REDIS_URL to share it"
+            if settings.redis_url:
+                return f"redis {masked_url(settings.redis_url.get_secret_value())}"
+            return f"in-process LRU ({settings.lru_size} vectors); set CITADEL_REDIS_URL to share it"
 
         results.append(await _check("embedding cache", cache, "start Redis or fix CITADEL_REDIS_URL (runs still work without it, slower)"))
 
         async def registry() -> str:
             await resources.registry()
-            return settings.registry_url.split("@")[-1]
+            return masked_url(settings.registry_url)
 
         results.append(await _check("registry", registry, "start Postgres or fix CITADEL_DATABASE_URL (postgresql://user@host:5432/db)"))
 

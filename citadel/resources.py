@@ -9,7 +9,7 @@ from __future__ import annotations
 from citadel.cache import CachedEmbedder, EmbeddingCache, build_cache
 from citadel.embedders import Embedder, build_embedder
 from citadel.registry import Registry
-from citadel.settings import Settings
+from citadel.settings import Settings, secret
 from citadel.vectorstore import VectorStore
 
 
@@ -34,7 +34,7 @@ class Resources:
     def cache(self) -> EmbeddingCache:
         if self._cache is None:
             s = self.settings
-            self._cache = build_cache(s.redis_url, ttl_s=s.cache_ttl_s, lru_size=s.lru_size)
+            self._cache = build_cache(secret(s.redis_url), ttl_s=s.cache_ttl_s, lru_size=s.lru_size)
         return self._cache
 
     @property
@@ -60,7 +60,7 @@ class Resources:
             s = self.settings
             self._store = VectorStore.connect(
                 url=s.qdrant_url,
-                api_key=s.qdrant_api_key.get_secret_value() if s.qdrant_api_key else None,
+                api_key=secret(s.qdrant_api_key),
                 path=s.qdrant_path,
                 batch_size=s.upsert_batch_size,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,7 +41,7 @@ class Settings(BaseSettings):
         "(a Prefect global concurrency limit); default: one per Ollama server, 4 for others."
     )
 
-    redis_url: str | None = Field(None, description="Embedding cache; unset means an in-process LRU.")
+    redis_url: SecretStr | None = Field(None, description="Embedding cache; unset means an in-process LRU.")
     cache_ttl_s: int = Field(30 * 24 * 3600, gt=0)
     lru_size: int = Field(50_000, ge=0)
 
@@ -48,7 +49,7 @@ class Settings(BaseSettings):
     qdrant_api_key: SecretStr | None = None
     upsert_batch_size: int = Field(128, ge=64, le=256)
 
-    database_url: str | None = Field(None, description="Registry; unset means SQLite under data_dir.")
+    database_url: SecretStr | None = Field(None, description="Registry; unset means SQLite under data_dir.")
 
     chunk_size: int = Field(1000, gt=0)
     chunk_overlap: int = Field(100, ge=0)
@@ -81,13 +82,32 @@ class Settings(BaseSettings):
     @property
     def registry_url(self) -> str:
         """The SQLAlchemy async URL of the registry (asyncpg for Postgres, aiosqlite for SQLite)."""
-        url = self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'registry.db').resolve()}"
+        url = (
+            self.database_url.get_secret_value()
+            if self.database_url
+            else f"sqlite+aiosqlite:///{(self.data_dir / 'registry.db').resolve()}"
+        )
         for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://"):
             if url.startswith(prefix):
                 return "postgresql+asyncpg://" + url[len(prefix):]
         if url.startswith("sqlite:///"):
             return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
         return url
+
+
+def secret(value: SecretStr | None) -> str | None:
+    """The plain value of an optional secret setting (URLs may carry passwords)."""
+    return value.get_secret_value() if value is not None else None
+
+
+def masked_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -7,8 +7,11 @@ entry and closes them on exit with :func:`open_resources`.
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
+
+from pydantic import SecretStr
 
 from citadel.resources import Resources
 from citadel.settings import Settings
@@ -17,7 +20,13 @@ _OPEN: dict[tuple[str, int], tuple[Resources, int]] = {}
 
 
 def _key(settings: Settings) -> tuple[str, int]:
-    return settings.model_dump_json(), id(asyncio.get_running_loop())
+    # Secrets count too (two Redis URLs differing only in password are two caches); the key stays in memory.
+    values = json.dumps(settings.model_dump(), sort_keys=True, default=_plain)
+    return values, id(asyncio.get_running_loop())
+
+
+def _plain(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
 def get_resources(settings: Settings) -> Resources:

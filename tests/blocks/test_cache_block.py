@@ -66,7 +66,8 @@ def test_redis_block_refuses_a_url_that_is_not_redis_without_echoing_it() -> Non
 
 def test_redis_overrides_configure_the_cache_through_settings(data_dir: Path, redis_url: str) -> None:
     settings = Settings(**RedisCacheBlock(url=redis_url, ttl_s=90).settings_overrides())
-    assert (settings.redis_url, settings.cache_ttl_s) == (redis_url, 90)
-    cache = build_cache(settings.redis_url, ttl_s=settings.cache_ttl_s, lru_size=settings.lru_size)
+    assert (settings.redis_url.get_secret_value(), settings.cache_ttl_s) == (redis_url, 90)
+    cache = build_cache(settings.redis_url.get_secret_value(), ttl_s=settings.cache_ttl_s, lru_size=settings.lru_size)
     assert isinstance(cache, RedisCache) and cache.ttl_s == 90
-    assert isinstance(build_cache(Settings().redis_url, ttl_s=1, lru_size=1), LRUCache)
+    assert Settings().redis_url is None
+    assert isinstance(build_cache(None, ttl_s=1, lru_size=1), LRUCache)

@@ -93,6 +93,6 @@ def test_settings_from_blocks_layers_environment_blocks_and_overrides(data_dir: 
     assert settings.collection == "from-env"
     assert (settings.embedder, settings.embedding_dimensions, settings.embed_retries) == ("hashing", 64, 1)
     assert settings.ollama_urls == ["http://gpu:11434"]
-    assert (settings.redis_url, settings.cache_ttl_s) == ("redis://cache:6379/3", 60)
+    assert (settings.redis_url.get_secret_value(), settings.cache_ttl_s) == ("redis://cache:6379/3", 60)
     assert settings.registry_url == "postgresql+asyncpg://u:pw@db/citadel"
     assert settings.chunk_size == 500

@@ -48,7 +48,8 @@ def test_environment_switches_embedder(data_dir: Path, monkeypatch: pytest.Monke
     assert s.embedding_dimensions == 1536
     assert s.openai_api_key is not None and s.openai_api_key.get_secret_value() == "sk-secret"
     assert "sk-secret" not in repr(s)
-    assert s.redis_url == "redis://cache:6379/0"
+    assert s.redis_url.get_secret_value() == "redis://cache:6379/0"
+    assert "cache:6379" not in repr(s), "URLs that may carry passwords are secret"
     assert s.chunk_size == 500
 
 
