@@ -1,7 +1,7 @@
-"""A Prefect global concurrency limit per embedding backend, shared by every run and worker.
+"""A Prefect global concurrency limit per shared embedding backend, across every run and worker.
 
-One Ollama server embeds one batch at a time; letting ten workers send it batches at once only
-queues them there, with timeouts. The limit makes them wait for a slot instead.
+One Ollama server embeds one batch at a time; ten runs sending it batches at once only queue
+there, until requests time out. Each run that embeds holds a slot, so the others wait for one.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ def needs_limit(settings: Settings) -> bool:
 
 
 def limit_name(settings: Settings) -> str:
-    """``citadel-embedder-ollama``, ``citadel-embedder-openai`` or ``citadel-embedder-hashing``."""
+    """``citadel-embedder-ollama`` or ``citadel-embedder-openai``."""
     return f"citadel-embedder-{settings.embedder}"
 
 
 def default_limit(settings: Settings) -> int:
+    """Slots of a new limit: ``CITADEL_EMBED_CONCURRENCY``, else one per Ollama server, else 4."""
     if settings.embed_concurrency:
         return settings.embed_concurrency
     return len(settings.ollama_urls) if settings.embedder == "ollama" else 4
