@@ -10,6 +10,7 @@ from blocks.base import CitadelBlock, settings_from_blocks, url_scheme
 from citadel.embedders import HashingEmbedder, OllamaEmbedder, OpenAIEmbedder, build_embedder
 from citadel.embedders.models import KNOWN_MODELS, base_model_name
 from citadel.errors import ConfigurationError
+from citadel.settings import split_comma_list
 
 
 def _check_http_url(url: str) -> str:
@@ -63,9 +64,7 @@ class OllamaEmbedderBlock(CitadelBlock):
     @field_validator("urls", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return split_comma_list(value)
 
     @field_validator("urls")
     @classmethod

@@ -16,6 +16,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 EmbedderKind = Literal["hashing", "ollama", "openai"]
 
 
+def split_comma_list(value: object) -> object:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``, so lists can be given as one environment variable; other values pass."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class Settings(BaseSettings):
     """Every knob Citadel reads; each field maps to ``CITADEL_<FIELD>``."""
 
@@ -63,10 +70,8 @@ class Settings(BaseSettings):
 
     @field_validator("ollama_urls", "step_modules", mode="before")
     @classmethod
-    def _split_urls(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    def _split_lists(cls, value: object) -> object:
+        return split_comma_list(value)
 
     @field_validator("ollama_urls")
     @classmethod
