@@ -61,7 +61,7 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
     definition = check_workflow(_definition(workflow), context=context)  # an invalid workflow never starts
     merged = {**definition.context, **(context or {})}
     deps = upstream(definition)
-    states: dict[str, asyncio.Future[tuple[State | None, Any]]] = {}
+    states: dict[str, asyncio.Future[tuple[State, Any]]] = {}
     report: dict[str, dict[str, Any]] = {}
     loop = asyncio.get_running_loop()
     for step in definition.steps:
@@ -72,7 +72,7 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
         upstream_results = [await states[dep] for dep in sorted(deps[step_id])]
         started = time.time()
         outputs = {dep: result for dep, (state, result) in zip(sorted(deps[step_id]), upstream_results)}
-        wait_for = [state for state, _ in upstream_results if state is not None]
+        wait_for = [state for state, _ in upstream_results]
         task = workflow_step.with_options(
             task_run_name=step_id, retries=step.retries, timeout_seconds=step.timeout_seconds,
             retry_delay_seconds=[1, 2, 4, 8][: max(step.retries, 1)],
@@ -90,7 +90,8 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
                 "error": state.message if not skipped else f"upstream failed: {state.message}",
             }
         report[step_id].update(started=started, finished=finished, duration_s=round(finished - started, 3))
-        states[step_id].set_result((state if state.is_completed() or state.is_failed() or state.name == "NotReady" else None, result))
+        # Every final state goes downstream as wait_for: anything but Completed keeps the dependants from running.
+        states[step_id].set_result((state, result))
 
     async with open_resources(settings):
         await asyncio.gather(*(run(step.step_id) for step in definition.steps))

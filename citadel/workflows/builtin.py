@@ -187,23 +187,15 @@ async def run_embedding(params: EmbeddingParams, ctx: StepContext) -> dict[str, 
 
 async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
     """Embed a query and return the nearest chunks of a collection."""
-    from citadel.errors import CollectionMismatchError
+    from citadel.search import search_with
 
     async with _resources(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection
-        registry = await resources.registry()
-        known = await registry.collection(collection)
-        model = resources.embedder.model
-        if known and known[0] != model:
-            raise CollectionMismatchError(
-                f"collection {collection!r} holds {known[0]} vectors but the embedder is {model}; "
-                "search it with the embedder it was indexed with"
-            )
-        vector = (await resources.cached_embedder.embed([params.query])).vectors[0]
-        hits = await resources.store.search(
-            collection, vector, limit=params.limit, score_threshold=params.score_threshold, filters=params.filters
+        hits = await search_with(
+            resources, params.query, collection,
+            limit=params.limit, score_threshold=params.score_threshold, filters=params.filters,
         )
-        return {"collection": collection, "model": model, "hits": [hit.as_dict() for hit in hits]}
+        return {"collection": collection, "model": resources.embedder.model, "hits": hits}
 
 
 async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
