@@ -60,10 +60,14 @@ def settings_of(env: dict[str, str], **overrides: object) -> Settings:
     return Settings(**{**values, **overrides})
 
 
-def create_run(server: PrefectServer, deployment: str, parameters: dict) -> tuple[str, float]:
-    """Trigger a deployment through Prefect's REST API, as an external system would."""
+def create_run(server: PrefectServer, deployment: str, parameters: dict, key: str | None = None) -> tuple[str, float]:
+    """Trigger a deployment through Prefect's REST API, as an external system would.
+
+    The idempotency key makes the retry of a trigger whose answer was lost return the same run.
+    """
     started = time.perf_counter()
-    run = server.api("POST", f"/deployments/{server.deployment_id(deployment)}/create_flow_run", json={"parameters": parameters})
+    body = {"parameters": parameters, "idempotency_key": key or uuid.uuid4().hex}
+    run = server.api("POST", f"/deployments/{server.deployment_id(deployment)}/create_flow_run", json=body)
     return run["id"], started
 
 
@@ -100,7 +104,10 @@ def test_rest_trigger_indexes_and_is_searchable(stack, tmp_path: Path) -> None: 
     write_corpus(corpus, files=4, seed=3)
     (corpus / "zebra.md").write_text("Zebras juggle xylophones near quartz fountains.\n")
     collection = f"rest_{uuid.uuid4().hex[:8]}"
-    run_id, started = create_run(server, "index-corpus/on-demand", {"source": str(corpus), "collection": collection})
+    parameters = {"source": str(corpus), "collection": collection}
+    run_id, started = create_run(server, "index-corpus/on-demand", parameters, key=collection)
+    # A retried trigger with the same idempotency key gets the same run, not a second one.
+    assert create_run(server, "index-corpus/on-demand", parameters, key=collection)[0] == run_id
     final = server.wait_for_flow_run(run_id)
     elapsed = time.perf_counter() - started
     assert final["state"]["type"] == "COMPLETED", server.log_text()

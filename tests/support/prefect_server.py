@@ -21,6 +21,19 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+RETRYABLE_STATUS = {429, 502, 503}
+
+
+def retry_delay(response: httpx.Response | None, attempt: int) -> float:
+    """Seconds to wait before the next try: the server's Retry-After when given, else exponential backoff."""
+    if response is not None:
+        try:
+            return min(float(response.headers["Retry-After"]), 10.0)
+        except (KeyError, ValueError):
+            pass
+    return min(0.5 * 2**attempt, 8.0)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -97,10 +110,25 @@ class PrefectServer:
             **extra,
         )
 
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
-        response.raise_for_status()
-        return response.json() if response.content else None
+    def api(self, method: str, path: str, attempts: int = 6, **kwargs: Any) -> Any:
+        """Call the REST API as Prefect's own client does: a 503 or 429 (SQLite busy, rate limited) is retried.
+
+        The server answers 503 when its database is momentarily locked, which happens on SQLite while
+        workers and the scheduler write at once; every caller of the API is expected to retry it.
+        """
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            response: httpx.Response | None = None
+            try:
+                response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+            except httpx.TransportError:
+                if last:
+                    raise
+            if response is not None and (response.status_code not in RETRYABLE_STATUS or last):
+                response.raise_for_status()
+                return response.json() if response.content else None
+            time.sleep(retry_delay(response, attempt))
+        raise AssertionError("unreachable")
 
     def deployment_id(self, full_name: str) -> str:
         flow_name, name = full_name.split("/")
