@@ -196,7 +196,9 @@ def test_killed_run_resumes_without_duplicates(data_dir: Path, tmp_path: Path, c
         "import asyncio, sys; from flows.index_corpus import index_corpus; "
         f"asyncio.run(index_corpus({str(corpus)!r}, collection={collection_name!r}))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path)
+    # Its own process group, so the kill takes the whole tree, as a crashed machine would: the local
+    # Prefect server that the run started must not outlive it.
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, start_new_session=True)
     registry_db = data_dir / "registry.db"
     deadline = time.monotonic() + 120
     import sqlite3
@@ -215,7 +217,7 @@ def test_killed_run_resumes_without_duplicates(data_dir: Path, tmp_path: Path, c
                 break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed; make the corpus larger"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert 8 <= indexed < 60
 
