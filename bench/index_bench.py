@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RERUNS = 5
 WARMUP_TEXTS = [f"warm-up text number {i}" for i in range(64)]
 
 
@@ -95,21 +98,31 @@ def run_one(mode: str, corpus: Path, data_dir: Path) -> dict:
             report["chunks_embedded"] = first["chunks_embedded"]
             report["rss_after_first_mb"] = _rss_mb()
             if mode == "flow+rerun":
-                start = time.perf_counter()
-                again = await index_corpus(str(corpus), collection="bench")
-                report["rerun_seconds"] = time.perf_counter() - start
-                report["rerun_flow_reported_s"] = again["duration_s"]
-                report["rerun_chunks_embedded"] = again["chunks_embedded"]
-                report["rerun_opened_store"] = again["vector_store_opened"]
+                # Several re-runs: back to back, Prefect's local SQLite server sometimes answers the
+                # next flow run's creation with a 503 while it records the previous run's events,
+                # and its client waits about 2 s before retrying. The median shows the usual case.
+                walls, inner = [], []
+                for _ in range(RERUNS):
+                    start = time.perf_counter()
+                    again = await index_corpus(str(corpus), collection="bench")
+                    walls.append(time.perf_counter() - start)
+                    inner.append(again["duration_s"])
+                    report["rerun_chunks_embedded"] = max(report.get("rerun_chunks_embedded", 0), again["chunks_embedded"])
+                    report["rerun_opened_store"] = report.get("rerun_opened_store", False) or again["vector_store_opened"]
+                report["rerun_walls_s"] = walls
+                report["rerun_seconds"] = statistics.median(walls)
+                report["rerun_flow_reported_s"] = statistics.median(inner)
 
         asyncio.run(both())
     report["peak_rss_mb"] = _rss_mb()
     return report
 
 
-def _child(mode: str, corpus: Path, data_dir: Path) -> dict:
+def _child(mode: str, corpus: Path, data_dir: Path, env: dict[str, str] | None = None) -> dict:
     code = f"import json,sys; from bench.index_bench import run_one; from pathlib import Path; print('BENCH'+json.dumps(run_one({mode!r}, Path({str(corpus)!r}), Path({str(data_dir)!r}))))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}
+    )
     line = next(l for l in out.stdout.splitlines() if l.startswith("BENCH"))
     return json.loads(line[5:])
 
@@ -119,20 +132,34 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--paragraphs", type=int, default=12)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument(
+        "--prefect-postgres",
+        metavar="URL",
+        help="run the flow against a `prefect server start` on this Postgres (e.g. "
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres) instead of Prefect's local SQLite server",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from tests.support.corpus import write_corpus
 
-    with tempfile.TemporaryDirectory(prefix="citadel-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="citadel-bench-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         corpus = root / "corpus"
         write_corpus(corpus, files=args.files, paragraphs=args.paragraphs, seed=2026)
         size_mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
+        flow_env = {}
+        if args.prefect_postgres:
+            from tests.support.prefect_server import PrefectServer, create_prefect_database
+
+            database = asyncio.run(create_prefect_database(args.prefect_postgres, "citadel_bench_prefect"))
+            server = stack.enter_context(PrefectServer(root / "prefect", database_url=database))
+            flow_env = {"PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(server.home)}
         loop = _child("loop", corpus, root / "loop")
-        flow = _child("flow+rerun", corpus, root / "flow")
+        flow = _child("flow+rerun", corpus, root / "flow", flow_env)
         store = _child("store", corpus, root / "flow")
     report = {
         "files": args.files,
+        "prefect_server": "postgres" if args.prefect_postgres else "local sqlite",
         "corpus_mb": round(size_mb, 2),
         "chunks": flow["chunks_written"],
         "loop": loop,
@@ -150,9 +177,11 @@ def main() -> None:
         print("|---|---|---|")
         print(f"| first run, {report['chunks']} chunks | {loop['seconds']:.2f} s ({report['loop_chunks_per_s']:.0f} chunks/s) | {flow['seconds']:.2f} s ({report['flow_chunks_per_s']:.0f} chunks/s) |")
         print(f"| speed ratio (loop time / flow time) | 1.00 | {report['flow_over_loop']:.2f} |")
-        print(f"| unchanged re-run, wall clock with Prefect's flow-run bookkeeping | | {flow['rerun_seconds']:.2f} s ({100 * report['rerun_fraction']:.1f}% of the first run), {flow['rerun_chunks_embedded']} chunks embedded, store opened: {flow['rerun_opened_store']} |")
+        walls = ", ".join(f"{w:.2f}" for w in flow["rerun_walls_s"])
+        print(f"| unchanged re-run, wall clock with Prefect's flow-run bookkeeping (median of {RERUNS}) | | {flow['rerun_seconds']:.2f} s ({100 * report['rerun_fraction']:.1f}% of the first run), {flow['rerun_chunks_embedded']} chunks embedded, store opened: {flow['rerun_opened_store']} |")
+        print(f"| each re-run's wall clock | | {walls} s |")
         inner = flow["rerun_flow_reported_s"] / flow["flow_reported_s"]
-        print(f"| unchanged re-run, inside the flow (its own duration_s) | | {flow['rerun_flow_reported_s']:.2f} s ({100 * inner:.1f}% of the first run's {flow['flow_reported_s']:.2f} s) |")
+        print(f"| unchanged re-run, inside the flow (its own duration_s, median) | | {flow['rerun_flow_reported_s']:.2f} s ({100 * inner:.1f}% of the first run's {flow['flow_reported_s']:.2f} s) |")
         print(f"| peak memory (max RSS) | {loop['peak_rss_mb']:.0f} MB | {flow['peak_rss_mb']:.0f} MB |")
         print(f"| resident before indexing (imports, clients, store open) | {loop['baseline_rss_mb']:.0f} MB | {flow['baseline_rss_mb']:.0f} MB |")
         loop_growth = loop["peak_rss_mb"] - loop["baseline_rss_mb"]

@@ -7,32 +7,14 @@ import time
 from pathlib import Path
 
 import asyncpg
-import pytest
 
-from tests.support.prefect_server import BIN, PrefectServer
+from tests.support.prefect_server import BIN, PrefectServer, create_prefect_database
 
 DATABASE = "citadel_prefect_test"
 
 
-async def recreate_database(admin_url: str) -> None:
-    """A fresh database with pg_trgm, which Prefect's server needs for its text search."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await conn.close()
-    conn = await asyncpg.connect(admin_url.rsplit("/", 1)[0] + f"/{DATABASE}")
-    try:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-    finally:
-        await conn.close()
-
-
 def test_prefect_server_on_postgres_runs_a_triggered_flow(postgres_url: str, tmp_path: Path) -> None:
-    admin = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
-    asyncio.run(recreate_database(admin))
-    database_url = postgres_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+    database_url = asyncio.run(create_prefect_database(postgres_url, DATABASE))
     env = {"CITADEL_DATA_DIR": str(tmp_path / "data"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     with PrefectServer(tmp_path / "prefect", database_url=database_url, env=env) as server:
         server.run([str(BIN / "citadel"), "setup"])
@@ -64,7 +46,7 @@ def test_prefect_server_on_postgres_runs_a_triggered_flow(postgres_url: str, tmp
         assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
 
     async def tables() -> set[str]:
-        conn = await asyncpg.connect(admin.rsplit("/", 1)[0] + f"/{DATABASE}")
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
             rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             return {row["tablename"] for row in rows}

@@ -34,6 +34,26 @@ def retry_delay(response: httpx.Response | None, attempt: int) -> float:
     return min(0.5 * 2**attempt, 8.0)
 
 
+async def create_prefect_database(admin_url: str, name: str) -> str:
+    """A fresh Postgres database with pg_trgm (which Prefect's server needs); returns its asyncpg URL."""
+    import asyncpg
+
+    admin_url = admin_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    finally:
+        await conn.close()
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
