@@ -12,7 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import leaks
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+leaks.mark_session()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if a process it started outlived it (after killing it)."""
+    left = leaks.reap()
+    if left:
+        lines = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in left.items())
+        session.config.get_terminal_writer().line(f"processes started by the tests were left running (killed now):\n{lines}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 REDIS_URL = os.environ.get("CITADEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get("CITADEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
