@@ -26,7 +26,7 @@ from rich.table import Table  # noqa: E402
 from citadel import progress  # noqa: E402
 from citadel.errors import CitadelError, ConfigurationError  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Citadel: embed, cache, index and search documents.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Citadel: embed, cache, index and search documents.")
 out = Console()
 err = Console(stderr=True)
 
@@ -39,16 +39,51 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _prefect_unreachable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is Prefect's client failing to reach its API server (not another backend)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value() or ""
+    while exc is not None:
+        if str(exc).startswith("Failed to reach API"):
+            return True
+        if isinstance(exc, httpx.TransportError) and api_url:
+            try:
+                return str(exc.request.url).startswith(api_url)
+            except RuntimeError:  # an error raised without its request
+                return False
+        exc = exc.__cause__
+    return False
+
+
 def _run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run a coroutine, turning Citadel's errors into one-line messages and exit code 2."""
+    """Run a coroutine, turning errors into one-line messages: 2 for configuration, 1 for the rest.
+
+    ``CITADEL_DEBUG=1`` lets an unexpected error through with its traceback.
+    """
     try:
         return asyncio.run(make())
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except CitadelError as exc:
         _fail(str(exc), 1)
-    except (ValueError, OSError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}", 2)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the command line shows one line, not a traceback
+        if _prefect_unreachable(exc):
+            from prefect.settings import PREFECT_API_URL
+
+            _fail(
+                f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: start that server "
+                "(prefect server start), or unset PREFECT_API_URL to run on a local one",
+                2,
+            )
+        if isinstance(exc, (ValueError, OSError)):
+            _fail(f"{type(exc).__name__}: {exc}", 2)
+        if os.environ.get("CITADEL_DEBUG"):
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (set CITADEL_DEBUG=1 to see the traceback)", 1)
 
 
 def _settings():  # noqa: ANN202

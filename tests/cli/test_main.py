@@ -98,3 +98,13 @@ def test_bad_usage_exits_2_with_one_line_and_no_traceback(data_dir: Path) -> Non
     no_collection = run_cli("search", "anything", "--collection", "never_indexed", env={})
     assert no_collection.returncode == 2 and "does not exist" in no_collection.stderr
     assert "Traceback" not in no_collection.stderr
+
+
+def test_an_unreachable_prefect_server_is_one_line_naming_it(data_dir: Path) -> None:
+    from tests.support.prefect_server import free_port
+
+    api = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    done = run_cli("index", str(REPO / "docs"), env={"PREFECT_API_URL": api})
+    assert done.returncode == 2
+    assert f"cannot reach the Prefect API at {api}" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and len(done.stderr.strip().splitlines()) == 1
