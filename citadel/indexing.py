@@ -30,7 +30,7 @@ from citadel.hashing import point_id
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry
 from citadel.resources import Resources
 from citadel.sharding import check_shard, shard_of
-from citadel.vectorstore import check_collection_name
+from citadel.collections import check_collection_name
 
 
 # Statuses that blame the configuration (bad key, unknown model), never one document.

@@ -1,16 +1,21 @@
 """The backends one run needs, built from settings on first use and closed together.
 
 Nothing is opened until asked for: a run over an unchanged corpus never opens the vector store
-(Qdrant's embedded mode takes seconds and gigabytes to load a large collection).
+(Qdrant's embedded mode takes seconds and gigabytes to load a large collection), nor imports its
+client.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from citadel.cache import CachedEmbedder, EmbeddingCache, build_cache
 from citadel.embedders import Embedder, build_embedder
 from citadel.registry import Registry
 from citadel.settings import Settings, secret
-from citadel.vectorstore import VectorStore
+
+if TYPE_CHECKING:
+    from citadel.vectorstore import VectorStore
 
 
 class Resources:
@@ -57,6 +62,10 @@ class Resources:
     @property
     def store(self) -> VectorStore:
         if self._store is None:
+            # Imported here: qdrant-client takes about a second to import, which a run that
+            # never opens the store (nothing changed) should not pay.
+            from citadel.vectorstore import VectorStore
+
             s = self.settings
             self._store = VectorStore.connect(
                 url=s.qdrant_url,

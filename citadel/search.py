@@ -7,7 +7,7 @@ from typing import Any
 from citadel.errors import CollectionMismatchError
 from citadel.resources import Resources
 from citadel.settings import Settings
-from citadel.vectorstore import check_collection_name
+from citadel.collections import check_collection_name
 
 
 async def search(

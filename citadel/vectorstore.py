@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +18,6 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
-
-_COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
-
-
-def check_collection_name(name: str) -> str:
-    """``name`` when it is a valid collection name (letters, digits, ``_ . -``), else a ConfigurationError."""
-    if not _COLLECTION_NAME.fullmatch(name):
-        raise ConfigurationError(
-            f"invalid collection name {name!r}: use letters, digits, '_', '.' and '-' (at most 255, starting with a letter or digit)"
-        )
-    return name
-
 
 # Embedded mode locks its folder to one client per process, so clients are shared by path.
 _LOCAL_CLIENTS: dict[str, QdrantClient] = {}

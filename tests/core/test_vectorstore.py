@@ -205,14 +205,3 @@ def test_connect_without_url_uses_shared_local_client(tmp_path: Path) -> None:
     assert store.client is local_client(tmp_path / "q")
     assert store.batch_size == 64
     assert store.is_server is False
-
-
-def test_collection_names_are_checked() -> None:
-    """Names that Qdrant or a point id could misread are refused with the rule."""
-    from citadel.errors import ConfigurationError
-    from citadel.vectorstore import check_collection_name
-
-    assert check_collection_name("docs_v2.1-a") == "docs_v2.1-a"
-    for bad in ("", "-lead", "has space", "a/b", "tab\x1fsep", "x" * 256):
-        with pytest.raises(ConfigurationError, match="invalid collection name"):
-            check_collection_name(bad)
