@@ -14,6 +14,7 @@ from citadel.settings import Settings
 from citadel.workflows import StepContext, WorkflowDefinition, default_registry, run_step
 from citadel.workflows.builtin import FlowParams
 from citadel.workflows.errors import StepFailed
+from tasks.limits import embedding_slot
 from tasks.resources import get_resources
 
 
@@ -66,4 +67,6 @@ async def workflow_step(
         }
     )
     step = next(s for s in once.steps if s.step_id == step_id)
-    return await run_step(once, step, outputs, context=context, services=get_resources(settings))
+    return await run_step(
+        once, step, outputs, context=context, services=get_resources(settings), embedding_guard=embedding_slot
+    )

@@ -153,6 +153,16 @@ async def _resources(ctx: StepContext, embedder: EmbedderConfig | None) -> Async
         await own.aclose()
 
 
+@asynccontextmanager
+async def _embedding(ctx: StepContext, resources: Resources) -> AsyncIterator[None]:
+    """Hold the caller's embedding guard (a slot of the backend's limit) while a step embeds."""
+    if ctx.embedding_guard is None:
+        yield
+        return
+    async with ctx.embedding_guard(resources.settings):
+        yield
+
+
 # runners -------------------------------------------------------------------------------------
 
 
@@ -180,7 +190,7 @@ async def run_chunk(params: ChunkParams, ctx: StepContext) -> dict[str, Any]:
 async def run_embedding(params: EmbeddingParams, ctx: StepContext) -> dict[str, Any]:
     """Embed texts through the embedding cache."""
     texts = [params.text] if params.text is not None else list(params.texts or [])
-    async with _resources(ctx, params.embedder_config()) as resources:
+    async with _resources(ctx, params.embedder_config()) as resources, _embedding(ctx, resources):
         result = await resources.cached_embedder.embed(texts)
         return result.as_dict(resources.embedder.model, resources.embedder.dimensions)
 
@@ -189,7 +199,7 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
     """Embed a query and return the nearest chunks of a collection."""
     from citadel.search import search_with
 
-    async with _resources(ctx, params.embedder) as resources:
+    async with _resources(ctx, params.embedder) as resources, _embedding(ctx, resources):
         collection = params.collection or resources.settings.collection
         hits = await search_with(
             resources, params.query, collection,
@@ -202,7 +212,7 @@ async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
     """Index documents incrementally: embed only what changed, prune what is gone."""
     from citadel import indexing
 
-    async with _resources(ctx, params.embedder) as resources:
+    async with _resources(ctx, params.embedder) as resources, _embedding(ctx, resources):
         collection = params.collection or resources.settings.collection
         return await indexing.index_source(
             resources, params.source, collection, params.full, params.prune, source_name=params.source_name

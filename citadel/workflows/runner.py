@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, AsyncContextManager, Callable
 
 from pydantic import ValidationError
 
@@ -31,6 +31,7 @@ async def run_step(
     context: Mapping[str, Any] | None = None,
     services: Any = None,
     registry: StepRegistry | None = None,
+    embedding_guard: Callable[[Any], AsyncContextManager[Any]] | None = None,
 ) -> Any:
     """Resolve ``step``'s parameters against ``outputs`` and the context, then run it.
 
@@ -49,7 +50,7 @@ async def run_step(
     except ValidationError as exc:
         problems = problems_from_validation(exc, parameters, "steps", index, "parameters")
         raise WorkflowInvalid(problems, defn.workflow_id) from None
-    ctx = StepContext(defn.workflow_id, step.step_id, merged, services)
+    ctx = StepContext(defn.workflow_id, step.step_id, merged, services, embedding_guard)
     attempt = 0
     while True:
         attempt += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,12 +24,16 @@ class StepContext:
 
     ``services`` is whatever the caller supplies; the built-in steps use a
     :class:`citadel.resources.Resources` when given one and build their own otherwise.
+    ``embedding_guard``, given the settings of the backend a step embeds with, returns an async
+    context manager held while it embeds: the orchestration layer passes one that takes a slot of
+    that backend's concurrency limit, so workflow steps queue for it like every other run.
     """
 
     workflow_id: str
     step_id: str
     context: dict[str, Any] = field(default_factory=dict)
     services: Any = None
+    embedding_guard: Callable[[Any], AsyncContextManager[Any]] | None = None
 
 
 @dataclass(frozen=True)

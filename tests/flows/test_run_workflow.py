@@ -119,3 +119,40 @@ async def test_bad_parameters_at_run_time_are_not_retried(data_dir: Path) -> Non
     state = await run_workflow(workflow, return_state=True)
     assert state.is_failed()
     assert "b" not in ATTEMPTS
+
+
+async def test_embedding_steps_hold_a_slot_of_the_backend_limit(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workflow steps that embed queue for the shared backend's concurrency limit like any run."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from tests.support.embedding_server import EmbeddingServer
+
+    with EmbeddingServer() as server:
+        monkeypatch.setenv("CITADEL_EMBEDDER", "ollama")
+        monkeypatch.setenv("CITADEL_EMBEDDING_MODEL", "all-minilm")
+        monkeypatch.setenv("CITADEL_OLLAMA_URLS", server.url)
+        server.delay(0.6)  # every request: long enough to see the slot taken
+        workflow = {
+            "workflow_id": "slots",
+            "steps": [
+                {"step_id": "one", "type": "embedding", "parameters": {"texts": ["first text"]}},
+                {"step_id": "two", "type": "embedding", "parameters": {"texts": ["second text"]}},
+            ],
+        }
+        run = asyncio.create_task(run_workflow(workflow))
+        busiest = 0
+        async with get_client() as client:
+            while not run.done():
+                try:
+                    limit = await client.read_global_concurrency_limit_by_name("citadel-embedder-ollama")
+                    busiest = max(busiest, limit.active_slots)
+                except ObjectNotFound:
+                    pass
+                await asyncio.sleep(0.05)
+            result = await run
+            after = await client.read_global_concurrency_limit_by_name("citadel-embedder-ollama")
+    assert {s["state"] for s in result["steps"].values()} == {"Completed"}
+    assert limit.limit == 1, "one slot per Ollama server"
+    assert busiest == 1, "a step held the only slot while it embedded, and the other waited"
+    assert after.active_slots == 0, "slots are given back"
