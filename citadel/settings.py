@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     embed_retries: int = Field(4, ge=0)
     max_input_chars: int = Field(8000, gt=0, description="Longer inputs are truncated before sending.")
     embed_concurrency: int | None = Field(
-        None, gt=0, description="Batches in flight at the embedding backend across all runs and workers "
-        "(a Prefect global concurrency limit); default: one per Ollama server, 4 for others."
+        None, gt=0, description="Runs embedding at once with a shared backend, across all runs and workers "
+        "(slots of a Prefect global concurrency limit); default: one per Ollama server, 4 for others."
     )
 
     redis_url: SecretStr | None = Field(None, description="Embedding cache; unset means an in-process LRU.")
@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     step_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated modules that register workflow step types."
     )
+    nightly_source: str = Field("docs", description="What the nightly deployment of `citadel serve` indexes.")
 
     @field_validator("ollama_urls", "step_modules", mode="before")
     @classmethod

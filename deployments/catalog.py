@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +27,11 @@ class DeploymentSpec:
 
 
 def catalog() -> list[DeploymentSpec]:
-    """Every deployment; the nightly source and collection come from the environment."""
-    nightly_source = os.environ.get("CITADEL_NIGHTLY_SOURCE", "docs")
-    nightly_collection = os.environ.get("CITADEL_COLLECTION", "documents")
+    """Every deployment; the nightly source and collection come from the settings (environment, .env)."""
+    from citadel.settings import Settings
+
+    settings = Settings()
+    nightly_source, nightly_collection = settings.nightly_source, settings.collection
     return [
         DeploymentSpec(
             "index-corpus", "nightly", "flows/index_corpus.py:index_corpus",

@@ -26,7 +26,7 @@ async def index_sharded(
     source: str,
     collection: str | None = None,
     shards: int = 2,
-    deployment: str = "index-corpus/shard",
+    deployment: str = "index-corpus/on-demand",
     embedder: EmbedderConfig | None = None,
     full: bool = False,
     timeout_s: float | None = None,

@@ -35,3 +35,12 @@ def test_catalog_builds_runner_deployments(monkeypatch) -> None:  # noqa: ANN001
     assert nightly.parameters["source"] == "/srv/corpus"
     assert nightly.schedules and nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert len(deployments) == len(catalog())
+
+
+def test_nightly_source_and_collection_are_read_from_a_dotenv_file(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv("CITADEL_NIGHTLY_SOURCE", raising=False)
+    monkeypatch.delenv("CITADEL_COLLECTION", raising=False)
+    (tmp_path / ".env").write_text("CITADEL_NIGHTLY_SOURCE=/srv/handbook\nCITADEL_COLLECTION=handbook\n")
+    monkeypatch.chdir(tmp_path)
+    nightly = next(spec for spec in catalog() if spec.full_name == "index-corpus/nightly")
+    assert nightly.parameters == {"source": "/srv/handbook", "collection": "handbook"}
