@@ -23,6 +23,14 @@ def split_comma_list(value: object) -> object:
     return value
 
 
+def _http_url(url: str) -> str:
+    """``url`` when it starts with http:// or https://; a URL without its scheme is a clear error,
+    not a connection retried until it gives up."""
+    if not url.strip().lower().startswith(("http://", "https://")):
+        raise ValueError(f"{url!r} needs its scheme, e.g. http://{url.strip() or 'localhost:11434'}")
+    return url.strip()
+
+
 class Settings(BaseSettings):
     """Every knob Citadel reads; each field maps to ``CITADEL_<FIELD>``."""
 
@@ -79,7 +87,12 @@ class Settings(BaseSettings):
     def _need_one_url(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("CITADEL_OLLAMA_URLS needs at least one URL, e.g. http://localhost:11434")
-        return [url.rstrip("/") for url in value]
+        return [_http_url(url).rstrip("/") for url in value]
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _need_http(cls, value: str) -> str:
+        return _http_url(value)
 
     @property
     def qdrant_path(self) -> Path:

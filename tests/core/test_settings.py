@@ -175,3 +175,11 @@ def test_embedder_config_validates_dimensions() -> None:
     """A non-positive size is refused."""
     with pytest.raises(ValidationError):
         EmbedderConfig(dimensions=0)
+
+
+@pytest.mark.parametrize("name,value", [("CITADEL_OLLAMA_URLS", "localhost:11434"), ("CITADEL_OPENAI_BASE_URL", "tei:8080/v1")])
+def test_urls_without_a_scheme_are_rejected(data_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """Without its scheme a URL would be retried as a connection error until giving up."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=f"needs its scheme, e.g. http://{value}"):
+        Settings()
