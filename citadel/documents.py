@@ -121,14 +121,30 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
+MAX_ID_CHARS = 1024  # the registry's id columns
+
+
 def _check_text(doc: Document) -> Document | LoadFailure:
     if _has_lone_surrogate(doc.id):
         return LoadFailure(printable_id(doc.id), doc.source, "the document id (file name) is not valid UTF-8; rename it")
+    if "\x00" in doc.id:
+        return LoadFailure(doc.id.replace("\x00", "\\0"), doc.source, "the document id holds a NUL character; remove it")
+    if len(doc.id) > MAX_ID_CHARS:
+        return LoadFailure(
+            doc.id[: MAX_ID_CHARS - 40] + "...", doc.source,
+            f"the document id is {len(doc.id)} characters, over {MAX_ID_CHARS}; use a shorter id",
+        )
     if _has_lone_surrogate(doc.text):
         return LoadFailure(doc.id, doc.source, "the text holds unpaired UTF-16 surrogates (invalid Unicode); fix its encoding")
     if not doc.text.strip():
         return LoadFailure(doc.id, doc.source, "empty document (no text to index)")
     return doc
+
+
+def _unreadable(file_id: str, source: str, reason: str) -> LoadFailure:
+    """A whole file that could not be read: its origin marks the records it held as still present,
+    so a pruning run does not delete them for one bad byte or an I/O error."""
+    return LoadFailure(file_id, source, reason, origin=file_id)
 
 
 def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFailure]:
@@ -139,10 +155,10 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
     try:
         size = path.stat().st_size
         if size > max_bytes:
-            return [LoadFailure(doc_id, source, f"file is {size} bytes, over the limit of {max_bytes} (CITADEL_MAX_FILE_BYTES)")]
+            return [_unreadable(doc_id, source, f"file is {size} bytes, over the limit of {max_bytes} (CITADEL_MAX_FILE_BYTES)")]
         text = _decode(path, path.read_bytes())
     except (OSError, ValueError) as exc:
-        return [LoadFailure(doc_id, source, str(exc))]
+        return [_unreadable(doc_id, source, str(exc))]
     base_meta = {"path": str(path), "extension": path.suffix.lower()}
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):
@@ -158,6 +174,9 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
             except json.JSONDecodeError as exc:
                 out.append(LoadFailure(item_id, source, f"line {number}: invalid JSON: {exc}"))
                 continue
+            except RecursionError:
+                out.append(LoadFailure(item_id, source, f"line {number}: JSON nested too deeply to read"))
+                continue
             except ValueError as exc:
                 out.append(LoadFailure(item_id, source, str(exc)))
                 continue
@@ -170,7 +189,9 @@ def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFa
     try:
         data = json.loads(text)
     except ValueError as exc:
-        return [LoadFailure(doc_id, source, f"invalid JSON: {exc}")]
+        return [_unreadable(doc_id, source, f"invalid JSON: {exc}")]
+    except RecursionError:
+        return [_unreadable(doc_id, source, "JSON nested too deeply to read")]
     items = data if isinstance(data, list) else [data]
     for number, raw in enumerate(items):
         item_id = doc_id if not isinstance(data, list) else f"{doc_id}#{number}"

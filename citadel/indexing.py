@@ -8,7 +8,7 @@ documents indexed. Unchanged documents are skipped by content hash without touch
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -182,6 +182,8 @@ async def _embed_texts(resources: Resources, texts: list[str]) -> tuple[np.ndarr
 async def embed_plan(resources: Resources, plan: BatchPlan, collection: str) -> EmbeddedBatch:
     """Vectors for every planned chunk: reused from the store when the same text was indexed, else
     through the cache. A document the embedder rejects goes to the dead letters, not the batch."""
+    # A copy: isolating failed documents edits the plan, and a retried task gets the original again.
+    plan = replace(plan, documents=list(plan.documents), failures=list(plan.failures))
     reuse_ids = [pid for doc in plan.documents for pid in doc.reuse.values()]
     reused = await resources.store.retrieve_vectors(collection, reuse_ids) if reuse_ids else {}
     batch = EmbeddedBatch(plan, [])
@@ -282,15 +284,45 @@ async def delete_documents(resources: Resources, collection: str, document_ids: 
     return len(document_ids)
 
 
+@dataclass
+class SeenDocuments:
+    """What a run has listed so far: document ids, and files that failed to load as a whole."""
+
+    ids: set[str] = field(default_factory=set)
+    unreadable: set[str] = field(default_factory=set)
+
+    def admit(self, items: Sequence[Document | LoadFailure]) -> list[Document | LoadFailure]:
+        """``items``, noted as seen; a document whose id the run has already seen becomes a dead
+        letter instead, since two documents sharing an id would overwrite each other's points."""
+        out: list[Document | LoadFailure] = []
+        for item in items:
+            if isinstance(item, Document) and item.id in self.ids:
+                out.append(LoadFailure(
+                    f"{item.id[:1000]} (duplicate)", item.source,
+                    f"another document of this run already has the id {item.id!r}; give each document its own id",
+                ))
+                continue
+            self.ids.add(item.id)
+            if isinstance(item, LoadFailure) and item.origin:
+                self.unreadable.add(item.origin)
+            out.append(item)
+        return out
+
+
 async def find_gone_documents(
-    registry: Registry, collection: str, source: str, seen: set[str], shard: tuple[int, int] | None = None
+    registry: Registry,
+    collection: str,
+    source: str,
+    seen: set[str],
+    shard: tuple[int, int] | None = None,
+    unreadable: set[str] | frozenset[str] = frozenset(),
 ) -> list[str]:
     """Registered documents of ``source`` (of one ``(shard, shards)`` when given) that its
-    complete listing no longer holds."""
+    complete listing no longer holds; records of ``unreadable`` files are kept until they read again."""
     gone: list[str] = []
     async for page in registry.iter_documents(collection, source):
         for doc_id, origin in page:
-            if doc_id in seen:
+            if doc_id in seen or (origin and origin in unreadable):
                 continue
             if shard is not None and shard_of(origin or doc_id, shard[1]) != shard[0]:
                 continue  # another shard's document: its own run decides
@@ -392,12 +424,11 @@ async def index_source(
     await prepare_collection(resources, collection)
     run_id = await registry.start_run(collection, resolved.key, None)
     counts = RunCounts()
-    seen: set[str] = set()
+    seen = SeenDocuments()
     status = "failed"
     try:
         for group in resolved.groups(settings):
-            items = load_group(group, resolved.key, settings.max_file_bytes)
-            seen.update(item.id for item in items)
+            items = seen.admit(load_group(group, resolved.key, settings.max_file_bytes))
             plan = await plan_batch(
                 registry, collection, resources.embedder.model, items,
                 chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
@@ -409,10 +440,10 @@ async def index_source(
                 await upsert_vectors(resources, batch, collection)
                 counts.add_written(await record_documents(resources, batch, collection))
         if resolved.prune:
-            gone = await find_gone_documents(registry, collection, resolved.key, seen, resolved.shard)
+            gone = await find_gone_documents(registry, collection, resolved.key, seen.ids, resolved.shard, seen.unreadable)
             counts.deleted = await delete_documents(resources, collection, gone)
         status = "completed"
     finally:
-        summary = run_summary(counts, len(seen), started, collection, resources, resolved.key, run_id)
+        summary = run_summary(counts, len(seen.ids), started, collection, resources, resolved.key, run_id)
         await registry.finish_run(run_id, status, summary)
     return summary

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from citadel import progress
-from citadel.indexing import EmbeddedBatch, RunCounts, WriteResult, resolve_source, run_summary
+from citadel.indexing import EmbeddedBatch, RunCounts, SeenDocuments, WriteResult, resolve_source, run_summary
 from citadel.settings import EmbedderConfig, Settings, settings_for
 from tasks.indexing import (
     delete_stale_documents,
@@ -51,7 +51,7 @@ async def index_corpus(
     collection = collection or settings.collection
     resolved = resolve_source(source, prune=prune, source_name=source_name, shard=shard, shards=shards)
     counts = RunCounts()
-    seen: set[str] = set()
+    seen = SeenDocuments()
     async with open_resources(settings) as resources, AsyncExitStack() as slot:
         registry = await resources.registry()
         await prepare_collection(settings, collection)
@@ -62,8 +62,7 @@ async def index_corpus(
         try:
             for group in resolved.groups(settings):
                 # quote(): Prefect would otherwise walk every document and payload looking for futures.
-                items = await load_documents(settings, quote(group), resolved.key)
-                seen.update(item.id for item in items)
+                items = seen.admit(await load_documents(settings, quote(group), resolved.key))
                 plan = await plan_batch(settings, collection, quote(items), full)
                 counts.unchanged += plan.unchanged
                 if plan.documents and not holding_slot:
@@ -84,12 +83,14 @@ async def index_corpus(
                 counts.add_written(await writer)
                 writer = None
             if resolved.prune:
-                counts.deleted = await delete_stale_documents(settings, collection, resolved.key, quote(seen), resolved.shard)
+                counts.deleted = await delete_stale_documents(
+                    settings, collection, resolved.key, quote(seen.ids), resolved.shard, quote(seen.unreadable)
+                )
             status = "completed"
         finally:
             if writer is not None:
                 writer.cancel()
-            summary = run_summary(counts, len(seen), started, collection, resources, resolved.key, run_id)
+            summary = run_summary(counts, len(seen.ids), started, collection, resources, resolved.key, run_id)
             summary["flow_run_id"] = str(flow_run.id) if flow_run.id else None
             await registry.finish_run(run_id, status, summary)
     logger.info(

@@ -311,3 +311,24 @@ def test_undecodable_file_name_and_lone_surrogates_are_failures(tmp_path: Path) 
     ok, broken = load_file(records, "src", MAX)
     assert isinstance(ok, Document)
     assert isinstance(broken, LoadFailure) and "surrogate" in broken.reason
+
+
+def test_deeply_nested_json_is_a_failure_not_a_crash(tmp_path: Path) -> None:
+    deep = "[" * 200_000 + "]" * 200_000
+    (tmp_path / "deep.jsonl").write_text('{"id": "ok", "text": "fine"}\n' + deep + "\n")
+    (tmp_path / "deep.json").write_text(deep)
+    lines = load_file(tmp_path / "deep.jsonl", "s", 10**7)
+    assert [type(x).__name__ for x in lines] == ["Document", "LoadFailure"]
+    assert "nested too deeply" in lines[1].reason
+    (whole,) = load_file(tmp_path / "deep.json", "s", 10**7)
+    assert isinstance(whole, LoadFailure) and "nested too deeply" in whole.reason
+    assert whole.origin == str(tmp_path / "deep.json"), "a whole-file failure names its file"
+
+
+def test_ids_the_registry_cannot_hold_are_failures(tmp_path: Path) -> None:
+    (tmp_path / "ids.jsonl").write_text(
+        json.dumps({"id": "x" * 2000, "text": "long id"}) + "\n" + json.dumps({"id": "nul\u0000id", "text": "nul"}) + "\n"
+    )
+    long_id, nul_id = load_file(tmp_path / "ids.jsonl", "s", 10**7)
+    assert isinstance(long_id, LoadFailure) and "over 1024" in long_id.reason and len(long_id.id) <= 1024
+    assert isinstance(nul_id, LoadFailure) and "NUL" in nul_id.reason and "\x00" not in nul_id.id

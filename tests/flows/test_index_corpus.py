@@ -266,3 +266,48 @@ async def test_inline_documents_shard_by_id(data_dir: Path, collection_name: str
         for s in range(3)
     ]
     assert sum(counts) == 8
+
+
+async def test_a_repeated_document_id_is_dead_lettered_not_left_as_stray_points(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    """Two records with one id would overwrite each other's points; the second one is refused."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # The first record's own id "1" and the second record's position 1 both make the id F#1.
+    (corpus / "items.json").write_text('[{"id": "1", "text": "first record text"}, {"text": "second record text"}]')
+    (corpus / "more.jsonl").write_text('{"id": "x", "text": "alpha"}\n{"id": "x", "text": "beta"}\n')
+    summary = await index_corpus(str(corpus), collection=collection_name)
+    assert (summary["added"], summary["failed"]) == (2, 2)
+    assert await index_state(Settings(), collection_name) == (2, 2)
+    again = await index_corpus(str(corpus), collection=collection_name)
+    assert (again["unchanged"], again["updated"]) == (2, 0), "no flip-flop between the two copies"
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    letters = [l["error"] for l in await registry.dead_letters(collection_name)]
+    await registry.aclose()
+    assert len(letters) == 2 and all("already has the id" in e for e in letters)
+
+    (corpus / "items.json").unlink()
+    (corpus / "more.jsonl").unlink()
+    await index_corpus(str(corpus), collection=collection_name)
+    assert await index_state(Settings(), collection_name) == (0, 0), "nothing is left behind"
+
+
+async def test_a_records_file_that_fails_to_load_keeps_its_records(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    """One bad byte in a .jsonl file must not prune the records it held; they come back unchanged."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    records = corpus / "records.jsonl"
+    good = '{"id": "a", "text": "first record"}\n{"id": "b", "text": "second record"}\n'
+    records.write_text(good)
+    await index_corpus(str(corpus), collection=collection_name)
+    records.write_bytes(good.encode() + b"\xff\n")
+    broken = await index_corpus(str(corpus), collection=collection_name)
+    assert (broken["deleted"], broken["failed"]) == (0, 1)
+    assert await index_state(Settings(), collection_name) == (2, 2)
+    records.write_text(good)
+    repaired = await index_corpus(str(corpus), collection=collection_name)
+    assert (repaired["unchanged"], repaired["chunks_embedded"]) == (2, 0)

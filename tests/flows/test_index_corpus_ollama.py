@@ -115,3 +115,28 @@ async def test_a_run_takes_and_returns_a_slot_of_the_embedder_limit(
         limit = await client.read_global_concurrency_limit_by_name("citadel-embedder-ollama")
     assert limit.limit == 1
     assert limit.active_slots == 0
+
+
+async def test_a_retried_embedding_task_counts_a_rejected_document_once(
+    ollama: EmbeddingServer, collection_name: str
+) -> None:
+    """Prefect hands a retried task the same plan object; isolating a failure must not edit it."""
+    from citadel import indexing
+    from citadel.documents import Document
+    from citadel.resources import Resources
+
+    resources = Resources(Settings())
+    try:
+        await indexing.prepare_collection(resources, collection_name)
+        docs = [Document(f"d{i}", f"document number {i} text", "inline", origin=f"d{i}") for i in range(3)]
+        plan = await indexing.plan_batch(
+            await resources.registry(), collection_name, resources.embedder.model, docs, chunk_size=1000, chunk_overlap=0
+        )
+        for _ in range(2):  # the first try and its retry
+            ollama.fail_next(2, 400, body={"error": "invalid input"}, path="/api/embed")
+            batch = await indexing.embed_plan(resources, plan, collection_name)
+            assert [f.document_id for f in batch.plan.failures] == ["d0"]
+            assert len(batch.plan.documents) == 2
+        assert (len(plan.documents), plan.failures) == (3, []), "the task's input is untouched"
+    finally:
+        await resources.aclose()
