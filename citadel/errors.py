@@ -28,13 +28,16 @@ class EmbedderError(CitadelError):
     """An embedding server answered with an error.
 
     ``status`` is the HTTP status (None for connection failures); ``transient`` says whether
-    retrying the same request later may succeed (connection errors, 429 and 5xx).
+    retrying the same request later may succeed (connection errors, 429 and 5xx); ``backend``
+    says the server's answers do not fit the configuration (wrong vector size or count, not
+    JSON), which blames the backend, never one document.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False, backend: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.transient = transient
+        self.backend = backend
         self.message = message
 
 

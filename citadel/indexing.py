@@ -203,7 +203,7 @@ async def embed_plan(resources: Resources, plan: BatchPlan, collection: str) -> 
     try:
         matrix, embedded, hits = await _embed_texts(resources, [plan.documents[d].texts[p] for d, p in wanted])
     except EmbedderError as exc:
-        if exc.transient or exc.status in _BACKEND_MISCONFIGURED:
+        if exc.transient or exc.backend or exc.status in _BACKEND_MISCONFIGURED:
             raise  # the backend is down or misconfigured: no document is at fault
         return await _embed_documents_one_by_one(resources, batch, wanted)
     for (d_index, position), vector in zip(wanted, matrix):
@@ -224,7 +224,7 @@ async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch
         try:
             matrix, embedded, hits = await _embed_texts(resources, [doc.texts[p] for p in positions])
         except EmbedderError as exc:
-            if exc.transient or exc.status in _BACKEND_MISCONFIGURED:
+            if exc.transient or exc.backend or exc.status in _BACKEND_MISCONFIGURED:
                 raise
             failed.add(d_index)
             batch.plan.failures.append(DeadLetter(doc.record.id, doc.record.source, "embed", exc.message))

@@ -147,26 +147,27 @@ class HttpEmbedder:
             body = response.json()
         except ValueError as exc:
             raise EmbedderError(
-                f"{url} answered {response.status_code} with a non-JSON body: {response.text[:200]!r}"
+                f"{url} answered {response.status_code} with a non-JSON body: {response.text[:200]!r}", backend=True
             ) from exc
         if not isinstance(body, dict):
-            raise EmbedderError(f"{url} answered JSON {type(body).__name__}, expected an object")
+            raise EmbedderError(f"{url} answered JSON {type(body).__name__}, expected an object", backend=True)
         return body
 
     def _check_vectors(self, vectors: list[list[float]], expected: int) -> np.ndarray:
         if len(vectors) != expected:
-            raise EmbedderError(f"server returned {len(vectors)} vectors for {expected} inputs")
+            raise EmbedderError(f"server returned {len(vectors)} vectors for {expected} inputs", backend=True)
         sizes = {len(v) if isinstance(v, (list, tuple)) else -1 for v in vectors}
         if sizes != {self.dimensions}:
             got = "/".join(str(size) for size in sorted(sizes))
             raise EmbedderError(
                 f"model {self.model} returned {got}-dimensional vectors, expected {self.dimensions}; "
-                "set CITADEL_EMBEDDING_DIMENSIONS to the model's real size"
+                "set CITADEL_EMBEDDING_DIMENSIONS to the model's real size",
+                backend=True,
             )
         try:
             return np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as exc:
-            raise EmbedderError(f"model {self.model} returned non-numeric vectors: {exc}") from exc
+            raise EmbedderError(f"model {self.model} returned non-numeric vectors: {exc}", backend=True) from exc
 
     async def _embed_with_halving(self, url: str, texts: list[str]) -> np.ndarray:
         """Embed a batch; when the server rejects it for length, halve it, and at one text truncate it."""

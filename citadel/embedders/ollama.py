@@ -29,7 +29,7 @@ class OllamaEmbedder(HttpEmbedder):
         self._raise_for(response, url)
         embeddings = self._json_body(response, url).get("embeddings")
         if not isinstance(embeddings, list):
-            raise EmbedderError(f"{url}/api/embed returned no 'embeddings' list")
+            raise EmbedderError(f"{url}/api/embed returned no 'embeddings' list", backend=True)
         return embeddings
 
     async def _legacy_one(self, url: str, text: str) -> list[float]:
@@ -39,7 +39,7 @@ class OllamaEmbedder(HttpEmbedder):
         if embedding == [] and not text:
             return [0.0] * self.dimensions  # old servers embed an empty prompt as an empty list
         if not isinstance(embedding, list):
-            raise EmbedderError(f"{url}/api/embeddings returned no 'embedding' list")
+            raise EmbedderError(f"{url}/api/embeddings returned no 'embedding' list", backend=True)
         return embedding
 
     async def available_models(self, url: str) -> list[str]:

@@ -37,7 +37,7 @@ class OpenAIEmbedder(HttpEmbedder):
         if not isinstance(data, list) or not all(
             isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data
         ):
-            raise EmbedderError(f"{url}/embeddings returned no 'data' list of embeddings")
+            raise EmbedderError(f"{url}/embeddings returned no 'data' list of embeddings", backend=True)
         ordered = sorted(data, key=lambda item: item.get("index", 0))
         return [item["embedding"] for item in ordered]
 

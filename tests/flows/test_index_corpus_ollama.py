@@ -140,3 +140,21 @@ async def test_a_retried_embedding_task_counts_a_rejected_document_once(
         assert (len(plan.documents), plan.failures) == (3, []), "the task's input is untouched"
     finally:
         await resources.aclose()
+
+
+async def test_vectors_of_the_wrong_size_fail_the_run_instead_of_every_document(
+    ollama: EmbeddingServer, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose answers do not fit the configuration is the backend's fault, not each document's."""
+    from citadel.errors import EmbedderError
+
+    monkeypatch.setenv("CITADEL_EMBEDDING_DIMENSIONS", "768")  # all-minilm really gives 384
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=3, paragraphs=1)
+    with pytest.raises(EmbedderError, match="returned 384-dimensional vectors, expected 768"):
+        await index_corpus(str(corpus), collection=collection_name)
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    letters = await registry.dead_letters(collection_name)
+    await registry.aclose()
+    assert letters == [], "no document is blamed for the backend's answer"
