@@ -19,7 +19,9 @@ from citadel.errors import EmbedderError, InputTooLongError
 
 log = logging.getLogger(__name__)
 
-_LENGTH_HINTS = ("context length", "too long", "maximum context", "exceeds", "must have less than", "max_length")
+_LENGTH_HINTS = (
+    "context length", "too long", "too large", "maximum context", "exceeds", "must have less than", "max_length",
+)
 
 
 def error_message(response: httpx.Response) -> str:
@@ -38,9 +40,13 @@ def error_message(response: httpx.Response) -> str:
 
 
 def looks_like_length_error(status: int, message: str) -> bool:
-    """A 413 (payload too large), or a 400/422 whose message speaks of length or context."""
+    """A 413 (payload too large), or a 400/422/500 whose message speaks of length or context.
+
+    llama.cpp answers an over-long input with a 500 ("input is too large to process"): retrying
+    the same request cannot help, halving it can.
+    """
     lowered = message.lower()
-    return status == 413 or (status in (400, 422) and any(hint in lowered for hint in _LENGTH_HINTS))
+    return status == 413 or (status in (400, 422, 500) and any(hint in lowered for hint in _LENGTH_HINTS))
 
 
 class HttpEmbedder:
@@ -110,6 +116,8 @@ class HttpEmbedder:
                 attempt += 1
                 continue
             if response.status_code == 429 or response.status_code >= 500:
+                if looks_like_length_error(response.status_code, error_message(response)):
+                    return response  # the input's length, not the server's state: no retry
                 if attempt >= self.retries:
                     raise EmbedderError(
                         f"embedding server {url} answered {response.status_code}: {error_message(response)}",

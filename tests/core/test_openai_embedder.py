@@ -187,3 +187,13 @@ async def test_check_fails_on_bad_key(server: EmbeddingServer, make_embedder) ->
     with pytest.raises(EmbedderError) as caught:
         await make_embedder([server.openai_url]).check()
     assert caught.value.status == 401
+
+
+async def test_a_500_that_speaks_of_length_halves_instead_of_retrying(server: EmbeddingServer, make_embedder) -> None:
+    """llama.cpp's over-long input answer is a 500; the same request would fail forever."""
+    server.fail_next(1, 500, body={"error": {"message": "input is too large to process. increase the physical batch size"}})
+    inputs = texts(2)
+    vectors = await make_embedder([server.openai_url], batch_size=2, retries=3).embed(inputs)
+    assert np.array_equal(vectors, server.vectors(inputs, MODEL))
+    assert server.batch_sizes[-2:] == [1, 1], "the batch was halved"
+    assert server.requests["/v1/embeddings"] == 3, "one failed request, no retries, then the two halves"
