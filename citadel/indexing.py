@@ -290,6 +290,11 @@ class SeenDocuments:
 
     ids: set[str] = field(default_factory=set)
     unreadable: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+
+    def note_failures(self, plan: BatchPlan) -> None:
+        """Remember which documents failed in this run (their dead letters stay)."""
+        self.failed.update(f.document_id for f in plan.failures)
 
     def admit(self, items: Sequence[Document | LoadFailure]) -> list[Document | LoadFailure]:
         """``items``, noted as seen; a document whose id the run has already seen becomes a dead
@@ -328,6 +333,19 @@ async def find_gone_documents(
                 continue  # another shard's document: its own run decides
             gone.append(doc_id)
     return gone
+
+
+async def prune_source(
+    resources: Resources, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None = None
+) -> int:
+    """After a complete listing of ``source``: delete what it no longer holds, and (for a whole
+    source) the dead letters of documents that no longer fail. Returns the documents deleted."""
+    registry = await resources.registry()
+    gone = await find_gone_documents(registry, collection, source, seen.ids, shard, seen.unreadable)
+    deleted = await delete_documents(resources, collection, gone)
+    if shard is None:  # a shard cannot tell another shard's dead letters from resolved ones
+        await registry.resolve_dead_letters(collection, source, seen.failed)
+    return deleted
 
 
 async def prepare_collection(resources: Resources, collection: str) -> None:
@@ -435,13 +453,13 @@ async def index_source(
             )
             counts.unchanged += plan.unchanged
             batch = await embed_plan(resources, plan, collection) if plan.documents else EmbeddedBatch(plan, [])
+            seen.note_failures(batch.plan)
             counts.add_embedded(batch)
             if batch.plan.documents or batch.plan.failures:
                 await upsert_vectors(resources, batch, collection)
                 counts.add_written(await record_documents(resources, batch, collection))
         if resolved.prune:
-            gone = await find_gone_documents(registry, collection, resolved.key, seen.ids, resolved.shard, seen.unreadable)
-            counts.deleted = await delete_documents(resources, collection, gone)
+            counts.deleted = await prune_source(resources, collection, resolved.key, seen, resolved.shard)
         status = "completed"
     finally:
         summary = run_summary(counts, len(seen.ids), started, collection, resources, resolved.key, run_id)

@@ -398,6 +398,22 @@ class Registry:
                 ],
             )
 
+    async def resolve_dead_letters(self, collection: str, source: str, still_failing: set[str]) -> int:
+        """Remove the dead letters of ``source`` that a complete run did not reproduce: fixed,
+        deleted, or unchanged since they last went through. Returns how many went."""
+        async with self.engine.begin() as conn:
+            query = sa.select(dead_letters.c.document_id).where(
+                dead_letters.c.collection == collection, dead_letters.c.source == source
+            )
+            resolved = [doc_id for doc_id in (await conn.execute(query)).scalars() if doc_id not in still_failing]
+            for part in _chunked(resolved):
+                await conn.execute(
+                    dead_letters.delete().where(
+                        dead_letters.c.collection == collection, dead_letters.c.document_id.in_(part)
+                    )
+                )
+        return len(resolved)
+
     async def dead_letters(self, collection: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query = sa.select(dead_letters).order_by(dead_letters.c.last_failed_at.desc()).limit(limit)
         if collection:

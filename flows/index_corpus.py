@@ -72,6 +72,7 @@ async def index_corpus(
                     holding_slot = True
                 # Embedding this batch overlaps with writing the previous one.
                 embedded = await embed_chunks(settings, collection, quote(plan)) if plan.documents else EmbeddedBatch(plan, [])
+                seen.note_failures(embedded.plan)
                 counts.add_embedded(embedded)
                 if writer is not None:
                     counts.add_written(await writer)
@@ -83,9 +84,7 @@ async def index_corpus(
                 counts.add_written(await writer)
                 writer = None
             if resolved.prune:
-                counts.deleted = await delete_stale_documents(
-                    settings, collection, resolved.key, quote(seen.ids), resolved.shard, quote(seen.unreadable)
-                )
+                counts.deleted = await delete_stale_documents(settings, collection, resolved.key, quote(seen), resolved.shard)
             status = "completed"
         finally:
             if writer is not None:

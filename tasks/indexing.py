@@ -67,16 +67,8 @@ async def record_documents(settings: Settings, collection: str, batch: indexing.
 
 @task(name="delete-stale-documents", cache_policy=NO_CACHE, **RETRYING)
 async def delete_stale_documents(
-    settings: Settings,
-    collection: str,
-    source: str,
-    seen: set[str],
-    shard: tuple[int, int] | None = None,
-    unreadable: set[str] | None = None,
+    settings: Settings, collection: str, source: str, seen: indexing.SeenDocuments, shard: tuple[int, int] | None = None
 ) -> int:
     """Delete the vectors and records of documents gone from a completely listed source (or shard of
-    it); the records of files that failed to load whole are kept."""
-    resources = get_resources(settings)
-    registry = await resources.registry()
-    gone = await indexing.find_gone_documents(registry, collection, source, seen, shard, unreadable or frozenset())
-    return await indexing.delete_documents(resources, collection, gone)
+    it), keeping the records of files that failed to load whole; clear resolved dead letters."""
+    return await indexing.prune_source(get_resources(settings), collection, source, seen, shard)

@@ -207,6 +207,17 @@ async def test_dead_letters_count_attempts_and_clear_on_commit(registry: Registr
     assert remaining == ["doc-other"]
 
 
+async def test_dead_letters_a_complete_run_did_not_reproduce_are_resolved(registry: Registry, collection_name: str) -> None:
+    """Only the named source's letters go, and only those that did not fail again."""
+    await registry.record_dead_letters(collection_name, [
+        DeadLetter("a", "src", "load", "still bad"), DeadLetter("b", "src", "load", "fixed since"),
+        DeadLetter("c", "other", "load", "another source"),
+    ])
+    assert await registry.resolve_dead_letters(collection_name, "src", {"a"}) == 1
+    remaining = sorted(row["document_id"] for row in await registry.dead_letters(collection_name))
+    assert remaining == ["a", "c"]
+
+
 async def test_dead_letter_error_is_truncated(registry: Registry, collection_name: str) -> None:
     """Huge error messages are stored cut to 4000 characters."""
     await registry.record_dead_letters(collection_name, [DeadLetter("doc", "src", "load", "e" * 10_000)])

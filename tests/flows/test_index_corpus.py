@@ -292,6 +292,10 @@ async def test_a_repeated_document_id_is_dead_lettered_not_left_as_stray_points(
     (corpus / "more.jsonl").unlink()
     await index_corpus(str(corpus), collection=collection_name)
     assert await index_state(Settings(), collection_name) == (0, 0), "nothing is left behind"
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    assert await registry.dead_letters(collection_name) == [], "the files' dead letters went with them"
+    await registry.aclose()
 
 
 async def test_a_records_file_that_fails_to_load_keeps_its_records(
@@ -311,3 +315,7 @@ async def test_a_records_file_that_fails_to_load_keeps_its_records(
     records.write_text(good)
     repaired = await index_corpus(str(corpus), collection=collection_name)
     assert (repaired["unchanged"], repaired["chunks_embedded"]) == (2, 0)
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    assert await registry.dead_letters(collection_name) == [], "the file reads again: its dead letter is resolved"
+    await registry.aclose()
