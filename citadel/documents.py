@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from citadel.errors import ConfigurationError
 from citadel.hashing import sha256_text
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
 
@@ -70,12 +73,28 @@ def list_source(source: str | os.PathLike[str]) -> SourceListing:
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise ConfigurationError(f"{path} is not a supported document ({', '.join(SUPPORTED_SUFFIXES)})")
         return SourceListing(str(path), [path], True)
-    paths = sorted(
-        p
-        for p in path.rglob("*")
-        if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
-    return SourceListing(str(path), paths, True)
+    paths, unreadable = _walk(path)
+    for problem in unreadable:
+        log.warning("cannot read %s; documents under it are kept and nothing is deleted this run", problem)
+    return SourceListing(str(path), paths, complete=not unreadable)
+
+
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """Supported files under ``root`` (hidden files and folders left out), and the folders that
+    could not be read. A folder that fails to list must not look empty: that would prune it."""
+    unreadable: list[str] = []
+    found: list[Path] = []
+
+    def failed(exc: OSError) -> None:
+        unreadable.append(f"{exc.filename}: {exc.strerror or exc}")
+
+    for folder, subfolders, files in os.walk(root, onerror=failed):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in files:
+            candidate = Path(folder, name)
+            if not name.startswith(".") and candidate.suffix.lower() in SUPPORTED_SUFFIXES and candidate.is_file():
+                found.append(candidate)
+    return sorted(found), unreadable
 
 
 def shard_listing(listing: SourceListing, shard: int, shards: int) -> SourceListing:

@@ -400,7 +400,8 @@ def resolve_source(
         key = listing.key
         if sharding:
             listing = shard_listing(listing, *sharding)
-        return ResolvedSource(listing, None, key, listing.complete if prune is None else prune, sharding)
+        # A listing that missed an unreadable folder never prunes, whatever was asked.
+        return ResolvedSource(listing, None, key, listing.complete and (prune is None or prune), sharding)
     records = list(source)
     if sharding:
         records = [r for r in records if shard_of(str(r.get("id", "")) if isinstance(r, dict) else "", sharding[1]) == sharding[0]]

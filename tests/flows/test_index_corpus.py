@@ -319,3 +319,30 @@ async def test_a_records_file_that_fails_to_load_keeps_its_records(
     await registry.init()
     assert await registry.dead_letters(collection_name) == [], "the file reads again: its dead letter is resolved"
     await registry.aclose()
+
+
+async def test_a_folder_that_cannot_be_read_is_not_taken_for_deleted(
+    data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable folder (permissions, a dropped mount) lists as nothing; its documents must stay."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus / "kept", files=2, seed=4)
+    write_corpus(corpus / "top", files=2, seed=5)
+    await index_corpus(str(corpus), collection=collection_name)
+    before = await index_state(Settings(), collection_name)
+
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # noqa: ANN001, ANN202 - the operating system refusing one folder
+        if Path(path) == corpus / "kept":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    (corpus / "top" / "doc_00000.md").unlink()
+    summary = await index_corpus(str(corpus), collection=collection_name)
+    assert summary["deleted"] == 0, "nothing is deleted from a listing that missed a folder"
+    assert await index_state(Settings(), collection_name) == before
+
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    assert (await index_corpus(str(corpus), collection=collection_name))["deleted"] == 1
