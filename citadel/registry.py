@@ -152,6 +152,9 @@ class DeadLetter:
     error: str
 
 
+MAX_BOUND_IDS = 10_000  # ids bound in one statement; asyncpg's limit is 32,767 parameters
+
+
 def _chunked(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -302,13 +305,15 @@ class Registry:
         async with self.engine.begin() as conn:
             for record in records:
                 keep = [c.point_id for c in record.chunks]
-                await conn.execute(
-                    chunks.delete().where(
-                        chunks.c.collection == collection,
-                        chunks.c.document_id == record.id,
-                        chunks.c.point_id.not_in(keep) if keep else sa.true(),
-                    )
-                )
+                mine = (chunks.c.collection == collection, chunks.c.document_id == record.id)
+                if len(keep) <= MAX_BOUND_IDS:
+                    await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.not_in(keep) if keep else sa.true()))
+                    continue
+                # More ids than one statement may bind (asyncpg allows 32,767): list, then delete in parts.
+                wanted = set(keep)
+                existing = (await conn.execute(sa.select(chunks.c.point_id).where(*mine))).scalars().all()
+                for part in _chunked([pid for pid in existing if pid not in wanted]):
+                    await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.in_(part)))
             await conn.execute(
                 chunks.update()
                 .where(chunks.c.collection == collection, chunks.c.document_id.in_([r.id for r in records]))

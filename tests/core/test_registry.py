@@ -218,6 +218,17 @@ async def test_dead_letters_a_complete_run_did_not_reproduce_are_resolved(regist
     assert remaining == ["a", "c"]
 
 
+async def test_a_document_with_more_chunks_than_one_statement_can_bind(registry: Registry, collection_name: str) -> None:
+    """Past asyncpg's 32,767 parameters a document still commits, and keeps exactly its chunks."""
+    first = record(collection_name, "huge", [f"chunk {i}" for i in range(33_000)])
+    await registry.write_intent(collection_name, MODEL, [first])
+    await registry.commit_documents(collection_name, MODEL, [first])
+    edited = record(collection_name, "huge", [f"chunk {i}" for i in range(32_990)] + ["new one", "new two"])
+    await registry.write_intent(collection_name, MODEL, [edited])
+    await registry.commit_documents(collection_name, MODEL, [edited])
+    assert await registry.count_chunks(collection_name) == 32_992
+
+
 async def test_dead_letter_error_is_truncated(registry: Registry, collection_name: str) -> None:
     """Huge error messages are stored cut to 4000 characters."""
     await registry.record_dead_letters(collection_name, [DeadLetter("doc", "src", "load", "e" * 10_000)])
