@@ -31,6 +31,7 @@ class Document:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # the file it came from (its shard key); inline documents use their id
+    inline: bool = False  # given as a record by the caller, not read from a file
 
     @property
     def content_hash(self) -> str:
@@ -241,6 +242,7 @@ def documents_from_records(
             yield LoadFailure(f"{source}#{number}", source, f"document {number}: missing an 'id'")
             continue
         doc.origin = doc.id
+        doc.inline = True
         yield _check_text(doc)
 
 

@@ -136,6 +136,14 @@ async def plan_batch(
     for doc in docs:
         content_hash = doc.content_hash
         known = stored.get(doc.id)
+        if doc.inline and known is not None and known.source not in ("", doc.source):
+            # Another source's document: replacing it would delete that source's points.
+            plan.failures.append(DeadLetter(
+                doc.id, doc.source, "load",
+                f"the id {doc.id!r} is already indexed in this collection from source {known.source!r}; "
+                "ids are unique within a collection, so give this document another id or use another collection",
+            ))
+            continue
         if not full and known is not None and known.status == "indexed" and known.content_hash == content_hash:
             plan.unchanged += 1
         else:

@@ -116,6 +116,7 @@ class StoredDocument:
     content_hash: str
     status: str
     chunk_count: int
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -252,11 +253,11 @@ class Registry:
         found: dict[str, StoredDocument] = {}
         async with self.engine.connect() as conn:
             for part in _chunked(list(ids)):
-                query = sa.select(documents.c.id, documents.c.content_hash, documents.c.status, documents.c.chunk_count).where(
-                    documents.c.collection == collection, documents.c.id.in_(part)
-                )
+                query = sa.select(
+                    documents.c.id, documents.c.content_hash, documents.c.status, documents.c.chunk_count, documents.c.source
+                ).where(documents.c.collection == collection, documents.c.id.in_(part))
                 for row in await conn.execute(query):
-                    found[row.id] = StoredDocument(row.id, row.content_hash, row.status, row.chunk_count)
+                    found[row.id] = StoredDocument(row.id, row.content_hash, row.status, row.chunk_count, row.source)
         return found
 
     async def get_chunks(self, collection: str, document_ids: Sequence[str]) -> dict[str, list[StoredChunk]]:

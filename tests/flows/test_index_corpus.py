@@ -346,3 +346,20 @@ async def test_a_folder_that_cannot_be_read_is_not_taken_for_deleted(
 
     monkeypatch.setattr(os, "scandir", real_scandir)
     assert (await index_corpus(str(corpus), collection=collection_name))["deleted"] == 1
+
+
+async def test_an_inline_id_of_another_source_is_refused_not_taken_over(data_dir: Path, collection_name: str) -> None:
+    """Two sources sending the same id would replace each other's document and points on every run."""
+    await index_corpus([{"id": "1", "text": "a customer record"}], collection=collection_name, source_name="crm")
+    other = await index_corpus([{"id": "1", "text": "a wiki page"}, {"id": "2", "text": "another page"}],
+                               collection=collection_name, source_name="wiki")
+    assert (other["added"], other["failed"]) == (1, 1)
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    (letter,) = await registry.dead_letters(collection_name)
+    stored = await registry.get_documents(collection_name, ["1"])
+    await registry.aclose()
+    assert "already indexed in this collection from source 'crm'" in letter["error"]
+    assert stored["1"].source == "crm"
+    again = await index_corpus([{"id": "1", "text": "a customer record"}], collection=collection_name, source_name="crm")
+    assert again["unchanged"] == 1, "the first source's document is untouched"
