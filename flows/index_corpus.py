@@ -86,9 +86,16 @@ async def index_corpus(
             if resolved.prune:
                 counts.deleted = await delete_stale_documents(settings, collection, resolved.key, quote(seen), resolved.shard)
             status = "completed"
-        finally:
+        except Exception:
             if writer is not None:
+                # Let the batch already embedded finish writing, so the next run re-embeds less.
+                await asyncio.gather(writer, return_exceptions=True)
+                writer = None
+            raise
+        finally:
+            if writer is not None:  # cancelled or interrupted: stop at once, the next run repairs
                 writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
             summary = run_summary(counts, len(seen.ids), started, collection, resources, resolved.key, run_id)
             summary["flow_run_id"] = str(flow_run.id) if flow_run.id else None
             await registry.finish_run(run_id, status, summary)
