@@ -337,8 +337,10 @@ async def find_gone_documents(
         for doc_id, origin in page:
             if doc_id in seen or (origin and origin in unreadable):
                 continue
-            if shard is not None and shard_of(origin or doc_id, shard[1]) != shard[0]:
-                continue  # another shard's document: its own run decides
+            if shard is not None and (not origin or shard_of(origin, shard[1]) != shard[0]):
+                # Another shard's document: its own run decides. A row from before origins were
+                # recorded (schema v1) cannot tell its shard; an unsharded run decides for it.
+                continue
             gone.append(doc_id)
     return gone
 
