@@ -17,7 +17,7 @@ from citadel.registry import Registry
 from citadel.settings import Settings
 from citadel.vectorstore import VectorStore
 from flows.index_corpus import index_corpus
-from tests.support.corpus import index_state, write_corpus
+from tests.support.corpus import dead_letters_of, index_state, write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -282,20 +282,14 @@ async def test_a_repeated_document_id_is_dead_lettered_not_left_as_stray_points(
     assert await index_state(Settings(), collection_name) == (2, 2)
     again = await index_corpus(str(corpus), collection=collection_name)
     assert (again["unchanged"], again["updated"]) == (2, 0), "no flip-flop between the two copies"
-    registry = Registry(Settings().registry_url)
-    await registry.init()
-    letters = [l["error"] for l in await registry.dead_letters(collection_name)]
-    await registry.aclose()
+    letters = [l["error"] for l in await dead_letters_of(Settings(), collection_name)]
     assert len(letters) == 2 and all("already has the id" in e for e in letters)
 
     (corpus / "items.json").unlink()
     (corpus / "more.jsonl").unlink()
     await index_corpus(str(corpus), collection=collection_name)
     assert await index_state(Settings(), collection_name) == (0, 0), "nothing is left behind"
-    registry = Registry(Settings().registry_url)
-    await registry.init()
-    assert await registry.dead_letters(collection_name) == [], "the files' dead letters went with them"
-    await registry.aclose()
+    assert await dead_letters_of(Settings(), collection_name) == [], "the files' dead letters went with them"
 
 
 async def test_a_records_file_that_fails_to_load_keeps_its_records(
@@ -315,10 +309,7 @@ async def test_a_records_file_that_fails_to_load_keeps_its_records(
     records.write_text(good)
     repaired = await index_corpus(str(corpus), collection=collection_name)
     assert (repaired["unchanged"], repaired["chunks_embedded"]) == (2, 0)
-    registry = Registry(Settings().registry_url)
-    await registry.init()
-    assert await registry.dead_letters(collection_name) == [], "the file reads again: its dead letter is resolved"
-    await registry.aclose()
+    assert await dead_letters_of(Settings(), collection_name) == [], "the file reads again: its dead letter is resolved"
 
 
 async def test_a_folder_that_cannot_be_read_is_not_taken_for_deleted(

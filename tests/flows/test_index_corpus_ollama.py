@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from citadel.registry import Registry
 from citadel.settings import Settings
 from flows.index_corpus import index_corpus
-from tests.support.corpus import index_state, write_corpus
+from tests.support.corpus import dead_letters_of, index_state, write_corpus
 from tests.support.embedding_server import EmbeddingServer
 
 
@@ -33,10 +32,7 @@ async def test_document_the_embedder_rejects_is_dead_lettered(
     ollama.fail_next(2, 400, body={"error": "invalid input: unsupported characters"}, path="/api/embed")
     summary = await index_corpus(str(corpus), collection=collection_name)
     assert (summary["added"], summary["failed"]) == (2, 1)
-    registry = Registry(Settings().registry_url)
-    await registry.init()
-    letters = await registry.dead_letters(collection_name)
-    await registry.aclose()
+    letters = await dead_letters_of(Settings(), collection_name)
     assert [(Path(l["document_id"]).name, l["stage"]) for l in letters] == [("doc_00000.md", "embed")]
     assert "unsupported characters" in letters[0]["error"]
 
@@ -74,10 +70,7 @@ async def test_unknown_model_fails_the_run_without_dead_letters(
 
     with pytest.raises(EmbedderError, match="not found"):
         await index_corpus(str(corpus), collection=collection_name)
-    registry = Registry(Settings().registry_url)
-    await registry.init()
-    assert await registry.dead_letters(collection_name) == []
-    await registry.aclose()
+    assert await dead_letters_of(Settings(), collection_name) == []
 
 
 async def test_redis_cache_makes_a_full_reindex_free(
@@ -153,8 +146,4 @@ async def test_vectors_of_the_wrong_size_fail_the_run_instead_of_every_document(
     write_corpus(corpus, files=3, paragraphs=1)
     with pytest.raises(EmbedderError, match="returned 384-dimensional vectors, expected 768"):
         await index_corpus(str(corpus), collection=collection_name)
-    registry = Registry(Settings().registry_url)
-    await registry.init()
-    letters = await registry.dead_letters(collection_name)
-    await registry.aclose()
-    assert letters == [], "no document is blamed for the backend's answer"
+    assert await dead_letters_of(Settings(), collection_name) == [], "no document is blamed for the backend's answer"

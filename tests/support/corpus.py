@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 from citadel.registry import Registry
 from citadel.settings import Settings
@@ -47,3 +48,13 @@ async def index_state(settings: Settings, collection: str) -> tuple[int, int]:
         await registry.aclose()
     store = VectorStore.connect(url=settings.qdrant_url, api_key=None, path=settings.qdrant_path)
     return await store.count(collection), chunks
+
+
+async def dead_letters_of(settings: Settings, collection: str) -> list[dict[str, Any]]:
+    """The dead letters the registry holds for a collection, newest first."""
+    registry = Registry(settings.registry_url)
+    await registry.init()
+    try:
+        return await registry.dead_letters(collection)
+    finally:
+        await registry.aclose()
