@@ -323,19 +323,14 @@ class SeenDocuments:
 
 
 async def find_gone_documents(
-    registry: Registry,
-    collection: str,
-    source: str,
-    seen: set[str],
-    shard: tuple[int, int] | None = None,
-    unreadable: set[str] | frozenset[str] = frozenset(),
+    registry: Registry, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None = None
 ) -> list[str]:
     """Registered documents of ``source`` (of one ``(shard, shards)`` when given) that its
-    complete listing no longer holds; records of ``unreadable`` files are kept until they read again."""
+    complete listing no longer holds; records of files that failed to load whole are kept."""
     gone: list[str] = []
     async for page in registry.iter_documents(collection, source):
         for doc_id, origin in page:
-            if doc_id in seen or (origin and origin in unreadable):
+            if doc_id in seen.ids or (origin and origin in seen.unreadable):
                 continue
             if shard is not None and (not origin or shard_of(origin, shard[1]) != shard[0]):
                 # Another shard's document: its own run decides. A row from before origins were
@@ -351,7 +346,7 @@ async def prune_source(
     """After a complete listing of ``source``: delete what it no longer holds, and (for a whole
     source) the dead letters of documents that no longer fail. Returns the documents deleted."""
     registry = await resources.registry()
-    gone = await find_gone_documents(registry, collection, source, seen.ids, shard, seen.unreadable)
+    gone = await find_gone_documents(registry, collection, source, seen, shard)
     deleted = await delete_documents(resources, collection, gone)
     if shard is None:  # a shard cannot tell another shard's dead letters from resolved ones
         await registry.resolve_dead_letters(collection, source, seen.failed)

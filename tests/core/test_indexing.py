@@ -7,7 +7,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from citadel.hashing import point_id, sha256_text
-from citadel.indexing import find_gone_documents
+from citadel.indexing import SeenDocuments, find_gone_documents
 from citadel.registry import ChunkRow, DocumentRecord, Registry, documents
 from citadel.sharding import shard_of
 
@@ -29,8 +29,8 @@ async def test_sharded_pruning_leaves_rows_without_an_origin_to_a_whole_run(tmp_
         async with registry.engine.begin() as conn:  # as the schema v1 -> v2 upgrade leaves them
             await conn.execute(sa.update(documents).values(origin=""))
         for shard in range(2):
-            assert await find_gone_documents(registry, "c", "/corpus", set(), (shard, 2)) == []
-        assert sorted(await find_gone_documents(registry, "c", "/corpus", set())) == sorted(ids)
+            assert await find_gone_documents(registry, "c", "/corpus", SeenDocuments(), (shard, 2)) == []
+        assert sorted(await find_gone_documents(registry, "c", "/corpus", SeenDocuments())) == sorted(ids)
         assert {shard_of(i, 2) for i in ids} == {0, 1}, "the ids alone would have split them over both shards"
     finally:
         await registry.aclose()
