@@ -7,7 +7,7 @@ only when a step runs, so loading and validating workflows stays cheap.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -134,33 +134,23 @@ def _settings_of(ctx: StepContext) -> Settings:
 
 
 @asynccontextmanager
-async def _resources(ctx: StepContext, embedder: EmbedderConfig | None) -> AsyncIterator[Resources]:
-    """The caller's Resources when they fit the requested embedder, else a private one closed after."""
+async def _embedding_backend(ctx: StepContext, embedder: EmbedderConfig | None) -> AsyncIterator[Resources]:
+    """Backends for a step that embeds: the caller's Resources when they fit the requested
+    embedder, else a private one closed after; held under the caller's embedding guard (a slot of
+    the backend's concurrency limit) for the whole step."""
     from citadel.resources import Resources
 
-    services = ctx.services
-    if isinstance(services, Resources):
-        settings = embedder.apply(services.settings) if embedder else services.settings
-        if settings == services.settings:
-            yield services
-            return
-    else:
-        settings = embedder.apply(Settings()) if embedder else Settings()
-    own = Resources(settings)
-    try:
-        yield own
-    finally:
-        await own.aclose()
-
-
-@asynccontextmanager
-async def _embedding(ctx: StepContext, resources: Resources) -> AsyncIterator[None]:
-    """Hold the caller's embedding guard (a slot of the backend's limit) while a step embeds."""
-    if ctx.embedding_guard is None:
-        yield
-        return
-    async with ctx.embedding_guard(resources.settings):
-        yield
+    async with AsyncExitStack() as stack:
+        services = ctx.services
+        if isinstance(services, Resources) and (embedder is None or embedder.apply(services.settings) == services.settings):
+            resources = services
+        else:
+            base = services.settings if isinstance(services, Resources) else Settings()
+            resources = Resources(embedder.apply(base) if embedder else base)
+            stack.push_async_callback(resources.aclose)
+        if ctx.embedding_guard is not None:
+            await stack.enter_async_context(ctx.embedding_guard(resources.settings))
+        yield resources
 
 
 # runners -------------------------------------------------------------------------------------
@@ -190,7 +180,7 @@ async def run_chunk(params: ChunkParams, ctx: StepContext) -> dict[str, Any]:
 async def run_embedding(params: EmbeddingParams, ctx: StepContext) -> dict[str, Any]:
     """Embed texts through the embedding cache."""
     texts = [params.text] if params.text is not None else list(params.texts or [])
-    async with _resources(ctx, params.embedder_config()) as resources, _embedding(ctx, resources):
+    async with _embedding_backend(ctx, params.embedder_config()) as resources:
         result = await resources.cached_embedder.embed(texts)
         return result.as_dict(resources.embedder.model, resources.embedder.dimensions)
 
@@ -199,7 +189,7 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
     """Embed a query and return the nearest chunks of a collection."""
     from citadel.search import search_with
 
-    async with _resources(ctx, params.embedder) as resources, _embedding(ctx, resources):
+    async with _embedding_backend(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection
         hits = await search_with(
             resources, params.query, collection,
@@ -212,7 +202,7 @@ async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
     """Index documents incrementally: embed only what changed, prune what is gone."""
     from citadel import indexing
 
-    async with _resources(ctx, params.embedder) as resources, _embedding(ctx, resources):
+    async with _embedding_backend(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection
         return await indexing.index_source(
             resources, params.source, collection, params.full, params.prune, source_name=params.source_name
