@@ -6,17 +6,11 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from blocks.base import CitadelBlock, settings_from_blocks, url_scheme
+from blocks.base import CitadelBlock, settings_from_blocks
 from citadel.embedders import HashingEmbedder, OllamaEmbedder, OpenAIEmbedder, build_embedder
 from citadel.embedders.models import KNOWN_MODELS, base_model_name
 from citadel.errors import ConfigurationError
-from citadel.settings import split_comma_list
-
-
-def _check_http_url(url: str) -> str:
-    if url_scheme(url) not in ("http", "https"):
-        raise ValueError("embedding server URLs must start with http:// or https://")
-    return url.rstrip("/")
+from citadel.settings import http_url, split_comma_list
 
 
 def _known_size_or_fail(block: CitadelBlock, model: str, dimensions: int | None) -> None:
@@ -71,7 +65,7 @@ class OllamaEmbedderBlock(CitadelBlock):
     def _check_urls(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one Ollama URL is needed, e.g. http://localhost:11434")
-        return [_check_http_url(url) for url in value]
+        return [http_url(url) for url in value]
 
     def build(self) -> OllamaEmbedder:
         """An :class:`OllamaEmbedder` (close it with ``aclose``); an unknown model without dimensions is refused."""
@@ -105,7 +99,7 @@ class OpenAICompatibleEmbedderBlock(CitadelBlock):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        return _check_http_url(value)
+        return http_url(value)
 
     def build(self) -> OpenAIEmbedder:
         """An :class:`OpenAIEmbedder` (close it with ``aclose``); an unknown model without dimensions is refused."""

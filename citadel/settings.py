@@ -23,12 +23,18 @@ def split_comma_list(value: object) -> object:
     return value
 
 
-def _http_url(url: str) -> str:
-    """``url`` when it starts with http:// or https://; a URL without its scheme is a clear error,
-    not a connection retried until it gives up."""
-    if not url.strip().lower().startswith(("http://", "https://")):
-        raise ValueError(f"{url!r} needs its scheme, e.g. http://{url.strip() or 'localhost:11434'}")
-    return url.strip()
+def http_url(url: str) -> str:
+    """An embedding server's URL without surrounding blanks or a trailing slash. One without an
+    http:// or https:// scheme is a clear error, not a connection retried until it gives up."""
+    url = url.strip()
+    if not url.lower().startswith(("http://", "https://")):
+        if "://" in url:
+            raise ValueError(f"{url!r}: embedding server URLs start with http:// or https://")
+        raise ValueError(
+            f"{url!r} needs its scheme, e.g. http://{url or 'localhost:11434'}: "
+            "embedding server URLs start with http:// or https://"
+        )
+    return url.rstrip("/")
 
 
 class Settings(BaseSettings):
@@ -87,12 +93,12 @@ class Settings(BaseSettings):
     def _need_one_url(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("CITADEL_OLLAMA_URLS needs at least one URL, e.g. http://localhost:11434")
-        return [_http_url(url).rstrip("/") for url in value]
+        return [http_url(url) for url in value]
 
     @field_validator("openai_base_url")
     @classmethod
     def _need_http(cls, value: str) -> str:
-        return _http_url(value)
+        return http_url(value)
 
     @property
     def qdrant_path(self) -> Path:
