@@ -6,11 +6,13 @@ LRU cache, Qdrant's embedded mode and a SQLite registry under ``CITADEL_DATA_DIR
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EmbedderKind = Literal["hashing", "ollama", "openai"]
@@ -37,10 +39,37 @@ def http_url(url: str) -> str:
     return url.rstrip("/")
 
 
+# The registry's database URL schemes, and the SQLAlchemy async driver each one becomes.
+DATABASE_SCHEMES = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+def database_scheme(url: str) -> str:
+    """The async driver URL scheme for ``url``; an unsupported scheme is a ValueError listing the
+    supported ones (never echoing the URL, which may carry a password)."""
+    scheme = url.split("://", 1)[0].strip().lower() if "://" in url else ""
+    if scheme not in DATABASE_SCHEMES:
+        shown = f"the scheme {scheme!r}" if scheme else "no scheme"
+        raise ValueError(
+            f"CITADEL_DATABASE_URL has {shown}; the registry runs on Postgres "
+            "(postgresql://user@host:5432/db) or SQLite (sqlite:///path/registry.db), "
+            "or leave it unset for SQLite under CITADEL_DATA_DIR"
+        )
+    return DATABASE_SCHEMES[scheme]
+
+
 class Settings(BaseSettings):
     """Every knob Citadel reads; each field maps to ``CITADEL_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CITADEL_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a rejected value may be a URL with a password, or a key.
+    model_config = SettingsConfigDict(env_prefix="CITADEL_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(Path(".citadel"), description="Where embedded-mode state lives.")
     collection: str = Field("documents", description="Default vector collection.")
@@ -100,6 +129,22 @@ class Settings(BaseSettings):
     def _need_http(cls, value: str) -> str:
         return http_url(value)
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            database_scheme(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _chunking_fits(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"CITADEL_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than CITADEL_CHUNK_SIZE "
+                f"({self.chunk_size}): each chunk repeats that many characters of the one before it"
+            )
+        return self
+
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
@@ -107,17 +152,10 @@ class Settings(BaseSettings):
     @property
     def registry_url(self) -> str:
         """The SQLAlchemy async URL of the registry (asyncpg for Postgres, aiosqlite for SQLite)."""
-        url = (
-            self.database_url.get_secret_value()
-            if self.database_url
-            else f"sqlite+aiosqlite:///{(self.data_dir / 'registry.db').resolve()}"
-        )
-        for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://"):
-            if url.startswith(prefix):
-                return "postgresql+asyncpg://" + url[len(prefix):]
-        if url.startswith("sqlite:///"):
-            return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
-        return url
+        if not self.database_url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'registry.db').resolve()}"
+        url = self.database_url.get_secret_value().strip()
+        return database_scheme(url) + "://" + url.split("://", 1)[1]
 
 
 def secret(value: SecretStr | None) -> str | None:
@@ -133,6 +171,48 @@ def masked_url(url: str) -> str:
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
+# CITADEL_ variables that are not settings: read by the scripts, the CLI or the tests.
+OTHER_VARIABLES = frozenset({"CITADEL_DEBUG", "CITADEL_VENV"})
+_OTHER_PREFIXES = ("CITADEL_TEST_",)
+
+
+def setting_variables() -> list[str]:
+    """Every ``CITADEL_*`` variable a setting reads."""
+    return sorted(f"CITADEL_{name.upper()}" for name in Settings.model_fields)
+
+
+def _closest(stem: str, stems: Mapping[str, str]) -> str | None:
+    """The variable whose name (without its prefix) is most like ``stem``: a near spelling, or the
+    one name that contains it (MODEL for EMBEDDING_MODEL)."""
+    close = difflib.get_close_matches(stem, list(stems), n=1, cutoff=0.75)
+    if close:
+        return stems[close[0]]
+    containing = [known for known in stems if len(stem) > 3 and stem in known]
+    return stems[containing[0]] if len(containing) == 1 else None
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env") -> list[str]:
+    """One warning per ``CITADEL_*`` variable (in the environment or the ``.env`` file) that no
+    setting reads, naming the closest real one: a typo must not silently fall back to a default."""
+    names = set(os.environ if environ is None else environ)
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        names.update(dotenv_values(env_file))
+    known = setting_variables()
+    # Compared without the prefix every name shares, which would make any two names look alike.
+    stems = {name.removeprefix("CITADEL_"): name for name in [*known, *sorted(OTHER_VARIABLES)]}
+    warnings: list[str] = []
+    for name in sorted(n for n in names if n.upper().startswith("CITADEL_")):
+        upper = name.upper()
+        if upper in known or upper in OTHER_VARIABLES or upper.startswith(_OTHER_PREFIXES):
+            continue
+        closest = _closest(upper.removeprefix("CITADEL_"), stems)
+        hint = f"did you mean {closest}?" if closest else "the README's configuration table lists every setting"
+        warnings.append(f"{name} is not a Citadel setting and is ignored ({hint})")
+    return warnings
 
 
 def get_settings(**overrides: object) -> Settings:

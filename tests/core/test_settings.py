@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from citadel.settings import EmbedderConfig, Settings, get_settings, settings_for
+from citadel.settings import EmbedderConfig, Settings, get_settings, settings_for, unknown_variables
 
 
 def test_defaults_need_no_environment(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,3 +183,48 @@ def test_urls_without_a_scheme_are_rejected(data_dir: Path, monkeypatch: pytest.
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=f"needs its scheme, e.g. http://{value}"):
         Settings()
+
+
+def test_chunk_overlap_must_be_smaller_than_the_chunk_size(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked when the settings load, naming both variables, not when a run is half done."""
+    monkeypatch.setenv("CITADEL_CHUNK_SIZE", "300")
+    monkeypatch.setenv("CITADEL_CHUNK_OVERLAP", "300")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    message = caught.value.errors()[0]["msg"]
+    assert "CITADEL_CHUNK_OVERLAP (300)" in message and "CITADEL_CHUNK_SIZE (300)" in message
+    monkeypatch.setenv("CITADEL_CHUNK_OVERLAP", "299")
+    assert Settings().chunk_overlap == 299
+
+
+@pytest.mark.parametrize("url", ["mysql://root:pw@db/citadel", "mongodb://db/citadel", "registry.db"])
+def test_an_unsupported_database_is_refused_with_the_supported_ones(data_dir: Path, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("CITADEL_DATABASE_URL", url)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    message = caught.value.errors()[0]["msg"]
+    assert "postgresql://" in message and "sqlite:///" in message
+    assert "pw" not in str(caught.value), "a refused URL is not echoed: it may carry a password"
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [("postgres://u@h/d", "postgresql+asyncpg://u@h/d"), ("postgresql+psycopg2://u@h/d", "postgresql+asyncpg://u@h/d"),
+     ("sqlite:////tmp/r.db", "sqlite+aiosqlite:////tmp/r.db"), ("SQLITE:////tmp/r.db", "sqlite+aiosqlite:////tmp/r.db")],
+)
+def test_supported_database_urls_use_the_async_drivers(data_dir: Path, monkeypatch: pytest.MonkeyPatch, url: str, driver: str) -> None:
+    monkeypatch.setenv("CITADEL_DATABASE_URL", url)
+    assert Settings().registry_url == driver
+
+
+def test_unknown_citadel_variables_are_named_with_the_closest_setting(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("CITADEL_REDIS_ULR=redis://cache:6379/0\nOTHER=1\n")
+    environ = {"CITADEL_EMBEDER": "ollama", "CITADEL_COLLECTION": "docs", "CITADEL_DEBUG": "1", "CITADEL_TEST_REDIS_URL": "x",
+               "CITADEL_SOMETHING_ELSE_ENTIRELY": "1", "PATH": "/bin"}
+    warnings = unknown_variables(environ, env_file)
+    assert len(warnings) == 3
+    assert any("CITADEL_EMBEDER" in w and "did you mean CITADEL_EMBEDDER?" in w for w in warnings)
+    assert any("CITADEL_REDIS_ULR" in w and "did you mean CITADEL_REDIS_URL?" in w for w in warnings)
+    assert any("CITADEL_SOMETHING_ELSE_ENTIRELY" in w and "README" in w for w in warnings)
+    assert unknown_variables({f"CITADEL_{name.upper()}": "1" for name in Settings.model_fields}, None) == []
