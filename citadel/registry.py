@@ -9,6 +9,8 @@ acknowledged the write does it mark the document indexed with its new content ha
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Sequence
@@ -17,93 +19,24 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
-
-SCHEMA_VERSION = 2
-
-metadata = sa.MetaData()
-
-schema_version = sa.Table(
-    "citadel_schema_version",
+from citadel.schema import (
+    RUN_COUNTS,
+    SCHEMA_VERSION,
+    chunks,
+    collections,
+    dead_letters,
+    documents,
+    index_runs,
     metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    schema_version,
+    upgrade,
 )
+from citadel.settings import masked_url
 
-collections = sa.Table(
-    "citadel_collections",
-    metadata,
-    sa.Column("name", sa.String(255), primary_key=True),
-    sa.Column("model", sa.String(255), nullable=False),
-    sa.Column("dimensions", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-documents = sa.Table(
-    "citadel_documents",
-    metadata,
-    sa.Column("collection", sa.String(255), primary_key=True),
-    sa.Column("id", sa.String(1024), primary_key=True),
-    sa.Column("source", sa.String(1024), nullable=False),
-    sa.Column("origin", sa.String(1024), nullable=False, default=""),  # the file it came from: its shard key
-    sa.Column("content_hash", sa.String(64), nullable=False),
-    sa.Column("chunk_count", sa.Integer, nullable=False),
-    sa.Column("model", sa.String(255), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending | indexed
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Index("ix_citadel_documents_source", "collection", "source"),
-)
-
-chunks = sa.Table(
-    "citadel_chunks",
-    metadata,
-    sa.Column("collection", sa.String(255), primary_key=True),
-    sa.Column("point_id", sa.String(36), primary_key=True),
-    sa.Column("document_id", sa.String(1024), nullable=False),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("chunk_hash", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # pending | indexed
-    sa.Index("ix_citadel_chunks_document", "collection", "document_id"),
-)
-
-index_runs = sa.Table(
-    "citadel_index_runs",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("collection", sa.String(255), nullable=False),
-    sa.Column("source", sa.String(1024), nullable=False),
-    sa.Column("flow_run_id", sa.String(64)),
-    sa.Column("status", sa.String(16), nullable=False),  # running | completed | failed
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("duration_s", sa.Float),
-    sa.Column("added", sa.Integer, nullable=False, default=0),
-    sa.Column("updated", sa.Integer, nullable=False, default=0),
-    sa.Column("unchanged", sa.Integer, nullable=False, default=0),
-    sa.Column("deleted", sa.Integer, nullable=False, default=0),
-    sa.Column("failed", sa.Integer, nullable=False, default=0),
-    sa.Column("chunks_embedded", sa.Integer, nullable=False, default=0),
-    sa.Column("cache_hits", sa.Integer, nullable=False, default=0),
-)
-
-dead_letters = sa.Table(
-    "citadel_dead_letters",
-    metadata,
-    sa.Column("collection", sa.String(255), primary_key=True),
-    sa.Column("document_id", sa.String(1024), primary_key=True),
-    sa.Column("source", sa.String(1024), nullable=False),
-    sa.Column("stage", sa.String(32), nullable=False),
-    sa.Column("error", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("first_failed_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-# Each entry upgrades the schema from version N-1 to N. A new database gets the current tables
-# from create_all and is stamped with SCHEMA_VERSION; an older one runs the steps it lacks.
-MIGRATIONS: dict[int, list[str]] = {
-    2: ["ALTER TABLE citadel_documents ADD COLUMN origin VARCHAR(1024) NOT NULL DEFAULT ''"],
-}
+__all__ = [
+    "SCHEMA_VERSION", "ChunkRow", "DeadLetter", "DocumentRecord", "Registry", "StoredChunk", "StoredDocument",
+    "chunks", "collections", "dead_letters", "documents", "index_runs", "schema_version",
+]
 
 
 def utcnow() -> dt.datetime:
@@ -117,6 +50,7 @@ class StoredDocument:
     status: str
     chunk_count: int
     source: str = ""
+    chunking: str = ""  # the chunk settings it was split with; "" for rows older than schema v3
 
 
 @dataclass(frozen=True)
@@ -143,6 +77,7 @@ class DocumentRecord:
     content_hash: str
     chunks: list[ChunkRow] = field(default_factory=list)
     origin: str = ""
+    chunking: str = ""
 
 
 @dataclass
@@ -156,9 +91,18 @@ class DeadLetter:
 MAX_BOUND_IDS = 10_000  # ids bound in one statement; asyncpg's limit is 32,767 parameters
 
 
-def _chunked(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+def chunked(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def check_collection_model(name: str, known: tuple[str, int], model: str, dimensions: int) -> None:
+    """Refuse to mix models: ``known`` is the (model, dimensions) a collection was indexed with."""
+    if known != (model, dimensions):
+        raise CollectionMismatchError(
+            f"collection {name!r} is indexed with {known[0]} ({known[1]} dimensions), not {model} "
+            f"({dimensions} dimensions); choose another collection or the same embedder"
+        )
 
 
 class Registry:
@@ -172,7 +116,7 @@ class Registry:
         try:
             self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a bad URL is a configuration error
-            raise ConfigurationError(f"bad CITADEL_DATABASE_URL {url!r}: {exc}") from exc
+            raise ConfigurationError(f"bad CITADEL_DATABASE_URL {masked_url(url)!r}: {exc}") from exc
         if url.startswith("sqlite"):
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._ready = False
@@ -181,7 +125,7 @@ class Registry:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def _insert(self, table: sa.Table):  # noqa: ANN202 - dialect-specific INSERT with ON CONFLICT
+    def insert_statement(self, table: sa.Table):  # noqa: ANN201 - dialect-specific INSERT with ON CONFLICT
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
@@ -189,15 +133,37 @@ class Registry:
         return insert(table)
 
     async def init(self) -> None:
-        """Create or upgrade the schema (idempotent, safe for concurrent workers on Postgres)."""
+        """Create or upgrade the schema (idempotent, safe for concurrent workers on Postgres).
+
+        A database that cannot be reached is a :class:`ConfigurationError` naming it (password
+        masked), raised before any work starts.
+        """
         if self._ready:
             return
-        if self.url.startswith("sqlite"):
-            path = self.url.split(":///", 1)[-1]
-            if path and path != ":memory:":
-                import pathlib
+        try:
+            if self.url.startswith("sqlite"):
+                path = self.url.split(":///", 1)[-1]
+                if path and path != ":memory:":
+                    import pathlib
 
-                pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+            for attempt in range(3):
+                try:
+                    await self._create_or_upgrade()
+                    break
+                except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+                    # Two processes creating a new SQLite registry at once: the second finds the
+                    # first's tables or version row; its next attempt sees them whole.
+                    if self.dialect != "sqlite" or attempt == 2 or not _lost_creation_race(exc):
+                        raise
+        except (OSError, sa.exc.DBAPIError) as exc:
+            raise ConfigurationError(
+                f"cannot open the registry database {masked_url(self.url)}: {_reason(exc)}; "
+                "start it, or fix CITADEL_DATABASE_URL (unset, the registry is a SQLite file under CITADEL_DATA_DIR)"
+            ) from exc
+        self._ready = True
+
+    async def _create_or_upgrade(self) -> None:
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(724113)"))
@@ -210,11 +176,8 @@ class Registry:
                 raise ConfigurationError(
                     f"the registry schema is version {current}, newer than this Citadel ({SCHEMA_VERSION}); upgrade Citadel"
                 )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS.get(version, []):
-                    await conn.execute(sa.text(statement))
+            for version in await conn.run_sync(upgrade, current):
                 await conn.execute(schema_version.insert().values(version=version, applied_at=utcnow()))
-        self._ready = True
 
     async def aclose(self) -> None:
         await self.engine.dispose()
@@ -231,15 +194,11 @@ class Registry:
         known = await self.collection(name)
         if known is None:
             async with self.engine.begin() as conn:
-                stmt = self._insert(collections).values(name=name, model=model, dimensions=dimensions, created_at=utcnow())
+                stmt = self.insert_statement(collections).values(name=name, model=model, dimensions=dimensions, created_at=utcnow())
                 await conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
             known = await self.collection(name)
         assert known is not None
-        if known != (model, dimensions):
-            raise CollectionMismatchError(
-                f"collection {name!r} is indexed with {known[0]} ({known[1]} dimensions), not {model} "
-                f"({dimensions} dimensions); choose another collection or the same embedder"
-            )
+        check_collection_model(name, known, model, dimensions)
 
     async def forget_collection(self, name: str) -> None:
         """Drop every registry row of a collection (used by ``--full``)."""
@@ -252,18 +211,19 @@ class Registry:
     async def get_documents(self, collection: str, ids: Sequence[str]) -> dict[str, StoredDocument]:
         found: dict[str, StoredDocument] = {}
         async with self.engine.connect() as conn:
-            for part in _chunked(list(ids)):
+            for part in chunked(list(ids)):
                 query = sa.select(
-                    documents.c.id, documents.c.content_hash, documents.c.status, documents.c.chunk_count, documents.c.source
+                    documents.c.id, documents.c.content_hash, documents.c.status, documents.c.chunk_count,
+                    documents.c.source, documents.c.chunking,
                 ).where(documents.c.collection == collection, documents.c.id.in_(part))
                 for row in await conn.execute(query):
-                    found[row.id] = StoredDocument(row.id, row.content_hash, row.status, row.chunk_count, row.source)
+                    found[row.id] = StoredDocument(row.id, row.content_hash, row.status, row.chunk_count, row.source, row.chunking)
         return found
 
     async def get_chunks(self, collection: str, document_ids: Sequence[str]) -> dict[str, list[StoredChunk]]:
         found: dict[str, list[StoredChunk]] = {doc_id: [] for doc_id in document_ids}
         async with self.engine.connect() as conn:
-            for part in _chunked(list(document_ids)):
+            for part in chunked(list(document_ids)):
                 query = sa.select(chunks).where(chunks.c.collection == collection, chunks.c.document_id.in_(part))
                 for row in await conn.execute(query):
                     found[row.document_id].append(StoredChunk(row.point_id, row.position, row.chunk_hash, row.state))
@@ -280,7 +240,7 @@ class Registry:
                      chunk_count=0, model=model, status="pending", created_at=now, updated_at=now)
                 for r in records
             ]
-            stmt = self._insert(documents)
+            stmt = self.insert_statement(documents)
             await conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["collection", "id"], set_={"status": "pending", "updated_at": stmt.excluded.updated_at}
@@ -295,7 +255,7 @@ class Registry:
             ]
             if chunk_rows:
                 await conn.execute(
-                    self._insert(chunks).on_conflict_do_nothing(index_elements=["collection", "point_id"]), chunk_rows
+                    self.insert_statement(chunks).on_conflict_do_nothing(index_elements=["collection", "point_id"]), chunk_rows
                 )
 
     async def commit_documents(self, collection: str, model: str, records: Sequence[DocumentRecord]) -> None:
@@ -313,14 +273,14 @@ class Registry:
                 # More ids than one statement may bind (asyncpg allows 32,767): list, then delete in parts.
                 wanted = set(keep)
                 existing = (await conn.execute(sa.select(chunks.c.point_id).where(*mine))).scalars().all()
-                for part in _chunked([pid for pid in existing if pid not in wanted]):
+                for part in chunked([pid for pid in existing if pid not in wanted]):
                     await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.in_(part)))
             await conn.execute(
                 chunks.update()
                 .where(chunks.c.collection == collection, chunks.c.document_id.in_([r.id for r in records]))
                 .values(state="indexed")
             )
-            stmt = self._insert(documents)
+            stmt = self.insert_statement(documents)
             await conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["collection", "id"],
@@ -328,6 +288,7 @@ class Registry:
                         "source": stmt.excluded.source,
                         "origin": stmt.excluded.origin,
                         "content_hash": stmt.excluded.content_hash,
+                        "chunking": stmt.excluded.chunking,
                         "chunk_count": stmt.excluded.chunk_count,
                         "model": stmt.excluded.model,
                         "status": "indexed",
@@ -336,7 +297,7 @@ class Registry:
                 ),
                 [
                     dict(collection=collection, id=r.id, source=r.source, origin=r.origin or r.id,
-                         content_hash=r.content_hash, chunk_count=len(r.chunks), model=model, status="indexed",
+                         content_hash=r.content_hash, chunking=r.chunking, chunk_count=len(r.chunks), model=model, status="indexed",
                          created_at=now, updated_at=now)
                     for r in records
                 ],
@@ -346,6 +307,16 @@ class Registry:
                     dead_letters.c.collection == collection, dead_letters.c.document_id.in_([r.id for r in records])
                 )
             )
+
+    async def record_chunking(self, collection: str, document_ids: Sequence[str], chunking: str) -> None:
+        """Note the chunk settings of unchanged documents indexed before the registry kept them."""
+        async with self.engine.begin() as conn:
+            for part in chunked(list(document_ids)):
+                await conn.execute(
+                    documents.update()
+                    .where(documents.c.collection == collection, documents.c.id.in_(part), documents.c.chunking == "")
+                    .values(chunking=chunking)
+                )
 
     async def iter_documents(
         self, collection: str, source: str, page: int = 5000
@@ -374,7 +345,7 @@ class Registry:
     async def delete_documents(self, collection: str, document_ids: Sequence[str]) -> None:
         """Forget documents whose points are already deleted from the store."""
         async with self.engine.begin() as conn:
-            for part in _chunked(list(document_ids)):
+            for part in chunked(list(document_ids)):
                 for table in (chunks, documents, dead_letters):
                     column = table.c.document_id if "document_id" in table.c else table.c.id
                     await conn.execute(table.delete().where(table.c.collection == collection, column.in_(part)))
@@ -384,7 +355,7 @@ class Registry:
         if not letters:
             return
         now = utcnow()
-        stmt = self._insert(dead_letters)
+        stmt = self.insert_statement(dead_letters)
         async with self.engine.begin() as conn:
             await conn.execute(
                 stmt.on_conflict_do_update(
@@ -412,7 +383,7 @@ class Registry:
                 dead_letters.c.collection == collection, dead_letters.c.source == source
             )
             resolved = [doc_id for doc_id in (await conn.execute(query)).scalars() if doc_id not in still_failing]
-            for part in _chunked(resolved):
+            for part in chunked(resolved):
                 await conn.execute(
                     dead_letters.delete().where(
                         dead_letters.c.collection == collection, dead_letters.c.document_id.in_(part)
@@ -428,19 +399,25 @@ class Registry:
             return [dict(row._mapping) for row in await conn.execute(query)]
 
     # runs --------------------------------------------------------------------------------
-    async def start_run(self, collection: str, source: str, flow_run_id: str | None) -> str:
-        run_id = str(uuid.uuid4())
+    async def start_run(
+        self, collection: str, source: str, flow_run_id: str | None, *, run_id: str | None = None, lock_key: str | None = None
+    ) -> str:
+        """Record a run as running, with the process that runs it and a first heartbeat."""
+        run_id = run_id or str(uuid.uuid4())
+        now = utcnow()
         async with self.engine.begin() as conn:
             await conn.execute(
                 index_runs.insert().values(
                     id=run_id, collection=collection, source=source[:1024], flow_run_id=flow_run_id,
-                    status="running", started_at=utcnow(),
+                    status="running", started_at=now, lock_key=lock_key, host=socket.gethostname()[:255],
+                    pid=os.getpid(), heartbeat_at=now,
                 )
             )
         return run_id
 
     async def finish_run(self, run_id: str, status: str, counts: dict[str, Any]) -> None:
-        columns = {"added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "cache_hits", "duration_s"}
+        """Record how a run ended; keys of ``counts`` that are not run columns are ignored."""
+        columns = {*RUN_COUNTS, "duration_s"}
         async with self.engine.begin() as conn:
             await conn.execute(
                 index_runs.update()
@@ -467,6 +444,9 @@ class Registry:
             doc_counts = dict((await conn.execute(
                 sa.select(documents.c.collection, sa.func.count()).where(documents.c.status == "indexed").group_by(documents.c.collection)
             )).all())
+            repair_counts = dict((await conn.execute(
+                sa.select(documents.c.collection, sa.func.count()).where(documents.c.status == "repair").group_by(documents.c.collection)
+            )).all())
             chunk_counts = dict((await conn.execute(
                 sa.select(chunks.c.collection, sa.func.count()).group_by(chunks.c.collection)
             )).all())
@@ -481,6 +461,7 @@ class Registry:
                 "documents": doc_counts.get(c.name, 0),
                 "chunks": chunk_counts.get(c.name, 0),
                 "dead_letters": dead_counts.get(c.name, 0),
+                "awaiting_repair": repair_counts.get(c.name, 0),
             }
             for c in cols
         ]
@@ -488,6 +469,21 @@ class Registry:
     async def count_chunks(self, collection: str) -> int:
         async with self.engine.connect() as conn:
             return (await conn.execute(sa.select(sa.func.count()).select_from(chunks).where(chunks.c.collection == collection))).scalar_one()
+
+
+def _lost_creation_race(exc: Exception) -> bool:
+    text = str(exc)
+    return "already exists" in text or "UNIQUE constraint failed: citadel_schema_version" in text
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of a connection failure in one line, without SQLAlchemy's help text."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+        if exc.__cause__ is not None:  # SQLAlchemy's asyncpg adapter wraps the driver's own error
+            exc = exc.__cause__
+    text = str(exc).split("\n", 1)[0].strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -308,7 +310,7 @@ async def test_collection_stats_counts(registry: Registry, collection_name: str)
     stats = {row["collection"]: row for row in await registry.collection_stats()}
     assert stats[collection_name] == {
         "collection": collection_name, "model": MODEL, "dimensions": 8,
-        "documents": 1, "chunks": 3, "dead_letters": 1,
+        "documents": 1, "chunks": 3, "dead_letters": 1, "awaiting_repair": 0,
     }
 
 
@@ -362,3 +364,48 @@ async def test_an_older_schema_is_upgraded_at_start(tmp_path) -> None:  # noqa: 
     await upgraded.aclose()
     assert "origin" in columns
     assert versions == list(range(1, SCHEMA_VERSION + 1))  # 1 as found, then each upgrade applied
+
+
+async def test_a_version_2_registry_gains_the_columns_of_version_3(tmp_path: Path) -> None:
+    """Chunk settings per document, and who runs each run: added to a registry made before them."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'v2.db'}"
+    first = Registry(url)
+    await first.init()
+    async with first.engine.begin() as conn:
+        for table, column in [("citadel_documents", "chunking"), ("citadel_index_runs", "repaired"), ("citadel_index_runs", "lock_key"),
+                              ("citadel_index_runs", "host"), ("citadel_index_runs", "pid"), ("citadel_index_runs", "heartbeat_at")]:
+            await conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        await conn.execute(sa.text("DROP TABLE citadel_locks"))
+        await conn.execute(sa.text("DELETE FROM citadel_schema_version"))
+        await conn.execute(sa.text("INSERT INTO citadel_schema_version (version, applied_at) VALUES (2, CURRENT_TIMESTAMP)"))
+    await first.aclose()
+
+    upgraded = Registry(url)
+    await upgraded.init()
+    run_id = await upgraded.start_run("c", "s", None, lock_key="k")
+    await upgraded.finish_run(run_id, "completed", {"repaired": 2})
+    (run,) = [r for r in await upgraded.recent_runs(5) if r["id"] == run_id]
+    await upgraded.aclose()
+    assert (run["repaired"], run["lock_key"], run["pid"]) == (2, "k", os.getpid()) and run["heartbeat_at"] is not None
+
+
+async def test_two_processes_creating_a_new_sqlite_registry_at_once(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"
+    registries = [Registry(url) for _ in range(4)]
+    await asyncio.gather(*(registry.init() for registry in registries))
+    async with registries[0].engine.connect() as conn:
+        versions = (await conn.execute(sa.select(schema_version.c.version))).scalars().all()
+    for registry in registries:
+        await registry.aclose()
+    assert versions == [SCHEMA_VERSION]
+
+
+async def test_a_registry_that_cannot_be_reached_is_a_configuration_error_without_its_password() -> None:
+    from tests.support.embedding_server import free_port
+
+    registry = Registry(f"postgresql+asyncpg://citadel:s3cret@127.0.0.1:{free_port()}/db")
+    with pytest.raises(ConfigurationError) as caught:
+        await registry.init()
+    await registry.aclose()
+    assert "cannot open the registry database" in str(caught.value) and "Connect call failed" in str(caught.value)
+    assert "s3cret" not in str(caught.value) and "***" in str(caught.value)

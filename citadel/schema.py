@@ -1,0 +1,132 @@
+"""The registry's tables, and the upgrades that bring an older registry database to this version.
+
+One schema serves Postgres and SQLite (SQLAlchemy Core). A new database gets the current tables
+from ``create_all``; an older one gains the columns of each version it lacks, at start.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+SCHEMA_VERSION = 3
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "citadel_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+collections = sa.Table(
+    "citadel_collections",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("dimensions", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+documents = sa.Table(
+    "citadel_documents",
+    metadata,
+    sa.Column("collection", sa.String(255), primary_key=True),
+    sa.Column("id", sa.String(1024), primary_key=True),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("origin", sa.String(1024), nullable=False, default=""),  # the file it came from: its shard key
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("chunking", sa.String(64), nullable=False, default=""),  # the chunk settings it was split with
+    sa.Column("chunk_count", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | indexed | repair
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_citadel_documents_source", "collection", "source"),
+)
+
+chunks = sa.Table(
+    "citadel_chunks",
+    metadata,
+    sa.Column("collection", sa.String(255), primary_key=True),
+    sa.Column("point_id", sa.String(36), primary_key=True),
+    sa.Column("document_id", sa.String(1024), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("chunk_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | indexed
+    sa.Index("ix_citadel_chunks_document", "collection", "document_id"),
+)
+
+# The counters of a run that its row keeps.
+RUN_COUNTS = ("added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "cache_hits", "repaired")
+
+index_runs = sa.Table(
+    "citadel_index_runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("collection", sa.String(255), nullable=False),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),  # running | completed | failed | cancelled | crashed
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("duration_s", sa.Float),
+    *(sa.Column(name, sa.Integer, nullable=False, default=0) for name in RUN_COUNTS),
+    # Who runs it, and when it last said it was alive: a run whose process is gone is crashed.
+    sa.Column("lock_key", sa.String(64)),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+)
+
+dead_letters = sa.Table(
+    "citadel_dead_letters",
+    metadata,
+    sa.Column("collection", sa.String(255), primary_key=True),
+    sa.Column("document_id", sa.String(1024), primary_key=True),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_failed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The run lock of SQLite registries (Postgres uses an advisory lock instead): one row per
+# collection, source and shard being indexed, held by a run while its heartbeat is fresh.
+locks = sa.Table(
+    "citadel_locks",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Columns each version added to tables that already existed: (table, column, SQL type and default).
+# An upgrade adds the ones a database lacks; new tables come from create_all.
+MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
+    2: [("citadel_documents", "origin", "VARCHAR(1024) NOT NULL DEFAULT ''")],
+    3: [
+        ("citadel_documents", "chunking", "VARCHAR(64) NOT NULL DEFAULT ''"),
+        ("citadel_index_runs", "repaired", "INTEGER NOT NULL DEFAULT 0"),
+        ("citadel_index_runs", "lock_key", "VARCHAR(64)"),
+        ("citadel_index_runs", "host", "VARCHAR(255)"),
+        ("citadel_index_runs", "pid", "INTEGER"),
+        ("citadel_index_runs", "heartbeat_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
+}
+
+
+def upgrade(conn: sa.Connection, found: int) -> list[int]:
+    """Add the columns of every version after ``found`` that the tables lack; the versions applied."""
+    inspector = sa.inspect(conn)
+    applied: list[int] = []
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        for table, column, ddl in MIGRATIONS.get(version, []):
+            if column not in {c["name"] for c in inspector.get_columns(table)}:
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+                inspector.clear_cache()
+        applied.append(version)
+    return applied
