@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
+from citadel.consistency import awaiting_repair, check_store
 from citadel.resources import Resources
 from citadel.settings import Settings, masked_url
 
@@ -16,6 +17,32 @@ async def _check(name: str, probe: Callable[[], Awaitable[str]], fix: str) -> di
         return {"name": name, "ok": True, "detail": await probe(), "fix": ""}
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none raised
         return {"name": name, "ok": False, "detail": f"{type(exc).__name__}: {exc}", "fix": fix}
+
+
+async def _drift_checks(resources: Resources) -> list[dict[str, Any]]:
+    """Per collection: does the store hold what the registry says (the cheap check of every run)?"""
+    registry = await resources.registry()
+    waiting = await awaiting_repair(registry)
+    checks = []
+    for entry in await registry.collection_stats():
+        name = entry["collection"]
+        check = await check_store(resources, name)
+        held = "no such collection" if check.points is None else f"{check.points} points"
+        detail = f"{check.expected} chunks in the registry, {held} in the store"
+        problems = []
+        if check.missing:
+            problems.append(f"at least {check.missing} missing")
+        if check.stray:
+            problems.append(f"{check.stray} not in the registry")
+        if waiting.get(name):
+            problems.append(f"{sum(waiting[name].values())} documents awaiting repair")
+        checks.append({
+            "name": f"collection {name}",
+            "ok": not problems,
+            "detail": detail + (f" ({', '.join(problems)})" if problems else ""),
+            "fix": f"citadel verify --repair --collection {name}" if problems else "",
+        })
+    return checks
 
 
 async def run_checks(settings: Settings) -> list[dict[str, Any]]:
@@ -54,6 +81,8 @@ async def run_checks(settings: Settings) -> list[dict[str, Any]]:
             return f"qdrant {settings.qdrant_url}" if settings.qdrant_url else f"embedded qdrant at {settings.qdrant_path}"
 
         results.append(await _check("vector store", store, "start Qdrant or fix CITADEL_QDRANT_URL / CITADEL_QDRANT_API_KEY; embedded mode allows one process per folder"))
+        if results[-1]["ok"] and results[-2]["ok"]:
+            results.extend(await _drift_checks(resources))
 
         api = os.environ.get("PREFECT_API_URL")
         if api:

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from citadel.errors import CollectionMismatchError
+from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.resources import Resources
 from citadel.settings import Settings
 from citadel.collections import check_collection_name
+
+
+def check_query(query: str) -> str:
+    """``query`` when it has something to search for; an empty or punctuation-only query would
+    embed to nothing and return arbitrary hits, so it is a :class:`ConfigurationError`."""
+    if not any(ch.isalnum() for ch in query):
+        raise ConfigurationError(
+            ("the query is empty" if not query.strip() else f"the query {query!r} has no letters or digits")
+            + ": give the words to search for"
+        )
+    return query
 
 
 async def search(
@@ -43,6 +54,7 @@ async def search_with(
     A collection indexed with another model is refused: its vectors and the query's would not compare.
     """
     check_collection_name(collection)
+    check_query(query)
     known = await (await resources.registry()).collection(collection)
     if known and known[0] != resources.embedder.model:
         raise CollectionMismatchError(
@@ -50,5 +62,11 @@ async def search_with(
             f"{resources.embedder.model}; search it with the same embedder settings it was indexed with"
         )
     vector = (await resources.cached_embedder.embed([query])).vectors[0]
-    hits = await resources.store.search(collection, vector, limit=limit, score_threshold=score_threshold, filters=filters)
+    store = resources.store
+    if known and not await store.collection_exists(collection):
+        raise ConfigurationError(
+            f"collection {collection!r} is in the registry but the vector store has lost it (a new server, a lost "
+            f"volume?); `citadel verify --repair --collection {collection}` writes it back"
+        )
+    hits = await store.search(collection, vector, limit=limit, score_threshold=score_threshold, filters=filters)
     return [hit.as_dict() for hit in hits]

@@ -1,25 +1,37 @@
-"""What is indexed where: registry counts beside the vector store's own counts."""
+"""What is indexed where: registry counts beside the vector store's own counts, and the runs.
+
+The store is looked at the cheap way (:mod:`citadel.storeprobe`), so ``citadel status`` on a large
+embedded store does not load it; runs whose process is gone are marked crashed on the way.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from citadel.consistency import check_store
 from citadel.resources import Resources
+from citadel.runlock import mark_crashed_runs
 from citadel.settings import Settings
 
 
 async def collect_status(settings: Settings, runs: int = 10, dead_letters: int = 50) -> dict[str, Any]:
-    """Per collection documents, chunks and vectors; the last runs; the newest dead letters."""
+    """Per collection documents, chunks, vectors and drift; the last runs (crashed ones marked);
+    the newest dead letters."""
     resources = Resources(settings)
     try:
         registry = await resources.registry()
+        crashed = await mark_crashed_runs(registry)
         collections = await registry.collection_stats()
         for entry in collections:
-            entry["vectors"] = await resources.store.count(entry["collection"])
+            check = await check_store(resources, entry["collection"])
+            entry["vectors"] = check.points or 0
+            entry["drift"] = check.drift or bool(entry["awaiting_repair"])
+            entry["missing"], entry["stray"] = check.missing, check.stray
         return {
             "collections": collections,
             "runs": await registry.recent_runs(runs),
             "dead_letters": await registry.dead_letters(limit=dead_letters),
+            "crashed_runs": crashed,
         }
     finally:
         await resources.aclose()

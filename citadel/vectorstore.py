@@ -9,15 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.storeprobe import embedded_store_holder
+
+log = logging.getLogger(__name__)
+
+LOCAL_MODE_COMFORT = 20_000
+"""Points per collection above which qdrant-client itself advises a server."""
+
+
+
+@contextmanager
+def _without_local_mode_warning() -> Iterator[None]:
+    """qdrant-client warns at every open and at the first large upsert of an embedded store;
+    Citadel says it once, in its own words, with the setting to change (:func:`advise_if_large`).
+    The filter added is that one warning's: if threads interleave, at worst it outlives the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Local mode is not recommended", category=UserWarning)
+        yield
 
 # Embedded mode locks its folder to one client per process, so clients are shared by path.
 _LOCAL_CLIENTS: dict[str, QdrantClient] = {}
@@ -32,14 +52,35 @@ def local_client(path: Path) -> QdrantClient:
         if client is None:
             path.mkdir(parents=True, exist_ok=True)
             try:
-                client = QdrantClient(path=key)
+                with _without_local_mode_warning():
+                    client = QdrantClient(path=key)
             except RuntimeError as exc:
+                holder = embedded_store_holder(path) or "another process"
                 raise ConfigurationError(
-                    f"the embedded vector store at {key} is in use by another process; "
-                    "stop it or point CITADEL_QDRANT_URL at a Qdrant server"
+                    f"the embedded vector store at {key} is in use by {holder}; wait for it to finish, "
+                    "or point CITADEL_QDRANT_URL at a Qdrant server, which any number of processes can share"
                 ) from exc
+            for collection in client.get_collections().collections:
+                advise_if_large(client, key, collection.name)
             _LOCAL_CLIENTS[key] = client
         return client
+
+
+_advised: set[str] = set()
+
+
+def advise_if_large(client: QdrantClient, key: str, name: str) -> None:
+    """Once per process and store: one line of advice when an embedded collection outgrows it."""
+    if key in _advised:
+        return
+    points = client.count(name, exact=True).count
+    if points > LOCAL_MODE_COMFORT:
+        _advised.add(key)
+        log.warning(
+            "the embedded vector store at %s holds over %s points in %s (%s); it keeps every point in memory "
+            "and searches by scanning them all: point CITADEL_QDRANT_URL at a Qdrant server",
+            key, f"{LOCAL_MODE_COMFORT:,}", name, f"{points:,}",
+        )
 
 
 @atexit.register
@@ -97,9 +138,10 @@ class VectorStore:
     thread and never blocks the event loop.
     """
 
-    def __init__(self, client: QdrantClient, *, batch_size: int = 128, is_server: bool = False) -> None:
+    def __init__(self, client: QdrantClient, *, batch_size: int = 128, is_server: bool = False, path_key: str = "") -> None:
         self.client = client
         self.is_server = is_server
+        self.path_key = path_key  # the embedded store's folder
         self.batch_size = batch_size
         self._checked: set[tuple[str, int, str]] = set()
 
@@ -107,7 +149,7 @@ class VectorStore:
     def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
         if url:
             return cls(QdrantClient(url=url, api_key=api_key, timeout=60), batch_size=batch_size, is_server=True)
-        return cls(local_client(path), batch_size=batch_size)
+        return cls(local_client(path), batch_size=batch_size, path_key=str(path.resolve()))
 
     async def _run(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -171,7 +213,13 @@ class VectorStore:
                 vectors=[list(map(float, v)) for v in vectors[start:end]],
                 payloads=list(payloads[start:end]),
             )
-            self.client.upsert(name, points=batch, wait=True)
+            if self.is_server:
+                self.client.upsert(name, points=batch, wait=True)
+                continue
+            with _without_local_mode_warning():
+                self.client.upsert(name, points=batch, wait=True)
+        if not self.is_server:
+            advise_if_large(self.client, self.path_key, name)
 
     async def upsert(self, name: str, ids: Sequence[str], vectors: Sequence[Any], payloads: Sequence[dict]) -> None:
         """Write points in batches and return once the store acknowledged every batch."""
@@ -189,6 +237,26 @@ class VectorStore:
         """Delete points by id (the registry knows them; a filter scan would be slow in embedded mode)."""
         if ids:
             await self._run(self._delete_sync, name, ids)
+
+    async def present(self, name: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the collection holds (nothing but the ids is read)."""
+        if not ids:
+            return set()
+        records = await self._run(self.client.retrieve, name, ids=list(ids), with_vectors=False, with_payload=False)
+        return {str(record.id) for record in records}
+
+    def _point_ids_sync(self, name: str, page: int) -> set[str]:
+        found: set[str] = set()
+        offset = None
+        while True:
+            points, offset = self.client.scroll(name, limit=page, offset=offset, with_payload=False, with_vectors=False)
+            found.update(str(point.id) for point in points)
+            if offset is None:
+                return found
+
+    async def point_ids(self, name: str, page: int = 2000) -> set[str]:
+        """Every point id of a collection, scrolled a page at a time (for a full check against the registry)."""
+        return await self._run(self._point_ids_sync, name, page)
 
     async def retrieve_vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
         """Stored vectors by point id, for reusing them instead of embedding a moved chunk again."""

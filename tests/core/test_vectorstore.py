@@ -205,3 +205,27 @@ def test_connect_without_url_uses_shared_local_client(tmp_path: Path) -> None:
     assert store.client is local_client(tmp_path / "q")
     assert store.batch_size == 64
     assert store.is_server is False
+
+
+async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """qdrant-client warns at every open and at the first large upsert; Citadel says it once, its way."""
+    import warnings
+
+    from citadel import vectorstore
+    from citadel.vectorstore import LOCAL_MODE_COMFORT, close_local_clients
+
+    count = LOCAL_MODE_COMFORT + 1
+    ids = [str(uuid.UUID(int=i)) for i in range(count)]
+    with warnings.catch_warnings(record=True) as leaked, caplog.at_level("WARNING", logger="citadel"):
+        store = VectorStore.connect(url=None, api_key=None, path=tmp_path / "large", batch_size=256)
+        await store.ensure_collection("big", 2, "m")
+        await store.upsert("big", ids, np.ones((count, 2), dtype=np.float32), [{}] * count)
+        close_local_clients()
+        vectorstore._advised.clear()
+        VectorStore.connect(url=None, api_key=None, path=tmp_path / "large")  # opened again: said again, once
+        close_local_clients()
+    assert not [w for w in leaked if "Local mode" in str(w.message)], "qdrant-client's own warning does not leak"
+    advice = [r.getMessage() for r in caplog.records if r.name == "citadel.vectorstore"]
+    assert len(advice) == 2 and all("over 20,000 points in big (20,001)" in a and "CITADEL_QDRANT_URL" in a for a in advice)

@@ -1,0 +1,249 @@
+"""Does the vector store still hold what the registry says? Check cheaply, verify fully, repair.
+
+The registry decides what is "unchanged", so a store that lost points (a new Qdrant server, a
+lost volume, an older snapshot restored) would never be refilled. Every run therefore checks,
+before it counts anything unchanged, that the collection exists, that its point count fits the
+registry, and that a sample of the registry's point ids is there. The check reads the store
+without opening it when it can (:mod:`citadel.storeprobe`). When it fails, every point id is
+compared and the documents whose points are missing are marked for repair: the run (or the
+next run of their source) writes them again, through the embedding cache.
+
+What the registry allows: the store must hold every ``indexed`` chunk of every ``indexed``
+document (``expected``), and may hold at most every chunk the registry knows, pending ones
+included (``registered``): a run killed between its write-ahead intent and its commit leaves
+pending chunks that may or may not have reached the store.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+
+from citadel.registry import Registry, chunked
+from citadel.resources import Resources
+from citadel.schema import chunks, documents
+from citadel.settings import secret
+from citadel.storeprobe import StoreSnapshot, probe_embedded, probe_server
+
+SAMPLE_SIZE = 32
+
+
+@dataclass
+class StoreCheck:
+    """What a check of one collection found, and what it did about it."""
+
+    collection: str
+    expected: int  # points the store must hold
+    registered: int  # points the store may hold at most
+    points: int | None  # points it holds; None when it lacks the collection
+    sampled: int = 0
+    checked_by: str = ""  # "file", "rest" or "client"
+    full: bool = False  # every point id was compared
+    missing: int = 0  # registry points the store lacks
+    stray: int = 0  # store points the registry does not know
+    documents_to_repair: int = 0  # documents marked for repair (their points are written again)
+    sources_to_repair: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # what the check cost
+
+    @property
+    def drift(self) -> bool:
+        """Whether the store and the registry disagree."""
+        return bool(self.missing or self.stray or self.points is None and self.expected)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drift": self.drift}
+
+
+# registry side -------------------------------------------------------------------------------
+
+
+def _expected_clause(collection: str) -> Any:
+    """Chunks that must be in the store: indexed chunks of indexed documents."""
+    return sa.and_(
+        chunks.c.collection == collection,
+        chunks.c.state == "indexed",
+        sa.exists().where(
+            documents.c.collection == chunks.c.collection,
+            documents.c.id == chunks.c.document_id,
+            documents.c.status == "indexed",
+        ),
+    )
+
+
+async def registry_counts(registry: Registry, collection: str) -> tuple[int, int]:
+    """(expected, registered) point counts of ``collection``."""
+    async with registry.engine.connect() as conn:
+        expected = (await conn.execute(sa.select(sa.func.count()).select_from(chunks).where(_expected_clause(collection)))).scalar_one()
+        registered = (await conn.execute(sa.select(sa.func.count()).select_from(chunks).where(chunks.c.collection == collection))).scalar_one()
+    return int(expected), int(registered)
+
+
+async def sample_point_ids(registry: Registry, collection: str, size: int = SAMPLE_SIZE) -> list[str]:
+    """About ``size`` expected point ids from a random place in the id order (an index range scan,
+    not a sort of the whole table: point ids are uniform uuid5s)."""
+    start = str(secrets.token_hex(16))
+    start = f"{start[:8]}-{start[8:12]}-{start[12:16]}-{start[16:20]}-{start[20:]}"
+    found: list[str] = []
+    async with registry.engine.connect() as conn:
+        for clause in (chunks.c.point_id >= start, chunks.c.point_id < start):
+            rows = await conn.execute(
+                sa.select(chunks.c.point_id).where(_expected_clause(collection), clause).order_by(chunks.c.point_id).limit(size - len(found))
+            )
+            found.extend(rows.scalars())
+            if len(found) >= size:
+                break
+    return found
+
+
+async def _point_ids(registry: Registry, collection: str, *, expected_only: bool) -> set[str]:
+    where = _expected_clause(collection) if expected_only else chunks.c.collection == collection
+    found: set[str] = set()
+    last = ""
+    async with registry.engine.connect() as conn:
+        while True:
+            rows = (
+                await conn.execute(
+                    sa.select(chunks.c.point_id).where(where, chunks.c.point_id > last).order_by(chunks.c.point_id).limit(10_000)
+                )
+            ).scalars().all()
+            if not rows:
+                return found
+            found.update(rows)
+            last = rows[-1]
+
+
+async def mark_for_repair(registry: Registry, collection: str, point_ids: Sequence[str]) -> dict[str, str]:
+    """Mark the documents owning ``point_ids`` for repair: those chunks become pending (nothing
+    reuses a vector the store lost) and the documents ``repair``, so their next run writes them
+    again. Returns {document id: source}."""
+    owners: dict[str, str] = {}
+    async with registry.engine.begin() as conn:
+        for part in chunked(list(point_ids)):
+            doc_ids = (
+                await conn.execute(
+                    sa.select(chunks.c.document_id).distinct().where(chunks.c.collection == collection, chunks.c.point_id.in_(part))
+                )
+            ).scalars().all()
+            await conn.execute(
+                chunks.update().where(chunks.c.collection == collection, chunks.c.point_id.in_(part)).values(state="pending")
+            )
+            for docs in chunked(doc_ids):
+                rows = await conn.execute(
+                    sa.select(documents.c.id, documents.c.source).where(documents.c.collection == collection, documents.c.id.in_(docs))
+                )
+                owners.update({row.id: row.source for row in rows})
+                await conn.execute(
+                    documents.update()
+                    .where(documents.c.collection == collection, documents.c.id.in_(docs), documents.c.status == "indexed")
+                    .values(status="repair")
+                )
+    return owners
+
+
+async def awaiting_repair(registry: Registry, collection: str | None = None) -> dict[str, dict[str, int]]:
+    """{collection: {source: documents marked for repair}}."""
+    query = (
+        sa.select(documents.c.collection, documents.c.source, sa.func.count())
+        .where(documents.c.status == "repair")
+        .group_by(documents.c.collection, documents.c.source)
+    )
+    if collection is not None:
+        query = query.where(documents.c.collection == collection)
+    found: dict[str, dict[str, int]] = {}
+    async with registry.engine.connect() as conn:
+        for name, source, count in await conn.execute(query):
+            found.setdefault(name, {})[source] = int(count)
+    return found
+
+
+# store side ----------------------------------------------------------------------------------
+
+
+async def snapshot(resources: Resources, collection: str, sample: Sequence[str]) -> StoreSnapshot:
+    """The store's count and sampled ids, read without opening the store when that can be done."""
+    settings = resources.settings
+    found: StoreSnapshot | None = None
+    if not resources.store_opened:
+        if settings.qdrant_url:
+            found = await probe_server(settings.qdrant_url, secret(settings.qdrant_api_key), collection, sample)
+        else:
+            found = probe_embedded(settings.qdrant_path, collection, sample)
+    if found is not None:
+        return found
+    store = resources.store
+    if not await store.collection_exists(collection):
+        return StoreSnapshot(False, 0, frozenset(), "client")
+    return StoreSnapshot(True, await store.count(collection), frozenset(await store.present(collection, sample)), "client")
+
+
+# checks --------------------------------------------------------------------------------------
+
+
+async def check_store(resources: Resources, collection: str, sample_size: int = SAMPLE_SIZE) -> StoreCheck:
+    """The cheap check: the collection exists, its count fits the registry, a sample is there."""
+    started = time.perf_counter()
+    registry = await resources.registry()
+    expected, registered = await registry_counts(registry, collection)
+    sample = await sample_point_ids(registry, collection, sample_size) if expected else []
+    seen = await snapshot(resources, collection, sample)
+    check = StoreCheck(collection, expected, registered, seen.points if seen.exists else None, len(sample), seen.how)
+    if not seen.exists:
+        check.missing = expected
+    else:
+        check.missing = max(expected - seen.points, len(sample) - len(seen.present))
+        check.stray = max(seen.points - registered, 0)
+    check.seconds = round(time.perf_counter() - started, 4)
+    return check
+
+
+async def verify_store(resources: Resources, collection: str) -> tuple[StoreCheck, list[str], list[str]]:
+    """The full check: every point id of the store against the registry. Returns the check, the
+    missing point ids and the stray ones. Opens the store."""
+    started = time.perf_counter()
+    registry = await resources.registry()
+    store = resources.store
+    exists = await store.collection_exists(collection)
+    # The store first: a concurrent run registers a point before it writes it, so any point seen
+    # in the store is already in the registry when the registry is read next.
+    in_store = await store.point_ids(collection) if exists else set()
+    expected = await _point_ids(registry, collection, expected_only=True)
+    registered = await _point_ids(registry, collection, expected_only=False)
+    missing = sorted(expected - in_store)
+    stray = sorted(in_store - registered)
+    check = StoreCheck(
+        collection, len(expected), len(registered), len(in_store) if exists else None, len(expected), "client",
+        full=True, missing=len(missing), stray=len(stray), seconds=round(time.perf_counter() - started, 4),
+    )
+    return check, missing, stray
+
+
+async def repair_store(resources: Resources, collection: str, missing: Sequence[str], stray: Sequence[str] = ()) -> dict[str, str]:
+    """Create the collection if the store lost it, delete ``stray`` points, and mark the documents
+    of ``missing`` points for repair; returns {document id: source} of those documents."""
+    registry = await resources.registry()
+    known = await registry.collection(collection)
+    if known is not None:
+        await resources.store.ensure_collection(collection, known[1], known[0])
+    if stray:
+        await resources.store.delete(collection, list(stray))
+    return await mark_for_repair(registry, collection, missing) if missing else {}
+
+
+async def reconcile(resources: Resources, collection: str) -> StoreCheck:
+    """What a run does before it indexes: the cheap check, and when points are missing, the full
+    check and the repair marks (stray points are only reported: ``citadel verify --repair``
+    deletes them)."""
+    check = await check_store(resources, collection)
+    if not check.missing:
+        return check
+    full, missing, _ = await verify_store(resources, collection)
+    owners = await repair_store(resources, collection, missing)
+    full.sampled, full.checked_by = check.sampled, f"{check.checked_by}+client"
+    full.seconds = round(check.seconds + full.seconds, 4)
+    full.documents_to_repair = len(owners)
+    full.sources_to_repair = sorted(set(owners.values()))
+    return full
