@@ -44,6 +44,7 @@ def _current_rss_mb() -> float:
 async def _plain_loop(corpus: Path, collection: str, report: dict) -> dict:
     """The same work with the same core objects, one step after another, without Prefect."""
     from citadel import indexing
+    from citadel.indexrun import index_source
     from citadel.resources import Resources
     from citadel.settings import Settings
 
@@ -52,7 +53,7 @@ async def _plain_loop(corpus: Path, collection: str, report: dict) -> dict:
     await resources.embedder.embed(WARMUP_TEXTS)  # and start the hashing worker process
     report["baseline_rss_mb"] = _current_rss_mb()
     start = time.perf_counter()
-    summary = await indexing.index_source(resources, str(corpus), collection)
+    summary = await index_source(resources, str(corpus), collection)
     report["seconds"] = time.perf_counter() - start
     await resources.aclose()
     return {"chunks_written": summary["chunks_written"], "chunks_embedded": summary["chunks_embedded"]}
@@ -69,10 +70,46 @@ def _store_open_time(data_dir: Path) -> dict:
     return {"store_open_s": opened}
 
 
+def _store_check_times(data_dir: Path) -> dict:
+    """What the consistency check of an unchanged run costs on the indexed collection: read from the
+    embedded store's files, over a Qdrant server's REST API, and the full comparison of every id."""
+    os.environ["CITADEL_DATA_DIR"] = str(data_dir)
+    from citadel.consistency import check_store, verify_store
+    from citadel.resources import Resources
+    from citadel.settings import Settings
+    from tests.support.qdrant_server import start_qdrant_process, stop_qdrant_process
+
+    async def checks(settings: Settings) -> dict:
+        resources = Resources(settings)
+        seconds, how = [], set()
+        for _ in range(RERUNS):
+            check = await check_store(resources, "bench")
+            assert not check.drift, check
+            seconds.append(check.seconds)
+            how.add(check.checked_by)
+        opened = resources.store_opened
+        start = time.perf_counter()
+        full, _, _ = await verify_store(resources, "bench")
+        verify_s = time.perf_counter() - start
+        await resources.aclose()
+        return {"check_s": statistics.median(seconds), "checked_by": sorted(how), "opened_store": opened,
+                "verify_s": verify_s, "points": full.points}
+
+    embedded = asyncio.run(checks(Settings()))
+    server, url = start_qdrant_process(data_dir / "qdrant", timeout=300)  # serves the same store over REST
+    try:
+        rest = asyncio.run(checks(Settings(qdrant_url=url)))
+    finally:
+        stop_qdrant_process(server)
+    return {"embedded": embedded, "rest": rest}
+
+
 def run_one(mode: str, corpus: Path, data_dir: Path) -> dict:
     """Run one measurement in this process (called in a child process by ``main``)."""
     if mode == "store":
         return _store_open_time(data_dir)
+    if mode == "check":
+        return _store_check_times(data_dir)
     os.environ["CITADEL_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -109,6 +146,7 @@ def run_one(mode: str, corpus: Path, data_dir: Path) -> dict:
                     inner.append(again["duration_s"])
                     report["rerun_chunks_embedded"] = max(report.get("rerun_chunks_embedded", 0), again["chunks_embedded"])
                     report["rerun_opened_store"] = report.get("rerun_opened_store", False) or again["vector_store_opened"]
+                    report["rerun_store_check_s"] = again["store"]["seconds"]
                 report["rerun_walls_s"] = walls
                 report["rerun_seconds"] = statistics.median(walls)
                 report["rerun_flow_reported_s"] = statistics.median(inner)
@@ -157,6 +195,7 @@ def main() -> None:
         loop = _child("loop", corpus, root / "loop")
         flow = _child("flow+rerun", corpus, root / "flow", flow_env)
         store = _child("store", corpus, root / "flow")
+        check = _child("check", corpus, root / "flow")
     report = {
         "files": args.files,
         "prefect_server": "postgres" if args.prefect_postgres else "local sqlite",
@@ -165,6 +204,7 @@ def main() -> None:
         "loop": loop,
         "flow": flow,
         "store": store,
+        "check": check,
         "loop_chunks_per_s": loop["chunks_written"] / loop["seconds"],
         "flow_chunks_per_s": flow["chunks_written"] / flow["seconds"],
         "flow_over_loop": loop["seconds"] / flow["seconds"],
@@ -189,6 +229,10 @@ def main() -> None:
         print(f"| growth while indexing (peak minus before) | {loop_growth:.0f} MB | {flow_growth:.0f} MB |")
         print(f"| growth per chunk indexed | {1024 * loop_growth / report['chunks']:.1f} KB | {1024 * flow_growth / report['chunks']:.1f} KB |")
         print(f"| reopening the embedded store (what an unchanged run skips) | | {store['store_open_s']:.2f} s |")
+        embedded, rest = check["embedded"], check["rest"]
+        print(f"| store check of an unchanged run, embedded store read from its files (median of {RERUNS}) | | {1000 * embedded['check_s']:.1f} ms, store opened: {embedded['opened_store']} |")
+        print(f"| store check of an unchanged run, Qdrant server over REST (median of {RERUNS}) | | {1000 * rest['check_s']:.1f} ms, client opened: {rest['opened_store']} |")
+        print(f"| full comparison of every point id (`citadel verify`), {embedded['points']} points | | {embedded['verify_s']:.2f} s embedded (store opened), {rest['verify_s']:.2f} s server |")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from citadel.hashing import sha256_text
 
+CHUNKER_VERSION = "c1"
+"""Changes whenever the same text and settings would cut different chunks, so documents re-chunk."""
+
 _SENTENCE_END = re.compile(r"[.!?;:][\"')\]]*\s+|\n")
 _WHITESPACE = re.compile(r"\s+")
 

@@ -6,9 +6,9 @@ becomes a :class:`LoadFailure` with its reason instead of stopping the run.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,6 @@ from typing import Any, Iterable, Iterator, Sequence
 from citadel.errors import ConfigurationError
 from citadel.hashing import sha256_text
 
-log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
 
@@ -52,37 +51,60 @@ class LoadFailure:
 
 @dataclass
 class SourceListing:
-    """What one source holds. ``complete`` means documents missing from it may be deleted."""
+    """What one source holds. ``complete`` means documents missing from it may be deleted;
+    ``problems`` names the folders that could not be read."""
 
     key: str
     paths: list[Path]
     complete: bool
+    problems: list[str] = field(default_factory=list)
 
 
-def list_source(source: str | os.PathLike[str]) -> SourceListing:
-    """List the supported files of a directory (recursively), a glob pattern or one file."""
+def _missing_path(text: str) -> ConfigurationError:
+    """Why ``text`` cannot be listed: a symlink loop, a broken symlink, or nothing there."""
+    try:
+        os.stat(text)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return ConfigurationError(f"path {text!r} is a symlink loop (a link that leads back to itself); fix or remove the link")
+    if os.path.islink(text):
+        return ConfigurationError(f"path {text!r} is a symlink to {os.readlink(text)!r}, which does not exist")
+    return ConfigurationError(f"path {text!r} does not exist; give a directory, a file or a glob of documents")
+
+
+def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    return any(path == folder or folder in path.parents for folder in folders)
+
+
+def list_source(source: str | os.PathLike[str], exclude: Sequence[str | os.PathLike[str]] = ()) -> SourceListing:
+    """List the supported files of a directory (recursively), a glob pattern or one file.
+
+    Hidden files and folders (names starting with ``.``) and the folders in ``exclude`` (Citadel's
+    own data folder) are never listed.
+    """
     text = str(source)
     path = Path(text).expanduser()
+    skipped = [Path(folder).resolve() for folder in exclude]
     if any(ch in text for ch in "*?["):
         pattern = str(path if path.is_absolute() else Path.cwd() / path)
         paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        return SourceListing(pattern, [p for p in paths if p.suffix.lower() in SUPPORTED_SUFFIXES], True)
+        paths = [p for p in paths if p.suffix.lower() in SUPPORTED_SUFFIXES and not _inside(p.resolve(), skipped)]
+        return SourceListing(pattern, paths, True)
     if not path.exists():
-        raise ConfigurationError(f"path {text!r} does not exist; give a directory, a file or a glob of documents")
+        raise _missing_path(text)
     path = path.resolve()
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise ConfigurationError(f"{path} is not a supported document ({', '.join(SUPPORTED_SUFFIXES)})")
         return SourceListing(str(path), [path], True)
-    paths, unreadable = _walk(path)
-    for problem in unreadable:
-        log.warning("cannot read %s; documents under it are kept and nothing is deleted this run", problem)
-    return SourceListing(str(path), paths, complete=not unreadable)
+    paths, unreadable = _walk(path, skipped)
+    return SourceListing(str(path), paths, complete=not unreadable, problems=unreadable)
 
 
-def _walk(root: Path) -> tuple[list[Path], list[str]]:
-    """Supported files under ``root`` (hidden files and folders left out), and the folders that
-    could not be read. A folder that fails to list must not look empty: that would prune it."""
+def _walk(root: Path, skipped: Sequence[Path] = ()) -> tuple[list[Path], list[str]]:
+    """Supported files under ``root`` (hidden files and folders and ``skipped`` folders left out),
+    and the folders that could not be read. A folder that fails to list must not look empty:
+    that would prune it."""
     unreadable: list[str] = []
     found: list[Path] = []
 
@@ -90,7 +112,10 @@ def _walk(root: Path) -> tuple[list[Path], list[str]]:
         unreadable.append(f"{exc.filename}: {exc.strerror or exc}")
 
     for folder, subfolders, files in os.walk(root, onerror=failed):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        subfolders[:] = [
+            name for name in subfolders
+            if not name.startswith(".") and not (skipped and _inside(Path(folder, name).resolve(), skipped))
+        ]
         for name in files:
             candidate = Path(folder, name)
             if not name.startswith(".") and candidate.suffix.lower() in SUPPORTED_SUFFIXES and candidate.is_file():
@@ -102,7 +127,8 @@ def shard_listing(listing: SourceListing, shard: int, shards: int) -> SourceList
     """The files of ``listing`` that belong to ``shard`` of ``shards`` (still a complete listing of that shard)."""
     from citadel.sharding import shard_of
 
-    return SourceListing(listing.key, [p for p in listing.paths if shard_of(str(p), shards) == shard], listing.complete)
+    paths = [p for p in listing.paths if shard_of(str(p), shards) == shard]
+    return SourceListing(listing.key, paths, listing.complete, listing.problems)
 
 
 def _decode(path: Path, data: bytes) -> str:

@@ -9,40 +9,38 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
-import time
-
-from citadel.chunking import chunk_text
-from citadel.documents import (
-    Document,
-    LoadFailure,
-    SourceListing,
-    iter_groups,
-    list_source,
-    load_group,
-    shard_listing,
-)
+from citadel.chunking import CHUNKER_VERSION, chunk_text
+from citadel.collections import check_collection_name
+from citadel.documents import Document, LoadFailure
 from citadel.errors import EmbedderError
 from citadel.hashing import point_id
-from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry
+from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry, StoredDocument
 from citadel.resources import Resources
-from citadel.sharding import check_shard, shard_of
-from citadel.collections import check_collection_name
+from citadel.sharding import shard_of
 
 
 # Statuses that blame the configuration (bad key, unknown model), never one document.
 _BACKEND_MISCONFIGURED = {401, 403, 404}
 
 
+Change = Literal["added", "updated", "repaired"]
+
+
+def chunking_key(chunk_size: int, chunk_overlap: int) -> str:
+    """What a document was split with; another key makes it changed, so new settings re-chunk it."""
+    return f"{CHUNKER_VERSION}:{chunk_size}/{chunk_overlap}"
+
+
 @dataclass
 class PlannedDocument:
-    """A new or changed document: its chunks, and which of them need a vector computed."""
+    """A new, changed or repaired document: its chunks, and which of them need a vector computed."""
 
     record: DocumentRecord
-    is_new: bool
+    change: Change
     texts: list[str]
     payloads: list[dict[str, Any]]
     reuse: dict[int, str] = field(default_factory=dict)  # chunk position -> old point id with the same text
@@ -86,6 +84,7 @@ class RunCounts:
     chunks_written: int = 0
     chunks_reused: int = 0
     cache_hits: int = 0
+    repaired: int = 0
 
     def add_embedded(self, batch: "EmbeddedBatch") -> None:
         self.chunks_embedded += batch.chunks_embedded
@@ -96,6 +95,7 @@ class RunCounts:
     def add_written(self, written: "WriteResult") -> None:
         self.added += written.added
         self.updated += written.updated
+        self.repaired += written.repaired
         self.chunks_written += written.chunks_written
 
     def as_dict(self) -> dict[str, int]:
@@ -106,6 +106,7 @@ class RunCounts:
 class WriteResult:
     added: int = 0
     updated: int = 0
+    repaired: int = 0
     chunks_written: int = 0
 
 
@@ -132,7 +133,9 @@ async def plan_batch(
         else:
             docs.append(item)
     stored = await registry.get_documents(collection, [d.id for d in docs])
+    chunking = chunking_key(chunk_size, chunk_overlap)
     changed: list[tuple[Document, str]] = []
+    unrecorded: list[str] = []
     for doc in docs:
         content_hash = doc.content_hash
         known = stored.get(doc.id)
@@ -145,12 +148,19 @@ async def plan_batch(
             ))
             continue
         if not full and known is not None and known.status == "indexed" and known.content_hash == content_hash:
-            plan.unchanged += 1
-        else:
-            changed.append((doc, content_hash))
+            if known.chunking == chunking:
+                plan.unchanged += 1
+                continue
+            if not known.chunking:  # indexed before the registry kept the chunk settings
+                plan.unchanged += 1
+                unrecorded.append(doc.id)
+                continue
+        changed.append((doc, content_hash))
+    if unrecorded:
+        await registry.record_chunking(collection, unrecorded, chunking)
     if not changed:
         return plan
-    old_chunks = await registry.get_chunks(collection, [doc.id for doc, _ in changed])
+    old_chunks = await registry.get_chunks(collection, [d.id for d, _ in changed])
     indexed_at = _now()
     for doc, content_hash in changed:
         pieces = chunk_text(doc.text, chunk_size, chunk_overlap)
@@ -158,9 +168,10 @@ async def plan_batch(
         old = old_chunks.get(doc.id, [])
         new_ids = {row.point_id for row in rows}
         by_hash = {c.chunk_hash: c.point_id for c in old if c.state == "indexed"}
+        known = stored.get(doc.id)
         planned = PlannedDocument(
-            record=DocumentRecord(doc.id, doc.source, content_hash, rows, origin=doc.origin or doc.id),
-            is_new=doc.id not in stored or stored[doc.id].status != "indexed",
+            record=DocumentRecord(doc.id, doc.source, content_hash, rows, origin=doc.origin or doc.id, chunking=chunking),
+            change=_change(known, content_hash),
             texts=[c.text for c in pieces],
             payloads=[
                 {
@@ -180,6 +191,16 @@ async def plan_batch(
         )
         plan.documents.append(planned)
     return plan
+
+
+def _change(known: StoredDocument | None, content_hash: str) -> Change:
+    """How a re-written document counts: new (or never confirmed in the store), changed, or only
+    repaired (the store lost its points; its content is what the registry has)."""
+    if known is None or known.status == "pending":
+        return "added"
+    if known.status == "repair" and known.content_hash == content_hash:
+        return "repaired"
+    return "updated"
 
 
 async def _embed_texts(resources: Resources, texts: list[str]) -> tuple[np.ndarray, int, int]:
@@ -274,10 +295,11 @@ async def record_documents(resources: Resources, batch: EmbeddedBatch, collectio
     plan = batch.plan
     await registry.commit_documents(collection, resources.embedder.model, [d.record for d in plan.documents])
     await registry.record_dead_letters(collection, plan.failures)
-    added = sum(1 for d in plan.documents if d.is_new)
+    changes = [d.change for d in plan.documents]
     return WriteResult(
-        added=added,
-        updated=len(plan.documents) - added,
+        added=changes.count("added"),
+        updated=changes.count("updated"),
+        repaired=changes.count("repaired"),
         chunks_written=sum(len(d.record.chunks) for d in plan.documents),
     )
 
@@ -367,107 +389,3 @@ async def prepare_collection(resources: Resources, collection: str) -> None:
     await registry.ensure_collection(collection, embedder.model, embedder.dimensions)
 
 
-@dataclass
-class ResolvedSource:
-    """What a run indexes: files of a listing or inline records, under one source key."""
-
-    listing: SourceListing | None
-    records: list[dict[str, Any]] | None
-    key: str
-    prune: bool
-    shard: tuple[int, int] | None = None
-
-    def groups(self, settings: Any) -> Any:
-        """Groups to load one at a time, bounded by the settings' batch limits."""
-        return iter_groups(
-            self.listing, self.records,
-            max_documents=settings.document_batch_size, max_bytes=settings.document_batch_bytes,
-        )
-
-
-def resolve_source(
-    source: str | Sequence[dict[str, Any]],
-    *,
-    prune: bool | None = None,
-    source_name: str = "inline",
-    shard: int | None = None,
-    shards: int | None = None,
-) -> ResolvedSource:
-    """A path, glob or list of documents as a run sees it, restricted to one shard when asked.
-
-    Directories and globs are listed completely, so they prune by default; inline lists only when
-    ``prune`` says so.
-    """
-    check_shard(shard, shards)
-    sharding = (shard, shards) if shard is not None and shards is not None else None
-    if isinstance(source, str):
-        listing = list_source(source)
-        key = listing.key
-        if sharding:
-            listing = shard_listing(listing, *sharding)
-        # A listing that missed an unreadable folder never prunes, whatever was asked.
-        return ResolvedSource(listing, None, key, listing.complete and (prune is None or prune), sharding)
-    records = list(source)
-    if sharding:
-        records = [r for r in records if shard_of(str(r.get("id", "")) if isinstance(r, dict) else "", sharding[1]) == sharding[0]]
-    return ResolvedSource(None, records, source_name, bool(prune), sharding)
-
-
-def run_summary(counts: RunCounts, seen: int, started: float, collection: str, resources: Resources, source: str, run_id: str) -> dict[str, Any]:
-    """The summary a run returns and records: its counts, what it touched and how long it took."""
-    return {
-        **counts.as_dict(),
-        "documents_seen": seen,
-        "duration_s": round(time.perf_counter() - started, 3),
-        "collection": collection,
-        "model": resources.embedder.model,
-        "source": source,
-        "vector_store_opened": resources.store_opened,
-        "run_id": run_id,
-    }
-
-
-async def index_source(
-    resources: Resources,
-    source: str | Sequence[dict[str, Any]],
-    collection: str,
-    full: bool = False,
-    prune: bool | None = None,
-    *,
-    source_name: str = "inline",
-) -> dict[str, Any]:
-    """Index ``source`` into ``collection`` one batch after another, without an orchestrator.
-
-    The same steps as the index-corpus flow, in sequence: the workflow ``index`` step and the
-    benchmark's plain loop use it. Returns the run summary.
-    """
-    started = time.perf_counter()
-    settings = resources.settings
-    resolved = resolve_source(source, prune=prune, source_name=source_name)
-    registry = await resources.registry()
-    await prepare_collection(resources, collection)
-    run_id = await registry.start_run(collection, resolved.key, None)
-    counts = RunCounts()
-    seen = SeenDocuments()
-    status = "failed"
-    try:
-        for group in resolved.groups(settings):
-            items = seen.admit(load_group(group, resolved.key, settings.max_file_bytes))
-            plan = await plan_batch(
-                registry, collection, resources.embedder.model, items,
-                chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
-            )
-            counts.unchanged += plan.unchanged
-            batch = await embed_plan(resources, plan, collection) if plan.documents else EmbeddedBatch(plan, [])
-            seen.note_failures(batch.plan)
-            counts.add_embedded(batch)
-            if batch.plan.documents or batch.plan.failures:
-                await upsert_vectors(resources, batch, collection)
-                counts.add_written(await record_documents(resources, batch, collection))
-        if resolved.prune:
-            counts.deleted = await prune_source(resources, collection, resolved.key, seen, resolved.shard)
-        status = "completed"
-    finally:
-        summary = run_summary(counts, len(seen.ids), started, collection, resources, resolved.key, run_id)
-        await registry.finish_run(run_id, status, summary)
-    return summary

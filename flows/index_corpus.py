@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -12,9 +11,12 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from citadel import progress
-from citadel.indexing import EmbeddedBatch, RunCounts, SeenDocuments, WriteResult, resolve_source, run_summary
+from citadel.indexing import EmbeddedBatch, WriteResult
+from citadel.indexrun import IndexRun, resolve_source
 from citadel.settings import EmbedderConfig, Settings, settings_for
+from tasks.crashed import mark_flow_runs_crashed
 from tasks.indexing import (
+    check_store,
     delete_stale_documents,
     embed_chunks,
     load_documents,
@@ -45,65 +47,64 @@ async def index_corpus(
     directories and globs (listed completely) and false for inline lists. ``shard`` of ``shards``
     indexes (and prunes) only the files of one shard, for sub-runs of ``index-sharded``.
     """
-    started = time.perf_counter()
     logger = get_run_logger()
     settings = settings_for(embedder)
     collection = collection or settings.collection
-    resolved = resolve_source(source, prune=prune, source_name=source_name, shard=shard, shards=shards)
-    counts = RunCounts()
-    seen = SeenDocuments()
+    resolved = resolve_source(
+        source, prune=prune, source_name=source_name, shard=shard, shards=shards, exclude=[settings.data_dir]
+    )
     async with open_resources(settings) as resources, AsyncExitStack() as slot:
-        registry = await resources.registry()
         await prepare_collection(settings, collection)
-        run_id = await registry.start_run(collection, resolved.key, str(flow_run.id) if flow_run.id else None)
-        writer: asyncio.Task | None = None
-        holding_slot = False
-        status = "failed"
-        try:
-            for group in resolved.groups(settings):
-                # quote(): Prefect would otherwise walk every document and payload looking for futures.
-                items = seen.admit(await load_documents(settings, quote(group), resolved.key))
-                plan = await plan_batch(settings, collection, quote(items), full)
-                counts.unchanged += plan.unchanged
-                if plan.documents and not holding_slot:
-                    # One slot of the backend's global limit, taken when the run first needs the
-                    # embedder (an unchanged run never does) and held until the run ends.
-                    await slot.enter_async_context(embedding_slot(settings))
-                    holding_slot = True
-                # Embedding this batch overlaps with writing the previous one.
-                embedded = await embed_chunks(settings, collection, quote(plan)) if plan.documents else EmbeddedBatch(plan, [])
-                seen.note_failures(embedded.plan)
-                counts.add_embedded(embedded)
+        async with IndexRun(resources, collection, resolved, flow_run_id=str(flow_run.id) if flow_run.id else None) as run:
+            await mark_flow_runs_crashed(run.crashed)
+            run.store = await check_store(settings, collection)
+            writer: asyncio.Task | None = None
+            holding_slot = False
+            try:
+                for group in resolved.groups(settings):
+                    # quote(): Prefect would otherwise walk every document and payload looking for futures.
+                    items = run.seen.admit(await load_documents(settings, quote(group), resolved.key))
+                    plan = await plan_batch(settings, collection, quote(items), full)
+                    run.counts.unchanged += plan.unchanged
+                    if plan.documents and not holding_slot:
+                        # One slot of the backend's global limit, taken when the run first needs the
+                        # embedder (an unchanged run never does) and held until the run ends.
+                        await slot.enter_async_context(embedding_slot(settings))
+                        holding_slot = True
+                    # Embedding this batch overlaps with writing the previous one.
+                    embedded = await embed_chunks(settings, collection, quote(plan)) if plan.documents else EmbeddedBatch(plan, [])
+                    run.seen.note_failures(embedded.plan)
+                    run.counts.add_embedded(embedded)
+                    if writer is not None:
+                        run.counts.add_written(await writer)
+                        writer = None
+                    if embedded.plan.documents or embedded.plan.failures:
+                        writer = asyncio.create_task(_write(settings, collection, embedded))
+                    progress.report(group.done, group.total, "indexing")
                 if writer is not None:
-                    counts.add_written(await writer)
+                    run.counts.add_written(await writer)
                     writer = None
-                if embedded.plan.documents or embedded.plan.failures:
-                    writer = asyncio.create_task(_write(settings, collection, embedded))
-                progress.report(group.done, group.total, "indexing")
-            if writer is not None:
-                counts.add_written(await writer)
-                writer = None
-            if resolved.prune:
-                counts.deleted = await delete_stale_documents(settings, collection, resolved.key, quote(seen), resolved.shard)
-            status = "completed"
-        except Exception:
-            if writer is not None:
-                # Let the batch already embedded finish writing, so the next run re-embeds less.
-                await asyncio.gather(writer, return_exceptions=True)
-                writer = None
-            raise
-        finally:
-            if writer is not None:  # cancelled or interrupted: stop at once, the next run repairs
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
-            summary = run_summary(counts, len(seen.ids), started, collection, resources, resolved.key, run_id)
-            summary["flow_run_id"] = str(flow_run.id) if flow_run.id else None
-            await registry.finish_run(run_id, status, summary)
+                if resolved.prune:
+                    run.counts.deleted = await delete_stale_documents(settings, collection, resolved.key, quote(run.seen), resolved.shard)
+            except Exception:
+                if writer is not None:
+                    # Let the batch already embedded finish writing, so the next run re-embeds less.
+                    await asyncio.gather(writer, return_exceptions=True)
+                    writer = None
+                raise
+            finally:
+                if writer is not None:  # cancelled or interrupted: stop at once, the next run repairs
+                    writer.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
+    summary = run.summary
+    counts = run.counts
     logger.info(
-        "indexed %s: %d added, %d updated, %d unchanged, %d deleted, %d failed, %d chunks embedded in %.2fs",
-        collection, counts.added, counts.updated, counts.unchanged, counts.deleted, counts.failed,
+        "indexed %s: %d added, %d updated, %d unchanged, %d deleted, %d failed, %d repaired, %d chunks embedded in %.2fs",
+        collection, counts.added, counts.updated, counts.unchanged, counts.deleted, counts.failed, counts.repaired,
         counts.chunks_embedded, summary["duration_s"],
     )
+    for warning in summary["warnings"]:
+        logger.warning(warning)
     return summary
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from citadel import indexing
+from citadel import consistency, indexing
 from citadel.documents import Document, LoadFailure, SourceGroup, load_group
 from citadel.settings import Settings
 from tasks.resources import get_resources
@@ -22,6 +22,13 @@ from tasks.retry import RETRYING
 async def prepare_collection(settings: Settings, collection: str) -> None:
     """Create the collection or refuse it when it holds another model's vectors."""
     await indexing.prepare_collection(get_resources(settings), collection)
+
+
+@task(name="check-store", cache_policy=NO_CACHE, **RETRYING)
+async def check_store(settings: Settings, collection: str) -> consistency.StoreCheck:
+    """Check that the vector store still holds what the registry says, cheaply, and mark the
+    documents whose points it lost for repair (this run writes them again)."""
+    return await consistency.reconcile(get_resources(settings), collection)
 
 
 @task(name="load-documents", cache_policy=NO_CACHE, **RETRYING)

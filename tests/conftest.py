@@ -75,6 +75,14 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> str:
+    """Run a test once on the embedded SQLite registry and once on the real Postgres."""
+    if request.param == "postgres":
+        monkeypatch.setenv("CITADEL_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    return request.param
+
+
 @pytest.fixture
 def collection_name() -> str:
     """A collection name no other test uses."""

@@ -332,3 +332,25 @@ def test_ids_the_registry_cannot_hold_are_failures(tmp_path: Path) -> None:
     long_id, nul_id = load_file(tmp_path / "ids.jsonl", "s", 10**7)
     assert isinstance(long_id, LoadFailure) and "over 1024" in long_id.reason and len(long_id.id) <= 1024
     assert isinstance(nul_id, LoadFailure) and "NUL" in nul_id.reason and "\x00" not in nul_id.id
+
+
+def test_a_symlink_loop_or_a_broken_link_says_what_it_is(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigurationError, match="is a symlink loop"):
+        list_source(str(tmp_path / "a"))
+    with pytest.raises(ConfigurationError, match="is a symlink to .*nowhere.*which does not exist"):
+        list_source(str(tmp_path / "broken"))
+
+
+def test_excluded_folders_are_left_out_of_folders_and_globs(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "kept.md").write_text("kept")
+    (tmp_path / "data" / "qdrant").mkdir(parents=True)
+    (tmp_path / "data" / "qdrant" / "meta.json").write_text("{}")
+    listed = list_source(str(tmp_path), [tmp_path / "data"])
+    assert [p.name for p in listed.paths] == ["kept.md"] and listed.complete
+    globbed = list_source(str(tmp_path / "**" / "*.*"), [str(tmp_path / "data")])
+    assert [p.name for p in globbed.paths] == ["kept.md"]
+    assert {p.name for p in list_source(str(tmp_path)).paths} == {"kept.md", "meta.json"}

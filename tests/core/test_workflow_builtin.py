@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from citadel.chunking import chunk_text
-from citadel.indexing import index_source
+from citadel.indexrun import index_source
 from citadel.resources import Resources
 from citadel.settings import Settings
 from citadel.workflows import (

@@ -14,24 +14,18 @@ import pytest
 from citadel.chunking import chunk_text
 from citadel.errors import CollectionMismatchError
 from citadel.registry import Registry
+from citadel.schema import index_runs
 from citadel.settings import Settings
 from citadel.vectorstore import VectorStore
 from flows.index_corpus import index_corpus
 from tests.support.corpus import dead_letters_of, index_state, write_corpus
+from tests.support.qdrant_server import QdrantTestServer
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def expected_chunks(paths: list[Path], settings: Settings) -> int:
     return sum(len(chunk_text(p.read_text(), settings.chunk_size, settings.chunk_overlap)) for p in paths)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def registry_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> str:
-    """Run a test once on the embedded SQLite registry and once on the real Postgres."""
-    if request.param == "postgres":
-        monkeypatch.setenv("CITADEL_DATABASE_URL", request.getfixturevalue("postgres_url"))
-    return request.param
 
 
 async def test_index_reindex_edit_delete(
@@ -229,6 +223,70 @@ def test_killed_run_resumes_without_duplicates(data_dir: Path, tmp_path: Path, c
     assert summary["unchanged"] >= 8
     total = expected_chunks(paths, Settings())
     assert asyncio.run(index_state(Settings(), collection_name)) == (total, total)
+    statuses = [run["status"] for run in asyncio.run(_runs_of(collection_name))]
+    assert statuses == ["completed", "crashed"], "the killed run does not stay 'running' forever"
+
+
+async def _runs_of(collection: str) -> list[dict]:
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    try:
+        return [run for run in await registry.recent_runs(1000) if run["collection"] == collection]
+    finally:
+        await registry.aclose()
+
+
+async def test_a_store_that_lost_everything_is_refilled_by_the_next_run(
+    data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Indexed on the embedded store, then pointed at an empty Qdrant server (a new server, a lost
+    volume): the next run notices, says so, and writes every document again."""
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=5)
+    first = await index_corpus(str(corpus), collection=collection_name)
+    assert first["added"] == 5
+    with QdrantTestServer(tmp_path / "empty-server") as server:
+        monkeypatch.setenv("CITADEL_QDRANT_URL", server.url)
+        summary = await index_corpus(str(corpus), collection=collection_name)
+        assert (summary["repaired"], summary["unchanged"], summary["added"]) == (5, 0, 0)
+        assert summary["store"]["checked_by"] == "rest+client" and summary["store"]["points"] is None
+        assert any("had lost" in warning for warning in summary["warnings"])
+        total = expected_chunks(paths, Settings())
+        assert await index_state(Settings(), collection_name) == (total, total)
+        again = await index_corpus(str(corpus), collection=collection_name)
+        assert (again["unchanged"], again["repaired"], again["vector_store_opened"]) == (5, 0, False)
+        assert again["store"]["checked_by"] == "rest" and again["store"]["drift"] is False
+
+
+async def test_a_run_whose_process_is_gone_is_marked_crashed_in_prefect_too(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    @flow(name="killed-indexing")
+    def killed() -> None:
+        """Stands for an index-corpus run whose process was killed."""
+
+    async with get_client() as client:
+        flow_run = await client.create_flow_run(killed)
+        await client.set_flow_run_state(flow_run.id, Running(), force=True)
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    run_id = await registry.start_run(collection_name, "somewhere", str(flow_run.id))
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    async with registry.engine.begin() as conn:
+        await conn.execute(index_runs.update().where(index_runs.c.id == run_id).values(pid=proc.pid))
+    await registry.aclose()
+
+    write_corpus(tmp_path / "corpus", files=1)
+    await index_corpus(str(tmp_path / "corpus"), collection=collection_name)
+    async with get_client() as client:
+        state = (await client.read_flow_run(flow_run.id)).state
+    assert state is not None and state.is_crashed() and "gone" in (state.message or "")
+    assert {run["id"]: run["status"] for run in await _runs_of(collection_name)}[run_id] == "crashed"
 
 
 async def test_shards_cover_the_corpus_once_and_prune_only_their_own(
