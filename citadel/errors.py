@@ -41,6 +41,14 @@ class EmbedderError(CitadelError):
         self.message = message
 
 
+class EmbedderUnreachable(EmbedderError, ConfigurationError):
+    """No configured embedding server accepts connections: a configuration problem (a wrong URL, a
+    server not started), reported at once instead of retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, backend=True)
+
+
 class InputTooLongError(EmbedderError):
     """The server rejected an input as longer than the model's context."""
 

@@ -8,20 +8,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
+import time
 from typing import Any, Sequence
 
 import httpx
 import numpy as np
 
 from citadel.embedders.models import resolve_dimensions
-from citadel.errors import EmbedderError, InputTooLongError
+from citadel.errors import EmbedderError, EmbedderUnreachable, InputTooLongError
 
 log = logging.getLogger(__name__)
 
 _LENGTH_HINTS = (
     "context length", "too long", "too large", "maximum context", "exceeds", "must have less than", "max_length",
 )
+
+
+REFUSED_RETRY_DELAYS = (0.2, 0.5)
+"""A refused connection is tried again this soon (a server restarting), then reported: unlike a
+5xx or a timeout, it says the server is not there, which retrying for a minute cannot change."""
+
+DOWN_S = 30.0
+"""How long a server that refused is left out while others answer."""
+
+
+class ServerRefused(EmbedderError):
+    """One server refused the connection (or its name did not resolve)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach embedding server {url}: {reason}; is it running?", backend=True)
+        self.url = url
+        self.reason = reason
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """The operating system's words for a failed connection ("Connection refused"), not httpx's
+    "All connection attempts failed"."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, OSError) and current.strerror:
+            known = current.errno is not None and current.errno > 0 and not isinstance(current, socket.gaierror)
+            return os.strerror(current.errno) if known else current.strerror
+        current = current.__cause__ or current.__context__
+    return str(exc) or type(exc).__name__
 
 
 def error_message(response: httpx.Response) -> str:
@@ -53,6 +85,7 @@ class HttpEmbedder:
     """Base class: subclasses build one request for a batch and parse its response."""
 
     kind = "http"
+    url_setting = "the embedder URLs"  # the variable that names the servers, for messages
 
     def __init__(
         self,
@@ -85,6 +118,7 @@ class HttpEmbedder:
             transport=transport,
         )
         self.requests = 0
+        self._down_until: dict[str, float] = {}
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -97,10 +131,17 @@ class HttpEmbedder:
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request with retries on connection errors, 429 and 5xx; never on other 4xx."""
         attempt = 0
+        refused = 0
         while True:
             try:
                 self.requests += 1
                 response = await self._client.request(method, url, **kwargs)
+            except httpx.ConnectError as exc:  # refused, or a name that does not resolve
+                if refused >= min(self.retries, len(REFUSED_RETRY_DELAYS)):
+                    raise ServerRefused(url, _connect_reason(exc)) from exc
+                await asyncio.sleep(REFUSED_RETRY_DELAYS[refused])
+                refused += 1
+                continue
             except httpx.TransportError as exc:
                 if attempt >= self.retries:
                     if isinstance(exc, httpx.TimeoutException):
@@ -202,17 +243,34 @@ class HttpEmbedder:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for index in range(len(batches)):
             queue.put_nowait(index)
+        refused: dict[str, str] = {}
 
         async def worker(url: str) -> None:
             while not queue.empty():
                 index = queue.get_nowait()
-                async with self._slots[url]:
-                    results[index] = await self._embed_with_halving(url, batches[index])
+                try:
+                    async with self._slots[url]:
+                        results[index] = await self._embed_with_halving(url, batches[index])
+                except ServerRefused as exc:
+                    queue.put_nowait(index)  # another server takes it
+                    refused[url] = exc.reason
+                    self._down_until[url] = time.monotonic() + DOWN_S
+                    return
 
-        workers = [asyncio.create_task(worker(url)) for url in self.urls[: len(batches)]]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for task in workers:
-                task.cancel()
+        now = time.monotonic()
+        up = [url for url in self.urls if self._down_until.get(url, 0.0) <= now] or self.urls
+        while not queue.empty():
+            # Servers that refused a moment ago only when every other one refuses now.
+            live = [url for url in up if url not in refused] or [url for url in self.urls if url not in refused]
+            if not live:
+                tried = ", ".join(f"{url} ({reason})" for url, reason in refused.items())
+                raise EmbedderUnreachable(
+                    f"no embedding server accepts connections (tried {tried}); start the server, or fix {self.url_setting}"
+                )
+            workers = [asyncio.create_task(worker(url)) for url in live[: queue.qsize()]]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for task in workers:
+                    task.cancel()
         return np.vstack(results)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ class OllamaEmbedder(HttpEmbedder):
     """Embeds through one or more Ollama servers, spreading batches over them."""
 
     kind = "ollama"
+    url_setting = "CITADEL_OLLAMA_URLS"
 
     def __init__(self, model: str = "nomic-embed-text", urls: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(model, ["http://localhost:11434"] if urls is None else urls, **kwargs)

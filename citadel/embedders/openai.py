@@ -14,6 +14,7 @@ class OpenAIEmbedder(HttpEmbedder):
     """Posts batches to ``{base_url}/embeddings``; the API key goes in a bearer header, never in logs."""
 
     kind = "openai"
+    url_setting = "CITADEL_OPENAI_BASE_URL"
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from citadel.embedders import OllamaEmbedder
-from citadel.errors import EmbedderError, InputTooLongError, is_transient
+from citadel.errors import ConfigurationError, EmbedderError, EmbedderUnreachable, InputTooLongError, is_transient
 from tests.support.embedding_server import LENGTH_ERROR, NOT_FOUND_BODY, EmbeddingServer, free_port
 
 MODEL = "nomic-embed-text"
@@ -255,15 +255,32 @@ async def test_a_slow_answer_then_a_fast_one(server: EmbeddingServer, make_embed
     assert server.requests["/api/embed"] == 2
 
 
-async def test_unreachable_server_is_transient(make_embedder) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    embedder = make_embedder([url], retries=1)
-    with pytest.raises(EmbedderError) as caught:
-        await embedder.embed(["a"])
-    assert caught.value.transient
-    assert caught.value.status is None
-    assert url in str(caught.value)
-    assert embedder.requests == 2
+async def test_a_refused_connection_is_a_configuration_error_reported_at_once(make_embedder) -> None:
+    """Nothing listening at any URL is a wrong setting, not an outage: after two quick tries (a
+    server restarting) it fails with every URL tried and the variable to fix, and is not retried."""
+    urls = [f"http://127.0.0.1:{free_port()}", "http://no-such-host.invalid:11434"]
+    embedder = make_embedder(urls, retries=4)
+    with pytest.raises(EmbedderUnreachable) as caught:
+        await embedder.embed(texts(10))
+    error = caught.value
+    assert isinstance(error, ConfigurationError) and not error.transient and not is_transient(error)
+    assert all(url in str(error) for url in urls)
+    assert "Connection refused" in str(error) and "CITADEL_OLLAMA_URLS" in str(error)
+    assert embedder.requests == 2 * 3, "each server: the first try and two quick ones, not the 4 retries of an outage"
+
+
+async def test_a_refused_server_leaves_its_batches_to_the_others(
+    server: EmbeddingServer, make_embedder
+) -> None:
+    """One server of two down: every batch goes to the other, and the next call skips the down one."""
+    down = f"http://127.0.0.1:{free_port()}"
+    embedder = make_embedder([down, server.url], batch_size=2, retries=4)
+    inputs = texts(8)
+    assert np.array_equal(await embedder.embed(inputs), server.vectors(inputs))
+    assert server.requests["/api/embed"] == 4
+    tried = embedder.requests
+    assert np.array_equal(await embedder.embed(inputs[:2]), server.vectors(inputs[:2]))
+    assert embedder.requests == tried + 1, "the server that refused a moment ago is left out"
 
 
 async def test_wrong_vector_size_is_reported(server: EmbeddingServer, make_embedder) -> None:
