@@ -29,6 +29,7 @@ from citadel.workflows import (
     workflow_from_data,
 )
 from citadel.workflows.errors import StepFailed
+from citadel.workflows.spec import load_workflow_data
 from tasks.resources import open_resources
 from tasks.workflow import workflow_step
 
@@ -37,6 +38,10 @@ OUTPUT_PREVIEW = 300
 
 def _definition(workflow: dict[str, Any] | str) -> WorkflowDefinition:
     return workflow_from_data(workflow) if isinstance(workflow, dict) else load_workflow(workflow)
+
+
+def _data(workflow: dict[str, Any] | str) -> Any:
+    return workflow if isinstance(workflow, dict) else load_workflow_data(workflow)
 
 
 def summarize(output: Any) -> Any:
@@ -58,7 +63,7 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
     logger = get_run_logger()
     settings = settings_for()
     load_step_modules(settings.step_modules)
-    definition = check_workflow(_definition(workflow), context=context)  # an invalid workflow never starts
+    definition = check_workflow(_data(workflow), context=context)  # an invalid workflow never starts, every problem said
     merged = {**definition.context, **(context or {})}
     deps = upstream(definition)
     states: dict[str, asyncio.Future[tuple[State, Any]]] = {}

@@ -12,7 +12,7 @@ from prefect.exceptions import ObjectNotFound
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
 from citadel.workflows import StepContext, WorkflowDefinition, default_registry, run_step
-from citadel.workflows.builtin import FlowParams
+from citadel.workflows.builtin import FLOW_OUTPUTS, FlowParams
 from citadel.workflows.errors import StepFailed
 from tasks.limits import embedding_slot
 from tasks.resources import get_resources
@@ -39,7 +39,7 @@ async def run_flow_step(params: FlowParams, ctx: StepContext) -> dict[str, Any]:
 
 
 default_registry.register(
-    "flow", run_flow_step, params=FlowParams,
+    "flow", run_flow_step, params=FlowParams, outputs=FLOW_OUTPUTS,
     description="Run a Prefect deployment as a sub-run and wait for it.", replace=True,
 )
 

@@ -200,11 +200,11 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
 
 async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
     """Index documents incrementally: embed only what changed, prune what is gone."""
-    from citadel import indexing
+    from citadel.indexrun import index_source
 
     async with _embedding_backend(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection
-        return await indexing.index_source(
+        return await index_source(
             resources, params.source, collection, params.full, params.prune, source_name=params.source_name
         )
 
@@ -217,21 +217,32 @@ async def run_flow(params: FlowParams, ctx: StepContext) -> Any:
     )
 
 
-BUILTINS: tuple[tuple[str, Any, type[BaseModel], str], ...] = (
-    ("chunk", run_chunk, ChunkParams, "Split text into overlapping chunks."),
-    ("embedding", run_embedding, EmbeddingParams, "Embed texts through the embedding cache."),
-    ("search", run_search, SearchParams, "Nearest chunks of a collection to a query."),
-    ("index", run_index, IndexParams, "Index documents into a collection, incrementally."),
-    ("flow", run_flow, FlowParams, "Run a Prefect deployment (provided by the orchestration layer)."),
+# What each built-in step returns, so validation can check ${steps.<id>.output.<key>} references.
+CHUNK_OUTPUTS = ("chunks", "texts")
+EMBEDDING_OUTPUTS = ("model", "dimensions", "vectors", "cache_hits", "embedded")
+SEARCH_OUTPUTS = ("collection", "model", "hits")
+INDEX_OUTPUTS = (  # the run summary of citadel.indexrun (a test holds the two together)
+    "added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "chunks_written", "chunks_reused",
+    "cache_hits", "repaired", "documents_seen", "duration_s", "collection", "model", "source",
+    "vector_store_opened", "run_id", "flow_run_id", "store", "warnings",
+)
+FLOW_OUTPUTS = ("flow_run_id", "state", "deployment")
+
+BUILTINS: tuple[tuple[str, Any, type[BaseModel], str, tuple[str, ...]], ...] = (
+    ("chunk", run_chunk, ChunkParams, "Split text into overlapping chunks.", CHUNK_OUTPUTS),
+    ("embedding", run_embedding, EmbeddingParams, "Embed texts through the embedding cache.", EMBEDDING_OUTPUTS),
+    ("search", run_search, SearchParams, "Nearest chunks of a collection to a query.", SEARCH_OUTPUTS),
+    ("index", run_index, IndexParams, "Index documents into a collection, incrementally.", INDEX_OUTPUTS),
+    ("flow", run_flow, FlowParams, "Run a Prefect deployment (provided by the orchestration layer).", FLOW_OUTPUTS),
 )
 
 
 def register_builtins(registry: StepRegistry, *, replace: bool = False) -> None:
     """Register the built-in step types into ``registry``; existing names stay unless ``replace``."""
-    for name, run, params, description in BUILTINS:
+    for name, run, params, description, outputs in BUILTINS:
         if name in registry and not replace:
             continue
-        registry.register(name, run, params=params, description=description, replace=replace)
+        registry.register(name, run, params=params, description=description, replace=replace, outputs=outputs)
 
 
 register_builtins(default_registry)

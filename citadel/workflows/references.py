@@ -20,6 +20,7 @@ _TOKEN = re.compile(r"\$\{([^{}]*)\}")
 _STEP = re.compile(r"steps\.([A-Za-z0-9_.-]+?)\.output(?:\.(.+))?")
 _CONTEXT = re.compile(r"context\.(.+)")
 _SEGMENT = re.compile(r"[^.\s]+")
+_OPENING = re.compile(r"\$\{\s*(?:steps|context)\b")
 
 Where = tuple[str | int, ...]
 
@@ -80,13 +81,28 @@ def _parse(token: str, body: str, where: Where, whole: bool) -> Reference | Malf
     return MalformedReference(token, "expected ${context.<key>} or ${context.<key>.<path>}", where)
 
 
+def _unterminated(text: str, where: Where, closed: list[tuple[int, int]]) -> list[MalformedReference]:
+    """``${steps...`` or ``${context...`` openings without their ``}``: errors, not literal text."""
+    found: list[MalformedReference] = []
+    for match in _OPENING.finditer(text):
+        if not any(start <= match.start() < end for start, end in closed):
+            rest = text[match.start():]
+            shown = rest if len(rest) <= 60 else rest[:57] + "..."
+            found.append(MalformedReference(shown, "unterminated reference: the closing '}' is missing", where))
+    return found
+
+
 def _scan(value: Any, where: Where = ()) -> list[Reference | MalformedReference]:
     if isinstance(value, str):
         found: list[Reference | MalformedReference] = []
+        closed: list[tuple[int, int]] = []
         for match in _TOKEN.finditer(value):
+            closed.append(match.span())
             parsed = _parse(match.group(0), match.group(1), where, match.group(0) == value)
             if parsed is not None:
                 found.append(parsed)
+        if "${" in value:
+            found.extend(_unterminated(value, where, closed))
         return found
     if isinstance(value, Mapping):
         return [ref for key, item in value.items() for ref in _scan(item, (*where, str(key)))]

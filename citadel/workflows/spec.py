@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,44 @@ def workflow_from_data(data: Any) -> WorkflowDefinition:
         raise WorkflowInvalid([problem_from_error(error) for error in exc.errors()], workflow_id) from None
 
 
+def partial_definition(data: Any) -> WorkflowDefinition | None:
+    """What can be read of a definition that failed its schema, so that validation finds its
+    other problems (unknown dependencies, bad parameters) in the same pass.
+
+    Steps keep their positions and the fields that are valid; a step without a valid id gets a
+    placeholder (``#<index>``) that no reference can name; unusable parameters become None.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+        return None
+    steps: list[StepSpec] = []
+    for index, raw in enumerate(data["steps"]):
+        raw = raw if isinstance(raw, dict) else {}
+        step_id, kind = raw.get("step_id"), raw.get("type")
+        parameters = raw.get("parameters", {})
+        depends_on = raw.get("depends_on", [])
+        steps.append(StepSpec.model_construct(
+            step_id=step_id if isinstance(step_id, str) and re.fullmatch(ID_PATTERN, step_id) else f"#{index}",
+            type=kind if isinstance(kind, str) and kind else None,
+            parameters=parameters if isinstance(parameters, dict) else None,
+            depends_on=[dep for dep in depends_on if isinstance(dep, str)] if isinstance(depends_on, list) else [],
+            retries=0,
+            timeout_seconds=None,
+        ))
+    context = data.get("context")
+    workflow_id = data.get("workflow_id")
+    return WorkflowDefinition.model_construct(
+        workflow_id=workflow_id if isinstance(workflow_id, str) else "",
+        description=None,
+        steps=steps,
+        context=context if isinstance(context, dict) else {},
+    )
+
+
+def is_placeholder(step_id: str) -> bool:
+    """Whether ``step_id`` stands in for a missing or invalid id (see :func:`partial_definition`)."""
+    return step_id.startswith("#")
+
+
 def _parse(text: str, origin: str, fmt: str | None) -> Any:
     """JSON or YAML ``text``; ``fmt`` (json/yaml) is forced by a file's suffix, else guessed."""
     if fmt == "json" or (fmt is None and text.lstrip().startswith("{")):
@@ -98,8 +137,8 @@ def _is_path(value: str | os.PathLike[str]) -> bool:
     return not text.startswith(("{", "[")) and ": " not in text and not text.endswith(":")
 
 
-def load_workflow(path_or_text: str | os.PathLike[str]) -> WorkflowDefinition:
-    """A definition from a ``.json``/``.yaml``/``.yml`` file, or from JSON or YAML text.
+def load_workflow_data(path_or_text: str | os.PathLike[str]) -> Any:
+    """The parsed data of a ``.json``/``.yaml``/``.yml`` file, or of JSON or YAML text, unchecked.
 
     A single line naming an existing file (or ending in a workflow suffix) is read as a path;
     anything else is parsed as text.
@@ -120,4 +159,10 @@ def load_workflow(path_or_text: str | os.PathLike[str]) -> WorkflowDefinition:
         text, origin = str(path_or_text), "workflow text"
     if not text.strip():
         raise WorkflowLoadError(f"{origin} is empty")
-    return workflow_from_data(_parse(text, origin, fmt))
+    return _parse(text, origin, fmt)
+
+
+def load_workflow(path_or_text: str | os.PathLike[str]) -> WorkflowDefinition:
+    """A definition from a file or from JSON or YAML text (see :func:`load_workflow_data`);
+    its schema errors at once as :class:`WorkflowInvalid`."""
+    return workflow_from_data(load_workflow_data(path_or_text))

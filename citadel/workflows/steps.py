@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from pydantic import BaseModel
 
@@ -44,6 +44,7 @@ class StepType:
     params: type[BaseModel]
     run: Runner
     description: str = ""
+    outputs: tuple[str, ...] | None = None  # the keys of its output mapping; None when not declared
 
     def parse(self, parameters: dict[str, Any]) -> BaseModel:
         """``parameters`` validated into the params model (pydantic's ValidationError otherwise)."""
@@ -77,8 +78,13 @@ class StepRegistry:
         params: type[BaseModel],
         description: str | None = None,
         replace: bool = False,
+        outputs: Sequence[str] | None = None,
     ) -> StepType:
-        """Add (or with ``replace`` swap) the step type ``name``."""
+        """Add (or with ``replace`` swap) the step type ``name``.
+
+        ``outputs`` names the keys of the mapping the runner returns, so that validation can
+        check ``${steps.<id>.output.<key>}`` references before anything runs.
+        """
         if not name or not isinstance(name, str):
             raise ValueError("a step type needs a non-empty name")
         if not (isinstance(params, type) and issubclass(params, BaseModel)):
@@ -89,17 +95,24 @@ class StepRegistry:
             raise DuplicateStepType(
                 f"step type {name!r} is already registered; pass replace=True to replace its runner"
             )
-        step = StepType(name, params, run, description if description is not None else _first_line(run.__doc__))
+        declared = tuple(outputs) if outputs is not None else None
+        step = StepType(name, params, run, description if description is not None else _first_line(run.__doc__), declared)
         self._types[name] = step
         return step
 
     def step_type(
-        self, name: str, *, params: type[P], description: str | None = None, replace: bool = False
+        self,
+        name: str,
+        *,
+        params: type[P],
+        description: str | None = None,
+        replace: bool = False,
+        outputs: Sequence[str] | None = None,
     ) -> Callable[[Callable[[P, StepContext], Awaitable[Any]]], Callable[[P, StepContext], Awaitable[Any]]]:
         """Decorator form of :meth:`register`; returns the function unchanged."""
 
         def decorate(run: Callable[[P, StepContext], Awaitable[Any]]) -> Callable[[P, StepContext], Awaitable[Any]]:
-            self.register(name, run, params=params, description=description, replace=replace)
+            self.register(name, run, params=params, description=description, replace=replace, outputs=outputs)
             return run
 
         return decorate
@@ -109,8 +122,7 @@ class StepRegistry:
         try:
             return self._types[name]
         except KeyError:
-            known = ", ".join(self.names()) or "none registered"
-            raise UnknownStepType(f"unknown step type {name!r}; known types: {known}") from None
+            raise UnknownStepType(unknown_type_message(name, self.names())) from None
 
     def unregister(self, name: str) -> None:
         self._types.pop(name, None)
@@ -140,16 +152,29 @@ class StepRegistry:
 default_registry = StepRegistry()
 
 
+def unknown_type_message(name: str, known: Sequence[str]) -> str:
+    """Why a step type is unknown, with the known ones and how custom ones are loaded."""
+    return (
+        f"unknown step type {name!r}; known types: {', '.join(known) or 'none registered'}. "
+        "Custom step types are registered by Python modules named in CITADEL_STEP_MODULES "
+        "(e.g. CITADEL_STEP_MODULES=examples.custom_step), wherever workflows are validated or run"
+    )
+
+
 def step_type(
     name: str,
     *,
     params: type[P],
     description: str | None = None,
     replace: bool = False,
+    outputs: Sequence[str] | None = None,
     registry: StepRegistry | None = None,
 ) -> Callable[[Callable[[P, StepContext], Awaitable[Any]]], Callable[[P, StepContext], Awaitable[Any]]]:
-    """Register the decorated ``async def run(params, ctx)`` as step type ``name``."""
-    return (registry if registry is not None else default_registry).step_type(name, params=params, description=description, replace=replace)
+    """Register the decorated ``async def run(params, ctx)`` as step type ``name`` (``outputs``:
+    the keys of the mapping it returns, checked by validation)."""
+    return (registry if registry is not None else default_registry).step_type(
+        name, params=params, description=description, replace=replace, outputs=outputs
+    )
 
 
 def get_step_type(name: str, registry: StepRegistry | None = None) -> StepType:

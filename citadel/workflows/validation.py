@@ -21,8 +21,8 @@ from citadel.workflows.errors import (
     problem_from_error,
 )
 from citadel.workflows.references import contains_reference, find_malformed, find_references, lookup
-from citadel.workflows.spec import WorkflowDefinition, workflow_from_data
-from citadel.workflows.steps import StepRegistry, StepType, default_registry
+from citadel.workflows.spec import WorkflowDefinition, is_placeholder, partial_definition, workflow_from_data
+from citadel.workflows.steps import StepRegistry, StepType, default_registry, unknown_type_message
 
 __all__ = [
     "Problem",
@@ -189,7 +189,7 @@ def _graph_problems(defn: WorkflowDefinition) -> list[tuple[int, Problem]]:
                 (index, Problem(format_location("steps", index, "step_id"),
                                 f"duplicate step id {step.step_id!r} (first declared at steps[{first[step.step_id]}])"))
             )
-    known = ", ".join(first)
+    known = ", ".join(step_id for step_id in first if not is_placeholder(step_id))
     for index, dep, location, is_reference in _edges(defn):
         source = defn.steps[index].step_id
         if dep == source:
@@ -290,24 +290,42 @@ def _step_problems(
     defn: WorkflowDefinition, registry: StepRegistry, context: Mapping[str, Any]
 ) -> list[tuple[int, Problem]]:
     found: list[tuple[int, Problem]] = []
+    first = _first_index(defn)
     for index, step in enumerate(defn.steps):
         params_at = ("steps", index, "parameters")
-        if step.type not in registry:
-            known = ", ".join(registry.names()) or "none registered"
-            found.append((index, Problem(format_location("steps", index, "type"),
-                                         f"unknown step type {step.type!r}; known types: {known}")))
+        if step.type is None or step.parameters is None:
+            pass  # a schema problem already reported (see partial_definition)
+        elif step.type not in registry:
+            found.append((index, Problem(format_location("steps", index, "type"), unknown_type_message(step.type, registry.names()))))
         else:
             found.extend((index, p) for p in parameter_problems(registry.get(step.type), step.parameters, *params_at))
         for bad in find_malformed(step.parameters):
             found.append((index, Problem(format_location(*params_at, *bad.where), f"malformed reference {bad.text}: {bad.reason}")))
         for ref in find_references(step.parameters):
-            if ref.source != "context":
-                continue
-            try:
-                lookup(context, ref.path, "context", ref.text)
-            except UnresolvedReference as exc:
-                found.append((index, Problem(format_location(*params_at, *ref.where), str(exc))))
+            location = format_location(*params_at, *ref.where)
+            if ref.source == "context":
+                try:
+                    lookup(context, ref.path, "context", ref.text)
+                except UnresolvedReference as exc:
+                    found.append((index, Problem(location, str(exc))))
+            elif ref.path and ref.step_id in first:
+                problem = _output_problem(ref, defn.steps[first[ref.step_id]].type, registry)
+                if problem:
+                    found.append((index, Problem(location, problem)))
     return found
+
+
+def _output_problem(ref: Any, step_type: str | None, registry: StepRegistry) -> str | None:
+    """Why ``ref`` names an output key its step's type does not declare, or None."""
+    if step_type is None or step_type not in registry:
+        return None
+    outputs = registry.get(step_type).outputs
+    if outputs is None or ref.path[0] in outputs:
+        return None
+    return (
+        f"{ref.text}: step {ref.step_id!r} (type {step_type!r}) has no output {ref.path[0]!r}; "
+        f"its outputs: {', '.join(outputs) or 'none'}"
+    )
 
 
 def validate_workflow(
@@ -321,12 +339,21 @@ def validate_workflow(
     ``context`` adds run-time context on top of the definition's own for checking
     ``${context...}`` references. A mapping is first checked against the schema.
     """
+    registry = registry if registry is not None else default_registry
     if not isinstance(defn, WorkflowDefinition):
         try:
             defn = workflow_from_data(defn)
         except WorkflowInvalid as exc:
-            return exc.problems
-    registry = registry if registry is not None else default_registry
+            # The schema's problems, and the others of what can be read: all of them in one pass.
+            partial = partial_definition(defn)
+            if partial is None:
+                return exc.problems
+            rest = _problems(partial, registry, context)
+            return exc.problems + [problem for problem in rest if problem not in exc.problems]
+    return _problems(defn, registry, context)
+
+
+def _problems(defn: WorkflowDefinition, registry: StepRegistry, context: Mapping[str, Any] | None) -> list[Problem]:
     merged = {**defn.context, **(context or {})}
     per_step = _graph_problems(defn) + _step_problems(defn, registry, merged)
     ordered = [problem for _, problem in sorted(per_step, key=lambda item: item[0])]  # stable: by step

@@ -290,3 +290,64 @@ def test_union_alternatives_share_one_location() -> None:
         ("steps[1].parameters.query", "required but missing"),
         ("steps[1].parameters.embedder.kind", "Input should be 'hashing', 'ollama' or 'openai'"),
     ]
+
+
+def test_schema_problems_and_every_other_problem_come_in_one_pass() -> None:
+    """A step without a type, and another with an unknown dependency and no source: all at once,
+    not one per attempt."""
+    data = {
+        "workflow_id": "w",
+        "steps": [
+            {"step_id": "a", "parameters": {"text": "x"}},
+            {"step_id": "b", "type": "chunk", "parameters": {"text": "some text"}},
+            {"step_id": "c", "type": "noop"},
+            {"step_id": "d", "type": "index", "depends_on": ["zzz"]},
+            "not a step",
+        ],
+    }
+    found = [(p.location, p.message) for p in validate_workflow(data, REGISTRY)]
+    assert found == [
+        ("steps[0].type", "required but missing"),
+        ("steps[4]", "Input should be a valid dictionary or instance of StepSpec"),
+        ("steps[3].depends_on[0]", "depends on unknown step 'zzz'; steps: a, b, c, d"),
+        ("steps[3].parameters.source", "required but missing"),
+    ]
+
+
+def test_references_to_outputs_a_step_type_does_not_have_are_caught() -> None:
+    defn = wf(
+        step("a", "chunk", text="x"),
+        step("b", "embedding", texts="${steps.a.output.nosuchfield}"),
+        step("c", "embedding", texts="${steps.a.output.texts}"),
+        step("d", "search", query="${steps.b.output.model}"),
+        step("e", "noop", x="${steps.d.output.hits.0.text}"),
+    )
+    (problem,) = validate_workflow(defn, REGISTRY)
+    assert problem.location == "steps[1].parameters.texts"
+    assert "step 'a' (type 'chunk') has no output 'nosuchfield'; its outputs: chunks, texts" in problem.message
+
+
+def test_a_custom_step_type_declares_its_outputs() -> None:
+    registry = REGISTRY.copy()
+
+    @registry.step_type("counted", params=NoopParams, outputs=["total"])
+    async def counted(params: NoopParams, ctx: StepContext) -> dict[str, Any]:
+        return {"total": 1}
+
+    ok = wf(step("a", "counted"), step("b", "noop", x="${steps.a.output.total}"), step("c", "noop", x="${steps.a.output.anything.deep}"))
+    problems = validate_workflow(ok, registry)
+    assert [p.location for p in problems] == ["steps[2].parameters.x"]
+    undeclared = wf(step("a", "noop"), step("b", "noop", x="${steps.a.output.anything}"))
+    assert validate_workflow(undeclared, registry) == [], "a type that declares no outputs is not checked"
+
+
+def test_an_unterminated_reference_is_an_error_not_text() -> None:
+    defn = wf(step("a", "chunk", text="x"), step("b", "noop", x="${steps.a.output", y="price ${5"))
+    (problem,) = validate_workflow(defn, REGISTRY)
+    assert problem.location == "steps[1].parameters.x"
+    assert "unterminated reference" in problem.message and "'}' is missing" in problem.message
+
+
+def test_an_unknown_step_type_says_how_custom_types_are_loaded() -> None:
+    (problem,) = validate_workflow(wf(step("a", "word_count")), REGISTRY)
+    assert "unknown step type 'word_count'" in problem.message and "CITADEL_STEP_MODULES" in problem.message
