@@ -6,100 +6,48 @@ documents (or an unhealthy backend for ``doctor``), 2 bad usage or configuration
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import sys
-from typing import Any, Callable, Coroutine, NoReturn
+from typing import Any
 
-# Embedded defaults for Prefect, set before it is imported: no analytics from an offline
-# machine, and only warnings on the console (the progress bar and summary say the rest).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+import typer
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from citadel import progress  # noqa: E402
-from citadel.errors import CitadelError, ConfigurationError  # noqa: E402
+from citadel import progress
+from citadel.errors import ConfigurationError
+from cli.common import (
+    CollectionOption,
+    JsonOption,
+    err,
+    fail,
+    out,
+    prefect_defaults,
+    print_json,
+    quiet_prefect,
+    run,
+    settings,
+    show_citadel_warnings,
+    warn,
+)
+from cli.workflows import workflow_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Citadel: embed, cache, index and search documents.")
-out = Console()
-err = Console(stderr=True)
-
-JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
-CollectionOption = typer.Option(None, "--collection", "-c", help="Vector collection (default: CITADEL_COLLECTION).")
+app.add_typer(workflow_app, name="workflow")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _table(title: str, *columns: str) -> Table:
+    """A table that fits 80 columns: light borders, short numeric headers, long names folded
+    (never cut: a name must stay whole to be copied)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for column in columns:
+        fixed = column in FIXED_COLUMNS
+        table.add_column(column, justify="right" if fixed and column not in ("started", "status") else "left",
+                         overflow="fold", no_wrap=fixed)
+    return table
 
 
-def _prefect_unreachable(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is Prefect's client failing to reach its API server (not another backend)."""
-    import httpx
-    from prefect.settings import PREFECT_API_URL
-
-    api_url = PREFECT_API_URL.value() or ""
-    while exc is not None:
-        if str(exc).startswith("Failed to reach API"):
-            return True
-        if isinstance(exc, httpx.TransportError) and api_url:
-            try:
-                return str(exc.request.url).startswith(api_url)
-            except RuntimeError:  # an error raised without its request
-                return False
-        exc = exc.__cause__
-    return False
-
-
-def _run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run a coroutine, turning errors into one-line messages: 2 for configuration, 1 for the rest.
-
-    ``CITADEL_DEBUG=1`` lets an unexpected error through with its traceback.
-    """
-    try:
-        return asyncio.run(make())
-    except ConfigurationError as exc:
-        _fail(str(exc), 2)
-    except CitadelError as exc:
-        _fail(str(exc), 1)
-    except (typer.Exit, typer.Abort):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the command line shows one line, not a traceback
-        if _prefect_unreachable(exc):
-            from prefect.settings import PREFECT_API_URL
-
-            _fail(
-                f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: start that server "
-                "(prefect server start), or unset PREFECT_API_URL to run on a local one",
-                2,
-            )
-        if isinstance(exc, (ValueError, OSError)):
-            _fail(f"{type(exc).__name__}: {exc}", 2)
-        if os.environ.get("CITADEL_DEBUG"):
-            raise
-        _fail(f"{type(exc).__name__}: {exc} (set CITADEL_DEBUG=1 to see the traceback)", 1)
-
-
-def _settings():  # noqa: ANN202
-    from pydantic import ValidationError
-
-    from citadel.settings import Settings
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(f"CITADEL_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        _fail(f"bad configuration: {problems}")
-
-
-def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+FIXED_COLUMNS = {"docs", "chunks", "vectors", "dead", "add", "upd", "same", "del", "fail", "secs", "tries", "started", "status", "stage"}
 
 
 @app.command()
@@ -112,44 +60,53 @@ def index(
     """Index documents incrementally: only new and changed ones are embedded, deleted ones removed."""
     from citadel.documents import list_source
     from citadel.embedders import build_embedder
+    from citadel.indexrun import check_before_run
 
-    settings = _settings()
+    show_citadel_warnings()
+    config = settings()
+    name = collection or config.collection
     try:
-        listing = list_source(path)
-        build_embedder(settings)  # an unknown model fails here, before Prefect starts
+        listing = list_source(path, [config.data_dir])
+        build_embedder(config)  # an unknown model fails here, before Prefect starts
     except ConfigurationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
+    run(lambda: check_before_run(config, name))  # the registry, the store's lock, the collection's model
+    quiet_prefect()
     from flows.index_corpus import index_corpus
 
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True, disable=as_json,
+        console=err, transient=True, disable=as_json or not err.is_terminal,
     )
     with bar:
         task_id = bar.add_task("starting Prefect", total=len(listing.paths) or None)
 
         def on_progress(done: int, total: int, description: str) -> None:
-            bar.update(task_id, completed=done, total=total, description=description)
+            bar.update(task_id, completed=done, total=total or None, description=description)
 
         async def go() -> dict[str, Any]:
             progress.listen(on_progress)
-            return await index_corpus(path, collection=collection, full=full)
+            return await index_corpus(path, collection=name, full=full)
 
-        summary = _run(go)
+        summary = run(go)
+    nothing_read = summary["documents_seen"] == 0
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
+        repaired = f"{summary['repaired']} repaired, " if summary["repaired"] else ""
         out.print(
             f"[bold]{summary['collection']}[/bold] ({summary['model']}): "
             f"{summary['added']} added, {summary['updated']} updated, {summary['unchanged']} unchanged, "
-            f"{summary['deleted']} deleted, [{'red' if summary['failed'] else 'green'}]{summary['failed']} failed[/], "
+            f"{summary['deleted']} deleted, {repaired}[{'red' if summary['failed'] else 'green'}]{summary['failed']} failed[/], "
             f"{summary['chunks_embedded']} chunks embedded, {summary['cache_hits']} cache hits "
             f"in {summary['duration_s']:.2f}s (flow run {summary['flow_run_id']})",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
         if summary["failed"]:
             out.print("failed documents are listed by [bold]citadel status[/bold]; they are retried on the next run")
-    raise typer.Exit(1 if summary["failed"] else 0)
+        for message in summary["warnings"]:
+            warn(message)
+    raise typer.Exit(1 if summary["failed"] or nothing_read else 0)
 
 
 @app.command()
@@ -161,12 +118,17 @@ def search(
     as_json: bool = JsonOption,
 ) -> None:
     """Search a collection for the chunks nearest to QUERY."""
+    from citadel.search import check_query
     from citadel.search import search as run_search
 
-    settings = _settings()
-    hits = _run(lambda: run_search(settings, query, collection or settings.collection, limit=limit, score_threshold=threshold))
+    try:
+        check_query(query)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    config = settings()
+    hits = run(lambda: run_search(config, query, collection or config.collection, limit=limit, score_threshold=threshold))
     if as_json:
-        _print_json(hits)
+        print_json(hits)
         return
     if not hits:
         out.print("no hits")
@@ -177,31 +139,52 @@ def search(
         out.print(f"   {snippet}", highlight=False)
 
 
+async def _status(config: Any) -> dict[str, Any]:
+    from citadel.status import collect_status
+
+    report = await collect_status(config)
+    if any(run["flow_run_id"] for run in report["crashed_runs"]):
+        quiet_prefect()
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():  # the temporary local server keeps no runs worth marking
+            from tasks.crashed import mark_flow_runs_crashed
+
+            await mark_flow_runs_crashed(report["crashed_runs"])
+    return report
+
+
 @app.command()
 def status(as_json: bool = JsonOption) -> None:
     """Documents, chunks and vectors per collection, the last runs and the dead letters."""
-    from citadel.status import collect_status
-
-    report = _run(lambda: collect_status(_settings()))
+    config = settings()
+    show_citadel_warnings()
+    report = run(lambda: _status(config))
     if as_json:
-        _print_json(report)
+        print_json(report)
         return
-    table = Table(title="collections")
-    for column in ("collection", "model", "documents", "chunks", "vectors", "dead letters"):
-        table.add_column(column)
+    table = _table("collections", "collection and model", "docs", "chunks", "vectors", "dead")
     for c in report["collections"]:
-        table.add_row(c["collection"], c["model"], str(c["documents"]), str(c["chunks"]), str(c["vectors"]), str(c["dead_letters"]))
+        table.add_row(
+            f"{c['collection']}\n[dim]{c['model']}[/dim]", *(str(c[k]) for k in ("documents", "chunks", "vectors", "dead_letters"))
+        )
     out.print(table)
-    runs = Table(title="last runs")
-    for column in ("started", "collection", "status", "added", "updated", "unchanged", "deleted", "failed", "seconds"):
-        runs.add_column(column)
+    for c in report["collections"]:
+        if c["drift"]:
+            warn(
+                f"{c['collection']}: the vector store does not match the registry "
+                f"({c['missing']} points missing, {c['stray']} unknown, {c['awaiting_repair']} documents awaiting repair); "
+                f"run `citadel verify --repair --collection {c['collection']}`"
+            )
+    runs = _table("last runs", "started", "collection", "status", "add", "upd", "same", "del", "fail", "secs")
     for r in report["runs"]:
-        runs.add_row(str(r["started_at"])[:19], r["collection"], r["status"], *(str(r[k]) for k in ("added", "updated", "unchanged", "deleted", "failed")), f"{r['duration_s'] or 0:.2f}")
+        runs.add_row(
+            str(r["started_at"])[5:16], r["collection"], r["status"],
+            *(str(r[k]) for k in ("added", "updated", "unchanged", "deleted", "failed")), f"{r['duration_s'] or 0:.2f}",
+        )
     out.print(runs)
     if report["dead_letters"]:
-        dead = Table(title="dead letters (retried on the next run)")
-        for column in ("document", "stage", "attempts", "error"):
-            dead.add_column(column)
+        dead = _table("dead letters (retried on the next run)", "document", "stage", "tries", "error")
         for d in report["dead_letters"]:
             dead.add_row(d["document_id"], d["stage"], str(d["attempts"]), d["error"])
         out.print(dead)
@@ -209,12 +192,13 @@ def status(as_json: bool = JsonOption) -> None:
 
 @app.command()
 def doctor(as_json: bool = JsonOption) -> None:
-    """Check every configured backend and say how to fix what is unreachable."""
+    """Check every configured backend, and that each collection's store matches the registry."""
     from citadel.doctor import run_checks
 
-    checks = _run(lambda: run_checks(_settings()))
+    config = settings()
+    checks = run(lambda: run_checks(config))
     if as_json:
-        _print_json(checks)
+        print_json(checks)
     else:
         for check in checks:
             mark = "[green]ok[/green]" if check["ok"] else "[red]FAIL[/red]"
@@ -224,130 +208,52 @@ def doctor(as_json: bool = JsonOption) -> None:
     raise typer.Exit(0 if all(c["ok"] for c in checks) else 1)
 
 
-workflow_app = typer.Typer(no_args_is_help=True, help="Validate, run and inspect declarative workflows.")
-app.add_typer(workflow_app, name="workflow")
-
-
-def _load_definition(path: str):  # noqa: ANN202
-    from citadel.workflows import WorkflowInvalid, check_workflow, load_step_modules, load_workflow
-
-    try:
-        load_step_modules(_settings().step_modules)
-        return check_workflow(load_workflow(path))
-    except WorkflowInvalid as exc:
-        return exc
-    except ConfigurationError as exc:
-        _fail(str(exc))
-
-
-def _print_problems(exc: Exception, as_json: bool) -> NoReturn:
-    problems = [{"location": p.location, "message": p.message} for p in exc.problems]  # type: ignore[attr-defined]
-    if as_json:
-        _print_json({"valid": False, "problems": problems})
-    else:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-@workflow_app.command("validate")
-def workflow_validate(
-    file: str = typer.Argument(..., help="A workflow definition, JSON or YAML."),
+@app.command()
+def verify(
+    collection: str | None = CollectionOption,
+    repair: bool = typer.Option(False, "--repair", help="Delete unknown points and write the missing ones again."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Check a workflow and report every problem at once, with its location."""
-    from citadel.workflows import topological_order
+    """Compare every point id of the vector store with the registry (each run only samples them)."""
+    from citadel.repair import verify as run_verify
 
-    definition = _load_definition(file)
-    if isinstance(definition, Exception):
-        _print_problems(definition, as_json)
-    order = topological_order(definition)
+    config = settings()
+    show_citadel_warnings()
+    reports = run(lambda: run_verify(config, collection, repair=repair))
     if as_json:
-        _print_json({"valid": True, "workflow_id": definition.workflow_id, "order": order})
-    else:
-        out.print(f"[green]valid[/green]: {definition.workflow_id}, {len(order)} steps in order {' -> '.join(order)}")
-
-
-def _print_report(status: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        _print_json(status)
-        return
-    out.print(f"[bold]{status.get('workflow_id') or status['name']}[/bold] flow run {status['flow_run_id']}: {status['state']}", highlight=False)
-    table = Table()
-    for column in ("step", "state", "start", "end", "output or error"):
-        table.add_column(column)
-    for step_id, step in status["steps"].items():
-        detail = step.get("error") or (json.dumps(step["output"], default=str)[:80] if "output" in step else "")
-        table.add_row(step_id, step["state"], (step["start"] or "")[11:19], (step["end"] or "")[11:19], detail)
-    out.print(table)
-
-
-@workflow_app.command("run")
-def workflow_run(
-    file: str = typer.Argument(..., help="A workflow definition, JSON or YAML."),
-    wait: bool = typer.Option(False, "--wait", help="Wait for the run and print the per-step report."),
-    deployment: str = typer.Option("run-workflow/default", "--deployment", help="Deployment to run it through."),
-    local: bool = typer.Option(False, "--local", help="Run in this process instead of through a deployment."),
-    as_json: bool = JsonOption,
-) -> None:
-    """Run a workflow: through its deployment when a Prefect server is configured, else here."""
-    definition = _load_definition(file)
-    if isinstance(definition, Exception):
-        _print_problems(definition, as_json)
-    payload = definition.model_dump(mode="json")
-
-    async def go() -> dict[str, Any]:
-        from flows.run_workflow import run_workflow, wait_for_workflow
-
-        if local or not os.environ.get("PREFECT_API_URL"):
-            state = await run_workflow(payload, return_state=True)
-            return await wait_for_workflow(str(state.state_details.flow_run_id))
-        from prefect.deployments import run_deployment
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            flow_run = await run_deployment(deployment, parameters={"workflow": payload}, timeout=0)
-        except ObjectNotFound:
-            raise ConfigurationError(
-                f"deployment {deployment!r} not found on {os.environ['PREFECT_API_URL']}; "
-                "run `prefect deploy --all` (or `citadel serve`), or use --local"
-            ) from None
-        if not wait:
-            return {"flow_run_id": str(flow_run.id), "state": "Scheduled", "steps": {}}
-        return await wait_for_workflow(str(flow_run.id))
-
-    status = _run(go)
-    if not wait and not local and os.environ.get("PREFECT_API_URL"):
+        print_json(reports)
+    for report in reports:
+        final = report.get("after", report)
         if as_json:
-            _print_json({"flow_run_id": status["flow_run_id"]})
-        else:
-            out.print(status["flow_run_id"])
-        return
-    _print_report(status, as_json)
-    raise typer.Exit(0 if status["state"] == "Completed" else 1)
-
-
-@workflow_app.command("status")
-def workflow_status_command(
-    run_id: str = typer.Argument(..., help="The flow run id that `citadel workflow run` printed."),
-    as_json: bool = JsonOption,
-) -> None:
-    """A workflow run's state and, per step, its state, start, end and error."""
-    from flows.run_workflow import workflow_status
-
-    async def go() -> dict[str, Any]:
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            return await workflow_status(run_id)
-        except (ObjectNotFound, ValueError):
-            raise ConfigurationError(f"no flow run {run_id!r} on this Prefect server") from None
-
-    _print_report(_run(go), as_json)
+            continue
+        name = report["collection"]
+        points = "no collection" if report["points"] is None else f"{report['points']} points"
+        state = "[red]drift[/red]" if report["drift"] or report["awaiting_repair"] else "[green]ok[/green]"
+        out.print(
+            f"{state}  {name}: {report['expected']} chunks in the registry, {points} in the store, "
+            f"{report['missing']} missing, {report['stray']} unknown to the registry",
+            highlight=False,
+        )
+        for step in report.get("reindexed", []):
+            out.print(
+                f"      re-indexed {step['source']}: {step['repaired']} documents repaired, "
+                f"{step['chunks_embedded']} chunks embedded, {step['cache_hits']} from the cache",
+                highlight=False,
+            )
+        if "after" in report:
+            out.print(f"      after repair: {final['missing']} missing, {final['stray']} unknown", highlight=False)
+        for source, count in final["awaiting_repair"].items():
+            out.print(f"      {count} documents of {source} await repair: index that source again (inline documents: send them again)", highlight=False)
+        if not repair and (report["drift"] or report["awaiting_repair"]):
+            out.print(f"      fix: citadel verify --repair --collection {name}", highlight=False)
+    healthy = all(not r.get("after", r)["drift"] and not r.get("after", r)["awaiting_repair"] for r in reports)
+    raise typer.Exit(0 if healthy else 1)
 
 
 @app.command()
 def serve() -> None:
     """Serve every deployment with its schedule from this one process (no work pool needed)."""
+    prefect_defaults()
     from prefect import serve as prefect_serve
 
     from deployments.catalog import to_deployments
@@ -363,9 +269,11 @@ def setup(
     """Prepare a Prefect server: register the block types, create the work pool and the embedding limit."""
     from deployments.setup import prepare_server
 
-    done = _run(lambda: prepare_server(_settings(), pool))
+    quiet_prefect()
+    config = settings()
+    done = run(lambda: prepare_server(config, pool))
     if as_json:
-        _print_json(done)
+        print_json(done)
     else:
         for line in done["actions"]:
             out.print(line, highlight=False)

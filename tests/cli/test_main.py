@@ -108,3 +108,88 @@ def test_an_unreachable_prefect_server_is_one_line_naming_it(data_dir: Path) -> 
     assert done.returncode == 2
     assert f"cannot reach the Prefect API at {api}" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_drift_is_reported_by_doctor_and_status_and_repaired_by_verify(
+    data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch
+) -> None:  # noqa: ANN001
+    """The registry says 4 documents are indexed; the Qdrant server the settings now name has none."""
+    from tests.support.qdrant_server import QdrantTestServer
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=4)
+    assert invoke("index", str(corpus), "--collection", collection_name).exit_code == 0
+    with QdrantTestServer(tmp_path / "new-server") as server:
+        monkeypatch.setenv("CITADEL_QDRANT_URL", server.url)
+        doctor = invoke("doctor")
+        said = " ".join(doctor.stdout.split())
+        assert doctor.exit_code == 1
+        assert f"FAIL collection {collection_name}" in said and "no such collection in the store" in said
+        assert f"fix: citadel verify --repair --collection {collection_name}" in said
+
+        status = invoke("status", "--json")
+        entry = next(c for c in json.loads(status.stdout)["collections"] if c["collection"] == collection_name)
+        assert (entry["drift"], entry["vectors"], entry["missing"]) == (True, 0, entry["chunks"])
+        assert "does not match the registry" in " ".join(invoke("status").stderr.split())
+
+        lost = invoke("search", "vector cache", "--collection", collection_name)
+        assert lost.exit_code == 2 and "the vector store has lost it" in " ".join(lost.stderr.split())
+
+        checked = invoke("verify", "--collection", collection_name, "--json")
+        assert checked.exit_code == 1
+        (report,) = json.loads(checked.stdout)
+        assert (report["missing"], report["points"]) == (entry["chunks"], None)
+
+        repaired = invoke("verify", "--repair", "--collection", collection_name)
+        assert repaired.exit_code == 0, repaired.output
+        assert "4 documents repaired" in " ".join(repaired.stdout.split())
+        assert invoke("doctor").exit_code == 0
+        hits = json.loads(invoke("search", "vector cache", "--collection", collection_name, "--json").stdout)
+        assert hits, "the collection answers searches again"
+
+
+def test_an_empty_query_is_refused(data_dir: Path) -> None:
+    for query in ("", "   ", "?!"):
+        result = invoke("search", query)
+        assert result.exit_code == 2 and "give the words to search for" in result.stderr
+
+
+def test_a_source_with_nothing_to_read_exits_1_and_says_why(data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch) -> None:  # noqa: ANN001
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "image.png").write_bytes(b"\x89PNG")
+    result = invoke("index", str(empty), "--collection", collection_name)
+    assert result.exit_code == 1 and "found no documents" in result.stderr
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # noqa: ANN001, ANN202 - the operating system refusing the folder
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = invoke("index", str(locked), "--collection", collection_name)
+    assert result.exit_code == 1 and "cannot read" in result.stderr and "Permission denied" in result.stderr, result.output
+
+
+def test_status_fits_80_columns_and_never_cuts_a_name(data_dir: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("COLUMNS", "80")
+    name = "citadel-hashing-demo-docs"
+    write_corpus(tmp_path / "corpus", files=1)
+    assert invoke("index", str(tmp_path / "corpus"), "--collection", name).exit_code == 0
+    result = invoke("status")
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.stdout
+    assert any(name in line for line in lines), "a name that fits its column stays whole"
+    assert any("citadel-hashing-v1-384d" in line for line in lines)
+
+
+def test_a_symlink_loop_is_named_as_one(data_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    result = invoke("index", str(tmp_path / "a"))
+    assert result.exit_code == 2 and "is a symlink loop" in result.stderr

@@ -1,0 +1,157 @@
+"""What every command shares: consoles, settings, one-line errors and quiet Prefect logging.
+
+Errors are one line without a traceback; ``CITADEL_DEBUG=1`` prints the traceback (and Prefect's
+console logs) too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, NoReturn
+
+import typer
+from rich.console import Console
+
+from citadel.errors import CitadelError, ConfigurationError
+
+if TYPE_CHECKING:
+    from citadel.settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
+CollectionOption = typer.Option(None, "--collection", "-c", help="Vector collection (default: CITADEL_COLLECTION).")
+
+
+def debugging() -> bool:
+    return bool(os.environ.get("CITADEL_DEBUG"))
+
+
+def prefect_defaults() -> None:
+    """Before Prefect is imported: no analytics from an offline machine, warnings and up only."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+def quiet_prefect() -> None:
+    """Before Prefect is imported: keep its console to what the command prints itself.
+
+    Prefect prints every failed task's traceback on the console, and its temporary local server
+    its shutdown noise; the command says what failed in one line. Run logs still reach the
+    Prefect API, so the UI keeps them. ``CITADEL_DEBUG=1`` leaves Prefect's console as it is.
+    """
+    prefect_defaults()
+    if not debugging():
+        for handler in ("CONSOLE", "DEBUG"):
+            os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "CRITICAL")
+
+
+class _WarningLine(logging.Handler):
+    """Citadel's own warnings (an unreadable folder, a run waited for) as one line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(record.getMessage())
+
+
+def show_citadel_warnings() -> None:
+    """Send the warnings of Citadel's packages to stderr, one line each. They still reach the root
+    logger, whose Prefect console handler shows them again only under ``CITADEL_DEBUG=1``."""
+    for name in ("citadel", "tasks", "flows"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _WarningLine) for h in logger.handlers):
+            logger.addHandler(_WarningLine(logging.WARNING))
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def prefect_unreachable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is Prefect's client failing to reach its API server (not another backend)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value() or ""
+    while exc is not None:
+        if str(exc).startswith("Failed to reach API"):
+            return True
+        if isinstance(exc, httpx.TransportError) and api_url:
+            try:
+                return str(exc.request.url).startswith(api_url)
+            except RuntimeError:  # an error raised without its request
+                return False
+        exc = exc.__cause__
+    return False
+
+
+def run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run a coroutine, turning errors into one-line messages: 2 for configuration, 1 for the rest."""
+    try:
+        return asyncio.run(make())
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the command line shows one line, not a traceback
+        if debugging():
+            traceback.print_exc()
+        fail(*describe(exc))
+
+
+def describe(exc: Exception) -> tuple[str, int]:
+    """The one line and exit code for an error that ends a command."""
+    if isinstance(exc, ConfigurationError):
+        return str(exc), 2
+    if isinstance(exc, CitadelError):
+        return str(exc), 1
+    if "prefect" in sys.modules and prefect_unreachable(exc):
+        from prefect.settings import PREFECT_API_URL
+
+        return (
+            f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: start that server "
+            "(prefect server start), or unset PREFECT_API_URL to run on a local one"
+        ), 2
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (ValueError, OSError)):
+        return f"{type(exc).__name__}: {text}", 2
+    hint = "" if debugging() else " (set CITADEL_DEBUG=1 to see the traceback)"
+    return f"{type(exc).__name__}: {text}{hint}", 1
+
+
+_warned_variables = False
+
+
+def settings() -> Settings:
+    """The settings, or a one-line configuration error; unknown ``CITADEL_*`` variables warned of once."""
+    from pydantic import ValidationError
+
+    from citadel.settings import Settings, unknown_variables
+
+    global _warned_variables
+    if not _warned_variables:
+        _warned_variables = True
+        for message in unknown_variables():
+            warn(message)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            name = f"CITADEL_{'_'.join(map(str, error['loc'])).upper()}"
+            problems.append(message if not error["loc"] or name in message else f"{name}: {message}")
+        fail(f"bad configuration: {'; '.join(problems)}")
+
+
+def print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
