@@ -96,6 +96,9 @@ def _store_check_times(data_dir: Path) -> dict:
                 "verify_s": verify_s, "points": full.points}
 
     embedded = asyncio.run(checks(Settings()))
+    from citadel.vectorstore import close_local_clients
+
+    close_local_clients()  # one process per embedded store: the server's turn
     server, url = start_qdrant_process(data_dir / "qdrant", timeout=300)  # serves the same store over REST
     try:
         rest = asyncio.run(checks(Settings(qdrant_url=url)))
@@ -159,8 +162,10 @@ def run_one(mode: str, corpus: Path, data_dir: Path) -> dict:
 def _child(mode: str, corpus: Path, data_dir: Path, env: dict[str, str] | None = None) -> dict:
     code = f"import json,sys; from bench.index_bench import run_one; from pathlib import Path; print('BENCH'+json.dumps(run_one({mode!r}, Path({str(corpus)!r}), Path({str(data_dir)!r}))))"
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
+    if out.returncode != 0:
+        raise SystemExit(f"the {mode} measurement failed:\n{out.stderr}")
     line = next(l for l in out.stdout.splitlines() if l.startswith("BENCH"))
     return json.loads(line[5:])
 
