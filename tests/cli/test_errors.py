@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.corpus import write_corpus
 from tests.support.embedding_server import free_port
+from tests.support.qdrant_server import store_held_by_another_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,17 +67,8 @@ def test_a_collection_of_another_model_is_refused_before_the_run(data_dir: Path,
 
 
 def test_an_embedded_store_held_by_another_process_names_it(data_dir: Path, corpus: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from qdrant_client import QdrantClient; c = QdrantClient(path={str(data_dir / 'qdrant')!r}); "
-         "print('held', flush=True); import time; time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with store_held_by_another_process(data_dir / "qdrant") as holder:
         done = citadel("index", str(corpus), env={})
-    finally:
-        holder.kill()
-        holder.wait()
     line = one_line(done)
     assert done.returncode == 2 and f"in use by process {holder.pid}" in line and "CITADEL_QDRANT_URL" in line
 

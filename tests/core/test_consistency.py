@@ -22,7 +22,7 @@ from citadel.registry import ChunkRow, DocumentRecord
 from citadel.repair import verify
 from citadel.resources import Resources
 from citadel.settings import Settings
-from tests.support.corpus import index_state, write_corpus
+from tests.support.corpus import index_state, index_with_own_backends, write_corpus
 
 
 async def _point_ids_of(resources: Resources, collection: str, document_ids: list[str]) -> list[str]:
@@ -41,15 +41,8 @@ async def test_a_consistent_store_passes_the_cheap_check_without_being_opened(
 ) -> None:
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=5)
-    first = Resources(Settings())
-    await index_source(first, str(corpus), collection_name)
-    await first.aclose()
-
-    again = Resources(Settings())
-    try:
-        summary = await index_source(again, str(corpus), collection_name)
-    finally:
-        await again.aclose()
+    await index_with_own_backends(str(corpus), collection_name)
+    summary = await index_with_own_backends(str(corpus), collection_name)
     assert summary["unchanged"] == 5
     assert summary["vector_store_opened"] is False, "the check reads the store's files, it does not open the store"
     store = summary["store"]

@@ -9,26 +9,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from citadel.indexrun import index_source
 from citadel.registry import Registry
-from citadel.resources import Resources
 from citadel.schema import documents
 from citadel.settings import Settings
 from citadel.workflows.builtin import INDEX_OUTPUTS
-from tests.support.corpus import dead_letters_of, index_state, write_corpus
-
-
-async def _index(source: str | list, collection: str, **overrides: object) -> dict:
-    resources = Resources(Settings(**overrides))  # type: ignore[arg-type]
-    try:
-        return await index_source(resources, source, collection)
-    finally:
-        await resources.aclose()
+from tests.support.corpus import dead_letters_of, index_state, index_with_own_backends, write_corpus
 
 
 async def test_the_summary_has_the_keys_the_index_step_declares(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
     write_corpus(tmp_path / "corpus", files=1)
-    summary = await _index(str(tmp_path / "corpus"), collection_name)
+    summary = await index_with_own_backends(str(tmp_path / "corpus"), collection_name)
     assert tuple(summary) == INDEX_OUTPUTS, "workflow validation checks ${steps.<index step>.output.<key>} against them"
 
 
@@ -38,19 +28,19 @@ async def test_new_chunk_settings_re_chunk_and_reuse_the_vectors_of_unchanged_te
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=3, paragraphs=8)  # several chunks each at either size
     (corpus / "short.txt").write_text("A short note that fits in one chunk at either size.\n")
-    first = await _index(str(corpus), collection_name)
+    first = await index_with_own_backends(str(corpus), collection_name)
     assert first["added"] == 4
 
-    same = await _index(str(corpus), collection_name)
+    same = await index_with_own_backends(str(corpus), collection_name)
     assert same["unchanged"] == 4
 
-    smaller = await _index(str(corpus), collection_name, chunk_size=400, chunk_overlap=40)
+    smaller = await index_with_own_backends(str(corpus), collection_name, chunk_size=400, chunk_overlap=40)
     assert (smaller["updated"], smaller["unchanged"]) == (4, 0), "the chunk settings are part of what is unchanged"
     assert smaller["chunks_reused"] >= 1, "the short note's one chunk keeps its vector"
     assert smaller["chunks_written"] > first["chunks_written"]
     vectors, chunks = await index_state(Settings(), collection_name)
     assert vectors == chunks == smaller["chunks_written"]
-    assert (await _index(str(corpus), collection_name, chunk_size=400, chunk_overlap=40))["unchanged"] == 4
+    assert (await index_with_own_backends(str(corpus), collection_name, chunk_size=400, chunk_overlap=40))["unchanged"] == 4
 
 
 async def test_documents_indexed_before_chunk_settings_were_kept_are_not_re_chunked(
@@ -59,17 +49,17 @@ async def test_documents_indexed_before_chunk_settings_were_kept_are_not_re_chun
     """An upgraded registry does not re-chunk everything; it notes the settings, so a later change counts."""
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=2)
-    await _index(str(corpus), collection_name)
+    await index_with_own_backends(str(corpus), collection_name)
     registry = Registry(Settings().registry_url)
     await registry.init()
     async with registry.engine.begin() as conn:
         await conn.execute(sa.update(documents).where(documents.c.collection == collection_name).values(chunking=""))
-    assert (await _index(str(corpus), collection_name))["unchanged"] == 2
+    assert (await index_with_own_backends(str(corpus), collection_name))["unchanged"] == 2
     async with registry.engine.connect() as conn:
         kept = (await conn.execute(sa.select(documents.c.chunking).where(documents.c.collection == collection_name))).scalars().all()
     await registry.aclose()
     assert kept and all(value.endswith(":1000/100") for value in kept)
-    assert (await _index(str(corpus), collection_name, chunk_size=500, chunk_overlap=50))["updated"] == 2
+    assert (await index_with_own_backends(str(corpus), collection_name, chunk_size=500, chunk_overlap=50))["updated"] == 2
 
 
 async def test_the_data_folder_inside_the_indexed_folder_is_never_indexed(
@@ -79,8 +69,8 @@ async def test_the_data_folder_inside_the_indexed_folder_is_never_indexed(
     write_corpus(project, files=2)
     monkeypatch.chdir(project)
     monkeypatch.setenv("CITADEL_DATA_DIR", "./data")
-    first = await _index(".", collection_name)
-    again = await _index(".", collection_name)
+    first = await index_with_own_backends(".", collection_name)
+    again = await index_with_own_backends(".", collection_name)
     assert (project / "data" / "qdrant" / "meta.json").exists()
     assert (first["added"], first["failed"], again["unchanged"], again["failed"]) == (2, 0, 2, 0)
     assert await dead_letters_of(Settings(), collection_name) == []
@@ -91,7 +81,7 @@ async def test_a_source_without_documents_says_so(data_dir: Path, tmp_path: Path
     empty.mkdir()
     (empty / "picture.png").write_bytes(b"\x89PNG")
     (empty / ".hidden.md").write_text("hidden notes")
-    summary = await _index(str(empty), collection_name)
+    summary = await index_with_own_backends(str(empty), collection_name)
     assert summary["documents_seen"] == 0
     (warning,) = summary["warnings"]
     assert "found no documents" in warning and ".md" in warning and "hidden" in warning
@@ -117,10 +107,10 @@ async def test_a_second_run_of_the_same_source_waits_for_the_first(
 
     async def second() -> dict:
         await asyncio.sleep(0.5)
-        return await _index(str(corpus), collection_name)
+        return await index_with_own_backends(str(corpus), collection_name)
 
     with caplog.at_level(logging.WARNING, logger="citadel"):
-        first, then = await asyncio.gather(_index(str(corpus), collection_name), second())
+        first, then = await asyncio.gather(index_with_own_backends(str(corpus), collection_name), second())
     assert (first["added"], then["unchanged"], then["added"], then["chunks_embedded"]) == (6, 6, 0, 0)
     (waited,) = [m for m in caplog.messages if "waiting for run" in m]
     assert f"waiting for run {first['run_id']}" in waited and f"into {collection_name}" in waited

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from citadel.storeprobe import embedded_store_holder, probe_embedded, probe_server
-from tests.support.qdrant_server import QdrantTestServer
+from tests.support.qdrant_server import QdrantTestServer, store_held_by_another_process
 
 IDS = [str(uuid.uuid4()) for _ in range(40)]
 
@@ -61,16 +59,7 @@ def test_the_process_holding_an_embedded_store_is_named(tmp_path: Path) -> None:
     mine = QdrantClient(path=str(store))
     assert embedded_store_holder(store) is None, "this process holding it is no obstacle to itself"
     mine.close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from qdrant_client import QdrantClient; c = QdrantClient(path={str(store)!r}); "
-         "print('held', flush=True); import time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with store_held_by_another_process(store) as holder:
         named = embedded_store_holder(store)
         assert named is not None and named.startswith(f"process {holder.pid} (") and "QdrantClient" in named
-    finally:
-        holder.kill()
-        holder.wait()
     assert embedded_store_holder(store) is None

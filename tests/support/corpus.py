@@ -38,6 +38,19 @@ def write_corpus(root: Path, files: int, paragraphs: int = 6, seed: int = 7) -> 
     return paths
 
 
+async def index_with_own_backends(source: str | list[dict[str, Any]], collection: str, **overrides: Any) -> dict[str, Any]:
+    """Index ``source`` with backends of its own, opened and closed around the run, as a new
+    ``citadel index`` process would (with settings from the environment and ``overrides``)."""
+    from citadel.indexrun import index_source
+    from citadel.resources import Resources
+
+    resources = Resources(Settings(**overrides))
+    try:
+        return await index_source(resources, source, collection)
+    finally:
+        await resources.aclose()
+
+
 async def index_state(settings: Settings, collection: str) -> tuple[int, int]:
     """(vectors in the store, chunks in the registry) of a collection."""
     registry = Registry(settings.registry_url)

@@ -13,6 +13,7 @@ so that several worker processes can share one store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import itertools
 import json
@@ -28,7 +29,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import uvicorn
@@ -562,6 +563,25 @@ def start_qdrant_process(
         raise
 
 
+@contextlib.contextmanager
+def store_held_by_another_process(path: Path | str) -> Iterator[subprocess.Popen]:
+    """Another process with the embedded store at ``path`` open (one process at a time may), as a
+    second Citadel command would have it; killed on leaving."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from qdrant_client import QdrantClient; c = QdrantClient(path={str(path)!r}); "
+         "print('held', flush=True); import time; time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held", "the holder could not open the store"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
 def stop_qdrant_process(proc: subprocess.Popen, *, timeout: float = 10) -> int:
     """Terminate the server process (SIGTERM: graceful), kill it if it lingers; returns its exit code."""
     if proc.poll() is None:
@@ -603,6 +623,7 @@ __all__ = [
     "server_version",
     "start_qdrant_process",
     "stop_qdrant_process",
+    "store_held_by_another_process",
 ]
 
 if __name__ == "__main__":
