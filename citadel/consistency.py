@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import sqlalchemy as sa
 
+from citadel.models import StoreCheck
 from citadel.registry import Registry, chunked
 from citadel.resources import Resources
 from citadel.schema import chunks, documents
@@ -30,32 +30,6 @@ from citadel.settings import secret
 from citadel.storeprobe import StoreSnapshot, probe_embedded, probe_server
 
 SAMPLE_SIZE = 32
-
-
-@dataclass
-class StoreCheck:
-    """What a check of one collection found, and what it did about it."""
-
-    collection: str
-    expected: int  # points the store must hold
-    registered: int  # points the store may hold at most
-    points: int | None  # points it holds; None when it lacks the collection
-    sampled: int = 0
-    checked_by: str = ""  # "file", "rest" or "client"
-    full: bool = False  # every point id was compared
-    missing: int = 0  # registry points the store lacks
-    stray: int = 0  # store points the registry does not know
-    documents_to_repair: int = 0  # documents marked for repair (their points are written again)
-    sources_to_repair: list[str] = field(default_factory=list)
-    seconds: float = 0.0  # what the check cost
-
-    @property
-    def drift(self) -> bool:
-        """Whether the store and the registry disagree."""
-        return bool(self.missing or self.stray or self.points is None and self.expected)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "drift": self.drift}
 
 
 # registry side -------------------------------------------------------------------------------
@@ -201,7 +175,10 @@ async def check_store(resources: Resources, collection: str, sample_size: int = 
     expected, registered = await registry_counts(registry, collection)
     sample = await sample_point_ids(registry, collection, sample_size) if expected else []
     seen = await snapshot(resources, collection, sample)
-    check = StoreCheck(collection, expected, registered, seen.points if seen.exists else None, len(sample), seen.how)
+    check = StoreCheck(
+        collection=collection, expected=expected, registered=registered,
+        points=seen.points if seen.exists else None, sampled=len(sample), checked_by=seen.how,
+    )
     if not seen.exists:
         check.missing = expected
     else:
@@ -226,7 +203,8 @@ async def verify_store(resources: Resources, collection: str) -> tuple[StoreChec
     missing = sorted(expected - in_store)
     stray = sorted(in_store - registered)
     check = StoreCheck(
-        collection, len(expected), len(registered), len(in_store) if exists else None, len(expected), "client",
+        collection=collection, expected=len(expected), registered=len(registered),
+        points=len(in_store) if exists else None, sampled=len(expected), checked_by="client",
         full=True, missing=len(missing), stray=len(stray), seconds=round(time.perf_counter() - started, 4),
     )
     return check, missing, stray

@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import httpx
 
 from citadel.consistency import awaiting_repair, check_store
+from citadel.models import DoctorCheck
 from citadel.resources import Resources
 from citadel.settings import Settings, masked_url
 
 
-async def _check(name: str, probe: Callable[[], Awaitable[str]], fix: str) -> dict[str, Any]:
+async def _check(name: str, probe: Callable[[], Awaitable[str]], fix: str) -> DoctorCheck:
     try:
-        return {"name": name, "ok": True, "detail": await probe(), "fix": ""}
+        return DoctorCheck(name=name, ok=True, detail=await probe())
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none raised
-        return {"name": name, "ok": False, "detail": f"{type(exc).__name__}: {exc}", "fix": fix}
+        return DoctorCheck(name=name, ok=False, detail=f"{type(exc).__name__}: {exc}", fix=fix)
 
 
-async def _drift_checks(resources: Resources) -> list[dict[str, Any]]:
+async def _drift_checks(resources: Resources) -> list[DoctorCheck]:
     """Per collection: does the store hold what the registry says (the cheap check of every run)?"""
     registry = await resources.registry()
     waiting = await awaiting_repair(registry)
     checks = []
     for entry in await registry.collection_stats():
-        name = entry["collection"]
+        name = entry.collection
         check = await check_store(resources, name)
         held = "no such collection" if check.points is None else f"{check.points} points"
         detail = f"{check.expected} chunks in the registry, {held} in the store"
@@ -36,19 +36,20 @@ async def _drift_checks(resources: Resources) -> list[dict[str, Any]]:
             problems.append(f"{check.stray} not in the registry")
         if waiting.get(name):
             problems.append(f"{sum(waiting[name].values())} documents awaiting repair")
-        checks.append({
-            "name": f"collection {name}",
-            "ok": not problems,
-            "detail": detail + (f" ({', '.join(problems)})" if problems else ""),
-            "fix": f"citadel verify --repair --collection {name}" if problems else "",
-        })
+        checks.append(DoctorCheck(
+            name=f"collection {name}",
+            ok=not problems,
+            detail=detail + (f" ({', '.join(problems)})" if problems else ""),
+            fix=f"citadel verify --repair --collection {name}" if problems else "",
+        ))
     return checks
 
 
-async def run_checks(settings: Settings) -> list[dict[str, Any]]:
-    """Check the embedder, the cache, the registry, the vector store and the Prefect API."""
+async def run_checks(settings: Settings, prefect_api_url: str | None = None) -> list[DoctorCheck]:
+    """Check the embedder, the cache, the registry, the vector store, each collection's store
+    against the registry, and the Prefect API (``prefect_api_url``, as Prefect's settings give it)."""
     resources = Resources(settings)
-    results: list[dict[str, Any]] = []
+    results: list[DoctorCheck] = []
     try:
         async def embedder() -> str:
             e = resources.embedder
@@ -81,10 +82,10 @@ async def run_checks(settings: Settings) -> list[dict[str, Any]]:
             return f"qdrant {settings.qdrant_url}" if settings.qdrant_url else f"embedded qdrant at {settings.qdrant_path}"
 
         results.append(await _check("vector store", store, "start Qdrant or fix CITADEL_QDRANT_URL / CITADEL_QDRANT_API_KEY; embedded mode allows one process per folder"))
-        if results[-1]["ok"] and results[-2]["ok"]:
+        if results[-1].ok and results[-2].ok:
             results.extend(await _drift_checks(resources))
 
-        api = os.environ.get("PREFECT_API_URL")
+        api = prefect_api_url
         if api:
             async def prefect() -> str:
                 async with httpx.AsyncClient(timeout=5) as client:
@@ -94,7 +95,7 @@ async def run_checks(settings: Settings) -> list[dict[str, Any]]:
 
             results.append(await _check("prefect", prefect, "start `prefect server start` or fix PREFECT_API_URL"))
         else:
-            results.append({"name": "prefect", "ok": True, "detail": "no PREFECT_API_URL: flows run on a temporary local server", "fix": ""})
+            results.append(DoctorCheck(name="prefect", ok=True, detail="no PREFECT_API_URL: flows run on a temporary local server"))
     finally:
         await resources.aclose()
     return results

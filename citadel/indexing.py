@@ -8,7 +8,7 @@ documents indexed. Unchanged documents are skipped by content hash without touch
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -69,37 +69,6 @@ class EmbeddedBatch:
     chunks_embedded: int = 0
     cache_hits: int = 0
     chunks_reused: int = 0
-
-
-@dataclass
-class RunCounts:
-    """Totals of one indexing run; ``as_summary`` is the shape the CLI prints."""
-
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    failed: int = 0
-    chunks_embedded: int = 0
-    chunks_written: int = 0
-    chunks_reused: int = 0
-    cache_hits: int = 0
-    repaired: int = 0
-
-    def add_embedded(self, batch: "EmbeddedBatch") -> None:
-        self.chunks_embedded += batch.chunks_embedded
-        self.cache_hits += batch.cache_hits
-        self.chunks_reused += batch.chunks_reused
-        self.failed += len(batch.plan.failures)
-
-    def add_written(self, written: "WriteResult") -> None:
-        self.added += written.added
-        self.updated += written.updated
-        self.repaired += written.repaired
-        self.chunks_written += written.chunks_written
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 @dataclass

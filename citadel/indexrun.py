@@ -19,11 +19,10 @@ from typing import Any, Sequence
 
 from citadel import progress
 from citadel.collections import check_collection_name
-from citadel.consistency import StoreCheck, reconcile
+from citadel.consistency import reconcile
 from citadel.documents import SUPPORTED_SUFFIXES, SourceListing, iter_groups, list_source, load_group, shard_listing
 from citadel.indexing import (
     EmbeddedBatch,
-    RunCounts,
     SeenDocuments,
     embed_plan,
     plan_batch,
@@ -33,6 +32,7 @@ from citadel.indexing import (
     upsert_vectors,
 )
 from citadel.errors import ConfigurationError
+from citadel.models import IndexRunRecord, RunCounts, RunSummary, StoreCheck
 from citadel.registry import check_collection_model
 from citadel.resources import Resources
 from citadel.runlock import Holder, RunLock, lock_key, mark_crashed_runs
@@ -108,8 +108,8 @@ class IndexRun:
         self.counts = RunCounts()
         self.seen = SeenDocuments()
         self.store: StoreCheck | None = None
-        self.crashed: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] = {}
+        self.crashed: list[IndexRunRecord] = []
+        self.summary: RunSummary | None = None
         self.key = lock_key(collection, resolved.key, resolved.shard)
         self._started = time.perf_counter()
         self._lock: RunLock | None = None
@@ -148,22 +148,22 @@ class IndexRun:
             assert self._lock is not None
             await self._lock.release()
 
-    def _summarize(self) -> dict[str, Any]:
+    def _summarize(self) -> RunSummary:
         """The summary a run returns and records: its counts, what it touched, how long it took,
         and what the user should know."""
-        return {
-            **self.counts.as_dict(),
-            "documents_seen": len(self.seen.ids),
-            "duration_s": round(time.perf_counter() - self._started, 3),
-            "collection": self.collection,
-            "model": self.resources.embedder.model,
-            "source": self.resolved.key,
-            "vector_store_opened": self.resources.store_opened,
-            "run_id": self.run_id,
-            "flow_run_id": self.flow_run_id,
-            "store": self.store.as_dict() if self.store else None,
-            "warnings": self.warnings(),
-        }
+        return RunSummary(
+            **self.counts.model_dump(),
+            documents_seen=len(self.seen.ids),
+            duration_s=round(time.perf_counter() - self._started, 3),
+            collection=self.collection,
+            model=self.resources.embedder.model,
+            source=self.resolved.key,
+            vector_store_opened=self.resources.store_opened,
+            run_id=self.run_id,
+            flow_run_id=self.flow_run_id,
+            store=self.store,
+            warnings=self.warnings(),
+        )
 
     def warnings(self) -> list[str]:
         """What the user should know about this run besides its counts."""
@@ -224,7 +224,7 @@ async def index_source(
     prune: bool | None = None,
     *,
     source_name: str = "inline",
-) -> dict[str, Any]:
+) -> RunSummary:
     """Index ``source`` into ``collection`` one batch after another, without an orchestrator.
 
     The same steps as the index-corpus flow, in sequence: the workflow ``index`` step and the
@@ -251,4 +251,5 @@ async def index_source(
                 run.counts.add_written(await record_documents(resources, batch, collection))
         if resolved.prune:
             run.counts.deleted = await prune_source(resources, collection, resolved.key, run.seen, resolved.shard)
+    assert run.summary is not None
     return run.summary

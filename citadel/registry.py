@@ -13,12 +13,13 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.models import CollectionStatus, DeadLetterRecord, IndexRunRecord, Result
 from citadel.schema import (
     RUN_COUNTS,
     SCHEMA_VERSION,
@@ -391,12 +392,12 @@ class Registry:
                 )
         return len(resolved)
 
-    async def dead_letters(self, collection: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    async def dead_letters(self, collection: str | None = None, limit: int = 100) -> list[DeadLetterRecord]:
         query = sa.select(dead_letters).order_by(dead_letters.c.last_failed_at.desc()).limit(limit)
         if collection:
             query = query.where(dead_letters.c.collection == collection)
         async with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in await conn.execute(query)]
+            return [DeadLetterRecord.model_validate(dict(row._mapping)) for row in await conn.execute(query)]
 
     # runs --------------------------------------------------------------------------------
     async def start_run(
@@ -415,8 +416,10 @@ class Registry:
             )
         return run_id
 
-    async def finish_run(self, run_id: str, status: str, counts: dict[str, Any]) -> None:
-        """Record how a run ended; keys of ``counts`` that are not run columns are ignored."""
+    async def finish_run(self, run_id: str, status: str, counts: Mapping[str, Any] | Result) -> None:
+        """Record how a run ended with its counters (a summary, or a mapping whose keys that are
+        not run columns are ignored)."""
+        counts = counts.to_json() if isinstance(counts, Result) else counts
         columns = {*RUN_COUNTS, "duration_s"}
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -425,19 +428,19 @@ class Registry:
                 .values(status=status, finished_at=utcnow(), **{k: v for k, v in counts.items() if k in columns})
             )
 
-    async def runs_of_flow_runs(self, flow_run_ids: Sequence[str]) -> list[dict[str, Any]]:
+    async def runs_of_flow_runs(self, flow_run_ids: Sequence[str]) -> list[IndexRunRecord]:
         """The index runs recorded by the given Prefect flow runs (e.g. the shards of one sharded run)."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(index_runs).where(index_runs.c.flow_run_id.in_(list(flow_run_ids))))
-            return [dict(row._mapping) for row in rows]
+            return [IndexRunRecord.model_validate(dict(row._mapping)) for row in rows]
 
-    async def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+    async def recent_runs(self, limit: int = 10) -> list[IndexRunRecord]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(index_runs).order_by(index_runs.c.started_at.desc()).limit(limit))
-            return [dict(row._mapping) for row in rows]
+            return [IndexRunRecord.model_validate(dict(row._mapping)) for row in rows]
 
     # status ------------------------------------------------------------------------------
-    async def collection_stats(self) -> list[dict[str, Any]]:
+    async def collection_stats(self) -> list[CollectionStatus]:
         """Per collection: model, size, documents, chunks and dead letters."""
         async with self.engine.connect() as conn:
             cols = (await conn.execute(sa.select(collections).order_by(collections.c.name))).all()
@@ -454,15 +457,15 @@ class Registry:
                 sa.select(dead_letters.c.collection, sa.func.count()).group_by(dead_letters.c.collection)
             )).all())
         return [
-            {
-                "collection": c.name,
-                "model": c.model,
-                "dimensions": c.dimensions,
-                "documents": doc_counts.get(c.name, 0),
-                "chunks": chunk_counts.get(c.name, 0),
-                "dead_letters": dead_counts.get(c.name, 0),
-                "awaiting_repair": repair_counts.get(c.name, 0),
-            }
+            CollectionStatus(
+                collection=c.name,
+                model=c.model,
+                dimensions=c.dimensions,
+                documents=doc_counts.get(c.name, 0),
+                chunks=chunk_counts.get(c.name, 0),
+                dead_letters=dead_counts.get(c.name, 0),
+                awaiting_repair=repair_counts.get(c.name, 0),
+            )
             for c in cols
         ]
 

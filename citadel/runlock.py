@@ -27,6 +27,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from citadel.models import IndexRunRecord
 from citadel.registry import Registry, utcnow
 from citadel.schema import index_runs, locks
 
@@ -114,13 +115,13 @@ async def holder(registry: Registry, key: str) -> Holder | None:
     return Holder(row.id, row.host or "?", row.pid, row.started_at, row.flow_run_id)
 
 
-async def mark_crashed_runs(registry: Registry) -> list[dict[str, Any]]:
+async def mark_crashed_runs(registry: Registry) -> list[IndexRunRecord]:
     """Mark ``crashed`` every running run whose process is gone; returns those runs."""
     now = utcnow()
     async with registry.engine.connect() as conn:
         running = (await conn.execute(sa.select(index_runs).where(index_runs.c.status == "running"))).all()
     crashed = [
-        dict(row._mapping)
+        IndexRunRecord.model_validate(dict(row._mapping))
         for row in running
         if is_gone(row.host, row.pid, row.heartbeat_at or row.started_at, now)
     ]
@@ -129,13 +130,13 @@ async def mark_crashed_runs(registry: Registry) -> list[dict[str, Any]]:
             for run in crashed:
                 await conn.execute(
                     index_runs.update()
-                    .where(index_runs.c.id == run["id"], index_runs.c.status == "running")
+                    .where(index_runs.c.id == run.id, index_runs.c.status == "running")
                     .values(status="crashed", finished_at=now)
                 )
         for run in crashed:
-            run["status"] = "crashed"
+            run.status, run.finished_at = "crashed", now
             log.warning("run %s indexing %s into %s stopped without finishing (process %s on %s gone); marked crashed",
-                        run["id"], run["source"], run["collection"], run["pid"], run["host"])
+                        run.id, run.source, run.collection, run.pid, run.host)
     return crashed
 
 

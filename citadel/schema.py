@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 3
+from citadel.models import RunCounts
+
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -57,8 +59,8 @@ chunks = sa.Table(
     sa.Index("ix_citadel_chunks_document", "collection", "document_id"),
 )
 
-# The counters of a run that its row keeps.
-RUN_COUNTS = ("added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "cache_hits", "repaired")
+# A run's row keeps every counter of citadel.models.RunCounts, declared there once.
+RUN_COUNTS = RunCounts.names()
 
 index_runs = sa.Table(
     "citadel_index_runs",
@@ -115,6 +117,10 @@ MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
         ("citadel_index_runs", "host", "VARCHAR(255)"),
         ("citadel_index_runs", "pid", "INTEGER"),
         ("citadel_index_runs", "heartbeat_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
+    4: [
+        ("citadel_index_runs", "chunks_written", "INTEGER NOT NULL DEFAULT 0"),
+        ("citadel_index_runs", "chunks_reused", "INTEGER NOT NULL DEFAULT 0"),
     ],
 }
 

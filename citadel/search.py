@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.models import SearchHit
 from citadel.resources import Resources
 from citadel.settings import Settings
 from citadel.collections import check_collection_name
@@ -29,8 +30,8 @@ async def search(
     limit: int = 10,
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Embed ``query`` through the cache and return the nearest chunks as plain dicts."""
+) -> list[SearchHit]:
+    """Embed ``query`` through the cache and return the nearest chunks."""
     resources = Resources(settings)
     try:
         return await search_with(
@@ -48,7 +49,7 @@ async def search_with(
     limit: int = 10,
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[SearchHit]:
     """The same search over backends the caller already holds (a workflow step, a long-lived service).
 
     A collection indexed with another model is refused: its vectors and the query's would not compare.
@@ -69,4 +70,4 @@ async def search_with(
             f"volume?); `citadel verify --repair --collection {collection}` writes it back"
         )
     hits = await store.search(collection, vector, limit=limit, score_threshold=score_threshold, filters=filters)
-    return [hit.as_dict() for hit in hits]
+    return [hit.to_result() for hit in hits]

@@ -6,15 +6,14 @@ embedded store does not load it; runs whose process is gone are marked crashed o
 
 from __future__ import annotations
 
-from typing import Any
-
 from citadel.consistency import check_store
+from citadel.models import StatusReport
 from citadel.resources import Resources
 from citadel.runlock import mark_crashed_runs
 from citadel.settings import Settings
 
 
-async def collect_status(settings: Settings, runs: int = 10, dead_letters: int = 50) -> dict[str, Any]:
+async def collect_status(settings: Settings, runs: int = 10, dead_letters: int = 50) -> StatusReport:
     """Per collection documents, chunks, vectors and drift; the last runs (crashed ones marked);
     the newest dead letters."""
     resources = Resources(settings)
@@ -23,15 +22,15 @@ async def collect_status(settings: Settings, runs: int = 10, dead_letters: int =
         crashed = await mark_crashed_runs(registry)
         collections = await registry.collection_stats()
         for entry in collections:
-            check = await check_store(resources, entry["collection"])
-            entry["vectors"] = check.points or 0
-            entry["drift"] = check.drift or bool(entry["awaiting_repair"])
-            entry["missing"], entry["stray"] = check.missing, check.stray
-        return {
-            "collections": collections,
-            "runs": await registry.recent_runs(runs),
-            "dead_letters": await registry.dead_letters(limit=dead_letters),
-            "crashed_runs": crashed,
-        }
+            check = await check_store(resources, entry.collection)
+            entry.vectors = check.points or 0
+            entry.drift = check.drift or bool(entry.awaiting_repair)
+            entry.missing, entry.stray = check.missing, check.stray
+        return StatusReport(
+            collections=collections,
+            runs=await registry.recent_runs(runs),
+            dead_letters=await registry.dead_letters(limit=dead_letters),
+            crashed_runs=crashed,
+        )
     finally:
         await resources.aclose()

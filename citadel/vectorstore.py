@@ -21,6 +21,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.models import SearchHit
 from citadel.storeprobe import embedded_store_holder
 
 log = logging.getLogger(__name__)
@@ -112,23 +113,28 @@ def _tune_embedded_storage(client: QdrantClient, name: str) -> None:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One point found by a search, as the store returned it."""
 
     id: str
     score: float
     payload: dict[str, Any]
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_result(self) -> SearchHit:
+        """The public search hit: Citadel's payload fields lifted, the rest kept as ``payload``."""
         payload = dict(self.payload)
-        return {
-            "score": self.score,
-            "id": self.id,
-            "document_id": payload.pop("document_id", None),
-            "chunk_index": payload.pop("chunk_index", None),
-            "text": payload.pop("text", None),
-            "source": payload.pop("source", None),
-            **{"payload": payload},
-        }
+        return SearchHit(
+            score=self.score,
+            id=self.id,
+            document_id=payload.pop("document_id", None),
+            chunk_index=payload.pop("chunk_index", None),
+            text=payload.pop("text", None),
+            source=payload.pop("source", None),
+            payload=payload,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """:meth:`to_result` as JSON."""
+        return self.to_result().to_json()
 
 
 class VectorStore:

@@ -154,4 +154,26 @@ def settings() -> Settings:
 
 
 def print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+    """``data`` (results, lists and mappings of them, plain values) as JSON on stdout."""
+    out.print_json(json.dumps(_plain(data), default=str))
+
+
+def _plain(data: Any) -> Any:
+    from citadel.models import Result
+
+    if isinstance(data, Result):
+        return data.to_json()
+    if isinstance(data, (list, tuple)):
+        return [_plain(item) for item in data]
+    if isinstance(data, dict):
+        return {key: _plain(value) for key, value in data.items()}
+    return data
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API this process talks to, from Prefect's own settings: the environment, a
+    ``.env`` file or the active profile (``prefect config set PREFECT_API_URL=...``)."""
+    quiet_prefect()
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None

@@ -22,6 +22,7 @@ from cli.common import (
     err,
     fail,
     out,
+    prefect_api_url,
     prefect_defaults,
     print_json,
     quiet_prefect,
@@ -196,7 +197,8 @@ def doctor(as_json: bool = JsonOption) -> None:
     from citadel.doctor import run_checks
 
     config = settings()
-    checks = run(lambda: run_checks(config))
+    api = prefect_api_url()
+    checks = run(lambda: run_checks(config, api))
     if as_json:
         print_json(checks)
     else:
@@ -222,32 +224,30 @@ def verify(
     reports = run(lambda: run_verify(config, collection, repair=repair))
     if as_json:
         print_json(reports)
+        raise typer.Exit(0 if all(report.healthy for report in reports) else 1)
     for report in reports:
-        final = report.get("after", report)
-        if as_json:
-            continue
-        name = report["collection"]
-        points = "no collection" if report["points"] is None else f"{report['points']} points"
-        state = "[red]drift[/red]" if report["drift"] or report["awaiting_repair"] else "[green]ok[/green]"
+        check = report.check
+        points = "no collection" if check.points is None else f"{check.points} points"
+        state = "[green]ok[/green]" if not check.drift and not report.awaiting_repair else "[red]drift[/red]"
         out.print(
-            f"{state}  {name}: {report['expected']} chunks in the registry, {points} in the store, "
-            f"{report['missing']} missing, {report['stray']} unknown to the registry",
+            f"{state}  {check.collection}: {check.expected} chunks in the registry, {points} in the store, "
+            f"{check.missing} missing, {check.stray} unknown to the registry",
             highlight=False,
         )
-        for step in report.get("reindexed", []):
+        for summary in report.reindexed:
             out.print(
-                f"      re-indexed {step['source']}: {step['repaired']} documents repaired, "
-                f"{step['chunks_embedded']} chunks embedded, {step['cache_hits']} from the cache",
+                f"      re-indexed {summary.source}: {summary.repaired} documents repaired, "
+                f"{summary.chunks_embedded} chunks embedded, {summary.cache_hits} from the cache",
                 highlight=False,
             )
-        if "after" in report:
-            out.print(f"      after repair: {final['missing']} missing, {final['stray']} unknown", highlight=False)
-        for source, count in final["awaiting_repair"].items():
+        final = report.after or report
+        if report.after is not None:
+            out.print(f"      after repair: {final.check.missing} missing, {final.check.stray} unknown", highlight=False)
+        for source, count in final.awaiting_repair.items():
             out.print(f"      {count} documents of {source} await repair: index that source again (inline documents: send them again)", highlight=False)
-        if not repair and (report["drift"] or report["awaiting_repair"]):
-            out.print(f"      fix: citadel verify --repair --collection {name}", highlight=False)
-    healthy = all(not r.get("after", r)["drift"] and not r.get("after", r)["awaiting_repair"] for r in reports)
-    raise typer.Exit(0 if healthy else 1)
+        if not repair and not report.healthy:
+            out.print(f"      fix: citadel verify --repair --collection {check.collection}", highlight=False)
+    raise typer.Exit(0 if all(report.healthy for report in reports) else 1)
 
 
 @app.command()

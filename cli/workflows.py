@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, NoReturn
 
 import typer
@@ -55,17 +54,17 @@ def workflow_validate(
         out.print(f"[green]valid[/green]: {definition.workflow_id}, {len(order)} steps in order {' -> '.join(order)}")
 
 
-def _print_report(status: dict[str, Any], as_json: bool) -> None:
+def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
-        print_json(status)
+        print_json(report)
         return
-    out.print(f"[bold]{status.get('workflow_id') or status['name']}[/bold] flow run {status['flow_run_id']}: {status['state']}", highlight=False)
+    out.print(f"[bold]{report.workflow_id or report.name}[/bold] flow run {report.flow_run_id}: {report.state}", highlight=False)
     table = Table()
     for column in ("step", "state", "start", "end", "output or error"):
-        table.add_column(column)
-    for step_id, step in status["steps"].items():
-        detail = step.get("error") or (json.dumps(step["output"], default=str)[:80] if "output" in step else "")
-        table.add_row(step_id, step["state"], (step["start"] or "")[11:19], (step["end"] or "")[11:19], detail)
+        table.add_column(column, overflow="fold")
+    for step_id, step in report.steps.items():
+        detail = step.error or (json.dumps(step.output, default=str)[:80] if step.output is not None else "")
+        table.add_row(step_id, step.state + (" (cached)" if step.cached else ""), (step.start or "")[11:19], (step.end or "")[11:19], detail)
     out.print(table)
 
 
@@ -83,36 +82,23 @@ def workflow_run(
         _print_problems(definition, as_json)
     payload = definition.model_dump(mode="json")
     quiet_prefect()
+    from deployments.workflow_runs import submit_workflow, wait_for_workflow
 
-    async def go() -> dict[str, Any]:
-        from flows.run_workflow import run_workflow, wait_for_workflow
+    async def go() -> Any:
+        report = await submit_workflow(payload, deployment=deployment, local=local)
+        if wait and report.state not in ("Completed", "Failed", "Crashed", "Cancelled"):
+            return await wait_for_workflow(report.flow_run_id)
+        return report
 
-        if local or not os.environ.get("PREFECT_API_URL"):
-            state = await run_workflow(payload, return_state=True)
-            return await wait_for_workflow(str(state.state_details.flow_run_id))
-        from prefect.deployments import run_deployment
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            flow_run = await run_deployment(deployment, parameters={"workflow": payload}, timeout=0)
-        except ObjectNotFound:
-            raise ConfigurationError(
-                f"deployment {deployment!r} not found on {os.environ['PREFECT_API_URL']}; "
-                "run `prefect deploy --all` (or `citadel serve`), or use --local"
-            ) from None
-        if not wait:
-            return {"flow_run_id": str(flow_run.id), "state": "Scheduled", "steps": {}}
-        return await wait_for_workflow(str(flow_run.id))
-
-    status = run(go)
-    if not wait and not local and os.environ.get("PREFECT_API_URL"):
+    report = run(go)
+    if report.state == "Scheduled":  # went through the deployment and was not waited for
         if as_json:
-            print_json({"flow_run_id": status["flow_run_id"]})
+            print_json({"flow_run_id": report.flow_run_id})
         else:
-            out.print(status["flow_run_id"])
+            out.print(report.flow_run_id)
         return
-    _print_report(status, as_json)
-    raise typer.Exit(0 if status["state"] == "Completed" else 1)
+    _print_report(report, as_json)
+    raise typer.Exit(0 if report.state == "Completed" else 1)
 
 
 @workflow_app.command("status")
@@ -122,16 +108,6 @@ def workflow_status_command(
 ) -> None:
     """A workflow run's state and, per step, its state, start, end and error."""
     quiet_prefect()
-    from flows.run_workflow import workflow_status
+    from deployments.workflow_runs import workflow_status
 
-    async def go() -> dict[str, Any]:
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            return await workflow_status(run_id)
-        except (ObjectNotFound, ValueError):
-            raise ConfigurationError(f"no flow run {run_id!r} on this Prefect server") from None
-
-    _print_report(run(go), as_json)
-
-
+    _print_report(run(lambda: workflow_status(run_id)), as_json)

@@ -97,15 +97,15 @@ async def index_corpus(
                     writer.cancel()
                     await asyncio.gather(writer, return_exceptions=True)
     summary = run.summary
-    counts = run.counts
+    assert summary is not None
     logger.info(
         "indexed %s: %d added, %d updated, %d unchanged, %d deleted, %d failed, %d repaired, %d chunks embedded in %.2fs",
-        collection, counts.added, counts.updated, counts.unchanged, counts.deleted, counts.failed, counts.repaired,
-        counts.chunks_embedded, summary["duration_s"],
+        collection, summary.added, summary.updated, summary.unchanged, summary.deleted, summary.failed, summary.repaired,
+        summary.chunks_embedded, summary.duration_s,
     )
-    for warning in summary["warnings"]:
+    for warning in summary.warnings:
         logger.warning(warning)
-    return summary
+    return summary.to_json()
 
 
 async def _write(settings: Settings, collection: str, batch: EmbeddedBatch) -> WriteResult:

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from citadel.documents import list_source
-from citadel.schema import RUN_COUNTS
+from citadel.models import RunCounts, ShardedRunSummary
 from citadel.settings import EmbedderConfig, settings_for
 from tasks.resources import open_resources
 
@@ -55,8 +55,9 @@ async def index_sharded(
     async with open_resources(settings) as resources:
         registry = await resources.registry()
         recorded = await registry.runs_of_flow_runs([str(run.id) for run in runs])
-    summary: dict[str, Any] = {key: sum(int(r.get(key) or 0) for r in recorded) for key in RUN_COUNTS}
-    summary.update(
+    total = sum((run.counts() for run in recorded), RunCounts())
+    summary = ShardedRunSummary(
+        **total.model_dump(),
         collection=collection,
         source=listing.key,
         shards=shards,
@@ -65,8 +66,8 @@ async def index_sharded(
         failed_shards=[str(run.id) for run in failed],
         duration_s=round(time.perf_counter() - started, 3),
     )
-    logger.info("indexed %s in %d shards: %s", collection, shards, {k: summary[k] for k in RUN_COUNTS})
+    logger.info("indexed %s in %d shards: %s", collection, shards, total.to_json())
     if failed:
         states = ", ".join(f"{run.name}: {run.state.name if run.state else 'unknown'}" for run in failed)
         raise RuntimeError(f"{len(failed)} of {shards} shards did not complete ({states}); run again to finish them")
-    return summary
+    return summary.to_json()

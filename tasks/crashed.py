@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Sequence
+from typing import Sequence
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
+from citadel.models import IndexRunRecord
+
 log = logging.getLogger(__name__)
 
 
-async def mark_flow_runs_crashed(runs: Sequence[dict[str, Any]]) -> list[str]:
+async def mark_flow_runs_crashed(runs: Sequence[IndexRunRecord]) -> list[str]:
     """Set the flow runs of crashed index runs to Crashed where they are not final yet; returns
     their ids. Best effort: the registry's record is what counts, so failures are only logged."""
     marked: list[str] = []
-    ids = [str(run["flow_run_id"]) for run in runs if run.get("flow_run_id")]
+    ids = [run.flow_run_id for run in runs if run.flow_run_id]
     if not ids:
         return marked
     try:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from citadel.chunking import chunk_text
+from citadel.models import RunSummary
 from citadel.settings import EmbedderConfig, Settings
 from citadel.workflows.errors import OrchestrationRequired
 from citadel.workflows.steps import StepContext, StepRegistry, default_registry
@@ -195,7 +196,7 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
             resources, params.query, collection,
             limit=params.limit, score_threshold=params.score_threshold, filters=params.filters,
         )
-        return {"collection": collection, "model": resources.embedder.model, "hits": hits}
+        return {"collection": collection, "model": resources.embedder.model, "hits": [hit.to_json() for hit in hits]}
 
 
 async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
@@ -204,9 +205,10 @@ async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
 
     async with _embedding_backend(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection
-        return await index_source(
+        summary = await index_source(
             resources, params.source, collection, params.full, params.prune, source_name=params.source_name
         )
+        return summary.to_json()
 
 
 async def run_flow(params: FlowParams, ctx: StepContext) -> Any:
@@ -221,11 +223,7 @@ async def run_flow(params: FlowParams, ctx: StepContext) -> Any:
 CHUNK_OUTPUTS = ("chunks", "texts")
 EMBEDDING_OUTPUTS = ("model", "dimensions", "vectors", "cache_hits", "embedded")
 SEARCH_OUTPUTS = ("collection", "model", "hits")
-INDEX_OUTPUTS = (  # the run summary of citadel.indexrun (a test holds the two together)
-    "added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "chunks_written", "chunks_reused",
-    "cache_hits", "repaired", "documents_seen", "duration_s", "collection", "model", "source",
-    "vector_store_opened", "run_id", "flow_run_id", "store", "warnings",
-)
+INDEX_OUTPUTS = tuple(RunSummary.model_fields)
 FLOW_OUTPUTS = ("flow_run_id", "state", "deployment")
 
 BUILTINS: tuple[tuple[str, Any, type[BaseModel], str, tuple[str, ...]], ...] = (

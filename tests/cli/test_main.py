@@ -138,7 +138,7 @@ def test_drift_is_reported_by_doctor_and_status_and_repaired_by_verify(
         checked = invoke("verify", "--collection", collection_name, "--json")
         assert checked.exit_code == 1
         (report,) = json.loads(checked.stdout)
-        assert (report["missing"], report["points"]) == (entry["chunks"], None)
+        assert (report["check"]["missing"], report["check"]["points"], report["check"]["drift"]) == (entry["chunks"], None, True)
 
         repaired = invoke("verify", "--repair", "--collection", collection_name)
         assert repaired.exit_code == 0, repaired.output

@@ -131,9 +131,9 @@ async def test_unknown_points_are_reported_and_only_verify_repair_removes_them(
     assert stray in await resources.store.present(collection_name, [stray]), "a run never deletes what it does not know"
 
     (report,) = await verify(resources.settings, collection_name)
-    assert (report["stray"], report["drift"]) == (1, True) and "after" not in report
+    assert (report.check.stray, report.check.drift, report.after, report.healthy) == (1, True, None, False)
     (repaired,) = await verify(resources.settings, collection_name, repair=True)
-    assert repaired["after"]["stray"] == 0 and repaired["after"]["drift"] is False
+    assert repaired.after is not None and repaired.after.check.stray == 0 and repaired.healthy
     assert not await resources.store.present(collection_name, [stray])
 
 
@@ -156,8 +156,8 @@ async def test_verify_repair_indexes_again_every_source_that_lost_points(
     assert await awaiting_repair(registry, collection_name) == {collection_name: {str(second): 2}}
 
     (report,) = await verify(resources.settings, collection_name, repair=True)
-    assert [(step["source"], step["repaired"]) for step in report["reindexed"]] == [(str(second), 2)]
-    assert report["after"]["drift"] is False and report["after"]["awaiting_repair"] == {}
+    assert [(step.source, step.repaired) for step in report.reindexed] == [(str(second), 2)]
+    assert report.after is not None and not report.after.check.drift and report.after.awaiting_repair == {}
     vectors, chunks = await index_state(Settings(), collection_name)
     assert vectors == chunks
 
@@ -169,7 +169,7 @@ async def test_inline_documents_stay_marked_until_they_are_sent_again(
     await index_source(resources, records, collection_name, source_name="crm")
     await resources.store.delete(collection_name, await _point_ids_of(resources, collection_name, ["r0", "r1"]))
     (report,) = await verify(resources.settings, collection_name, repair=True)
-    assert report["reindexed"] == [] and report["after"]["awaiting_repair"] == {"crm": 2}
+    assert report.reindexed == [] and report.after is not None and report.after.awaiting_repair == {"crm": 2}
     summary = await index_source(resources, records, collection_name, source_name="crm")
     assert (summary["repaired"], summary["unchanged"]) == (2, 1)
     assert await awaiting_repair(await resources.registry(), collection_name) == {}

@@ -19,7 +19,7 @@ from tests.support.corpus import dead_letters_of, index_state, index_with_own_ba
 async def test_the_summary_has_the_keys_the_index_step_declares(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
     write_corpus(tmp_path / "corpus", files=1)
     summary = await index_with_own_backends(str(tmp_path / "corpus"), collection_name)
-    assert tuple(summary) == INDEX_OUTPUTS, "workflow validation checks ${steps.<index step>.output.<key>} against them"
+    assert tuple(summary.to_json()) == INDEX_OUTPUTS, "workflow validation checks ${steps.<index step>.output.<key>} against them"
 
 
 async def test_new_chunk_settings_re_chunk_and_reuse_the_vectors_of_unchanged_texts(

@@ -9,7 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from citadel.workflows import StepContext, WorkflowInvalid, default_registry
-from flows.run_workflow import run_workflow, wait_for_workflow
+from deployments.workflow_runs import wait_for_workflow
+from flows.run_workflow import run_workflow
 
 
 class SleepParams(BaseModel):

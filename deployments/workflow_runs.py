@@ -1,0 +1,176 @@
+"""Submit, watch, cancel and list workflow runs: the one place the CLI and the HTTP API call.
+
+Where runs go is Prefect's own setting: with a Prefect API configured (the environment, a
+``.env`` file or the active profile, as ``prefect config set PREFECT_API_URL=...`` writes it) a
+workflow runs through its deployment, on the workers; without one, in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelling
+
+from citadel.errors import ConfigurationError
+from citadel.models import StepReport, WorkflowReport
+from citadel.workflows import WorkflowDefinition, load_workflow, workflow_from_data
+from flows.run_workflow import run_workflow
+
+DEFAULT_DEPLOYMENT = "run-workflow/default"
+FINAL = frozenset({"Completed", "Failed", "Crashed", "Cancelled", "Skipped", "TimedOut", "Cached"})
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API of this process, from Prefect's settings; None runs flows on a local server."""
+    return PREFECT_API_URL.value() or None
+
+
+async def submit_workflow(
+    workflow: dict[str, Any],
+    *,
+    context: dict[str, Any] | None = None,
+    deployment: str = DEFAULT_DEPLOYMENT,
+    local: bool = False,
+) -> WorkflowReport:
+    """Start a validated workflow: through ``deployment`` when a Prefect API is configured (the
+    report comes back at once, Scheduled), else (or with ``local``) in this process to its end."""
+    parameters: dict[str, Any] = {"workflow": workflow}
+    if context:
+        parameters["context"] = context
+    if local or not prefect_api_url():
+        state = await run_workflow(workflow, context=context, return_state=True)
+        return await wait_for_workflow(str(state.state_details.flow_run_id))
+    try:
+        flow_run = await run_deployment(deployment, parameters=parameters, timeout=0)
+    except ObjectNotFound:
+        raise ConfigurationError(
+            f"deployment {deployment!r} not found on {prefect_api_url()}; "
+            "run `prefect deploy --all` (or `citadel serve`), or use --local"
+        ) from None
+    return WorkflowReport(
+        flow_run_id=str(flow_run.id), name=flow_run.name, workflow_id=workflow.get("workflow_id"), state="Scheduled"
+    )
+
+
+def _definition(workflow: Any) -> WorkflowDefinition | None:
+    """The definition a run was given, or None when it cannot be read (a status must still show)."""
+    try:
+        return workflow_from_data(workflow) if isinstance(workflow, dict) else load_workflow(workflow)
+    except Exception:  # noqa: BLE001 - an invalid or unreadable definition still has a run to report
+        return None
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def _outputs(flow_run: FlowRun) -> dict[str, Any]:
+    """The steps of a completed run's persisted result (JSON), where this process can read it."""
+    if flow_run.state is None or not flow_run.state.is_completed():
+        return {}
+    try:
+        result = await flow_run.state.aresult(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a result stored where this process cannot read it
+        return {}
+    return result.get("steps", {}) if isinstance(result, dict) else {}
+
+
+async def workflow_status(flow_run_id: str) -> WorkflowReport:
+    """A workflow run's state and, per step, its state, start, end, error and output, from Prefect."""
+    try:
+        run_id = uuid.UUID(flow_run_id)
+    except ValueError:
+        raise ConfigurationError(f"{flow_run_id!r} is not a flow run id") from None
+    async with get_client() as client:
+        try:
+            flow_run = await client.read_flow_run(run_id)
+        except ObjectNotFound:
+            raise ConfigurationError(f"no flow run {flow_run_id} on this Prefect server") from None
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC
+        )
+    definition = _definition((flow_run.parameters or {}).get("workflow"))
+    outputs = await _outputs(flow_run)
+    by_step = {run.name: run for run in task_runs}  # task runs are named after their step
+    step_ids = [s.step_id for s in definition.steps] if definition else list(by_step)
+    steps: dict[str, StepReport] = {}
+    for step_id in step_ids:
+        run = by_step.get(step_id)
+        state = run.state if run else None
+        name = state.name if state else "Pending"
+        recorded = outputs.get(step_id, {})
+        steps[step_id] = StepReport(
+            state="Skipped" if name == "NotReady" else name,
+            start=_iso(run.start_time) if run else None,
+            end=_iso(run.end_time) if run else None,
+            duration_s=recorded.get("duration_s"),
+            error=state.message if state and (state.is_failed() or state.is_crashed() or name == "NotReady") else None,
+            output=recorded.get("output"),
+            cached=bool(recorded.get("cached")) or name == "Cached",
+        )
+    return WorkflowReport(
+        flow_run_id=str(flow_run.id),
+        name=flow_run.name,
+        workflow_id=definition.workflow_id if definition else None,
+        state=flow_run.state.name if flow_run.state else None,
+        start=_iso(flow_run.start_time),
+        end=_iso(flow_run.end_time),
+        steps=steps,
+    )
+
+
+async def wait_for_workflow(flow_run_id: str, timeout_s: float = 3600, settle_s: float = 10) -> WorkflowReport:
+    """Poll until the run is final and its steps' states have reached the server (they arrive as
+    events, a moment after the flow run's own state)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = await workflow_status(flow_run_id)
+        if report.state in FINAL or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    settle = time.monotonic() + settle_s
+    while time.monotonic() < settle and not all(step.state in FINAL for step in report.steps.values()):
+        await asyncio.sleep(0.25)
+        report = await workflow_status(flow_run_id)
+    return report
+
+
+async def cancel_workflow(flow_run_id: str) -> WorkflowReport:
+    """Ask the run's worker to stop it (Cancelling); a run already final is left as it is."""
+    report = await workflow_status(flow_run_id)
+    if report.state not in FINAL:
+        async with get_client() as client:
+            await client.set_flow_run_state(uuid.UUID(flow_run_id), Cancelling(message="cancelled on request"))
+        report = await workflow_status(flow_run_id)
+    return report
+
+
+async def recent_workflows(limit: int = 20) -> list[WorkflowReport]:
+    """The newest workflow runs, newest first, with their state (steps are read per run)."""
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["run-workflow"])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit,
+        )
+    return [
+        WorkflowReport(
+            flow_run_id=str(run.id),
+            name=run.name,
+            workflow_id=getattr(_definition((run.parameters or {}).get("workflow")), "workflow_id", None),
+            state=run.state.name if run.state else None,
+            start=_iso(run.start_time),
+            end=_iso(run.end_time),
+        )
+        for run in runs
+    ]
