@@ -33,7 +33,7 @@ from citadel.indexing import (
 )
 from citadel.errors import ConfigurationError
 from citadel.models import IndexRunRecord, RunCounts, RunSummary, StoreCheck
-from citadel.registry import check_collection_model
+from citadel.registry import DeadLetter, check_collection_model
 from citadel.resources import Resources
 from citadel.runlock import Holder, RunLock, lock_key, mark_crashed_runs
 from citadel.settings import Settings
@@ -41,6 +41,9 @@ from citadel.sharding import check_shard, shard_of
 from citadel.storeprobe import embedded_store_holder
 
 log = logging.getLogger(__name__)
+
+MAX_FAILURES_KEPT = 100
+"""Dead letters a run keeps for its report; every one is in the registry (``citadel status``)."""
 
 
 @dataclass
@@ -108,6 +111,7 @@ class IndexRun:
         self.counts = RunCounts()
         self.seen = SeenDocuments()
         self.store: StoreCheck | None = None
+        self.failures: list[DeadLetter] = []  # this run's dead letters, the first MAX_FAILURES_KEPT
         self.crashed: list[IndexRunRecord] = []
         self.summary: RunSummary | None = None
         self.key = lock_key(collection, resolved.key, resolved.shard)
@@ -127,6 +131,14 @@ class IndexRun:
         self._lock.start_heartbeat()
         self._started = time.perf_counter()  # the run's own time, not its wait for the lock
         return self
+
+    def count_embedded(self, batch: EmbeddedBatch) -> None:
+        """Count what embedding a batch did, and keep its failures for the run's report."""
+        self.counts.add_embedded(batch)
+        self.seen.note_failures(batch.plan)
+        room = MAX_FAILURES_KEPT - len(self.failures)
+        if room > 0:
+            self.failures.extend(batch.plan.failures[:room])
 
     def _waiting(self, holder: Holder | None) -> None:
         who = holder.describe() if holder else "another run"
@@ -244,8 +256,7 @@ async def index_source(
             )
             run.counts.unchanged += plan.unchanged
             batch = await embed_plan(resources, plan, collection) if plan.documents else EmbeddedBatch(plan, [])
-            run.seen.note_failures(batch.plan)
-            run.counts.add_embedded(batch)
+            run.count_embedded(batch)
             if batch.plan.documents or batch.plan.failures:
                 await upsert_vectors(resources, batch, collection)
                 run.counts.add_written(await record_documents(resources, batch, collection))

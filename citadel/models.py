@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 if TYPE_CHECKING:
     from citadel.indexing import EmbeddedBatch, WriteResult
@@ -29,6 +29,14 @@ class Result(BaseModel):
     """Base of the public results: unknown fields are refused, so a typo cannot pass unnoticed."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _computed_fields_are_not_input(cls, data: Any) -> Any:
+        """A result's JSON carries its computed fields (``drift``); reading it back ignores them."""
+        if isinstance(data, dict) and cls.model_computed_fields:
+            return {key: value for key, value in data.items() if key not in cls.model_computed_fields}
+        return data
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape (datetimes as ISO text), for ``--json``, flow results and the API."""

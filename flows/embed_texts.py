@@ -4,16 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
+from prefect.artifacts import acreate_table_artifact
+from prefect.runtime import flow_run
 
 from citadel.settings import EmbedderConfig, settings_for
 from tasks.embedding import embed_texts_task
+from tasks.reporting import artifact_key, run_tags, tag_flow_run
 from tasks.resources import open_resources
 
 
-@flow(name="embed-texts")
+def _name() -> str:
+    return f"embed-{len(flow_run.parameters.get('texts') or [])}-texts"
+
+
+@flow(name="embed-texts", flow_run_name=_name, persist_result=True, result_serializer="json")
 async def embed_texts(texts: list[str], embedder: EmbedderConfig | None = None) -> dict[str, Any]:
-    """Vectors for ``texts`` in order, with the model, its size and how many came from the cache."""
+    """Vectors for ``texts`` in order (the result, kept as JSON), with the model, its size and how
+    many came from the cache."""
     settings = settings_for(embedder)
+    labels = run_tags(settings)
+    await tag_flow_run(labels)
     async with open_resources(settings):
-        return await embed_texts_task(settings, texts)
+        with tags(*labels):
+            result = await embed_texts_task(settings, texts)
+    await acreate_table_artifact(
+        [{key: result[key] for key in ("model", "dimensions", "cache_hits", "embedded")} | {"texts": len(texts)}],
+        key=artifact_key("embed", str(result["model"])), description="What the embedding run did (the vectors are its result)",
+    )
+    return result

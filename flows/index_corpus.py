@@ -6,13 +6,13 @@ import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from citadel import progress
 from citadel.indexing import EmbeddedBatch, WriteResult
-from citadel.indexrun import IndexRun, resolve_source
+from citadel.indexrun import IndexRun, ResolvedSource, resolve_source
 from citadel.settings import EmbedderConfig, Settings, settings_for
 from tasks.crashed import mark_flow_runs_crashed
 from tasks.indexing import (
@@ -26,10 +26,19 @@ from tasks.indexing import (
     upsert_vectors,
 )
 from tasks.limits import embedding_slot
+from tasks.reporting import default_collection, report_index_run, run_name, run_tags, tag_flow_run
 from tasks.resources import open_resources
 
 
-@flow(name="index-corpus", validate_parameters=True)
+@flow(
+    name="index-corpus",
+    flow_run_name=run_name("index", "collection", default_collection),
+    validate_parameters=True,
+    # The summary is kept as JSON (never pickle) in the result storage, so run_deployment and
+    # `citadel` read it back; a table artifact shows it in the UI and over the REST API.
+    persist_result=True,
+    result_serializer="json",
+)
 async def index_corpus(
     source: str | list[dict[str, Any]],
     collection: str | None = None,
@@ -41,7 +50,8 @@ async def index_corpus(
     shards: int | None = None,
 ) -> dict[str, Any]:
     """Index ``source`` (a directory, glob, file, or a list of ``{"id", "text", "metadata"}``) into
-    ``collection``; returns counts of added, updated, unchanged, deleted and failed documents.
+    ``collection``; returns the run summary (citadel.models.RunSummary as JSON): documents added,
+    updated, unchanged, deleted, failed and repaired, chunks embedded, cache hits, duration.
 
     ``prune`` deletes documents of this source that it no longer holds; it defaults to true for
     directories and globs (listed completely) and false for inline lists. ``shard`` of ``shards``
@@ -53,49 +63,15 @@ async def index_corpus(
     resolved = resolve_source(
         source, prune=prune, source_name=source_name, shard=shard, shards=shards, exclude=[settings.data_dir]
     )
+    labels = run_tags(settings, collection)
+    await tag_flow_run(labels)
     async with open_resources(settings) as resources, AsyncExitStack() as slot:
-        await prepare_collection(settings, collection)
-        async with IndexRun(resources, collection, resolved, flow_run_id=str(flow_run.id) if flow_run.id else None) as run:
-            await mark_flow_runs_crashed(run.crashed)
-            run.store = await check_store(settings, collection)
-            writer: asyncio.Task | None = None
-            holding_slot = False
-            try:
-                for group in resolved.groups(settings):
-                    # quote(): Prefect would otherwise walk every document and payload looking for futures.
-                    items = run.seen.admit(await load_documents(settings, quote(group), resolved.key))
-                    plan = await plan_batch(settings, collection, quote(items), full)
-                    run.counts.unchanged += plan.unchanged
-                    if plan.documents and not holding_slot:
-                        # One slot of the backend's global limit, taken when the run first needs the
-                        # embedder (an unchanged run never does) and held until the run ends.
-                        await slot.enter_async_context(embedding_slot(settings))
-                        holding_slot = True
-                    # Embedding this batch overlaps with writing the previous one.
-                    embedded = await embed_chunks(settings, collection, quote(plan)) if plan.documents else EmbeddedBatch(plan, [])
-                    run.seen.note_failures(embedded.plan)
-                    run.counts.add_embedded(embedded)
-                    if writer is not None:
-                        run.counts.add_written(await writer)
-                        writer = None
-                    if embedded.plan.documents or embedded.plan.failures:
-                        writer = asyncio.create_task(_write(settings, collection, embedded))
-                    progress.report(group.done, group.total, "indexing")
-                if writer is not None:
-                    run.counts.add_written(await writer)
-                    writer = None
-                if resolved.prune:
-                    run.counts.deleted = await delete_stale_documents(settings, collection, resolved.key, quote(run.seen), resolved.shard)
-            except Exception:
-                if writer is not None:
-                    # Let the batch already embedded finish writing, so the next run re-embeds less.
-                    await asyncio.gather(writer, return_exceptions=True)
-                    writer = None
-                raise
-            finally:
-                if writer is not None:  # cancelled or interrupted: stop at once, the next run repairs
-                    writer.cancel()
-                    await asyncio.gather(writer, return_exceptions=True)
+        with tags(*labels):
+            await prepare_collection.with_options(task_run_name=f"prepare {collection}")(settings, collection)
+            async with IndexRun(resources, collection, resolved, flow_run_id=str(flow_run.id) if flow_run.id else None) as run:
+                await mark_flow_runs_crashed(run.crashed)
+                run.store = await check_store.with_options(task_run_name=f"check the store of {collection}")(settings, collection)
+                await _index_batches(settings, collection, resolved, full, run, slot)
     summary = run.summary
     assert summary is not None
     logger.info(
@@ -105,10 +81,65 @@ async def index_corpus(
     )
     for warning in summary.warnings:
         logger.warning(warning)
+    await report_index_run(summary, run.failures)
     return summary.to_json()
 
 
-async def _write(settings: Settings, collection: str, batch: EmbeddedBatch) -> WriteResult:
+async def _index_batches(
+    settings: Settings, collection: str, resolved: ResolvedSource, full: bool, run: IndexRun, slot: AsyncExitStack
+) -> None:
+    """Every batch of the source, embedding batch n + 1 while batch n is written; then the prune."""
+    writer: asyncio.Task | None = None
+    holding_slot = False
+    try:
+        for number, group in enumerate(resolved.groups(settings), start=1):
+            what = f"{len(group.paths)} files" if group.paths or not group.records else f"{len(group.records)} records"
+            # quote(): Prefect would otherwise walk every document and payload looking for futures.
+            loaded = await load_documents.with_options(task_run_name=f"load {what} (batch {number})")(settings, quote(group), resolved.key)
+            items = run.seen.admit(loaded)
+            plan = await plan_batch.with_options(task_run_name=f"plan {len(items)} documents (batch {number})")(
+                settings, collection, quote(items), full
+            )
+            run.counts.unchanged += plan.unchanged
+            if plan.documents and not holding_slot:
+                # One slot of the backend's global limit, taken when the run first needs the
+                # embedder (an unchanged run never does) and held until the run ends.
+                await slot.enter_async_context(embedding_slot(settings))
+                holding_slot = True
+            if plan.documents:
+                name = f"embed {plan.chunk_count} chunks of {len(plan.documents)} documents (batch {number})"
+                embedded = await embed_chunks.with_options(task_run_name=name)(settings, collection, quote(plan))
+            else:
+                embedded = EmbeddedBatch(plan, [])
+            run.count_embedded(embedded)
+            # Embedding this batch overlapped with writing the previous one.
+            if writer is not None:
+                run.counts.add_written(await writer)
+                writer = None
+            if embedded.plan.documents or embedded.plan.failures:
+                writer = asyncio.create_task(_write(settings, collection, embedded, number))
+            progress.report(group.done, group.total, "indexing")
+        if writer is not None:
+            run.counts.add_written(await writer)
+            writer = None
+        if resolved.prune:
+            prune = delete_stale_documents.with_options(task_run_name=f"delete what {resolved.key[-80:]} no longer holds")
+            run.counts.deleted = await prune(settings, collection, resolved.key, quote(run.seen), resolved.shard)
+    except Exception:
+        if writer is not None:
+            # Let the batch already embedded finish writing, so the next run re-embeds less.
+            await asyncio.gather(writer, return_exceptions=True)
+            writer = None
+        raise
+    finally:
+        if writer is not None:  # cancelled or interrupted: stop at once, the next run repairs
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+
+async def _write(settings: Settings, collection: str, batch: EmbeddedBatch, number: int) -> WriteResult:
     """The two write steps of a batch, in order: the points, then the registry."""
-    await upsert_vectors(settings, collection, quote(batch))
-    return await record_documents(settings, collection, quote(batch))
+    points = sum(len(d.record.chunks) for d in batch.plan.documents)
+    await upsert_vectors.with_options(task_run_name=f"upsert {points} points (batch {number})")(settings, collection, quote(batch))
+    record = record_documents.with_options(task_run_name=f"record {len(batch.plan.documents)} documents (batch {number})")
+    return await record(settings, collection, quote(batch))

@@ -9,17 +9,21 @@ if any step failed, after every step that could run has run.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
+from citadel.models import StepReport, WorkflowReport
 from citadel.settings import settings_for
 from citadel.workflows import check_workflow, load_step_modules, upstream
 from citadel.workflows.errors import StepFailed
 from citadel.workflows.spec import load_workflow_data
+from tasks.reporting import report_workflow, run_tags, tag_flow_run
 from tasks.resources import open_resources
 from tasks.workflow import workflow_step
 
@@ -30,13 +34,21 @@ def _data(workflow: dict[str, Any] | str) -> Any:
 
 # The report (states, timings, outputs) is persisted as JSON, never pickle, so that
 # `citadel workflow status` can show the outputs of a run executed by a worker.
-@flow(name="run-workflow", persist_result=True, result_serializer="json")
+def _name() -> str:
+    workflow = flow_run.parameters.get("workflow")
+    workflow_id = workflow.get("workflow_id") if isinstance(workflow, dict) else None
+    return f"workflow-{workflow_id or 'from-file'}"
+
+
+@flow(name="run-workflow", flow_run_name=_name, persist_result=True, result_serializer="json")
 async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``workflow`` (a definition, or JSON/YAML text or a file path) and run it."""
+    """Validate ``workflow`` (a definition, or JSON/YAML text or a file path) and run it; returns
+    every step's state, time and output (or error), as JSON."""
     logger = get_run_logger()
     settings = settings_for()
     load_step_modules(settings.step_modules)
     definition = check_workflow(_data(workflow), context=context)  # an invalid workflow never starts, every problem said
+    await tag_flow_run([f"workflow:{definition.workflow_id}", *run_tags(settings)])
     merged = {**definition.context, **(context or {})}
     deps = upstream(definition)
     states: dict[str, asyncio.Future[tuple[State, Any]]] = {}
@@ -74,6 +86,7 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
     async with open_resources(settings):
         await asyncio.gather(*(run(step.step_id) for step in definition.steps))
     ordered = {step.step_id: report[step.step_id] for step in definition.steps}
+    await report_workflow(_report(definition.workflow_id, ordered))
     failed = [sid for sid, entry in ordered.items() if entry["state"] not in ("Completed", "Skipped")]
     skipped = [sid for sid, entry in ordered.items() if entry["state"] == "Skipped"]
     logger.info("workflow %s: %d steps, failed %s, skipped %s", definition.workflow_id, len(ordered), failed, skipped)
@@ -81,3 +94,23 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
         reasons = "; ".join(f"{sid}: {ordered[sid].get('error')}" for sid in failed)
         raise StepFailed(failed[0], f"{len(failed)} step(s) failed ({reasons}); skipped: {', '.join(skipped) or 'none'}")
     return {"workflow_id": definition.workflow_id, "steps": ordered}
+
+
+def _when(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat()
+
+
+def _report(workflow_id: str, steps: dict[str, dict[str, Any]]) -> WorkflowReport:
+    """The flow's own record of its steps as the public report (for its artifact)."""
+    return WorkflowReport(
+        flow_run_id=str(flow_run.id or ""),
+        workflow_id=workflow_id,
+        steps={
+            step_id: StepReport(
+                state=entry["state"], start=_when(entry["started"]), end=_when(entry["finished"]),
+                duration_s=entry["duration_s"], error=entry.get("error"), output=entry.get("output"),
+                cached=entry.get("cached", False),
+            )
+            for step_id, entry in steps.items()
+        },
+    )

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
 
+from citadel.models import SearchHit
+from citadel.search import check_query
 from citadel.settings import EmbedderConfig, settings_for
 from tasks.embedding import embed_query
+from tasks.reporting import default_collection, report_search, run_name, run_tags, tag_flow_run
 from tasks.resources import open_resources
 from tasks.search import search_vectors
 
 
-@flow(name="similarity-search")
+@flow(
+    name="similarity-search",
+    flow_run_name=run_name("search", "collection", default_collection),
+    persist_result=True,  # as JSON: run_deployment(...).state.result() gives the caller its hits
+    result_serializer="json",
+)
 async def similarity_search(
     query: str,
     collection: str | None = None,
@@ -21,9 +29,16 @@ async def similarity_search(
     filters: dict[str, Any] | None = None,
     embedder: EmbedderConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Scored hits for ``query``; ``filters`` match payload fields such as ``document_id`` or ``source``."""
+    """Scored hits for ``query`` (citadel.models.SearchHit as JSON, nearest first); ``filters``
+    match payload fields such as ``document_id`` or ``source``."""
+    check_query(query)
     settings = settings_for(embedder)
     collection = collection or settings.collection
+    labels = run_tags(settings, collection)
+    await tag_flow_run(labels)
     async with open_resources(settings) as resources:
-        vector = await embed_query(settings, query, resources.embedder.model)
-        return await search_vectors(settings, collection, vector, limit, score_threshold, filters)
+        with tags(*labels):
+            vector = await embed_query(settings, query, resources.embedder.model)
+            hits = await search_vectors(settings, collection, vector, limit, score_threshold, filters)
+    await report_search(query, collection, [SearchHit.model_validate(hit) for hit in hits])
+    return hits

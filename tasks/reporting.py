@@ -1,0 +1,126 @@
+"""What a run shows in the Prefect UI: a readable name, tags, and artifacts of what it did.
+
+Artifacts are keyed per collection (or workflow), so the UI's artifact page keeps each one's
+history; their data is plain JSON, readable over Prefect's REST API (``/api/artifacts/filter``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any, Callable, Sequence
+
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+
+from citadel.models import RunSummary, SearchHit, WorkflowReport
+from citadel.registry import DeadLetter
+from citadel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SNIPPET = 160
+
+
+def artifact_key(kind: str, name: str) -> str:
+    """``index-docs-v2`` from ``("index", "Docs_v2")``: artifact keys allow lowercase letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "default"
+    return f"{kind}-{slug}"[:255]
+
+
+def run_name(prefix: str, parameter: str, default: Callable[[], str]) -> Callable[[], str]:
+    """A flow run name from one of its parameters (``index-docs``), the default when it is unset."""
+
+    def name() -> str:
+        value = flow_run.parameters.get(parameter)
+        return f"{prefix}-{value or default()}"
+
+    return name
+
+
+def default_collection() -> str:
+    return Settings().collection
+
+
+def run_tags(settings: Settings, collection: str | None = None) -> list[str]:
+    """Tags that let the UI filter runs by collection and embedder."""
+    tags = [f"embedder:{settings.embedder}"]
+    if collection:
+        tags.insert(0, f"collection:{collection}")
+    return tags
+
+
+async def tag_flow_run(tags: Sequence[str]) -> None:
+    """Add ``tags`` to the running flow run (a flow's own tags are fixed when it is declared)."""
+    if not flow_run.id:
+        return
+    try:
+        async with get_client() as client:
+            current = await client.read_flow_run(uuid.UUID(flow_run.id))
+            await client.update_flow_run(current.id, tags=sorted({*current.tags, *tags}))
+    except Exception as exc:  # noqa: BLE001 - a missing tag must never fail a run
+        log.warning("could not tag flow run %s: %s", flow_run.id, exc)
+
+
+async def report_index_run(summary: RunSummary, failures: Sequence[DeadLetter]) -> None:
+    """The run's summary as a table, and its dead letters with their reasons as markdown."""
+    row = {
+        **summary.counts().to_json(),
+        "duration_s": summary.duration_s,
+        "source": summary.source,
+        "model": summary.model,
+        "store_drift": bool(summary.store and summary.store.drift),
+    }
+    await acreate_table_artifact(
+        [row], key=artifact_key("index", summary.collection),
+        description=f"What indexing {summary.source} into {summary.collection} did",
+    )
+    if failures:
+        lines = [f"# Dead letters of {summary.collection}", "", "| document | stage | reason |", "|---|---|---|"]
+        lines += [f"| `{_cell(f.document_id)}` | {f.stage} | {_cell(f.error)} |" for f in failures]
+        if summary.failed > len(failures):
+            lines.append(f"\n... and {summary.failed - len(failures)} more: `citadel status` lists them.")
+        await acreate_markdown_artifact(
+            "\n".join(lines), key=artifact_key("dead-letters", summary.collection),
+            description="Documents this run could not index, retried on the next run",
+        )
+
+
+async def report_search(query: str, collection: str, hits: Sequence[SearchHit]) -> None:
+    """The top hits of a search as a table."""
+    rows: list[dict[str, Any]] = [
+        {"rank": rank, "score": round(hit.score, 4), "document": hit.document_id, "chunk": hit.chunk_index,
+         "text": " ".join(str(hit.text or "").split())[:SNIPPET]}
+        for rank, hit in enumerate(hits, start=1)
+    ]
+    await acreate_table_artifact(
+        rows or [{"rank": None, "score": None, "document": "no hits", "chunk": None, "text": ""}],
+        key=artifact_key("search", collection), description=f"Top hits for {query[:200]!r}",
+    )
+
+
+async def report_workflow(report: WorkflowReport) -> None:
+    """Each step's state, time and output (or error), as a table."""
+    rows = [
+        {"step": step_id, "state": step.state, "cached": step.cached, "seconds": step.duration_s,
+         "output or error": step.error or _preview(step.output)}
+        for step_id, step in report.steps.items()
+    ]
+    await acreate_table_artifact(
+        rows, key=artifact_key("workflow", report.workflow_id or "workflow"),
+        description=f"Steps of workflow {report.workflow_id}",
+    )
+
+
+def _preview(value: Any) -> str:
+    import json
+
+    text = json.dumps(value, default=str) if value is not None else ""
+    return text if len(text) <= SNIPPET else text[: SNIPPET - 3] + "..."
+
+
+def _cell(text: str) -> str:
+    """Text fit for a markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")[:300]

@@ -1,0 +1,85 @@
+"""What a run shows in Prefect: its name, tags, task names, artifacts, and a result its caller can read."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+from citadel.models import RunSummary, SearchHit
+from flows.embed_texts import embed_texts
+from flows.index_corpus import index_corpus
+from flows.run_workflow import run_workflow
+from flows.similarity_search import similarity_search
+from tasks.reporting import artifact_key
+from tests.support.corpus import write_corpus
+
+
+async def _run_of(state):  # noqa: ANN001, ANN202
+    """The flow run of a finished state, read back from the server, with its task runs and artifacts."""
+    async with get_client() as client:
+        run = await client.read_flow_run(state.state_details.flow_run_id)
+        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    # A table artifact's data is JSON text (what a REST client reads too); markdown is the text.
+    shown = {a.key: json.loads(a.data) if a.type == "table" else a.data for a in artifacts if a.key}
+    return run, tasks, shown
+
+
+async def test_an_index_run_is_named_tagged_and_reports_its_summary_and_dead_letters(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=3)
+    (corpus / "empty.md").write_text("")
+    state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
+    run, tasks, artifacts = await _run_of(state)
+
+    assert run.name == f"index-{collection_name}"
+    assert {f"collection:{collection_name}", "embedder:hashing"} <= set(run.tags)
+    names = {task.name for task in tasks}
+    assert {f"prepare {collection_name}", f"check the store of {collection_name}", "load 4 files (batch 1)",
+            "plan 4 documents (batch 1)"} <= names
+    assert any(name.startswith("embed ") and name.endswith("chunks of 3 documents (batch 1)") for name in names)
+
+    summary = RunSummary.model_validate(await state.aresult())  # the persisted JSON result
+    (row,) = artifacts[artifact_key("index", collection_name)]
+    assert (row["added"], row["failed"], row["chunks_embedded"]) == (summary.added, summary.failed, summary.chunks_embedded)
+    assert (summary.added, summary.failed) == (3, 1) and row["duration_s"] == summary.duration_s
+    dead = artifacts[artifact_key("dead-letters", collection_name)]
+    assert "empty.md" in dead and "empty document" in dead
+
+
+async def test_a_search_result_reaches_its_caller_and_its_hits_show(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=2)
+    (corpus / "zebra.md").write_text("Zebras juggle xylophones near quartz fountains.\n")
+    await index_corpus(str(corpus), collection=collection_name)
+    state = await similarity_search("zebras juggling", collection=collection_name, limit=2, return_state=True)
+    hits = [SearchHit.model_validate(hit) for hit in await state.aresult()]
+    assert hits[0].document_id == str(corpus / "zebra.md")
+    run, _, artifacts = await _run_of(state)
+    assert run.name == f"search-{collection_name}"
+    top = artifacts[artifact_key("search", collection_name)]
+    assert top[0]["document"] == str(corpus / "zebra.md") and top[0]["rank"] == 1
+
+
+async def test_embed_and_workflow_runs_are_named_and_report(data_dir: Path) -> None:
+    state = await embed_texts(["one text", "another text"], return_state=True)
+    run, _, artifacts = await _run_of(state)
+    assert run.name == "embed-2-texts" and len((await state.aresult())["vectors"]) == 2
+    (row,) = artifacts[artifact_key("embed", "citadel-hashing-v1-384d")]
+    assert row["texts"] == 2
+
+    workflow_id = f"wf-{uuid.uuid4().hex[:6]}"
+    workflow = {"workflow_id": workflow_id, "steps": [
+        {"step_id": "split", "type": "chunk", "parameters": {"text": "one. two. three.", "chunk_size": 6, "chunk_overlap": 0}},
+    ]}
+    state = await run_workflow(workflow, return_state=True)
+    run, tasks, artifacts = await _run_of(state)
+    assert run.name == f"workflow-{workflow_id}" and f"workflow:{workflow_id}" in run.tags
+    (step,) = artifacts[artifact_key("workflow", workflow_id)]
+    assert (step["step"], step["state"]) == ("split", "Completed") and "one." in step["output or error"]
