@@ -264,14 +264,17 @@ def serve() -> None:
 @app.command()
 def setup(
     pool: str = typer.Option("citadel", "--pool", help="Process work pool to create for the deployments."),
+    result_storage: str | None = typer.Option(
+        None, "--result-storage", help="A folder every worker and reader can reach (a shared mount), where runs keep their results."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Prepare a Prefect server: register the block types, create the work pool and the embedding limit."""
+    quiet_prefect()
     from deployments.setup import prepare_server
 
-    quiet_prefect()
     config = settings()
-    done = run(lambda: prepare_server(config, pool))
+    done = run(lambda: prepare_server(config, pool, result_storage))
     if as_json:
         print_json(done)
     else:

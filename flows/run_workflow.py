@@ -14,18 +14,48 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
 from citadel.models import StepReport, WorkflowReport
 from citadel.settings import settings_for
-from citadel.workflows import check_workflow, load_step_modules, upstream
+from citadel.resources import Resources
+from citadel.workflows import StepContext, StepRegistry, check_workflow, default_registry, load_step_modules, upstream
+from citadel.workflows.builtin import INDEX_OUTPUTS, IndexParams
 from citadel.workflows.errors import StepFailed
 from citadel.workflows.spec import load_workflow_data
+from flows.index_corpus import index_corpus
 from tasks.reporting import report_workflow, run_tags, tag_flow_run
 from tasks.resources import open_resources
-from tasks.workflow import workflow_step
+from tasks.workflow import orchestrated_steps, step_cache_key, workflow_step
+
+async def run_index_subflow(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
+    """The ``index`` step as a sub-run of ``index-corpus``: its tasks show under the workflow's
+    run, and the registry links the index run to that flow run. The flow takes the embedder's
+    concurrency slot itself."""
+    settings = ctx.services.settings if isinstance(ctx.services, Resources) else settings_for()
+    return await index_corpus(
+        params.source,
+        collection=params.collection or settings.collection,
+        embedder=params.embedder,
+        full=params.full,
+        source_name=params.source_name,
+        prune=params.prune,
+    )
+
+
+def workflow_steps() -> StepRegistry:
+    """The step types a run uses: the core's (with the step modules loaded), the orchestration
+    layer's ``flow``, and ``index`` as a sub-run of index-corpus."""
+    registry = orchestrated_steps(default_registry)
+    registry.register(
+        "index", run_index_subflow, params=IndexParams, outputs=INDEX_OUTPUTS, replace=True,
+        description="Index documents into a collection, incrementally, as a sub-run of index-corpus.",
+    )
+    return registry
+
 
 def _data(workflow: dict[str, Any] | str) -> Any:
     """A definition given as data, or read from JSON/YAML text or a file."""
@@ -47,7 +77,8 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
     logger = get_run_logger()
     settings = settings_for()
     load_step_modules(settings.step_modules)
-    definition = check_workflow(_data(workflow), context=context)  # an invalid workflow never starts, every problem said
+    registry = workflow_steps()
+    definition = check_workflow(_data(workflow), registry, context=context)  # an invalid workflow never starts
     await tag_flow_run([f"workflow:{definition.workflow_id}", *run_tags(settings)])
     merged = {**definition.context, **(context or {})}
     deps = upstream(definition)
@@ -63,15 +94,25 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
         started = time.time()
         outputs = {dep: result for dep, (state, result) in zip(sorted(deps[step_id]), upstream_results)}
         wait_for = [state for state, _ in upstream_results]
+        options: dict[str, Any] = {}
+        if step.cache is not None:  # its persisted JSON output is reused for the same inputs, model and code
+            options = dict(
+                cache_policy=CacheKeyFnPolicy(cache_key_fn=step_cache_key),
+                cache_expiration=dt.timedelta(seconds=step.cache.expiration),
+                persist_result=True,
+                result_serializer="json",
+            )
         task = workflow_step.with_options(
             task_run_name=step_id, retries=step.retries, timeout_seconds=step.timeout_seconds,
-            retry_delay_seconds=[1, 2, 4, 8][: max(step.retries, 1)],
+            retry_delay_seconds=[1, 2, 4, 8][: max(step.retries, 1)], **options,
         )
-        state = await task(settings, quote(definition), step_id, quote(outputs), merged, wait_for=wait_for, return_state=True)
+        state = await task(
+            settings, quote(definition), step_id, quote(outputs), merged, quote(registry), wait_for=wait_for, return_state=True
+        )
         finished = time.time()
         if state.is_completed():
             result = await state.aresult()
-            report[step_id] = {"state": "Completed", "output": result}
+            report[step_id] = {"state": "Completed", "output": result, "cached": state.name == "Cached"}
         else:
             result = None
             skipped = state.name == "NotReady"

@@ -1,17 +1,22 @@
-"""Workflow steps as Prefect tasks, and the ``flow`` step type, which runs a deployment as a sub-run."""
+"""Workflow steps as Prefect tasks (with their cache key), and the ``flow`` step type, which runs a
+deployment as a sub-run."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect.utilities.annotations import BaseAnnotation
 
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
-from citadel.workflows import StepContext, WorkflowDefinition, default_registry, run_step
+from citadel.workflows import StepContext, StepRegistry, WorkflowDefinition, resolve, run_step
 from citadel.workflows.builtin import FLOW_OUTPUTS, FlowParams
 from citadel.workflows.errors import StepFailed
 from tasks.limits import embedding_slot
@@ -38,10 +43,42 @@ async def run_flow_step(params: FlowParams, ctx: StepContext) -> dict[str, Any]:
     return {"flow_run_id": str(flow_run.id), "state": state.name, "deployment": params.deployment}
 
 
-default_registry.register(
-    "flow", run_flow_step, params=FlowParams, outputs=FLOW_OUTPUTS,
-    description="Run a Prefect deployment as a sub-run and wait for it.", replace=True,
-)
+def orchestrated_steps(base: StepRegistry) -> StepRegistry:
+    """``base``'s step types, with the runners only the orchestration layer has (``flow``).
+
+    A copy per run, so that the core's registry keeps its Prefect-free runners and step modules
+    loaded later still count.
+    """
+    registry = base.copy()
+    registry.register(
+        "flow", run_flow_step, params=FlowParams, outputs=FLOW_OUTPUTS,
+        description="Run a Prefect deployment as a sub-run and wait for it.", replace=True,
+    )
+    return registry
+
+
+def step_cache_key(task_ctx: Any, inputs: dict[str, Any]) -> str | None:
+    """The cache key of a cached step: its type, the parameters its cache names (after references
+    are resolved), the embedder's kind, model and size, and the source of the step type's code."""
+    values = {name: value.unwrap() if isinstance(value, BaseAnnotation) else value for name, value in inputs.items()}
+    definition, step_id, registry = values["definition"], values["step_id"], values["registry"]
+    settings: Settings = values["settings"]
+    step = definition.step(step_id)
+    parameters = resolve(step.parameters, values["outputs"], {**definition.context, **(values["context"] or {})})
+    if step.cache is not None and step.cache.key is not None:
+        parameters = {name: parameters.get(name) for name in step.cache.key}
+    step_type = registry.get(step.type)
+    try:
+        code = inspect.getsource(step_type.run)
+    except (OSError, TypeError):  # no source to read: the function's qualified name stands for it
+        code = f"{step_type.run.__module__}.{step_type.run.__qualname__}"
+    identity = {
+        "type": step.type,
+        "parameters": parameters,
+        "embedder": [settings.embedder, settings.embedding_model, settings.embedding_dimensions],
+        "code": hashlib.sha256(code.encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 async def retry_unless_invalid(task: Any, task_run: Any, state: Any) -> bool:
@@ -55,9 +92,14 @@ async def retry_unless_invalid(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(name="workflow-step", cache_policy=NO_CACHE, retry_condition_fn=retry_unless_invalid)
 async def workflow_step(
-    settings: Settings, definition: WorkflowDefinition, step_id: str, outputs: dict[str, Any], context: dict[str, Any]
+    settings: Settings,
+    definition: WorkflowDefinition,
+    step_id: str,
+    outputs: dict[str, Any],
+    context: dict[str, Any],
+    registry: StepRegistry,
 ) -> Any:
-    """Run one step with its upstream ``outputs``; Prefect owns its retries and timeout."""
+    """Run one step with its upstream ``outputs``; Prefect owns its retries, timeout and cache."""
     once = definition.model_copy(
         update={
             "steps": [
@@ -68,5 +110,6 @@ async def workflow_step(
     )
     step = next(s for s in once.steps if s.step_id == step_id)
     return await run_step(
-        once, step, outputs, context=context, services=get_resources(settings), embedding_guard=embedding_slot
+        once, step, outputs, context=context, services=get_resources(settings), registry=registry,
+        embedding_guard=embedding_slot,
     )

@@ -226,21 +226,25 @@ SEARCH_OUTPUTS = ("collection", "model", "hits")
 INDEX_OUTPUTS = tuple(RunSummary.model_fields)
 FLOW_OUTPUTS = ("flow_run_id", "state", "deployment")
 
-BUILTINS: tuple[tuple[str, Any, type[BaseModel], str, tuple[str, ...]], ...] = (
-    ("chunk", run_chunk, ChunkParams, "Split text into overlapping chunks.", CHUNK_OUTPUTS),
-    ("embedding", run_embedding, EmbeddingParams, "Embed texts through the embedding cache.", EMBEDDING_OUTPUTS),
-    ("search", run_search, SearchParams, "Nearest chunks of a collection to a query.", SEARCH_OUTPUTS),
-    ("index", run_index, IndexParams, "Index documents into a collection, incrementally.", INDEX_OUTPUTS),
-    ("flow", run_flow, FlowParams, "Run a Prefect deployment (provided by the orchestration layer).", FLOW_OUTPUTS),
+# Chunking and embedding are deterministic; a search's cached hits may be as old as the cache's
+# expiration; index and flow change state, so they may not be cached.
+BUILTINS: tuple[tuple[str, Any, type[BaseModel], str, tuple[str, ...], bool], ...] = (
+    ("chunk", run_chunk, ChunkParams, "Split text into overlapping chunks.", CHUNK_OUTPUTS, True),
+    ("embedding", run_embedding, EmbeddingParams, "Embed texts through the embedding cache.", EMBEDDING_OUTPUTS, True),
+    ("search", run_search, SearchParams, "Nearest chunks of a collection to a query.", SEARCH_OUTPUTS, True),
+    ("index", run_index, IndexParams, "Index documents into a collection, incrementally.", INDEX_OUTPUTS, False),
+    ("flow", run_flow, FlowParams, "Run a Prefect deployment (provided by the orchestration layer).", FLOW_OUTPUTS, False),
 )
 
 
 def register_builtins(registry: StepRegistry, *, replace: bool = False) -> None:
     """Register the built-in step types into ``registry``; existing names stay unless ``replace``."""
-    for name, run, params, description, outputs in BUILTINS:
+    for name, run, params, description, outputs, cacheable in BUILTINS:
         if name in registry and not replace:
             continue
-        registry.register(name, run, params=params, description=description, replace=replace, outputs=outputs)
+        registry.register(
+            name, run, params=params, description=description, replace=replace, outputs=outputs, cacheable=cacheable
+        )
 
 
 register_builtins(default_registry)

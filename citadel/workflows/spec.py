@@ -13,11 +13,34 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from citadel.workflows.errors import Problem, WorkflowInvalid, WorkflowLoadError, problem_from_error
 
 ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class StepCache(BaseModel):
+    """How long a step's output may be reused for the same inputs, model and step code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expiration: float = Field(gt=0, description="Seconds, or text such as 90s, 15m, 1h, 2d.")
+    key: list[str] | None = Field(None, description="Parameters that form the key (default: all of them).")
+
+    @field_validator("expiration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _DURATION.fullmatch(value)
+            if not match:
+                raise ValueError(f"{value!r} is not a duration; write seconds (3600) or 90s, 15m, 1h, 2d")
+            return float(match.group(1)) * _UNIT_S[match.group(2)]
+        return value
 
 
 class StepSpec(BaseModel):
@@ -31,6 +54,7 @@ class StepSpec(BaseModel):
     depends_on: list[str] = Field(default_factory=list, description="Steps that must finish first.")
     retries: int = Field(0, ge=0, description="Extra attempts after a failure.")
     timeout_seconds: float | None = Field(None, gt=0, description="Limit of one attempt.")
+    cache: StepCache | None = Field(None, description="Reuse the output across runs (step types that allow it).")
 
 
 class WorkflowDefinition(BaseModel):
@@ -88,6 +112,7 @@ def partial_definition(data: Any) -> WorkflowDefinition | None:
             depends_on=[dep for dep in depends_on if isinstance(dep, str)] if isinstance(depends_on, list) else [],
             retries=0,
             timeout_seconds=None,
+            cache=_valid_cache(raw.get("cache")),
         ))
     context = data.get("context")
     workflow_id = data.get("workflow_id")
@@ -97,6 +122,13 @@ def partial_definition(data: Any) -> WorkflowDefinition | None:
         steps=steps,
         context=context if isinstance(context, dict) else {},
     )
+
+
+def _valid_cache(raw: Any) -> StepCache | None:
+    try:
+        return StepCache.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        return None  # its problem is in the schema's
 
 
 def is_placeholder(step_id: str) -> bool:

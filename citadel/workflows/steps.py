@@ -45,6 +45,7 @@ class StepType:
     run: Runner
     description: str = ""
     outputs: tuple[str, ...] | None = None  # the keys of its output mapping; None when not declared
+    cacheable: bool = False  # whether its output may be reused across runs (it changes no state)
 
     def parse(self, parameters: dict[str, Any]) -> BaseModel:
         """``parameters`` validated into the params model (pydantic's ValidationError otherwise)."""
@@ -79,11 +80,14 @@ class StepRegistry:
         description: str | None = None,
         replace: bool = False,
         outputs: Sequence[str] | None = None,
+        cacheable: bool = False,
     ) -> StepType:
         """Add (or with ``replace`` swap) the step type ``name``.
 
         ``outputs`` names the keys of the mapping the runner returns, so that validation can
-        check ``${steps.<id>.output.<key>}`` references before anything runs.
+        check ``${steps.<id>.output.<key>}`` references before anything runs. ``cacheable`` lets
+        steps of this type declare ``cache``: only for types whose output depends on their
+        inputs alone and that change no state.
         """
         if not name or not isinstance(name, str):
             raise ValueError("a step type needs a non-empty name")
@@ -96,7 +100,7 @@ class StepRegistry:
                 f"step type {name!r} is already registered; pass replace=True to replace its runner"
             )
         declared = tuple(outputs) if outputs is not None else None
-        step = StepType(name, params, run, description if description is not None else _first_line(run.__doc__), declared)
+        step = StepType(name, params, run, description if description is not None else _first_line(run.__doc__), declared, cacheable)
         self._types[name] = step
         return step
 
@@ -108,11 +112,12 @@ class StepRegistry:
         description: str | None = None,
         replace: bool = False,
         outputs: Sequence[str] | None = None,
+        cacheable: bool = False,
     ) -> Callable[[Callable[[P, StepContext], Awaitable[Any]]], Callable[[P, StepContext], Awaitable[Any]]]:
         """Decorator form of :meth:`register`; returns the function unchanged."""
 
         def decorate(run: Callable[[P, StepContext], Awaitable[Any]]) -> Callable[[P, StepContext], Awaitable[Any]]:
-            self.register(name, run, params=params, description=description, replace=replace, outputs=outputs)
+            self.register(name, run, params=params, description=description, replace=replace, outputs=outputs, cacheable=cacheable)
             return run
 
         return decorate
@@ -168,12 +173,14 @@ def step_type(
     description: str | None = None,
     replace: bool = False,
     outputs: Sequence[str] | None = None,
+    cacheable: bool = False,
     registry: StepRegistry | None = None,
 ) -> Callable[[Callable[[P, StepContext], Awaitable[Any]]], Callable[[P, StepContext], Awaitable[Any]]]:
     """Register the decorated ``async def run(params, ctx)`` as step type ``name`` (``outputs``:
-    the keys of the mapping it returns, checked by validation)."""
+    the keys of the mapping it returns, checked by validation; ``cacheable``: its output may be
+    reused across runs)."""
     return (registry if registry is not None else default_registry).step_type(
-        name, params=params, description=description, replace=replace, outputs=outputs
+        name, params=params, description=description, replace=replace, outputs=outputs, cacheable=cacheable
     )
 
 

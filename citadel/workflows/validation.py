@@ -21,7 +21,7 @@ from citadel.workflows.errors import (
     problem_from_error,
 )
 from citadel.workflows.references import contains_reference, find_malformed, find_references, lookup
-from citadel.workflows.spec import WorkflowDefinition, is_placeholder, partial_definition, workflow_from_data
+from citadel.workflows.spec import StepCache, WorkflowDefinition, is_placeholder, partial_definition, workflow_from_data
 from citadel.workflows.steps import StepRegistry, StepType, default_registry, unknown_type_message
 
 __all__ = [
@@ -299,6 +299,8 @@ def _step_problems(
             found.append((index, Problem(format_location("steps", index, "type"), unknown_type_message(step.type, registry.names()))))
         else:
             found.extend((index, p) for p in parameter_problems(registry.get(step.type), step.parameters, *params_at))
+            if step.cache is not None:
+                found.extend((index, p) for p in _cache_problems(registry.get(step.type), step.cache, index))
         for bad in find_malformed(step.parameters):
             found.append((index, Problem(format_location(*params_at, *bad.where), f"malformed reference {bad.text}: {bad.reason}")))
         for ref in find_references(step.parameters):
@@ -313,6 +315,20 @@ def _step_problems(
                 if problem:
                     found.append((index, Problem(location, problem)))
     return found
+
+
+def _cache_problems(step_type: StepType, cache: StepCache, index: int) -> list[Problem]:
+    """A cache on a step type that changes state, or keyed by parameters the type does not take."""
+    if not step_type.cacheable:
+        return [Problem(format_location("steps", index, "cache"),
+                        f"step type {step_type.name!r} changes state, so its steps cannot be cached; remove 'cache'")]
+    accepted = _accepted_names(step_type.params)
+    return [
+        Problem(format_location("steps", index, "cache", "key", position),
+                f"{name!r} is not a parameter of step type {step_type.name!r}; accepted: {', '.join(accepted)}")
+        for position, name in enumerate(cache.key or [])
+        if name not in accepted and step_type.params.model_config.get("extra") != "allow"
+    ]
 
 
 def _output_problem(ref: Any, step_type: str | None, registry: StepRegistry) -> str | None:

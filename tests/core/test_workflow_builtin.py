@@ -192,7 +192,7 @@ async def test_search_errors_are_clear(data_dir: Path, collection_name: str) -> 
 async def test_flow_step_needs_the_orchestration_layer(data_dir: Path) -> None:
     """The core only declares the flow step; running it says which layer provides it.
 
-    A fresh registry: importing the Prefect layer (``tasks.workflow``) replaces the default one's runner.
+    A fresh registry: the Prefect layer runs workflows with a copy whose ``flow`` runner it replaced.
     """
     from citadel.workflows import StepRegistry, register_builtins
 

@@ -351,3 +351,21 @@ def test_an_unterminated_reference_is_an_error_not_text() -> None:
 def test_an_unknown_step_type_says_how_custom_types_are_loaded() -> None:
     (problem,) = validate_workflow(wf(step("a", "word_count")), REGISTRY)
     assert "unknown step type 'word_count'" in problem.message and "CITADEL_STEP_MODULES" in problem.message
+
+
+def test_a_cache_only_on_step_types_that_change_nothing() -> None:
+    defn = {
+        "workflow_id": "w",
+        "steps": [
+            {"step_id": "c", "type": "chunk", "cache": {"expiration": "1h", "key": ["text"]}, "parameters": {"text": "x"}},
+            {"step_id": "i", "type": "index", "cache": {"expiration": 60}, "parameters": {"source": "docs"}},
+            {"step_id": "e", "type": "embedding", "cache": {"expiration": "2d", "key": ["texts", "nope"]}, "parameters": {"text": "x"}},
+            {"step_id": "s", "type": "search", "cache": {"expiration": "soon"}, "parameters": {"query": "x"}},
+        ],
+    }
+    found = [(p.location, p.message) for p in validate_workflow(defn, REGISTRY)]
+    assert found[0] == ("steps[3].cache.expiration", "'soon' is not a duration; write seconds (3600) or 90s, 15m, 1h, 2d")
+    assert ("steps[1].cache", "step type 'index' changes state, so its steps cannot be cached; remove 'cache'") in found
+    assert any(location == "steps[2].cache.key[1]" and "'nope' is not a parameter" in message for location, message in found)
+    assert len(found) == 3
+    assert check_workflow({**defn, "steps": defn["steps"][:1]}, REGISTRY).steps[0].cache.expiration == 3600  # type: ignore[union-attr]

@@ -41,11 +41,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         # The scheduler looks for due schedules every 2 s instead of every minute.
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # Results go to the storage block `citadel setup --result-storage` saves, as on several machines.
+        "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "local-file-system/citadel-results",
     }
     server = PrefectServer(root / "prefect", env=env)
     try:
         server.start()
-        server.run([str(BIN / "citadel"), "setup", "--json"])
+        server.run([str(BIN / "citadel"), "setup", "--result-storage", str(root / "results"), "--json"])
         server.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"])
         server.start_worker("citadel", "worker-a")
         server.start_worker("citadel", "worker-b")
@@ -232,3 +234,58 @@ def test_cli_and_python_triggers(stack) -> None:  # noqa: ANN001
     # The collection may not exist: what matters is that the run was created and executed by a worker.
     assert final["state"]["type"] in ("COMPLETED", "FAILED")
     assert final["start_time"] is not None
+
+
+def test_a_deployed_search_gives_its_caller_the_hits(stack, tmp_path: Path) -> None:  # noqa: ANN001
+    """run_deployment(...).state.result() reads the hits back from the shared result storage."""
+    server, root, _ = stack
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=2, seed=8)
+    (corpus / "zebra.md").write_text("Zebras juggle xylophones near quartz fountains.\n")
+    collection = f"hits_{uuid.uuid4().hex[:8]}"
+    run_id, _ = create_run(server, "index-corpus/on-demand", {"source": str(corpus), "collection": collection})
+    assert server.wait_for_flow_run(run_id)["state"]["type"] == "COMPLETED", server.log_text()
+    script = (
+        "import asyncio, json; from prefect.deployments import run_deployment\n"
+        f"run = run_deployment('similarity-search/default', parameters={{'query': 'zebras juggling', 'collection': {collection!r}, 'limit': 2}})\n"
+        "print('HITS' + json.dumps(run.state.result()))\n"
+    )
+    out = server.run([str(BIN / "python"), "-c", script], timeout=240)
+    hits = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("HITS"))[4:])
+    assert hits[0]["document_id"] == str(corpus / "zebra.md") and len(hits) == 2
+    assert any((root / "results").iterdir()), "results are kept in the storage block's folder"
+
+
+def test_an_index_summary_is_read_over_the_rest_api(stack, tmp_path: Path) -> None:  # noqa: ANN001
+    """An external system reads what a run did from its artifact, over Prefect's REST API alone."""
+    server, _, _ = stack
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=3, seed=9)
+    (corpus / "empty.md").write_text("")
+    collection = f"rest_summary_{uuid.uuid4().hex[:8]}"
+    run_id, _ = create_run(server, "index-corpus/on-demand", {"source": str(corpus), "collection": collection})
+    final = server.wait_for_flow_run(run_id)
+    assert final["state"]["type"] == "COMPLETED" and final["name"] == f"index-{collection}"
+    assert f"collection:{collection}" in final["tags"]
+    artifacts = server.api("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    shown = {a["key"]: a for a in artifacts if a["key"]}
+    (row,) = json.loads(shown[f"index-{collection.replace('_', '-')}"]["data"])
+    assert (row["added"], row["failed"], row["unchanged"]) == (3, 1, 0) and row["chunks_embedded"] > 0
+    assert "empty.md" in shown[f"dead-letters-{collection.replace('_', '-')}"]["data"]
+
+
+def test_a_profile_s_prefect_api_sends_a_workflow_to_its_deployment(stack, tmp_path: Path) -> None:  # noqa: ANN001
+    """PREFECT_API_URL set only with `prefect config set` (a profile), not in the environment."""
+    server, _, _ = stack
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(f'active = "citadel"\n\n[profiles.citadel]\nPREFECT_API_URL = "{server.api_url}"\n')
+    workflow = tmp_path / "chunk.yaml"
+    workflow.write_text("workflow_id: via-profile\nsteps:\n  - step_id: c\n    type: chunk\n    parameters: {text: words}\n")
+    done = server.run(
+        [str(BIN / "citadel"), "workflow", "run", str(workflow), "--json"],
+        without=("PREFECT_API_URL",), PREFECT_PROFILES_PATH=str(profiles),
+    )
+    run_id = json.loads(done.stdout)["flow_run_id"]
+    run = server.api("GET", f"/flow_runs/{run_id}")
+    assert run["deployment_id"] == server.deployment_id("run-workflow/default"), "it went through the deployment"
+    assert server.wait_for_flow_run(run_id)["state"]["type"] == "COMPLETED", server.log_text()

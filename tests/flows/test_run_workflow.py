@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,54 @@ async def test_embedding_steps_hold_a_slot_of_the_backend_limit(data_dir: Path, 
     assert limit.limit == 1, "one slot per Ollama server"
     assert busiest == 1, "a step held the only slot while it embedded, and the other waited"
     assert after.active_slots == 0, "slots are given back"
+
+
+async def test_a_cached_step_is_reused_across_runs_for_the_same_inputs_and_model(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ATTEMPTS.clear()
+    default_registry.register("sleepy", sleepy, params=SleepParams, replace=True, cacheable=True)
+    key = f"cached-{uuid.uuid4().hex[:8]}"
+
+    def workflow(seconds: float) -> dict:
+        return {"workflow_id": "cached", "steps": [
+            {"step_id": "slow", "type": "sleepy", "cache": {"expiration": "1h", "key": ["seconds", "key"]},
+             "parameters": {"seconds": seconds, "key": key}},
+            {"step_id": "after", "type": "chunk", "parameters": {"text": "slept ${steps.slow.output.slept}"}},
+        ]}
+
+    first = await run_workflow(workflow(0.1))
+    again = await run_workflow(workflow(0.1))
+    assert ATTEMPTS[key] == 1, "the second run reused the first one's output"
+    assert (first["steps"]["slow"]["cached"], again["steps"]["slow"]["cached"]) == (False, True)
+    assert again["steps"]["slow"]["output"] == first["steps"]["slow"]["output"]
+    assert again["steps"]["after"]["output"]["texts"] == ["slept 0.1"]
+
+    await run_workflow(workflow(0.2))
+    monkeypatch.setenv("CITADEL_EMBEDDING_DIMENSIONS", "64")
+    await run_workflow(workflow(0.1))
+    assert ATTEMPTS[key] == 3, "other parameters, or another model, compute it again"
+
+
+async def test_an_index_step_runs_as_a_sub_run_that_the_registry_links(data_dir: Path, collection_name: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    from citadel.registry import Registry
+    from citadel.settings import Settings
+
+    workflow = {"workflow_id": "linked", "steps": [
+        {"step_id": "index", "type": "index", "parameters": {
+            "source": [{"id": "a", "text": "zebras juggle"}], "collection": collection_name}},
+    ]}
+    state = await run_workflow(workflow, return_state=True)
+    output = (await state.aresult())["steps"]["index"]["output"]
+    assert output["added"] == 1 and output["flow_run_id"]
+    async with get_client() as client:
+        child = await client.read_flow_run(uuid.UUID(output["flow_run_id"]))
+        parent_task = await client.read_task_run(child.parent_task_run_id)
+    assert child.name == f"index-{collection_name}" and parent_task.flow_run_id == state.state_details.flow_run_id
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    (run,) = [r for r in await registry.recent_runs(1000) if r.collection == collection_name]
+    await registry.aclose()
+    assert run.flow_run_id == output["flow_run_id"], "the registry names the flow run that indexed"

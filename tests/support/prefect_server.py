@@ -101,9 +101,13 @@ class PrefectServer:
         self.processes.append(proc)
         return proc
 
-    def run(self, args: list[str], timeout: float = 180, **extra: str) -> subprocess.CompletedProcess[str]:
-        """Run a command to completion against this server; a failure shows its output."""
-        done = subprocess.run(args, cwd=REPO, env=self.env(**extra), capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, args: list[str], timeout: float = 180, without: tuple[str, ...] = (), **extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command to completion against this server (its environment ``without`` the named
+        variables); a failure shows its output."""
+        env = {key: value for key, value in self.env(**extra).items() if key not in without}
+        done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return done
