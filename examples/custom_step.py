@@ -22,7 +22,8 @@ class WordCountParams(BaseModel):
     top: int = Field(5, gt=0)
 
 
-@step_type("word_count", params=WordCountParams, outputs=["total", "top"], description="Count the most frequent words of texts.")
+@step_type("word_count", params=WordCountParams, outputs=["total", "top"], cacheable=True,
+           description="Count the most frequent words of texts.")
 async def word_count(params: WordCountParams, ctx: StepContext) -> dict[str, Any]:
     counts = Counter(word.lower() for text in params.texts for word in text.split())
     return {"total": sum(counts.values()), "top": counts.most_common(params.top)}
