@@ -77,7 +77,7 @@ def _store_check_times(data_dir: Path) -> dict:
     from citadel.consistency import check_store, verify_store
     from citadel.resources import Resources
     from citadel.settings import Settings
-    from tests.support.qdrant_server import start_qdrant_process, stop_qdrant_process
+    from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
 
     async def checks(settings: Settings) -> dict:
         resources = Resources(settings)
@@ -160,13 +160,16 @@ def run_one(mode: str, corpus: Path, data_dir: Path) -> dict:
 
 
 def _child(mode: str, corpus: Path, data_dir: Path, env: dict[str, str] | None = None) -> dict:
-    code = f"import json,sys; from bench.index_bench import run_one; from pathlib import Path; print('BENCH'+json.dumps(run_one({mode!r}, Path({str(corpus)!r}), Path({str(data_dir)!r}))))"
+    code = (
+        "import json, sys; from bench.index_bench import run_one; from pathlib import Path; "
+        f"print('BENCH' + json.dumps(run_one({mode!r}, Path({str(corpus)!r}), Path({str(data_dir)!r}))))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
     if out.returncode != 0:
         raise SystemExit(f"the {mode} measurement failed:\n{out.stderr}")
-    line = next(l for l in out.stdout.splitlines() if l.startswith("BENCH"))
+    line = next(text for text in out.stdout.splitlines() if text.startswith("BENCH"))
     return json.loads(line[5:])
 
 
@@ -183,7 +186,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from tests.support.corpus import write_corpus
+    from citadel.testing.corpus import write_corpus
 
     with tempfile.TemporaryDirectory(prefix="citadel-bench-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
@@ -192,7 +195,7 @@ def main() -> None:
         size_mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
         flow_env = {}
         if args.prefect_postgres:
-            from tests.support.prefect_server import PrefectServer, create_prefect_database
+            from citadel.testing.prefect_server import PrefectServer, create_prefect_database
 
             database = asyncio.run(create_prefect_database(args.prefect_postgres, "citadel_bench_prefect"))
             server = stack.enter_context(PrefectServer(root / "prefect", database_url=database))
@@ -218,26 +221,42 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     if args.markdown:
         print()
-        print("| measure | plain loop | index-corpus flow |")
-        print("|---|---|---|")
-        print(f"| first run, {report['chunks']} chunks | {loop['seconds']:.2f} s ({report['loop_chunks_per_s']:.0f} chunks/s) | {flow['seconds']:.2f} s ({report['flow_chunks_per_s']:.0f} chunks/s) |")
-        print(f"| speed ratio (loop time / flow time) | 1.00 | {report['flow_over_loop']:.2f} |")
-        walls = ", ".join(f"{w:.2f}" for w in flow["rerun_walls_s"])
-        print(f"| unchanged re-run, wall clock with Prefect's flow-run bookkeeping (median of {RERUNS}) | | {flow['rerun_seconds']:.2f} s ({100 * report['rerun_fraction']:.1f}% of the first run), {flow['rerun_chunks_embedded']} chunks embedded, store opened: {flow['rerun_opened_store']} |")
-        print(f"| each re-run's wall clock | | {walls} s |")
-        inner = flow["rerun_flow_reported_s"] / flow["flow_reported_s"]
-        print(f"| unchanged re-run, inside the flow (its own duration_s, median) | | {flow['rerun_flow_reported_s']:.2f} s ({100 * inner:.1f}% of the first run's {flow['flow_reported_s']:.2f} s) |")
-        print(f"| peak memory (max RSS) | {loop['peak_rss_mb']:.0f} MB | {flow['peak_rss_mb']:.0f} MB |")
-        print(f"| resident before indexing (imports, clients, store open) | {loop['baseline_rss_mb']:.0f} MB | {flow['baseline_rss_mb']:.0f} MB |")
-        loop_growth = loop["peak_rss_mb"] - loop["baseline_rss_mb"]
-        flow_growth = flow["peak_rss_mb"] - flow["baseline_rss_mb"]
-        print(f"| growth while indexing (peak minus before) | {loop_growth:.0f} MB | {flow_growth:.0f} MB |")
-        print(f"| growth per chunk indexed | {1024 * loop_growth / report['chunks']:.1f} KB | {1024 * flow_growth / report['chunks']:.1f} KB |")
-        print(f"| reopening the embedded store (what an unchanged run skips) | | {store['store_open_s']:.2f} s |")
-        embedded, rest = check["embedded"], check["rest"]
-        print(f"| store check of an unchanged run, embedded store read from its files (median of {RERUNS}) | | {1000 * embedded['check_s']:.1f} ms, store opened: {embedded['opened_store']} |")
-        print(f"| store check of an unchanged run, Qdrant server over REST (median of {RERUNS}) | | {1000 * rest['check_s']:.1f} ms, client opened: {rest['opened_store']} |")
-        print(f"| full comparison of every point id (`citadel verify`), {embedded['points']} points | | {embedded['verify_s']:.2f} s embedded (store opened), {rest['verify_s']:.2f} s server |")
+        print(_markdown(report, loop, flow, store, check))
+
+
+def _markdown(report: dict, loop: dict, flow: dict, store: dict, check: dict) -> str:
+    """The table of docs/benchmarks.md: one row per measure, plain loop against flow."""
+    loop_growth = loop["peak_rss_mb"] - loop["baseline_rss_mb"]
+    flow_growth = flow["peak_rss_mb"] - flow["baseline_rss_mb"]
+    inner = flow["rerun_flow_reported_s"] / flow["flow_reported_s"]
+    embedded, rest = check["embedded"], check["rest"]
+    rows = [
+        ("measure", "plain loop", "index-corpus flow"),
+        ("---", "---", "---"),
+        (f"first run, {report['chunks']} chunks",
+         f"{loop['seconds']:.2f} s ({report['loop_chunks_per_s']:.0f} chunks/s)",
+         f"{flow['seconds']:.2f} s ({report['flow_chunks_per_s']:.0f} chunks/s)"),
+        ("speed ratio (loop time / flow time)", "1.00", f"{report['flow_over_loop']:.2f}"),
+        (f"unchanged re-run, wall clock with Prefect's flow-run bookkeeping (median of {RERUNS})", "",
+         f"{flow['rerun_seconds']:.2f} s ({100 * report['rerun_fraction']:.1f}% of the first run), "
+         f"{flow['rerun_chunks_embedded']} chunks embedded, store opened: {flow['rerun_opened_store']}"),
+        ("each re-run's wall clock", "", ", ".join(f"{w:.2f}" for w in flow["rerun_walls_s"]) + " s"),
+        ("unchanged re-run, inside the flow (its own duration_s, median)", "",
+         f"{flow['rerun_flow_reported_s']:.2f} s ({100 * inner:.1f}% of the first run's {flow['flow_reported_s']:.2f} s)"),
+        ("peak memory (max RSS)", f"{loop['peak_rss_mb']:.0f} MB", f"{flow['peak_rss_mb']:.0f} MB"),
+        ("resident before indexing (imports, clients, store open)",
+         f"{loop['baseline_rss_mb']:.0f} MB", f"{flow['baseline_rss_mb']:.0f} MB"),
+        ("growth while indexing (peak minus before)", f"{loop_growth:.0f} MB", f"{flow_growth:.0f} MB"),
+        ("growth per chunk indexed", f"{1024 * loop_growth / report['chunks']:.1f} KB", f"{1024 * flow_growth / report['chunks']:.1f} KB"),
+        ("reopening the embedded store (what an unchanged run skips)", "", f"{store['store_open_s']:.2f} s"),
+        (f"store check of an unchanged run, embedded store read from its files (median of {RERUNS})", "",
+         f"{1000 * embedded['check_s']:.1f} ms, store opened: {embedded['opened_store']}"),
+        (f"store check of an unchanged run, Qdrant server over REST (median of {RERUNS})", "",
+         f"{1000 * rest['check_s']:.1f} ms, client opened: {rest['opened_store']}"),
+        (f"full comparison of every point id (`citadel verify`), {embedded['points']} points", "",
+         f"{embedded['verify_s']:.2f} s embedded (store opened), {rest['verify_s']:.2f} s server"),
+    ]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ import socket
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import uvicorn
@@ -141,7 +142,8 @@ class EmbeddingServer:
     ) -> None:
         """Answer the next ``count`` requests (to ``path`` only, when given) with ``status``.
 
-        Any status works, 200 included, to send a malformed answer. ``body`` defaults to an Ollama-style ``{"error": ...}`` for that status; a string body
+        Any status works, 200 included, to send a malformed answer. ``body`` defaults to an
+        Ollama-style ``{"error": ...}`` for that status; a string body
         is sent as plain text. ``retry_after`` sets the Retry-After header.
         """
         with self._lock:
@@ -179,7 +181,7 @@ class EmbeddingServer:
         return np.vstack([self.vector(text, model, normalised=normalised) for text in texts])
 
     # lifecycle -----------------------------------------------------------------------------
-    def start(self) -> "EmbeddingServer":
+    def start(self) -> EmbeddingServer:
         """Bind a free port and serve from a daemon thread; returns once the server accepts connections."""
         if self._thread is not None:
             return self
@@ -218,7 +220,7 @@ class EmbeddingServer:
         self._server = None
         self._stopping = False
 
-    def __enter__(self) -> "EmbeddingServer":
+    def __enter__(self) -> EmbeddingServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -6,7 +6,8 @@ Qdrant's own models (``qdrant_client.http.models``) and Qdrant's envelope and er
 Clients reach it with ``QdrantClient(url=...)``, the production code path, over real TCP.
 
 It runs in a background thread (:class:`QdrantTestServer`) or as its own process
-(``python -m tests.support.qdrant_server --path DIR --port N``, see :func:`start_qdrant_process`),
+(``python -m tests.support.qdrant_server --path DIR --port N``, started by
+:func:`citadel.testing.qdrant_process.start_qdrant_process`),
 so that several worker processes can share one store.
 """
 
@@ -19,7 +20,6 @@ import itertools
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -28,10 +28,10 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import httpx
 import uvicorn
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
@@ -44,8 +44,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from citadel.testing.qdrant_process import URL_LINE_PREFIX
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-URL_LINE_PREFIX = "QDRANT_TEST_SERVER_URL="
 INDEX_FILE = "server_payload_indexes.json"  # the payload indexes embedded mode does not keep
 
 
@@ -205,7 +206,7 @@ class QdrantRestApp:
                 return handler(request, body)
             except ApiError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - every store error becomes Qdrant's answer
+            except Exception as exc:
                 raise _storage_error(exc) from exc
 
     @staticmethod
@@ -483,7 +484,7 @@ class QdrantTestServer:
         assert self.app is not None
         return self.app.requests
 
-    def start(self) -> "QdrantTestServer":
+    def start(self) -> QdrantTestServer:
         """Open the store, bind the port and serve; returns once the server accepts connections."""
         if self._thread is not None:
             return self
@@ -515,52 +516,11 @@ class QdrantTestServer:
         self._thread = None
         self._server = None
 
-    def __enter__(self) -> "QdrantTestServer":
+    def __enter__(self) -> QdrantTestServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def start_qdrant_process(
-    path: Path | str, port: int | None = None, *, timeout: float = 30
-) -> tuple[subprocess.Popen, str]:
-    """Run the server as its own process; return it and its URL once ``GET /healthz`` answers.
-
-    Without ``port`` the child binds a free one and announces it on its first stdout line, so
-    there is no race for the port. Stop it with :func:`stop_qdrant_process` (or kill it).
-    """
-    command = [sys.executable, "-m", "tests.support.qdrant_server", "--path", str(path), "--port", str(port or 0)]
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        assert proc.stdout is not None
-        url = None
-        while url is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or proc.poll() is not None:
-                raise RuntimeError(f"the Qdrant server process did not announce its URL (exit code {proc.poll()})")
-            ready, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.5))
-            if ready:
-                line = proc.stdout.readline()
-                if line.startswith(URL_LINE_PREFIX):
-                    url = line[len(URL_LINE_PREFIX) :].strip()
-                elif not line and proc.poll() is not None:
-                    continue
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the Qdrant server process at {url} did not become healthy (exit code {proc.poll()})"
-                )
-            time.sleep(0.02)
-    except BaseException:
-        stop_qdrant_process(proc)
-        raise
 
 
 @contextlib.contextmanager
@@ -580,20 +540,6 @@ def store_held_by_another_process(path: Path | str) -> Iterator[subprocess.Popen
         holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
-
-
-def stop_qdrant_process(proc: subprocess.Popen, *, timeout: float = 10) -> int:
-    """Terminate the server process (SIGTERM: graceful), kill it if it lingers; returns its exit code."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-    return proc.returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,8 +567,6 @@ __all__ = [
     "QdrantRestApp",
     "QdrantTestServer",
     "server_version",
-    "start_qdrant_process",
-    "stop_qdrant_process",
     "store_held_by_another_process",
 ]
 

@@ -28,10 +28,10 @@ def retry_delay(response: httpx.Response | None, attempt: int) -> float:
     """Seconds to wait before the next try: the server's Retry-After when given, else exponential backoff."""
     if response is not None:
         try:
-            return min(float(response.headers["Retry-After"]), 10.0)
+            return min(float(str(response.headers["Retry-After"])), 10.0)
         except (KeyError, ValueError):
             pass
-    return min(0.5 * 2**attempt, 8.0)
+    return min(0.5 * 2.0**attempt, 8.0)
 
 
 async def create_prefect_database(admin_url: str, name: str) -> str:
@@ -57,7 +57,8 @@ async def create_prefect_database(admin_url: str, name: str) -> str:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class PrefectServer:
@@ -69,7 +70,7 @@ class PrefectServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.database_url = database_url
         self.extra_env = env or {}
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -90,7 +91,7 @@ class PrefectServer:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{self.home / 'prefect.db'}"
         return env
 
-    def spawn(self, name: str, args: list[str], **extra: str) -> subprocess.Popen:
+    def spawn(self, name: str, args: list[str], **extra: str) -> subprocess.Popen[bytes]:
         """Start a long-running process (server, worker) with its output in a log file."""
         log = self.home / f"{name}.log"
         self.logs.append(log)
@@ -127,7 +128,7 @@ class PrefectServer:
             time.sleep(0.5)
         raise AssertionError(f"prefect server did not answer in {timeout}s:\n{self.log_text()}")
 
-    def start_worker(self, pool: str, name: str, **extra: str) -> subprocess.Popen:
+    def start_worker(self, pool: str, name: str, **extra: str) -> subprocess.Popen[bytes]:
         return self.spawn(
             f"worker-{name}",
             [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name, "--limit", "4"],
@@ -156,13 +157,13 @@ class PrefectServer:
 
     def deployment_id(self, full_name: str) -> str:
         flow_name, name = full_name.split("/")
-        return self.api("GET", f"/deployments/name/{flow_name}/{name}")["id"]
+        return str(self.api("GET", f"/deployments/name/{flow_name}/{name}")["id"])
 
     def wait_for_flow_run(self, flow_run_id: str, timeout: float = 240) -> dict[str, Any]:
         """Poll a flow run until it reaches a final state; return it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = self.api("GET", f"/flow_runs/{flow_run_id}")
+            run: dict[str, Any] = self.api("GET", f"/flow_runs/{flow_run_id}")
             if run["state"] and run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 return run
             time.sleep(0.25)

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from citadel.models import DeadLetterRecord, RunSummary
 from citadel.registry import Registry
 from citadel.settings import Settings
 from citadel.vectorstore import VectorStore
@@ -38,7 +39,7 @@ def write_corpus(root: Path, files: int, paragraphs: int = 6, seed: int = 7) -> 
     return paths
 
 
-async def index_with_own_backends(source: str | list[dict[str, Any]], collection: str, **overrides: Any) -> dict[str, Any]:
+async def index_with_own_backends(source: str | list[dict[str, Any]], collection: str, **overrides: Any) -> RunSummary:
     """Index ``source`` with backends of its own, opened and closed around the run, as a new
     ``citadel index`` process would (with settings from the environment and ``overrides``)."""
     from citadel.indexrun import index_source
@@ -63,7 +64,7 @@ async def index_state(settings: Settings, collection: str) -> tuple[int, int]:
     return await store.count(collection), chunks
 
 
-async def dead_letters_of(settings: Settings, collection: str) -> list[dict[str, Any]]:
+async def dead_letters_of(settings: Settings, collection: str) -> list[DeadLetterRecord]:
     """The dead letters the registry holds for a collection, newest first."""
     registry = Registry(settings.registry_url)
     await registry.init()
