@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -70,7 +70,7 @@ class OllamaEmbedderBlock(CitadelBlock):
     def build(self) -> OllamaEmbedder:
         """An :class:`OllamaEmbedder` (close it with ``aclose``); an unknown model without dimensions is refused."""
         _known_size_or_fail(self, self.model, self.dimensions)
-        return build_embedder(settings_from_blocks(self))  # type: ignore[return-value]
+        return cast(OllamaEmbedder, build_embedder(settings_from_blocks(self)))  # these settings name Ollama
 
     def settings_overrides(self) -> dict[str, Any]:
         return {"embedder": "ollama", "ollama_urls": list(self.urls), **_http_settings(self)}
@@ -104,7 +104,7 @@ class OpenAICompatibleEmbedderBlock(CitadelBlock):
     def build(self) -> OpenAIEmbedder:
         """An :class:`OpenAIEmbedder` (close it with ``aclose``); an unknown model without dimensions is refused."""
         _known_size_or_fail(self, self.model, self.dimensions)
-        return build_embedder(settings_from_blocks(self))  # type: ignore[return-value]
+        return cast(OpenAIEmbedder, build_embedder(settings_from_blocks(self)))  # these settings name an OpenAI-compatible server
 
     def settings_overrides(self) -> dict[str, Any]:
         return {

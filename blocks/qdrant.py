@@ -41,7 +41,7 @@ class QdrantBlock(CitadelBlock):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _one_mode(self) -> "QdrantBlock":
+    def _one_mode(self) -> QdrantBlock:
         if self.url and self.path is not None:
             raise ValueError("set either url (a Qdrant server) or path (embedded mode), not both")
         if self.api_key is not None and not self.url:

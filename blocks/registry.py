@@ -6,10 +6,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from blocks.base import CitadelBlock, masked_url, url_scheme
+from blocks.base import CitadelBlock, url_scheme
 from citadel.errors import ConfigurationError
 from citadel.registry import Registry
-from citadel.settings import Settings
+from citadel.settings import Settings, masked_url
 
 _SCHEMES = (
     "postgres",

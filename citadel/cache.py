@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
 from citadel.codec import decode_vector, encode_vector
 from citadel.hashing import sha256_text
+
+if TYPE_CHECKING:
+    from citadel.embedders.base import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +120,8 @@ class RedisCache:
         found: list[bytes | None] = []
         try:
             for start in range(0, len(keys), self.batch):
-                found.extend(await self._redis.mget(keys[start : start + self.batch]))
+                # Without decode_responses Redis answers bytes (or None for a miss).
+                found.extend(cast("list[bytes | None]", await self._redis.mget(keys[start : start + self.batch])))
         except Exception as exc:  # noqa: BLE001 - any Redis failure degrades to a miss
             self._failed(exc, "read")
             return [None] * len(keys)
@@ -163,7 +168,7 @@ class EmbedResult:
 class CachedEmbedder:
     """Embeds through the cache: one batched read, one embedder call for the unique misses, one batched write."""
 
-    def __init__(self, embedder, cache: EmbeddingCache) -> None:  # noqa: ANN001 - any Embedder
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
         self.embedder = embedder
         self.cache = cache
 
@@ -182,7 +187,7 @@ class CachedEmbedder:
         cached = await self.cache.get_many(keys)
         missing: dict[str, list[int]] = {}
         hits = 0
-        for row, (key, value) in enumerate(zip(keys, cached)):
+        for row, (key, value) in enumerate(zip(keys, cached, strict=True)):
             if value is not None:
                 try:
                     vectors[row] = decode_vector(value, dims)
@@ -197,7 +202,7 @@ class CachedEmbedder:
             first_rows = [rows[0] for rows in missing.values()]
             computed = await self.embedder.embed([texts[row] for row in first_rows])
             writes: list[tuple[str, bytes]] = []
-            for (key, rows), vector in zip(missing.items(), computed):
+            for (key, rows), vector in zip(missing.items(), computed, strict=True):
                 vectors[rows] = vector
                 writes.append((key, encode_vector(vector)))
             await self.cache.set_many(writes)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -63,7 +64,8 @@ async def registry_counts(registry: Registry, collection: str) -> tuple[int, int
                 )
             )
         ).scalar_one()
-        registered = (await conn.execute(sa.select(sa.func.count()).select_from(chunks).where(chunks.c.collection == collection))).scalar_one()
+        every = sa.select(sa.func.count()).select_from(chunks).where(chunks.c.collection == collection)
+        registered = (await conn.execute(every)).scalar_one()
     return int(expected), int(registered)
 
 
@@ -76,7 +78,10 @@ async def sample_point_ids(registry: Registry, collection: str, size: int = SAMP
     async with registry.engine.connect() as conn:
         for clause in (chunks.c.point_id >= start, chunks.c.point_id < start):
             rows = await conn.execute(
-                sa.select(chunks.c.point_id).where(_expected_clause(collection), clause).order_by(chunks.c.point_id).limit(size - len(found))
+                sa.select(chunks.c.point_id)
+                .where(_expected_clause(collection), clause)
+                .order_by(chunks.c.point_id)
+                .limit(size - len(found))
             )
             found.extend(rows.scalars())
             if len(found) >= size:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -58,7 +58,8 @@ async def run_checks(settings: Settings, prefect_api_url: str | None = None) -> 
 
         embedder_fix = {
             "hashing": "nothing to do: the hashing embedder runs in-process",
-            "ollama": f"start Ollama at {', '.join(settings.ollama_urls)} and `ollama pull {settings.embedding_model or 'nomic-embed-text'}`, or fix CITADEL_OLLAMA_URLS",
+            "ollama": f"start Ollama at {', '.join(settings.ollama_urls)} and "
+            f"`ollama pull {settings.embedding_model or 'nomic-embed-text'}`, or fix CITADEL_OLLAMA_URLS",
             "openai": f"start the server at {settings.openai_base_url} or fix CITADEL_OPENAI_BASE_URL / CITADEL_OPENAI_API_KEY",
         }[settings.embedder]
         results.append(await _check("embedder", embedder, embedder_fix))
@@ -81,7 +82,8 @@ async def run_checks(settings: Settings, prefect_api_url: str | None = None) -> 
             await resources.store._run(resources.store.client.get_collections)
             return f"qdrant {settings.qdrant_url}" if settings.qdrant_url else f"embedded qdrant at {settings.qdrant_path}"
 
-        results.append(await _check("vector store", store, "start Qdrant or fix CITADEL_QDRANT_URL / CITADEL_QDRANT_API_KEY; embedded mode allows one process per folder"))
+        store_fix = "start Qdrant or fix CITADEL_QDRANT_URL / CITADEL_QDRANT_API_KEY; embedded mode allows one process per folder"
+        results.append(await _check("vector store", store, store_fix))
         if results[-1].ok and results[-2].ok:
             results.extend(await _drift_checks(resources))
 

@@ -10,13 +10,13 @@ import errno
 import glob
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from citadel.errors import ConfigurationError
 from citadel.hashing import sha256_text
-
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
 
@@ -262,7 +262,8 @@ def documents_from_records(
         try:
             doc = _record_document(raw, "", source, f"document {number}")
         except ValueError as exc:
-            yield LoadFailure(str((raw or {}).get("id", f"{source}#{number}")) if isinstance(raw, dict) else f"{source}#{number}", source, str(exc))
+            fallback = f"{source}#{number}"
+            yield LoadFailure(str(raw.get("id", fallback)) if isinstance(raw, dict) else fallback, source, str(exc))
             continue
         if not doc.id:
             yield LoadFailure(f"{source}#{number}", source, f"document {number}: missing an 'id'")

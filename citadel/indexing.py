@@ -8,8 +8,9 @@ documents indexed. Unchanged documents are skipped by content hash without touch
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,7 +22,6 @@ from citadel.hashing import point_id
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry, StoredDocument
 from citadel.resources import Resources
 from citadel.sharding import shard_of
-
 
 # Statuses that blame the configuration (bad key, unknown model), never one document.
 _BACKEND_MISCONFIGURED = {401, 403, 404}
@@ -80,7 +80,7 @@ class WriteResult:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 async def plan_batch(
@@ -177,7 +177,7 @@ async def _embed_texts(resources: Resources, texts: list[str]) -> tuple[np.ndarr
     return result.vectors, result.embedded, result.cache_hits
 
 
-async def embed_plan(resources: Resources, plan: BatchPlan, collection: str) -> EmbeddedBatch:
+async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> EmbeddedBatch:
     """Vectors for every planned chunk: reused from the store when the same text was indexed, else
     through the cache. A document the embedder rejects goes to the dead letters, not the batch."""
     # A copy: isolating failed documents edits the plan, and a retried task gets the original again.
@@ -204,7 +204,7 @@ async def embed_plan(resources: Resources, plan: BatchPlan, collection: str) -> 
         if exc.transient or exc.backend or exc.status in _BACKEND_MISCONFIGURED:
             raise  # the backend is down or misconfigured: no document is at fault
         return await _embed_documents_one_by_one(resources, batch, wanted)
-    for (d_index, position), vector in zip(wanted, matrix):
+    for (d_index, position), vector in zip(wanted, matrix, strict=True):
         batch.vectors[d_index][position] = vector
     batch.chunks_embedded += embedded
     batch.cache_hits += hits
@@ -227,7 +227,7 @@ async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch
             failed.add(d_index)
             batch.plan.failures.append(DeadLetter(doc.record.id, doc.record.source, "embed", exc.message))
             continue
-        for position, vector in zip(positions, matrix):
+        for position, vector in zip(positions, matrix, strict=True):
             batch.vectors[d_index][position] = vector
         batch.chunks_embedded += embedded
         batch.cache_hits += hits
@@ -237,7 +237,7 @@ async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch
     return batch
 
 
-async def upsert_vectors(resources: Resources, batch: EmbeddedBatch, collection: str) -> int:
+async def upsert_vectors(resources: Resources, collection: str, batch: EmbeddedBatch) -> int:
     """Record the intent, store the points, then delete the ones they replace; returns points written.
 
     The registry learns every point id before the store holds it, so no crash leaves a point
@@ -258,7 +258,7 @@ async def upsert_vectors(resources: Resources, batch: EmbeddedBatch, collection:
     return len(ids)
 
 
-async def record_documents(resources: Resources, batch: EmbeddedBatch, collection: str) -> WriteResult:
+async def record_documents(resources: Resources, collection: str, batch: EmbeddedBatch) -> WriteResult:
     """After the store acknowledged a batch: mark its documents indexed and its failures dead-lettered."""
     registry = await resources.registry()
     plan = batch.plan

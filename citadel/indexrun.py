@@ -13,14 +13,16 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any
 
 from citadel import progress
 from citadel.collections import check_collection_name
 from citadel.consistency import reconcile
 from citadel.documents import SUPPORTED_SUFFIXES, SourceListing, iter_groups, list_source, load_group, shard_listing
+from citadel.errors import ConfigurationError
 from citadel.indexing import (
     EmbeddedBatch,
     SeenDocuments,
@@ -31,7 +33,6 @@ from citadel.indexing import (
     record_documents,
     upsert_vectors,
 )
-from citadel.errors import ConfigurationError
 from citadel.models import IndexRunRecord, RunCounts, RunSummary, StoreCheck
 from citadel.registry import DeadLetter, check_collection_model
 from citadel.resources import Resources
@@ -198,7 +199,8 @@ class IndexRun:
                 found.append(
                     f"the vector store had lost {check.missing} of the {check.expected} points of {self.collection}; "
                     f"{check.documents_to_repair} documents were marked for repair"
-                    + (f" (this run writes those of its own source; `citadel index` of {', '.join(others)} writes the rest)" if others else "")
+                    + (f" (this run writes those of its own source; `citadel index` of {', '.join(others)} writes the rest)"
+                       if others else "")
                 )
             if check.stray:
                 found.append(
@@ -255,11 +257,11 @@ async def index_source(
                 chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
             )
             run.counts.unchanged += plan.unchanged
-            batch = await embed_plan(resources, plan, collection) if plan.documents else EmbeddedBatch(plan, [])
+            batch = await embed_plan(resources, collection, plan) if plan.documents else EmbeddedBatch(plan, [])
             run.count_embedded(batch)
             if batch.plan.documents or batch.plan.failures:
-                await upsert_vectors(resources, batch, collection)
-                run.counts.add_written(await record_documents(resources, batch, collection))
+                await upsert_vectors(resources, collection, batch)
+                run.counts.add_written(await record_documents(resources, collection, batch))
         if resolved.prune:
             run.counts.deleted = await prune_source(resources, collection, resolved.key, run.seen, resolved.shard)
     assert run.summary is not None

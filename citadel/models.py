@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def _utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands datetimes back without their zone; the registry writes UTC."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
 UTCDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
@@ -114,7 +114,7 @@ class StoreCheck(Result):
     sources_to_repair: list[str] = Field(default_factory=list)
     seconds: float = Field(0.0, description="What the check cost.")
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented way; mypy does not know decorated properties
     @property
     def drift(self) -> bool:
         """Whether the store and the registry disagree."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from typing import Callable
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 
 ProgressCallback = Callable[[int, int, str], None]
 """Called with (done, total, description)."""
@@ -11,8 +11,8 @@ ProgressCallback = Callable[[int, int, str], None]
 _listener: ContextVar[ProgressCallback | None] = ContextVar("citadel_progress", default=None)
 
 
-def listen(callback: ProgressCallback | None):  # noqa: ANN201 - returns a reset token
-    """Send progress reports of work started in this context to ``callback``."""
+def listen(callback: ProgressCallback | None) -> Token[ProgressCallback | None]:
+    """Send progress reports of work started in this context to ``callback`` (the token resets it)."""
     return _listener.set(callback)
 
 

@@ -12,11 +12,13 @@ import datetime as dt
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.models import CollectionStatus, DeadLetterRecord, IndexRunRecord, Result
@@ -41,7 +43,7 @@ __all__ = [
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class Registry:
             kwargs["connect_args"] = {"timeout": 30}
         try:
             self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - a bad URL is a configuration error
+        except Exception as exc:
             raise ConfigurationError(f"bad CITADEL_DATABASE_URL {masked_url(url)!r}: {exc}") from exc
         if url.startswith("sqlite"):
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -126,12 +128,11 @@ class Registry:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def insert_statement(self, table: sa.Table):  # noqa: ANN201 - dialect-specific INSERT with ON CONFLICT
+    def insert_statement(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT of this database's dialect, which has ON CONFLICT."""
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+            return postgresql.insert(table)
+        return sqlite.insert(table)
 
     async def init(self) -> None:
         """Create or upgrade the schema (idempotent, safe for concurrent workers on Postgres).
@@ -370,9 +371,9 @@ class Registry:
                     },
                 ),
                 [
-                    dict(collection=collection, document_id=l.document_id, source=l.source, stage=l.stage,
-                         error=l.error[:4000], attempts=1, first_failed_at=now, last_failed_at=now)
-                    for l in letters
+                    dict(collection=collection, document_id=letter.document_id, source=letter.source, stage=letter.stage,
+                         error=letter.error[:4000], attempts=1, first_failed_at=now, last_failed_at=now)
+                    for letter in letters
                 ],
             )
 
@@ -444,18 +445,10 @@ class Registry:
         """Per collection: model, size, documents, chunks and dead letters."""
         async with self.engine.connect() as conn:
             cols = (await conn.execute(sa.select(collections).order_by(collections.c.name))).all()
-            doc_counts = dict((await conn.execute(
-                sa.select(documents.c.collection, sa.func.count()).where(documents.c.status == "indexed").group_by(documents.c.collection)
-            )).all())
-            repair_counts = dict((await conn.execute(
-                sa.select(documents.c.collection, sa.func.count()).where(documents.c.status == "repair").group_by(documents.c.collection)
-            )).all())
-            chunk_counts = dict((await conn.execute(
-                sa.select(chunks.c.collection, sa.func.count()).group_by(chunks.c.collection)
-            )).all())
-            dead_counts = dict((await conn.execute(
-                sa.select(dead_letters.c.collection, sa.func.count()).group_by(dead_letters.c.collection)
-            )).all())
+            doc_counts = await _count_by_collection(conn, documents, documents.c.status == "indexed")
+            repair_counts = await _count_by_collection(conn, documents, documents.c.status == "repair")
+            chunk_counts = await _count_by_collection(conn, chunks)
+            dead_counts = await _count_by_collection(conn, dead_letters)
         return [
             CollectionStatus(
                 collection=c.name,
@@ -471,7 +464,14 @@ class Registry:
 
     async def count_chunks(self, collection: str) -> int:
         async with self.engine.connect() as conn:
-            return (await conn.execute(sa.select(sa.func.count()).select_from(chunks).where(chunks.c.collection == collection))).scalar_one()
+            query = sa.select(sa.func.count()).select_from(chunks).where(chunks.c.collection == collection)
+            return (await conn.execute(query)).scalar_one()
+
+
+async def _count_by_collection(conn: AsyncConnection, table: sa.Table, *where: Any) -> dict[str, int]:
+    """Rows of ``table`` per collection (those matching ``where``)."""
+    query = sa.select(table.c.collection, sa.func.count()).where(*where).group_by(table.c.collection)
+    return {name: int(count) for name, count in (await conn.execute(query)).all()}
 
 
 def _lost_creation_race(exc: Exception) -> bool:
@@ -489,7 +489,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

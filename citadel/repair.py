@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+
 from citadel.consistency import awaiting_repair, repair_store, verify_store
 from citadel.errors import ConfigurationError
 from citadel.indexrun import index_source

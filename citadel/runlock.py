@@ -21,8 +21,8 @@ import hashlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -71,7 +71,7 @@ def process_alive(pid: int) -> bool:
 def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes; the registry writes UTC."""
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
     return value
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from citadel.collections import check_collection_name
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.models import SearchHit
 from citadel.resources import Resources
 from citadel.settings import Settings
-from citadel.collections import check_collection_name
 
 
 def check_query(query: str) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -215,9 +216,9 @@ def unknown_variables(environ: Mapping[str, str] | None = None, env_file: str | 
     return warnings
 
 
-def get_settings(**overrides: object) -> Settings:
+def get_settings(**overrides: Any) -> Settings:
     """Settings from the environment with ``overrides`` applied on top."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    return Settings(**overrides)
 
 
 class EmbedderConfig(BaseModel):
@@ -243,7 +244,7 @@ class EmbedderConfig(BaseModel):
         return settings.model_copy(update=update)
 
 
-def settings_for(embedder: EmbedderConfig | None = None, **overrides: object) -> Settings:
+def settings_for(embedder: EmbedderConfig | None = None, **overrides: Any) -> Settings:
     """Settings from the environment, then an embedder choice, then explicit overrides."""
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings(**overrides)
     return embedder.apply(settings) if embedder else settings

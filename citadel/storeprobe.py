@@ -20,9 +20,9 @@ import json
 import os
 import pickle
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import httpx
 
@@ -42,7 +42,9 @@ def _missing(how: str) -> StoreSnapshot:
     return StoreSnapshot(False, 0, frozenset(), how)
 
 
-async def probe_server(url: str, api_key: str | None, collection: str, sample: Sequence[str], timeout_s: float = 10) -> StoreSnapshot | None:
+async def probe_server(
+    url: str, api_key: str | None, collection: str, sample: Sequence[str], timeout_s: float = 10
+) -> StoreSnapshot | None:
     """Count the collection's points and look up ``sample`` over Qdrant's REST API."""
     headers = {"api-key": api_key} if api_key else {}
     base = f"{url.rstrip('/')}/collections/{collection}"

@@ -12,11 +12,13 @@ import atexit
 import logging
 import threading
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
+import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
@@ -25,6 +27,8 @@ from citadel.models import SearchHit
 from citadel.storeprobe import embedded_store_holder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Vectors = Sequence[Sequence[float]] | np.ndarray  # one row per point
 
 LOCAL_MODE_COMFORT = 20_000
 """Points per collection above which qdrant-client itself advises a server."""
@@ -103,7 +107,7 @@ def _tune_embedded_storage(client: QdrantClient, name: str) -> None:
     qdrant-client's internals, and without them the store is merely slower.
     """
     try:
-        storage = client._client.collections[name].storage  # type: ignore[attr-defined]
+        storage = client._client.collections[name].storage  # type: ignore[attr-defined]  # qdrant-client's internals
         if storage is not None:
             storage.storage.execute("PRAGMA journal_mode=WAL")
             storage.storage.execute("PRAGMA synchronous=NORMAL")
@@ -157,7 +161,7 @@ class VectorStore:
             return cls(QdrantClient(url=url, api_key=api_key, timeout=60), batch_size=batch_size, is_server=True)
         return cls(local_client(path), batch_size=batch_size, path_key=str(path.resolve()))
 
-    async def _run(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     # collections -------------------------------------------------------------------------
@@ -211,7 +215,7 @@ class VectorStore:
         return (await self._run(self.client.count, name, exact=True)).count
 
     # points ------------------------------------------------------------------------------
-    def _upsert_sync(self, name: str, ids: Sequence[str], vectors: Sequence[Any], payloads: Sequence[dict]) -> None:
+    def _upsert_sync(self, name: str, ids: Sequence[str], vectors: Vectors, payloads: Sequence[dict[str, Any]]) -> None:
         for start in range(0, len(ids), self.batch_size):
             end = start + self.batch_size
             batch = models.Batch(
@@ -227,7 +231,7 @@ class VectorStore:
         if not self.is_server:
             advise_if_large(self.client, self.path_key, name)
 
-    async def upsert(self, name: str, ids: Sequence[str], vectors: Sequence[Any], payloads: Sequence[dict]) -> None:
+    async def upsert(self, name: str, ids: Sequence[str], vectors: Vectors, payloads: Sequence[dict[str, Any]]) -> None:
         """Write points in batches and return once the store acknowledged every batch."""
         if ids:
             await self._run(self._upsert_sync, name, ids, vectors, payloads)
@@ -269,7 +273,8 @@ class VectorStore:
         if not ids:
             return {}
         records = await self._run(self.client.retrieve, name, ids=list(ids), with_vectors=True, with_payload=False)
-        return {str(record.id): record.vector for record in records if isinstance(record.vector, list)}
+        # Citadel's collections hold one unnamed dense vector per point: a list of floats.
+        return {str(record.id): cast("list[float]", record.vector) for record in records if isinstance(record.vector, list)}
 
     async def search(
         self,

@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, NoReturn
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console

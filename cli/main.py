@@ -16,6 +16,7 @@ from rich.table import Table
 
 from citadel import progress
 from citadel.errors import ConfigurationError
+from citadel.models import StatusReport
 from cli.common import (
     CollectionOption,
     JsonOption,
@@ -33,7 +34,10 @@ from cli.common import (
 )
 from cli.workflows import workflow_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Citadel: embed, cache, index and search documents.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Citadel: embed, cache, index and search documents.",
+)
 app.add_typer(workflow_app, name="workflow")
 
 
@@ -140,7 +144,7 @@ def search(
         out.print(f"   {snippet}", highlight=False)
 
 
-async def _status(config: Any) -> dict[str, Any]:
+async def _status(config: Any) -> StatusReport:
     from citadel.status import collect_status
 
     report = await collect_status(config)
@@ -244,7 +248,10 @@ def verify(
         if report.after is not None:
             out.print(f"      after repair: {final.check.missing} missing, {final.check.stray} unknown", highlight=False)
         for source, count in final.awaiting_repair.items():
-            out.print(f"      {count} documents of {source} await repair: index that source again (inline documents: send them again)", highlight=False)
+            out.print(
+                f"      {count} documents of {source} await repair: index that source again (inline documents: send them again)",
+                highlight=False,
+            )
         if not repair and not report.healthy:
             out.print(f"      fix: citadel verify --repair --collection {check.collection}", highlight=False)
     raise typer.Exit(0 if all(report.healthy for report in reports) else 1)

@@ -9,12 +9,13 @@ import typer
 from rich.table import Table
 
 from citadel.errors import ConfigurationError
+from citadel.workflows import WorkflowDefinition, WorkflowInvalid
 from cli.common import JsonOption, err, fail, out, print_json, quiet_prefect, run, settings
 
 workflow_app = typer.Typer(no_args_is_help=True, help="Validate, run and inspect declarative workflows.")
 
 
-def _load_definition(path: str):  # noqa: ANN202
+def _load_definition(path: str) -> WorkflowDefinition | WorkflowInvalid:
     from citadel.workflows import WorkflowInvalid, check_workflow, load_step_modules
     from citadel.workflows.spec import load_workflow_data
 
@@ -27,8 +28,8 @@ def _load_definition(path: str):  # noqa: ANN202
         fail(str(exc))
 
 
-def _print_problems(exc: Exception, as_json: bool) -> NoReturn:
-    problems = [{"location": p.location, "message": p.message} for p in exc.problems]  # type: ignore[attr-defined]
+def _print_problems(exc: WorkflowInvalid, as_json: bool) -> NoReturn:
+    problems = [{"location": p.location, "message": p.message} for p in exc.problems]
     if as_json:
         print_json({"valid": False, "problems": problems})
     else:
@@ -64,7 +65,8 @@ def _print_report(report: Any, as_json: bool) -> None:
         table.add_column(column, overflow="fold")
     for step_id, step in report.steps.items():
         detail = step.error or (json.dumps(step.output, default=str)[:80] if step.output is not None else "")
-        table.add_row(step_id, step.state + (" (cached)" if step.cached else ""), (step.start or "")[11:19], (step.end or "")[11:19], detail)
+        state = step.state + (" (cached)" if step.cached else "")
+        table.add_row(step_id, state, (step.start or "")[11:19], (step.end or "")[11:19], detail)
     out.print(table)
 
 

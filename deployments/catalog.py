@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect import Flow
 
 NIGHTLY_CRON = "0 2 * * *"
 
@@ -63,13 +66,14 @@ def catalog() -> list[DeploymentSpec]:
     ]
 
 
-def load_flow(entrypoint: str):  # noqa: ANN201 - a Prefect Flow
+def load_flow(entrypoint: str) -> Flow[..., Any]:
     """The flow object an entrypoint (``path/to/file.py:function``) names."""
     import importlib
 
     path, function = entrypoint.split(":")
     module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    return getattr(module, function)
+    flow: Flow[..., Any] = getattr(module, function)
+    return flow
 
 
 def to_deployments(specs: list[DeploymentSpec] | None = None) -> list[Any]:

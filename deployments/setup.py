@@ -13,7 +13,6 @@ from blocks import BLOCK_TYPES
 from citadel.settings import Settings
 from tasks.limits import default_limit, ensure_limit
 
-
 RESULTS_BLOCK = "citadel-results"
 
 

@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
-from prefect.deployments import run_deployment
+from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
@@ -51,7 +51,7 @@ async def submit_workflow(
         state = await run_workflow(workflow, context=context, return_state=True)
         return await wait_for_workflow(str(state.state_details.flow_run_id))
     try:
-        flow_run = await run_deployment(deployment, parameters=parameters, timeout=0)
+        flow_run = await arun_deployment(deployment, parameters=parameters, timeout=0)
     except ObjectNotFound:
         raise ConfigurationError(
             f"deployment {deployment!r} not found on {prefect_api_url()}; "

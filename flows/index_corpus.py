@@ -8,7 +8,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
-from prefect.utilities.annotations import quote
 
 from citadel import progress
 from citadel.indexing import EmbeddedBatch, WriteResult
@@ -26,6 +25,7 @@ from tasks.indexing import (
     upsert_vectors,
 )
 from tasks.limits import embedding_slot
+from tasks.passing import as_is
 from tasks.reporting import default_collection, report_index_run, run_name, run_tags, tag_flow_run
 from tasks.resources import open_resources
 
@@ -89,16 +89,15 @@ async def _index_batches(
     settings: Settings, collection: str, resolved: ResolvedSource, full: bool, run: IndexRun, slot: AsyncExitStack
 ) -> None:
     """Every batch of the source, embedding batch n + 1 while batch n is written; then the prune."""
-    writer: asyncio.Task | None = None
+    writer: asyncio.Task[WriteResult] | None = None
     holding_slot = False
     try:
         for number, group in enumerate(resolved.groups(settings), start=1):
             what = f"{len(group.paths)} files" if group.paths or not group.records else f"{len(group.records)} records"
-            # quote(): Prefect would otherwise walk every document and payload looking for futures.
-            loaded = await load_documents.with_options(task_run_name=f"load {what} (batch {number})")(settings, quote(group), resolved.key)
+            loaded = await load_documents.with_options(task_run_name=f"load {what} (batch {number})")(settings, as_is(group), resolved.key)
             items = run.seen.admit(loaded)
             plan = await plan_batch.with_options(task_run_name=f"plan {len(items)} documents (batch {number})")(
-                settings, collection, quote(items), full
+                settings, collection, as_is(items), full
             )
             run.counts.unchanged += plan.unchanged
             if plan.documents and not holding_slot:
@@ -108,7 +107,7 @@ async def _index_batches(
                 holding_slot = True
             if plan.documents:
                 name = f"embed {plan.chunk_count} chunks of {len(plan.documents)} documents (batch {number})"
-                embedded = await embed_chunks.with_options(task_run_name=name)(settings, collection, quote(plan))
+                embedded = await embed_chunks.with_options(task_run_name=name)(settings, collection, as_is(plan))
             else:
                 embedded = EmbeddedBatch(plan, [])
             run.count_embedded(embedded)
@@ -124,7 +123,7 @@ async def _index_batches(
             writer = None
         if resolved.prune:
             prune = delete_stale_documents.with_options(task_run_name=f"delete what {resolved.key[-80:]} no longer holds")
-            run.counts.deleted = await prune(settings, collection, resolved.key, quote(run.seen), resolved.shard)
+            run.counts.deleted = await prune(settings, collection, resolved.key, as_is(run.seen), resolved.shard)
     except Exception:
         if writer is not None:
             # Let the batch already embedded finish writing, so the next run re-embeds less.
@@ -140,6 +139,7 @@ async def _index_batches(
 async def _write(settings: Settings, collection: str, batch: EmbeddedBatch, number: int) -> WriteResult:
     """The two write steps of a batch, in order: the points, then the registry."""
     points = sum(len(d.record.chunks) for d in batch.plan.documents)
-    await upsert_vectors.with_options(task_run_name=f"upsert {points} points (batch {number})")(settings, collection, quote(batch))
+    await upsert_vectors.with_options(task_run_name=f"upsert {points} points (batch {number})")(settings, collection, as_is(batch))
     record = record_documents.with_options(task_run_name=f"record {len(batch.plan.documents)} documents (batch {number})")
-    return await record(settings, collection, quote(batch))
+    written: WriteResult = await record(settings, collection, as_is(batch))
+    return written

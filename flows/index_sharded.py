@@ -12,13 +12,12 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.deployments import run_deployment
+from prefect.deployments.flow_runs import arun_deployment
 
 from citadel.documents import list_source
 from citadel.models import RunCounts, ShardedRunSummary
 from citadel.settings import EmbedderConfig, settings_for
 from tasks.resources import open_resources
-
 
 
 @flow(name="index-sharded")
@@ -44,7 +43,7 @@ async def index_sharded(
         parameters["embedder"] = embedder.model_dump(exclude_none=True)
     runs = await asyncio.gather(
         *(
-            run_deployment(
+            arun_deployment(
                 deployment, parameters={**parameters, "shard": shard}, timeout=timeout_s, poll_interval=1,
                 flow_run_name=f"{collection}-shard-{shard}-of-{shards}",
             )

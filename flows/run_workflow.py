@@ -15,21 +15,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.states import State
-from prefect.utilities.annotations import quote
 
 from citadel.models import StepReport, WorkflowReport
-from citadel.settings import settings_for
 from citadel.resources import Resources
+from citadel.settings import settings_for
 from citadel.workflows import StepContext, StepRegistry, check_workflow, default_registry, load_step_modules, upstream
 from citadel.workflows.builtin import INDEX_OUTPUTS, IndexParams
 from citadel.workflows.errors import StepFailed
 from citadel.workflows.spec import load_workflow_data
 from flows.index_corpus import index_corpus
+from tasks.passing import as_is
 from tasks.reporting import report_workflow, run_tags, tag_flow_run
 from tasks.resources import open_resources
 from tasks.workflow import orchestrated_steps, step_cache_key, workflow_step
+
 
 async def run_index_subflow(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
     """The ``index`` step as a sub-run of ``index-corpus``: its tasks show under the workflow's
@@ -92,7 +93,7 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
         step = next(s for s in definition.steps if s.step_id == step_id)
         upstream_results = [await states[dep] for dep in sorted(deps[step_id])]
         started = time.time()
-        outputs = {dep: result for dep, (state, result) in zip(sorted(deps[step_id]), upstream_results)}
+        outputs = {dep: result for dep, (state, result) in zip(sorted(deps[step_id]), upstream_results, strict=True)}
         wait_for = [state for state, _ in upstream_results]
         options: dict[str, Any] = {}
         if step.cache is not None:  # its persisted JSON output is reused for the same inputs, model and code
@@ -104,10 +105,11 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
             )
         task = workflow_step.with_options(
             task_run_name=step_id, retries=step.retries, timeout_seconds=step.timeout_seconds,
-            retry_delay_seconds=[1, 2, 4, 8][: max(step.retries, 1)], **options,
+            retry_delay_seconds=[1.0, 2.0, 4.0, 8.0][: max(step.retries, 1)], **options,
         )
-        state = await task(
-            settings, quote(definition), step_id, quote(outputs), merged, quote(registry), wait_for=wait_for, return_state=True
+        # An async task called with return_state gives a coroutine of its State; Prefect's overloads say State.
+        state: State[Any] = await task(  # type: ignore[misc]
+            settings, as_is(definition), step_id, as_is(outputs), merged, as_is(registry), wait_for=wait_for, return_state=True
         )
         finished = time.time()
         if state.is_completed():
@@ -138,7 +140,7 @@ async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] |
 
 
 def _when(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat()
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
 
 
 def _report(workflow_id: str, steps: dict[str, dict[str, Any]]) -> WorkflowReport:

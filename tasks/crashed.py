@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound

@@ -14,7 +14,7 @@ from tasks.retry import RETRYING
 
 
 @task(name="embed-texts", cache_policy=NO_CACHE, **RETRYING)
-async def embed_texts_task(settings: Settings, texts: list[str]) -> dict:
+async def embed_texts_task(settings: Settings, texts: list[str]) -> dict[str, object]:
     """Vectors for ``texts`` through the embedding cache (the cache, not Prefect, reuses them)."""
     resources = get_resources(settings)
     async with embedding_slot(settings):

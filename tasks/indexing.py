@@ -6,13 +6,14 @@ and per-text reuse is the embedding cache's job, which is finer grained than a t
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from citadel import consistency, indexing
 from citadel.documents import Document, LoadFailure, SourceGroup, load_group
+from citadel.models import StoreCheck
 from citadel.settings import Settings
 from tasks.resources import get_resources
 from tasks.retry import RETRYING
@@ -25,7 +26,7 @@ async def prepare_collection(settings: Settings, collection: str) -> None:
 
 
 @task(name="check-store", cache_policy=NO_CACHE, **RETRYING)
-async def check_store(settings: Settings, collection: str) -> consistency.StoreCheck:
+async def check_store(settings: Settings, collection: str) -> StoreCheck:
     """Check that the vector store still holds what the registry says, cheaply, and mark the
     documents whose points it lost for repair (this run writes them again)."""
     return await consistency.reconcile(get_resources(settings), collection)
@@ -57,19 +58,19 @@ async def plan_batch(
 @task(name="embed-chunks", cache_policy=NO_CACHE, **RETRYING)
 async def embed_chunks(settings: Settings, collection: str, plan: indexing.BatchPlan) -> indexing.EmbeddedBatch:
     """Vectors for a batch's chunks through the embedding cache (the flow holds the backend's slot)."""
-    return await indexing.embed_plan(get_resources(settings), plan, collection)
+    return await indexing.embed_plan(get_resources(settings), collection, plan)
 
 
 @task(name="upsert-vectors", cache_policy=NO_CACHE, **RETRYING)
 async def upsert_vectors(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> int:
     """Register the point ids as pending, upsert the points, delete the ones they replace."""
-    return await indexing.upsert_vectors(get_resources(settings), batch, collection)
+    return await indexing.upsert_vectors(get_resources(settings), collection, batch)
 
 
 @task(name="record-documents", cache_policy=NO_CACHE, **RETRYING)
 async def record_documents(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> indexing.WriteResult:
     """Mark the batch's documents indexed (after the store acknowledged them) and record failures."""
-    return await indexing.record_documents(get_resources(settings), batch, collection)
+    return await indexing.record_documents(get_resources(settings), collection, batch)
 
 
 @task(name="delete-stale-documents", cache_policy=NO_CACHE, **RETRYING)

@@ -18,7 +18,7 @@ async def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(exc, BaseException) and is_transient(exc)
 
 
-RETRYING = dict(
+RETRYING: dict[str, Any] = dict(
     retries=len(RETRY_DELAYS),
     retry_delay_seconds=RETRY_DELAYS,
     retry_jitter_factor=RETRY_JITTER,

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.deployments import run_deployment
+from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.annotations import BaseAnnotation
 
@@ -26,7 +26,7 @@ from tasks.resources import get_resources
 async def run_flow_step(params: FlowParams, ctx: StepContext) -> dict[str, Any]:
     """Run a deployment as a sub-run of this workflow and wait for it: composition of workflows."""
     try:
-        flow_run = await run_deployment(
+        flow_run = await arun_deployment(
             params.deployment, parameters=params.parameters, timeout=params.timeout_seconds, poll_interval=1
         )
     except ObjectNotFound:

@@ -13,9 +13,9 @@ import multiprocessing
 import re
 import threading
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Sequence
 
 import numpy as np
 

@@ -12,7 +12,8 @@ import os
 import random
 import socket
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -50,8 +51,9 @@ def _connect_reason(exc: BaseException) -> str:
     current: BaseException | None = exc
     while current is not None:
         if isinstance(current, OSError) and current.strerror:
-            known = current.errno is not None and current.errno > 0 and not isinstance(current, socket.gaierror)
-            return os.strerror(current.errno) if known else current.strerror
+            if current.errno is not None and current.errno > 0 and not isinstance(current, socket.gaierror):
+                return os.strerror(current.errno)
+            return current.strerror
         current = current.__cause__ or current.__context__
     return str(exc) or type(exc).__name__
 
@@ -273,4 +275,4 @@ class HttpEmbedder:
             finally:
                 for task in workers:
                     task.cancel()
-        return np.vstack(results)  # type: ignore[arg-type]
+        return np.vstack(cast("list[np.ndarray]", results))  # every batch has its vectors once the queue is empty

@@ -6,8 +6,9 @@ so a user fixes a workflow in one pass instead of one error at a time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 from citadel.errors import CitadelError, ConfigurationError
 
@@ -91,7 +92,7 @@ def format_location(*parts: str | int) -> str:
     return out
 
 
-def problem_from_error(error: dict, *prefix: str | int) -> Problem:
+def problem_from_error(error: Mapping[str, Any], *prefix: str | int) -> Problem:
     """A :class:`Problem` from one pydantic error dict, located under ``prefix``."""
     loc = tuple(error.get("loc", ()))
     kind = error.get("type", "")

@@ -188,8 +188,9 @@ def _resolve_text(text: str, outputs: Mapping[str, Any], context: Mapping[str, A
     for ref in found:
         if isinstance(ref, MalformedReference):
             raise UnresolvedReference(ref.text, f"malformed reference: {ref.reason}")
-    if len(found) == 1 and found[0].whole:  # type: ignore[union-attr]
-        return value_of(found[0], outputs, context)  # type: ignore[arg-type]
+    only = found[0]
+    if len(found) == 1 and isinstance(only, Reference) and only.whole:
+        return value_of(only, outputs, context)
 
     def substitute(match: re.Match[str]) -> str:
         parsed = _parse(match.group(0), match.group(1), (), False)

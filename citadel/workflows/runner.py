@@ -7,8 +7,9 @@ honours per-step retries and timeouts. The orchestration layer runs the same ste
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any, AsyncContextManager, Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -31,7 +32,7 @@ async def run_step(
     context: Mapping[str, Any] | None = None,
     services: Any = None,
     registry: StepRegistry | None = None,
-    embedding_guard: Callable[[Any], AsyncContextManager[Any]] | None = None,
+    embedding_guard: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
 ) -> Any:
     """Resolve ``step``'s parameters against ``outputs`` and the context, then run it.
 

@@ -105,7 +105,7 @@ def partial_definition(data: Any) -> WorkflowDefinition | None:
         step_id, kind = raw.get("step_id"), raw.get("type")
         parameters = raw.get("parameters", {})
         depends_on = raw.get("depends_on", [])
-        steps.append(StepSpec.model_construct(
+        readable: dict[str, Any] = dict(  # None where the schema found the field unusable
             step_id=step_id if isinstance(step_id, str) and re.fullmatch(ID_PATTERN, step_id) else f"#{index}",
             type=kind if isinstance(kind, str) and kind else None,
             parameters=parameters if isinstance(parameters, dict) else None,
@@ -113,7 +113,8 @@ def partial_definition(data: Any) -> WorkflowDefinition | None:
             retries=0,
             timeout_seconds=None,
             cache=_valid_cache(raw.get("cache")),
-        ))
+        )
+        steps.append(StepSpec.model_construct(**readable))
     context = data.get("context")
     workflow_id = data.get("workflow_id")
     return WorkflowDefinition.model_construct(

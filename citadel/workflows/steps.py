@@ -7,8 +7,10 @@ check parameters before anything runs. The orchestration layer swaps runners wit
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -33,7 +35,7 @@ class StepContext:
     step_id: str
     context: dict[str, Any] = field(default_factory=dict)
     services: Any = None
-    embedding_guard: Callable[[Any], AsyncContextManager[Any]] | None = None
+    embedding_guard: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class StepType:
 
     async def __call__(self, parameters: dict[str, Any] | BaseModel, ctx: StepContext) -> Any:
         """Validate (if not already a model) and run."""
-        params = parameters if isinstance(parameters, self.params) else self.parse(dict(parameters))  # type: ignore[arg-type]
+        params = parameters if isinstance(parameters, self.params) else self.parse(dict(parameters))
         return await self.run(params, ctx)
 
     def json_schema(self) -> dict[str, Any]:

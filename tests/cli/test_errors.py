@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.corpus import write_corpus
+from citadel.testing.corpus import write_corpus
 from tests.support.embedding_server import free_port
 from tests.support.qdrant_server import store_held_by_another_process
 

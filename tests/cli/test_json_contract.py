@@ -22,8 +22,8 @@ from citadel.models import (
     StepReport,
     WorkflowReport,
 )
+from citadel.testing.corpus import write_corpus
 from cli.main import app
-from tests.support.corpus import write_corpus
 
 INDEX_KEYS = {
     "added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "chunks_written", "chunks_reused",

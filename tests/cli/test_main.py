@@ -10,14 +10,14 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from citadel.testing.corpus import write_corpus
 from cli.main import app
-from tests.support.corpus import write_corpus
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
 
 
-def invoke(*args: str):  # noqa: ANN201
+def invoke(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
@@ -61,7 +61,7 @@ def test_human_output_and_failed_documents_exit_1(data_dir: Path, tmp_path: Path
     assert result.exit_code == 0 and "1." in result.stdout
 
 
-def test_doctor_reports_unreachable_backends(data_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_doctor_reports_unreachable_backends(data_dir: Path, monkeypatch) -> None:
     result = invoke("doctor", "--json")
     assert result.exit_code == 0, result.output
     assert all(check["ok"] for check in json.loads(result.stdout))
@@ -101,7 +101,7 @@ def test_bad_usage_exits_2_with_one_line_and_no_traceback(data_dir: Path) -> Non
 
 
 def test_an_unreachable_prefect_server_is_one_line_naming_it(data_dir: Path) -> None:
-    from tests.support.prefect_server import free_port
+    from citadel.testing.prefect_server import free_port
 
     api = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     done = run_cli("index", str(REPO / "docs"), env={"PREFECT_API_URL": api})
@@ -112,7 +112,7 @@ def test_an_unreachable_prefect_server_is_one_line_naming_it(data_dir: Path) -> 
 
 def test_drift_is_reported_by_doctor_and_status_and_repaired_by_verify(
     data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     """The registry says 4 documents are indexed; the Qdrant server the settings now name has none."""
     from tests.support.qdrant_server import QdrantTestServer
 
@@ -154,7 +154,7 @@ def test_an_empty_query_is_refused(data_dir: Path) -> None:
         assert result.exit_code == 2 and "give the words to search for" in result.stderr
 
 
-def test_a_source_with_nothing_to_read_exits_1_and_says_why(data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch) -> None:  # noqa: ANN001
+def test_a_source_with_nothing_to_read_exits_1_and_says_why(data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "image.png").write_bytes(b"\x89PNG")
@@ -165,7 +165,7 @@ def test_a_source_with_nothing_to_read_exits_1_and_says_why(data_dir: Path, tmp_
     locked.mkdir()
     real_scandir = os.scandir
 
-    def scandir(path="."):  # noqa: ANN001, ANN202 - the operating system refusing the folder
+    def scandir(path="."):
         if Path(path) == locked:
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
@@ -175,7 +175,7 @@ def test_a_source_with_nothing_to_read_exits_1_and_says_why(data_dir: Path, tmp_
     assert result.exit_code == 1 and "cannot read" in result.stderr and "Permission denied" in result.stderr, result.output
 
 
-def test_status_fits_80_columns_and_never_cuts_a_name(data_dir: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_status_fits_80_columns_and_never_cuts_a_name(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     name = "citadel-hashing-demo-docs"
     write_corpus(tmp_path / "corpus", files=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 import pytest
@@ -117,7 +117,7 @@ def test_lru_never_exceeds_bound(max_items: int, keys: list[int]) -> None:
     kept = set(latest[:max_items])
     every = sorted({str(key) for key in keys})
     found = asyncio.run(cache.get_many(every))
-    assert {key for key, value in zip(every, found) if value is not None} == kept
+    assert {key for key, value in zip(every, found, strict=True) if value is not None} == kept
 
 
 async def test_lru_of_size_zero_stores_nothing() -> None:

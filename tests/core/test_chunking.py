@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,7 +41,7 @@ def test_chunks_are_exact_bounded_covering_and_advancing(case: tuple[str, int, i
         assert chunk.text == text[chunk.start : chunk.end]
         assert 0 < len(chunk.text) <= size
         assert chunk.hash == sha256_text(chunk.text)
-    for prev, nxt in zip(chunks, chunks[1:]):
+    for prev, nxt in pairwise(chunks):
         assert nxt.start <= prev.end, "consecutive chunks must touch or overlap"
         assert nxt.start > prev.start, "chunks must strictly advance"
     covered = [False] * len(text)
@@ -55,7 +57,7 @@ def test_ends_advance_when_overlap_below_half_size(text: str, size: int, data: s
     """With overlap under half the size no chunk ends where (or before) the previous one did."""
     overlap = data.draw(st.integers(min_value=0, max_value=max(0, size // 2 - 1)))
     chunks = chunk_text(text, size, overlap)
-    for prev, nxt in zip(chunks, chunks[1:]):
+    for prev, nxt in pairwise(chunks):
         assert nxt.end > prev.end
 
 
@@ -73,7 +75,7 @@ def test_zero_overlap_chunks_tile_the_text(text: str, size: int) -> None:
     """Without overlap the chunks are disjoint and concatenate back to the text."""
     chunks = chunk_text(text, size, 0)
     assert "".join(c.text for c in chunks) == text
-    for prev, nxt in zip(chunks, chunks[1:]):
+    for prev, nxt in pairwise(chunks):
         assert nxt.start == prev.end
 
 
@@ -112,7 +114,7 @@ def test_overlap_repeats_tail_of_previous_chunk() -> None:
     text = " ".join(f"word{i}" for i in range(40))
     chunks = chunk_text(text, size=50, overlap=15)
     assert len(chunks) > 2
-    for prev, nxt in zip(chunks, chunks[1:]):
+    for prev, nxt in pairwise(chunks):
         assert prev.end - 15 <= nxt.start < prev.end
         assert text[nxt.start - 1] == " "
 

@@ -22,7 +22,7 @@ from citadel.registry import ChunkRow, DocumentRecord
 from citadel.repair import verify
 from citadel.resources import Resources
 from citadel.settings import Settings
-from tests.support.corpus import index_state, index_with_own_backends, write_corpus
+from citadel.testing.corpus import index_state, index_with_own_backends, write_corpus
 
 
 async def _point_ids_of(resources: Resources, collection: str, document_ids: list[str]) -> list[str]:
@@ -30,7 +30,7 @@ async def _point_ids_of(resources: Resources, collection: str, document_ids: lis
 
 
 @pytest.fixture
-async def resources(data_dir: Path):  # noqa: ANN201
+async def resources(data_dir: Path):
     held = Resources(Settings())
     yield held
     await held.aclose()

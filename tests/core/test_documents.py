@@ -13,9 +13,9 @@ from citadel.documents import (
     LoadFailure,
     documents_from_records,
     iter_groups,
-    load_group,
     list_source,
     load_file,
+    load_group,
 )
 from citadel.errors import ConfigurationError
 
@@ -208,7 +208,7 @@ def test_binary_file_fails(tmp_path: Path) -> None:
 
 def test_invalid_utf8_fails(tmp_path: Path) -> None:
     """Non-UTF-8 bytes are refused with the offending offset."""
-    path = write(tmp_path / "latin.txt", "caf".encode() + b"\xe9 au lait")
+    path = write(tmp_path / "latin.txt", b"caf" + b"\xe9 au lait")
     (failure,) = load_file(path, "src", MAX)
     assert isinstance(failure, LoadFailure)
     assert failure.reason == "not valid UTF-8 at byte 3; convert the file to UTF-8"

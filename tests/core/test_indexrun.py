@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from citadel.registry import Registry
 from citadel.schema import documents
 from citadel.settings import Settings
+from citadel.testing.corpus import dead_letters_of, index_state, index_with_own_backends, write_corpus
 from citadel.workflows.builtin import INDEX_OUTPUTS
-from tests.support.corpus import dead_letters_of, index_state, index_with_own_backends, write_corpus
 
 
 async def test_the_summary_has_the_keys_the_index_step_declares(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
@@ -99,7 +99,7 @@ async def test_a_second_run_of_the_same_source_waits_for_the_first(
     write_corpus(corpus, files=6)
     embed_plan = indexrun.embed_plan
 
-    async def slow_embed_plan(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the first run takes its time
+    async def slow_embed_plan(*args, **kwargs):
         await asyncio.sleep(3)
         return await embed_plan(*args, **kwargs)
 

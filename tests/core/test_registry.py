@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
@@ -342,7 +342,7 @@ async def test_large_batches_span_parameter_chunks(registry: Registry, collectio
     assert await registry.count_chunks(collection_name) == 0
 
 
-async def test_an_older_schema_is_upgraded_at_start(tmp_path) -> None:  # noqa: ANN001
+async def test_an_older_schema_is_upgraded_at_start(tmp_path) -> None:
     """A version-1 registry (no origin column) gains it, and the new version is recorded."""
     import sqlalchemy as sa
 

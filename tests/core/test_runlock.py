@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
@@ -94,7 +94,8 @@ async def test_the_lock_of_a_process_that_is_gone_is_free(registry: Registry, co
         await other_process.aclose()
     else:
         async with registry.engine.begin() as conn:
-            await conn.execute(locks.insert().values(key=key, run_id="killed", host=socket.gethostname(), pid=dead_pid(), heartbeat_at=utcnow()))
+            row = dict(key=key, run_id="killed", host=socket.gethostname(), pid=dead_pid(), heartbeat_at=utcnow())
+            await conn.execute(locks.insert().values(**row))
     taker = RunLock(registry, key, str(uuid.uuid4()))
     assert await taker.try_acquire()
     await taker.release()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import pytest
 from qdrant_client import QdrantClient, models
 
 from citadel.storeprobe import embedded_store_holder, probe_embedded, probe_server

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import numpy as np
@@ -20,8 +20,9 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
 from citadel.vectorstore import VectorStore
-from tests.support.qdrant_server import QdrantTestServer, server_version, start_qdrant_process, stop_qdrant_process
+from tests.support.qdrant_server import QdrantTestServer, server_version
 
 DIMS = 4
 MODEL = "test-model"
@@ -202,7 +203,7 @@ async def test_delete_by_ids_and_retrieve_vectors(store: VectorStore, collection
 
     stored = await store.retrieve_vectors(collection_name, ids[:3] + [pid(999)])
     assert set(stored) == set(ids[:3])
-    for point_id, vector in zip(ids[:3], vectors[:3]):
+    for point_id, vector in zip(ids[:3], vectors[:3], strict=True):
         assert np.allclose(stored[point_id], vector, atol=1e-6)
     assert await store.retrieve_vectors(collection_name, []) == {}
 

@@ -45,7 +45,7 @@ async def test_chunk_step_outputs_exact_slices(data_dir: Path) -> None:
     out = await get_step_type("chunk")({"text": text, "chunk_size": 40, "chunk_overlap": 5}, ctx())
     expected = chunk_text(text, 40, 5)
     assert [c["text"] for c in out["chunks"]] == out["texts"] == [c.text for c in expected]
-    for item, chunk in zip(out["chunks"], expected):
+    for item, chunk in zip(out["chunks"], expected, strict=True):
         assert item == {"index": chunk.index, "text": chunk.text, "start": chunk.start, "end": chunk.end, "hash": chunk.hash}
         assert text[item["start"] : item["end"]] == item["text"]
     many = await get_step_type("chunk")({"texts": ["one. two.", "three"], "chunk_size": 5}, ctx())
@@ -148,7 +148,8 @@ async def test_index_step_with_inline_records_and_search_filters(data_dir: Path,
             {"source": records[:1], "collection": collection_name, "source_name": "inline-test", "prune": True}, ctx(resources)
         )
         assert pruned["deleted"] == 1
-        full = await index({"source": records[:1], "collection": collection_name, "source_name": "inline-test", "full": True}, ctx(resources))
+        parameters = {"source": records[:1], "collection": collection_name, "source_name": "inline-test", "full": True}
+        full = await index(parameters, ctx(resources))
         assert (full["updated"], full["unchanged"]) == (1, 0)
         search = get_step_type("search")
         found = await search({"query": "cache embeddings", "collection": collection_name, "filters": {"document_id": "a"}}, ctx(resources))

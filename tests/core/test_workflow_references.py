@@ -114,7 +114,9 @@ def test_malformed_references_are_found() -> None:
 
 _keys = st.text(alphabet="abcxyz_", min_size=1, max_size=6)
 _scalars = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(), st.text(alphabet="pqr st", max_size=8))
-_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=4)), max_leaves=12)
+_values = st.recursive(
+    _scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=4)), max_leaves=12
+)
 
 
 def _paths(value: object, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:

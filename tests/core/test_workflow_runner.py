@@ -73,7 +73,8 @@ async def test_retries_then_success_or_step_failed() -> None:
     """A failing step is tried retries + 1 times; the last failure names the step and the attempts."""
     attempts: dict[str, int] = {}
     registry = registry_with(attempts)
-    ok = await run_workflow(wf({"step_id": "s", "type": "flaky", "retries": 2, "parameters": {"fail_times": 2, "value": 1}}), registry=registry)
+    flaky = {"step_id": "s", "type": "flaky", "retries": 2, "parameters": {"fail_times": 2, "value": 1}}
+    ok = await run_workflow(wf(flaky), registry=registry)
     assert ok["s"]["value"] == 1 and attempts["s"] == 3
     with pytest.raises(StepFailed, match="step 't' failed: attempt 2 failed after 2 attempts") as caught:
         await run_workflow(wf({"step_id": "t", "type": "flaky", "retries": 1, "parameters": {"fail_times": 5}}), registry=registry)
@@ -97,7 +98,8 @@ async def test_invalid_workflows_do_not_start_and_bad_values_fail_at_run_time() 
     attempts: dict[str, int] = {}
     registry = registry_with(attempts)
     with pytest.raises(WorkflowInvalid) as caught:
-        await run_workflow(wf({"step_id": "a", "type": "flaky", "parameters": {"nope": 1}}, {"step_id": "b", "type": "flaky", "depends_on": ["c"]}), registry=registry)
+        bad = wf({"step_id": "a", "type": "flaky", "parameters": {"nope": 1}}, {"step_id": "b", "type": "flaky", "depends_on": ["c"]})
+        await run_workflow(bad, registry=registry)
     assert len(caught.value.problems) == 2 and attempts == {}
     defn = wf(
         {"step_id": "a", "type": "flaky", "parameters": {"value": "text"}},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -133,14 +134,14 @@ def test_random_graphs_valid_exactly_when_acyclic_and_known(case: tuple[Workflow
     assert {re.search(r"unknown step '(\w+)'", p.message).group(1) for p in unknown_problems} == unknown
     for problem in unknown_problems:
         index = int(problem.location.split("]")[0].split("[")[1])
-        assert problem.location.startswith(f"steps[{index}].depends_on[") or problem.location.startswith(f"steps[{index}].parameters.inputs[")
+        assert problem.location.startswith((f"steps[{index}].depends_on[", f"steps[{index}].parameters.inputs["))
     cycles = [CYCLE.match(p.message) for p in problems if p.message.startswith("cycle")]
     assert bool(cycles) == (not acyclic)
     for match in cycles:
         assert match is not None
         names = match.group(1).split(" -> ")
         assert names[0] == names[-1] and len(set(names[:-1])) == len(names) - 1
-        for source, target in zip(names, names[1:]):
+        for source, target in pairwise(names):
             assert target in deps[source], f"{source} -> {target} is not an edge"
     if not acyclic:
         with pytest.raises(WorkflowInvalid, match="cycle: "):
@@ -219,7 +220,8 @@ def test_reference_and_context_problems() -> None:
         ("steps[1].parameters.a", "references unknown step 'nowhere'; steps: load, mix, p, q, r, me"),
         ("steps[1].parameters.b", "${context.missing.key}: context has no key 'missing' (keys: ok)"),
         ("steps[2].parameters.d", "a step cannot reference its own output"),
-        ("steps[4].parameters.h", "malformed reference ${steps.load.outputs}: expected ${steps.<step_id>.output} or ${steps.<step_id>.output.<path>}"),
+        ("steps[4].parameters.h",
+         "malformed reference ${steps.load.outputs}: expected ${steps.<step_id>.output} or ${steps.<step_id>.output.<path>}"),
         ("steps[5].depends_on[0]", "a step cannot depend on itself"),
         ("steps[2].depends_on[0]", "cycle: p -> q -> r -> p (each step depends on the next)"),
     ]

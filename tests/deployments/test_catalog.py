@@ -28,7 +28,7 @@ def test_prefect_yaml_matches_the_catalog() -> None:
                 assert entry["parameters"][key] == value
 
 
-def test_catalog_builds_runner_deployments(monkeypatch) -> None:  # noqa: ANN001
+def test_catalog_builds_runner_deployments(monkeypatch) -> None:
     monkeypatch.setenv("CITADEL_NIGHTLY_SOURCE", "/srv/corpus")
     deployments = {d.name + "@" + d.flow_name: d for d in to_deployments()}
     nightly = deployments["nightly@index-corpus"]
@@ -37,7 +37,7 @@ def test_catalog_builds_runner_deployments(monkeypatch) -> None:  # noqa: ANN001
     assert len(deployments) == len(catalog())
 
 
-def test_nightly_source_and_collection_are_read_from_a_dotenv_file(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_nightly_source_and_collection_are_read_from_a_dotenv_file(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("CITADEL_NIGHTLY_SOURCE", raising=False)
     monkeypatch.delenv("CITADEL_COLLECTION", raising=False)
     (tmp_path / ".env").write_text("CITADEL_NIGHTLY_SOURCE=/srv/handbook\nCITADEL_COLLECTION=handbook\n")

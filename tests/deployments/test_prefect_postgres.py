@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.support.prefect_server import BIN, PrefectServer, create_prefect_database
+from citadel.testing.prefect_server import BIN, PrefectServer, create_prefect_database
 
 DATABASE = "citadel_prefect_test"
 

@@ -18,15 +18,14 @@ import pytest
 from citadel.chunking import chunk_text
 from citadel.registry import Registry
 from citadel.settings import Settings
+from citadel.testing.corpus import write_corpus
+from citadel.testing.prefect_server import BIN, PrefectServer
+from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
 from citadel.vectorstore import VectorStore
-from tests.support.corpus import write_corpus
-from tests.support.prefect_server import BIN, PrefectServer
-from tests.support.qdrant_server import start_qdrant_process, stop_qdrant_process
-
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def stack(tmp_path_factory: pytest.TempPathFactory):
     """Prefect server + Qdrant REST server + two workers, with Citadel pointed at production backends."""
     from tests.conftest import POSTGRES_URL, REDIS_URL
 
@@ -85,7 +84,7 @@ async def state_of_index(settings: Settings, collection: str) -> tuple[int, int,
     return vectors, chunks, stats.get(collection, {}).get("documents", 0)
 
 
-def test_deployments_match_the_catalog(stack) -> None:  # noqa: ANN001
+def test_deployments_match_the_catalog(stack) -> None:
     """prefect.yaml and `citadel serve` declare the same deployments, schedules and limits."""
     server, _, _ = stack
     from deployments.catalog import NIGHTLY_CRON, catalog
@@ -100,7 +99,7 @@ def test_deployments_match_the_catalog(stack) -> None:  # noqa: ANN001
     assert limit.get("limit") == 1 or nightly.get("concurrency_limit") == 1
 
 
-def test_rest_trigger_indexes_and_is_searchable(stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_rest_trigger_indexes_and_is_searchable(stack, tmp_path: Path) -> None:
     server, _, env = stack
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=4, seed=3)
@@ -125,7 +124,7 @@ def test_rest_trigger_indexes_and_is_searchable(stack, tmp_path: Path) -> None: 
     assert hits[0]["document_id"] == str(corpus / "zebra.md")
 
 
-def test_workflow_with_parallel_branches_and_a_failing_step(stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_workflow_with_parallel_branches_and_a_failing_step(stack, tmp_path: Path) -> None:
     server, _, env = stack
     workflow = {
         "workflow_id": "branches",
@@ -167,7 +166,7 @@ def test_workflow_with_parallel_branches_and_a_failing_step(stack, tmp_path: Pat
     assert steps["chunk"]["start"] < steps["search"]["end"]
 
 
-def test_interval_schedule_fires_on_its_own(stack) -> None:  # noqa: ANN001
+def test_interval_schedule_fires_on_its_own(stack) -> None:
     server, _, _ = stack
     deployment_id = server.deployment_id("embed-texts/default")
     schedule = server.api(
@@ -189,7 +188,7 @@ def test_interval_schedule_fires_on_its_own(stack) -> None:  # noqa: ANN001
         server.api("DELETE", f"/deployments/{deployment_id}/schedules/{schedule['id']}")
 
 
-def test_sharded_corpus_on_two_workers_is_indexed_exactly_once(stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_sharded_corpus_on_two_workers_is_indexed_exactly_once(stack, tmp_path: Path) -> None:
     server, _, env = stack
     corpus = tmp_path / "corpus"
     paths = write_corpus(corpus, files=24, seed=5)
@@ -203,7 +202,10 @@ def test_sharded_corpus_on_two_workers_is_indexed_exactly_once(stack, tmp_path: 
     vectors, chunks, documents = asyncio.run(state_of_index(settings, collection))
     assert (documents, chunks, vectors) == (24, expected, expected)
 
-    children = server.api("POST", "/flow_runs/filter", json={"flow_runs": {"parent_task_run_id": {"is_null_": False}}, "deployments": {"id": {"any_": [server.deployment_id("index-corpus/on-demand")]}}})
+    children = server.api("POST", "/flow_runs/filter", json={
+        "flow_runs": {"parent_task_run_id": {"is_null_": False}},
+        "deployments": {"id": {"any_": [server.deployment_id("index-corpus/on-demand")]}},
+    })
     shard_runs = [r for r in children if r["parameters"].get("collection") == collection]
     assert sorted(r["parameters"]["shard"] for r in shard_runs) == [0, 1, 2]
     assert all(r["state"]["type"] == "COMPLETED" for r in shard_runs)
@@ -217,10 +219,11 @@ def test_sharded_corpus_on_two_workers_is_indexed_exactly_once(stack, tmp_path: 
     assert asyncio.run(state_of_index(settings, collection)) == (expected, expected, 23)
 
 
-def test_cli_and_python_triggers(stack) -> None:  # noqa: ANN001
+def test_cli_and_python_triggers(stack) -> None:
     """The README's other two ways to trigger a run: `prefect deployment run` and run_deployment()."""
     server, _, _ = stack
-    done = server.run([str(BIN / "prefect"), "deployment", "run", "embed-texts/default", "--param", 'texts=["from the cli"]', "--watch"], timeout=240)
+    command = [str(BIN / "prefect"), "deployment", "run", "embed-texts/default", "--param", 'texts=["from the cli"]', "--watch"]
+    done = server.run(command, timeout=240)
     assert "Completed" in done.stdout, done.stdout
 
     script = (
@@ -236,7 +239,7 @@ def test_cli_and_python_triggers(stack) -> None:  # noqa: ANN001
     assert final["start_time"] is not None
 
 
-def test_a_deployed_search_gives_its_caller_the_hits(stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_deployed_search_gives_its_caller_the_hits(stack, tmp_path: Path) -> None:
     """run_deployment(...).state.result() reads the hits back from the shared result storage."""
     server, root, _ = stack
     corpus = tmp_path / "corpus"
@@ -247,7 +250,8 @@ def test_a_deployed_search_gives_its_caller_the_hits(stack, tmp_path: Path) -> N
     assert server.wait_for_flow_run(run_id)["state"]["type"] == "COMPLETED", server.log_text()
     script = (
         "import asyncio, json; from prefect.deployments import run_deployment\n"
-        f"run = run_deployment('similarity-search/default', parameters={{'query': 'zebras juggling', 'collection': {collection!r}, 'limit': 2}})\n"
+        "run = run_deployment('similarity-search/default', parameters="
+        f"{{'query': 'zebras juggling', 'collection': {collection!r}, 'limit': 2}})\n"
         "print('HITS' + json.dumps(run.state.result()))\n"
     )
     out = server.run([str(BIN / "python"), "-c", script], timeout=240)
@@ -256,7 +260,7 @@ def test_a_deployed_search_gives_its_caller_the_hits(stack, tmp_path: Path) -> N
     assert any((root / "results").iterdir()), "results are kept in the storage block's folder"
 
 
-def test_an_index_summary_is_read_over_the_rest_api(stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_an_index_summary_is_read_over_the_rest_api(stack, tmp_path: Path) -> None:
     """An external system reads what a run did from its artifact, over Prefect's REST API alone."""
     server, _, _ = stack
     corpus = tmp_path / "corpus"
@@ -270,11 +274,12 @@ def test_an_index_summary_is_read_over_the_rest_api(stack, tmp_path: Path) -> No
     artifacts = server.api("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})
     shown = {a["key"]: a for a in artifacts if a["key"]}
     (row,) = json.loads(shown[f"index-{collection.replace('_', '-')}"]["data"])
-    assert (row["added"], row["failed"], row["unchanged"]) == (3, 1, 0) and row["chunks_embedded"] > 0
+    assert (row["added"], row["failed"], row["unchanged"]) == (3, 1, 0)
+    assert row["chunks_written"] == row["chunks_embedded"] + row["cache_hits"] > 0, "through the shared Redis cache"
     assert "empty.md" in shown[f"dead-letters-{collection.replace('_', '-')}"]["data"]
 
 
-def test_a_profile_s_prefect_api_sends_a_workflow_to_its_deployment(stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_profile_s_prefect_api_sends_a_workflow_to_its_deployment(stack, tmp_path: Path) -> None:
     """PREFECT_API_URL set only with `prefect config set` (a profile), not in the environment."""
     server, _, _ = stack
     profiles = tmp_path / "profiles.toml"

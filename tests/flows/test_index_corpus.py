@@ -16,9 +16,9 @@ from citadel.errors import CollectionMismatchError
 from citadel.registry import Registry
 from citadel.schema import index_runs
 from citadel.settings import Settings
+from citadel.testing.corpus import dead_letters_of, index_state, write_corpus
 from citadel.vectorstore import VectorStore
 from flows.index_corpus import index_corpus
-from tests.support.corpus import dead_letters_of, index_state, write_corpus
 from tests.support.qdrant_server import QdrantTestServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,17 +107,17 @@ async def test_bad_documents_are_dead_lettered_and_retried(
 
     registry = Registry(Settings().registry_url)
     await registry.init()
-    letters = {Path(l["document_id"]).name: l for l in await registry.dead_letters(collection_name)}
+    letters = {Path(letter["document_id"]).name: letter for letter in await registry.dead_letters(collection_name)}
     assert "binary" in letters["binary.txt"]["error"]
     assert "UTF-8" in letters["latin1.txt"]["error"]
     assert "CITADEL_MAX_FILE_BYTES" in letters["huge.txt"]["error"]
     assert "empty" in letters["empty.txt"]["error"]
-    assert all(l["attempts"] == 1 for l in letters.values())
+    assert all(letter["attempts"] == 1 for letter in letters.values())
 
     (corpus / "latin1.txt").write_text("café")
     retried = await index_corpus(str(corpus), collection=collection_name)
     assert (retried["added"], retried["failed"], retried["unchanged"]) == (1, 5, 4)
-    letters = {Path(l["document_id"]).name: l for l in await registry.dead_letters(collection_name)}
+    letters = {Path(letter["document_id"]).name: letter for letter in await registry.dead_letters(collection_name)}
     await registry.aclose()
     assert "latin1.txt" not in letters
     assert letters["binary.txt"]["attempts"] == 2
@@ -162,7 +162,7 @@ async def test_crash_between_store_and_registry_is_repaired(
     calls = {"n": 0}
     original = Registry.commit_documents
 
-    async def crash_on_second_commit(self, *args, **kwargs):  # noqa: ANN001, ANN202
+    async def crash_on_second_commit(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated crash after the store acknowledged the points")
@@ -340,7 +340,7 @@ async def test_a_repeated_document_id_is_dead_lettered_not_left_as_stray_points(
     assert await index_state(Settings(), collection_name) == (2, 2)
     again = await index_corpus(str(corpus), collection=collection_name)
     assert (again["unchanged"], again["updated"]) == (2, 0), "no flip-flop between the two copies"
-    letters = [l["error"] for l in await dead_letters_of(Settings(), collection_name)]
+    letters = [letter["error"] for letter in await dead_letters_of(Settings(), collection_name)]
     assert len(letters) == 2 and all("already has the id" in e for e in letters)
 
     (corpus / "items.json").unlink()
@@ -382,7 +382,7 @@ async def test_a_folder_that_cannot_be_read_is_not_taken_for_deleted(
 
     real_scandir = os.scandir
 
-    def scandir(path="."):  # noqa: ANN001, ANN202 - the operating system refusing one folder
+    def scandir(path="."):
         if Path(path) == corpus / "kept":
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)

@@ -8,13 +8,13 @@ import pytest
 import redis
 
 from citadel.settings import Settings
+from citadel.testing.corpus import dead_letters_of, index_state, write_corpus
 from flows.index_corpus import index_corpus
-from tests.support.corpus import dead_letters_of, index_state, write_corpus
 from tests.support.embedding_server import EmbeddingServer
 
 
 @pytest.fixture
-def ollama(data_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def ollama(data_dir: Path, monkeypatch: pytest.MonkeyPatch):
     with EmbeddingServer() as server:
         monkeypatch.setenv("CITADEL_EMBEDDER", "ollama")
         monkeypatch.setenv("CITADEL_EMBEDDING_MODEL", "all-minilm")
@@ -33,7 +33,7 @@ async def test_document_the_embedder_rejects_is_dead_lettered(
     summary = await index_corpus(str(corpus), collection=collection_name)
     assert (summary["added"], summary["failed"]) == (2, 1)
     letters = await dead_letters_of(Settings(), collection_name)
-    assert [(Path(l["document_id"]).name, l["stage"]) for l in letters] == [("doc_00000.md", "embed")]
+    assert [(Path(letter["document_id"]).name, letter["stage"]) for letter in letters] == [("doc_00000.md", "embed")]
     assert "unsupported characters" in letters[0]["error"]
 
     retried = await index_corpus(str(corpus), collection=collection_name)
@@ -127,7 +127,7 @@ async def test_a_retried_embedding_task_counts_a_rejected_document_once(
         )
         for _ in range(2):  # the first try and its retry
             ollama.fail_next(2, 400, body={"error": "invalid input"}, path="/api/embed")
-            batch = await indexing.embed_plan(resources, plan, collection_name)
+            batch = await indexing.embed_plan(resources, collection_name, plan)
             assert [f.document_id for f in batch.plan.failures] == ["d0"]
             assert len(batch.plan.documents) == 2
         assert (len(plan.documents), plan.failures) == (3, []), "the task's input is untouched"

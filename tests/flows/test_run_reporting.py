@@ -10,15 +10,15 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
 from citadel.models import RunSummary, SearchHit
+from citadel.testing.corpus import write_corpus
 from flows.embed_texts import embed_texts
 from flows.index_corpus import index_corpus
 from flows.run_workflow import run_workflow
 from flows.similarity_search import similarity_search
 from tasks.reporting import artifact_key
-from tests.support.corpus import write_corpus
 
 
-async def _run_of(state):  # noqa: ANN001, ANN202
+async def _run_of(state):
     """The flow run of a finished state, read back from the server, with its task runs and artifacts."""
     async with get_client() as client:
         run = await client.read_flow_run(state.state_details.flow_run_id)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from citadel.embedders import HashingEmbedder
+from citadel.testing.corpus import write_corpus
 from flows.embed_texts import embed_texts
 from flows.index_corpus import index_corpus
 from flows.similarity_search import similarity_search
-from tests.support.corpus import write_corpus
 
 
 async def test_embed_texts_returns_vectors_in_order(data_dir: Path) -> None:

@@ -15,7 +15,7 @@ async def test_query_vectors_are_cached_across_flow_runs_as_json(data_dir: Path)
     settings = Settings()
 
     @flow
-    async def run(query: str):  # noqa: ANN202
+    async def run(query: str):
         async with open_resources(settings) as resources:
             state = await embed_query(settings, query, resources.embedder.model, return_state=True)
             return state

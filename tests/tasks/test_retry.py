@@ -9,7 +9,7 @@ from citadel.errors import ConfigurationError, EmbedderError
 from tasks.retry import RETRYING, retry_on_transient
 
 
-def make_flaky(error: Exception, failures: int):  # noqa: ANN201
+def make_flaky(error: Exception, failures: int):
     calls = {"n": 0}
 
     @task(cache_policy=NO_CACHE, **{**RETRYING, "retry_delay_seconds": 0})
