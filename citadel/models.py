@@ -59,21 +59,27 @@ class Result(BaseModel):
 class RunCounts(Result):
     """What an indexing run did, in documents and chunks."""
 
-    added: int = Field(0, description="Documents new to the collection.")
-    updated: int = Field(0, description="Documents whose text, metadata or chunk settings changed.")
-    unchanged: int = Field(0, description="Documents skipped: the registry has them as they are.")
-    deleted: int = Field(0, description="Documents gone from their source, removed from the store.")
-    failed: int = Field(0, description="Documents that went to the dead letters this run.")
+    # A title is the counter's column in `citadel status` (documents; the chunk counters have none).
+    added: int = Field(0, title="add", description="Documents new to the collection.")
+    updated: int = Field(0, title="upd", description="Documents whose text, metadata or chunk settings changed.")
+    unchanged: int = Field(0, title="same", description="Documents skipped: the registry has them as they are.")
+    deleted: int = Field(0, title="del", description="Documents gone from their source, removed from the store.")
+    failed: int = Field(0, title="fail", description="Documents that went to the dead letters this run.")
     chunks_embedded: int = Field(0, description="Chunks the embedder computed.")
     chunks_written: int = Field(0, description="Points written to the vector store.")
     chunks_reused: int = Field(0, description="Chunks whose stored vector was reused (same text).")
     cache_hits: int = Field(0, description="Chunks whose vector came from the embedding cache.")
-    repaired: int = Field(0, description="Documents whose points the store had lost, written again.")
+    repaired: int = Field(0, title="fix", description="Documents whose points the store had lost, written again.")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The counters, in order: the registry's columns and the CLI's table follow them."""
         return tuple(RunCounts.model_fields)
+
+    @classmethod
+    def columns(cls) -> list[tuple[str, str]]:
+        """(counter, column title) of the document counters, for tables."""
+        return [(name, info.title) for name, info in RunCounts.model_fields.items() if info.title]
 
     def counts(self) -> RunCounts:
         """Only the counters (of a summary or a recorded run)."""

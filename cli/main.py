@@ -16,7 +16,7 @@ from rich.table import Table
 
 from citadel import progress
 from citadel.errors import ConfigurationError
-from citadel.models import StatusReport
+from citadel.models import RunCounts, StatusReport
 from cli.common import (
     CollectionOption,
     JsonOption,
@@ -44,7 +44,7 @@ app.add_typer(workflow_app, name="workflow")
 def _table(title: str, *columns: str) -> Table:
     """A table that fits 80 columns: light borders, short numeric headers, long names folded
     (never cut: a name must stay whole to be copied)."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
     for column in columns:
         fixed = column in FIXED_COLUMNS
         table.add_column(column, justify="right" if fixed and column not in ("started", "status") else "left",
@@ -52,7 +52,7 @@ def _table(title: str, *columns: str) -> Table:
     return table
 
 
-FIXED_COLUMNS = {"docs", "chunks", "vectors", "dead", "add", "upd", "same", "del", "fail", "secs", "tries", "started", "status", "stage"}
+FIXED_COLUMNS = {"docs", "chunks", "vectors", "dead", "secs", "tries", "started", "status", "stage", *(t for _, t in RunCounts.columns())}
 
 
 @app.command()
@@ -98,12 +98,8 @@ def index(
     if as_json:
         print_json(summary)
     else:
-        repaired = f"{summary['repaired']} repaired, " if summary["repaired"] else ""
         out.print(
-            f"[bold]{summary['collection']}[/bold] ({summary['model']}): "
-            f"{summary['added']} added, {summary['updated']} updated, {summary['unchanged']} unchanged, "
-            f"{summary['deleted']} deleted, {repaired}[{'red' if summary['failed'] else 'green'}]{summary['failed']} failed[/], "
-            f"{summary['chunks_embedded']} chunks embedded, {summary['cache_hits']} cache hits "
+            f"[bold]{summary['collection']}[/bold] ({summary['model']}): {_counted(summary)} "
             f"in {summary['duration_s']:.2f}s (flow run {summary['flow_run_id']})",
             highlight=False, soft_wrap=True,
         )
@@ -112,6 +108,19 @@ def index(
         for message in summary["warnings"]:
             warn(message)
     raise typer.Exit(1 if summary["failed"] or nothing_read else 0)
+
+
+def _counted(summary: dict[str, Any]) -> str:
+    """``3 added, 0 updated, ... 1 failed, 29 chunks embedded, 0 cache hits``: every counter but
+    the chunks written and reused, and repairs only when there were some; failures in colour."""
+    said = []
+    for name in RunCounts.names():
+        value = summary[name]
+        if name in ("chunks_written", "chunks_reused") or (name == "repaired" and not value):
+            continue
+        text = f"{value} {name.replace('_', ' ')}"
+        said.append(f"[{'red' if value else 'green'}]{text}[/]" if name == "failed" else text)
+    return ", ".join(said)
 
 
 @app.command()
@@ -181,11 +190,12 @@ def status(as_json: bool = JsonOption) -> None:
                 f"({c['missing']} points missing, {c['stray']} unknown, {c['awaiting_repair']} documents awaiting repair); "
                 f"run `citadel verify --repair --collection {c['collection']}`"
             )
-    runs = _table("last runs", "started", "collection", "status", "add", "upd", "same", "del", "fail", "secs")
+    counters = RunCounts.columns()
+    runs = _table("last runs", "started", "collection", "status", *(title for _, title in counters), "secs")
     for r in report["runs"]:
         runs.add_row(
             str(r["started_at"])[5:16], r["collection"], r["status"],
-            *(str(r[k]) for k in ("added", "updated", "unchanged", "deleted", "failed")), f"{r['duration_s'] or 0:.2f}",
+            *(str(r[name]) for name, _ in counters), f"{r['duration_s'] or 0:.2f}",
         )
     out.print(runs)
     if report["dead_letters"]:

@@ -27,7 +27,7 @@ async def embed_texts(texts: list[str], embedder: EmbedderConfig | None = None) 
     await tag_flow_run(labels)
     async with open_resources(settings):
         with tags(*labels):
-            result = await embed_texts_task(settings, texts)
+            result = await embed_texts_task.with_options(task_run_name=f"embed {len(texts)} texts")(settings, texts)
     await acreate_table_artifact(
         [{key: result[key] for key in ("model", "dimensions", "cache_hits", "embedded")} | {"texts": len(texts)}],
         key=artifact_key("embed", str(result["model"])), description="What the embedding run did (the vectors are its result)",

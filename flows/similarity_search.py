@@ -38,7 +38,8 @@ async def similarity_search(
     await tag_flow_run(labels)
     async with open_resources(settings) as resources:
         with tags(*labels):
-            vector = await embed_query(settings, query, resources.embedder.model)
-            hits = await search_vectors(settings, collection, vector, limit, score_threshold, filters)
+            vector = await embed_query.with_options(task_run_name="embed the query")(settings, query, resources.embedder.model)
+            search = search_vectors.with_options(task_run_name=f"search {collection} for {limit} hits")
+            hits = await search(settings, collection, vector, limit, score_threshold, filters)
     await report_search(query, collection, [SearchHit.model_validate(hit) for hit in hits])
     return hits

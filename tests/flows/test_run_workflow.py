@@ -209,3 +209,27 @@ async def test_an_index_step_runs_as_a_sub_run_that_the_registry_links(data_dir:
     (run,) = [r for r in await registry.recent_runs(1000) if r.collection == collection_name]
     await registry.aclose()
     assert run.flow_run_id == output["flow_run_id"], "the registry names the flow run that indexed"
+
+
+async def test_recent_runs_are_listed_and_a_finished_run_is_not_cancelled(data_dir: Path) -> None:
+    from deployments.workflow_runs import cancel_workflow, recent_workflows
+
+    workflow_id = f"listed-{uuid.uuid4().hex[:6]}"
+    state = await run_workflow({"workflow_id": workflow_id, "steps": [
+        {"step_id": "c", "type": "chunk", "parameters": {"text": "a few words"}},
+    ]}, return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    recent = await recent_workflows(limit=50)
+    assert [(r.workflow_id, r.state) for r in recent if r.flow_run_id == run_id] == [(workflow_id, "Completed")]
+    assert (await cancel_workflow(run_id)).state == "Completed", "a final run stays as it ended"
+
+
+async def test_a_run_not_started_yet_is_cancelled(data_dir: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from deployments.workflow_runs import cancel_workflow
+
+    async with get_client() as client:
+        flow_run = await client.create_flow_run(run_workflow, parameters={"workflow": {"workflow_id": "never"}})
+    report = await cancel_workflow(str(flow_run.id))
+    assert report.state in ("Cancelling", "Cancelled")
