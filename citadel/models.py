@@ -17,12 +17,12 @@ if TYPE_CHECKING:
     from citadel.indexing import EmbeddedBatch, WriteResult
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
+def as_utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands datetimes back without their zone; the registry writes UTC."""
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
-UTCDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
+UTCDateTime = Annotated[dt.datetime, AfterValidator(as_utc)]
 
 
 class Result(BaseModel):

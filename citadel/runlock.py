@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from citadel.models import IndexRunRecord
+from citadel.models import IndexRunRecord, as_utc
 from citadel.registry import Registry, utcnow
 from citadel.schema import index_runs, locks
 
@@ -68,19 +68,11 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; the registry writes UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
 def is_gone(host: str | None, pid: int | None, heartbeat_at: dt.datetime | None, now: dt.datetime) -> bool:
     """Whether the process behind a run or a lock is gone: dead on this host, or silent too long."""
     if host == socket.gethostname() and pid is not None and not process_alive(pid):
         return True
-    last = _as_utc(heartbeat_at)
-    return last is None or (now - last).total_seconds() > STALE_AFTER_S
+    return heartbeat_at is None or (now - as_utc(heartbeat_at)).total_seconds() > STALE_AFTER_S
 
 
 @dataclass(frozen=True)
@@ -94,7 +86,7 @@ class Holder:
     flow_run_id: str | None = None
 
     def describe(self) -> str:
-        started = f" since {_as_utc(self.started_at):%Y-%m-%d %H:%M:%S} UTC" if self.started_at else ""
+        started = f" since {as_utc(self.started_at):%Y-%m-%d %H:%M:%S} UTC" if self.started_at else ""
         flow = f", flow run {self.flow_run_id}" if self.flow_run_id else ""
         return f"run {self.run_id} (pid {self.pid} on {self.host}{started}{flow})"
 
