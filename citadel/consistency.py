@@ -89,21 +89,28 @@ async def sample_point_ids(registry: Registry, collection: str, size: int = SAMP
     return found
 
 
-async def _point_ids(registry: Registry, collection: str, *, expected_only: bool) -> set[str]:
-    where = _expected_clause(collection) if expected_only else chunks.c.collection == collection
-    found: set[str] = set()
+async def _registered_ids(registry: Registry, collection: str) -> tuple[set[str], set[str]]:
+    """(expected, registered) point ids of ``collection``, in one paged pass over its chunks."""
+    is_expected = sa.case((_expected_clause(collection), True), else_=False)
+    expected: set[str] = set()
+    registered: set[str] = set()
     last = ""
     async with registry.engine.connect() as conn:
         while True:
-            rows = (
-                await conn.execute(
-                    sa.select(chunks.c.point_id).where(where, chunks.c.point_id > last).order_by(chunks.c.point_id).limit(10_000)
-                )
-            ).scalars().all()
+            query = (
+                sa.select(chunks.c.point_id, is_expected)
+                .where(chunks.c.collection == collection, chunks.c.point_id > last)
+                .order_by(chunks.c.point_id)
+                .limit(10_000)
+            )
+            rows = (await conn.execute(query)).all()
             if not rows:
-                return found
-            found.update(rows)
-            last = rows[-1]
+                return expected, registered
+            for point_id, must_hold in rows:
+                registered.add(point_id)
+                if must_hold:
+                    expected.add(point_id)
+            last = rows[-1][0]
 
 
 async def mark_for_repair(registry: Registry, collection: str, point_ids: Sequence[str]) -> dict[str, str]:
@@ -203,8 +210,7 @@ async def verify_store(resources: Resources, collection: str) -> tuple[StoreChec
     # The store first: a concurrent run registers a point before it writes it, so any point seen
     # in the store is already in the registry when the registry is read next.
     in_store = await store.point_ids(collection) if exists else set()
-    expected = await _point_ids(registry, collection, expected_only=True)
-    registered = await _point_ids(registry, collection, expected_only=False)
+    expected, registered = await _registered_ids(registry, collection)
     missing = sorted(expected - in_store)
     stray = sorted(in_store - registered)
     check = StoreCheck(
