@@ -95,7 +95,9 @@ class LRUCache:
 class RedisCache:
     """Redis-backed cache: MGET and pipelined ``SET EX`` in chunks of ``batch`` keys."""
 
-    def __init__(self, url: str, *, ttl_s: int = 30 * 24 * 3600, batch: int = 100, cooldown_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, ttl_s: int = 30 * 24 * 3600, batch: int = 100, cooldown_s: float = 30.0, max_connections: int = 64
+    ) -> None:
         import redis.asyncio as redis
 
         self.url = url
@@ -103,7 +105,12 @@ class RedisCache:
         self.batch = batch
         self.cooldown_s = cooldown_s
         self.stats = CacheStats()
-        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # A bounded pool that waits for a free connection: an unbounded one opens a connection per
+        # concurrent request under load, and redis-py's default fails with "Too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=5.0, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self._redis = redis.Redis(connection_pool=pool)
         self._down_until = 0.0
 
     def _available(self) -> bool:

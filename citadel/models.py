@@ -269,3 +269,29 @@ class VerifyReport(Result):
         """Whether the store matches the registry, after the repair when there was one."""
         final = self.after or self
         return not final.check.drift and not final.awaiting_repair
+
+
+class ApiKeyRecord(Result):
+    """An API key of the HTTP service as listed: never the key itself, which is shown once."""
+
+    key_id: str = Field(description="The key's public id: its first characters after ctd_.")
+    name: str
+    scopes: list[str]
+    created_at: UTCDateTime
+    last_used_at: UTCDateTime | None = None
+    revoked_at: UTCDateTime | None = None
+
+
+class ApiKeyCreated(ApiKeyRecord):
+    """A new key with its secret value: shown this once, stored only as a hash."""
+
+    key: str
+
+
+class TokenCreated(Result):
+    """A bearer token minted for an operator or a test."""
+
+    token: str
+    subject: str
+    scopes: list[str]
+    expires_at: UTCDateTime

@@ -440,6 +440,12 @@ class Registry:
             rows = await conn.execute(sa.select(index_runs).order_by(index_runs.c.started_at.desc()).limit(limit))
             return [IndexRunRecord.model_validate(dict(row._mapping)) for row in rows]
 
+    async def runs_since(self, since: dt.datetime) -> list[IndexRunRecord]:
+        """Runs started at or after ``since``, oldest first: what the metrics routes chart."""
+        async with self.engine.connect() as conn:
+            query = sa.select(index_runs).where(index_runs.c.started_at >= since).order_by(index_runs.c.started_at)
+            return [IndexRunRecord.model_validate(dict(row._mapping)) for row in await conn.execute(query)]
+
     # status ------------------------------------------------------------------------------
     async def collection_stats(self) -> list[CollectionStatus]:
         """Per collection: model, size, documents, chunks and dead letters."""

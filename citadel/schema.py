@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from citadel.models import RunCounts
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 
@@ -104,6 +104,20 @@ locks = sa.Table(
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# API keys of the HTTP service: only a SHA-256 of each key is kept (keys are 256 random bits, so a
+# fast hash is enough); the key id is the key's public prefix, shown in lists and logs.
+api_keys = sa.Table(
+    "citadel_api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("scopes", sa.String(255), nullable=False),  # comma-separated
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
 )
 
 # Columns each version added to tables that already existed: (table, column, SQL type and default).

@@ -180,8 +180,10 @@ _OTHER_PREFIXES = ("CITADEL_TEST_",)
 
 
 def setting_variables() -> list[str]:
-    """Every ``CITADEL_*`` variable a setting reads."""
-    return sorted(f"CITADEL_{name.upper()}" for name in Settings.model_fields)
+    """Every ``CITADEL_*`` variable a setting reads (the core's and the HTTP service's)."""
+    from citadel.apisettings import ApiSettings  # it builds on this module
+
+    return sorted(f"CITADEL_{name.upper()}" for name in [*Settings.model_fields, *ApiSettings.model_fields])
 
 
 def _closest(stem: str, stems: Mapping[str, str]) -> str | None:

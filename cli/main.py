@@ -32,6 +32,7 @@ from cli.common import (
     show_citadel_warnings,
     warn,
 )
+from cli.service import apikey_app, serve_api, token_app
 from cli.workflows import workflow_app
 
 app = typer.Typer(
@@ -39,6 +40,9 @@ app = typer.Typer(
     help="Citadel: embed, cache, index and search documents.",
 )
 app.add_typer(workflow_app, name="workflow")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(token_app, name="token")
+app.command("api")(serve_api)
 
 
 def _table(title: str, *columns: str) -> Table:

@@ -18,13 +18,15 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
 from citadel.errors import ConfigurationError
 from citadel.models import StepReport, WorkflowReport
-from citadel.workflows import WorkflowDefinition, load_workflow, workflow_from_data
-from flows.run_workflow import run_workflow
+from citadel.settings import Settings
+from citadel.workflows import WorkflowDefinition, check_workflow, load_step_modules, load_workflow, workflow_from_data
+from flows.run_workflow import run_workflow, workflow_steps
 
 DEFAULT_DEPLOYMENT = "run-workflow/default"
 FINAL = frozenset({"Completed", "Failed", "Crashed", "Cancelled", "Skipped", "TimedOut", "Cached"})
@@ -60,6 +62,31 @@ async def submit_workflow(
     return WorkflowReport(
         flow_run_id=str(flow_run.id), name=flow_run.name, workflow_id=workflow.get("workflow_id"), state="Scheduled"
     )
+
+
+def check_definition(workflow: dict[str, Any], context: dict[str, Any] | None, settings: Settings) -> WorkflowDefinition:
+    """The definition when a run would accept it, else :class:`WorkflowInvalid` with every problem:
+    checked before anything is submitted, with the step types a run has."""
+    load_step_modules(settings.step_modules)
+    return check_workflow(workflow, workflow_steps(), context=context)
+
+
+async def start_workflow_here(
+    workflow: dict[str, Any], *, context: dict[str, Any] | None = None
+) -> tuple[WorkflowReport, asyncio.Task[Any]]:
+    """Record a workflow run on the Prefect API and run it in this process, in the background: the
+    report (Scheduled, with the run's id) comes back at once. A long-lived process that holds the
+    embedded store (the HTTP API) runs what it accepts this way."""
+    parameters: dict[str, Any] = {"workflow": workflow}
+    if context:
+        parameters["context"] = context
+    async with get_client() as client:
+        flow_run = await client.create_flow_run(run_workflow, parameters=parameters)
+    task = asyncio.create_task(run_flow_async(run_workflow, flow_run=flow_run, parameters=parameters, return_type="state"))  # type: ignore[arg-type]
+    report = WorkflowReport(
+        flow_run_id=str(flow_run.id), name=flow_run.name, workflow_id=workflow.get("workflow_id"), state="Scheduled"
+    )
+    return report, task
 
 
 def _definition(workflow: Any) -> WorkflowDefinition | None:

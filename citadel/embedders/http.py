@@ -120,6 +120,7 @@ class HttpEmbedder:
             transport=transport,
         )
         self.requests = 0
+        self._turn = 0
         self._down_until: dict[str, float] = {}
 
     async def aclose(self) -> None:
@@ -269,6 +270,10 @@ class HttpEmbedder:
                 raise EmbedderUnreachable(
                     f"no embedding server accepts connections (tried {tried}); start the server, or fix {self.url_setting}"
                 )
+            # Idle servers first, taken in turns: concurrent small calls (the API's micro-batches)
+            # then spread over every server instead of queueing on the first.
+            self._turn = (self._turn + 1) % len(live)
+            live = sorted(live[self._turn :] + live[: self._turn], key=lambda url: self._slots[url].locked())
             workers = [asyncio.create_task(worker(url)) for url in live[: queue.qsize()]]
             try:
                 await asyncio.gather(*workers)

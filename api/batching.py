@@ -1,0 +1,122 @@
+"""Micro-batching of embedding requests: requests that arrive together are embedded together.
+
+An embedding server embeds one request at a time, so a thousand callers each sending one text
+would otherwise cost a thousand serial requests. Texts wait in a queue only while every server
+slot is busy (an idle backend takes a request at once), or for at most ``wait_s`` while some
+batch is already in flight; a batch holds at most ``max_texts``; a text already queued or in
+flight is computed once and shared by everyone who asked for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+EmbedFn = Callable[[list[str]], Awaitable[np.ndarray]]
+
+
+@dataclass
+class BatchStats:
+    """What the batcher did since start: for the embeddings metrics."""
+
+    batches: int = 0
+    texts: int = 0
+    shared: int = 0  # texts that joined an identical one already queued or in flight
+    errors: int = 0
+    seconds: float = 0.0
+
+
+class MicroBatcher:
+    """Gathers texts from concurrent callers into bounded batches for ``embed``, ``slots`` at once."""
+
+    def __init__(self, embed: EmbedFn, *, slots: int = 1, max_texts: int = 64, wait_s: float = 0.002) -> None:
+        self._embed = embed
+        self.slots = max(1, slots)
+        self.max_texts = max(1, max_texts)
+        self.wait_s = wait_s
+        self.stats = BatchStats()
+        self._queue: list[str] = []
+        self._futures: dict[str, asyncio.Future[np.ndarray]] = {}
+        self._busy = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of ``texts`` in order, computed in whatever batches they joined."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[np.ndarray]] = []
+        for text in texts:
+            future = self._futures.get(text)
+            if future is None:
+                future = loop.create_future()
+                self._futures[text] = future
+                self._queue.append(text)
+            else:
+                self.stats.shared += 1
+            futures.append(future)
+        self._schedule()
+        # Shielded: a caller that goes away must not cancel a vector others are waiting for.
+        rows = [await asyncio.shield(future) for future in futures]
+        return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    def _schedule(self) -> None:
+        if not self._queue or self._busy >= self.slots:
+            return  # a finishing batch calls again
+        if self._busy == 0 or len(self._queue) >= self.max_texts or self.wait_s <= 0:
+            self._dispatch()
+        elif self._timer is None:
+            # Some batch is in flight and a slot is free: wait a moment for company.
+            self._timer = asyncio.get_running_loop().call_later(self.wait_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._queue and self._busy < self.slots:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue and self._busy < self.slots:
+            batch, self._queue = self._queue[: self.max_texts], self._queue[self.max_texts :]
+            self._busy += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            if self._queue and self.wait_s > 0 and len(self._queue) < self.max_texts:
+                break  # the rest may gather company while this batch runs
+
+    async def _run(self, batch: list[str]) -> None:
+        started = time.perf_counter()
+        try:
+            vectors = await self._embed(batch)
+        except BaseException as exc:  # every waiter of the batch gets the failure
+            self.stats.errors += 1
+            for text in batch:
+                future = self._futures.pop(text, None)
+                if future is not None and not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("embedding cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for text, vector in zip(batch, vectors, strict=True):
+                future = self._futures.pop(text, None)
+                if future is not None and not future.done():
+                    future.set_result(vector)
+        finally:
+            self.stats.batches += 1
+            self.stats.texts += len(batch)
+            self.stats.seconds += time.perf_counter() - started
+            self._busy -= 1
+            self._schedule()
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

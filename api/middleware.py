@@ -1,0 +1,134 @@
+"""The outermost layer of every response: a request id, the OWASP secure headers, body and
+media-type limits, HTTP metrics, and a safe 500 for anything unexpected. Pure ASGI, so that
+streaming and lifespan pass untouched and the cost per request stays small."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import metrics
+
+log = logging.getLogger("citadel.api")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# The OWASP Secure Headers project's current recommendations for an API that serves JSON only.
+SECURE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-embedder-policy", b"require-corp"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"permissions-policy", b"accelerometer=(), camera=(), geolocation=(), gyroscope=(), microphone=(), payment=(), usb=()"),
+    (b"x-permitted-cross-domain-policies", b"none"),
+    (b"cache-control", b"no-store"),
+]
+HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+
+
+class TooLarge(Exception):
+    pass
+
+
+def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
+    return json.dumps({"success": False, "error": {"code": code, "message": message}, "request_id": request_id}).encode()
+
+
+class ServiceMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, tls: bool = False) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.too_large = f"the body is larger than {max_body_bytes} bytes (CITADEL_API_MAX_BODY_BYTES)"
+        self.tls = tls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        extra = [*SECURE_HEADERS, (b"x-request-id", request_id.encode())]
+        if self.tls or scope.get("scheme") == "https":
+            extra.append(HSTS)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                rate = scope["state"].get("rate_limit_headers") or {}
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *((k, v) for k, v in extra if k not in names),
+                    *((k.lower().encode(), v.encode()) for k, v in rate.items() if k.lower().encode() not in names),
+                ]
+            await send(message)
+
+        async def simple(status_code: int, code: str, message: str) -> None:
+            body = _error_body(status_code, code, message, request_id)
+            await send_with_headers({"type": "http.response.start", "status": status_code, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        metrics.IN_FLIGHT.inc()
+        try:
+            method = scope["method"]
+            length = headers.get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                await simple(413, "payload_too_large", self.too_large)
+                return
+            has_body = (length is not None and length != b"0") or b"transfer-encoding" in headers
+            if method in ("POST", "PUT", "PATCH") and has_body:
+                media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+                if media != b"application/json" and not media.endswith(b"+json"):
+                    await simple(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json")
+                    return
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body_bytes:
+                        raise TooLarge
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_with_headers)
+            except TooLarge:
+                if not response_started:
+                    await simple(413, "payload_too_large", self.too_large)
+            except Exception:  # noqa: BLE001 - logged with its traceback here; the caller gets a plain 500
+                log.exception("unhandled error serving %s %s (request %s)", method, _route(scope), request_id)
+                if not response_started:
+                    await simple(500, "internal_error", "the request failed; the service log has the cause")
+        finally:
+            metrics.IN_FLIGHT.dec()
+            route = _route(scope)
+            metrics.REQUESTS.labels(route, scope["method"], str(status)).inc()
+            metrics.LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            if status == 429:
+                metrics.RATE_LIMITED.labels(route).inc()
+
+
+def _route(scope: dict[str, Any] | Scope) -> str:
+    """The matched route's template (never the raw path: ids would make labels unbounded)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"

@@ -1,0 +1,56 @@
+"""Embeddings through the same cache and backends as indexing, micro-batched across requests."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+
+from api.errors import ERROR_RESPONSES, ApiError
+from api.schemas import BatchRequest, BatchResponse, GenerateRequest, GenerateResponse
+from api.security import require
+from api.state import ServiceState, state_of
+
+router = APIRouter(prefix="/embeddings", tags=["embeddings"], dependencies=[Depends(require("embeddings"))], responses={
+    **ERROR_RESPONSES, 502: {"description": "The embedding backend failed"}})
+
+
+def _check_lengths(state: ServiceState, texts: list[str]) -> None:
+    limit = state.api.api_max_text_chars
+    too_long = [index for index, text in enumerate(texts) if len(text) > limit]
+    if too_long:
+        raise ApiError(
+            400, f"{len(too_long)} text(s) longer than {limit} characters (CITADEL_API_MAX_TEXT_CHARS); split them first",
+            code="text_too_long", details={"indexes": too_long[:100]},
+        )
+    if any(not text.strip() for text in texts):
+        raise ApiError(400, "a text is empty or only whitespace: nothing to embed", code="empty_text")
+
+
+@router.post("/generate", response_model=GenerateResponse, summary="Embed one text")
+async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
+    state = state_of(request)
+    started = time.perf_counter()
+    _check_lengths(state, [body.text])
+    result = await state.embedding.embed([body.text], body.model, use_cache=body.cache_enabled)
+    return GenerateResponse(
+        embedding=result.vectors[0].tolist(), model=result.model, dimensions=int(result.vectors.shape[1]),
+        cached=result.cached == 1, duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+@router.post("/batch", response_model=BatchResponse, summary="Embed many texts, in order")
+async def batch(body: BatchRequest, request: Request) -> BatchResponse:
+    state = state_of(request)
+    started = time.perf_counter()
+    if len(body.texts) > state.api.api_max_batch_texts:
+        raise ApiError(
+            400, f"{len(body.texts)} texts; at most {state.api.api_max_batch_texts} per request (CITADEL_API_MAX_BATCH_TEXTS)",
+            code="batch_too_large",
+        )
+    _check_lengths(state, body.texts)
+    result = await state.embedding.embed(body.texts, body.model, use_cache=body.cache_enabled)
+    return BatchResponse(
+        embeddings=result.vectors.tolist(), model=result.model, dimensions=int(result.vectors.shape[1]),
+        cached_count=result.cached, duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )

@@ -1,0 +1,78 @@
+"""Figures of the service and the engine, all measured or recorded: psutil for the host, this
+process's own counters for the API, the registry's runs for indexing. An empty range is empty."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import psutil
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from api.errors import ERROR_RESPONSES, ApiError
+from api.metrics import exposition
+from api.schemas import MetricsResponse, SystemMetrics
+from api.security import require
+from api.state import state_of
+from citadel.models import IndexRunRecord
+
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require("metrics"))], responses=ERROR_RESPONSES)
+
+RANGES = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "12h": 12 * 3600, "24h": 86400, "7d": 7 * 86400}
+TIME_RANGE = Query("1h", description=f"One of {', '.join(RANGES)}.")
+
+
+def range_seconds(time_range: str) -> int:
+    if time_range not in RANGES:
+        raise ApiError(400, f"time_range {time_range!r} is not one of {', '.join(RANGES)}", code="bad_time_range")
+    return RANGES[time_range]
+
+
+async def runs_in_range(request: Request, seconds: int) -> list[IndexRunRecord]:
+    registry = await state_of(request).resources.registry()
+    return await registry.runs_since(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds))
+
+
+@router.get("/metrics/system", response_model=SystemMetrics, summary="CPU, memory and disk of the host (psutil)")
+async def system(request: Request) -> SystemMetrics:
+    data_dir = state_of(request).settings.data_dir
+    path = data_dir if data_dir.exists() else data_dir.resolve().anchor
+    return SystemMetrics(
+        cpu_percent=psutil.cpu_percent(interval=None), memory_percent=psutil.virtual_memory().percent,
+        disk_percent=psutil.disk_usage(str(path)).percent, timestamp=dt.datetime.now(dt.UTC).isoformat(),
+    )
+
+
+@router.get("/metrics/embeddings", response_model=MetricsResponse, summary="Embedding figures of a time range")
+async def embeddings(request: Request, time_range: str = TIME_RANGE) -> MetricsResponse:
+    state = state_of(request)
+    seconds = range_seconds(time_range)
+    usage = state.embedding.usage.total(time.time() - seconds)
+    runs = [run for run in await runs_in_range(request, seconds) if run.status != "running"]
+    embedded = sum(run.chunks_embedded for run in runs)
+    run_seconds = sum(run.duration_s or 0.0 for run in runs)
+    api: dict[str, Any] = {
+        "requests": usage.requests, "texts": usage.texts, "cache_hits": usage.cached, "texts_embedded": usage.computed,
+        "errors": usage.errors,
+        "cache_hit_ratio": round(usage.cached / usage.texts, 4) if usage.texts else None,
+        "mean_latency_ms": round(usage.seconds / usage.requests * 1000, 3) if usage.requests else None,
+    }
+    batching = state.embedding.batchers[state.embedding.default_model].stats
+    indexing: dict[str, Any] = {
+        "runs": len(runs), "failed_runs": sum(run.status != "completed" for run in runs),
+        "chunks_embedded": embedded, "cache_hits": sum(run.cache_hits for run in runs),
+        "chunks_per_second": round(embedded / run_seconds, 2) if run_seconds else None,
+    }
+    return MetricsResponse(time_range=time_range, metrics={
+        "api": api, "indexing": indexing, "models": state.embedding.models,
+        "micro_batching_since_start": {"batches": batching.batches, "texts": batching.texts, "shared": batching.shared},
+    })
+
+
+@router.get("/metrics/prometheus", summary="The Prometheus exposition", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+async def prometheus() -> Response:
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,110 @@
+"""Workflows over HTTP: submitted, watched, cancelled and listed through the workflow-run module.
+
+With a Qdrant server and a Prefect API, runs go to the deployment's workers. On the embedded
+store, which admits one process, they run inside this one, recorded on Prefect all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+
+from api.errors import ERROR_RESPONSES, ApiError
+from api.schemas import WorkflowList, WorkflowStatus, WorkflowSubmitted
+from api.security import require
+from api.state import ServiceState, state_of
+from api.workflow_policy import workflow_refusals
+from citadel.auth import Identity
+from citadel.errors import ConfigurationError
+from deployments.workflow_runs import (
+    cancel_workflow,
+    check_definition,
+    recent_workflows,
+    start_workflow_here,
+    submit_workflow,
+    workflow_status,
+)
+
+log = logging.getLogger("citadel.api")
+
+router = APIRouter(prefix="/orchestration", tags=["orchestration"], responses={
+    **ERROR_RESPONSES, 404: {"description": "No such workflow run"}})
+
+REQUIRE_WORKFLOWS = require("workflows")
+WORKFLOW_BODY = Body(
+    description="A workflow definition as `citadel workflow run` takes it: workflow_id, steps, optional context.",
+    examples=[{"workflow_id": "embed-one", "steps": [{"step_id": "embed", "type": "embedding", "parameters": {"text": "hello"}}]}],
+)
+
+
+def _run_id(task_id: str) -> str:
+    try:
+        return str(uuid.UUID(task_id))
+    except ValueError:
+        raise ApiError(404, f"no workflow run {task_id!r}: task ids are Prefect flow run ids (UUIDs)") from None
+
+
+def _runs_here(state: ServiceState) -> bool:
+    return state.embedded_store or not state.prefect_api_url
+
+
+@router.post("/workflow", response_model=WorkflowSubmitted, summary="Check a workflow in full, then start it")
+async def create_workflow(
+    request: Request, workflow: dict[str, Any] = WORKFLOW_BODY, identity: Identity = Depends(REQUIRE_WORKFLOWS)
+) -> WorkflowSubmitted:
+    state = state_of(request)
+    refusals = workflow_refusals(workflow, identity, state.api, state.settings, state.embedding.models)
+    if refusals:
+        raise ApiError(403, f"the workflow asks for what this service does not allow ({len(refusals)} problem(s))",
+                       code="workflow_refused", details=refusals)
+    context = workflow.get("context") if isinstance(workflow.get("context"), dict) else None
+    check_definition(workflow, context, state.settings)  # WorkflowInvalid: 400 with every problem
+    if _runs_here(state):
+        report, task = await start_workflow_here(workflow)
+        run_id = report.flow_run_id
+        state.workflow_tasks[run_id] = task
+        task.add_done_callback(lambda _task: state.workflow_tasks.pop(run_id, None))
+        runs_in = "api"
+    else:
+        report = await submit_workflow(workflow, deployment=state.api.api_workflow_deployment)
+        runs_in = "workers"
+    log.info("workflow %s submitted as flow run %s by %s", report.workflow_id, report.flow_run_id, identity.subject)
+    return WorkflowSubmitted(
+        task_id=report.flow_run_id, status=report.state or "Scheduled", runs_in=runs_in,
+        status_url=str(request.url_for("workflow_status_route", task_id=report.flow_run_id).path),
+    )
+
+
+@router.get("/workflow/{task_id}/status", response_model=WorkflowStatus, name="workflow_status_route",
+            dependencies=[Depends(require("workflows"))], summary="A run's state and every step's")
+async def status(task_id: str) -> WorkflowStatus:
+    try:
+        return WorkflowStatus.of(await workflow_status(_run_id(task_id)))
+    except ConfigurationError as exc:
+        raise ApiError(404, f"no workflow run {task_id}") from exc
+
+
+@router.post("/workflow/{task_id}/cancel", response_model=WorkflowStatus, dependencies=[Depends(require("workflows"))],
+             summary="Cancel a run that has not finished")
+async def cancel(task_id: str, request: Request) -> WorkflowStatus:
+    run_id = _run_id(task_id)
+    try:
+        report = await cancel_workflow(run_id)
+    except ConfigurationError as exc:
+        raise ApiError(404, f"no workflow run {task_id}") from exc
+    task = state_of(request).workflow_tasks.get(run_id)
+    if task is not None and not task.done():  # a run of this process stops here, not on a worker
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        report = await workflow_status(run_id)
+    return WorkflowStatus.of(report)
+
+
+@router.get("/workflows", response_model=WorkflowList, dependencies=[Depends(require("workflows"))],
+            summary="The newest workflow runs")
+async def workflows(limit: int = Query(20, ge=1, le=200)) -> WorkflowList:
+    return WorkflowList(workflows=[WorkflowStatus.of(report) for report in await recent_workflows(limit)])

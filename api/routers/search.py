@@ -1,0 +1,30 @@
+"""Similarity search straight through the core: no flow run per request."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+
+from api.errors import ERROR_RESPONSES
+from api.schemas import SearchRequest, SearchResponse
+from api.security import require
+from api.state import state_of
+from citadel.search import search_with
+
+router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], responses={
+    **ERROR_RESPONSES, 409: {"description": "The collection was indexed with another model"}})
+
+
+@router.post("/search", response_model=SearchResponse, summary="The chunks nearest to a query")
+async def search(body: SearchRequest, request: Request) -> SearchResponse:
+    state = state_of(request)
+    started = time.perf_counter()
+    collection = body.collection or state.settings.collection
+    hits = await search_with(
+        state.resources, body.query, collection, limit=body.limit, score_threshold=body.threshold, filters=body.filter
+    )
+    return SearchResponse(
+        query=body.query, collection=collection, model=state.resources.embedder.model, hits=hits,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )

@@ -1,0 +1,85 @@
+"""Serving the app with uvicorn: workers, TLS 1.2+ with Mozilla's intermediate ciphers, graceful
+shutdown, and Prometheus multiprocess mode when several workers share a port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import tempfile
+from pathlib import Path
+
+import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from api.app import create_app
+from citadel.apisettings import ApiSettings
+from citadel.errors import ConfigurationError
+from citadel.settings import Settings
+
+# https://wiki.mozilla.org/Security/Server_Side_TLS, "intermediate" (TLS 1.3 suites are not configurable here).
+MOZILLA_INTERMEDIATE = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+GRACEFUL_S = 30
+
+
+def app_factory() -> object:
+    """For uvicorn's workers, which import the app by name: each builds its own from the environment."""
+    return create_app(tls=bool(os.environ.get("CITADEL_API_TLS")))
+
+
+class TlsConfig(uvicorn.Config):
+    """uvicorn's configuration with TLS below 1.2 refused outright (Python's default floor can be
+    lowered by the system's OpenSSL policy)."""
+
+    def load(self) -> None:
+        super().load()
+        if self.ssl is not None:
+            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+
+
+def serve(
+    *, host: str, port: int, workers: int = 1, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the service until SIGINT/SIGTERM; in-flight requests get GRACEFUL_S seconds to finish."""
+    settings = Settings()
+    api = ApiSettings()
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ConfigurationError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    for path in (ssl_certfile, ssl_keyfile):
+        if path and not Path(path).is_file():
+            raise ConfigurationError(f"{path} is not a readable file")
+    if workers > 1 and not settings.qdrant_url:
+        raise ConfigurationError(
+            "--workers above 1 needs CITADEL_QDRANT_URL: the embedded vector store admits one process; "
+            "run one worker on the embedded defaults, or point Citadel at a Qdrant server"
+        )
+    tls = ssl_certfile is not None
+    common = dict(
+        host=host, port=port, log_level=log_level, server_header=False, date_header=True,
+        timeout_graceful_shutdown=GRACEFUL_S, proxy_headers=False,  # the app reads X-Forwarded-For from trusted proxies itself
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_ciphers=MOZILLA_INTERMEDIATE,
+    )
+    multiproc_dir = None
+    try:
+        if workers > 1:
+            os.environ["CITADEL_API_TLS"] = "1" if tls else ""
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                multiproc_dir = tempfile.mkdtemp(prefix="citadel-prometheus-")
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+            config = TlsConfig("api.server:app_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+        else:
+            config = TlsConfig(create_app(settings, api, tls=tls), **common)  # type: ignore[arg-type]
+        server = uvicorn.Server(config)
+        if workers > 1:
+            sock = config.bind_socket()
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            server.run()
+    finally:
+        if multiproc_dir:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""The one set of backends and service objects of an API process, opened in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from api.embedding import EmbeddingService
+from api.health import HealthChecker
+from api.ratelimit import RateLimiter
+from citadel.apisettings import ApiSettings, Network
+from citadel.auth import ApiKeys, TokenVerifier
+from citadel.resources import Resources
+from citadel.settings import Settings, secret
+from deployments.workflow_runs import prefect_api_url
+from tasks.resources import open_resources
+
+log = logging.getLogger("citadel.api")
+
+
+@dataclass
+class Counters:
+    """Security events of this process, for the metrics routes."""
+
+    rate_limited: int = 0
+    auth_failures: dict[str, int] = field(default_factory=dict)
+
+
+class ServiceState:
+    """Settings, backends, credentials, limits and background runs of one API process."""
+
+    def __init__(self, settings: Settings, api: ApiSettings) -> None:
+        self.settings = settings
+        self.api = api
+        self.started_at = time.time()
+        self.trusted_proxies: list[Network] = api.network_list("api_trusted_proxies")
+        self.exempt: list[Network] = api.network_list("api_rate_limit_exempt")
+        self.admin_allow: list[Network] = api.network_list("api_admin_allow")
+        self.admin_deny: list[Network] = api.network_list("api_admin_deny")
+        self.verifier = TokenVerifier(api)
+        self.limiter = RateLimiter(api.api_rate_limits, secret(settings.redis_url))
+        self.counters = Counters()
+        self.prefect_api_url = prefect_api_url()
+        self.has_credentials_configured = self.verifier.enabled
+        self.workflow_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._stack = AsyncExitStack()
+        self.resources: Resources
+        self.embedding: EmbeddingService
+        self.health: HealthChecker
+        self.keys: ApiKeys
+
+    @property
+    def embedded_store(self) -> bool:
+        return not self.settings.qdrant_url
+
+    async def open(self) -> None:
+        """Open the backends once: the registry (so keys can be checked), the embedder and cache,
+        and on the embedded defaults the vector store, which this process then holds."""
+        self.resources = await self._stack.enter_async_context(open_resources(self.settings))
+        registry = await self.resources.registry()
+        self.keys = ApiKeys(registry, cache_s=self.api.api_key_cache_s)
+        self.has_credentials_configured = self.verifier.enabled or bool(await self.keys.list())
+        self.embedding = EmbeddingService(self.resources, self.api)
+        self._stack.push_async_callback(self.embedding.aclose)
+        self.health = HealthChecker(
+            self.resources, self.prefect_api_url, timeout_s=self.api.api_health_timeout_s, cache_s=self.api.api_health_cache_s
+        )
+        self._stack.push_async_callback(self.health.aclose)
+        self._stack.push_async_callback(self.limiter.aclose)
+        if self.embedded_store:
+            _ = self.resources.store  # taken now: a CLI run on this data folder is told at once who holds it
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Let runs started here finish for ``grace_s``, cancel the rest, then close the backends."""
+        running = [task for task in self.workflow_tasks.values() if not task.done()]
+        if running:
+            log.info("waiting up to %.0fs for %d workflow run(s) started here", grace_s, len(running))
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._stack.aclose()
+
+
+def state_of(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state

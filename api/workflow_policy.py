@@ -1,0 +1,96 @@
+"""What a workflow submitted over HTTP may name: it runs on the server, with the server's access.
+
+Paths stay inside the configured source roots, embedders are only the configured ones (never a
+URL or a key from the request), deployments only those on the allowlist and only for admins, and
+every value that reaches one of these is given literally, not computed by another step.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+from citadel.apisettings import ApiSettings
+from citadel.auth import Identity
+from citadel.settings import Settings
+from citadel.workflows.errors import format_location
+
+_REFERENCE = "${"
+
+
+def _path_problem(source: str, roots: list[Path]) -> str | None:
+    if not roots:
+        return "indexing a path over HTTP is off; send inline records, or have an operator set CITADEL_API_SOURCE_ROOTS"
+    pattern = glob.has_magic(source)
+    if pattern and ".." in Path(source).parts:
+        return "a glob may not contain '..'"
+    base = Path(source)
+    if pattern:  # the fixed folder before the first wildcard
+        fixed = [part for part in Path(source).parts]
+        index = next(i for i, part in enumerate(fixed) if glob.has_magic(part))
+        base = Path(*fixed[:index]) if index else Path(".")
+    resolved = base.expanduser().resolve()  # symlinks and '..' followed
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        return f"{source!r} is outside the folders this service may index (CITADEL_API_SOURCE_ROOTS)"
+    return None
+
+
+def _embedder_problems(embedder: Any, settings: Settings, models: list[str], where: tuple[str | int, ...]) -> list[tuple[str, str]]:
+    if embedder is None:
+        return []
+    if not isinstance(embedder, dict):
+        return [(format_location(*where), "must be an object")]
+    found = []
+    for key in ("urls",):
+        if key in embedder:
+            found.append((format_location(*where, key), "a request may not name embedding servers; the service uses its configured ones"))
+    kind = embedder.get("kind")
+    if kind is not None and kind != settings.embedder:
+        found.append((format_location(*where, "kind"), f"this service embeds with {settings.embedder!r} only"))
+    model = embedder.get("model")
+    if model is not None and model not in models:
+        found.append((format_location(*where, "model"), f"model {model!r} is not served here; served: {', '.join(models)}"))
+    for key, value in embedder.items():
+        if isinstance(value, str) and _REFERENCE in value:
+            found.append((format_location(*where, key), "must be given literally, not as a reference"))
+    return found
+
+
+def workflow_refusals(
+    workflow: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str]
+) -> list[dict[str, str]]:
+    """Everything in ``workflow`` that an HTTP caller may not ask for, with its location."""
+    found: list[tuple[str, str]] = []
+    steps = workflow.get("steps")
+    if not isinstance(steps, list):
+        return []  # the schema check reports it
+    if len(steps) > api.api_max_workflow_steps:
+        found.append(("steps", f"{len(steps)} steps; at most {api.api_max_workflow_steps} per workflow (CITADEL_API_MAX_WORKFLOW_STEPS)"))
+    roots = api.source_roots
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        params = step.get("parameters") or {}
+        if not isinstance(params, dict):
+            continue
+        kind = step.get("type")
+        where: tuple[str | int, ...] = ("steps", index, "parameters")
+        found += _embedder_problems(params.get("embedder"), settings, models, (*where, "embedder"))
+        model = params.get("model")
+        if isinstance(model, str) and (model not in models or _REFERENCE in model):
+            found.append((format_location(*where, "model"), f"model {model!r} is not served here; served: {', '.join(models)}"))
+        if kind == "index":
+            source = params.get("source")
+            if isinstance(source, str):
+                problem = "must be given literally, not as a reference" if _REFERENCE in source else _path_problem(source, roots)
+                if problem:
+                    found.append((format_location(*where, "source"), problem))
+        elif kind == "flow":
+            deployment = params.get("deployment")
+            if not identity.allows("admin"):
+                found.append((format_location("steps", index, "type"), "a 'flow' step starts a deployment: it needs the admin scope"))
+            if not isinstance(deployment, str) or deployment not in api.api_deployments:
+                allowed = ", ".join(api.api_deployments) or "none"
+                found.append((format_location(*where, "deployment"), f"not on the allowlist (CITADEL_API_DEPLOYMENTS: {allowed})"))
+    return [{"location": location, "message": message} for location, message in found]
