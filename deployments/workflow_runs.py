@@ -20,7 +20,7 @@ from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 
 from citadel.errors import ConfigurationError
 from citadel.models import StepReport, WorkflowReport
@@ -180,6 +180,16 @@ async def cancel_workflow(flow_run_id: str) -> WorkflowReport:
             await client.set_flow_run_state(uuid.UUID(flow_run_id), Cancelling(message="cancelled on request"))
         report = await workflow_status(flow_run_id)
     return report
+
+
+async def stop_workflow_here(flow_run_id: str, task: asyncio.Task[Any]) -> WorkflowReport:
+    """Stop a run this process started (no worker watches it): its task is cancelled, which Prefect
+    records as a crash, so the run is then marked Cancelled, as a worker's cancellation would be."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    async with get_client() as client:
+        await client.set_flow_run_state(uuid.UUID(flow_run_id), Cancelled(message="cancelled on request"), force=True)
+    return await workflow_status(flow_run_id)
 
 
 async def recent_workflows(limit: int = 20) -> list[WorkflowReport]:

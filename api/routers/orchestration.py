@@ -6,7 +6,6 @@ store, which admits one process, they run inside this one, recorded on Prefect a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
@@ -25,6 +24,7 @@ from deployments.workflow_runs import (
     check_definition,
     recent_workflows,
     start_workflow_here,
+    stop_workflow_here,
     submit_workflow,
     workflow_status,
 )
@@ -98,9 +98,7 @@ async def cancel(task_id: str, request: Request) -> WorkflowStatus:
         raise ApiError(404, f"no workflow run {task_id}") from exc
     task = state_of(request).workflow_tasks.get(run_id)
     if task is not None and not task.done():  # a run of this process stops here, not on a worker
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        report = await workflow_status(run_id)
+        report = await stop_workflow_here(run_id, task)
     return WorkflowStatus.of(report)
 
 
