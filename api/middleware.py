@@ -64,9 +64,12 @@ class ServiceMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        refused_body = False
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, response_started
+            if refused_body:
+                return  # the 413 has been sent; what the app says after reading a cut body is dropped
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -101,19 +104,22 @@ class ServiceMiddleware:
             received = 0
 
             async def limited_receive() -> Message:
-                nonlocal received
+                nonlocal received, refused_body
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.max_body_bytes:
+                        # A body without Content-Length (chunked) outgrew the limit while being read.
+                        if not response_started:
+                            await simple(413, "payload_too_large", self.too_large)
+                        refused_body = True
                         raise TooLarge
                 return message
 
             try:
                 await self.app(scope, limited_receive, send_with_headers)
             except TooLarge:
-                if not response_started:
-                    await simple(413, "payload_too_large", self.too_large)
+                pass  # answered with 413 as the body was read
             except Exception:  # noqa: BLE001 - logged with its traceback here; the caller gets a plain 500
                 log.exception("unhandled error serving %s %s (request %s)", method, _route(scope), request_id)
                 if not response_started:

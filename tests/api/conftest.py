@@ -51,10 +51,10 @@ class Api:
 def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The API's environment: nothing of the caller's CITADEL_ settings, a private data folder."""
     env = {k: v for k, v in os.environ.items() if not (k.startswith("CITADEL_") and not k.startswith("CITADEL_TEST_"))}
-    env.update(
-        CITADEL_DATA_DIR=str(data_dir), CITADEL_JWT_SECRET=JWT_SECRET, CITADEL_API_RATE_LIMITS="2000/second",
-        CITADEL_API_KEY_CACHE_S="0", PREFECT_LOGGING_LEVEL="WARNING", **extra,
-    )
+    env.update({
+        "CITADEL_DATA_DIR": str(data_dir), "CITADEL_JWT_SECRET": JWT_SECRET, "CITADEL_API_RATE_LIMITS": "2000/second",
+        "CITADEL_API_KEY_CACHE_S": "0", "PREFECT_LOGGING_LEVEL": "WARNING", **extra,
+    })
     return env
 
 
