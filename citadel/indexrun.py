@@ -39,7 +39,7 @@ from citadel.resources import Resources
 from citadel.runlock import Holder, RunLock, lock_key, mark_crashed_runs
 from citadel.settings import Settings
 from citadel.sharding import check_shard, shard_of
-from citadel.storeprobe import embedded_store_holder
+from citadel.storeprobe import embedded_store_holder, store_in_use
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +217,7 @@ async def check_before_run(settings: Settings, collection: str) -> None:
     if not settings.qdrant_url:
         holder = embedded_store_holder(settings.qdrant_path)
         if holder:
-            raise ConfigurationError(
-                f"the embedded vector store at {settings.qdrant_path.resolve()} is in use by {holder}; wait for it to "
-                "finish, or point CITADEL_QDRANT_URL at a Qdrant server, which any number of processes can share"
-            )
+            raise ConfigurationError(store_in_use(settings.qdrant_path, holder))
     resources = Resources(settings)
     try:
         known = await (await resources.registry()).collection(collection)

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import pickle
+import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,12 +106,13 @@ def probe_embedded(path: Path, collection: str, sample: Sequence[str]) -> StoreS
     return StoreSnapshot(True, int(points), frozenset(present), "file")
 
 
-def embedded_store_holder(path: Path) -> str | None:
+def embedded_store_holder(path: Path, *, others_only: bool = False) -> str | None:
     """Which other process holds the embedded store at ``path`` (one at a time), or None.
 
     Tries the store's own lock file the way qdrant-client takes it (an exclusive ``flock``) and
     lets go at once; names the holding process when ``/proc`` tells. This process holding it
-    counts as free: its own client is shared.
+    counts as free: its own client is shared. ``others_only`` looks past this process (which
+    may keep the file open after failing to lock it).
     """
     lock_path = path / ".lock"
     if not lock_path.exists():
@@ -120,7 +122,7 @@ def embedded_store_holder(path: Path) -> str | None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                pid, command = _process_holding(lock_path, own_fd=handle.fileno())
+                pid, command = _process_holding(lock_path, own_fd=handle.fileno(), others_only=others_only)
                 if pid == os.getpid():
                     return None
                 if pid is None:
@@ -132,7 +134,19 @@ def embedded_store_holder(path: Path) -> str | None:
     return None
 
 
-def _process_holding(lock_path: Path, own_fd: int) -> tuple[int | None, str]:
+def store_in_use(path: Path, holder: str) -> str:
+    """The message for an embedded store held by ``holder``: who it is and what to do instead."""
+    if re.search(r"(citadel|cli)\S* api\b", holder):
+        advice = (
+            "the Citadel API serves this data folder: send the work to it (POST /api/v1/orchestration/workflow, "
+            "/api/v1/search), or point CITADEL_QDRANT_URL at a Qdrant server, which any number of processes can share"
+        )
+    else:
+        advice = "wait for it to finish, or point CITADEL_QDRANT_URL at a Qdrant server, which any number of processes can share"
+    return f"the embedded vector store at {path.resolve()} is in use by {holder}; {advice}"
+
+
+def _process_holding(lock_path: Path, own_fd: int, others_only: bool = False) -> tuple[int | None, str]:
     """The pid and command line of a process with ``lock_path`` open, from /proc (this one first,
     not counting the probe's own ``own_fd``)."""
     target = str(lock_path.resolve())
@@ -142,6 +156,8 @@ def _process_holding(lock_path: Path, own_fd: int) -> tuple[int | None, str]:
     except OSError:
         return None, ""
     pids.sort(key=lambda pid: pid != me)
+    if others_only:
+        pids.remove(me)
     for pid in pids:
         try:
             fds = [fd for fd in os.listdir(f"/proc/{pid}/fd") if not (pid == me and fd == str(own_fd))]

@@ -24,7 +24,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.models import SearchHit
-from citadel.storeprobe import embedded_store_holder
+from citadel.storeprobe import embedded_store_holder, store_in_use
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,11 +60,7 @@ def local_client(path: Path) -> QdrantClient:
                 with _without_local_mode_warning():
                     client = QdrantClient(path=key)
             except RuntimeError as exc:
-                holder = embedded_store_holder(path) or "another process"
-                raise ConfigurationError(
-                    f"the embedded vector store at {key} is in use by {holder}; wait for it to finish, "
-                    "or point CITADEL_QDRANT_URL at a Qdrant server, which any number of processes can share"
-                ) from exc
+                raise ConfigurationError(store_in_use(path, embedded_store_holder(path, others_only=True) or "another process")) from exc
             for collection in client.get_collections().collections:
                 advise_if_large(client, key, collection.name)
             _LOCAL_CLIENTS[key] = client
