@@ -107,6 +107,7 @@ class EmbeddingServer:
         self._stopping = False
         self._generation = 0
         self.port: int | None = None
+        self._serial_lock: asyncio.Lock | None = None
         self.reset()
 
     # configuration and observation ---------------------------------------------------------
@@ -130,6 +131,7 @@ class EmbeddingServer:
             self.authorizations: list[str | None] = []
             self.in_flight = 0
             self.max_in_flight = 0
+            self.cost: tuple[float, float] | None = None
 
     def fail_next(
         self,
@@ -149,6 +151,12 @@ class EmbeddingServer:
         with self._lock:
             for _ in range(count):
                 self._faults.append(Fault(status, body, retry_after, path))
+
+    def serial(self, per_request_s: float, per_text_s: float) -> None:
+        """Embed like one Ollama server: one request at a time, each costing a fixed time plus a
+        time per text (the model's work)."""
+        with self._lock:
+            self.cost = (per_request_s, per_text_s)
 
     def delay(self, seconds: float, count: int | None = None) -> None:
         """Hold the next ``count`` responses (every response when None) for ``seconds``."""
@@ -243,6 +251,8 @@ class EmbeddingServer:
             # The answer is worked out (and recorded) at once; a delay holds only its sending,
             # so a request whose client timed out never shows up in a later test's counters.
             response = self._take_fault(path) or await self._route(request, path)
+            if self.cost is not None and path in ("/api/embed", "/api/embeddings", "/v1/embeddings"):
+                await self._work(request, generation)
             if delay > 0:
                 await self._hold(delay, generation)
             await response(scope, receive, send)
@@ -252,6 +262,17 @@ class EmbeddingServer:
             with self._lock:
                 if generation == self._generation:
                     self.in_flight -= 1
+
+    async def _work(self, request: Request, generation: int) -> None:
+        """The serial model's time for this request, behind every request before it."""
+        if self._serial_lock is None:
+            self._serial_lock = asyncio.Lock()
+        per_request, per_text = self.cost or (0.0, 0.0)
+        body = json.loads(await request.body() or b"{}")
+        inputs = body.get("input", body.get("prompt", ""))
+        count = len(inputs) if isinstance(inputs, list) else 1
+        async with self._serial_lock:
+            await self._hold(per_request + per_text * count, generation)
 
     async def _hold(self, seconds: float, generation: int) -> None:
         """Wait ``seconds``, but stop waiting when the server stops or is reset."""
