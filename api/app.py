@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
 
-from api.errors import install_handlers
+from api.errors import ERROR_RESPONSES, install_handlers
 from api.middleware import ServiceMiddleware
 from api.routers import admin, embeddings, health, metrics, orchestration, search, ui
 from api.state import ServiceState
@@ -56,7 +57,8 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
     app.add_api_route("/livez", health.health, methods=["GET"], include_in_schema=True, tags=["health"], summary="Liveness")
     app.add_api_route("/readyz", health.health_detailed, methods=["GET"], tags=["health"], summary="Readiness")
     app.add_api_route("/metrics", metrics.prometheus, methods=["GET"], tags=["metrics"], summary="The Prometheus exposition",
-                      dependencies=metrics.router.dependencies)
+                      dependencies=metrics.router.dependencies, response_class=Response,
+                      responses={**ERROR_RESPONSES, **metrics.EXPOSITION_RESPONSES})
     app.add_middleware(
         CORSMiddleware, allow_origins=api.api_cors_origins, allow_credentials=bool(api.api_cors_origins),
         allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],

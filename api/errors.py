@@ -92,6 +92,16 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _methods_of(app: FastAPI, request: Request) -> list[str]:
+    from starlette.routing import Match, Route
+
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Map every known failure onto the one error shape."""
 
@@ -102,9 +112,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else CODES.get(exc.status_code, "error")
-        return error_response(
-            exc.status_code, CODES.get(exc.status_code, "error"), message, request_id_of(request), headers=exc.headers
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matched
+            headers["Allow"] = ", ".join(_methods_of(app, request))
+        return error_response(exc.status_code, CODES.get(exc.status_code, "error"), message, request_id_of(request), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -70,6 +70,11 @@ async def authenticate(
     address = client_address(request, state.trusted_proxies)
     request.state.client_address = address
     try:
+        authorization = request.headers.get("authorization")
+        if authorization is not None and api_key:
+            raise AuthError("ambiguous", "send one credential: either Authorization or X-API-Key, not both")
+        if authorization is not None and bearer is None:
+            raise AuthError("scheme", "the Authorization header must be `Bearer <token>`")
         if bearer is not None:
             identity = state.verifier.verify(bearer.credentials)
         elif api_key:

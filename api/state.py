@@ -49,6 +49,7 @@ class ServiceState:
         self.prefect_api_url = prefect_api_url()
         self.has_credentials_configured = self.verifier.enabled
         self.workflow_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._warmup: asyncio.Task[None] | None = None
         self._stack = AsyncExitStack()
         self.resources: Resources
         self.embedding: EmbeddingService
@@ -75,6 +76,10 @@ class ServiceState:
         self._stack.push_async_callback(self.limiter.aclose)
         if self.embedded_store:
             _ = self.resources.store  # taken now: a CLI run on this data folder is told at once who holds it
+        if not self.prefect_api_url:
+            # Without a Prefect server, runs are recorded on a local one that Prefect starts on first
+            # use (seconds): started now, in the background, not on the first workflow request.
+            self._warmup = asyncio.create_task(_start_local_prefect())
 
     async def close(self, grace_s: float = 10.0) -> None:
         """Let runs started here finish for ``grace_s``, cancel the rest, then close the backends."""
@@ -86,6 +91,16 @@ class ServiceState:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._stack.aclose()
+
+
+async def _start_local_prefect() -> None:
+    from prefect.client.orchestration import get_client
+
+    try:
+        async with get_client() as client:
+            await client.api_healthcheck()
+    except Exception as exc:  # noqa: BLE001 - the first workflow request will say what is wrong
+        log.warning("the local Prefect server did not start: %s", exc)
 
 
 def state_of(request: Request) -> ServiceState:

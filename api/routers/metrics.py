@@ -71,8 +71,12 @@ async def embeddings(request: Request, time_range: str = TIME_RANGE) -> MetricsR
     })
 
 
-@router.get("/metrics/prometheus", summary="The Prometheus exposition", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+EXPOSITION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
+}
+
+
+@router.get("/metrics/prometheus", summary="The Prometheus exposition", response_class=Response, responses=EXPOSITION_RESPONSES)
 async def prometheus() -> Response:
     body, content_type = exposition()
     return Response(body, media_type=content_type)

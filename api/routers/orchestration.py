@@ -52,7 +52,32 @@ def _runs_here(state: ServiceState) -> bool:
     return state.embedded_store or not state.prefect_api_url
 
 
-@router.post("/workflow", response_model=WorkflowSubmitted, summary="Check a workflow in full, then start it")
+# The body is read as plain JSON so that every problem of a definition comes back in one 400 with
+# its location; the schema below documents its shape.
+WORKFLOW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["workflow_id", "steps"],
+    "properties": {
+        "workflow_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$", "maxLength": 255},
+        "description": {"type": "string"},
+        "steps": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["step_id", "type"],
+            "properties": {
+                "step_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+                "type": {"type": "string", "enum": ["chunk", "embedding", "search", "index", "flow"]},
+                "parameters": {"type": "object"},
+                "depends_on": {"type": "array", "items": {"type": "string"}},
+                "retries": {"type": "integer", "minimum": 0},
+                "timeout_seconds": {"type": "number", "minimum": 0},
+            },
+        }},
+        "context": {"type": "object"},
+    },
+}
+
+
+@router.post("/workflow", response_model=WorkflowSubmitted, summary="Check a workflow in full, then start it",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": WORKFLOW_SCHEMA}}}})
 async def create_workflow(
     request: Request, workflow: dict[str, Any] = WORKFLOW_BODY, identity: Identity = Depends(REQUIRE_WORKFLOWS)
 ) -> WorkflowSubmitted:

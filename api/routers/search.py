@@ -6,14 +6,15 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
-from api.errors import ERROR_RESPONSES
+from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import SearchRequest, SearchResponse
 from api.security import require
 from api.state import state_of
+from citadel.collections import check_collection_name
 from citadel.search import search_with
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], responses={
-    **ERROR_RESPONSES, 409: {"description": "The collection was indexed with another model"}})
+    **ERROR_RESPONSES, 404: {"description": "No such collection"}, 409: {"description": "The collection was indexed with another model"}})
 
 
 @router.post("/search", response_model=SearchResponse, summary="The chunks nearest to a query")
@@ -21,6 +22,10 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     state = state_of(request)
     started = time.perf_counter()
     collection = body.collection or state.settings.collection
+    check_collection_name(collection)
+    if await (await state.resources.registry()).collection(collection) is None:
+        raise ApiError(404, f"collection {collection!r} does not exist yet; index something into it first",
+                       code="collection_not_found")
     hits = await search_with(
         state.resources, body.query, collection, limit=body.limit, score_threshold=body.threshold, filters=body.filter
     )

@@ -121,7 +121,7 @@ def test_search_of_an_unknown_collection_and_a_filter(api: Api) -> None:
     with api.client(headers=api.headers("reader")) as client:
         missing = client.post("/api/v1/search", json={"query": "anything", "collection": f"none_{uuid.uuid4().hex[:8]}"})
         bad_name = client.post("/api/v1/search", json={"query": "anything", "collection": "../etc"})
-    assert missing.status_code == 400 and "does not exist" in missing.json()["error"]["message"]
+    assert missing.status_code == 404 and "does not exist" in missing.json()["error"]["message"]
     assert bad_name.status_code == 400
 
 
@@ -206,7 +206,7 @@ def test_admin_routes_manage_keys(api: Api) -> None:
         listed = client.get("/api/v1/admin/keys").json()["keys"]
         assert key["key_id"] in [k["key_id"] for k in listed] and all("key" not in k for k in listed)
         with api.client(headers={"X-API-Key": key["key"]}) as user:
-            assert user.post("/api/v1/search", json={"query": "x", "collection": "none_here"}).status_code == 400
+            assert user.post("/api/v1/search", json={"query": "x", "collection": "none_here"}).status_code == 404
             assert client.delete(f"/api/v1/admin/keys/{key['key_id']}").json()["revoked_at"]
             assert user.post("/api/v1/search", json={"query": "x"}).status_code == 401
         assert client.delete("/api/v1/admin/keys/nope").status_code == 404
