@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from citadel.auth import ApiKeys, mint_token
 from citadel.apisettings import ApiSettings
+from citadel.auth import ApiKeys, mint_token
 from citadel.registry import Registry
 from citadel.settings import Settings
 from citadel.testing.api_process import ApiProcess

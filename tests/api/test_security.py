@@ -103,7 +103,8 @@ def test_secure_headers_on_every_response_and_one_error_shape(embedded_api: Api)
         assert len(headers["x-request-id"]) == 32
     for response in responses[1:]:
         body = response.json()
-        assert body["success"] is False and set(body["error"]) >= {"code", "message"} and body["request_id"] == response.headers["x-request-id"]
+        assert body["success"] is False and set(body["error"]) >= {"code", "message"}
+        assert body["request_id"] == response.headers["x-request-id"]
     assert responses[1].status_code == 404
     assert responses[3].status_code == 422 and responses[3].json()["error"]["details"][0]["location"] == "body.extra"
 
@@ -122,7 +123,8 @@ def test_bodies_too_large_or_not_json_are_refused_before_the_route(secured: tupl
         large = client.post("/api/v1/embeddings/generate", json={"text": "a" * 5000})
         chunked = client.post("/api/v1/embeddings/generate", content=iter([b'{"text": "', b"a" * 5000, b'"}']),
                               headers={"content-type": "application/json"})
-        form = client.post("/api/v1/embeddings/generate", content=b"text=hello", headers={"content-type": "application/x-www-form-urlencoded"})
+        form = client.post("/api/v1/embeddings/generate", content=b"text=hello",
+                           headers={"content-type": "application/x-www-form-urlencoded"})
         invalid = client.post("/api/v1/embeddings/generate", content=b"{not json", headers={"content-type": "application/json"})
     assert large.status_code == 413 and "CITADEL_API_MAX_BODY_BYTES" in large.json()["error"]["message"]
     assert chunked.status_code == 413
