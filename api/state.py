@@ -91,6 +91,11 @@ class ServiceState:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._stack.aclose()
+        if self._warmup is not None:
+            self._warmup.cancel()
+            await asyncio.gather(self._warmup, return_exceptions=True)
+        if not self.prefect_api_url:
+            await asyncio.to_thread(_stop_local_prefect)
 
 
 async def _start_local_prefect() -> None:
@@ -101,6 +106,14 @@ async def _start_local_prefect() -> None:
             await client.api_healthcheck()
     except Exception as exc:  # noqa: BLE001 - the first workflow request will say what is wrong
         log.warning("the local Prefect server did not start: %s", exc)
+
+
+def _stop_local_prefect() -> None:
+    """Stop the local Prefect server this process started. Prefect stops it at exit, but uvicorn
+    ends on the signal it was sent, which skips exit handlers and would leave the server running."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().stop()
 
 
 def state_of(request: Request) -> ServiceState:

@@ -491,4 +491,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def main() -> None:
+    """Serve on its own (``python -m tests.support.embedding_server --serial 0.02,0.001``) until
+    SIGTERM: the benchmark runs it as a process of its own so that it does not share a GIL with
+    the load it answers. Prints ``EMBEDDING_SERVER_URL=...`` once listening."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--serial", default=None, help="seconds per request,seconds per text: embed one request at a time")
+    args = parser.parse_args()
+    server = EmbeddingServer().start()
+    if args.serial:
+        per_request, per_text = (float(part) for part in args.serial.split(","))
+        server.serial(per_request, per_text)
+    print(f"EMBEDDING_SERVER_URL={server.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
+
+
 __all__ = ["DEFAULT_MODELS", "EmbeddingServer", "LENGTH_ERROR", "NOT_FOUND_BODY", "embedding_for", "free_port"]
