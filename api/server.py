@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import ssl
 import tempfile
 from pathlib import Path
@@ -41,6 +42,33 @@ class TlsConfig(uvicorn.Config):
             self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
 
 
+def preflight(settings: Settings) -> None:
+    """What would stop the service at start, as one clear error before uvicorn starts: the
+    embedded store held by another process, a registry that cannot be opened."""
+    import asyncio
+
+    from citadel.registry import Registry
+    from citadel.storeprobe import embedded_store_holder, store_in_use
+
+    if not settings.qdrant_url:
+        holder = embedded_store_holder(settings.qdrant_path)
+        if holder:
+            raise ConfigurationError(store_in_use(settings.qdrant_path, holder))
+
+    async def open_registry() -> None:
+        registry = Registry(settings.registry_url)
+        try:
+            await registry.init()
+        finally:
+            await registry.aclose()
+
+    asyncio.run(open_registry())
+
+
+def _exit_after_drain(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(
     *, host: str, port: int, workers: int = 1, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
     log_level: str = "info",
@@ -58,6 +86,7 @@ def serve(
             "--workers above 1 needs CITADEL_QDRANT_URL: the embedded vector store admits one process; "
             "run one worker on the embedded defaults, or point Citadel at a Qdrant server"
         )
+    preflight(settings)
     tls = ssl_certfile is not None
     common = dict(
         host=host, port=port, log_level=log_level, server_header=False, date_header=True,
@@ -75,6 +104,9 @@ def serve(
         else:
             config = TlsConfig(create_app(settings, api, tls=tls), **common)  # type: ignore[arg-type]
         server = uvicorn.Server(config)
+        # uvicorn drains on SIGTERM, then sends the signal again to the handler it found: make that an
+        # ordinary exit, so exit handlers run (Prefect's local server is stopped, coverage is saved).
+        signal.signal(signal.SIGTERM, _exit_after_drain)
         if workers > 1:
             sock = config.bind_socket()
             Multiprocess(config, sockets=[sock]).run()

@@ -55,6 +55,8 @@ def test_a_cli_run_beside_the_api_fails_at_once_naming_it(tmp_path: Path) -> Non
         assert "the Citadel API serves this data folder" in line and "CITADEL_QDRANT_URL" in line
         searched = citadel("search", "anything", env={"CITADEL_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
         assert searched.returncode == 2 and "the Citadel API serves this data folder" in one_line(searched)
+        second = citadel("api", "--port", "1", env={"CITADEL_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
+        assert second.returncode == 2 and f"process {api.proc.pid}" in one_line(second)
         assert httpx.get(f"{api.url}/livez").status_code == 200  # the API is untouched
     assert elapsed < 60  # a failure, not a wait for the lock
 

@@ -228,3 +228,15 @@ def test_unknown_citadel_variables_are_named_with_the_closest_setting(tmp_path: 
     assert any("CITADEL_REDIS_ULR" in w and "did you mean CITADEL_REDIS_URL?" in w for w in warnings)
     assert any("CITADEL_SOMETHING_ELSE_ENTIRELY" in w and "README" in w for w in warnings)
     assert unknown_variables({f"CITADEL_{name.upper()}": "1" for name in Settings.model_fields}, None) == []
+
+
+def test_every_setting_is_documented() -> None:
+    """The README's table (and docs/api.md for the HTTP service) name every variable a setting reads."""
+    from pathlib import Path
+
+    from citadel.settings import setting_variables
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "README.md").read_text() + (root / "docs" / "api.md").read_text()
+    missing = [name for name in setting_variables() if f"`{name}`" not in text]
+    assert not missing, f"not documented: {', '.join(missing)}"
