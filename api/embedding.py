@@ -12,7 +12,7 @@ import numpy as np
 from api.batching import MicroBatcher
 from api.errors import ApiError
 from citadel.apisettings import ApiSettings
-from citadel.cache import EmbeddingCache, cache_key
+from citadel.cache import EmbeddingCache, LRUCache, cache_key
 from citadel.codec import decode_vector, encode_vector
 from citadel.embedders import Embedder, build_embedder
 from citadel.embedders.models import resolve_dimensions
@@ -74,6 +74,10 @@ class EmbeddingService:
         self.resources = resources
         self.api = api
         self.cache: EmbeddingCache = resources.cache
+        # Vectors never change for a model and text, so the most requested ones are also kept in
+        # this process: a hot text costs no Redis round trip (on the embedded defaults the shared
+        # cache is already in-process).
+        self.hot: LRUCache | None = LRUCache(max_items=api.api_hot_cache_items) if resources.settings.redis_url else None
         self.default_model = resources.embedder.model
         self._embedders: dict[str, Embedder] = {self.default_model: resources.embedder}
         self._owned: list[Embedder] = []
@@ -101,7 +105,10 @@ class EmbeddingService:
     def _batcher(self, embedder: Embedder) -> MicroBatcher:
         async def embed_and_cache(texts: list[str]) -> np.ndarray:
             vectors = await embedder.embed(texts)
-            await self.cache.set_many([(cache_key(embedder.model, t), encode_vector(v)) for t, v in zip(texts, vectors, strict=True)])
+            items = [(cache_key(embedder.model, t), encode_vector(v)) for t, v in zip(texts, vectors, strict=True)]
+            await self.cache.set_many(items)
+            if self.hot is not None:
+                await self.hot.set_many(items)
             return vectors
 
         return MicroBatcher(
@@ -131,7 +138,7 @@ class EmbeddingService:
         try:
             vectors = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
             missing: dict[str, list[int]] = {}
-            cached = [None] * len(texts) if not use_cache else await self.cache.get_many([cache_key(embedder.model, t) for t in texts])
+            cached = [None] * len(texts) if not use_cache else await self._cached(embedder.model, texts)
             for row, (text, value) in enumerate(zip(texts, cached, strict=True)):
                 if value is not None:
                     try:
@@ -153,6 +160,20 @@ class EmbeddingService:
         finally:
             usage.seconds = time.perf_counter() - started
             self.usage.record(usage)
+
+    async def _cached(self, model: str, texts: Sequence[str]) -> list[bytes | None]:
+        """What the hot tier holds, then what the shared cache holds of the rest (kept hot after)."""
+        keys = [cache_key(model, t) for t in texts]
+        if self.hot is None:
+            return await self.cache.get_many(keys)
+        found = await self.hot.get_many(keys)
+        missing = [i for i, value in enumerate(found) if value is None]
+        if missing:
+            shared = await self.cache.get_many([keys[i] for i in missing])
+            await self.hot.set_many([(keys[i], value) for i, value in zip(missing, shared, strict=True) if value is not None])
+            for i, value in zip(missing, shared, strict=True):
+                found[i] = value
+        return found
 
     async def aclose(self) -> None:
         for batcher in self.batchers.values():

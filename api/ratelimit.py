@@ -1,23 +1,51 @@
 """Rate limits per identity (else per client address), shared by every worker and replica through
-Redis, in-process on the embedded defaults; answered with the IETF ``RateLimit`` fields."""
+one Redis script, in-process on the embedded defaults; answered with the IETF ``RateLimit`` fields.
+
+Each period is a sliding window counter: this bucket's count plus the previous bucket's, weighted
+by how much of it the window still covers. A request is refused when any period is full, and a
+refused request counts against none (a client that waits is not punished for its refusals). All
+periods are checked and counted in one round trip.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-
-from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerHour, RateLimitItemPerMinute, RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from typing import Any
 
 from citadel.apisettings import parse_limits
 
 log = logging.getLogger("citadel.api")
 
-_ITEMS = {"second": RateLimitItemPerSecond, "minute": RateLimitItemPerMinute, "hour": RateLimitItemPerHour, "day": RateLimitItemPerDay}
+# KEYS: per period, the current and the previous bucket. ARGV: now, then per period its limit,
+# its seconds and the index of the reported period. Returns {allowed, period index, remaining, reset}.
+SCRIPT = """
+local now = tonumber(ARGV[1])
+local periods = (#ARGV - 2) / 2
+local report = tonumber(ARGV[#ARGV])
+local counts, limits, seconds = {}, {}, {}
+local refused = 0
+for i = 1, periods do
+  limits[i] = tonumber(ARGV[2 * i])
+  seconds[i] = tonumber(ARGV[2 * i + 1])
+  local elapsed = now % seconds[i]
+  local current = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local previous = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  counts[i] = previous * (1 - elapsed / seconds[i]) + current
+  if refused == 0 and counts[i] + 1 > limits[i] then refused = i end
+end
+if refused > 0 then
+  return {0, refused - 1, 0, tostring(seconds[refused] - now % seconds[refused])}
+end
+for i = 1, periods do
+  redis.call('INCR', KEYS[2 * i - 1])
+  redis.call('EXPIRE', KEYS[2 * i - 1], 2 * seconds[i])
+end
+local r = report + 1
+return {1, report, math.max(0, math.floor(limits[r] - counts[r] - 1)), tostring(seconds[r] - now % seconds[r])}
+"""
 
 
 @dataclass
@@ -29,46 +57,84 @@ class Decision:
 
 
 class RateLimiter:
-    """Sliding-window counters (one per period) of each identity. A store that fails lets requests
-    through (a rate limiter must not take the service down with it) and says so in the log."""
+    """The configured periods (``20/second;600/minute``) for every identity, in Redis when a URL is
+    given, else in this process. A Redis that fails lets requests through (a rate limiter must not
+    take the service down with it) and says so in the log."""
 
-    def __init__(self, limits_text: str, redis_url: str | None) -> None:
-        self.items: list[tuple[RateLimitItem, str]] = [
-            (_ITEMS[period](amount), period) for amount, _seconds, period in parse_limits(limits_text)
-        ]
-        self.storage: Storage = (
-            RedisStorage("async+" + redis_url, implementation="redispy", key_prefix="citadel-rate")
-            if redis_url
-            else MemoryStorage()
-        )
-        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
-        self.policy = ", ".join(f'"{period}";q={item.amount};w={item.get_expiry()}' for item, period in self.items)
+    def __init__(self, limits_text: str, redis_url: str | None, prefix: str = "citadel-rate") -> None:
+        self.periods = [(amount, seconds, name) for amount, seconds, name in parse_limits(limits_text)]
+        self.prefix = prefix
+        self.policy = ", ".join(f'"{name}";q={amount};w={seconds}' for amount, seconds, name in self.periods)
+        self.reported = next((i for i, (_, s, _) in enumerate(self.periods) if s >= 60), len(self.periods) - 1)
+        self._redis: Any = None
+        self._script: Any = None
+        if redis_url:
+            import redis.asyncio as redis
+
+            pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=5.0, socket_timeout=2.0)
+            self._redis = redis.Redis(connection_pool=pool)
+            self._script = self._redis.register_script(SCRIPT)
+        self._memory: dict[str, int] = {}
         self._warned = 0.0
 
+    def _keys(self, identity: str, now: float) -> list[str]:
+        keys = []
+        for _, seconds, _ in self.periods:
+            bucket = int(now // seconds)
+            keys += [f"{self.prefix}:{identity}:{seconds}:{bucket}", f"{self.prefix}:{identity}:{seconds}:{bucket - 1}"]
+        return keys
+
     async def check(self, identity: str) -> Decision:
-        if not self.items:
-            return Decision(True)
-        try:
-            hits = await asyncio.gather(*(self.limiter.hit(item, identity) for item, _ in self.items))
-            refused = [index for index, ok in enumerate(hits) if not ok]
-            # The header reports the refused window, else the one with the least left.
-            stats = await asyncio.gather(*(self.limiter.get_window_stats(item, identity) for item, _ in self.items))
-        except Exception as exc:  # noqa: BLE001 - the limiter's store is down: serve, and say so
-            if time.monotonic() - self._warned > 30:
-                self._warned = time.monotonic()
-                log.warning("rate limits not enforced: their store failed (%s)", type(exc).__name__)
+        if not self.periods:
             return Decision(True)
         now = time.time()
-        index = refused[0] if refused else min(range(len(stats)), key=lambda i: stats[i].remaining / self.items[i][0].amount)
-        item, period = self.items[index]
-        reset = max(1, math.ceil(stats[index].reset_time - now))
-        headers = {"RateLimit-Policy": self.policy, "RateLimit": f'"{period}";r={stats[index].remaining};t={reset}'}
-        if refused:
+        keys = self._keys(identity, now)
+        if self._script is not None:
+            args: list[Any] = [repr(now)]
+            for amount, seconds, _ in self.periods:
+                args += [amount, seconds]
+            args.append(self.reported)
+            try:
+                allowed, index, remaining, reset = await self._script(keys=keys, args=args)
+            except Exception as exc:  # noqa: BLE001 - the limiter's store is down: serve, and say so
+                if time.monotonic() - self._warned > 30:
+                    self._warned = time.monotonic()
+                    log.warning("rate limits not enforced: their Redis failed (%s)", type(exc).__name__)
+                return Decision(True)
+            return self._decision(bool(allowed), int(index), int(remaining), float(reset))
+        return self._check_memory(keys, now)
+
+    def _check_memory(self, keys: list[str], now: float) -> Decision:
+        """The script's algorithm on this process's counters."""
+        counts = []
+        for i, (amount, seconds, _) in enumerate(self.periods):
+            elapsed = now % seconds
+            counts.append(self._memory.get(keys[2 * i + 1], 0) * (1 - elapsed / seconds) + self._memory.get(keys[2 * i], 0))
+            if counts[i] + 1 > amount:
+                return self._decision(False, i, 0, seconds - elapsed)
+        for i in range(len(self.periods)):
+            self._memory[keys[2 * i]] = self._memory.get(keys[2 * i], 0) + 1
+        if len(self._memory) > 100_000:
+            self._forget_old_buckets(now)
+        amount, seconds, _ = self.periods[self.reported]
+        return self._decision(True, self.reported, max(0, math.floor(amount - counts[self.reported] - 1)), seconds - now % seconds)
+
+    def _forget_old_buckets(self, now: float) -> None:
+        """Drop buckets that no window covers any more (older than the previous one)."""
+        fresh: dict[str, int] = {}
+        for key, value in self._memory.items():
+            seconds, bucket = key.rsplit(":", 2)[-2:]
+            if int(bucket) >= int(now // int(seconds)) - 1:
+                fresh[key] = value
+        self._memory = fresh
+
+    def _decision(self, allowed: bool, index: int, remaining: int, reset_s: float) -> Decision:
+        reset = max(1, math.ceil(reset_s))
+        headers = {"RateLimit-Policy": self.policy, "RateLimit": f'"{self.periods[index][2]}";r={remaining};t={reset}'}
+        if not allowed:
             headers["Retry-After"] = str(reset)
-        return Decision(not refused, headers)
+        return Decision(allowed, headers)
 
     async def aclose(self) -> None:
-        try:
-            await self.storage.reset() if isinstance(self.storage, MemoryStorage) else None
-        except Exception:  # noqa: BLE001 - closing a store that is gone
-            pass
+        if self._redis is not None:
+            await self._redis.aclose()

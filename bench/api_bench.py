@@ -21,13 +21,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
+from api.schemas import GenerateRequest, GenerateResponse
 from citadel.testing.api_process import ApiProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,7 @@ wrk.method = "{method}"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-API-Key"] = os.getenv("CITADEL_BENCH_KEY")
+{extra}
 done = function(summary, latency, requests)
   io.write(string.format("JSON {{\\"requests\\":%d,\\"duration_us\\":%d,\\"connect\\":%d,\\"read\\":%d,\\"write\\":%d," ..
     "\\"status\\":%d,\\"timeout\\":%d,\\"p50_ms\\":%.2f,\\"p95_ms\\":%.2f,\\"p99_ms\\":%.2f,\\"max_ms\\":%.2f}}\\n",
@@ -57,7 +58,7 @@ class RssSampler(threading.Thread):
         self.process = psutil.Process(pid)
         self.every = every
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def rss(self) -> int:
         total = 0
@@ -69,12 +70,12 @@ class RssSampler(threading.Thread):
         return total
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             self.samples.append((time.monotonic(), self.rss()))
-            self._stop.wait(self.every)
+            self._done.wait(self.every)
 
     def stop(self) -> dict[str, float]:
-        self._stop.set()
+        self._done.set()
         self.join()
         values = [rss for _, rss in self.samples] or [0]
         return {"rss_start_mb": values[0] / 2**20, "rss_peak_mb": max(values) / 2**20, "rss_end_mb": values[-1] / 2**20}
@@ -104,11 +105,29 @@ def shared_env(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wrk(url: str, key: str, method: str, body: str, seconds: int, connections: int, threads: int) -> dict[str, Any]:
+# Every request a text never sent before (uncached): a counter per wrk thread, prefixed by the thread.
+UNIQUE_TEXTS = """
+local counter = 0
+local started = 0
+setup = function(thread)
+  started = started + 1
+  thread:set("thread_id", started)
+end
+init = function(args)
+  prefix = tostring(thread_id) .. "-" .. tostring(os.time())
+end
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, '{"text":"uncached ' .. prefix .. ' ' .. counter .. '"}')
+end
+"""
+
+
+def wrk(url: str, key: str, method: str, body: str, seconds: float, connections: int, threads: int, extra: str = "") -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.format(method=method, body=body))
+        script.write(WRK_SCRIPT.format(method=method, body=body, extra=extra))
     done = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", script.name, url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "30s", "-s", script.name, url],
         capture_output=True, text=True, env={**os.environ, "CITADEL_BENCH_KEY": key}, check=True,
     )
     os.unlink(script.name)
@@ -179,10 +198,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 async def _middleware(requests: int) -> dict[str, Any]:
     """Per request, in process: the full app (secure headers, request id, body checks, metrics, API
     key, rate limit) against a bare FastAPI route that does the same embedding lookup."""
-    from fastapi import FastAPI
-
     from api.app import create_app
-    from api.schemas import GenerateRequest, GenerateResponse
     from citadel.apisettings import ApiSettings
     from citadel.settings import Settings
 
@@ -194,14 +210,7 @@ async def _middleware(requests: int) -> dict[str, Any]:
             async with app.router.lifespan_context(app):
                 state = app.state.service
                 key = (await state.keys.create("bench", ["embeddings"])).key
-                bare = FastAPI()
-
-                @bare.post("/g", response_model=GenerateResponse)
-                async def generate(body: GenerateRequest) -> GenerateResponse:
-                    result = await state.embedding.embed([body.text], None)
-                    vector = result.vectors[0]
-                    return GenerateResponse(embedding=vector.tolist(), model=result.model, dimensions=len(vector),
-                                            cached=True, duration_ms=0.0)
+                bare = _bare_app(state.embedding)
 
                 body = json.dumps({"text": "cached benchmark text"}).encode()
                 headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -210,6 +219,21 @@ async def _middleware(requests: int) -> dict[str, Any]:
                 bare_us = await _time_asgi(bare, "/g", body, headers[:2], requests)
                 results[f"{limiter}_limiter"] = {"full_us": full_us, "bare_us": bare_us, "added_us": full_us - bare_us}
     return results
+
+
+def _bare_app(embedding: Any) -> Any:
+    """The generate route alone: no middleware, no credentials, no rate limit."""
+    from fastapi import FastAPI
+
+    bare = FastAPI()
+
+    @bare.post("/g", response_model=GenerateResponse)
+    async def generate(body: GenerateRequest) -> GenerateResponse:
+        result = await embedding.embed([body.text], None)
+        vector = result.vectors[0]
+        return GenerateResponse(embedding=vector.tolist(), model=result.model, dimensions=len(vector), cached=True, duration_ms=0.0)
+
+    return bare
 
 
 async def _time_asgi(app: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]], requests: int) -> float:
@@ -248,32 +272,6 @@ def middleware(args: argparse.Namespace) -> dict[str, Any]:
     return asyncio.run(_middleware(args.requests))
 
 
-async def _users(url: str, key: str, users: int, seconds: float) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=users + 10, max_keepalive_connections=users + 10)
-    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, timeout=120, limits=limits) as client:
-
-        async def user() -> None:
-            nonlocal errors
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                response = await client.post("/api/v1/embeddings/generate", json={"text": f"uncached {uuid.uuid4()}"})
-                if response.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
-
-        started = time.monotonic()
-        await asyncio.gather(*(user() for _ in range(users)))
-        elapsed = time.monotonic() - started
-    ordered = sorted(latencies) or [0.0]
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
-    return {"users": users, "requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
-            "p50_ms": pick(0.5), "p95_ms": pick(0.95), "p99_ms": pick(0.99)}
-
-
 def batching(args: argparse.Namespace) -> dict[str, Any]:
     """200 users each sending one uncached text at a time to an API in front of one serial server."""
     results: dict[str, Any] = {"server": {"per_request_ms": args.per_request_ms, "per_text_ms": args.per_text_ms}}
@@ -292,8 +290,9 @@ def batching(args: argparse.Namespace) -> dict[str, Any]:
                 env.pop("CITADEL_DATABASE_URL")
                 key = asyncio.run(_make_key(env))
                 with ApiProcess(env, root) as api:
-                    low = asyncio.run(_users(api.url, key, 1, min(10.0, args.seconds)))
-                    high = asyncio.run(_users(api.url, key, args.users, args.seconds))
+                    target = api.url + "/api/v1/embeddings/generate"
+                    low = wrk(target, key, "POST", "", min(10.0, args.seconds), 1, 1, extra=UNIQUE_TEXTS)
+                    high = wrk(target, key, "POST", "", args.seconds, args.users, 2, extra=UNIQUE_TEXTS)
                 results[mode] = {"one_user": low, f"{args.users}_users": high}
     finally:
         server.terminate()

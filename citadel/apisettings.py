@@ -80,6 +80,7 @@ class ApiSettings(BaseSettings):
     api_workflow_deployment: str = Field("run-workflow/default", description="Where submitted workflows run.")
     api_models: CommaList = Field(default_factory=list, description="Models served besides CITADEL_EMBEDDING_MODEL.")
 
+    api_hot_cache_items: int = Field(10_000, ge=0, description="Vectors each API process keeps in front of Redis.")
     api_batch_max_texts: int = Field(64, gt=0, description="Most texts one micro-batch sends to the embedder.")
     api_batch_wait_ms: float = Field(2.0, ge=0, le=50, description="Longest a micro-batch waits for company.")
     api_health_cache_s: float = Field(3.0, ge=0, description="How long a dependency check is reused.")
