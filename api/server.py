@@ -3,6 +3,7 @@ shutdown, and Prometheus multiprocess mode when several workers share a port."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -42,6 +43,16 @@ class TlsConfig(uvicorn.Config):
             self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
 
 
+def _log_to_stderr(level: str) -> None:
+    """The service's own lines (runs submitted, failures with their request id) beside uvicorn's."""
+    logger = logging.getLogger("citadel")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level.upper())
+
+
 def preflight(settings: Settings) -> None:
     """What would stop the service at start, as one clear error before uvicorn starts: the
     embedded store held by another process, a registry that cannot be opened."""
@@ -74,6 +85,7 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Run the service until SIGINT/SIGTERM; in-flight requests get GRACEFUL_S seconds to finish."""
+    _log_to_stderr(log_level)
     settings = Settings()
     api = ApiSettings()
     if (ssl_certfile is None) != (ssl_keyfile is None):

@@ -167,11 +167,15 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
             ("health", "/api/v1/health", "GET", ""),
             ("generate_cached", "/api/v1/embeddings/generate", "POST", '{"text":"cached benchmark text"}'),
         ):
-            sampler = RssSampler(api.proc.pid)
-            sampler.start()
-            result = wrk(api.url + path, key, method, body, args.seconds, args.connections, args.threads)
-            result.update(sampler.stop())
-            results[name] = result
+            for think_ms in args.think_ms:
+                # think 0: every user sends again the moment it has its answer (saturation);
+                # think 1000: each user sends about once a second, as people and services do.
+                extra = f"delay = function() return {think_ms} end" if think_ms else ""
+                sampler = RssSampler(api.proc.pid)
+                sampler.start()
+                result = wrk(api.url + path, key, method, body, args.seconds, args.connections, args.threads, extra=extra)
+                result.update(sampler.stop())
+                results[f"{name}_think_{think_ms}ms"] = result
         return results
 
     return with_stack(args.workers, run)
@@ -182,8 +186,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         assert api.proc is not None
         sampler = RssSampler(api.proc.pid, every=5)
         sampler.start()
+        think = args.think_ms[0]
         result = wrk(api.url + "/api/v1/embeddings/generate", key, "POST", '{"text":"cached benchmark text"}',
-                     args.seconds, args.connections, args.threads)
+                     args.seconds, args.connections, args.threads, extra=f"delay = function() return {think} end" if think else "")
         time.sleep(2)
         result.update(sampler.stop())
         samples = sampler.samples
@@ -311,6 +316,7 @@ def main() -> None:
         p.add_argument("--seconds", type=int, default=seconds)
         p.add_argument("--connections", type=int, default=1000)
         p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--think-ms", type=int, nargs="+", default=[1000, 0] if name == "load" else [1000])
     p = sub.add_parser("middleware")
     p.add_argument("--requests", type=int, default=5000)
     p = sub.add_parser("batching")

@@ -4,6 +4,9 @@ requests are embedded together, spread over the servers, and identical texts com
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,3 +115,27 @@ def test_only_the_cache_down_is_degraded_not_unhealthy(tmp_path: Path) -> None:
     assert ready.status_code == 200 and ready.json()["status"] == "degraded"
     assert ready.json()["dependencies"]["redis"]["status"] == "down"
     assert embedded.status_code == 200  # a cache outage is a slower answer, never a failed one
+
+
+def test_sigterm_lets_an_in_flight_request_finish(tmp_path: Path) -> None:
+    server = EmbeddingServer().start()
+    try:
+        server.delay(2.0)
+        env = base_env(tmp_path / "data", CITADEL_EMBEDDER="ollama", CITADEL_OLLAMA_URLS=server.url)
+        keys = asyncio.run(create_keys(Settings(data_dir=tmp_path / "data")))
+        api = ApiProcess(env, tmp_path).start()
+        assert api.proc is not None
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{api.url}/api/v1/embeddings/generate", json={"text": "in flight"},
+                                  headers={"X-API-Key": keys["embed"]}, timeout=60)
+            deadline = time.monotonic() + 20
+            while server.in_flight == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            api.proc.send_signal(signal.SIGTERM)
+            response = pending.result()
+        assert response.status_code == 200 and response.json()["model"] == "nomic-embed-text"
+        assert api.proc.wait(60) == 0  # drained, then an ordinary exit
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{api.url}/livez", timeout=2)
+    finally:
+        server.stop()
