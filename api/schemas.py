@@ -18,6 +18,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Succeeded(BaseModel):
+    """Base of the successful answers: ``success`` first, as in the error shape."""
+
+    success: bool = True
+
+
 class Liveness(BaseModel):
     status: Literal["healthy"] = "healthy"
     timestamp: str
@@ -30,8 +36,7 @@ class GenerateRequest(Strict):
     cache_enabled: bool = Field(True, description="Read the embedding cache first (results are cached either way).")
 
 
-class GenerateResponse(BaseModel):
-    success: bool = True
+class GenerateResponse(Succeeded):
     embedding: list[float]
     model: str
     dimensions: int
@@ -48,8 +53,7 @@ class BatchRequest(Strict):
     cache_enabled: bool = True
 
 
-class BatchResponse(BaseModel):
-    success: bool = True
+class BatchResponse(Succeeded):
     embeddings: list[list[float]]
     model: str
     dimensions: int
@@ -65,8 +69,7 @@ class SearchRequest(Strict):
     filter: dict[str, str | int | float | bool] | None = Field(None, max_length=16, description="Exact-match metadata filters.")
 
 
-class SearchResponse(BaseModel):
-    success: bool = True
+class SearchResponse(Succeeded):
     query: str
     collection: str
     model: str
@@ -74,16 +77,14 @@ class SearchResponse(BaseModel):
     duration_ms: float
 
 
-class WorkflowSubmitted(BaseModel):
-    success: bool = True
+class WorkflowSubmitted(Succeeded):
     task_id: str = Field(description="The Prefect flow run id.")
     status: str
     status_url: str
     runs_in: Literal["api", "workers"]
 
 
-class WorkflowStatus(BaseModel):
-    success: bool = True
+class WorkflowStatus(Succeeded):
     task_id: str
     status: str | None
     name: str | None = None
@@ -100,33 +101,28 @@ class WorkflowStatus(BaseModel):
         )
 
 
-class WorkflowList(BaseModel):
-    success: bool = True
+class WorkflowList(Succeeded):
     workflows: list[WorkflowStatus]
 
 
-class SystemMetrics(BaseModel):
-    success: bool = True
+class SystemMetrics(Succeeded):
     cpu_percent: float
     memory_percent: float
     disk_percent: float
     timestamp: str
 
 
-class MetricsResponse(BaseModel):
-    success: bool = True
+class MetricsResponse(Succeeded):
     time_range: str
     metrics: dict[str, Any]
 
 
-class DashboardConfig(BaseModel):
-    success: bool = True
+class DashboardConfig(Succeeded):
     dashboard_type: str
     config: dict[str, Any]
 
 
-class ChartResponse(BaseModel):
-    success: bool = True
+class ChartResponse(Succeeded):
     chart_type: Literal["line"] = "line"
     time_range: str
     data: dict[str, Any]
@@ -138,11 +134,9 @@ class KeyCreateRequest(Strict):
     scopes: list[Literal["embeddings", "search", "workflows", "metrics", "admin"]] = Field(min_length=1, max_length=5)
 
 
-class KeyList(BaseModel):
-    success: bool = True
+class KeyList(Succeeded):
     keys: list[ApiKeyRecord]
 
 
-class KeyCreatedResponse(BaseModel):
-    success: bool = True
+class KeyCreatedResponse(Succeeded):
     key: ApiKeyCreated
