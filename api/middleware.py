@@ -4,7 +4,6 @@ streaming and lifespan pass untouched and the cost per request stays small."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -14,6 +13,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
+from api.errors import error_response
 
 log = logging.getLogger("citadel.api")
 
@@ -37,10 +37,6 @@ HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 
 class TooLarge(Exception):
     pass
-
-
-def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
-    return json.dumps({"success": False, "error": {"code": code, "message": message}, "request_id": request_id}).encode()
 
 
 class ServiceMiddleware:
@@ -83,10 +79,7 @@ class ServiceMiddleware:
             await send(message)
 
         async def simple(status_code: int, code: str, message: str) -> None:
-            body = _error_body(status_code, code, message, request_id)
-            await send_with_headers({"type": "http.response.start", "status": status_code, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await error_response(status_code, code, message, request_id)(scope, receive, send_with_headers)
 
         metrics.IN_FLIGHT.inc()
         try:

@@ -55,7 +55,6 @@ async def _rate_limit(request: Request, state: ServiceState, identity: str) -> N
     decision = await state.limiter.check(identity)
     request.state.rate_limit_headers = decision.headers
     if not decision.allowed:
-        state.counters.rate_limited += 1
         raise ApiError(429, "too many requests; wait for Retry-After seconds", headers=decision.headers)
 
 
@@ -87,7 +86,6 @@ async def authenticate(
             )
             raise AuthError("missing", f"authentication required: {hint}")
     except AuthError as exc:
-        state.counters.auth_failures[exc.reason] = state.counters.auth_failures.get(exc.reason, 0) + 1
         metrics.AUTH_FAILURES.labels(exc.reason).inc()
         await _rate_limit(request, state, f"addr:{address}")
         raise

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -24,14 +23,6 @@ from tasks.resources import open_resources
 log = logging.getLogger("citadel.api")
 
 
-@dataclass
-class Counters:
-    """Security events of this process, for the metrics routes."""
-
-    rate_limited: int = 0
-    auth_failures: dict[str, int] = field(default_factory=dict)
-
-
 class ServiceState:
     """Settings, backends, credentials, limits and background runs of one API process."""
 
@@ -45,7 +36,6 @@ class ServiceState:
         self.admin_deny: list[Network] = api.network_list("api_admin_deny")
         self.verifier = TokenVerifier(api)
         self.limiter = RateLimiter(api.api_rate_limits, secret(settings.redis_url))
-        self.counters = Counters()
         self.prefect_api_url = prefect_api_url()
         self.has_credentials_configured = self.verifier.enabled
         self.workflow_tasks: dict[str, asyncio.Task[Any]] = {}
