@@ -77,7 +77,7 @@ class EmbeddingService:
         # Vectors never change for a model and text, so the most requested ones are also kept in
         # this process: a hot text costs no Redis round trip (on the embedded defaults the shared
         # cache is already in-process).
-        self.hot: LRUCache | None = LRUCache(max_items=api.api_hot_cache_items) if resources.settings.redis_url else None
+        self.hot: LRUCache | None = LRUCache(max_items=api.api_hot_cache_items, name="hot") if resources.settings.redis_url else None
         self.default_model = resources.embedder.model
         self._embedders: dict[str, Embedder] = {self.default_model: resources.embedder}
         self._owned: list[Embedder] = []

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
+from citadel import metrics
 from citadel.codec import decode_vector, encode_vector
 from citadel.hashing import sha256_text
 
@@ -56,21 +57,33 @@ class EmbeddingCache(Protocol):
     async def aclose(self) -> None: ...
 
 
+def count_lookups(cache: str, hits: int, looked_up: int) -> None:
+    """Add one read of ``looked_up`` keys to the cache's hit and miss counters."""
+    if hits:
+        metrics.CACHE_HITS.labels(cache).inc(hits)
+    if looked_up > hits:
+        metrics.CACHE_MISSES.labels(cache).inc(looked_up - hits)
+
+
 @dataclass
 class LRUCache:
     """A bounded in-process cache; the oldest entries go first when it is full."""
 
     max_items: int = 50_000
     stats: CacheStats = field(default_factory=CacheStats)
+    name: str = "memory"  # the metrics' cache label
     _data: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         found: list[bytes | None] = []
+        hits = 0
         for key in keys:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
+                hits += 1
             found.append(value)
+        count_lookups(self.name, hits, len(keys))
         return found
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
@@ -118,11 +131,13 @@ class RedisCache:
 
     def _failed(self, exc: Exception, action: str) -> None:
         self.stats.errors += 1
+        metrics.CACHE_ERRORS.labels("redis").inc()
         self._down_until = time.monotonic() + self.cooldown_s
         log.warning("embedding cache unavailable (%s failed: %s); continuing without it for %.0fs", action, exc, self.cooldown_s)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys or not self._available():
+            count_lookups("redis", 0, len(keys))
             return [None] * len(keys)
         found: list[bytes | None] = []
         try:
@@ -131,7 +146,9 @@ class RedisCache:
                 found.extend(cast("list[bytes | None]", await self._redis.mget(keys[start : start + self.batch])))
         except Exception as exc:  # noqa: BLE001 - any Redis failure degrades to a miss
             self._failed(exc, "read")
+            count_lookups("redis", 0, len(keys))
             return [None] * len(keys)
+        count_lookups("redis", sum(value is not None for value in found), len(keys))
         return found
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:

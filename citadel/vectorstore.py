@@ -22,6 +22,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
+from citadel import metrics
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.models import SearchHit
 from citadel.storeprobe import embedded_store_holder, store_in_use
@@ -231,6 +232,7 @@ class VectorStore:
         """Write points in batches and return once the store acknowledged every batch."""
         if ids:
             await self._run(self._upsert_sync, name, ids, vectors, payloads)
+            metrics.POINTS_UPSERTED.labels(name).inc(len(ids))
 
     def _delete_sync(self, name: str, ids: Sequence[str]) -> None:
         if not self.client.collection_exists(name):
@@ -243,6 +245,7 @@ class VectorStore:
         """Delete points by id (the registry knows them; a filter scan would be slow in embedded mode)."""
         if ids:
             await self._run(self._delete_sync, name, ids)
+            metrics.POINTS_DELETED.labels(name).inc(len(ids))
 
     async def present(self, name: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection holds (nothing but the ids is read)."""

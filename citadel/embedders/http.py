@@ -18,6 +18,7 @@ from typing import Any, cast
 import httpx
 import numpy as np
 
+from citadel import metrics
 from citadel.embedders.models import resolve_dimensions
 from citadel.errors import EmbedderError, EmbedderUnreachable, InputTooLongError
 
@@ -120,6 +121,7 @@ class HttpEmbedder:
             transport=transport,
         )
         self.requests = 0
+        self._servers = {url: metrics.server_label(url) for url in self.urls}  # metric labels
         self._turn = 0
         self._down_until: dict[str, float] = {}
 
@@ -135,17 +137,26 @@ class HttpEmbedder:
         """One request with retries on connection errors, 429 and 5xx; never on other 4xx."""
         attempt = 0
         refused = 0
+        labels = (metrics.server_label(url), self.model)
         while True:
             try:
                 self.requests += 1
-                response = await self._client.request(method, url, **kwargs)
+                metrics.EMBED_REQUESTS.labels(*labels).inc()
+                started = time.perf_counter()
+                try:
+                    response = await self._client.request(method, url, **kwargs)
+                finally:
+                    metrics.EMBED_LATENCY.labels(*labels).observe(time.perf_counter() - started)
             except httpx.ConnectError as exc:  # refused, or a name that does not resolve
+                metrics.EMBED_ERRORS.labels(*labels, "refused").inc()
                 if refused >= min(self.retries, len(REFUSED_RETRY_DELAYS)):
                     raise ServerRefused(url, _connect_reason(exc)) from exc
                 await asyncio.sleep(REFUSED_RETRY_DELAYS[refused])
                 refused += 1
                 continue
             except httpx.TransportError as exc:
+                reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
+                metrics.EMBED_ERRORS.labels(*labels, reason).inc()
                 if attempt >= self.retries:
                     if isinstance(exc, httpx.TimeoutException):
                         raise EmbedderError(
@@ -159,6 +170,9 @@ class HttpEmbedder:
                 await self._sleep(attempt, None)
                 attempt += 1
                 continue
+            if response.status_code >= 400:
+                code = response.status_code
+                metrics.EMBED_ERRORS.labels(*labels, "http_429" if code == 429 else "http_5xx" if code >= 500 else "http_4xx").inc()
             if response.status_code == 429 or response.status_code >= 500:
                 if looks_like_length_error(response.status_code, error_message(response)):
                     return response  # the input's length, not the server's state: no retry
@@ -253,7 +267,13 @@ class HttpEmbedder:
                 index = queue.get_nowait()
                 try:
                     async with self._slots[url]:
-                        results[index] = await self._embed_with_halving(url, batches[index])
+                        slots = metrics.EMBED_SLOTS.labels(self._servers[url], self.model)
+                        slots.inc()
+                        try:
+                            results[index] = await self._embed_with_halving(url, batches[index])
+                        finally:
+                            slots.dec()
+                    metrics.EMBED_TEXTS.labels(self._servers[url], self.model).inc(len(batches[index]))
                 except ServerRefused as exc:
                     queue.put_nowait(index)  # another server takes it
                     refused[url] = exc.reason
