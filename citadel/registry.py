@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from citadel import runtotals
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.models import CollectionStatus, DeadLetterRecord, IndexRunRecord, Result
 from citadel.schema import (
@@ -179,6 +180,8 @@ class Registry:
                     f"the registry schema is version {current}, newer than this Citadel ({SCHEMA_VERSION}); upgrade Citadel"
                 )
             for version in await conn.run_sync(upgrade, current):
+                if version == 6:
+                    await conn.run_sync(runtotals.backfill)
                 await conn.execute(schema_version.insert().values(version=version, applied_at=utcnow()))
 
     async def aclose(self) -> None:
@@ -421,13 +424,30 @@ class Registry:
         """Record how a run ended with its counters (a summary, or a mapping whose keys that are
         not run columns are ignored)."""
         counts = counts.to_json() if isinstance(counts, Result) else counts
-        columns = {*RUN_COUNTS, "duration_s"}
+        values = {k: v for k, v in counts.items() if k in {*RUN_COUNTS, "duration_s"}}
+        now = utcnow()
         async with self.engine.begin() as conn:
-            await conn.execute(
+            ended = await conn.execute(
                 index_runs.update()
-                .where(index_runs.c.id == run_id)
-                .values(status=status, finished_at=utcnow(), **{k: v for k, v in counts.items() if k in columns})
+                .where(index_runs.c.id == run_id, index_runs.c.status == "running")
+                .values(status=status, finished_at=now, **values)
+                .returning(index_runs.c.collection, index_runs.c.source)
             )
+            run = ended.first()
+            if run is not None:  # the run's first end is the one its totals count
+                await runtotals.add_run(conn, collection=run.collection, source=run.source, status=status, finished_at=now, counts=values)
+                return
+            await conn.execute(index_runs.update().where(index_runs.c.id == run_id).values(status=status, finished_at=now, **values))
+
+    async def run_totals(self) -> list[runtotals.RunTotals]:
+        """What finished runs did, per collection, source and end status: the indexing metrics."""
+        async with self.engine.connect() as conn:
+            return await runtotals.read(conn)
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Documents waiting in the dead letters, per collection."""
+        async with self.engine.connect() as conn:
+            return await _count_by_collection(conn, dead_letters)
 
     async def runs_of_flow_runs(self, flow_run_ids: Sequence[str]) -> list[IndexRunRecord]:
         """The index runs recorded by the given Prefect flow runs (e.g. the shards of one sharded run)."""

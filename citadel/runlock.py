@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from citadel import runtotals
 from citadel.models import IndexRunRecord, as_utc
 from citadel.registry import Registry, utcnow
 from citadel.schema import index_runs, locks
@@ -120,11 +121,14 @@ async def mark_crashed_runs(registry: Registry) -> list[IndexRunRecord]:
     if crashed:
         async with registry.engine.begin() as conn:
             for run in crashed:
-                await conn.execute(
+                marked = await conn.execute(
                     index_runs.update()
                     .where(index_runs.c.id == run.id, index_runs.c.status == "running")
                     .values(status="crashed", finished_at=now)
                 )
+                if marked.rowcount:
+                    await runtotals.add_run(conn, collection=run.collection, source=run.source, status="crashed", finished_at=now,
+                                            counts=run.counts().model_dump())
         for run in crashed:
             run.status, run.finished_at = "crashed", now
             log.warning("run %s indexing %s into %s stopped without finishing (process %s on %s gone); marked crashed",

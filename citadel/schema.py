@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from citadel.models import RunCounts
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = sa.MetaData()
 
@@ -79,6 +79,21 @@ index_runs = sa.Table(
     sa.Column("host", sa.String(255)),
     sa.Column("pid", sa.Integer),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+)
+
+# What finished runs did, added up per collection, source and end status when each run ends: the
+# metrics read these few rows on every scrape instead of scanning every run ever recorded.
+run_totals = sa.Table(
+    "citadel_run_totals",
+    metadata,
+    sa.Column("collection", sa.String(255), primary_key=True),
+    sa.Column("source", sa.String(1024), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),  # completed | failed | cancelled | crashed
+    sa.Column("runs", sa.Integer, nullable=False, default=0),
+    sa.Column("duration_s", sa.Float, nullable=False, default=0.0),
+    *(sa.Column(name, sa.Integer, nullable=False, default=0) for name in RUN_COUNTS),
+    sa.Column("last_finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_duration_s", sa.Float),
 )
 
 dead_letters = sa.Table(
