@@ -98,6 +98,16 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server: None) -> str:
+    """The session Prefect server's API URL."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the Prefect test server did not set PREFECT_API_URL"
+    return str(url)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_embedded_stores():
     yield

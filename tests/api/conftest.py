@@ -80,15 +80,6 @@ def start_api(name: str, root: Path, prefect_api_url: str, **extra: str) -> Api:
 
 
 @pytest.fixture(scope="session")
-def prefect_api_url(prefect_server: None) -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    assert url, "the Prefect test server did not set PREFECT_API_URL"
-    return str(url)
-
-
-@pytest.fixture(scope="session")
 def embedded_api(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Iterator[Api]:
     api = start_api("embedded", tmp_path_factory.mktemp("api-embedded"), prefect_api_url)
     yield api
