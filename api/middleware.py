@@ -14,8 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.errors import error_response
+from citadel import logs
 
 log = logging.getLogger("citadel.api")
+access = logging.getLogger("citadel.api.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -54,6 +56,7 @@ class ServiceMiddleware:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        logs.REQUEST_ID.set(request_id)  # log lines of this request carry its id
         extra = [*SECURE_HEADERS, (b"x-request-id", request_id.encode())]
         if self.tls or scope.get("scheme") == "https":
             extra.append(HSTS)
@@ -120,8 +123,12 @@ class ServiceMiddleware:
         finally:
             metrics.IN_FLIGHT.dec()
             route = _route(scope)
+            seconds = time.perf_counter() - started
             metrics.REQUESTS.labels(route, scope["method"], str(status)).inc()
-            metrics.LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            metrics.LATENCY.labels(route, scope["method"]).observe(seconds)
+            # The access line, with the request's id (uvicorn's own has none): the path without its query.
+            access.info("%s %s %d %.1fms", scope["method"], scope.get("path", ""), status, seconds * 1000,
+                        extra={"request_id": request_id, "client": (scope.get("client") or ("", 0))[0]})
             if status == 429:
                 metrics.RATE_LIMITED.labels(route).inc()
 

@@ -3,7 +3,7 @@ shutdown, and Prometheus multiprocess mode when several workers share a port."""
 
 from __future__ import annotations
 
-import logging
+import copy
 import os
 import shutil
 import signal
@@ -15,6 +15,7 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from api.app import create_app
+from citadel import logs
 from citadel.apisettings import ApiSettings
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
@@ -43,14 +44,15 @@ class TlsConfig(uvicorn.Config):
             self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
 
 
-def _log_to_stderr(level: str) -> None:
-    """The service's own lines (runs submitted, failures with their request id) beside uvicorn's."""
-    logger = logging.getLogger("citadel")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(level.upper())
+def uvicorn_log_config(log_format: str) -> dict[str, object]:
+    """uvicorn's own logging (server and access lines) in the service's format, secrets masked."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": "citadel.logs.RedactingFilter"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact"]
+    if log_format == "json":
+        config["formatters"] = {name: {"()": "citadel.logs.JsonFormatter"} for name in config["formatters"]}
+    return config
 
 
 def preflight(settings: Settings) -> None:
@@ -85,8 +87,8 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Run the service until SIGINT/SIGTERM; in-flight requests get GRACEFUL_S seconds to finish."""
-    _log_to_stderr(log_level)
     settings = Settings()
+    logs.configure(settings.log_format, log_level)
     api = ApiSettings()
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise ConfigurationError("TLS needs both --ssl-certfile and --ssl-keyfile")
@@ -101,7 +103,8 @@ def serve(
     preflight(settings)
     tls = ssl_certfile is not None
     common = dict(
-        host=host, port=port, log_level=log_level, server_header=False, date_header=True,
+        host=host, port=port, log_level=log_level, log_config=uvicorn_log_config(settings.log_format),
+        access_log=False, server_header=False, date_header=True,  # the middleware logs each request, with its id
         timeout_graceful_shutdown=GRACEFUL_S, proxy_headers=False,  # the app reads X-Forwarded-For from trusted proxies itself
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_ciphers=MOZILLA_INTERMEDIATE,
     )

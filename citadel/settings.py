@@ -112,6 +112,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated modules that register workflow step types."
     )
     nightly_source: str = Field("docs", description="What the nightly deployment of `citadel serve` indexes.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per log line (time, level, logger, message, request or flow run id)."
+    )
 
     @field_validator("ollama_urls", "step_modules", mode="before")
     @classmethod

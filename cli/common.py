@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 from rich.console import Console
 
+from citadel import logs
 from citadel.errors import CitadelError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class _WarningLine(logging.Handler):
 def show_citadel_warnings() -> None:
     """Send the warnings of Citadel's packages to stderr, one line each. They still reach the root
     logger, whose Prefect console handler shows them again only under ``CITADEL_DEBUG=1``."""
+    if os.environ.get("CITADEL_LOG_FORMAT", "text").lower() == "json":  # for log collectors: JSON lines on stderr
+        logs.configure("json", "WARNING", ("citadel", "tasks", "flows"))
+        return
     for name in ("citadel", "tasks", "flows"):
         logger = logging.getLogger(name)
         if not any(isinstance(h, _WarningLine) for h in logger.handlers):
