@@ -16,9 +16,9 @@ from api import metrics
 from api.errors import ApiError
 from api.state import ServiceState, state_of
 from citadel.apisettings import Network
-from citadel.auth import AuthError, Identity
+from citadel.auth import KEY_PREFIX, AuthError, Identity
 
-bearer_scheme = HTTPBearer(auto_error=False, description="A JWT: `citadel token create` mints one for operators.")
+bearer_scheme = HTTPBearer(auto_error=False, description="A JWT (`citadel token create` mints one for operators) or an API key.")
 key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key: `citadel apikey create`.")
 
 
@@ -74,7 +74,10 @@ async def authenticate(
             raise AuthError("ambiguous", "send one credential: either Authorization or X-API-Key, not both")
         if authorization is not None and bearer is None:
             raise AuthError("scheme", "the Authorization header must be `Bearer <token>`")
-        if bearer is not None:
+        if bearer is not None and bearer.credentials.startswith(KEY_PREFIX):
+            # An API key as a bearer credential: what Prometheus and most HTTP clients can send.
+            identity = await state.keys.authenticate(bearer.credentials)
+        elif bearer is not None:
             identity = state.verifier.verify(bearer.credentials)
         elif api_key:
             identity = await state.keys.authenticate(api_key)

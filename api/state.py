@@ -17,6 +17,7 @@ from citadel.apisettings import ApiSettings, Network
 from citadel.auth import ApiKeys, TokenVerifier
 from citadel.resources import Resources
 from citadel.settings import Settings, secret
+from deployments.prefect_metrics import PrefectFigures
 from deployments.workflow_runs import prefect_api_url
 from tasks.resources import open_resources
 
@@ -39,6 +40,7 @@ class ServiceState:
         self.prefect_api_url = prefect_api_url()
         self.has_credentials_configured = self.verifier.enabled
         self.workflow_tasks: dict[str, asyncio.Task[Any]] = {}
+        self.prefect_figures: PrefectFigures | None = None  # the flow-run metrics, with a Prefect API
         self._warmup: asyncio.Task[None] | None = None
         self._stack = AsyncExitStack()
         self.resources: Resources
@@ -63,6 +65,9 @@ class ServiceState:
             self.resources, self.prefect_api_url, timeout_s=self.api.api_health_timeout_s, cache_s=self.api.api_health_cache_s
         )
         self._stack.push_async_callback(self.health.aclose)
+        if self.prefect_api_url:
+            self.prefect_figures = PrefectFigures(self.prefect_api_url, timeout_s=self.api.api_health_timeout_s)
+            self._stack.push_async_callback(self.prefect_figures.aclose)
         self._stack.push_async_callback(self.limiter.aclose)
         if self.embedded_store:
             _ = self.resources.store  # taken now: a CLI run on this data folder is told at once who holds it

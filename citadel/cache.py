@@ -74,6 +74,9 @@ class LRUCache:
     name: str = "memory"  # the metrics' cache label
     _data: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
 
+    def __post_init__(self) -> None:
+        metrics.CACHE_ERRORS.labels(self.name)  # series that exist from the start: a rate of 0, not absent
+
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         found: list[bytes | None] = []
         hits = 0
@@ -118,6 +121,7 @@ class RedisCache:
         self.batch = batch
         self.cooldown_s = cooldown_s
         self.stats = CacheStats()
+        metrics.CACHE_ERRORS.labels("redis")  # a series from the start: a rate of 0, not absent
         # A bounded pool that waits for a free connection: an unbounded one opens a connection per
         # concurrent request under load, and redis-py's default fails with "Too many connections".
         pool = redis.BlockingConnectionPool.from_url(

@@ -158,7 +158,7 @@ class PrefectFigures:
         active = {"flow_runs": {"state": {"type": {"any_": list(ACTIVE)}}}}
         due = {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}, "expected_start_time": {"before_": now}}}
         counts: dict[tuple[str, str], int] = defaultdict(int)
-        for name in self._deployments.values():
+        for name in (*self._deployments.values(), ADHOC):
             for state in NOW_STATES:
                 counts[name, state] = 0
         for flow_filter in (active, due):

@@ -77,6 +77,6 @@ EXPOSITION_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/metrics/prometheus", summary="The Prometheus exposition", response_class=Response, responses=EXPOSITION_RESPONSES)
-async def prometheus() -> Response:
-    body, content_type = exposition()
+async def prometheus(request: Request) -> Response:
+    body, content_type = await exposition(state_of(request))
     return Response(body, media_type=content_type)
