@@ -84,6 +84,17 @@ def test_tokens_over_http_scopes_and_bad_tokens(embedded_api: Api) -> None:
     assert garbage.status_code == 401 and unknown_key.status_code == 401 and wrong_scope.status_code == 403
 
 
+def test_an_api_key_is_also_a_bearer_credential(embedded_api: Api) -> None:
+    """What Prometheus sends (its scrape config has `authorization`, not custom headers)."""
+    api = embedded_api
+    with api.client() as client:
+        scraped = client.get("/metrics", headers={"Authorization": f"Bearer {api.keys['reader']}"})
+        revoked_like = client.get("/metrics", headers={"Authorization": "Bearer ctd_000000000000_" + "a" * 43})
+        both = client.get("/metrics", headers={"Authorization": f"Bearer {api.keys['reader']}", "X-API-Key": api.keys["reader"]})
+    assert scraped.status_code == 200 and "citadel_http_requests_total" in scraped.text
+    assert revoked_like.status_code == 401 and both.status_code == 401
+
+
 def test_secure_headers_on_every_response_and_one_error_shape(embedded_api: Api) -> None:
     with embedded_api.client() as client:
         responses = [
