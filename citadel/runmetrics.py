@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from citadel.registry import Registry
 
+END_STATUSES = ("completed", "failed", "cancelled", "crashed")
 DOCUMENT_OUTCOMES = ("added", "updated", "unchanged", "deleted", "failed", "repaired")
 CHUNK_OUTCOMES = {"embedded": "chunks_embedded", "written": "chunks_written", "reused": "chunks_reused", "cache_hit": "cache_hits"}
 
@@ -43,7 +44,10 @@ async def registry_families(registry: Registry) -> list[Metric]:
         durations[row.collection][1] += row.duration_s
         if row.status == "completed":
             last_success.add_metric([row.collection, row.source], row.last_finished_at.timestamp())
-    for (collection, status), count in sorted(by_status.items()):
+    # Every end status of every collection, zeros included: increase() then sees a collection's
+    # first failed or crashed run, which a series born at 1 would hide from the alerts.
+    known = {(collection, status): 0 for collection in {row.collection for row in totals} | set(waiting) for status in END_STATUSES}
+    for (collection, status), count in sorted({**known, **by_status}.items()):
         runs.add_metric([collection, status], count)
     for (collection, outcome), count in sorted(by_document.items()):
         documents.add_metric([collection, outcome], count)

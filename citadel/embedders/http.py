@@ -279,6 +279,10 @@ class HttpEmbedder:
                     refused[url] = exc.reason
                     self._down_until[url] = time.monotonic() + DOWN_S
                     return
+                except EmbedderError as exc:
+                    if exc.backend and exc.status is None:  # an answer that is not vectors of the configured size
+                        metrics.EMBED_ERRORS.labels(self._servers[url], self.model, "invalid_response").inc()
+                    raise
 
         now = time.monotonic()
         up = [url for url in self.urls if self._down_until.get(url, 0.0) <= now] or self.urls
