@@ -190,14 +190,15 @@ class EmbeddingServer:
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self) -> EmbeddingServer:
-        """Bind a free port and serve from a daemon thread; returns once the server accepts connections."""
+        """Bind a free port (the same one when started again) and serve from a daemon thread; returns once
+        the server accepts connections."""
         if self._thread is not None:
             return self
         # proto=IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections; without it
         # every answer on a kept-alive connection waits ~40 ms for a delayed ACK.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self.port or 0))  # after stop(), on the same port again
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._asgi, interface="asgi3", lifespan="off", log_level="warning", access_log=False, loop="asyncio", http="h11"
