@@ -24,7 +24,7 @@ ACTIVE = ("PENDING", "RUNNING", "PAUSED", "CANCELLING")
 NOW_STATES = ("Scheduled", "Late", "Pending", "Running", "Paused", "Cancelling")
 ADHOC = "adhoc"  # the deployment label of runs started without a deployment
 PAGE = 200
-LAG = dt.timedelta(seconds=60)
+LAG = dt.timedelta(seconds=10)
 """Runs that ended this long before the newest end seen are read again (and recognised by id): a run
 whose end was committed late is still counted once."""
 
