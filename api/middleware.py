@@ -127,8 +127,7 @@ class ServiceMiddleware:
             metrics.REQUESTS.labels(route, scope["method"], str(status)).inc()
             metrics.LATENCY.labels(route, scope["method"]).observe(seconds)
             # The access line, with the request's id (uvicorn's own has none): the path without its query.
-            access.info("%s %s %d %.1fms", scope["method"], scope.get("path", ""), status, seconds * 1000,
-                        extra={"request_id": request_id, "client": (scope.get("client") or ("", 0))[0]})
+            access.info("%s %s %d %.1fms", scope["method"], scope.get("path", ""), status, seconds * 1000)
             if status == 429:
                 metrics.RATE_LIMITED.labels(route).inc()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
@@ -32,6 +33,11 @@ def redact(text: str) -> str:
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def requested_format() -> str:
+    """``CITADEL_LOG_FORMAT`` as the CLI and flow-run processes read it, before any Settings exist."""
+    return os.environ.get("CITADEL_LOG_FORMAT", "text").lower()
 
 
 def add_context(provider: ContextProvider) -> None:
@@ -62,7 +68,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
-        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        request_id = REQUEST_ID.get()
         if request_id:
             line["request_id"] = request_id
         for provider in _providers:

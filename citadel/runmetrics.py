@@ -33,15 +33,14 @@ async def registry_families(registry: Registry) -> list[Metric]:
     by_status: dict[tuple[str, str], int] = defaultdict(int)
     by_document: dict[tuple[str, str], int] = defaultdict(int)
     by_chunk: dict[tuple[str, str], int] = defaultdict(int)
-    durations: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    seconds: dict[str, float] = defaultdict(float)
     for row in totals:
         by_status[row.collection, row.status] += row.runs
         for outcome in DOCUMENT_OUTCOMES:
             by_document[row.collection, outcome] += getattr(row, outcome)
         for outcome, column in CHUNK_OUTCOMES.items():
             by_chunk[row.collection, outcome] += getattr(row, column)
-        durations[row.collection][0] += row.runs
-        durations[row.collection][1] += row.duration_s
+        seconds[row.collection] += row.duration_s
         if row.status == "completed":
             last_success.add_metric([row.collection, row.source], row.last_finished_at.timestamp())
     # Every end status of every collection, zeros included: increase() then sees a collection's
@@ -53,8 +52,9 @@ async def registry_families(registry: Registry) -> list[Metric]:
         documents.add_metric([collection, outcome], count)
     for (collection, outcome), count in sorted(by_chunk.items()):
         chunks.add_metric([collection, outcome], count)
-    for collection, (ended, seconds) in sorted(durations.items()):
-        duration.add_metric([collection], count_value=int(ended), sum_value=seconds)
+    for collection, spent in sorted(seconds.items()):
+        ended = sum(count for (name, _), count in by_status.items() if name == collection)
+        duration.add_metric([collection], count_value=ended, sum_value=spent)
     dead = GaugeMetricFamily("citadel_dead_letters", "Documents waiting in the dead letters.", labels=["collection"])
     for collection in sorted({row.collection for row in totals} | set(waiting)):
         dead.add_metric([collection], waiting.get(collection, 0))

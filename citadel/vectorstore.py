@@ -201,6 +201,7 @@ class VectorStore:
         await self._run(self._ensure_collection_sync, name, dimensions, model)
         if not self.is_server:
             _tune_embedded_storage(self.client, name)
+        metrics.POINTS_DELETED.labels(name)  # the collection's deletes start at 0, so their rate is 0, not absent
         self._checked.add(key)
 
     async def collection_exists(self, name: str) -> bool:
@@ -233,7 +234,6 @@ class VectorStore:
         if ids:
             await self._run(self._upsert_sync, name, ids, vectors, payloads)
             metrics.POINTS_UPSERTED.labels(name).inc(len(ids))
-            metrics.POINTS_DELETED.labels(name)  # the collection's deletes start at 0, so their rate is 0, not absent
 
     def _delete_sync(self, name: str, ids: Sequence[str]) -> None:
         if not self.client.collection_exists(name):

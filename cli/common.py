@@ -65,7 +65,7 @@ class _WarningLine(logging.Handler):
 def show_citadel_warnings() -> None:
     """Send the warnings of Citadel's packages to stderr, one line each. They still reach the root
     logger, whose Prefect console handler shows them again only under ``CITADEL_DEBUG=1``."""
-    if os.environ.get("CITADEL_LOG_FORMAT", "text").lower() == "json":  # for log collectors: JSON lines on stderr
+    if logs.requested_format() == "json":  # for log collectors: JSON lines on stderr
         logs.configure("json", "WARNING", ("citadel", "tasks", "flows"))
         return
     for name in ("citadel", "tasks", "flows"):

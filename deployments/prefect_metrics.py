@@ -65,6 +65,15 @@ class PrefectFigures:
         response.raise_for_status()
         return response.json()
 
+    async def _all(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every item a filter endpoint has for ``body``, a page of PAGE at a time."""
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await self._post(path, {**body, "limit": PAGE, "offset": len(items)})
+            items.extend(page)
+            if len(page) < PAGE:
+                return items
+
     async def families(self) -> list[Metric]:
         """The figures, at most ``cache_s`` old; ``citadel_prefect_up`` is 0 when Prefect did not answer."""
         async with self._lock:
@@ -97,13 +106,7 @@ class PrefectFigures:
         return [finished, await self._now(), *await self._pools()]
 
     async def _read_deployments(self) -> None:
-        offset = 0
-        while True:
-            page = await self._post("deployments/filter", {"limit": PAGE, "offset": offset})
-            self._deployments.update({d["id"]: d["name"] for d in page})
-            if len(page) < PAGE:
-                return
-            offset += PAGE
+        self._deployments.update({d["id"]: d["name"] for d in await self._all("deployments/filter", {})})
 
     def _deployment(self, deployment_id: str | None) -> str:
         if deployment_id is None:
@@ -130,14 +133,9 @@ class PrefectFigures:
 
     async def _ended_since(self, since: dt.datetime) -> list[dict[str, Any]]:
         """The runs that reached a terminal state at or after ``since``, newest first."""
-        runs: list[dict[str, Any]] = []
-        while True:
-            body = {"flow_runs": {"state": {"type": {"any_": list(TERMINAL)}}, "end_time": {"after_": since.isoformat()}},
-                    "sort": "END_TIME_DESC", "limit": PAGE, "offset": len(runs)}
-            page = await self._post("flow_runs/filter", body)
-            runs.extend(run for run in page if run.get("end_time"))
-            if len(page) < PAGE:
-                return runs
+        body = {"flow_runs": {"state": {"type": {"any_": list(TERMINAL)}}, "end_time": {"after_": since.isoformat()}},
+                "sort": "END_TIME_DESC"}
+        return [run for run in await self._all("flow_runs/filter", body) if run.get("end_time")]
 
     async def _advance(self) -> None:
         """Count the runs that ended since the last scrape (and the late commits of a little before)."""
@@ -162,15 +160,9 @@ class PrefectFigures:
             for state in NOW_STATES:
                 counts[name, state] = 0
         for flow_filter in (active, due):
-            offset = 0
-            while True:
-                page = await self._post("flow_runs/filter", {**flow_filter, "limit": PAGE, "offset": offset})
-                for run in page:
-                    state = (run.get("state") or {}).get("name") or _title(run["state_type"])
-                    counts[self._deployment(run.get("deployment_id")), state] += 1
-                if len(page) < PAGE:
-                    break
-                offset += PAGE
+            for run in await self._all("flow_runs/filter", flow_filter):
+                state = (run.get("state") or {}).get("name") or _title(run["state_type"])
+                counts[self._deployment(run.get("deployment_id")), state] += 1
         gauge = GaugeMetricFamily("citadel_prefect_flow_runs", "Flow runs due and not finished, by state.", labels=["deployment", "state"])
         for (deployment, state), count in sorted(counts.items()):
             gauge.add_metric([deployment, state], count)
@@ -180,8 +172,8 @@ class PrefectFigures:
         ready = GaugeMetricFamily("citadel_prefect_work_pool_ready", "Whether a work pool is ready (has a live worker, not paused).",
                                   labels=["work_pool"])
         online = GaugeMetricFamily("citadel_prefect_workers_online", "Workers of a pool whose heartbeat is recent.", labels=["work_pool"])
-        pools = await self._post("work_pools/filter", {"limit": PAGE})
-        workers = await asyncio.gather(*(self._post(f"work_pools/{pool['name']}/workers/filter", {"limit": PAGE}) for pool in pools))
+        pools = await self._all("work_pools/filter", {})
+        workers = await asyncio.gather(*(self._all(f"work_pools/{pool['name']}/workers/filter", {}) for pool in pools))
         for pool, members in zip(pools, workers, strict=True):
             ready.add_metric([pool["name"]], 1 if pool.get("status") == "READY" else 0)
             online.add_metric([pool["name"]], sum(worker.get("status") == "ONLINE" for worker in members))

@@ -26,7 +26,7 @@ def prefect_run_ids() -> dict[str, str]:
 def configure_run_logging() -> None:
     """Once per process that runs flows: ids on every line, and the format the environment asks."""
     logs.add_context(prefect_run_ids)
-    if os.environ.get("CITADEL_LOG_FORMAT", "text").lower() == "json":
+    if logs.requested_format() == "json":
         from prefect.logging import configuration
 
         if not configuration.PROCESS_LOGGING_CONFIG:  # Prefect's handlers first (it would set them up on first use)
