@@ -178,7 +178,7 @@ def masked_url(url: str) -> str:
 
 
 # CITADEL_ variables that are not settings: read by the scripts, the CLI or the tests.
-OTHER_VARIABLES = frozenset({"CITADEL_DEBUG", "CITADEL_VENV"})
+OTHER_VARIABLES = frozenset({"CITADEL_DEBUG", "CITADEL_VENV", "CITADEL_API_HOST", "CITADEL_API_PORT", "CITADEL_API_WORKERS"})
 _OTHER_PREFIXES = ("CITADEL_TEST_",)
 
 

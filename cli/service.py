@@ -32,9 +32,11 @@ def api_settings() -> ApiSettings:
 
 
 def serve_api(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Worker processes (more than 1 needs a Qdrant server)."),
+    host: str = typer.Option("127.0.0.1", "--host", envvar="CITADEL_API_HOST", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", envvar="CITADEL_API_PORT", help="Port to listen on."),
+    workers: int = typer.Option(
+        1, "--workers", envvar="CITADEL_API_WORKERS", min=1, max=64, help="Worker processes (more than 1 needs a Qdrant server)."
+    ),
     ssl_certfile: str | None = typer.Option(None, "--ssl-certfile", help="TLS certificate chain (PEM); serves HTTPS, TLS 1.2+."),
     ssl_keyfile: str | None = typer.Option(None, "--ssl-keyfile", help="TLS private key (PEM)."),
 ) -> None:
