@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from citadel import progress
+from citadel.bluegreen import live_collection
 from citadel.collections import check_collection_name
 from citadel.consistency import reconcile
 from citadel.documents import SUPPORTED_SUFFIXES, SourceListing, iter_groups, list_source, load_group, shard_listing
@@ -210,9 +211,10 @@ class IndexRun:
         return found
 
 
-async def check_before_run(settings: Settings, collection: str) -> None:
+async def check_before_run(settings: Settings, collection: str, *, new_version: bool = False) -> None:
     """What would fail a run, found before it starts: the collection name, the embedded store held
-    by another process, the registry database, and a collection indexed with another model."""
+    by another process, the registry database, and a collection indexed with another model (not
+    asked of a ``new_version``, which a blue-green build starts empty)."""
     check_collection_name(collection)
     if not settings.qdrant_url:
         holder = embedded_store_holder(settings.qdrant_path)
@@ -220,7 +222,8 @@ async def check_before_run(settings: Settings, collection: str) -> None:
             raise ConfigurationError(store_in_use(settings.qdrant_path, holder))
     resources = Resources(settings)
     try:
-        known = await (await resources.registry()).collection(collection)
+        registry = await resources.registry()
+        known = None if new_version else await registry.collection(await live_collection(resources, collection))
         if known is not None:
             check_collection_model(collection, known, resources.embedder.model, resources.embedder.dimensions)
     finally:
@@ -239,10 +242,12 @@ async def index_source(
     """Index ``source`` into ``collection`` one batch after another, without an orchestrator.
 
     The same steps as the index-corpus flow, in sequence: the workflow ``index`` step and the
-    benchmark's plain loop use it. Returns the run summary.
+    benchmark's plain loop use it. A blue-green collection is written through its live version.
+    Returns the run summary.
     """
     settings = resources.settings
     resolved = resolve_source(source, prune=prune, source_name=source_name, exclude=[settings.data_dir])
+    collection = await live_collection(resources, collection)
     registry = await resources.registry()
     await prepare_collection(resources, collection)
     async with IndexRun(resources, collection, resolved) as run:

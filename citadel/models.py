@@ -127,6 +127,36 @@ class StoreCheck(Result):
         return bool(self.missing or self.stray or (self.points is None and self.expected))
 
 
+class SwitchReport(Result):
+    """A blue-green switch: which version of a collection is live now, which was, and its check."""
+
+    collection: str = Field(description="The alias that searches read.")
+    live: str = Field(description="The version the alias stands for now.")
+    previous: str | None = Field(None, description="The version it stood for before (kept for rollback), if any.")
+    replaced_plain: bool = Field(False, description="A plain collection of that name was replaced (first switch).")
+    points: int
+    chunks: int = Field(description="The version's chunks in the registry; the check needs them equal to its points.")
+    sample_found: bool = Field(description="A search for the text of one of its chunks found that chunk first.")
+
+
+class CollectionVersion(Result):
+    """One version of a blue-green collection."""
+
+    name: str
+    number: int
+    live: bool
+    points: int
+
+
+class CollectionVersions(Result):
+    """The versions of a blue-green collection, oldest first."""
+
+    collection: str
+    live: str | None = Field(description="The version the alias stands for; None when it is no alias.")
+    plain: bool = Field(description="A plain collection (no versions) holds the name.")
+    versions: list[CollectionVersion]
+
+
 class RunSummary(RunCounts):
     """The summary of one indexing run: its counts, what it touched, how long it took, and what
     the user should know."""
@@ -140,6 +170,7 @@ class RunSummary(RunCounts):
     run_id: str
     flow_run_id: str | None = None
     store: StoreCheck | None = None
+    switch: SwitchReport | None = Field(None, description="A blue-green build: the switch to the version this run built.")
     warnings: list[str] = Field(default_factory=list)
 
 

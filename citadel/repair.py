@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 
+from citadel.bluegreen import live_collection
 from citadel.consistency import awaiting_repair, repair_store, verify_store
 from citadel.errors import ConfigurationError
 from citadel.indexrun import index_source
@@ -33,6 +34,8 @@ async def verify(settings: Settings, collection: str | None = None, *, repair: b
         registry = await resources.registry()
         names = [c.collection for c in await registry.collection_stats()]
         if collection is not None:
+            if collection not in names:  # a blue-green alias: its live version
+                collection = await live_collection(resources, collection)
             if collection not in names:
                 raise ConfigurationError(f"collection {collection!r} is not in the registry; known: {', '.join(names) or 'none'}")
             names = [collection]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from citadel.bluegreen import live_collection
 from citadel.collections import check_collection_name
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.models import SearchHit
@@ -53,10 +54,14 @@ async def search_with(
     """The same search over backends the caller already holds (a workflow step, a long-lived service).
 
     A collection indexed with another model is refused: its vectors and the query's would not compare.
+    A blue-green collection is searched through its alias, which Qdrant resolves at each search.
     """
     check_collection_name(collection)
     check_query(query)
-    known = await (await resources.registry()).collection(collection)
+    registry = await resources.registry()
+    known = await registry.collection(collection)
+    if known is None:  # an alias: the model is its live version's (a plain collection costs no look-up)
+        known = await registry.collection(await live_collection(resources, collection))
     if known and known[0] != resources.embedder.model:
         raise CollectionMismatchError(
             f"collection {collection!r} holds {known[0]} vectors but the configured embedder is "

@@ -303,6 +303,32 @@ class VectorStore:
         )
         return [Hit(str(point.id), float(point.score), point.payload or {}) for point in response.points]
 
+    async def layout(self) -> tuple[set[str], dict[str, str]]:
+        """Every collection's name, and every alias with the collection it stands for."""
+        collections = await self._run(self.client.get_collections)
+        aliases = await self._run(self.client.get_aliases)
+        return {c.name for c in collections.collections}, {a.alias_name: a.collection_name for a in aliases.aliases}
+
+    async def point_sample(self, name: str) -> Hit | None:
+        """One point of a collection with its payload (for a check search), or None when it is empty."""
+        points, _ = await self._run(self.client.scroll, name, limit=1, with_payload=True, with_vectors=False)
+        return Hit(str(points[0].id), 1.0, points[0].payload or {}) if points else None
+
+    async def point_alias(self, alias: str, target: str, *, replace_collection: bool = False) -> None:
+        """Make ``alias`` stand for ``target`` in one atomic operation of the store (a search
+        never sees the alias missing). ``replace_collection`` first deletes a plain collection that
+        holds the alias's name: names are shared by collections and aliases."""
+        if replace_collection and await self._run(self.client.collection_exists, alias):
+            collections, _ = await self.layout()
+            if alias in collections:
+                await self.delete_collection(alias)
+        _, aliases = await self.layout()
+        operations: list[models.AliasOperations] = []
+        if alias in aliases:
+            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        operations.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=alias)))
+        await self._run(self.client.update_collection_aliases, change_aliases_operations=operations)
+
     async def delete_collection(self, name: str) -> None:
         await self._run(self.client.delete_collection, name)
         self._checked = {key for key in self._checked if key[0] != name}

@@ -17,6 +17,7 @@ from rich.table import Table
 from citadel import progress
 from citadel.errors import ConfigurationError
 from citadel.models import RunCounts, StatusReport
+from cli.collections import collection_app
 from cli.common import (
     CollectionOption,
     JsonOption,
@@ -40,6 +41,7 @@ app = typer.Typer(
     help="Citadel: embed, cache, index and search documents.",
 )
 app.add_typer(workflow_app, name="workflow")
+app.add_typer(collection_app, name="collection")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(token_app, name="token")
 app.command("api")(serve_api)
@@ -64,6 +66,9 @@ def index(
     path: str = typer.Argument(..., help="A directory, glob or file of .txt .md .rst .json .jsonl .py documents."),
     collection: str | None = CollectionOption,
     full: bool = typer.Option(False, "--full", help="Re-process every document, changed or not."),
+    blue_green: bool = typer.Option(
+        False, "--blue-green", help="Build a new version of the collection while searches read the old one, then switch."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Index documents incrementally: only new and changed ones are embedded, deleted ones removed."""
@@ -79,7 +84,7 @@ def index(
         build_embedder(config)  # an unknown model fails here, before Prefect starts
     except ConfigurationError as exc:
         fail(str(exc))
-    run(lambda: check_before_run(config, name))  # the registry, the store's lock, the collection's model
+    run(lambda: check_before_run(config, name, new_version=blue_green))  # the registry, the store's lock, the collection's model
     quiet_prefect()
     from flows.index_corpus import index_corpus
 
@@ -95,7 +100,7 @@ def index(
 
         async def go() -> dict[str, Any]:
             progress.listen(on_progress)
-            return await index_corpus(path, collection=name, full=full)
+            return await index_corpus(path, collection=name, full=full, blue_green=blue_green)
 
         summary = run(go)
     nothing_read = summary["documents_seen"] == 0
@@ -109,6 +114,11 @@ def index(
         )
         if summary["failed"]:
             out.print("failed documents are listed by [bold]citadel status[/bold]; they are retried on the next run")
+        if summary["switch"]:
+            switched = summary["switch"]
+            out.print(f"{switched['collection']} now reads {switched['live']}" +
+                      (f"; {switched['previous']} is kept for `citadel collection rollback {name}`" if switched["previous"] else ""),
+                      highlight=False)
         for message in summary["warnings"]:
             warn(message)
     raise typer.Exit(1 if summary["failed"] or nothing_read else 0)

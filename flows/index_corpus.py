@@ -9,9 +9,10 @@ from typing import Any
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
-from citadel import progress
+from citadel import bluegreen, progress
 from citadel.indexing import EmbeddedBatch, WriteResult
 from citadel.indexrun import IndexRun, ResolvedSource, resolve_source
+from citadel.models import RunSummary
 from citadel.settings import EmbedderConfig, Settings, settings_for
 from tasks.crashed import mark_flow_runs_crashed
 from tasks.indexing import (
@@ -22,6 +23,7 @@ from tasks.indexing import (
     plan_batch,
     prepare_collection,
     record_documents,
+    switch_collection,
     upsert_vectors,
 )
 from tasks.limits import embedding_slot
@@ -48,6 +50,7 @@ async def index_corpus(
     prune: bool | None = None,
     shard: int | None = None,
     shards: int | None = None,
+    blue_green: bool = False,
 ) -> dict[str, Any]:
     """Index ``source`` (a directory, glob, file, or a list of ``{"id", "text", "metadata"}``) into
     ``collection``; returns the run summary (citadel.models.RunSummary as JSON): documents added,
@@ -56,6 +59,10 @@ async def index_corpus(
     ``prune`` deletes documents of this source that it no longer holds; it defaults to true for
     directories and globs (listed completely) and false for inline lists. ``shard`` of ``shards``
     indexes (and prunes) only the files of one shard, for sub-runs of ``index-sharded``.
+
+    A collection that is a blue-green alias is written through its live version. ``blue_green``
+    builds the next version instead, from the whole source, and switches the alias to it once it
+    passes its check; searches read the old version until then (citadel.bluegreen).
     """
     logger = get_run_logger()
     settings = settings_for(embedder)
@@ -65,15 +72,20 @@ async def index_corpus(
     )
     labels = run_tags(settings, collection)
     await tag_flow_run(labels)
+    alias = collection
     async with open_resources(settings) as resources, AsyncExitStack() as slot:
+        collection = await (bluegreen.next_version if blue_green else bluegreen.live_collection)(resources, alias)
+        full = full or blue_green
         with tags(*labels):
             await prepare_collection.with_options(task_run_name=f"prepare {collection}")(settings, collection)
             async with IndexRun(resources, collection, resolved, flow_run_id=str(flow_run.id) if flow_run.id else None) as run:
                 await mark_flow_runs_crashed(run.crashed)
                 run.store = await check_store.with_options(task_run_name=f"check the store of {collection}")(settings, collection)
                 await _index_batches(settings, collection, resolved, full, run, slot)
-    summary = run.summary
-    assert summary is not None
+            summary = run.summary
+            assert summary is not None
+            if blue_green:
+                summary = await _switch(settings, alias, summary)
     logger.info(
         "indexed %s: %d added, %d updated, %d unchanged, %d deleted, %d failed, %d repaired, %d chunks embedded in %.2fs",
         collection, summary.added, summary.updated, summary.unchanged, summary.deleted, summary.failed, summary.repaired,
@@ -134,6 +146,17 @@ async def _index_batches(
         if writer is not None:  # cancelled or interrupted: stop at once, the next run repairs
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+
+
+async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSummary:
+    """Switch ``alias`` to the version just built, unless documents failed (it would lack them)."""
+    if summary.failed:
+        message = (f"{summary.failed} documents failed, so {alias} was not switched to {summary.collection}; fix them and "
+                   f"run the build again, or switch anyway with `citadel collection switch {alias} {summary.collection}`")
+        return summary.model_copy(update={"warnings": [*summary.warnings, message]})
+    step = switch_collection.with_options(task_run_name=f"switch {alias} to {summary.collection}")
+    report = await step(settings, alias, summary.collection)
+    return summary.model_copy(update={"switch": report})
 
 
 async def _write(settings: Settings, collection: str, batch: EmbeddedBatch, number: int) -> WriteResult:

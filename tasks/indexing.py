@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from citadel import consistency, indexing
+from citadel import bluegreen, consistency, indexing
 from citadel.documents import Document, LoadFailure, SourceGroup, load_group
-from citadel.models import StoreCheck
+from citadel.models import StoreCheck, SwitchReport
 from citadel.settings import Settings
 from tasks.resources import get_resources
 from tasks.retry import RETRYING
@@ -80,3 +80,9 @@ async def delete_stale_documents(
     """Delete the vectors and records of documents gone from a completely listed source (or shard of
     it), keeping the records of files that failed to load whole; clear resolved dead letters."""
     return await indexing.prune_source(get_resources(settings), collection, source, seen, shard)
+
+
+@task(name="switch-collection", cache_policy=NO_CACHE, **RETRYING)
+async def switch_collection(settings: Settings, alias: str, version: str) -> SwitchReport:
+    """Check a version built by a blue-green run and point the alias that searches read at it, atomically."""
+    return await bluegreen.switch(get_resources(settings), alias, version)

@@ -1,0 +1,175 @@
+"""Blue-green collections: a collection name that is a Qdrant alias over numbered versions.
+
+``citadel index --blue-green`` builds the next version ``<name>__v<n>`` as a collection of its own
+while every search keeps reading the live one through the alias ``<name>``. Once the new version
+passes its check (as many points as the registry has chunks, and a search for one of its own
+chunks finds it), one alias operation, atomic in Qdrant, makes it live. Older versions stay for
+``citadel collection rollback`` until ``citadel collection prune`` deletes them.
+
+Searches need nothing of this module: Qdrant resolves the alias. Writes do: an incremental run
+of ``<name>`` indexes into its live version (:func:`live_collection`), and the registry keeps
+each version's documents under the version's own name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from citadel.collections import check_collection_name
+from citadel.errors import ConfigurationError
+from citadel.models import CollectionVersion, CollectionVersions, SwitchReport
+from citadel.resources import Resources
+
+SEPARATOR = "__v"
+
+
+def version_name(collection: str, number: int) -> str:
+    """The name of version ``number`` of ``collection``."""
+    return check_collection_name(f"{collection}{SEPARATOR}{number}")
+
+
+def version_number(collection: str, name: str) -> int | None:
+    """Which version of ``collection`` the collection ``name`` is, or None when it is none."""
+    match = re.fullmatch(re.escape(collection + SEPARATOR) + r"([1-9][0-9]*)", name)
+    return int(match.group(1)) if match else None
+
+
+def _embedded_layout(path: Path) -> tuple[set[str], dict[str, str]]:
+    """Collections and aliases of an embedded store, read from its own ``meta.json`` without opening
+    it (opening loads every point; an unchanged run must not pay for that)."""
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        return set(), {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        return set(meta.get("collections", {})), dict(meta.get("aliases", {}))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigurationError(f"the embedded vector store's {meta_path} is unreadable ({exc}); restore it from a backup") from exc
+
+
+async def layout(resources: Resources) -> tuple[set[str], dict[str, str]]:
+    """The store's collections and aliases; an embedded store not yet opened is read from disk."""
+    if resources.settings.qdrant_url or resources.store_opened:
+        return await resources.store.layout()
+    return _embedded_layout(resources.settings.qdrant_path)
+
+
+async def live_collection(resources: Resources, collection: str) -> str:
+    """The collection that writes to ``collection`` go to: the live version when it is an alias,
+    else itself."""
+    check_collection_name(collection)
+    _, aliases = await layout(resources)
+    return aliases.get(collection, collection)
+
+
+async def versions(resources: Resources, collection: str) -> CollectionVersions:
+    """The versions of ``collection``, oldest first, with their points and which one is live."""
+    collections, aliases = await layout(resources)
+    live = aliases.get(collection)
+    found = sorted((n, name) for name in collections if (n := version_number(collection, name)) is not None)
+    store = resources.store if found else None
+    listed = [
+        CollectionVersion(name=name, number=n, live=name == live, points=await store.count(name) if store else 0)
+        for n, name in found
+    ]
+    return CollectionVersions(collection=collection, live=live, plain=collection in collections, versions=listed)
+
+
+async def next_version(resources: Resources, collection: str) -> str:
+    """The name the next blue-green build of ``collection`` writes to."""
+    check_collection_name(collection)
+    collections, aliases = await layout(resources)
+    numbers = [n for name in collections if (n := version_number(collection, name)) is not None]
+    if collection in aliases and version_number(collection, aliases[collection]) is None:
+        raise ConfigurationError(
+            f"{collection!r} is an alias of {aliases[collection]!r}, which is not one of its versions; "
+            "Citadel manages only aliases over <name>__v<n> collections: pick another collection name"
+        )
+    return version_name(collection, max(numbers, default=0) + 1)
+
+
+async def check_version(resources: Resources, name: str) -> tuple[int, int, bool]:
+    """A built version's (points, registry chunks, sample found): a search for the text of one of
+    its own chunks must find that chunk first."""
+    store = resources.store
+    points = await store.count(name)
+    chunks = await (await resources.registry()).count_chunks(name)
+    sample = await store.point_sample(name) if points else None
+    found = False
+    if sample is not None and isinstance(text := sample.payload.get("text"), str):
+        vector = (await resources.cached_embedder.embed([text])).vectors[0]
+        hits = await store.search(name, vector, limit=1)
+        found = bool(hits) and hits[0].payload.get("text") == text
+    return points, chunks, found
+
+
+async def switch(resources: Resources, collection: str, target: str, *, check: bool = True) -> SwitchReport:
+    """Make ``target`` (a version of ``collection``) live; with ``check``, only when it passes its check.
+
+    The first switch of a collection that was indexed without blue-green replaces that plain
+    collection: its name must become the alias. Its vectors and registry rows are deleted, and a
+    search in the moment between the delete and the alias finds no collection.
+    """
+    if version_number(collection, target) is None:
+        raise ConfigurationError(f"{target!r} is not a version of {collection!r} (versions are named {collection}{SEPARATOR}<n>)")
+    collections, aliases = await layout(resources)
+    if target not in collections:
+        raise ConfigurationError(f"version {target!r} does not exist; `citadel collection list {collection}` shows the versions")
+    points, chunks, found = await check_version(resources, target)
+    if check:
+        problems = []
+        if points != chunks:
+            problems.append(f"it holds {points} points but the registry has {chunks} chunks")
+        if points == 0:
+            problems.append("it is empty")
+        elif not found:
+            problems.append("a search for one of its own chunks did not find it")
+        if problems:
+            reading = aliases.get(collection) or (collection if collection in collections else None)
+            raise ConfigurationError(
+                f"version {target!r} failed its check ({'; '.join(problems)}), so {collection!r} still reads "
+                f"{repr(reading) if reading else 'nothing'}; fix the cause and run the build again"
+            )
+    previous = aliases.get(collection)
+    replaced_plain = collection in collections
+    await resources.store.point_alias(collection, target, replace_collection=replaced_plain)
+    if replaced_plain:
+        await (await resources.registry()).forget_collection(collection)
+    return SwitchReport(
+        collection=collection, live=target, previous=previous, replaced_plain=replaced_plain,
+        points=points, chunks=chunks, sample_found=found,
+    )
+
+
+async def rollback(resources: Resources, collection: str) -> SwitchReport:
+    """Make the newest version older than the live one live again (its check is skipped: it served before)."""
+    current = await versions(resources, collection)
+    if current.live is None:
+        raise ConfigurationError(
+            f"{collection!r} has no blue-green versions; build one with `citadel index PATH --collection {collection} --blue-green`"
+        )
+    live_number = version_number(collection, current.live) or 0
+    older = [v for v in current.versions if v.number < live_number]
+    if not older:
+        raise ConfigurationError(f"{current.live!r} is the oldest version of {collection!r} left: there is nothing to roll back to")
+    return await switch(resources, collection, older[-1].name, check=False)
+
+
+async def prune(resources: Resources, collection: str, keep: int = 1) -> list[str]:
+    """Delete the versions of ``collection`` other than the live one and the ``keep`` newest below
+    it (kept for rollback), with their registry rows; versions newer than the live one (after a
+    rollback) are deleted too. Returns the names deleted."""
+    current = await versions(resources, collection)
+    if current.live is None:
+        return []
+    live_number = version_number(collection, current.live) or 0
+    older = [v.name for v in current.versions if v.number < live_number]
+    newer = [v.name for v in current.versions if v.number > live_number]
+    doomed = older[: max(len(older) - keep, 0)] + newer
+    registry = await resources.registry()
+    for name in doomed:
+        await resources.store.delete_collection(name)
+        await registry.forget_collection(name)
+    return doomed
