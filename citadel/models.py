@@ -242,6 +242,7 @@ class CollectionStatus(Result):
     drift: bool = False
     missing: int = 0
     stray: int = 0
+    aliases: list[str] = Field(default_factory=list, description="Blue-green aliases that read this collection (it is their live version).")
 
 
 class StatusReport(Result):

@@ -6,6 +6,7 @@ embedded store does not load it; runs whose process is gone are marked crashed o
 
 from __future__ import annotations
 
+from citadel.bluegreen import layout
 from citadel.consistency import check_store
 from citadel.models import StatusReport
 from citadel.resources import Resources
@@ -21,7 +22,9 @@ async def collect_status(settings: Settings, runs: int = 10, dead_letters: int =
         registry = await resources.registry()
         crashed = await mark_crashed_runs(registry)
         collections = await registry.collection_stats()
+        _, aliases = await layout(resources)
         for entry in collections:
+            entry.aliases = sorted(alias for alias, target in aliases.items() if target == entry.collection)
             check = await check_store(resources, entry.collection)
             entry.vectors = check.points or 0
             entry.drift = check.drift or bool(entry.awaiting_repair)

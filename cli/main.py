@@ -17,6 +17,7 @@ from rich.table import Table
 from citadel import progress
 from citadel.errors import ConfigurationError
 from citadel.models import RunCounts, StatusReport
+from cli.backup import backup_app
 from cli.collections import collection_app
 from cli.common import (
     CollectionOption,
@@ -44,6 +45,7 @@ app.add_typer(workflow_app, name="workflow")
 app.add_typer(collection_app, name="collection")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(token_app, name="token")
+app.add_typer(backup_app, name="backup")
 app.command("api")(serve_api)
 
 
@@ -193,8 +195,9 @@ def status(as_json: bool = JsonOption) -> None:
         return
     table = _table("collections", "collection and model", "docs", "chunks", "vectors", "dead")
     for c in report["collections"]:
+        live_as = f" [green](live as {', '.join(c['aliases'])})[/green]" if c["aliases"] else ""
         table.add_row(
-            f"{c['collection']}\n[dim]{c['model']}[/dim]", *(str(c[k]) for k in ("documents", "chunks", "vectors", "dead_letters"))
+            f"{c['collection']}{live_as}\n[dim]{c['model']}[/dim]", *(str(c[k]) for k in ("documents", "chunks", "vectors", "dead_letters"))
         )
     out.print(table)
     for c in report["collections"]:

@@ -23,6 +23,7 @@ from citadel.indexrun import index_source
 from citadel.resources import Resources
 from citadel.search import search_with
 from citadel.settings import Settings
+from citadel.status import collect_status
 from citadel.testing.corpus import write_corpus
 from tests.support.qdrant_server import QdrantTestServer
 
@@ -112,6 +113,8 @@ async def test_build_switch_rollback_and_prune_in_embedded_mode(data_dir: Path, 
 
         listed = await bluegreen.versions(reader, "kb")
         assert [(v.name, v.live) for v in listed.versions] == [("kb__v1", False), ("kb__v2", True)]
+        status = {c.collection: c.aliases for c in (await collect_status(settings)).collections}
+        assert status == {"kb__v1": [], "kb__v2": ["kb"]}
 
         back = await bluegreen.rollback(writer, "kb")
         assert (back.live, back.previous) == ("kb__v1", "kb__v2")
