@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from citadel.collections import check_collection_name
 from citadel.errors import ConfigurationError
-from citadel.models import CollectionVersion, CollectionVersions, SwitchReport
+from citadel.models import CollectionVersion, CollectionVersions, RunSummary, SwitchReport
 from citadel.resources import Resources
 
 SEPARATOR = "__v"
@@ -173,3 +175,24 @@ async def prune(resources: Resources, collection: str, keep: int = 1) -> list[st
         await resources.store.delete_collection(name)
         await registry.forget_collection(name)
     return doomed
+
+
+def not_switched(alias: str, summary: RunSummary) -> str:
+    """Why a build with failed documents was kept but not switched to, and what to do."""
+    return (f"{summary.failed} documents failed, so {alias} was not switched to {summary.collection}; fix them and run "
+            f"the build again, or switch anyway with `citadel collection switch {alias} {summary.collection}`")
+
+
+async def build_and_switch(
+    resources: Resources, source: str | Sequence[dict[str, Any]], collection: str, prune: bool | None = None, *,
+    source_name: str = "inline",
+) -> RunSummary:
+    """A blue-green build without an orchestrator (the workflow ``index`` step): index the whole
+    source into the next version, then switch to it unless documents failed."""
+    from citadel.indexrun import index_source  # it writes through this module's live_collection
+
+    target = await next_version(resources, collection)
+    summary = await index_source(resources, source, target, True, prune, source_name=source_name)
+    if summary.failed:
+        return summary.model_copy(update={"warnings": [*summary.warnings, not_switched(collection, summary)]})
+    return summary.model_copy(update={"switch": await switch(resources, collection, target)})

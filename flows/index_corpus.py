@@ -151,9 +151,7 @@ async def _index_batches(
 async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSummary:
     """Switch ``alias`` to the version just built, unless documents failed (it would lack them)."""
     if summary.failed:
-        message = (f"{summary.failed} documents failed, so {alias} was not switched to {summary.collection}; fix them and "
-                   f"run the build again, or switch anyway with `citadel collection switch {alias} {summary.collection}`")
-        return summary.model_copy(update={"warnings": [*summary.warnings, message]})
+        return summary.model_copy(update={"warnings": [*summary.warnings, bluegreen.not_switched(alias, summary)]})
     step = switch_collection.with_options(task_run_name=f"switch {alias} to {summary.collection}")
     report = await step(settings, alias, summary.collection)
     return summary.model_copy(update={"switch": report})

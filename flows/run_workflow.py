@@ -44,6 +44,7 @@ async def run_index_subflow(params: IndexParams, ctx: StepContext) -> dict[str, 
         full=params.full,
         source_name=params.source_name,
         prune=params.prune,
+        blue_green=params.blue_green,
     )
 
 

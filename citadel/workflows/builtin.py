@@ -102,6 +102,7 @@ class IndexParams(_Params):
     prune: bool | None = None
     source_name: str = Field("inline", min_length=1, description="Source key of inline records.")
     embedder: EmbedderConfig | None = None
+    blue_green: bool = Field(False, description="Build a new version of the collection from the source, then switch its alias.")
 
     @field_validator("source")
     @classmethod
@@ -202,13 +203,17 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
 
 async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
     """Index documents incrementally: embed only what changed, prune what is gone."""
+    from citadel.bluegreen import build_and_switch
     from citadel.indexrun import index_source
 
     async with _embedding_backend(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection
-        summary = await index_source(
-            resources, params.source, collection, params.full, params.prune, source_name=params.source_name
-        )
+        if params.blue_green:
+            summary = await build_and_switch(resources, params.source, collection, params.prune, source_name=params.source_name)
+        else:
+            summary = await index_source(
+                resources, params.source, collection, params.full, params.prune, source_name=params.source_name
+            )
         return summary.to_json()
 
 

@@ -25,6 +25,7 @@ from citadel.search import search_with
 from citadel.settings import Settings
 from citadel.status import collect_status
 from citadel.testing.corpus import write_corpus
+from citadel.workflows import StepContext, get_step_type
 from tests.support.qdrant_server import QdrantTestServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -224,3 +225,24 @@ async def test_cli_build_in_another_process_while_searches_read_the_alias_over_a
         assert pruned == {"collection": "kb", "deleted": ["kb__v2"]}
         missing = cli("collection", "rollback", "kb")
         assert missing.returncode == 2 and "nothing to roll back to" in missing.stderr and "Traceback" not in missing.stderr
+
+
+async def test_workflow_index_step_builds_and_switches_and_its_search_step_reads_the_alias(data_dir: Path, tmp_path: Path) -> None:
+    """The DAG ``index`` step with ``blue_green``; a build with a failed document is kept but not switched to."""
+    docs = tmp_path / "docs"
+    write_marked_corpus(docs, 5, seed=6)
+    resources = Resources(Settings())
+    index, search = get_step_type("index"), get_step_type("search")
+    try:
+        built = await index({"source": str(docs), "collection": "kb", "blue_green": True}, StepContext("t", "i", {}, resources))
+        assert built["collection"] == "kb__v1" and built["switch"]["live"] == "kb__v1"
+        found = await search({"query": QUERY, "collection": "kb", "limit": 2}, StepContext("t", "s", {}, resources))
+        assert found["hits"] and MARKER in found["hits"][0]["text"]
+
+        (docs / "broken.txt").write_bytes(b"\x00\x01binary")
+        kept = await index({"source": str(docs), "collection": "kb", "blue_green": True}, StepContext("t", "i", {}, resources))
+        assert kept["collection"] == "kb__v2" and kept["failed"] == 1 and kept["switch"] is None
+        assert any("was not switched to kb__v2" in warning for warning in kept["warnings"])
+        assert (await bluegreen.versions(resources, "kb")).live == "kb__v1"
+    finally:
+        await resources.aclose()
