@@ -13,16 +13,16 @@ each version's documents under the version's own name.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from citadel.collections import check_collection_name
 from citadel.errors import ConfigurationError
 from citadel.models import CollectionVersion, CollectionVersions, RunSummary, SwitchReport
 from citadel.resources import Resources
+from citadel.settings import secret
+from citadel.storeprobe import embedded_layout, server_layout
 
 SEPARATOR = "__v"
 
@@ -38,24 +38,17 @@ def version_number(collection: str, name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _embedded_layout(path: Path) -> tuple[set[str], dict[str, str]]:
-    """Collections and aliases of an embedded store, read from its own ``meta.json`` without opening
-    it (opening loads every point; an unchanged run must not pay for that)."""
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
-        return set(), {}
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        return set(meta.get("collections", {})), dict(meta.get("aliases", {}))
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ConfigurationError(f"the embedded vector store's {meta_path} is unreadable ({exc}); restore it from a backup") from exc
-
-
 async def layout(resources: Resources) -> tuple[set[str], dict[str, str]]:
-    """The store's collections and aliases; an embedded store not yet opened is read from disk."""
-    if resources.settings.qdrant_url or resources.store_opened:
-        return await resources.store.layout()
-    return _embedded_layout(resources.settings.qdrant_path)
+    """The store's collections and aliases, read the cheap way while the store is not open: an
+    unchanged run must not load an embedded store, nor import qdrant-client for a server."""
+    settings = resources.settings
+    if not resources.store_opened:
+        if not settings.qdrant_url:
+            return embedded_layout(settings.qdrant_path)
+        found = await server_layout(settings.qdrant_url, secret(settings.qdrant_api_key))
+        if found is not None:
+            return found
+    return await resources.store.layout()
 
 
 async def live_collection(resources: Resources, collection: str) -> str:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from citadel.errors import ConfigurationError
+
 
 @dataclass(frozen=True)
 class StoreSnapshot:
@@ -177,3 +179,30 @@ def _link(path: str) -> str | None:
         return os.readlink(path)
     except OSError:  # a descriptor closed since it was listed
         return None
+
+
+async def server_layout(url: str, api_key: str | None, timeout_s: float = 10) -> tuple[set[str], dict[str, str]] | None:
+    """A Qdrant server's collection names and aliases over its REST API (without qdrant-client)."""
+    headers = {"api-key": api_key} if api_key else {}
+    try:
+        async with httpx.AsyncClient(headers=headers, timeout=timeout_s, verify=url.lower().startswith("https://")) as client:
+            listed = await client.get(f"{url.rstrip('/')}/collections")
+            listed.raise_for_status()
+            aliases = await client.get(f"{url.rstrip('/')}/aliases")
+            aliases.raise_for_status()
+            names = {str(c["name"]) for c in listed.json()["result"]["collections"]}
+            return names, {str(a["alias_name"]): str(a["collection_name"]) for a in aliases.json()["result"]["aliases"]}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None  # let the client say what is wrong
+
+
+def embedded_layout(path: Path) -> tuple[set[str], dict[str, str]]:
+    """An embedded store's collection names and aliases, from its own ``meta.json``, without opening it."""
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        return set(), {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        return set(meta.get("collections", {})), dict(meta.get("aliases", {}))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigurationError(f"the embedded vector store's {meta_path} is unreadable ({exc}); restore it from a backup") from exc
