@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CITADEL_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(Path(".citadel"), description="Where embedded-mode state lives.")
+    backup_dir: Path = Field(
+        default_factory=lambda data: Path(data.get("data_dir", ".citadel")) / "backups",
+        description="Where `citadel backup create` writes backups; default: <data_dir>/backups.",
+    )
     collection: str = Field("documents", description="Default vector collection.")
 
     embedder: EmbedderKind = Field("hashing", description="hashing (embedded), ollama or openai.")
