@@ -7,12 +7,13 @@ A backup is one folder, ``citadel-backup-<UTC yyyymmddThhmmssZ>/``:
 - ``vectors/``: in embedded mode the store's ``meta.json`` (collections and aliases) and each
   collection's ``collection/<name>/storage.sqlite``, copied with the same online backup API (the
   store stays open in the process that holds it); on a Qdrant server one ``<name>.snapshot`` per
-  collection from Qdrant's snapshot API, and the aliases in the manifest;
+  collection from Qdrant's snapshot API (checked against the checksum the server gives, and
+  deleted from the server once downloaded), and the aliases in the manifest;
 - ``config.json``: the settings without secrets (passwords in URLs masked, keys left out);
 - ``manifest.json``: format and versions, backends (URLs masked), every file's SHA-256 and size,
   and per collection the documents, chunks and points it holds. It is written last, inside a
   hidden folder beside the target that is renamed into place at the end: a killed backup never
-  looks complete, and list, prune and verify ignore it.
+  looks complete, list and verify ignore it, and prune deletes it once it is a day old.
 
 Redis is not backed up: it is a cache of embeddings keyed by model and text. A cold cache only
 costs time (the next runs embed again what they need); it never loses or changes a result.
@@ -40,6 +41,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,6 +65,9 @@ from citadel.storeprobe import embedded_store_holder, store_in_use
 FORMAT_VERSION = 1
 PREFIX = "citadel-backup-"
 NAME = re.compile(r"citadel-backup-(\d{8}T\d{6}Z)")
+# What a killed backup (or prune) leaves: the hidden folder it was writing (or deleting).
+LEFTOVER = re.compile(r"\.citadel-backup-\d{8}T\d{6}Z\.(partial|deleting)-[0-9a-f]{8}")
+LEFTOVER_AGE_S = 24 * 3600
 STAMP = "%Y%m%dT%H%M%SZ"
 MANIFEST = "manifest.json"
 SQLITE_REGISTRY = "registry.sqlite"
@@ -75,6 +80,14 @@ Step = Callable[[str], None]
 
 class BackupError(CitadelError):
     """A backup could not be made, checked or restored (the message says what and what to do)."""
+
+
+class ServerAnswer(BackupError):
+    """The Qdrant server refused a call (``status`` is its HTTP status)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class CollectionCounts(Result):
@@ -167,7 +180,9 @@ class RestoreResult(Result):
 
 class PruneResult(Result):
     kept: list[str]
-    deleted: list[str]
+    deleted: list[str] = Field(
+        description="Backups the retention dropped, then the hidden folders interrupted backups left over a day ago."
+    )
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -428,22 +443,30 @@ class QdrantServer:
                 reason = response.json()["status"]["error"]
             except (ValueError, KeyError, TypeError):
                 reason = response.text[:200] or response.reason_phrase
-            raise BackupError(
+            raise ServerAnswer(
                 f"the Qdrant server at {masked_url(self.url)} answered {response.request.method} {response.request.url.path} "
-                f"with {response.status_code}: {reason}"
+                f"with {response.status_code}: {reason}",
+                response.status_code,
             )
         return response.json()["result"] if response.content else None
+
+    def _unreachable(self, exc: httpx.HTTPError) -> BackupError:
+        return BackupError(f"cannot reach the Qdrant server at {masked_url(self.url)} ({exc}); start it or fix CITADEL_QDRANT_URL")
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             return self._result(self.client.request(method, path, **kwargs))
         except httpx.HTTPError as exc:
-            raise BackupError(
-                f"cannot reach the Qdrant server at {masked_url(self.url)} ({exc}); start it or fix CITADEL_QDRANT_URL"
-            ) from exc
+            raise self._unreachable(exc) from exc
 
     def version(self) -> str:
-        return "qdrant " + str(self.client.get("/").json().get("version", "?"))
+        try:
+            answer = self.client.get("/")
+            return "qdrant " + str(answer.json().get("version", "?")) if answer.is_success else "qdrant (version not told)"
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        except ValueError:
+            return "qdrant (version not told)"
 
     def collections(self) -> list[str]:
         return sorted(str(c["name"]) for c in self.call("GET", "/collections")["collections"])
@@ -455,9 +478,11 @@ class QdrantServer:
         return int(self.call("POST", f"/collections/{quote(name, safe='')}/points/count", json={"exact": True})["count"])
 
     def download_snapshot(self, name: str, target: Path) -> None:
-        """Have the server snapshot ``name``, save it to ``target``, and delete it from the server."""
+        """Have the server snapshot ``name``, save it to ``target`` (checked against the checksum
+        the server gives), and delete it from the server."""
         base = f"/collections/{quote(name, safe='')}/snapshots"
-        snapshot = str(self.call("POST", base, params={"wait": "true"})["name"])
+        created = self.call("POST", base, params={"wait": "true"})
+        snapshot = str(created["name"])
         try:
             with self.client.stream("GET", f"{base}/{quote(snapshot, safe='')}") as response:
                 if response.is_error:
@@ -466,17 +491,38 @@ class QdrantServer:
                 with open(target, "wb") as handle:
                     for block in response.iter_bytes(1 << 20):
                         handle.write(block)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
         finally:
             self.call("DELETE", f"{base}/{quote(snapshot, safe='')}", params={"wait": "true"})
+        expected = created.get("checksum")
+        if isinstance(expected, str) and expected and sha256_of(target) != expected.lower():
+            raise BackupError(
+                f"the snapshot of {name} downloaded from {masked_url(self.url)} does not match the checksum the server gave; "
+                "run the backup again"
+            )
 
-    def upload_snapshot(self, name: str, source: Path) -> None:
-        """Recover collection ``name`` from a snapshot file (replacing it when it exists)."""
+    def delete_collection(self, name: str) -> None:
+        self.call("DELETE", f"/collections/{quote(name, safe='')}")
+
+    def upload_snapshot(self, name: str, source: Path, sha256: str) -> None:
+        """Recover collection ``name`` from a snapshot file, which the server checks against
+        ``sha256``; then delete the copy Qdrant keeps of an uploaded snapshot."""
+        base = f"/collections/{quote(name, safe='')}/snapshots"
+        uploaded = f"citadel-restore-{uuid.uuid4().hex[:12]}.snapshot"  # a name no snapshot of the server has
         with open(source, "rb") as handle:
             self.call(
-                "POST", f"/collections/{quote(name, safe='')}/snapshots/upload",
-                params={"priority": "snapshot", "wait": "true"},
-                files={"snapshot": (source.name, handle, "application/octet-stream")},
+                "POST", f"{base}/upload",
+                params={"priority": "snapshot", "wait": "true", "checksum": sha256},
+                files={"snapshot": (uploaded, handle, "application/octet-stream")},
             )
+        try:
+            self.call("DELETE", f"{base}/{uploaded}", params={"wait": "true"})
+        except BackupError as exc:
+            raise BackupError(
+                f"collection {name} was restored, but the server kept the uploaded snapshot {uploaded}: {exc}; "
+                f"delete it with DELETE /collections/{name}/snapshots/{uploaded} to free its disk space"
+            ) from exc
 
     def set_aliases(self, aliases: Mapping[str, str]) -> None:
         """Make the server's aliases named in ``aliases`` point where they say."""
@@ -496,6 +542,34 @@ def _server(settings: Settings) -> QdrantServer:
     return QdrantServer(settings.qdrant_url, secret(settings.qdrant_api_key))
 
 
+SNAPSHOT_ATTEMPTS = 3
+
+
+def _snapshot_collection(server: QdrantServer, name: str, target: Path) -> int | None:
+    """Snapshot ``name`` into ``target``; the points it holds, or None when the collection went away.
+
+    The snapshot is opaque, so its points are counted before and after it: a run writing to the
+    collection meanwhile makes the counts differ, and the snapshot is taken again (the restore
+    checks the restored count against this one).
+    """
+    for _ in range(SNAPSHOT_ATTEMPTS):
+        try:
+            before = server.count(name)
+            server.download_snapshot(name, target)
+            after = server.count(name)
+        except ServerAnswer as exc:
+            if exc.status == 404 and name not in server.collections():
+                target.unlink(missing_ok=True)
+                return None  # deleted since it was listed (a pruned blue-green version)
+            raise
+        if before == after:
+            return after
+    raise BackupError(
+        f"collection {name} kept changing while it was snapshotted ({SNAPSHOT_ATTEMPTS} attempts); "
+        "run the backup again when the indexing runs writing to it are done"
+    )
+
+
 def _server_backup(settings: Settings, target: Path, on_step: Step | None) -> tuple[dict[str, int], dict[str, str], str]:
     server = _server(settings)
     try:
@@ -504,8 +578,9 @@ def _server_backup(settings: Settings, target: Path, on_step: Step | None) -> tu
         target.mkdir(parents=True, exist_ok=True)
         for name in server.collections():
             _say(on_step, f"snapshotting the vectors of {name}")
-            points[name] = server.count(name)
-            server.download_snapshot(name, target.parent / _snapshot_file(name))
+            count = _snapshot_collection(server, name, target.parent / _snapshot_file(name))
+            if count is not None:
+                points[name] = count
         aliases = {alias: name for alias, name in server.aliases().items() if name in points}
         return points, aliases, version
     finally:
@@ -687,8 +762,40 @@ def retained(times: Sequence[dt.datetime], keep_daily: int, keep_weekly: int) ->
     return keep
 
 
+def _last_change(path: Path) -> float:
+    """The newest modification time of ``path`` and everything under it."""
+    newest = path.lstat().st_mtime
+    for child in path.rglob("*"):
+        try:
+            newest = max(newest, child.lstat().st_mtime)
+        except OSError:
+            continue  # deleted meanwhile
+    return newest
+
+
+def remove_leftovers(directory: Path, older_than_s: float = LEFTOVER_AGE_S) -> list[str]:
+    """Delete the hidden folders killed backups and prunes left in ``directory`` once nothing in
+    them changed for ``older_than_s`` (a day): a younger one may be a backup still being written."""
+    if not directory.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for path in sorted(directory.iterdir()):
+        if not LEFTOVER.fullmatch(path.name) or not path.is_dir() or path.is_symlink():
+            continue
+        if now - _last_change(path) < older_than_s:
+            continue
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise BackupError(f"cannot delete {path}, left by an interrupted backup ({exc.strerror}); delete it by hand") from exc
+        removed.append(path.name)
+    return removed
+
+
 def prune_backups(directory: Path, keep_daily: int, keep_weekly: int) -> PruneResult:
-    """Delete the complete backups in ``directory`` that the retention does not keep."""
+    """Delete the complete backups in ``directory`` that the retention does not keep, and the
+    folders of interrupted backups that have not changed for a day."""
     if keep_daily < 0 or keep_weekly < 0:
         raise ConfigurationError("--keep-daily and --keep-weekly count backups to keep: give 0 or more")
     backups = {backup_time(path.name): path for path, _ in complete_backups(directory)}
@@ -703,6 +810,7 @@ def prune_backups(directory: Path, keep_daily: int, keep_weekly: int) -> PruneRe
         path.rename(doomed)
         shutil.rmtree(doomed)
         deleted.append(path.name)
+    deleted += remove_leftovers(directory)
     return PruneResult(kept=[backups[m].name for m in sorted(keep, reverse=True)], deleted=deleted)
 
 
@@ -756,6 +864,8 @@ def verify_backup(path: Path) -> VerifyReport:
             else:
                 if "TABLE DATA public citadel_documents" not in listing:
                     problems.append(f"{relative}: the dump holds no data of citadel_documents")
+        elif relative.startswith(f"{VECTORS}/") and relative.endswith(".snapshot") and not tarfile.is_tarfile(file):
+            problems.append(f"{relative}: not a tar archive, as every Qdrant snapshot is")
         elif relative.startswith(f"{VECTORS}/collection/") and relative.endswith("/storage.sqlite"):
             name = relative.removeprefix(f"{VECTORS}/collection/").removesuffix("/storage.sqlite")
             expected = counts[name].points if name in counts else None
@@ -940,13 +1050,25 @@ def _restore_embedded(path: Path, manifest: Manifest, qdrant_path: Path) -> None
 
 
 def _restore_server(settings: Settings, path: Path, manifest: Manifest) -> None:
-    """Recover each collection from its snapshot (replacing it), then set the aliases. Collections
-    of the server that the backup does not hold are left as they are."""
+    """Recover each collection from its snapshot, then set the aliases. Collections of the server
+    that the backup does not hold are left as they are.
+
+    A collection the server already has is deleted first: Qdrant recovers the points into an
+    existing collection but keeps its own configuration (Citadel's model and dimensions among it)
+    and refuses a snapshot of other vector sizes, so replacing it means recreating it.
+    """
     server = _server(settings)
     try:
+        existing = set(server.collections())
         for collection in manifest.collections:
-            if collection.points is not None:
-                server.upload_snapshot(collection.name, path / _snapshot_file(collection.name))
+            if collection.points is None:
+                continue
+            if collection.name in existing:
+                server.delete_collection(collection.name)
+            relative = _snapshot_file(collection.name)
+            if relative not in manifest.files:
+                raise BackupError(f"{path} lists collection {collection.name} but not its snapshot {relative}: the manifest is damaged")
+            server.upload_snapshot(collection.name, path / relative, manifest.files[relative].sha256)
         server.set_aliases(manifest.aliases)
     finally:
         server.close()

@@ -163,3 +163,31 @@ def test_retention_never_deletes_the_newest_and_counts_only_days_with_backups() 
     assert retained(old, 2, 0) == {old[0], old[1]}
     same_week = [dt.datetime(2026, 1, 5, tzinfo=dt.UTC) + dt.timedelta(days=d) for d in range(7)]  # Monday to Sunday
     assert retained(same_week, 0, 1) == {same_week[-1]}
+
+
+def test_prune_deletes_what_interrupted_backups_left_a_day_ago_but_never_a_fresh_one(tmp_path: Path) -> None:
+    import os
+    import time
+
+    kept = _fake_backup(tmp_path, dt.datetime(2026, 12, 2, 3, 0, tzinfo=dt.UTC))
+    old_partial = tmp_path / ".citadel-backup-20261130T030000Z.partial-0badc0de"
+    old_deleting = tmp_path / ".citadel-backup-20261101T030000Z.deleting-12345678"
+    slow_partial = tmp_path / ".citadel-backup-20261129T030000Z.partial-5105105f"  # started long ago, still writing
+    fresh_partial = tmp_path / ".citadel-backup-20261202T040000Z.partial-f2e5f2e5"
+    stranger = tmp_path / ".citadel-backup-notes"  # not named as Citadel names its folders
+    two_days_ago = time.time() - 2 * 86400
+    for folder in (old_partial, old_deleting, slow_partial, fresh_partial, stranger):
+        (folder / "vectors").mkdir(parents=True)
+        (folder / "vectors" / "part.snapshot").write_bytes(b"x" * 10)
+        if folder is not fresh_partial:
+            for path in (folder / "vectors" / "part.snapshot", folder / "vectors", folder):
+                os.utime(path, (two_days_ago, two_days_ago))
+    (slow_partial / "vectors" / "part.snapshot").write_bytes(b"y" * 20)  # written to just now
+
+    result = prune_backups(tmp_path, keep_daily=1, keep_weekly=0)
+
+    assert result.kept == [kept.name]
+    assert result.deleted == [old_deleting.name, old_partial.name]
+    assert not old_partial.exists() and not old_deleting.exists()
+    assert slow_partial.is_dir() and fresh_partial.is_dir() and stranger.is_dir() and kept.is_dir()
+    assert [b.name for b in list_backups(tmp_path)] == [kept.name]

@@ -9,29 +9,49 @@ It runs in a background thread (:class:`QdrantTestServer`) or as its own process
 (``python -m tests.support.qdrant_server --path DIR --port N``, started by
 :func:`citadel.testing.qdrant_process.start_qdrant_process`),
 so that several worker processes can share one store.
+
+Collection snapshots (create, list, download, delete, upload, recover) answer as Qdrant's do; a
+snapshot is opaque to clients, so this server writes its own archive: a tar of the collection's
+config, its payload indexes and every point as stored (vectors bit for bit), kept under
+``<store>/snapshots/<collection>/`` with a ``.checksum`` file beside it, as Qdrant keeps them.
+With ``api_key`` every route but the probes wants Qdrant's ``api-key`` header (or a bearer token).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import email.parser
+import email.policy
+import hashlib
+import hmac
 import importlib.metadata
+import io
 import itertools
 import json
 import os
+import pickle
+import random
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import httpx
 import uvicorn
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
@@ -41,13 +61,18 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from citadel.testing.qdrant_process import URL_LINE_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INDEX_FILE = "server_payload_indexes.json"  # the payload indexes embedded mode does not keep
+SNAPSHOTS_DIR = "snapshots"  # as Qdrant's ./snapshots/<collection>/<name>.snapshot
+SNAPSHOT_FORMAT = 1
+SNAPSHOT_PRIORITIES = ("replica", "snapshot", "no_sync")
+UNAUTHENTICATED = frozenset({"/", "/healthz", "/livez", "/readyz"})  # Qdrant's whitelist
+RAW_BODY = object()  # an endpoint that reads its body itself (multipart)
 
 
 def server_version() -> str:
@@ -57,12 +82,18 @@ def server_version() -> str:
 
 
 class ApiError(Exception):
-    """An answer in Qdrant's error envelope: ``{"status": {"error": message}, "time": ...}``."""
+    """An answer in Qdrant's error envelope: ``{"status": {"error": message}, "time": ...}``, or
+    with ``plain`` the bare text actix answers for a request its extractors refuse."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, plain: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.plain = plain
+
+
+class Accepted:
+    """What a handler returns for ``?wait=false``: Qdrant's 202 ``{"status": "accepted"}``."""
 
 
 def _not_found(name: str) -> ApiError:
@@ -112,9 +143,64 @@ def _envelope(result: Any, started: float) -> JSONResponse:
     )
 
 
-def _error(error: ApiError, started: float) -> JSONResponse:
+def _error(error: ApiError, started: float) -> Response:
+    if error.plain:
+        return PlainTextResponse(error.message, status_code=error.status)
     body = {"status": {"error": error.message}, "time": time.perf_counter() - started}
     return JSONResponse(body, status_code=error.status)
+
+
+def _answer(result: Any, started: float) -> Response:
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, Accepted):
+        return JSONResponse({"status": "accepted", "time": time.perf_counter() - started}, status_code=202)
+    return _envelope(result, started)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _query_priority(request: Request) -> str | None:
+    value = request.query_params.get("priority")
+    if value is not None and value not in SNAPSHOT_PRIORITIES:
+        expected = ", ".join(f"`{choice}`" for choice in SNAPSHOT_PRIORITIES)
+        raise ApiError(400, f"Deserialize error in query parameters: priority: unknown variant `{value}`, expected one of {expected}")
+    return value
+
+
+def _multipart_file(content_type: str, body: bytes, field: str) -> tuple[str | None, bytes]:
+    """The file name and bytes of form field ``field`` in a multipart body (parsed by the standard
+    library's MIME parser); actix's plain-text 400 when there is none."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ApiError(400, "Could not find Content-Type header", plain=True)
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if message.is_multipart():
+        for part in message.iter_parts():
+            if part.get_param("name", header="content-disposition") == field:
+                data = part.get_payload(decode=True)
+                return part.get_filename(), data if isinstance(data, bytes) else b""
+    raise ApiError(400, f"Missing field `{field}`", plain=True)
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    archive.addfile(info, io.BytesIO(data))
+
+
+def _read_member(archive: tarfile.TarFile, name: str) -> bytes:
+    handle = archive.extractfile(name)
+    if handle is None:
+        raise KeyError(f"{name} is not a file")
+    return handle.read()
 
 
 _Handler = Callable[[Request, Any], Any]
@@ -123,9 +209,11 @@ _Handler = Callable[[Request, Any], Any]
 class QdrantRestApp:
     """The ASGI application: Qdrant's REST routes, each delegating to the embedded client under one lock."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, api_key: str | None = None) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.api_key = api_key
+        self.peer_id = random.randrange(10**15, 10**16)  # in snapshot names, as Qdrant's peer id
         # Every call holds self._lock, so the SQLite connections may move between worker threads.
         self.client = QdrantClient(path=str(self.path), force_disable_check_same_thread=True)
         self._lock = threading.Lock()
@@ -138,6 +226,15 @@ class QdrantRestApp:
         )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.api_key is not None and scope["type"] == "http" and scope["path"] not in UNAUTHENTICATED:
+            headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+            given = headers.get("api-key")
+            if given is None and headers.get("authorization", "").startswith("Bearer "):
+                given = headers["authorization"].removeprefix("Bearer ")
+            if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
+                reason = "Must provide an API key or an Authorization bearer token" if given is None else "Invalid API key or JWT"
+                await PlainTextResponse(reason, status_code=401)(scope, receive, send)
+                return
         await self._app(scope, receive, send)
 
     def close(self) -> None:
@@ -168,6 +265,12 @@ class QdrantRestApp:
             ("POST", c + "/points/query/batch", self._query_batch, models.QueryRequestBatch),
             ("POST", c + "/points/scroll", self._scroll, models.ScrollRequest),
             ("POST", c + "/points/count", self._count, models.CountRequest),
+            ("GET", c + "/snapshots", self._list_snapshots, None),
+            ("POST", c + "/snapshots", self._create_snapshot, None),
+            ("POST", c + "/snapshots/upload", self._upload_snapshot, RAW_BODY),
+            ("PUT", c + "/snapshots/recover", self._recover_snapshot, models.SnapshotRecover),
+            ("GET", c + "/snapshots/{snapshot_name}", self._download_snapshot, None),
+            ("DELETE", c + "/snapshots/{snapshot_name}", self._delete_snapshot, None),
         ]
         routes = [
             Route("/", self._root, methods=["GET"]),
@@ -180,23 +283,31 @@ class QdrantRestApp:
         return routes
 
     def _endpoint(self, method: str, path: str, handler: _Handler, body_model: Any) -> Callable[[Request], Any]:
-        adapter = TypeAdapter(body_model) if body_model is not None else None
+        adapter = TypeAdapter(body_model) if body_model not in (None, RAW_BODY) else None
 
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()
             self.requests[(method, path)] += 1
             raw = await request.body()
+            fetched: Path | None = None
             try:
-                body = None
+                body: Any = raw if body_model is RAW_BODY else None
                 if adapter is not None:
                     try:
                         body = adapter.validate_json(raw)
                     except (ValidationError, ValueError) as exc:
                         raise _format_error(exc) from exc
+                if isinstance(body, models.SnapshotRecover):
+                    # Fetched before taking the lock: the URL may be this very server.
+                    body, downloaded = await self._fetch_snapshot(body)
+                    fetched = body if downloaded else None
                 result = await run_in_threadpool(self._locked, handler, request, body)
             except ApiError as exc:
                 return _error(exc, started)
-            return _envelope(result, started)
+            finally:
+                if fetched is not None:
+                    fetched.unlink(missing_ok=True)  # as Qdrant removes a downloaded snapshot after recovery
+            return _answer(result, started)
 
         return endpoint
 
@@ -312,6 +423,23 @@ class QdrantRestApp:
         if self._indexes.pop(name, None) is not None:
             self._save_indexes()
         return True
+
+    def _create_from_config(self, name: str, config: models.CollectionConfig) -> None:
+        """Create ``name`` with a snapshot's configuration (what embedded mode keeps of it)."""
+        params = config.params
+        self.client.create_collection(
+            name,
+            vectors_config=params.vectors,
+            sparse_vectors_config=params.sparse_vectors,
+            metadata=config.metadata,
+            shard_number=params.shard_number,
+            replication_factor=params.replication_factor,
+            write_consistency_factor=params.write_consistency_factor,
+            on_disk_payload=params.on_disk_payload,
+            sharding_method=params.sharding_method,
+        )
+        if self._indexes.pop(name, None) is not None:
+            self._save_indexes()
 
     def _update_collection(self, request: Request, body: models.UpdateCollection) -> bool:
         collection = self._require(request.path_params["name"])
@@ -440,6 +568,240 @@ class QdrantRestApp:
         exact = body.exact if body.exact is not None else True
         return self.client.count(collection, count_filter=body.filter, exact=exact)
 
+    # snapshots -----------------------------------------------------------------------------
+    def _snapshot_dir(self, collection: str) -> Path:
+        return self.path / SNAPSHOTS_DIR / collection
+
+    def _snapshot_file(self, collection: str, snapshot: str) -> Path:
+        """The file of ``snapshot`` of ``collection``; Qdrant's 404 for a name that leads anywhere else."""
+        folder = self._snapshot_dir(collection).resolve()
+        path = (folder / snapshot).resolve()
+        if folder not in path.parents or not path.is_file():
+            raise ApiError(404, f"Not found: Snapshot {snapshot} not found")
+        return path
+
+    @staticmethod
+    def _describe(path: Path) -> models.SnapshotDescription:
+        checksum_file = path.with_name(path.name + ".checksum")
+        checksum = checksum_file.read_text().strip() if checksum_file.is_file() else None  # none for an uploaded one
+        stat = path.stat()
+        created = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).replace(tzinfo=None)  # Qdrant's naive UTC time
+        return models.SnapshotDescription(name=path.name, creation_time=created.isoformat(), size=stat.st_size, checksum=checksum)
+
+    def _stored_points(self, collection: str) -> list[models.PointStruct]:
+        """Every point as the store keeps it on disk, oldest write first: the vectors as written, not
+        as normalised in memory for cosine, so a recovered collection scores exactly as this one."""
+        storage = self.path / "collection" / collection / "storage.sqlite"
+        if not storage.is_file():
+            return []
+        conn = sqlite3.connect(f"{storage.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT point FROM points ORDER BY rowid DESC").fetchall()
+        finally:
+            conn.close()
+        seen: set[str] = set()
+        points = []
+        for (value,) in rows:  # newest first: an older row of the same point (legacy key) is stale
+            point = pickle.loads(value)  # written by the embedded store this server owns
+            if str(point.id) not in seen:
+                seen.add(str(point.id))
+                points.append(models.PointStruct(id=point.id, vector=point.vector, payload=point.payload))
+        points.reverse()
+        return points
+
+    def _write_archive(self, collection: str, target: Path) -> None:
+        points = self._stored_points(collection)
+        lines = b"".join(
+            json.dumps(to_jsonable_python(point, exclude_none=True), separators=(",", ":")).encode() + b"\n" for point in points
+        )
+        header = {
+            "format": SNAPSHOT_FORMAT,
+            "collection": collection,
+            "config": to_jsonable_python(self.client.get_collection(collection).config, exclude_none=True),
+            "payload_indexes": self._indexes.get(collection, {}),
+            "points": len(points),
+            "points_sha256": hashlib.sha256(lines).hexdigest(),
+        }
+        with tarfile.open(target, "w") as archive:  # Qdrant's snapshots are plain tar files too
+            _add_member(archive, "collection.json", json.dumps(header).encode())
+            _add_member(archive, "points.jsonl", lines)
+
+    @staticmethod
+    def _read_archive(path: Path) -> tuple[models.CollectionConfig, dict[str, Any], list[models.PointStruct]]:
+        """A snapshot's config, payload indexes and points, all checked before anything changes;
+        Qdrant's 500 for a file that is not a readable snapshot."""
+        try:
+            with tarfile.open(path, "r:") as archive:
+                head = _read_member(archive, "collection.json")
+                lines = _read_member(archive, "points.jsonl")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ApiError(500, "Service internal error: File IO error: failed to iterate over archive") from exc
+        except KeyError as exc:
+            raise ApiError(500, f"Service internal error: the snapshot lacks {exc}") from exc
+        try:
+            header = json.loads(head)
+            if header.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError(f"unknown snapshot format {header.get('format')!r}")
+            if hashlib.sha256(lines).hexdigest() != header["points_sha256"]:
+                raise ValueError("its points do not match their checksum")
+            config = models.CollectionConfig.model_validate(header["config"])
+            indexes = {str(field): schema for field, schema in header["payload_indexes"].items()}
+            for schema in indexes.values():
+                TypeAdapter(models.PayloadFieldSchema).validate_python(schema)
+            points = [models.PointStruct.model_validate_json(line) for line in lines.splitlines() if line]
+            if len(points) != header["points"]:
+                raise ValueError(f"it holds {len(points)} points, its header says {header['points']}")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ApiError(500, f"Service internal error: the snapshot is damaged: {reason}") from exc
+        return config, indexes, points
+
+    def _recover(self, name: str, path: Path) -> None:
+        """Recover collection ``name`` (or the one it is an alias of) from the snapshot at ``path``.
+
+        As in Qdrant: a missing collection is created with the snapshot's config; an existing one
+        keeps its own config (its vectors must match the snapshot's) and aliases, and its points
+        and payload indexes become the snapshot's.
+        """
+        config, indexes, points = self._read_archive(path)
+        collections = {c.name for c in self.client.get_collections().collections}
+        aliases = {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+        collection = aliases.get(name, name)
+        if collection in collections:
+            current = self.client.get_collection(collection).config
+            if current.params.vectors != config.params.vectors:
+                raise ApiError(
+                    400, "Wrong input: Snapshot is not compatible with existing collection: "
+                    f"Collection vectors: {current.params.vectors!r} Snapshot Vectors: {config.params.vectors!r}",
+                )
+            # Emptied by recreating it: embedded mode computes a re-added point's vector in
+            # another precision than a new one's, which would change scores in the last digits.
+            kept = [alias for alias, target in aliases.items() if target == collection]
+            self.client.delete_collection(collection)
+            self._create_from_config(collection, current)
+            self.client.update_collection_aliases(change_aliases_operations=[
+                models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias))
+                for alias in kept
+            ])
+        else:
+            self._create_from_config(collection, config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "payload indexes have no effect in local mode"
+            for field in set(self._indexes.get(collection, {})) - set(indexes):
+                self.client.delete_payload_index(collection, field)
+            for field, schema in indexes.items():
+                field_schema = TypeAdapter(models.PayloadFieldSchema).validate_python(schema)
+                self.client.create_payload_index(collection, field, field_schema)
+        if indexes:
+            self._indexes[collection] = indexes
+        else:
+            self._indexes.pop(collection, None)
+        self._save_indexes()
+        for start in range(0, len(points), 256):
+            self.client.upsert(collection, points=points[start : start + 256])
+
+    def _list_snapshots(self, request: Request, body: None) -> list[models.SnapshotDescription]:
+        folder = self._snapshot_dir(self._require(request.path_params["name"]))
+        if not folder.is_dir():
+            return []
+        return [self._describe(path) for path in sorted(folder.iterdir()) if path.is_file() and path.suffix == ".snapshot"]
+
+    def _create_snapshot(self, request: Request, body: None) -> models.SnapshotDescription | Accepted:
+        wait = _query_bool(request, "wait", True)
+        collection = self._require(request.path_params["name"])
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d-%H-%M-%S")
+        folder = self._snapshot_dir(collection)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{collection}-{self.peer_id}-{stamp}.snapshot"
+        temporary = target.with_suffix(".tmp")
+        try:
+            self._write_archive(collection, temporary)
+            # The checksum first, so a listed snapshot always has one (as Qdrant does).
+            target.with_name(target.name + ".checksum").write_text(_sha256(temporary))
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return self._describe(target) if wait else Accepted()
+
+    def _download_snapshot(self, request: Request, body: None) -> Response:
+        collection = self._require(request.path_params["name"])
+        path = self._snapshot_file(collection, request.path_params["snapshot_name"])
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+    def _delete_snapshot(self, request: Request, body: None) -> bool | Accepted:
+        wait = _query_bool(request, "wait", True)
+        collection = self._require(request.path_params["name"])
+        path = self._snapshot_file(collection, request.path_params["snapshot_name"])
+        path.unlink()
+        path.with_name(path.name + ".checksum").unlink(missing_ok=True)
+        return True if wait else Accepted()
+
+    def _upload_snapshot(self, request: Request, body: bytes) -> bool | Accepted:
+        wait = _query_bool(request, "wait", True)
+        _query_priority(request)  # one node: every priority recovers the same way
+        filename, data = _multipart_file(request.headers.get("content-type", ""), body, "snapshot")
+        if (expected := request.query_params.get("checksum")) is not None:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected.lower():
+                raise ApiError(400, f"Checksum mismatch: expected {actual}, actual {expected}")  # Qdrant's order
+        name = request.path_params["name"]
+        # Kept in the collection's snapshots, as Qdrant keeps an uploaded snapshot (delete it after).
+        folder = self._snapshot_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = folder / (Path(filename).name if filename and Path(filename).name not in ("", ".", "..") else str(uuid.uuid4()))
+        saved.write_bytes(data)
+        self._recover(name, saved)
+        return True if wait else Accepted()
+
+    async def _fetch_snapshot(self, body: models.SnapshotRecover) -> tuple[Path, bool]:
+        """The local file a recover request names (``file://`` inside the snapshots folder, as
+        Qdrant allows) or downloads (``http(s)://``), checked against its checksum; and whether it
+        was downloaded (to be deleted after)."""
+        url = urlsplit(body.location)
+        downloaded = False
+        if url.scheme == "file":
+            if url.netloc not in ("", "localhost"):
+                raise ApiError(400, "Bad request: Invalid snapshot URI, file path must be absolute or on localhost")
+            path = Path(unquote(url.path)).resolve()
+            if (self.path / SNAPSHOTS_DIR).resolve() not in path.parents:
+                raise ApiError(403, f'Forbidden: Snapshot file "{path}" must be inside snapshots directory')
+            if not path.is_file():
+                raise ApiError(400, f'Bad request: Snapshot file "{path}" does not exist')
+        elif url.scheme in ("http", "https"):
+            folder = self.path / SNAPSHOTS_DIR / ".downloads"
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=folder, suffix=".download")
+            os.close(handle)
+            path, downloaded = Path(name), True
+            headers = {"api-key": body.api_key} if body.api_key else {}
+            try:
+                async with httpx.AsyncClient(timeout=600) as client, client.stream("GET", body.location, headers=headers) as got:
+                    if got.is_error:
+                        raise ApiError(400, f"Bad request: Failed to download snapshot from {body.location}: status - {got.status_code}")
+                    with open(path, "wb") as out:
+                        async for block in got.aiter_bytes(1 << 20):
+                            out.write(block)
+            except httpx.HTTPError as exc:
+                path.unlink(missing_ok=True)
+                raise ApiError(500, f"Service internal error: Http request error: {exc}") from exc
+            except ApiError:
+                path.unlink(missing_ok=True)
+                raise
+        else:
+            raise ApiError(400, f"Bad request: URL {body.location} with scheme {url.scheme} is not supported")
+        if body.checksum is not None:
+            actual = await run_in_threadpool(_sha256, path)
+            if actual != body.checksum.lower():
+                if downloaded:
+                    path.unlink(missing_ok=True)
+                raise ApiError(400, f"Wrong input: Snapshot checksum mismatch: expected {body.checksum}, got {actual}")
+        return path, downloaded
+
+    def _recover_snapshot(self, request: Request, body: Path) -> bool | Accepted:
+        wait = _query_bool(request, "wait", True)
+        self._recover(request.path_params["name"], body)
+        return True if wait else Accepted()
+
 
 def _bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket; IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections."""
@@ -463,9 +825,10 @@ class QdrantTestServer:
     (as by any embedded client) while it runs.
     """
 
-    def __init__(self, path: Path | str, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, path: Path | str, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> None:
         self.path = Path(path)
         self.host = host
+        self.api_key = api_key
         self.port: int | None = port or None
         self._requested_port = port
         self.app: QdrantRestApp | None = None
@@ -488,7 +851,7 @@ class QdrantTestServer:
         """Open the store, bind the port and serve; returns once the server accepts connections."""
         if self._thread is not None:
             return self
-        self.app = QdrantRestApp(self.path)
+        self.app = QdrantRestApp(self.path, api_key=self.api_key)
         sock = _bind(self.host, self._requested_port)
         self.port = sock.getsockname()[1]
         self._server = _uvicorn_server(self.app)
@@ -549,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (announced on stdout)")
     args = parser.parse_args(argv)
-    app = QdrantRestApp(args.path)
+    # The key from the environment, as Qdrant reads it, never from a command line others can see.
+    app = QdrantRestApp(args.path, api_key=os.environ.get("QDRANT__SERVICE__API_KEY") or None)
     # uvicorn shuts down gracefully on these signals, then raises them again: exit cleanly then.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sys.exit(0))
