@@ -17,8 +17,10 @@ from tests.support.debian import ensure_debian_package
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF = REPO_ROOT / "deployments" / "nginx" / "citadel.conf"
+UPSTREAM_EXAMPLE = REPO_ROOT / "deployments" / "nginx" / "citadel-upstream.conf"
 CERT_PATH = "/etc/citadel/tls/fullchain.pem"
 KEY_PATH = "/etc/citadel/tls/privkey.pem"
+UPSTREAM_PATH = "/etc/nginx/citadel-upstream.conf"
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +30,23 @@ def nginx() -> str:
 
 
 def nginx_prefix(root: Path, site: str) -> Path:
-    """A private nginx prefix in ``root`` serving ``site`` from conf.d; returns its main nginx.conf."""
+    """A private nginx prefix in ``root`` serving ``site`` from conf.d; returns its main nginx.conf.
+
+    The certificate is for localhost and 127.0.0.1, its CA in ``tls/ca.pem``; the upstream include
+    is ``citadel-upstream.conf`` of the prefix, a copy of the shipped example.
+    """
     ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
+    cert = ca.issue_cert("localhost", "127.0.0.1")
     tls = root / "tls"
     tls.mkdir()
+    ca.cert_pem.write_to_path(str(tls / "ca.pem"))
     (tls / "fullchain.pem").write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     cert.private_key_pem.write_to_path(str(tls / "privkey.pem"))
-    for path in (CERT_PATH, KEY_PATH):
+    for path in (CERT_PATH, KEY_PATH, UPSTREAM_PATH):
         assert site.count(path) == 1, f"{path} should appear once in {CONF.name}"
     site = site.replace(CERT_PATH, str(tls / "fullchain.pem")).replace(KEY_PATH, str(tls / "privkey.pem"))
+    (root / "citadel-upstream.conf").write_text(UPSTREAM_EXAMPLE.read_text())
+    site = site.replace(UPSTREAM_PATH, str(root / "citadel-upstream.conf"))
 
     (root / "conf.d").mkdir()
     (root / "temp").mkdir()  # nginx makes only the last level of a temp path
@@ -93,6 +102,8 @@ def test_security_directives_present() -> None:
         "proxy_set_header X-Forwarded-Proto $scheme;",
         "proxy_set_header X-Request-ID $citadel_request_id;",
         "server_tokens off;",
+        f"include {UPSTREAM_PATH};",
+        "proxy_next_upstream error timeout;",
         'add_header Strict-Transport-Security "max-age=63072000; includeSubDomains" always;',
         "return 301 https://$host$request_uri;",
     ]
