@@ -13,18 +13,60 @@ each version's documents under the version's own name.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
+import sqlalchemy as sa
+
 from citadel.collections import check_collection_name
-from citadel.errors import ConfigurationError
+from citadel.errors import ConfigurationError, VersionCheckFailed
 from citadel.models import CollectionVersion, CollectionVersions, RunSummary, SwitchReport
 from citadel.resources import Resources
+from citadel.runlock import Holder, RunLock, lock_key, mark_crashed_runs
+from citadel.schema import index_runs
 from citadel.settings import secret
 from citadel.storeprobe import embedded_layout, server_layout
 
 SEPARATOR = "__v"
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def locked(resources: Resources, collection: str) -> AsyncIterator[None]:
+    """One blue-green operation on ``collection`` at a time, across processes (a build from its
+    choice of version to its switch, a switch, a rollback, a prune): two builds would otherwise
+    pick the same version, and a prune could delete a version a build is filling."""
+
+    def waiting(holder: Holder | None) -> None:
+        log.warning("waiting for another blue-green operation on %s to finish%s", collection,
+                    f" ({holder.describe()})" if holder else "")
+
+    lock = RunLock(await resources.registry(), lock_key(f"blue-green\x00{collection}", ""), str(uuid.uuid4()))
+    await lock.acquire(on_wait=waiting)
+    lock.start_heartbeat()
+    try:
+        yield
+    finally:
+        await lock.release()
+
+
+async def _refuse_if_running(resources: Resources, names: Sequence[str], doing: str) -> None:
+    """A collection an index run is writing into must not be deleted under it."""
+    if not names:
+        return
+    registry = await resources.registry()
+    await mark_crashed_runs(registry)
+    query = sa.select(index_runs.c.collection).where(index_runs.c.status == "running", index_runs.c.collection.in_(list(names)))
+    async with registry.engine.connect() as conn:
+        busy = sorted({row.collection for row in await conn.execute(query)})
+    if busy:
+        raise ConfigurationError(f"an index run is writing into {', '.join(busy)}; {doing} when it has finished")
 
 
 def version_name(collection: str, number: int) -> str:
@@ -57,6 +99,22 @@ async def live_collection(resources: Resources, collection: str) -> str:
     check_collection_name(collection)
     _, aliases = await layout(resources)
     return aliases.get(collection, collection)
+
+
+ALIAS_TTL_S = 2.0
+_recent: weakref.WeakKeyDictionary[Resources, tuple[float, dict[str, str]]] = weakref.WeakKeyDictionary()
+
+
+async def serving(resources: Resources, collection: str) -> str:
+    """:func:`live_collection` for a long-lived searcher (the API): the store's aliases are read at
+    most every :data:`ALIAS_TTL_S` seconds. Searches themselves read through the alias in Qdrant;
+    this only names the version whose registry rows (model, existence) the searcher checks."""
+    now = time.monotonic()
+    cached = _recent.get(resources)
+    if cached is None or now - cached[0] > ALIAS_TTL_S:
+        cached = (now, (await layout(resources))[1])
+        _recent[resources] = cached
+    return cached[1].get(collection, collection)
 
 
 async def versions(resources: Resources, collection: str) -> CollectionVersions:
@@ -102,6 +160,7 @@ async def check_version(resources: Resources, name: str) -> tuple[int, int, bool
 
 async def switch(resources: Resources, collection: str, target: str, *, check: bool = True) -> SwitchReport:
     """Make ``target`` (a version of ``collection``) live; with ``check``, only when it passes its check.
+    Callers hold :func:`locked`, as do :func:`rollback` and :func:`prune`.
 
     The first switch of a collection that was indexed without blue-green replaces that plain
     collection: its name must become the alias. Its vectors and registry rows are deleted, and a
@@ -123,15 +182,18 @@ async def switch(resources: Resources, collection: str, target: str, *, check: b
             problems.append("a search for one of its own chunks did not find it")
         if problems:
             reading = aliases.get(collection) or (collection if collection in collections else None)
-            raise ConfigurationError(
+            raise VersionCheckFailed(
                 f"version {target!r} failed its check ({'; '.join(problems)}), so {collection!r} still reads "
                 f"{repr(reading) if reading else 'nothing'}; fix the cause and run the build again"
             )
     previous = aliases.get(collection)
     replaced_plain = collection in collections
-    await resources.store.point_alias(collection, target, replace_collection=replaced_plain)
     if replaced_plain:
-        await (await resources.registry()).forget_collection(collection)
+        await _refuse_if_running(resources, [collection], f"switch {collection} to {target}")
+    await resources.store.point_alias(collection, target, replace_collection=replaced_plain)
+    # No registry rows belong under an alias's name (those of a replaced plain collection, even
+    # when an earlier switch stopped between its two steps).
+    await (await resources.registry()).forget_collection(collection)
     return SwitchReport(
         collection=collection, live=target, previous=previous, replaced_plain=replaced_plain,
         points=points, chunks=chunks, sample_found=found,
@@ -145,7 +207,11 @@ async def rollback(resources: Resources, collection: str) -> SwitchReport:
         raise ConfigurationError(
             f"{collection!r} has no blue-green versions; build one with `citadel index PATH --collection {collection} --blue-green`"
         )
-    live_number = version_number(collection, current.live) or 0
+    live_number = version_number(collection, current.live)
+    if live_number is None:
+        raise ConfigurationError(
+            f"{collection!r} is an alias of {current.live!r}, which is not one of its versions: nothing to roll back to"
+        )
     older = [v for v in current.versions if v.number < live_number]
     if not older:
         raise ConfigurationError(f"{current.live!r} is the oldest version of {collection!r} left: there is nothing to roll back to")
@@ -159,10 +225,13 @@ async def prune(resources: Resources, collection: str, keep: int = 1) -> list[st
     current = await versions(resources, collection)
     if current.live is None:
         return []
-    live_number = version_number(collection, current.live) or 0
+    live_number = version_number(collection, current.live)
+    if live_number is None:
+        raise ConfigurationError(f"{collection!r} is an alias of {current.live!r}, which is not one of its versions: nothing to prune")
     older = [v.name for v in current.versions if v.number < live_number]
     newer = [v.name for v in current.versions if v.number > live_number]
     doomed = older[: max(len(older) - keep, 0)] + newer
+    await _refuse_if_running(resources, doomed, f"prune {collection}")
     registry = await resources.registry()
     for name in doomed:
         await resources.store.delete_collection(name)
@@ -184,8 +253,9 @@ async def build_and_switch(
     source into the next version, then switch to it unless documents failed."""
     from citadel.indexrun import index_source  # it writes through this module's live_collection
 
-    target = await next_version(resources, collection)
-    summary = await index_source(resources, source, target, True, prune, source_name=source_name)
-    if summary.failed:
-        return summary.model_copy(update={"warnings": [*summary.warnings, not_switched(collection, summary)]})
-    return summary.model_copy(update={"switch": await switch(resources, collection, target)})
+    async with locked(resources, collection):
+        target = await next_version(resources, collection)
+        summary = await index_source(resources, source, target, True, prune, source_name=source_name)
+        if summary.failed:
+            return summary.model_copy(update={"warnings": [*summary.warnings, not_switched(collection, summary)]})
+        return summary.model_copy(update={"switch": await switch(resources, collection, target)})

@@ -15,6 +15,10 @@ class CollectionMismatchError(ConfigurationError):
     """A collection holds vectors of another model or size; mixing them would corrupt search."""
 
 
+class VersionCheckFailed(CitadelError):
+    """A blue-green build does not hold what its registry says, so its alias was not switched to it."""
+
+
 class DocumentError(CitadelError):
     """One document cannot be indexed; it goes to the dead letters and the run goes on."""
 

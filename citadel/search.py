@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from citadel.bluegreen import live_collection
+from citadel.bluegreen import serving
 from citadel.collections import check_collection_name
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.models import SearchHit
@@ -61,7 +61,7 @@ async def search_with(
     registry = await resources.registry()
     known = await registry.collection(collection)
     if known is None:  # an alias: the model is its live version's (a plain collection costs no look-up)
-        known = await registry.collection(await live_collection(resources, collection))
+        known = await registry.collection(await serving(resources, collection))
     if known and known[0] != resources.embedder.model:
         raise CollectionMismatchError(
             f"collection {collection!r} holds {known[0]} vectors but the configured embedder is "

@@ -171,14 +171,23 @@ def secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
+SECRET_QUERY_KEYS = ("password", "passwd", "secret", "token", "key", "sslpassword")
+
+
 def masked_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+    """``url`` with any password replaced by ``***``, in its user part or its query
+    (``redis://host/0?password=...`` is accepted by redis-py), fit for messages and logs."""
+    parts = original = urlsplit(url)
+    if parts.password is not None:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostport}")
+    if parts.query:
+        pairs = [pair.partition("=") for pair in parts.query.split("&")]
+        parts = parts._replace(query="&".join(
+            f"{name}{sep}{'***' if sep and any(k in name.lower() for k in SECRET_QUERY_KEYS) else value}" for name, sep, value in pairs
+        ))
+    # Rebuilt only when something was masked: urlunsplit would also rewrite sqlite:////abs/path.
+    return url if parts == original else urlunsplit(parts)
 
 
 # CITADEL_ variables that are not settings: read by the scripts, the CLI or the tests.

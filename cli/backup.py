@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from citadel.errors import CitadelError
-from cli.common import JsonOption, err, fail, out, print_json, run, settings
+from cli.common import JsonOption, describe, err, fail, out, print_json, run, settings
 
 if TYPE_CHECKING:
     from citadel.backup import CollectionCounts
@@ -22,6 +21,17 @@ backup_app = typer.Typer(
     no_args_is_help=True,
     help="Back up the registry and the vectors, check a backup, restore one, and keep the last few.",
 )
+
+T = TypeVar("T")
+
+
+def _plainly(work: Callable[[], T]) -> T:
+    """Synchronous backup work, with the one-line errors of every command (:func:`cli.common.run`'s)."""
+    try:
+        return work()
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        fail(*describe(exc))
+
 
 ToOption = typer.Option(None, "--to", help="Folder of the backups (default: CITADEL_BACKUP_DIR, <data dir>/backups).")
 
@@ -65,7 +75,7 @@ def create(
     directory = to or config.backup_dir
     summary = run(lambda: create_backup(config, directory, on_step=_step(as_json)))
     if keep_daily is not None or keep_weekly is not None:
-        summary.pruned = prune_backups(directory, keep_daily or 0, keep_weekly or 0).deleted
+        summary.pruned = _plainly(lambda: prune_backups(directory, keep_daily or 0, keep_weekly or 0)).deleted
     if as_json:
         print_json(summary)
         return
@@ -86,7 +96,8 @@ def verify(
     """Check a backup without restoring it: checksums, SQLite integrity, the Postgres dump, counts."""
     from citadel.backup import resolve_backup, verify_backup
 
-    report = verify_backup(resolve_backup(path, settings()))
+    config = settings()
+    report = _plainly(lambda: verify_backup(resolve_backup(path, config)))
     if as_json:
         print_json(report)
     elif report.ok:
@@ -134,7 +145,7 @@ def list_(to: Path | None = ToOption, as_json: bool = JsonOption) -> None:
     from citadel.backup import list_backups
 
     config = settings()
-    backups = list_backups(to or config.backup_dir)
+    backups = _plainly(lambda: list_backups(to or config.backup_dir))
     if as_json:
         print_json(backups)
         return
@@ -156,10 +167,7 @@ def prune(
     from citadel.backup import prune_backups
 
     config = settings()
-    try:
-        result = prune_backups(to or config.backup_dir, keep_daily, keep_weekly)
-    except CitadelError as exc:
-        fail(str(exc))
+    result = _plainly(lambda: prune_backups(to or config.backup_dir, keep_daily, keep_weekly))
     if as_json:
         print_json(result)
         return

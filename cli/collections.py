@@ -21,13 +21,18 @@ T = TypeVar("T")
 NameArgument = typer.Argument(..., help="The collection name searches use (the alias over its versions).")
 
 
-def _with_resources(work: Callable[[Resources], Awaitable[T]]) -> T:
+def _with_resources(work: Callable[[Resources], Awaitable[T]], *, lock: str | None = None) -> T:
+    """``work`` over the configured backends; with ``lock``, holding that collection's blue-green lock."""
+    from citadel.bluegreen import locked
     from citadel.resources import Resources  # the backends' clients load only when a command runs
 
     async def go() -> T:
         resources = Resources(settings())
         try:
-            return await work(resources)
+            if lock is None:
+                return await work(resources)
+            async with locked(resources, lock):
+                return await work(resources)
         finally:
             await resources.aclose()
 
@@ -68,7 +73,7 @@ def switch_version(
     """Point COLLECTION at VERSION in one atomic step, after checking it."""
     from citadel.bluegreen import switch
 
-    report: SwitchReport = _with_resources(lambda r: switch(r, collection, version, check=not force))
+    report: SwitchReport = _with_resources(lambda r: switch(r, collection, version, check=not force), lock=collection)
     print_json(report) if as_json else out.print(_said(report), highlight=False)
 
 
@@ -77,7 +82,7 @@ def rollback_version(collection: str = NameArgument, as_json: bool = JsonOption)
     """Point COLLECTION back at the version before the live one."""
     from citadel.bluegreen import rollback
 
-    report: SwitchReport = _with_resources(lambda r: rollback(r, collection))
+    report: SwitchReport = _with_resources(lambda r: rollback(r, collection), lock=collection)
     print_json(report) if as_json else out.print(_said(report), highlight=False)
 
 
@@ -90,7 +95,7 @@ def prune_versions(
     """Delete the versions of COLLECTION that are neither live nor kept for rollback."""
     from citadel.bluegreen import prune
 
-    deleted: list[str] = _with_resources(lambda r: prune(r, collection, keep))
+    deleted: list[str] = _with_resources(lambda r: prune(r, collection, keep), lock=collection)
     if as_json:
         print_json({"collection": collection, "deleted": deleted})
         return

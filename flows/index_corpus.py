@@ -74,6 +74,8 @@ async def index_corpus(
     await tag_flow_run(labels)
     alias = collection
     async with open_resources(settings) as resources, AsyncExitStack() as slot:
+        if blue_green:  # held from the choice of the version to the switch
+            await slot.enter_async_context(bluegreen.locked(resources, alias))
         collection = await (bluegreen.next_version if blue_green else bluegreen.live_collection)(resources, alias)
         full = full or blue_green
         with tags(*labels):

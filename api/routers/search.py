@@ -10,6 +10,7 @@ from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import SearchRequest, SearchResponse
 from api.security import require
 from api.state import state_of
+from citadel.bluegreen import serving
 from citadel.collections import check_collection_name
 from citadel.search import search_with
 
@@ -23,7 +24,8 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     started = time.perf_counter()
     collection = body.collection or state.settings.collection
     check_collection_name(collection)
-    if await (await state.resources.registry()).collection(collection) is None:
+    registry = await state.resources.registry()
+    if await registry.collection(collection) is None and await registry.collection(await serving(state.resources, collection)) is None:
         raise ApiError(404, f"collection {collection!r} does not exist yet; index something into it first",
                        code="collection_not_found")
     hits = await search_with(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,28 @@ def test_a_workflow_indexes_then_search_finds_it_over_http(api: Api) -> None:
     assert found["success"] is True and [hit["document_id"] for hit in found["hits"]] == ["fox"]
     assert found["hits"][0]["text"].startswith("The quick brown fox") and 0 < found["hits"][0]["score"] <= 1
     assert submitted["task_id"] in [run["task_id"] for run in listed["workflows"]]
+
+
+def test_search_reads_a_blue_green_collection_through_its_alias(api: Api) -> None:
+    """A workflow builds two blue-green versions; /api/v1/search on the alias reads the live one."""
+    collection = f"bg_{uuid.uuid4().hex[:10]}"
+
+    def build(text: str) -> dict[str, Any]:
+        workflow = {"workflow_id": "api-blue-green", "steps": [{"step_id": "index", "type": "index", "parameters": {
+            "collection": collection, "blue_green": True, "source": [{"id": "note", "text": text}]}}]}
+        with api.client(headers=api.headers()) as client:
+            submitted = client.post("/api/v1/orchestration/workflow", json=workflow).json()
+        status = wait_final(api, submitted["task_id"])
+        assert status["status"] == "Completed", status
+        output: dict[str, Any] = status["steps"]["index"]["output"]
+        return output
+
+    assert build("The lighthouse keeper logs every passing ship.")["switch"]["live"] == f"{collection}__v1"
+    assert build("The orchard blooms with apple blossoms in spring.")["switch"]["previous"] == f"{collection}__v1"
+    with api.client(headers=api.headers("reader")) as client:
+        found = client.post("/api/v1/search", json={"query": "apple blossoms", "collection": collection, "limit": 1})
+    assert found.status_code == 200, found.text
+    assert found.json()["collection"] == collection and "orchard" in found.json()["hits"][0]["text"]
 
 
 def test_search_of_an_unknown_collection_and_a_filter(api: Api) -> None:

@@ -46,3 +46,6 @@ def test_masked_url_hides_only_the_password() -> None:
     assert masked_url(f"postgresql+asyncpg://citadel:{SECRET}@db:5432/x") == "postgresql+asyncpg://citadel:***@db:5432/x"
     assert masked_url(f"redis://:{SECRET}@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
     assert masked_url("sqlite+aiosqlite:////tmp/r.db") == "sqlite+aiosqlite:////tmp/r.db"
+    # redis-py also takes the password from the query; other query values stay readable
+    assert masked_url(f"redis://cache:6379/0?password={SECRET}&socket_timeout=5") == "redis://cache:6379/0?password=***&socket_timeout=5"
+    assert masked_url(f"postgresql://u:{SECRET}@db/x?sslmode=require") == "postgresql://u:***@db/x?sslmode=require"

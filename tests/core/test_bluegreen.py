@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from citadel import bluegreen
-from citadel.errors import ConfigurationError
+from citadel.errors import ConfigurationError, VersionCheckFailed
 from citadel.indexrun import index_source
 from citadel.resources import Resources
 from citadel.search import search_with
@@ -145,7 +145,7 @@ async def test_a_version_that_fails_its_check_is_not_switched_to(data_dir: Path,
         await resources.store.delete("kb__v2", lost)
 
         refused = "failed its check .*holds 27 points but the registry has 30 chunks.*still reads 'kb__v1'"
-        with pytest.raises(ConfigurationError, match=refused):
+        with pytest.raises(VersionCheckFailed, match=refused):
             await bluegreen.switch(resources, "kb", "kb__v2")
         assert (await bluegreen.versions(resources, "kb")).live == "kb__v1"
         forced = await bluegreen.switch(resources, "kb", "kb__v2", check=False)
@@ -158,6 +158,9 @@ async def test_a_version_that_fails_its_check_is_not_switched_to(data_dir: Path,
         await resources.store.point_alias("foreign", "kb__v1")
         with pytest.raises(ConfigurationError, match="not one of its versions"):
             await bluegreen.next_version(resources, "foreign")
+        for operation in (bluegreen.prune, bluegreen.rollback):
+            with pytest.raises(ConfigurationError, match="not one of its versions"):
+                await operation(resources, "foreign")
     finally:
         await resources.aclose()
 
@@ -246,3 +249,25 @@ async def test_workflow_index_step_builds_and_switches_and_its_search_step_reads
         assert (await bluegreen.versions(resources, "kb")).live == "kb__v1"
     finally:
         await resources.aclose()
+
+
+async def test_two_builds_at_once_take_turns_and_build_two_versions(data_dir: Path, tmp_path: Path) -> None:
+    """The blue-green lock: without it both builds would pick kb__v1 and fill it together."""
+    write_corpus(tmp_path / "a", 4, seed=7)
+    write_corpus(tmp_path / "b", 4, seed=8)
+    first, second = Resources(Settings()), Resources(Settings())
+    try:
+        built = await asyncio.gather(
+            bluegreen.build_and_switch(first, str(tmp_path / "a"), "kb"),
+            bluegreen.build_and_switch(second, str(tmp_path / "b"), "kb"),
+        )
+        assert sorted(summary.collection for summary in built) == ["kb__v1", "kb__v2"]
+        assert all(summary.switch is not None and summary.added == 4 for summary in built)
+        listed = await bluegreen.versions(first, "kb")
+        assert [(v.name, v.live, v.points) for v in listed.versions] == [
+            ("kb__v1", False, built[0].chunks_embedded if built[0].collection == "kb__v1" else built[1].chunks_embedded),
+            ("kb__v2", True, built[0].chunks_embedded if built[0].collection == "kb__v2" else built[1].chunks_embedded),
+        ]
+    finally:
+        await first.aclose()
+        await second.aclose()
