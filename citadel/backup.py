@@ -58,7 +58,7 @@ from citadel import __version__
 from citadel.errors import CitadelError, ConfigurationError
 from citadel.models import Result, UTCDateTime
 from citadel.registry import Registry
-from citadel.schema import SCHEMA_VERSION, chunks, collections, documents, schema_version
+from citadel.schema import SCHEMA_VERSION, chunks, collections, documents, metadata, schema_version
 from citadel.settings import Settings, masked_url, secret
 from citadel.storeprobe import embedded_store_holder, store_in_use
 
@@ -1017,11 +1017,20 @@ def _restore_sqlite(copy: Path, target: Path) -> None:
 
 def _restore_postgres(settings: Settings, dump: Path) -> None:
     env, database = libpq_env(settings.registry_url)
+    restore = _pg_tool("pg_restore")
+    in_dump = set(re.findall(r" TABLE \S+ (citadel_\w+) ", _run_tool([restore, "--list", str(dump)])))
     _run_tool(
-        [_pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
+        [restore, "--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
          "--exit-on-error", "--no-password", f"--dbname={database}", str(dump)],
         env,
     )
+    # --clean drops only the tables the dump holds. A table newer than the backup's schema would
+    # keep the target's rows; dropped, it is created again by the schema upgrade that follows, and
+    # filled from the restored rows where it derives from them (the run totals).
+    newer = sorted(name for name in metadata.tables if name not in in_dump)
+    if newer:
+        drop = "DROP TABLE IF EXISTS " + ", ".join(f'"{name}"' for name in newer) + " CASCADE"
+        _run_tool([_pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", f"--dbname={database}", "-c", drop], env)
 
 
 def _restore_embedded(path: Path, manifest: Manifest, qdrant_path: Path) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from citadel.registry import Registry
+from citadel.settings import Settings
 from citadel.testing.corpus import write_corpus
 from citadel.vectorstore import close_local_clients
 from cli.main import app
@@ -155,3 +157,53 @@ def test_verify_exits_1_naming_the_corrupted_file_and_ignores_an_interrupted_bac
 
     missing = invoke("backup", "restore", tmp_path / "nowhere")
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+async def _no_upgrade(self: Registry) -> None:
+    """Registry.init of a Citadel whose schema is the registry's own: nothing to create or upgrade."""
+
+
+def test_a_backup_of_an_older_schema_restores_over_a_newer_registry(
+    data_dir: Path, tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restore (with --force) replaces the tables newer than the backup too, and the upgrade that
+    follows rebuilds them from the restored rows (the run totals, from the restored runs)."""
+    ensure_debian_package("pg_dump", "postgresql-client")
+    name = f"citadel_backup_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f"CREATE DATABASE {name}", postgres_url))
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    monkeypatch.setenv("CITADEL_DATABASE_URL", url)
+    try:
+        corpus = tmp_path / "corpus"
+        write_corpus(corpus, files=3, paragraphs=2)
+        assert invoke("index", corpus, "--collection", "old", "--json").exit_code == 0
+        # Make the registry what schema version 5 was: no run totals yet.
+        asyncio.run(_admin("DROP TABLE citadel_run_totals; UPDATE citadel_schema_version SET version = 5", url))
+        # A backup as the Citadel of schema 5 wrote it: this one's would upgrade the registry first.
+        with monkeypatch.context() as older:
+            older.setattr(Registry, "init", _no_upgrade)
+            made = invoke("backup", "create", "--to", tmp_path / "backups", "--json")
+        assert made.exit_code == 0, made.output
+        path = Path(json.loads(made.stdout)["path"])
+        assert json.loads((path / "manifest.json").read_text())["schema_version"] == 5
+
+        # The registry moves on: upgraded to version 6 (run totals backfilled) and a second collection indexed.
+        assert invoke("index", corpus, "--collection", "new", "--json").exit_code == 0
+        close_local_clients()
+        restored = invoke("backup", "restore", path, "--force", "--json")
+        assert restored.exit_code == 0, restored.output
+
+        async def totals() -> set[tuple[str, str, int]]:
+            registry = Registry(Settings().registry_url)
+            await registry.init()
+            try:
+                return {(t.collection, t.status, t.runs) for t in await registry.run_totals()}
+            finally:
+                await registry.aclose()
+
+        assert asyncio.run(totals()) == {("old", "completed", 1)}
+        collections = [c["collection"] for c in json.loads(invoke("status", "--json").stdout)["collections"]]
+        assert collections == ["old"]
+    finally:
+        close_local_clients()
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", postgres_url))
