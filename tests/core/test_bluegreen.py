@@ -220,6 +220,10 @@ async def test_cli_build_in_another_process_while_searches_read_the_alias_over_a
 
         listed = json.loads(cli("collection", "list", "kb", "--json").stdout)
         assert [(v["name"], v["live"]) for v in listed["versions"]] == [("kb__v1", False), ("kb__v2", True)]
+        shown = cli("collection", "list", "kb").stdout
+        assert "live  kb__v2" in shown and "kb__v1" in shown
+        again = cli("collection", "switch", "kb", "kb__v2", "--json")
+        assert again.returncode == 0 and json.loads(again.stdout)["previous"] == "kb__v2", again.stderr
         rolled = cli("collection", "rollback", "kb")
         assert rolled.returncode == 0 and "kb now reads kb__v1 (was kb__v2)" in rolled.stdout, rolled.stderr
         searched = json.loads(cli("search", QUERY, "--collection", "kb", "--json").stdout)
