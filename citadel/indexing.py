@@ -8,6 +8,7 @@ documents indexed. Unchanged documents are skipped by content hash without touch
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from citadel.chunking import CHUNKER_VERSION, chunk_text
 from citadel.collections import check_collection_name
 from citadel.documents import Document, LoadFailure
 from citadel.errors import EmbedderError
-from citadel.hashing import point_id
+from citadel.hashing import point_id, sha256_text
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry, StoredDocument
 from citadel.resources import Resources
 from citadel.sharding import shard_of
@@ -37,14 +38,20 @@ def chunking_key(chunk_size: int, chunk_overlap: int) -> str:
 
 @dataclass
 class PlannedDocument:
-    """A new, changed or repaired document: its chunks, and which of them need a vector computed."""
+    """A new, changed or repaired document: all its chunks (for the registry), and the ones to write.
+
+    An edited document writes only its difference: a chunk whose point id is already stored (same
+    document, position, text, source and metadata) stays as it is, neither read nor written.
+    """
 
     record: DocumentRecord
     change: Change
-    texts: list[str]
+    texts: list[str]  # of the chunks to write, in the order of ``ids``
     payloads: list[dict[str, Any]]
-    reuse: dict[int, str] = field(default_factory=dict)  # chunk position -> old point id with the same text
+    ids: list[str] = field(default_factory=list)  # point ids of the chunks to write
+    reuse: dict[int, str] = field(default_factory=dict)  # index into ``texts`` -> old point id with the same text
     stale: list[str] = field(default_factory=list)  # point ids to delete once the new ones are stored
+    kept: int = 0  # chunks left in place
 
 
 @dataclass
@@ -133,15 +140,22 @@ async def plan_batch(
     indexed_at = _now()
     for doc, content_hash in changed:
         pieces = chunk_text(doc.text, chunk_size, chunk_overlap)
-        rows = [ChunkRow(point_id(collection, doc.id, c.index, c.hash), c.index, c.hash) for c in pieces]
+        # The point id covers all a payload says but when it was written: a point whose id is
+        # stored already holds this chunk as it is now.
+        payload_key = sha256_text(doc.source + "\x00" + json.dumps(doc.metadata, sort_keys=True, default=str))[:16]
+        rows = [ChunkRow(point_id(collection, doc.id, c.index, f"{c.hash}\x1f{payload_key}"), c.index, c.hash) for c in pieces]
         old = old_chunks.get(doc.id, [])
         new_ids = {row.point_id for row in rows}
-        by_hash = {c.chunk_hash: c.point_id for c in old if c.state == "indexed"}
+        indexed = [c for c in old if c.state == "indexed"]
         known = stored.get(doc.id)
+        # Only a document whose points the store holds (not one awaiting repair or half-written) keeps any in place.
+        in_place = {c.point_id for c in indexed} if not full and known is not None and known.status == "indexed" else set()
+        written = [(c, row) for c, row in zip(pieces, rows, strict=True) if row.point_id not in in_place]
+        by_hash = {c.chunk_hash: c.point_id for c in indexed}
         planned = PlannedDocument(
             record=DocumentRecord(doc.id, doc.source, content_hash, rows, origin=doc.origin or doc.id, chunking=chunking),
             change=_change(known, content_hash),
-            texts=[c.text for c in pieces],
+            texts=[c.text for c, _ in written],
             payloads=[
                 {
                     "document_id": doc.id,
@@ -153,10 +167,12 @@ async def plan_batch(
                     "indexed_at": indexed_at,
                     "metadata": doc.metadata,
                 }
-                for c in pieces
+                for c, _ in written
             ],
-            reuse={} if full else {c.index: by_hash[c.hash] for c in pieces if c.hash in by_hash},
+            ids=[row.point_id for _, row in written],
+            reuse={} if full else {i: by_hash[c.hash] for i, (c, _) in enumerate(written) if c.hash in by_hash},
             stale=[c.point_id for c in old if c.point_id not in new_ids],
+            kept=len(rows) - len(written),
         )
         plan.documents.append(planned)
     return plan
@@ -187,6 +203,7 @@ async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> 
     batch = EmbeddedBatch(plan, [])
     wanted: list[tuple[int, int]] = []  # (document index, chunk position) needing the embedder
     for d_index, doc in enumerate(plan.documents):
+        batch.chunks_reused += doc.kept  # their vectors stay where they are
         vectors = np.zeros((len(doc.texts), resources.embedder.dimensions), dtype=np.float32)
         for position in range(len(doc.texts)):
             old = doc.reuse.get(position)
@@ -251,9 +268,10 @@ async def upsert_vectors(resources: Resources, collection: str, batch: EmbeddedB
     store = resources.store
     await store.ensure_collection(collection, resources.embedder.dimensions, model)
     await registry.write_intent(collection, model, [d.record for d in plan.documents])
-    ids = [row.point_id for d in plan.documents for row in d.record.chunks]
+    ids = [pid for d in plan.documents for pid in d.ids]
     payloads = [p for d in plan.documents for p in d.payloads]
-    await store.upsert(collection, ids, np.vstack(batch.vectors), payloads)
+    if ids:
+        await store.upsert(collection, ids, np.vstack(batch.vectors), payloads)
     await store.delete(collection, [pid for d in plan.documents for pid in d.stale])
     return len(ids)
 
@@ -269,7 +287,7 @@ async def record_documents(resources: Resources, collection: str, batch: Embedde
         added=changes.count("added"),
         updated=changes.count("updated"),
         repaired=changes.count("repaired"),
-        chunks_written=sum(len(d.record.chunks) for d in plan.documents),
+        chunks_written=sum(len(d.ids) for d in plan.documents),
     )
 
 

@@ -67,7 +67,9 @@ class RunCounts(Result):
     failed: int = Field(0, title="fail", description="Documents that went to the dead letters this run.")
     chunks_embedded: int = Field(0, description="Chunks the embedder computed.")
     chunks_written: int = Field(0, description="Points written to the vector store.")
-    chunks_reused: int = Field(0, description="Chunks whose stored vector was reused (same text).")
+    chunks_reused: int = Field(
+        0, description="Chunks not embedded because their stored vector served: left in place (unchanged) or copied (moved)."
+    )
     cache_hits: int = Field(0, description="Chunks whose vector came from the embedding cache.")
     repaired: int = Field(0, title="fix", description="Documents whose points the store had lost, written again.")
 

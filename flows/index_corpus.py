@@ -161,7 +161,7 @@ async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSum
 
 async def _write(settings: Settings, collection: str, batch: EmbeddedBatch, number: int) -> WriteResult:
     """The two write steps of a batch, in order: the points, then the registry."""
-    points = sum(len(d.record.chunks) for d in batch.plan.documents)
+    points = sum(len(d.ids) for d in batch.plan.documents)
     await upsert_vectors.with_options(task_run_name=f"upsert {points} points (batch {number})")(settings, collection, as_is(batch))
     record = record_documents.with_options(task_run_name=f"record {len(batch.plan.documents)} documents (batch {number})")
     written: WriteResult = await record(settings, collection, as_is(batch))
