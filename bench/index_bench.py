@@ -107,6 +107,56 @@ def _store_check_times(data_dir: Path) -> dict:
     return {"embedded": embedded, "rest": rest}
 
 
+EDIT_SEED = 2027
+APPENDED = "\n\nA paragraph appended by the edit: the harbour master logs every ship that waits for the tide.\n"
+
+
+def edit_corpus(corpus: Path, seed: int = EDIT_SEED) -> tuple[int, int]:
+    """Append a paragraph to 10% of the documents and delete 5% (other ones), seeded; returns (edited, deleted)."""
+    import random
+
+    paths = sorted(corpus.iterdir())
+    rng = random.Random(seed)
+    chosen = rng.sample(paths, len(paths) * 15 // 100)
+    edited, deleted = chosen[: len(paths) // 10], chosen[len(paths) // 10 :]
+    for path in edited:
+        path.write_text(path.read_text() + APPENDED)
+    for path in deleted:
+        path.unlink()
+    return len(edited), len(deleted)
+
+
+def _edited_phase(corpus: Path, data_dir: Path, report: dict) -> None:
+    """Index a copy of the corpus through the flow, edit it, and index it again: the edited phase's
+    own time, what it embedded, wrote and deleted, and that the store still matches the registry."""
+    import shutil
+
+    from citadel import metrics
+    from citadel.settings import Settings
+    from citadel.testing.corpus import index_state
+    from flows.index_corpus import index_corpus
+
+    copy = data_dir.parent / f"{data_dir.name}-corpus"
+    shutil.copytree(corpus, copy)
+
+    async def phases() -> None:
+        await index_corpus(str(copy), collection="bench")
+        report["edited"], report["deleted"] = edit_corpus(copy)
+        upserted = metrics.POINTS_UPSERTED.labels("bench")._value.get()
+        removed = metrics.POINTS_DELETED.labels("bench")._value.get()
+        start = time.perf_counter()
+        summary = await index_corpus(str(copy), collection="bench")
+        report["seconds"] = time.perf_counter() - start
+        report["flow_reported_s"] = summary["duration_s"]
+        report["texts_embedded"] = summary["chunks_embedded"] + summary["cache_hits"]
+        report["points_upserted"] = metrics.POINTS_UPSERTED.labels("bench")._value.get() - upserted
+        report["points_deleted"] = metrics.POINTS_DELETED.labels("bench")._value.get() - removed
+        report["documents"] = {k: summary[k] for k in ("updated", "deleted", "unchanged")}
+        report["points"], report["registry_chunks"] = await index_state(Settings(), "bench")
+
+    asyncio.run(phases())
+
+
 def run_one(mode: str, corpus: Path, data_dir: Path) -> dict:
     """Run one measurement in this process (called in a child process by ``main``)."""
     if mode == "store":
@@ -117,6 +167,10 @@ def run_one(mode: str, corpus: Path, data_dir: Path) -> dict:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     report: dict = {"mode": mode}
+    if mode == "edit":
+        _edited_phase(corpus, data_dir, report)
+        report["peak_rss_mb"] = _rss_mb()
+        return report
     if mode == "loop":
         report.update(asyncio.run(_plain_loop(corpus, "bench", report)))
     else:
@@ -204,6 +258,7 @@ def main() -> None:
         flow = _child("flow+rerun", corpus, root / "flow", flow_env)
         store = _child("store", corpus, root / "flow")
         check = _child("check", corpus, root / "flow")
+        edit = _child("edit", corpus, root / "edit", flow_env)
     report = {
         "files": args.files,
         "prefect_server": "postgres" if args.prefect_postgres else "local sqlite",
@@ -213,6 +268,7 @@ def main() -> None:
         "flow": flow,
         "store": store,
         "check": check,
+        "edit": edit,
         "loop_chunks_per_s": loop["chunks_written"] / loop["seconds"],
         "flow_chunks_per_s": flow["chunks_written"] / flow["seconds"],
         "flow_over_loop": loop["seconds"] / flow["seconds"],
@@ -222,6 +278,13 @@ def main() -> None:
     if args.markdown:
         print()
         print(_markdown(report, loop, flow, store, check))
+        print()
+        print(
+            f"edited phase ({edit['edited']} documents with a paragraph appended, {edit['deleted']} deleted): "
+            f"{edit['seconds']:.2f} s ({edit['flow_reported_s']:.2f} s inside the flow), {edit['texts_embedded']} texts embedded "
+            f"or from the cache, {edit['points_upserted']:.0f} points upserted, {edit['points_deleted']:.0f} deleted, "
+            f"{edit['points']} points = {edit['registry_chunks']} registry chunks"
+        )
 
 
 def _markdown(report: dict, loop: dict, flow: dict, store: dict, check: dict) -> str:
