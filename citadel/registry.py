@@ -8,6 +8,7 @@ acknowledged the write does it mark the document indexed with its new content ha
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import socket
@@ -150,15 +151,18 @@ class Registry:
                     import pathlib
 
                     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-            for attempt in range(3):
+            for attempt in range(5):
                 try:
                     await self._create_or_upgrade()
                     break
                 except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
                     # Two processes creating a new SQLite registry at once: the second finds the
-                    # first's tables or version row; its next attempt sees them whole.
-                    if self.dialect != "sqlite" or attempt == 2 or not _lost_creation_race(exc):
+                    # first's tables or version row, or both read the schema and then both want to
+                    # write it, which SQLite refuses to one of them at once (no busy wait can help);
+                    # the next attempt sees the tables whole.
+                    if self.dialect != "sqlite" or attempt == 4 or not _lost_creation_race(exc):
                         raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
         except (OSError, sa.exc.DBAPIError) as exc:
             raise ConfigurationError(
                 f"cannot open the registry database {masked_url(self.url)}: {_reason(exc)}; "
@@ -502,7 +506,7 @@ async def _count_by_collection(conn: AsyncConnection, table: sa.Table, *where: A
 
 def _lost_creation_race(exc: Exception) -> bool:
     text = str(exc)
-    return "already exists" in text or "UNIQUE constraint failed: citadel_schema_version" in text
+    return "already exists" in text or "UNIQUE constraint failed: citadel_schema_version" in text or "database is locked" in text
 
 
 def _reason(exc: BaseException) -> str:
