@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from citadel.testing.postgres import admin_execute
+
 REPO = Path(__file__).resolve().parents[1]
 CITADEL = [sys.executable, "-m", "cli"]
 
@@ -35,16 +37,6 @@ def _citadel(*args: str, env: dict[str, str]) -> tuple[float, dict[str, Any] | l
     if done.returncode != 0:
         raise SystemExit(f"citadel {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return seconds, json.loads(done.stdout)
-
-
-async def _admin(sql: str, admin_url: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def _index(corpus: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -67,7 +59,7 @@ def run(kind: str, root: Path, corpus: Path, admin: str | None) -> dict[str, Any
     if kind == "postgres":
         assert admin
         database = f"citadel_backup_bench_{uuid.uuid4().hex[:8]}"
-        asyncio.run(_admin(f"CREATE DATABASE {database}", admin))
+        asyncio.run(admin_execute(f"CREATE DATABASE {database}", admin))
         env["CITADEL_DATABASE_URL"] = admin.rsplit("/", 1)[0] + f"/{database}"
     try:
         summary = _index(corpus, env)
@@ -82,8 +74,8 @@ def run(kind: str, root: Path, corpus: Path, admin: str | None) -> dict[str, Any
         _, before = _citadel("search", "vector cache latency", "--limit", "5", env=env)
         shutil.rmtree(data)
         if database and admin:
-            asyncio.run(_admin(f"DROP DATABASE {database} WITH (FORCE)", admin))
-            asyncio.run(_admin(f"CREATE DATABASE {database}", admin))
+            asyncio.run(admin_execute(f"DROP DATABASE {database} WITH (FORCE)", admin))
+            asyncio.run(admin_execute(f"CREATE DATABASE {database}", admin))
         report["restore_s"], _ = _citadel("backup", "restore", made["path"], env=env)
         report["first_search_s"], after = _citadel("search", "vector cache latency", "--limit", "5", env=env)
         report["rto_s"] = report["restore_s"] + report["first_search_s"]
@@ -91,7 +83,7 @@ def run(kind: str, root: Path, corpus: Path, admin: str | None) -> dict[str, Any
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in report.items()}
     finally:
         if database and admin:
-            asyncio.run(_admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", admin))
+            asyncio.run(admin_execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", admin))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from citadel.registry import Registry
 from citadel.settings import Settings
 from citadel.testing.corpus import write_corpus
+from citadel.testing.postgres import admin_execute
 from citadel.vectorstore import close_local_clients
 from cli.main import app
 from tests.support.debian import ensure_debian_package
@@ -29,16 +30,6 @@ def invoke(*args: str | Path) -> Any:
     return runner.invoke(app, [str(arg) for arg in args], catch_exceptions=False)
 
 
-async def _admin(sql: str, admin_url: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def registry(request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The registry the drill runs on: the embedded SQLite file, or a Postgres database of its own."""
@@ -48,12 +39,12 @@ def registry(request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest
     ensure_debian_package("pg_dump", "postgresql-client")
     admin = request.getfixturevalue("postgres_url")
     name = f"citadel_backup_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}", admin))
+    asyncio.run(admin_execute(f"CREATE DATABASE {name}", admin))
     monkeypatch.setenv("CITADEL_DATABASE_URL", admin.rsplit("/", 1)[0] + f"/{name}")
     try:
         yield {"kind": "postgres", "database": name, "admin": admin}
     finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", admin))
+        asyncio.run(admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", admin))
 
 
 def _state(collection: str) -> tuple[dict[str, int], dict[str, list[tuple[str, float]]]]:
@@ -98,8 +89,8 @@ def test_the_drill(registry: dict[str, str], data_dir: Path, tmp_path: Path, col
     close_local_clients()
     shutil.rmtree(data_dir)
     if registry["kind"] == "postgres":
-        asyncio.run(_admin(f"DROP DATABASE {registry['database']} WITH (FORCE)", registry["admin"]))
-        asyncio.run(_admin(f"CREATE DATABASE {registry['database']}", registry["admin"]))
+        asyncio.run(admin_execute(f"DROP DATABASE {registry['database']} WITH (FORCE)", registry["admin"]))
+        asyncio.run(admin_execute(f"CREATE DATABASE {registry['database']}", registry["admin"]))
 
     restored = invoke("backup", "restore", path, "--json")
     assert restored.exit_code == 0, restored.output
@@ -170,7 +161,7 @@ def test_a_backup_of_an_older_schema_restores_over_a_newer_registry(
     follows rebuilds them from the restored rows (the run totals, from the restored runs)."""
     ensure_debian_package("pg_dump", "postgresql-client")
     name = f"citadel_backup_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}", postgres_url))
+    asyncio.run(admin_execute(f"CREATE DATABASE {name}", postgres_url))
     url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
     monkeypatch.setenv("CITADEL_DATABASE_URL", url)
     try:
@@ -178,7 +169,7 @@ def test_a_backup_of_an_older_schema_restores_over_a_newer_registry(
         write_corpus(corpus, files=3, paragraphs=2)
         assert invoke("index", corpus, "--collection", "old", "--json").exit_code == 0
         # Make the registry what schema version 5 was: no run totals yet.
-        asyncio.run(_admin("DROP TABLE citadel_run_totals; UPDATE citadel_schema_version SET version = 5", url))
+        asyncio.run(admin_execute("DROP TABLE citadel_run_totals; UPDATE citadel_schema_version SET version = 5", url))
         # A backup as the Citadel of schema 5 wrote it: this one's would upgrade the registry first.
         with monkeypatch.context() as older:
             older.setattr(Registry, "init", _no_upgrade)
@@ -206,4 +197,4 @@ def test_a_backup_of_an_older_schema_restores_over_a_newer_registry(
         assert collections == ["old"]
     finally:
         close_local_clients()
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", postgres_url))
+        asyncio.run(admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", postgres_url))

@@ -20,6 +20,7 @@ from qdrant_client import QdrantClient, models
 from typer.testing import CliRunner
 
 from citadel.testing.corpus import write_corpus
+from citadel.testing.postgres import admin_execute
 from cli.main import app
 from tests.support.debian import ensure_debian_package
 from tests.support.qdrant_server import QdrantTestServer
@@ -146,27 +147,17 @@ def test_snapshots_round_trip_exactly_and_refuse_what_qdrant_refuses(server: Qdr
 # --- the drill -----------------------------------------------------------------------------------
 
 
-async def _admin(sql: str, admin_url: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def database(data_dir: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A Postgres database of the drill's own, as CITADEL_DATABASE_URL."""
     ensure_debian_package("pg_dump", "postgresql-client")
     name = f"citadel_backup_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}", postgres_url))
+    asyncio.run(admin_execute(f"CREATE DATABASE {name}", postgres_url))
     monkeypatch.setenv("CITADEL_DATABASE_URL", postgres_url.rsplit("/", 1)[0] + f"/{name}")
     try:
         yield name
     finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", postgres_url))
+        asyncio.run(admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", postgres_url))
 
 
 def _state(server: QdrantTestServer, collection: str) -> dict[str, Any]:
@@ -232,8 +223,8 @@ def test_the_drill_over_a_qdrant_server(
         first.stop()
         second = QdrantTestServer(tmp_path / "qdrant-2", api_key=API_KEY).start()
         monkeypatch.setenv("CITADEL_QDRANT_URL", second.url)
-        asyncio.run(_admin(f"DROP DATABASE {database} WITH (FORCE)", postgres_url))
-        asyncio.run(_admin(f"CREATE DATABASE {database}", postgres_url))
+        asyncio.run(admin_execute(f"DROP DATABASE {database} WITH (FORCE)", postgres_url))
+        asyncio.run(admin_execute(f"CREATE DATABASE {database}", postgres_url))
 
         restored = invoke("backup", "restore", path, "--json")
         assert restored.exit_code == 0, restored.output
