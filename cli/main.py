@@ -23,6 +23,7 @@ from cli.common import (
     CollectionOption,
     JsonOption,
     err,
+    exit_now,
     fail,
     out,
     prefect_api_url,
@@ -323,3 +324,5 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to resume (finished batches are kept)")
         sys.exit(130)
+    except SystemExit as exc:
+        exit_now(exc.code)
