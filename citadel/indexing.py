@@ -198,8 +198,9 @@ async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> 
     through the cache. A document the embedder rejects goes to the dead letters, not the batch."""
     # A copy: isolating failed documents edits the plan, and a retried task gets the original again.
     plan = replace(plan, documents=list(plan.documents), failures=list(plan.failures))
+    resources.open_store_in_background()  # the batch will be written: load the store while it is embedded
     reuse_ids = [pid for doc in plan.documents for pid in doc.reuse.values()]
-    reused = await resources.store.retrieve_vectors(collection, reuse_ids) if reuse_ids else {}
+    reused = await (await resources.open_store()).retrieve_vectors(collection, reuse_ids) if reuse_ids else {}
     batch = EmbeddedBatch(plan, [])
     wanted: list[tuple[int, int]] = []  # (document index, chunk position) needing the embedder
     for d_index, doc in enumerate(plan.documents):
@@ -265,7 +266,7 @@ async def upsert_vectors(resources: Resources, collection: str, batch: EmbeddedB
         return 0
     registry = await resources.registry()
     model = resources.embedder.model
-    store = resources.store
+    store = await resources.open_store()
     await store.ensure_collection(collection, resources.embedder.dimensions, model)
     await registry.write_intent(collection, model, [d.record for d in plan.documents])
     ids = [pid for d in plan.documents for pid in d.ids]
@@ -296,7 +297,7 @@ async def delete_documents(resources: Resources, collection: str, document_ids: 
     if not document_ids:
         return 0
     registry = await resources.registry()
-    await resources.store.delete(collection, await registry.point_ids(collection, document_ids))
+    await (await resources.open_store()).delete(collection, await registry.point_ids(collection, document_ids))
     await registry.delete_documents(collection, document_ids)
     return len(document_ids)
 
@@ -372,7 +373,7 @@ async def prepare_collection(resources: Resources, collection: str) -> None:
     registry = await resources.registry()
     embedder = resources.embedder
     if await registry.collection(collection) is None:
-        await resources.store.ensure_collection(collection, embedder.dimensions, embedder.model)
+        await (await resources.open_store()).ensure_collection(collection, embedder.dimensions, embedder.model)
     await registry.ensure_collection(collection, embedder.model, embedder.dimensions)
 
 

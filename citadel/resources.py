@@ -7,6 +7,8 @@ client.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import TYPE_CHECKING
 
 from citadel.cache import CachedEmbedder, EmbeddingCache, build_cache
@@ -28,6 +30,8 @@ class Resources:
         self._cached: CachedEmbedder | None = None
         self._registry: Registry | None = None
         self._store: VectorStore | None = None
+        self._store_lock = threading.Lock()  # the store may be opened by a worker thread and the loop at once
+        self._opening: asyncio.Future[VectorStore] | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -39,7 +43,7 @@ class Resources:
     def cache(self) -> EmbeddingCache:
         if self._cache is None:
             s = self.settings
-            self._cache = build_cache(secret(s.redis_url), ttl_s=s.cache_ttl_s, lru_size=s.lru_size)
+            self._cache = build_cache(secret(s.redis_url), ttl_s=s.cache_ttl_s, lru_size=s.lru_size, lru_mb=s.lru_mb)
         return self._cache
 
     @property
@@ -61,21 +65,40 @@ class Resources:
 
     @property
     def store(self) -> VectorStore:
-        if self._store is None:
-            # Imported here: qdrant-client takes about a second to import, which a run that
-            # never opens the store (nothing changed) should not pay.
-            from citadel.vectorstore import VectorStore
+        """The vector store, opened on first use (in the calling thread: see :meth:`open_store`)."""
+        with self._store_lock:
+            if self._store is None:
+                # Imported here: qdrant-client takes about a second to import, which a run that
+                # never opens the store (nothing changed) should not pay.
+                from citadel.vectorstore import VectorStore
 
-            s = self.settings
-            self._store = VectorStore.connect(
-                url=s.qdrant_url,
-                api_key=secret(s.qdrant_api_key),
-                path=s.qdrant_path,
-                batch_size=s.upsert_batch_size,
-            )
-        return self._store
+                s = self.settings
+                self._store = VectorStore.connect(
+                    url=s.qdrant_url,
+                    api_key=secret(s.qdrant_api_key),
+                    path=s.qdrant_path,
+                    batch_size=s.upsert_batch_size,
+                )
+            return self._store
+
+    def open_store_in_background(self) -> None:
+        """Start opening the vector store in a worker thread, once a run knows it will write: the
+        seconds an embedded store takes to load then overlap with chunking and embedding."""
+        if self._store is None and self._opening is None:
+            self._opening = asyncio.ensure_future(asyncio.to_thread(lambda: self.store))
+
+    async def open_store(self) -> VectorStore:
+        """The vector store, opened without blocking the event loop (or the one being opened)."""
+        if self._store is not None:
+            return self._store
+        self.open_store_in_background()
+        assert self._opening is not None
+        return await asyncio.shield(self._opening)  # a cancelled caller leaves the open to finish for the next
 
     async def aclose(self) -> None:
+        if self._opening is not None:  # a thread cannot be stopped: let it finish, then close what it opened
+            await asyncio.gather(self._opening, return_exceptions=True)
+            self._opening = None
         if self._embedder is not None:
             await self._embedder.aclose()
         if self._cache is not None:

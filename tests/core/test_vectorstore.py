@@ -229,3 +229,33 @@ async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warnin
     assert not [w for w in leaked if "Local mode" in str(w.message)], "qdrant-client's own warning does not leak"
     advice = [r.getMessage() for r in caplog.records if r.name == "citadel.vectorstore"]
     assert len(advice) == 2 and all("over 20,000 points in big (20,001)" in a and "CITADEL_QDRANT_URL" in a for a in advice)
+
+
+async def test_a_reopened_store_keeps_its_vectors_as_float32_with_room_to_grow(tmp_path: Path) -> None:
+    """Qdrant's load builds a full float64 array (twice the memory, and the next point added copies
+    it whole); a reopened store holds float32 rows with spare capacity and answers as before."""
+    from citadel.vectorstore import close_local_clients
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((50, DIMS)).astype(np.float32)
+    ids = [pid(n) for n in range(50)]
+    store = VectorStore.connect(url=None, api_key=None, path=tmp_path / "q")
+    await store.ensure_collection("c", DIMS, MODEL)
+    await store.upsert("c", ids, vectors, [{"n": n} for n in range(50)])
+    query = rng.standard_normal(DIMS).tolist()
+    before = [(hit.id, round(hit.score, 5)) for hit in await store.search("c", query, limit=10)]
+    close_local_clients()
+
+    reopened = VectorStore.connect(url=None, api_key=None, path=tmp_path / "q")
+    loaded = reopened.client._client.collections["c"].vectors[""]
+    assert loaded.dtype == np.float32
+    assert loaded.shape[0] > 50, "spare rows: adding a point does not copy the array"
+    assert [(hit.id, round(hit.score, 5)) for hit in await reopened.search("c", query, limit=10)] == before
+    added = unit(*query)
+    await reopened.upsert("c", [pid(99)], [added], [{"n": 99}])
+    assert (await reopened.search("c", added, limit=1))[0].id == pid(99)
+    assert await reopened.count("c") == 51
+    close_local_clients()
+    again = VectorStore.connect(url=None, api_key=None, path=tmp_path / "q")
+    assert await again.count("c") == 51 and (await again.search("c", added, limit=1))[0].id == pid(99)
+    close_local_clients()
