@@ -70,9 +70,11 @@ class LRUCache:
     """A bounded in-process cache; the oldest entries go first when it is full."""
 
     max_items: int = 50_000
+    max_bytes: int = 32 * 1024 * 1024  # of keys and vectors: the bound that matters at large dimensions
     stats: CacheStats = field(default_factory=CacheStats)
     name: str = "memory"  # the metrics' cache label
     _data: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    _bytes: int = 0
 
     def __post_init__(self) -> None:
         metrics.CACHE_ERRORS.labels(self.name)  # series that exist from the start: a rate of 0, not absent
@@ -90,13 +92,22 @@ class LRUCache:
         return found
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        if self.max_items <= 0:
+        if self.max_items <= 0 or self.max_bytes <= 0:
             return
         for key, value in items:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= len(key) + len(old)
             self._data[key] = value
-            self._data.move_to_end(key)
-        while len(self._data) > self.max_items:
-            self._data.popitem(last=False)
+            self._bytes += len(key) + len(value)
+        while len(self._data) > self.max_items or self._bytes > self.max_bytes:
+            key, value = self._data.popitem(last=False)
+            self._bytes -= len(key) + len(value)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of keys and vectors held (what the ``max_bytes`` bound counts)."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._data)
@@ -237,8 +248,8 @@ class CachedEmbedder:
         return EmbedResult(vectors, hits, len(missing))
 
 
-def build_cache(redis_url: str | None, *, ttl_s: int, lru_size: int) -> EmbeddingCache:
-    """Redis when a URL is configured, else the in-process LRU."""
+def build_cache(redis_url: str | None, *, ttl_s: int, lru_size: int, lru_mb: int = 32) -> EmbeddingCache:
+    """Redis when a URL is configured, else the in-process LRU (bounded in vectors and in megabytes)."""
     if redis_url:
         return RedisCache(redis_url, ttl_s=ttl_s)
-    return LRUCache(max_items=lru_size)
+    return LRUCache(max_items=lru_size, max_bytes=lru_mb * 1024 * 1024)

@@ -68,7 +68,7 @@ async def run_checks(settings: Settings, prefect_api_url: str | None = None) -> 
             await resources.cache.ping()
             if settings.redis_url:
                 return f"redis {masked_url(settings.redis_url.get_secret_value())}"
-            return f"in-process LRU ({settings.lru_size} vectors); set CITADEL_REDIS_URL to share it"
+            return f"in-process LRU ({settings.lru_size} vectors, {settings.lru_mb} MB at most); set CITADEL_REDIS_URL to share it"
 
         results.append(await _check("embedding cache", cache, "start Redis or fix CITADEL_REDIS_URL (runs still work without it, slower)"))
 

@@ -98,7 +98,11 @@ class Settings(BaseSettings):
 
     redis_url: SecretStr | None = Field(None, description="Embedding cache; unset means an in-process LRU.")
     cache_ttl_s: int = Field(30 * 24 * 3600, gt=0)
-    lru_size: int = Field(50_000, ge=0)
+    lru_size: int = Field(50_000, ge=0, description="In-process cache: vectors at most (0 turns it off).")
+    lru_mb: int = Field(
+        32, ge=0, description="In-process cache: megabytes of vectors at most, whichever bound comes first; "
+        "at 768 dimensions 32 MB holds about 10,000 vectors, and an index run does not grow past it."
+    )
 
     qdrant_url: str | None = Field(None, description="Qdrant server; unset means embedded mode under data_dir.")
     qdrant_api_key: SecretStr | None = None

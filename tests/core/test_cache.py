@@ -128,10 +128,27 @@ async def test_lru_of_size_zero_stores_nothing() -> None:
     assert await cache.get_many(["a"]) == [None]
 
 
+async def test_lru_is_bounded_in_bytes_as_well_as_in_vectors() -> None:
+    """Large vectors fill the megabytes first: the oldest go, the newest stay, and a rewritten key
+    is counted once, so an index run's memory does not grow with its corpus."""
+    vector = b"v" * 3072  # a 768-dimensional float32 vector
+    entry = 3 + 3072  # keys k10 to k99: three characters
+    cache = LRUCache(max_items=50_000, max_bytes=10 * entry)
+    await cache.set_many([(f"k{n}", vector) for n in range(10, 35)])
+    assert len(cache) == 10 and cache.size_bytes == 10 * entry
+    assert await cache.get_many(["k24", "k25", "k34"]) == [None, vector, vector]
+    await cache.set_many([("k34", vector), ("k34", vector)])
+    assert len(cache) == 10 and cache.size_bytes == 10 * entry
+    assert (await cache.get_many(["k25"]))[0] == vector
+    off = LRUCache(max_bytes=0)
+    await off.set_many([("a", vector)])
+    assert len(off) == 0
+
+
 def test_build_cache_chooses_backend(redis_url: str) -> None:
     """A Redis URL gives a RedisCache with the TTL; none gives a bounded LRU."""
-    lru = build_cache(None, ttl_s=10, lru_size=7)
-    assert isinstance(lru, LRUCache) and lru.max_items == 7
+    lru = build_cache(None, ttl_s=10, lru_size=7, lru_mb=3)
+    assert isinstance(lru, LRUCache) and lru.max_items == 7 and lru.max_bytes == 3 * 1024 * 1024
     remote = build_cache(redis_url, ttl_s=42, lru_size=7)
     assert isinstance(remote, RedisCache) and remote.ttl_s == 42
 
