@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -99,11 +100,29 @@ async def index_corpus(
     return summary.to_json()
 
 
+# While the store is still opening (an embedded store loads every point, seconds at tens of
+# thousands), planning and embedding go on ahead of the writes, up to this much in memory.
+AHEAD_WHILE_OPENING_BATCHES = 8
+AHEAD_WHILE_OPENING_CHUNKS = 10_000
+
+
 async def _index_batches(
     settings: Settings, collection: str, resolved: ResolvedSource, full: bool, run: IndexRun, slot: AsyncExitStack
 ) -> None:
-    """Every batch of the source, embedding batch n + 1 while batch n is written; then the prune."""
-    writer: asyncio.Task[WriteResult] | None = None
+    """Every batch of the source, embedding batch n + 1 while batch n is written; then the prune.
+
+    Writes run one after another, in batch order. Once the store is open the loop waits for the
+    write of batch n before starting that of n + 1; while it is opening, up to a bound of batches
+    wait for it already embedded, so the time an embedded store takes to load is spent embedding.
+    """
+    pending: deque[tuple[asyncio.Task[WriteResult], int]] = deque()  # (the write, its chunks)
+
+    def waiting_too_much() -> bool:
+        if run.resources.store_opened:
+            return True
+        chunks = sum(size for _, size in pending)
+        return len(pending) >= AHEAD_WHILE_OPENING_BATCHES or chunks >= AHEAD_WHILE_OPENING_CHUNKS
+
     holding_slot = False
     try:
         for number, group in enumerate(resolved.groups(settings), start=1):
@@ -125,29 +144,28 @@ async def _index_batches(
             else:
                 embedded = EmbeddedBatch(plan, [])
             run.count_embedded(embedded)
-            # Embedding this batch overlapped with writing the previous one.
-            if writer is not None:
-                run.counts.add_written(await writer)
-                writer = None
+            # Embedding this batch overlapped with writing the ones before it.
+            while pending and (pending[0][0].done() or waiting_too_much()):
+                run.counts.add_written(await pending.popleft()[0])
             if embedded.plan.documents or embedded.plan.failures:
-                writer = asyncio.create_task(_write(settings, collection, embedded, number))
+                after = pending[-1][0] if pending else None
+                write = asyncio.create_task(_write(settings, collection, embedded, number, after))
+                pending.append((write, embedded.plan.chunk_count))
             progress.report(group.done, group.total, "indexing")
-        if writer is not None:
-            run.counts.add_written(await writer)
-            writer = None
+        while pending:
+            run.counts.add_written(await pending.popleft()[0])
         if resolved.prune:
             prune = delete_stale_documents.with_options(task_run_name=f"delete what {resolved.key[-80:]} no longer holds")
             run.counts.deleted = await prune(settings, collection, resolved.key, as_is(run.seen), resolved.shard)
     except Exception:
-        if writer is not None:
-            # Let the batch already embedded finish writing, so the next run re-embeds less.
-            await asyncio.gather(writer, return_exceptions=True)
-            writer = None
+        # Let the batches already embedded finish writing, so the next run re-embeds less.
+        await asyncio.gather(*(write for write, _ in pending), return_exceptions=True)
+        pending.clear()
         raise
     finally:
-        if writer is not None:  # cancelled or interrupted: stop at once, the next run repairs
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+        for write, _ in pending:  # cancelled or interrupted: stop at once, the next run repairs
+            write.cancel()
+        await asyncio.gather(*(write for write, _ in pending), return_exceptions=True)
 
 
 async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSummary:
@@ -159,8 +177,13 @@ async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSum
     return summary.model_copy(update={"switch": report})
 
 
-async def _write(settings: Settings, collection: str, batch: EmbeddedBatch, number: int) -> WriteResult:
-    """The two write steps of a batch, in order: the points, then the registry."""
+async def _write(
+    settings: Settings, collection: str, batch: EmbeddedBatch, number: int, after: asyncio.Task[WriteResult] | None
+) -> WriteResult:
+    """The two write steps of a batch, in order: the points, then the registry; after the write of
+    the batch before (a store takes one writer at a time, and a failed write stops the ones after)."""
+    if after is not None:
+        await after
     points = sum(len(d.ids) for d in batch.plan.documents)
     await upsert_vectors.with_options(task_run_name=f"upsert {points} points (batch {number})")(settings, collection, as_is(batch))
     record = record_documents.with_options(task_run_name=f"record {len(batch.plan.documents)} documents (batch {number})")

@@ -412,3 +412,46 @@ async def test_an_inline_id_of_another_source_is_refused_not_taken_over(data_dir
     assert stored["1"].source == "crm"
     again = await index_corpus([{"id": "1", "text": "a customer record"}], collection=collection_name, source_name="crm")
     assert again["unchanged"] == 1, "the first source's document is untouched"
+
+
+async def test_while_the_store_opens_the_run_embeds_ahead_then_writes_in_order(
+    data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedded store takes seconds to load: an edited run embeds its later batches meanwhile
+    (within a bound), then writes them one after another, and ends as a plain run would."""
+    from citadel import indexing
+
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=8)
+    monkeypatch.setenv("CITADEL_DOCUMENT_BATCH_SIZE", "2")
+    await index_corpus(str(corpus), collection=collection_name)
+    for path in paths:
+        path.write_text(path.read_text() + "\n\nAn appended paragraph about the harbour and its tides.\n")
+
+    embedded: list[int] = []
+    embed_plan = indexing.embed_plan
+
+    async def counted(*args: object, **kwargs: object) -> indexing.EmbeddedBatch:
+        batch = await embed_plan(*args, **kwargs)  # type: ignore[arg-type]
+        embedded.append(len(batch.plan.documents))
+        return batch
+
+    seen_at_open: list[int] = []
+    connect = VectorStore.connect
+
+    def slow_connect(**kwargs: object) -> VectorStore:
+        deadline = time.monotonic() + 30  # long enough for a loop that waits instead of embedding
+        while len(embedded) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen_at_open.append(len(embedded))
+        return connect(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(indexing, "embed_plan", counted)
+    monkeypatch.setattr(VectorStore, "connect", staticmethod(slow_connect))
+    edited = await index_corpus(str(corpus), collection=collection_name)
+    assert seen_at_open == [4], "all four batches were embedded while the store was opening"
+    assert (edited["updated"], edited["failed"], edited["vector_store_opened"]) == (8, 0, True)
+    total = expected_chunks(paths, Settings())
+    assert await index_state(Settings(), collection_name) == (total, total)
+    again = await index_corpus(str(corpus), collection=collection_name)
+    assert (again["unchanged"], again["chunks_embedded"]) == (8, 0)
