@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import httpx
 import numpy as np
+import orjson
 
 from citadel import metrics
 from citadel.embedders.models import resolve_dimensions
@@ -208,10 +209,14 @@ class HttpEmbedder:
         )
 
     def _json_body(self, response: httpx.Response, url: str) -> dict[str, Any]:
-        """The response's JSON object; anything else is an :class:`EmbedderError`."""
+        """The response's JSON object; anything else is an :class:`EmbedderError`.
+
+        Parsed by orjson: a batch of 64 vectors of 768 dimensions is 49,000 numbers, about 25 ms
+        with the standard library, time in which the serial server behind waits for the next batch.
+        """
         try:
-            body = response.json()
-        except ValueError as exc:
+            body = orjson.loads(response.content)
+        except ValueError as exc:  # orjson.JSONDecodeError is one
             raise EmbedderError(
                 f"{url} answered {response.status_code} with a non-JSON body: {response.text[:200]!r}", backend=True
             ) from exc
