@@ -156,7 +156,8 @@ def test_compose_volumes_are_named_and_secrets_come_from_the_env_file() -> None:
     assert "*" in dockerignore and "**/.env" in dockerignore
 
 
-def test_compose_resolves_with_the_env_example_and_refuses_a_missing_secret(tmp_path: Path) -> None:
+def test_compose_resolves_with_the_env_example_and_refuses_a_missing_secret(tmp_path: Path, podman: Podman) -> None:
+    # podman-compose asks podman for its version first: the fixture installs podman on a fresh machine.
     compose = [str(VENV_BIN / "podman-compose"), "--file", str(COMPOSE)]
     example = CONTAINER_DIR / ".env.example"
     # Only the env file speaks: none of the stack's variables comes from this process's environment.
