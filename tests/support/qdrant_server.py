@@ -65,6 +65,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from citadel.testing.qdrant_process import URL_LINE_PREFIX
+from citadel.vectorstore import prepare_embedded_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INDEX_FILE = "server_payload_indexes.json"  # the payload indexes embedded mode does not keep
@@ -216,6 +217,10 @@ class QdrantRestApp:
         self.peer_id = random.randrange(10**15, 10**16)  # in snapshot names, as Qdrant's peer id
         # Every call holds self._lock, so the SQLite connections may move between worker threads.
         self.client = QdrantClient(path=str(self.path), force_disable_check_same_thread=True)
+        # Writes cost what a server's do, not a commit waiting on the disk per point and a copy of
+        # every vector per batch: the embedded store is tuned as Citadel tunes its own.
+        for collection in self.client.get_collections().collections:
+            prepare_embedded_write(self.client, collection.name, 0)
         self._lock = threading.Lock()
         self._operation_ids = itertools.count(1)
         self._indexes: dict[str, dict[str, Any]] = self._load_indexes()
@@ -494,6 +499,7 @@ class QdrantRestApp:
         collection = self._require(request.path_params["name"])
         points = body.batch if isinstance(body, models.PointsBatch) else body.points
         options = {key: value for key in ("update_filter", "update_mode") if (value := getattr(body, key)) is not None}
+        prepare_embedded_write(self.client, collection, len(points.ids) if isinstance(points, models.Batch) else len(points))
         self.client.upsert(collection, points=points, **options)
         return self._update_result(request)
 
