@@ -65,7 +65,7 @@ def local_client(path: Path) -> QdrantClient:
             except RuntimeError as exc:
                 raise ConfigurationError(store_in_use(path, embedded_store_holder(path, others_only=True) or "another process")) from exc
             for collection in client.get_collections().collections:
-                prepare_embedded_write(client, collection.name, 0)
+                _reserve_rows(client, collection.name, 0)
                 advise_if_large(client, key, collection.name)
             _release_freed_memory()
             _LOCAL_CLIENTS[key] = client
