@@ -91,11 +91,49 @@ def collection_name() -> str:
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One Prefect test server for the whole session (it takes seconds to start)."""
-    from prefect.testing.utilities import prefect_test_harness
+    """One Prefect server for the whole session (it takes seconds to start), on this machine's Postgres.
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    Prefect's own test harness keeps its server on SQLite, whose single writer lock stalls the suite's
+    concurrent flow runs and API processes: a locked write answers 503, and Prefect's client backs off
+    for up to a minute before it gives up.
+    """
+    import asyncio
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from citadel.testing.postgres import admin_execute, plain_url
+    from citadel.testing.prefect_server import create_prefect_database, free_port
+
+    name = f"citadel_test_prefect_{os.getpid()}"
+    database = asyncio.run(create_prefect_database(POSTGRES_URL, name))
+
+    async def drain() -> None:
+        """Send the logs and events still queued in this process before the server goes."""
+        try:
+            drained = APILogWorker.instance().drain()
+            if inspect.isawaitable(drained):
+                await drained
+        except RuntimeError:  # the worker never started
+            pass
+        drained_all = EventsWorker.drain_all()
+        if inspect.isawaitable(drained_all):
+            await drained_all
+
+    with temporary_settings(updates={PREFECT_API_DATABASE_CONNECTION_URL: database}):
+        server = SubprocessASGIServer(port=free_port())
+        server.start(timeout=120)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                yield
+                run_coro_as_sync(drain())
+        finally:
+            server.stop()
+    asyncio.run(admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", plain_url(POSTGRES_URL)))
 
 
 @pytest.fixture(scope="session")
