@@ -27,6 +27,7 @@ MOZILLA_INTERMEDIATE = (
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
 )
 GRACEFUL_S = 30
+WORKER_PING_S = 60  # a worker silent this long is hung, and is replaced
 
 
 def app_factory() -> object:
@@ -115,7 +116,13 @@ def serve(
             if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 multiproc_dir = tempfile.mkdtemp(prefix="citadel-prometheus-")
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
-            config = TlsConfig("api.server:app_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+            # uvicorn replaces a worker that does not answer its ping within this time; its default
+            # (5 s) is shorter than a worker's start (imports, the app) on a loaded machine, and a
+            # worker killed while starting is replaced by one that starts as slowly: none serves.
+            config = TlsConfig(
+                "api.server:app_factory", factory=True, workers=workers, timeout_worker_healthcheck=WORKER_PING_S,
+                **common,  # type: ignore[arg-type]
+            )
         else:
             config = TlsConfig(create_app(settings, api, tls=tls), **common)  # type: ignore[arg-type]
         server = uvicorn.Server(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from pathlib import Path
 
@@ -43,3 +44,25 @@ def test_one_scrape_sees_every_worker(tmp_path: Path, redis_url: str, postgres_u
     for text in scrapes:  # the scrape-time families once each, beside the summed live ones
         assert text.count("# TYPE citadel_index_runs_total counter") == 1
         assert text.count("# TYPE citadel_dependency_up gauge") == 1
+
+
+# A worker process (uvicorn spawns them) that takes 8 s to start, as on a loaded machine.
+SLOW_WORKER_START = "import sys, time\nif '--multiprocessing-fork' in sys.argv:\n    time.sleep(8)\n"
+
+
+def test_workers_slower_to_start_than_uvicorns_default_ping_still_serve(tmp_path: Path) -> None:
+    """uvicorn replaces a worker that has not answered its ping in time (5 s by default); a worker
+    that started more slowly than that would be replaced forever and the API would never serve."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_WORKER_START)
+    qdrant, qdrant_url = start_qdrant_process(tmp_path / "qdrant")
+    pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    env = base_env(tmp_path / "data", CITADEL_QDRANT_URL=qdrant_url, PYTHONPATH=pythonpath)
+    try:
+        with ApiProcess(env, tmp_path, args=["--workers", "2"]).start(timeout=90) as api:
+            with httpx.Client(base_url=api.url, timeout=30) as client:
+                assert client.get("/api/v1/health").status_code == 200
+            assert "died" not in api.log(), api.log()
+    finally:
+        stop_qdrant_process(qdrant)
