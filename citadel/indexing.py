@@ -67,6 +67,45 @@ class BatchPlan:
         return sum(len(d.texts) for d in self.documents)
 
 
+class WriteBatcher:
+    """Changed documents of consecutive batches, gathered into one write.
+
+    An edited corpus has a few changed documents in each batch; writing each batch on its own
+    pays the embedder's, the store's and the registry's round trips once per batch. A gathered
+    batch is written once it has a batch's worth of documents, or half a batch's bytes of text
+    (a batch cut by its files' bytes holds less text than that after parsing, and is written alone).
+    """
+
+    def __init__(self, max_documents: int, max_bytes: int) -> None:
+        self.max_documents = max_documents
+        self.max_chars = max(1, max_bytes // 2)
+        self._plan = BatchPlan()
+        self._chars = 0
+        self._numbers: list[int] = []
+
+    def add(self, plan: BatchPlan, number: int) -> tuple[BatchPlan, str] | None:
+        """Gather ``plan`` (batch ``number``); when the gathered batch is full enough to write, it
+        and which batches it holds (``batches 3-12``, for its steps' names)."""
+        if not plan.documents and not plan.failures:
+            return None
+        self._plan.documents.extend(plan.documents)
+        self._plan.failures.extend(plan.failures)
+        self._chars += sum(len(text) for doc in plan.documents for text in doc.texts)
+        self._numbers.append(number)
+        if len(self._plan.documents) >= self.max_documents or self._chars >= self.max_chars:
+            return self.take()
+        return None
+
+    def take(self) -> tuple[BatchPlan, str] | None:
+        """What is gathered and which batches it holds (None when nothing is), emptying the batcher."""
+        if not self._numbers:
+            return None
+        first, last = self._numbers[0], self._numbers[-1]
+        gathered = (self._plan, f"batch {first}" if first == last else f"batches {first}-{last}")
+        self._plan, self._chars, self._numbers = BatchPlan(), 0, []
+        return gathered
+
+
 @dataclass
 class EmbeddedBatch:
     """A plan with a vector for every chunk of every document that could be embedded."""

@@ -25,8 +25,10 @@ from citadel.consistency import reconcile
 from citadel.documents import SUPPORTED_SUFFIXES, SourceListing, iter_groups, list_source, load_group, shard_listing
 from citadel.errors import ConfigurationError
 from citadel.indexing import (
+    BatchPlan,
     EmbeddedBatch,
     SeenDocuments,
+    WriteBatcher,
     embed_plan,
     plan_batch,
     prepare_collection,
@@ -252,18 +254,30 @@ async def index_source(
     await prepare_collection(resources, collection)
     async with IndexRun(resources, collection, resolved) as run:
         run.store = await reconcile(resources, collection)
-        for group in resolved.groups(settings):
+        batcher = WriteBatcher(settings.document_batch_size, settings.document_batch_bytes)
+
+        async def embed_and_write(plan: BatchPlan) -> None:
+            batch = await embed_plan(resources, collection, plan) if plan.documents else EmbeddedBatch(plan, [])
+            run.count_embedded(batch)
+            if batch.plan.documents or batch.plan.failures:
+                await upsert_vectors(resources, collection, batch)
+                run.counts.add_written(await record_documents(resources, collection, batch))
+
+        for number, group in enumerate(resolved.groups(settings), start=1):
             items = run.seen.admit(load_group(group, resolved.key, settings.max_file_bytes))
             plan = await plan_batch(
                 registry, collection, resources.embedder.model, items,
                 chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
             )
             run.counts.unchanged += plan.unchanged
-            batch = await embed_plan(resources, collection, plan) if plan.documents else EmbeddedBatch(plan, [])
-            run.count_embedded(batch)
-            if batch.plan.documents or batch.plan.failures:
-                await upsert_vectors(resources, collection, batch)
-                run.counts.add_written(await record_documents(resources, collection, batch))
+            if plan.documents:
+                resources.open_store_in_background()  # it loads while later batches are planned
+            gathered = batcher.add(plan, number)
+            if gathered:
+                await embed_and_write(gathered[0])
+        gathered = batcher.take()
+        if gathered:
+            await embed_and_write(gathered[0])
         if resolved.prune:
             run.counts.deleted = await prune_source(resources, collection, resolved.key, run.seen, resolved.shard)
     assert run.summary is not None

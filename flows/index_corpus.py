@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
 from citadel import bluegreen, progress
-from citadel.indexing import EmbeddedBatch, WriteResult
+from citadel.indexing import BatchPlan, EmbeddedBatch, WriteBatcher, WriteResult
 from citadel.indexrun import IndexRun, ResolvedSource, resolve_source
 from citadel.models import RunSummary
 from citadel.settings import EmbedderConfig, Settings, settings_for
@@ -111,6 +111,9 @@ async def _index_batches(
 ) -> None:
     """Every batch of the source, embedding batch n + 1 while batch n is written; then the prune.
 
+    The changed documents of consecutive batches are gathered into one write (an edited corpus
+    has a few in each), and the store starts opening as soon as a batch has any.
+
     Writes run one after another, in batch order. Once the store is open the loop waits for the
     write of batch n before starting that of n + 1; while it is opening, up to a bound of batches
     wait for it already embedded, so the time an embedded store takes to load is spent embedding.
@@ -124,6 +127,30 @@ async def _index_batches(
         return len(pending) >= AHEAD_WHILE_OPENING_BATCHES or chunks >= AHEAD_WHILE_OPENING_CHUNKS
 
     holding_slot = False
+    batcher = WriteBatcher(settings.document_batch_size, settings.document_batch_bytes)
+
+    async def embed_and_write(gathered: tuple[BatchPlan, str]) -> None:
+        nonlocal holding_slot
+        plan, label = gathered
+        if plan.documents and not holding_slot:
+            # One slot of the backend's global limit, taken when the run first needs the
+            # embedder (an unchanged run never does) and held until the run ends.
+            await slot.enter_async_context(embedding_slot(settings))
+            holding_slot = True
+        if plan.documents:
+            name = f"embed {plan.chunk_count} chunks of {len(plan.documents)} documents ({label})"
+            embedded = await embed_chunks.with_options(task_run_name=name)(settings, collection, as_is(plan))
+        else:
+            embedded = EmbeddedBatch(plan, [])
+        run.count_embedded(embedded)
+        # Embedding this batch overlapped with writing the ones before it.
+        while pending and (pending[0][0].done() or waiting_too_much()):
+            run.counts.add_written(await pending.popleft()[0])
+        if embedded.plan.documents or embedded.plan.failures:
+            after = pending[-1][0] if pending else None
+            write = asyncio.create_task(_write(settings, collection, embedded, label, after))
+            pending.append((write, embedded.plan.chunk_count))
+
     try:
         for number, group in enumerate(resolved.groups(settings), start=1):
             what = f"{len(group.paths)} files" if group.paths or not group.records else f"{len(group.records)} records"
@@ -133,25 +160,15 @@ async def _index_batches(
                 settings, collection, as_is(items), full
             )
             run.counts.unchanged += plan.unchanged
-            if plan.documents and not holding_slot:
-                # One slot of the backend's global limit, taken when the run first needs the
-                # embedder (an unchanged run never does) and held until the run ends.
-                await slot.enter_async_context(embedding_slot(settings))
-                holding_slot = True
             if plan.documents:
-                name = f"embed {plan.chunk_count} chunks of {len(plan.documents)} documents (batch {number})"
-                embedded = await embed_chunks.with_options(task_run_name=name)(settings, collection, as_is(plan))
-            else:
-                embedded = EmbeddedBatch(plan, [])
-            run.count_embedded(embedded)
-            # Embedding this batch overlapped with writing the ones before it.
-            while pending and (pending[0][0].done() or waiting_too_much()):
-                run.counts.add_written(await pending.popleft()[0])
-            if embedded.plan.documents or embedded.plan.failures:
-                after = pending[-1][0] if pending else None
-                write = asyncio.create_task(_write(settings, collection, embedded, number, after))
-                pending.append((write, embedded.plan.chunk_count))
+                run.resources.open_store_in_background()  # it loads while later batches are planned
+            gathered = batcher.add(plan, number)
+            if gathered:
+                await embed_and_write(gathered)
             progress.report(group.done, group.total, "indexing")
+        gathered = batcher.take()
+        if gathered:
+            await embed_and_write(gathered)
         while pending:
             run.counts.add_written(await pending.popleft()[0])
         if resolved.prune:
@@ -178,14 +195,14 @@ async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSum
 
 
 async def _write(
-    settings: Settings, collection: str, batch: EmbeddedBatch, number: int, after: asyncio.Task[WriteResult] | None
+    settings: Settings, collection: str, batch: EmbeddedBatch, label: str, after: asyncio.Task[WriteResult] | None
 ) -> WriteResult:
     """The two write steps of a batch, in order: the points, then the registry; after the write of
     the batch before (a store takes one writer at a time, and a failed write stops the ones after)."""
     if after is not None:
         await after
     points = sum(len(d.ids) for d in batch.plan.documents)
-    await upsert_vectors.with_options(task_run_name=f"upsert {points} points (batch {number})")(settings, collection, as_is(batch))
-    record = record_documents.with_options(task_run_name=f"record {len(batch.plan.documents)} documents (batch {number})")
+    await upsert_vectors.with_options(task_run_name=f"upsert {points} points ({label})")(settings, collection, as_is(batch))
+    record = record_documents.with_options(task_run_name=f"record {len(batch.plan.documents)} documents ({label})")
     written: WriteResult = await record(settings, collection, as_is(batch))
     return written

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from citadel import metrics
 from citadel.chunking import chunk_text
+from citadel.indexing import BatchPlan, PlannedDocument, WriteBatcher
 from citadel.indexrun import index_source
+from citadel.registry import DeadLetter, DocumentRecord
 from citadel.resources import Resources
 from citadel.settings import Settings
 from citadel.testing.corpus import write_corpus
@@ -77,3 +81,59 @@ async def test_new_metadata_rewrites_every_chunk_of_the_document(data_dir: Path,
         assert await resources.store.count(collection_name) == chunks
     finally:
         await resources.aclose()
+
+
+async def test_edits_spread_over_batches_are_written_together(
+    data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few changed documents in each batch make one write, not one per batch; the result is the same."""
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=12, paragraphs=4)
+    monkeypatch.setenv("CITADEL_DOCUMENT_BATCH_SIZE", "4")  # three batches of four documents
+    settings = Settings()
+    resources = Resources(settings)
+    try:
+        await index_source(resources, str(corpus), collection_name)
+        for path in (paths[0], paths[5], paths[9]):  # one edit in each batch
+            path.write_text(path.read_text() + "\n\nAn appended paragraph about the harbour and its tides.\n")
+        paths[10].unlink()
+        upserts: list[int] = []
+        upsert = resources.store.upsert
+
+        async def counted(collection: str, ids: list[str], *args: object, **kwargs: object) -> None:
+            upserts.append(len(ids))
+            await upsert(collection, ids, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(resources.store, "upsert", counted)
+        edited = await index_source(resources, str(corpus), collection_name)
+        assert (edited.updated, edited.unchanged, edited.deleted, edited.failed) == (3, 8, 1, 0)
+        assert len(upserts) == 1, f"three batches' edits make one write, not {len(upserts)}"
+        assert upserts == [edited.chunks_written]
+        total = sum(len(chunk_text(p.read_text(), settings.chunk_size, settings.chunk_overlap)) for p in paths if p.exists())
+        registry = await resources.registry()
+        assert (await resources.store.count(collection_name), await registry.count_chunks(collection_name)) == (total, total)
+    finally:
+        await resources.aclose()
+
+
+def test_a_write_batcher_gathers_until_a_batch_worth_of_documents_or_text() -> None:
+    def planned(texts: int, size: int = 10) -> PlannedDocument:
+        record = DocumentRecord("d", "s", "h", [])
+        return PlannedDocument(record, "updated", ["x" * size] * texts, [{}] * texts)
+
+    batcher = WriteBatcher(max_documents=3, max_bytes=1000)
+    assert batcher.add(BatchPlan(unchanged=5), 1) is None  # nothing to write: not gathered
+    assert batcher.take() is None
+    assert batcher.add(BatchPlan([planned(2)]), 2) is None
+    failed = DeadLetter("bad", "s", "load", "unreadable")
+    assert batcher.add(BatchPlan([planned(1)], failures=[failed]), 3) is None
+    full = batcher.add(BatchPlan([planned(1)]), 5)
+    assert full is not None
+    plan, label = full
+    assert (len(plan.documents), plan.chunk_count, plan.failures, label) == (3, 4, [failed], "batches 2-5")
+    assert batcher.take() is None  # emptied
+    by_text = batcher.add(BatchPlan([planned(1, size=500)]), 6)  # half of max_bytes in text
+    assert by_text is not None and by_text[1] == "batch 6"
+    assert batcher.add(BatchPlan(failures=[failed]), 7) is None
+    rest = batcher.take()
+    assert rest is not None and rest[0].failures == [failed] and rest[1] == "batch 7"

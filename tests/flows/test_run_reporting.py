@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
@@ -18,11 +21,17 @@ from flows.similarity_search import similarity_search
 from tasks.reporting import artifact_key
 
 
-async def _run_of(state):
-    """The flow run of a finished state, read back from the server, with its task runs and artifacts."""
+async def _run_of(state, tasks_at_least: int = 0):
+    """The flow run of a finished state, read back from the server, with its task runs (once it
+    knows ``tasks_at_least`` of them: they reach it as events, after the run) and artifacts."""
+    deadline = time.monotonic() + 30
     async with get_client() as client:
         run = await client.read_flow_run(state.state_details.flow_run_id)
-        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        while True:
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            if len(tasks) >= tasks_at_least or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     # A table artifact's data is JSON text (what a REST client reads too); markdown is the text.
     shown = {a.key: json.loads(a.data) if a.type == "table" else a.data for a in artifacts if a.key}
@@ -36,7 +45,7 @@ async def test_an_index_run_is_named_tagged_and_reports_its_summary_and_dead_let
     write_corpus(corpus, files=3)
     (corpus / "empty.md").write_text("")
     state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
-    run, tasks, artifacts = await _run_of(state)
+    run, tasks, artifacts = await _run_of(state, tasks_at_least=8)  # prepare, check, load, plan, embed, upsert, record, prune
 
     assert run.name == f"index-{collection_name}"
     assert {f"collection:{collection_name}", "embedder:hashing"} <= set(run.tags)
@@ -51,6 +60,25 @@ async def test_an_index_run_is_named_tagged_and_reports_its_summary_and_dead_let
     assert (summary.added, summary.failed) == (3, 1) and row["duration_s"] == summary.duration_s
     dead = artifacts[artifact_key("dead-letters", collection_name)]
     assert "empty.md" in dead and "empty document" in dead
+
+
+async def test_edits_of_several_batches_show_as_one_write_named_after_its_batches(
+    data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=9)
+    monkeypatch.setenv("CITADEL_DOCUMENT_BATCH_SIZE", "3")
+    await index_corpus(str(corpus), collection=collection_name)
+    for path in (paths[1], paths[7]):  # batches 1 and 3
+        path.write_text(path.read_text() + "\n\nAn appended paragraph about the harbour and its tides.\n")
+    state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
+    # prepare, check, three loads and plans, one embed, upsert and record, the prune
+    _, tasks, _ = await _run_of(state, tasks_at_least=12)
+    names = {task.name for task in tasks}
+    writes = sorted(name for name in names if name.split()[0] in ("embed", "upsert", "record"))
+    assert len(writes) == 3 and all(name.endswith("(batches 1-3)") for name in writes), writes
+    assert "record 2 documents (batches 1-3)" in writes
+    assert {f"plan 3 documents (batch {n})" for n in (1, 2, 3)} <= names
 
 
 async def test_a_search_result_reaches_its_caller_and_its_hits_show(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
