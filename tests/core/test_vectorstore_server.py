@@ -326,6 +326,21 @@ def test_scroll_pages_and_filtered_count(raw: QdrantClient, collection_name: str
     assert raw.count(collection_name).count == 3
 
 
+def test_a_payload_index_counts_the_live_points_that_have_its_field(raw: QdrantClient, collection_name: str) -> None:
+    """As Qdrant reports it: a point counts for an index when its field has a value (not null, not
+    an empty list) and it is not deleted; a nested field's index counts the same way."""
+    raw.create_collection(collection_name, vectors_config=models.VectorParams(size=DIMS, distance=models.Distance.COSINE))
+    payloads = [{"source": "a", "meta": {"team": "x"}}, {"source": "b"}, {"source": None}, {"source": []}, {}, {"source": "c"}]
+    raw.upsert(collection_name, points=[
+        models.PointStruct(id=pid(i), vector=unit(1, i, 0, 0), payload=payload) for i, payload in enumerate(payloads)
+    ])
+    for field in ("source", "meta.team"):
+        raw.create_payload_index(collection_name, field, models.PayloadSchemaType.KEYWORD)
+    raw.delete(collection_name, points_selector=models.PointIdsList(points=[pid(5)]))
+    schema = raw.get_collection(collection_name).payload_schema
+    assert (schema["source"].points, schema["meta.team"].points) == (2, 1)
+
+
 # several processes -------------------------------------------------------------------------
 _WORKER = textwrap.dedent(
     """

@@ -375,10 +375,26 @@ class QdrantRestApp:
                 data_type, params = field_schema, None
             else:
                 data_type, params = models.PayloadSchemaType(field_schema.type.value), field_schema
-            has_value = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=field))])
-            points = self.client.count(collection, count_filter=has_value, exact=True).count
+            points = self._points_with(collection, field)
             schema[field] = models.PayloadIndexInfo(data_type=data_type, params=params, points=points)
         return schema
+
+    def _points_with(self, collection: str, field: str) -> int:
+        """Points whose payload has a value for ``field``, as Qdrant counts a payload index's points.
+
+        A top-level field is counted over the embedded collection's payloads directly: the filtered
+        count evaluates its filter point by point (0.7 s per field at 60,000 points), so reading a
+        collection cost seconds, where a real server answers from its index in milliseconds.
+        """
+        stored = getattr(getattr(self.client, "_client", None), "collections", {}).get(collection)  # qdrant-client's internals
+        if stored is not None and "." not in field and "[" not in field:
+            deleted = stored.deleted
+            return sum(
+                1 for index, payload in enumerate(stored.payload)
+                if not deleted[index] and payload.get(field) not in (None, [])
+            )
+        has_value = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=field))])
+        return self.client.count(collection, count_filter=has_value, exact=True).count
 
     def _check_dense_query(self, collection: str, query: Any, using: str | None) -> None:
         """Refuse a plain vector of the wrong size with Qdrant's message (embedded mode fails obscurely)."""
