@@ -39,6 +39,12 @@ def write_corpus(root: Path, files: int, paragraphs: int = 6, seed: int = 7) -> 
     return paths
 
 
+def append_paragraph(paths: list[Path]) -> None:
+    """Edit documents as a user often does: a closing paragraph appended (their earlier chunks stay)."""
+    for path in paths:
+        path.write_text(path.read_text() + "\n\nAn appended paragraph about the harbour and its tides.\n")
+
+
 async def index_with_own_backends(source: str | list[dict[str, Any]], collection: str, **overrides: Any) -> RunSummary:
     """Index ``source`` with backends of its own, opened and closed around the run, as a new
     ``citadel index`` process would (with settings from the environment and ``overrides``)."""

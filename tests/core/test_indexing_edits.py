@@ -15,7 +15,7 @@ from citadel.indexrun import index_source
 from citadel.registry import DeadLetter, DocumentRecord
 from citadel.resources import Resources
 from citadel.settings import Settings
-from citadel.testing.corpus import write_corpus
+from citadel.testing.corpus import append_paragraph, write_corpus
 
 
 def _upserted(collection: str) -> float:
@@ -94,8 +94,7 @@ async def test_edits_spread_over_batches_are_written_together(
     resources = Resources(settings)
     try:
         await index_source(resources, str(corpus), collection_name)
-        for path in (paths[0], paths[5], paths[9]):  # one edit in each batch
-            path.write_text(path.read_text() + "\n\nAn appended paragraph about the harbour and its tides.\n")
+        append_paragraph([paths[0], paths[5], paths[9]])  # one edit in each batch
         paths[10].unlink()
         upserts: list[int] = []
         upsert = resources.store.upsert

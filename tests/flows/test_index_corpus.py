@@ -16,7 +16,7 @@ from citadel.errors import CollectionMismatchError
 from citadel.registry import Registry
 from citadel.schema import index_runs
 from citadel.settings import Settings
-from citadel.testing.corpus import dead_letters_of, index_state, write_corpus
+from citadel.testing.corpus import append_paragraph, dead_letters_of, index_state, write_corpus
 from citadel.vectorstore import VectorStore
 from flows.index_corpus import index_corpus
 from tests.support.qdrant_server import QdrantTestServer
@@ -425,8 +425,7 @@ async def test_while_the_store_opens_the_run_embeds_ahead_then_writes_in_order(
     paths = write_corpus(corpus, files=8)
     monkeypatch.setenv("CITADEL_DOCUMENT_BATCH_SIZE", "2")
     await index_corpus(str(corpus), collection=collection_name)
-    for path in paths:
-        path.write_text(path.read_text() + "\n\nAn appended paragraph about the harbour and its tides.\n")
+    append_paragraph(paths)
 
     embedded: list[int] = []
     embed_plan = indexing.embed_plan

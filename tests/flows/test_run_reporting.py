@@ -13,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
 from citadel.models import RunSummary, SearchHit
-from citadel.testing.corpus import write_corpus
+from citadel.testing.corpus import append_paragraph, write_corpus
 from flows.embed_texts import embed_texts
 from flows.index_corpus import index_corpus
 from flows.run_workflow import run_workflow
@@ -69,8 +69,7 @@ async def test_edits_of_several_batches_show_as_one_write_named_after_its_batche
     paths = write_corpus(corpus, files=9)
     monkeypatch.setenv("CITADEL_DOCUMENT_BATCH_SIZE", "3")
     await index_corpus(str(corpus), collection=collection_name)
-    for path in (paths[1], paths[7]):  # batches 1 and 3
-        path.write_text(path.read_text() + "\n\nAn appended paragraph about the harbour and its tides.\n")
+    append_paragraph([paths[1], paths[7]])  # batches 1 and 3
     state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
     # prepare, check, three loads and plans, one embed, upsert and record, the prune
     _, tasks, _ = await _run_of(state, tasks_at_least=12)
