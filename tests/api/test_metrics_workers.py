@@ -59,10 +59,12 @@ def test_workers_slower_to_start_than_uvicorns_default_ping_still_serve(tmp_path
     qdrant, qdrant_url = start_qdrant_process(tmp_path / "qdrant")
     pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     env = base_env(tmp_path / "data", CITADEL_QDRANT_URL=qdrant_url, PYTHONPATH=pythonpath)
+    api = ApiProcess(env, tmp_path, args=["--workers", "2"])
     try:
-        with ApiProcess(env, tmp_path, args=["--workers", "2"]).start(timeout=90) as api:
-            with httpx.Client(base_url=api.url, timeout=30) as client:
-                assert client.get("/api/v1/health").status_code == 200
-            assert "died" not in api.log(), api.log()
+        api.start(timeout=90)
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            assert client.get("/api/v1/health").status_code == 200
+        assert "died" not in api.log(), api.log()
     finally:
+        api.stop()
         stop_qdrant_process(qdrant)
