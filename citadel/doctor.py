@@ -79,7 +79,7 @@ async def run_checks(settings: Settings, prefect_api_url: str | None = None) -> 
         results.append(await _check("registry", registry, "start Postgres or fix CITADEL_DATABASE_URL (postgresql://user@host:5432/db)"))
 
         async def store() -> str:
-            await resources.store._run(resources.store.client.get_collections)
+            await resources.store._call("get_collections")
             return f"qdrant {settings.qdrant_url}" if settings.qdrant_url else f"embedded qdrant at {settings.qdrant_path}"
 
         store_fix = "start Qdrant or fix CITADEL_QDRANT_URL / CITADEL_QDRANT_API_KEY; embedded mode allows one process per folder"

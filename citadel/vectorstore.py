@@ -25,7 +25,8 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel import metrics
-from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.embeddedrows import EmbeddedRows, check_collection
+from citadel.errors import ConfigurationError
 from citadel.models import SearchHit
 from citadel.storeprobe import embedded_store_holder, store_in_use
 
@@ -47,39 +48,93 @@ def _without_local_mode_warning() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="Local mode is not recommended", category=UserWarning)
         yield
 
-# Embedded mode locks its folder to one client per process, so clients are shared by path.
+# Embedded mode locks its folder to one client per process, so clients are shared by path: the
+# loaded store, or (until something needs it loaded) its rows. The lock is held through every use
+# of the rows, so that loading the store never closes them under a write.
 _LOCAL_CLIENTS: dict[str, QdrantClient] = {}
-_LOCAL_LOCK = threading.Lock()
+_LOCAL_ROWS: dict[str, EmbeddedRows] = {}
+_LOCAL_LOCK = threading.RLock()
 
 
 def local_client(path: Path) -> QdrantClient:
-    """The process-wide embedded-mode client of ``path``."""
+    """The process-wide embedded-mode client of ``path``, its points loaded (its rows closed first)."""
     key = str(path.resolve())
     with _LOCAL_LOCK:
         client = _LOCAL_CLIENTS.get(key)
         if client is None:
-            path.mkdir(parents=True, exist_ok=True)
-            try:
-                with _without_local_mode_warning(), _cyclic_gc_paused():
-                    client = QdrantClient(path=key)
-            except RuntimeError as exc:
-                raise ConfigurationError(store_in_use(path, embedded_store_holder(path, others_only=True) or "another process")) from exc
+            rows = _LOCAL_ROWS.pop(key, None)
+            if rows is not None:
+                rows.close()
+            client = _open_client(path)
             for collection in client.get_collections().collections:
                 _reserve_rows(client, collection.name, 0)
-                advise_if_large(client, key, collection.name)
+                advise_if_large(key, collection.name, lambda name: client.count(name, exact=True).count)
             _release_freed_memory()
             _LOCAL_CLIENTS[key] = client
         return client
 
 
+def _open_client(path: Path) -> QdrantClient:
+    """A new embedded-mode client of ``path``: every point of the store loaded into memory."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with _without_local_mode_warning(), _cyclic_gc_paused():
+            return QdrantClient(path=str(path.resolve()))
+    except RuntimeError as exc:
+        raise ConfigurationError(store_in_use(path, embedded_store_holder(path, others_only=True) or "another process")) from exc
+
+
+@contextmanager
+def embedded_rows(path: Path) -> Iterator[EmbeddedRows | None]:
+    """The rows of the embedded store at ``path`` while the block runs, or None when this process
+    has the store loaded (its client is then the one to use) or its rows cannot be written here."""
+    key = str(path.resolve())
+    with _LOCAL_LOCK:
+        if key in _LOCAL_CLIENTS:
+            yield None
+            return
+        rows = _LOCAL_ROWS.get(key)
+        if rows is None:
+            if not (path / "meta.json").exists():
+                _open_client(path).close()  # a new store: its own client lays out its files
+            rows = EmbeddedRows.open(Path(key))
+            if rows is not None:
+                _LOCAL_ROWS[key] = rows
+        yield rows
+
+
+def _create_collection(client: QdrantClient, name: str, dimensions: int, model: str) -> None:
+    client.create_collection(
+        name,
+        vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE),
+        metadata={"model": model, "dimensions": dimensions, "created_by": "citadel"},
+    )
+
+
+def _create_unloaded(path: Path, name: str, dimensions: int, model: str) -> None:
+    """Create a collection in an embedded store this process has not loaded, by the store's own
+    client, let go at once: its rows are written without it."""
+    key = str(path.resolve())
+    with _LOCAL_LOCK:
+        rows = _LOCAL_ROWS.pop(key, None)
+        if rows is not None:
+            rows.close()
+        client = _open_client(path)
+        try:
+            if not client.collection_exists(name):
+                _create_collection(client, name, dimensions, model)
+        finally:
+            client.close()
+
+
 _advised: set[str] = set()
 
 
-def advise_if_large(client: QdrantClient, key: str, name: str) -> None:
+def advise_if_large(key: str, name: str, count: Callable[[str], int]) -> None:
     """Once per process and store: one line of advice when an embedded collection outgrows it."""
     if key in _advised:
         return
-    points = client.count(name, exact=True).count
+    points = count(name)
     if points > LOCAL_MODE_COMFORT:
         _advised.add(key)
         log.warning(
@@ -96,6 +151,9 @@ def close_local_clients() -> None:
         for client in _LOCAL_CLIENTS.values():
             client.close()
         _LOCAL_CLIENTS.clear()
+        for rows in _LOCAL_ROWS.values():
+            rows.close()
+        _LOCAL_ROWS.clear()
 
 
 @contextmanager
@@ -207,11 +265,13 @@ class VectorStore:
     """Thin, batched, async-friendly wrapper over one Qdrant client.
 
     The client is synchronous (embedded mode is pure Python), so every call runs in a worker
-    thread and never blocks the event loop.
+    thread and never blocks the event loop. An embedded store opened by :meth:`connect` is not
+    loaded for writes, deletes, counts and reading back vectors: those go to its rows
+    (:mod:`citadel.embeddedrows`); a search or an alias change loads it.
     """
 
-    def __init__(self, client: QdrantClient, *, batch_size: int = 128, is_server: bool = False, path_key: str = "") -> None:
-        self.client = client
+    def __init__(self, client: QdrantClient | None, *, batch_size: int = 128, is_server: bool = False, path_key: str = "") -> None:
+        self._client = client  # None: the embedded store at path_key, loaded only when needed
         self.is_server = is_server
         self.path_key = path_key  # the embedded store's folder
         self.batch_size = batch_size
@@ -221,20 +281,46 @@ class VectorStore:
     def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
         if url:
             return cls(QdrantClient(url=url, api_key=api_key, timeout=60), batch_size=batch_size, is_server=True)
-        return cls(local_client(path), batch_size=batch_size, path_key=str(path.resolve()))
+        with embedded_rows(path) as rows:  # takes the store now: one held elsewhere fails here
+            if rows is None:
+                local_client(path)
+        return cls(None, batch_size=batch_size, path_key=str(path.resolve()))
+
+    @property
+    def client(self) -> QdrantClient:
+        """The Qdrant client; for an embedded store, loaded (once per process) on first use."""
+        return self._client if self._client is not None else local_client(Path(self.path_key))
+
+    @contextmanager
+    def _rows(self) -> Iterator[EmbeddedRows | None]:
+        """The embedded store's rows, when this store writes them instead of a loaded client."""
+        if self._client is not None:
+            yield None
+            return
+        with embedded_rows(Path(self.path_key)) as rows:
+            yield rows
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A client method in a worker thread, the client taken there too (loading an embedded
+        store takes seconds, which the event loop must not wait through)."""
+        return await asyncio.to_thread(lambda: getattr(self.client, method)(*args, **kwargs))
+
     # collections -------------------------------------------------------------------------
     def _ensure_collection_sync(self, name: str, dimensions: int, model: str) -> None:
+        with self._rows() as rows:
+            if rows is not None:
+                found = rows.collection(name)
+                if found is None:
+                    _create_unloaded(Path(self.path_key), name, dimensions, model)
+                    return
+                check_collection(name, found.dimensions, found.model, dimensions, model)
+                return
         if not self.client.collection_exists(name):
             try:
-                self.client.create_collection(
-                    name,
-                    vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE),
-                    metadata={"model": model, "dimensions": dimensions, "created_by": "citadel"},
-                )
+                _create_collection(self.client, name, dimensions, model)
             except UnexpectedResponse as exc:
                 if exc.status_code != 409:  # 409: another worker created it meanwhile; check it below
                     raise
@@ -246,17 +332,7 @@ class VectorStore:
         info = self.client.get_collection(name)
         vectors = info.config.params.vectors
         size = vectors.size if isinstance(vectors, models.VectorParams) else None
-        stored_model = (info.config.metadata or {}).get("model")
-        if size != dimensions:
-            raise CollectionMismatchError(
-                f"collection {name!r} holds {size}-dimensional vectors but the embedder {model} makes "
-                f"{dimensions}; use another collection (--collection) or the collection's own model"
-            )
-        if stored_model and stored_model != model:
-            raise CollectionMismatchError(
-                f"collection {name!r} was built with model {stored_model!r}, not {model!r}; "
-                "vectors of different models cannot be searched together: use another collection"
-            )
+        check_collection(name, size, (info.config.metadata or {}).get("model"), dimensions, model)
 
     async def ensure_collection(self, name: str, dimensions: int, model: str) -> None:
         """Create ``name`` if missing; refuse one of another size or model."""
@@ -264,21 +340,44 @@ class VectorStore:
         if key in self._checked:
             return
         await self._run(self._ensure_collection_sync, name, dimensions, model)
-        if not self.is_server:
+        if not self.is_server and self._loaded():
             _tune_embedded_storage(self.client, name)
         metrics.POINTS_DELETED.labels(name)  # the collection's deletes start at 0, so their rate is 0, not absent
         self._checked.add(key)
 
+    def _loaded(self) -> bool:
+        """Whether this process has the embedded store loaded (a server is never loaded)."""
+        return self._client is not None or str(Path(self.path_key).resolve()) in _LOCAL_CLIENTS
+
+    def _collection_exists_sync(self, name: str) -> bool:
+        with self._rows() as rows:
+            if rows is not None:
+                return rows.collection(name) is not None
+        return self.client.collection_exists(name)
+
     async def collection_exists(self, name: str) -> bool:
-        return await self._run(self.client.collection_exists, name)
+        return await self._run(self._collection_exists_sync, name)
+
+    def _count_sync(self, name: str) -> int:
+        with self._rows() as rows:
+            if rows is not None:
+                return rows.count(name)
+        if not self.client.collection_exists(name):
+            return 0
+        return self.client.count(name, exact=True).count
 
     async def count(self, name: str) -> int:
-        if not await self.collection_exists(name):
-            return 0
-        return (await self._run(self.client.count, name, exact=True)).count
+        return await self._run(self._count_sync, name)
 
     # points ------------------------------------------------------------------------------
     def _upsert_sync(self, name: str, ids: Sequence[str], vectors: Vectors, payloads: Sequence[dict[str, Any]]) -> None:
+        with self._rows() as rows:
+            if rows is not None:
+                for start in range(0, len(ids), self.batch_size):
+                    end = start + self.batch_size
+                    rows.upsert(name, ids[start:end], vectors[start:end], payloads[start:end])
+                advise_if_large(self.path_key, name, rows.count)
+                return
         for start in range(0, len(ids), self.batch_size):
             end = start + self.batch_size
             batch = models.Batch(
@@ -293,7 +392,7 @@ class VectorStore:
             with _without_local_mode_warning():
                 self.client.upsert(name, points=batch, wait=True)
         if not self.is_server:
-            advise_if_large(self.client, self.path_key, name)
+            advise_if_large(self.path_key, name, lambda name: self.client.count(name, exact=True).count)
 
     async def upsert(self, name: str, ids: Sequence[str], vectors: Vectors, payloads: Sequence[dict[str, Any]]) -> None:
         """Write points in batches and return once the store acknowledged every batch."""
@@ -302,6 +401,10 @@ class VectorStore:
             metrics.POINTS_UPSERTED.labels(name).inc(len(ids))
 
     def _delete_sync(self, name: str, ids: Sequence[str]) -> None:
+        with self._rows() as rows:
+            if rows is not None:
+                rows.delete(name, ids)
+                return
         if not self.client.collection_exists(name):
             return
         for start in range(0, len(ids), self.batch_size * 4):
@@ -314,12 +417,18 @@ class VectorStore:
             await self._run(self._delete_sync, name, ids)
             metrics.POINTS_DELETED.labels(name).inc(len(ids))
 
+    def _present_sync(self, name: str, ids: Sequence[str]) -> set[str]:
+        with self._rows() as rows:
+            if rows is not None:
+                return rows.present(name, ids)
+        records = self.client.retrieve(name, ids=list(ids), with_vectors=False, with_payload=False)
+        return {str(record.id) for record in records}
+
     async def present(self, name: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection holds (nothing but the ids is read)."""
         if not ids:
             return set()
-        records = await self._run(self.client.retrieve, name, ids=list(ids), with_vectors=False, with_payload=False)
-        return {str(record.id) for record in records}
+        return await self._run(self._present_sync, name, ids)
 
     def _point_ids_sync(self, name: str, page: int) -> set[str]:
         found: set[str] = set()
@@ -334,13 +443,19 @@ class VectorStore:
         """Every point id of a collection, scrolled a page at a time (for a full check against the registry)."""
         return await self._run(self._point_ids_sync, name, page)
 
+    def _retrieve_vectors_sync(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
+        with self._rows() as rows:
+            if rows is not None:
+                return rows.vectors(name, ids)
+        records = self.client.retrieve(name, ids=list(ids), with_vectors=True, with_payload=False)
+        # Citadel's collections hold one unnamed dense vector per point: a list of floats.
+        return {str(record.id): cast("list[float]", record.vector) for record in records if isinstance(record.vector, list)}
+
     async def retrieve_vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
         """Stored vectors by point id, for reusing them instead of embedding a moved chunk again."""
         if not ids:
             return {}
-        records = await self._run(self.client.retrieve, name, ids=list(ids), with_vectors=True, with_payload=False)
-        # Citadel's collections hold one unnamed dense vector per point: a list of floats.
-        return {str(record.id): cast("list[float]", record.vector) for record in records if isinstance(record.vector, list)}
+        return await self._run(self._retrieve_vectors_sync, name, ids)
 
     async def search(
         self,
@@ -358,8 +473,8 @@ class VectorStore:
         for key, value in (filters or {}).items():
             match = models.MatchAny(any=list(value)) if isinstance(value, (list, tuple)) else models.MatchValue(value=value)
             conditions.append(models.FieldCondition(key=key, match=match))
-        response = await self._run(
-            self.client.query_points,
+        response = await self._call(
+            "query_points",
             name,
             query=[float(x) for x in vector],
             limit=limit,
@@ -371,20 +486,20 @@ class VectorStore:
 
     async def layout(self) -> tuple[set[str], dict[str, str]]:
         """Every collection's name, and every alias with the collection it stands for."""
-        collections = await self._run(self.client.get_collections)
-        aliases = await self._run(self.client.get_aliases)
+        collections = await self._call("get_collections")
+        aliases = await self._call("get_aliases")
         return {c.name for c in collections.collections}, {a.alias_name: a.collection_name for a in aliases.aliases}
 
     async def point_sample(self, name: str) -> Hit | None:
         """One point of a collection with its payload (for a check search), or None when it is empty."""
-        points, _ = await self._run(self.client.scroll, name, limit=1, with_payload=True, with_vectors=False)
+        points, _ = await self._call("scroll", name, limit=1, with_payload=True, with_vectors=False)
         return Hit(str(points[0].id), 1.0, points[0].payload or {}) if points else None
 
     async def point_alias(self, alias: str, target: str, *, replace_collection: bool = False) -> None:
         """Make ``alias`` stand for ``target`` in one atomic operation of the store (a search
         never sees the alias missing). ``replace_collection`` first deletes a plain collection that
         holds the alias's name: names are shared by collections and aliases."""
-        if replace_collection and await self._run(self.client.collection_exists, alias):
+        if replace_collection and await self._call("collection_exists", alias):
             collections, _ = await self.layout()
             if alias in collections:
                 await self.delete_collection(alias)
@@ -393,8 +508,8 @@ class VectorStore:
         if alias in aliases:
             operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
         operations.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=alias)))
-        await self._run(self.client.update_collection_aliases, change_aliases_operations=operations)
+        await self._call("update_collection_aliases", change_aliases_operations=operations)
 
     async def delete_collection(self, name: str) -> None:
-        await self._run(self.client.delete_collection, name)
+        await self._call("delete_collection", name)
         self._checked = {key for key in self._checked if key[0] != name}

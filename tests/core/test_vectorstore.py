@@ -1,15 +1,20 @@
-"""The Qdrant wrapper in embedded mode: collection checks, batched idempotent upserts, search, delete."""
+"""The Qdrant wrapper in embedded mode: collection checks, batched idempotent upserts, search, delete.
+
+Every behaviour is checked twice: on a loaded store (qdrant-client's own), and on a store opened
+by ``connect``, which writes its rows without loading it until a search needs it.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
-from citadel.vectorstore import Hit, VectorStore, local_client
+from citadel.vectorstore import Hit, VectorStore, close_local_clients, local_client
 
 DIMS = 4
 MODEL = "test-model"
@@ -24,9 +29,13 @@ def unit(*values: float) -> list[float]:
     return (vector / np.linalg.norm(vector)).tolist()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> VectorStore:
-    return VectorStore(local_client(tmp_path / "qdrant"), batch_size=5)
+@pytest.fixture(params=["loaded", "rows"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VectorStore]:
+    if request.param == "loaded":
+        yield VectorStore(local_client(tmp_path / "qdrant"), batch_size=5)
+    else:
+        yield VectorStore.connect(url=None, api_key=None, path=tmp_path / "qdrant", batch_size=5)
+    close_local_clients()
 
 
 async def test_ensure_collection_creates_with_size_and_model(store: VectorStore, collection_name: str) -> None:
@@ -210,11 +219,12 @@ def test_connect_without_url_uses_shared_local_client(tmp_path: Path) -> None:
 async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """qdrant-client warns at every open and at the first large upsert; Citadel says it once, its way."""
+    """qdrant-client warns at every open and at the first large upsert; Citadel says it once, its way
+    (once when the rows outgrow it, once more when a later process loads the store)."""
     import warnings
 
     from citadel import vectorstore
-    from citadel.vectorstore import LOCAL_MODE_COMFORT, close_local_clients
+    from citadel.vectorstore import LOCAL_MODE_COMFORT
 
     count = LOCAL_MODE_COMFORT + 1
     ids = [str(uuid.UUID(int=i)) for i in range(count)]
@@ -224,7 +234,9 @@ async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warnin
         await store.upsert("big", ids, np.ones((count, 2), dtype=np.float32), [{}] * count)
         close_local_clients()
         vectorstore._advised.clear()
-        VectorStore.connect(url=None, api_key=None, path=tmp_path / "large")  # opened again: said again, once
+        reopened = VectorStore.connect(url=None, api_key=None, path=tmp_path / "large")
+        await reopened.search("big", [1.0, 0.0])  # loaded: said again, once
+        await reopened.search("big", [0.0, 1.0])
         close_local_clients()
     assert not [w for w in leaked if "Local mode" in str(w.message)], "qdrant-client's own warning does not leak"
     advice = [r.getMessage() for r in caplog.records if r.name == "citadel.vectorstore"]
@@ -234,8 +246,6 @@ async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warnin
 async def test_a_reopened_store_keeps_its_vectors_as_float32_with_room_to_grow(tmp_path: Path) -> None:
     """Qdrant's load builds a full float64 array (twice the memory, and the next point added copies
     it whole); a reopened store holds float32 rows with spare capacity and answers as before."""
-    from citadel.vectorstore import close_local_clients
-
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((50, DIMS)).astype(np.float32)
     ids = [pid(n) for n in range(50)]
