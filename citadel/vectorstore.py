@@ -125,6 +125,7 @@ def _create_unloaded(path: Path, name: str, dimensions: int, model: str) -> None
                 _create_collection(client, name, dimensions, model)
         finally:
             client.close()
+            _release_freed_memory()  # the other collections it loaded
 
 
 _advised: set[str] = set()
