@@ -102,7 +102,9 @@ async def test_a_search_loads_what_the_rows_hold_and_later_writes_go_to_the_load
 async def test_rows_written_through_an_alias_reach_its_collection(tmp_path: Path) -> None:
     path = tmp_path / "q"
     client = local_client(path)
-    client.create_collection("blue", vectors_config=models.VectorParams(size=DIMS, distance=models.Distance.COSINE), metadata={"model": MODEL})
+    client.create_collection(
+        "blue", vectors_config=models.VectorParams(size=DIMS, distance=models.Distance.COSINE), metadata={"model": MODEL}
+    )
     client.update_collection_aliases(change_aliases_operations=[
         models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name="blue", alias_name="docs")),
     ])
