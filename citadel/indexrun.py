@@ -21,7 +21,7 @@ from typing import Any
 from citadel import progress
 from citadel.bluegreen import live_collection
 from citadel.collections import check_collection_name
-from citadel.consistency import reconcile
+from citadel.consistency import check_store, reconcile
 from citadel.documents import SUPPORTED_SUFFIXES, SourceListing, iter_groups, list_source, load_group, shard_listing
 from citadel.errors import ConfigurationError
 from citadel.indexing import (
@@ -30,6 +30,7 @@ from citadel.indexing import (
     SeenDocuments,
     WriteBatcher,
     embed_plan,
+    find_gone_documents,
     plan_batch,
     prepare_collection,
     prune_source,
@@ -39,7 +40,7 @@ from citadel.indexing import (
 from citadel.models import IndexRunRecord, RunCounts, RunSummary, StoreCheck
 from citadel.registry import DeadLetter, check_collection_model
 from citadel.resources import Resources
-from citadel.runlock import Holder, RunLock, lock_key, mark_crashed_runs
+from citadel.runlock import Holder, RunLock, find_crashed_runs, lock_key, mark_crashed_runs
 from citadel.settings import Settings
 from citadel.sharding import check_shard, shard_of
 from citadel.storeprobe import embedded_store_holder, store_in_use
@@ -97,13 +98,17 @@ def resolve_source(
     return ResolvedSource(None, records, source_name, bool(prune), sharding)
 
 
+class HandOver(Exception):
+    """A run found work it does not do itself (see :func:`answer_unchanged`); it leaves no record."""
+
+
 class IndexRun:
     """The life of one run in the registry: lock, run row, heartbeat, counts, summary.
 
     ``async with IndexRun(...) as run:`` waits for the lock of the run's collection, source and
     shard (saying which run holds it), marks runs whose process is gone as crashed, and records
     the run; leaving it records how the run ended (completed, failed or cancelled) with its
-    summary, and lets the next run in.
+    summary, and lets the next run in. A run left by :class:`HandOver` removes its record instead.
     """
 
     def __init__(self, resources: Resources, collection: str, resolved: ResolvedSource, *, flow_run_id: str | None = None) -> None:
@@ -151,6 +156,13 @@ class IndexRun:
         progress.report(0, 0, message)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is not None and issubclass(exc_type, HandOver):
+            assert self._lock is not None
+            try:
+                await (await self.resources.registry()).discard_run(self.run_id)
+            finally:
+                await self._lock.release()
+            return
         if exc_type is None:
             status = "completed"
         elif issubclass(exc_type, (asyncio.CancelledError, KeyboardInterrupt)):
@@ -282,3 +294,48 @@ async def index_source(
             run.counts.deleted = await prune_source(resources, collection, resolved.key, run.seen, resolved.shard)
     assert run.summary is not None
     return run.summary
+
+
+async def answer_unchanged(settings: Settings, source: str, collection: str) -> RunSummary | None:
+    """The run of a source with nothing to do, done here without an orchestrator; None (and no
+    record of it) as soon as there is anything to do, which the index-corpus flow then does.
+
+    Nothing to do: the collection is known, no run has crashed unnoticed, the store's cheap check
+    finds no drift, every listed document is indexed as it is now, none failed to load, and none
+    indexed before is gone or waiting in the dead letters. Such a run embeds, writes and deletes
+    nothing, so it needs neither Prefect nor the vector store's client; it is recorded in the
+    registry like any other run, as a run without a flow run.
+    """
+    resources = Resources(settings)
+    try:
+        resolved = resolve_source(source, exclude=[settings.data_dir])
+        collection = await live_collection(resources, collection)
+        registry = await resources.registry()
+        if await registry.collection(collection) is None or await find_crashed_runs(registry):
+            return None  # a new collection is created, and crashed runs are marked in Prefect too, by the flow
+        try:
+            async with IndexRun(resources, collection, resolved) as run:
+                if run.crashed:
+                    raise HandOver  # one crashed since the look above: the flow reports it
+                run.store = await check_store(resources, collection)
+                if run.store.drift:
+                    raise HandOver
+                for group in resolved.groups(settings):
+                    items = run.seen.admit(load_group(group, resolved.key, settings.max_file_bytes))
+                    plan = await plan_batch(
+                        registry, collection, resources.embedder.model, items,
+                        chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap,
+                    )
+                    if plan.documents or plan.failures:
+                        raise HandOver
+                    run.counts.unchanged += plan.unchanged
+                if resolved.prune and (
+                    await find_gone_documents(registry, collection, resolved.key, run.seen)
+                    or await registry.has_dead_letters(collection, resolved.key)
+                ):
+                    raise HandOver
+        except HandOver:
+            return None
+        return run.summary
+    finally:
+        await resources.aclose()

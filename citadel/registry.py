@@ -443,6 +443,19 @@ class Registry:
                 return
             await conn.execute(index_runs.update().where(index_runs.c.id == run_id).values(status=status, finished_at=now, **values))
 
+    async def discard_run(self, run_id: str) -> None:
+        """Remove the record of a running run that handed its work over (it did nothing)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(index_runs.delete().where(index_runs.c.id == run_id, index_runs.c.status == "running"))
+
+    async def has_dead_letters(self, collection: str, source: str) -> bool:
+        """Whether documents of ``source`` wait in the dead letters of ``collection``."""
+        async with self.engine.connect() as conn:
+            query = sa.select(dead_letters.c.document_id).where(
+                dead_letters.c.collection == collection, dead_letters.c.source == source
+            ).limit(1)
+            return (await conn.execute(query)).first() is not None
+
     async def run_totals(self) -> list[runtotals.RunTotals]:
         """What finished runs did, per collection, source and end status: the indexing metrics."""
         async with self.engine.connect() as conn:

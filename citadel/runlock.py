@@ -108,16 +108,22 @@ async def holder(registry: Registry, key: str) -> Holder | None:
     return Holder(row.id, row.host or "?", row.pid, row.started_at, row.flow_run_id)
 
 
-async def mark_crashed_runs(registry: Registry) -> list[IndexRunRecord]:
-    """Mark ``crashed`` every running run whose process is gone; returns those runs."""
+async def find_crashed_runs(registry: Registry) -> list[IndexRunRecord]:
+    """Runs recorded as running whose process is gone (read only)."""
     now = utcnow()
     async with registry.engine.connect() as conn:
         running = (await conn.execute(sa.select(index_runs).where(index_runs.c.status == "running"))).all()
-    crashed = [
+    return [
         IndexRunRecord.model_validate(dict(row._mapping))
         for row in running
         if is_gone(row.host, row.pid, row.heartbeat_at or row.started_at, now)
     ]
+
+
+async def mark_crashed_runs(registry: Registry) -> list[IndexRunRecord]:
+    """Mark ``crashed`` every running run whose process is gone; returns those runs."""
+    now = utcnow()
+    crashed = await find_crashed_runs(registry)
     if crashed:
         async with registry.engine.begin() as conn:
             for run in crashed:

@@ -7,7 +7,7 @@ documents (or an unhealthy backend for ``doctor``), 2 bad usage or configuration
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich import box
@@ -72,12 +72,19 @@ def index(
     blue_green: bool = typer.Option(
         False, "--blue-green", help="Build a new version of the collection while searches read the old one, then switch."
     ),
+    always_flow: bool = typer.Option(
+        False, "--always-flow",
+        help="Start a Prefect flow run even when nothing changed (by default such a run is answered without one).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Index documents incrementally: only new and changed ones are embedded, deleted ones removed."""
+    """Index documents incrementally: only new and changed ones are embedded, deleted ones removed.
+
+    A source with nothing to do (every document indexed as it is, nothing deleted, failed or
+    drifted) is answered without starting Prefect; any work runs as the index-corpus flow."""
     from citadel.documents import list_source
     from citadel.embedders import build_embedder
-    from citadel.indexrun import check_before_run
+    from citadel.indexrun import answer_unchanged, check_before_run
 
     show_citadel_warnings()
     config = settings()
@@ -88,6 +95,10 @@ def index(
     except ConfigurationError as exc:
         fail(str(exc))
     run(lambda: check_before_run(config, name, new_version=blue_green))  # the registry, the store's lock, the collection's model
+    if not (full or blue_green or always_flow):
+        unchanged = run(lambda: answer_unchanged(config, path, name))
+        if unchanged is not None:
+            _report_index(unchanged.to_json(), as_json)
     quiet_prefect()
     from flows.index_corpus import index_corpus
 
@@ -106,21 +117,28 @@ def index(
             return await index_corpus(path, collection=name, full=full, blue_green=blue_green)
 
         summary = run(go)
+    _report_index(summary, as_json)
+
+
+def _report_index(summary: dict[str, Any], as_json: bool) -> NoReturn:
+    """Print an index run's summary and exit: 1 when documents failed or none were found."""
     nothing_read = summary["documents_seen"] == 0
     if as_json:
         print_json(summary)
     else:
+        how = f"flow run {summary['flow_run_id']}" if summary["flow_run_id"] else "nothing to do: no Prefect flow run"
         out.print(
             f"[bold]{summary['collection']}[/bold] ({summary['model']}): {_counted(summary)} "
-            f"in {summary['duration_s']:.2f}s (flow run {summary['flow_run_id']})",
+            f"in {summary['duration_s']:.2f}s ({how})",
             highlight=False, soft_wrap=True,
         )
         if summary["failed"]:
             out.print("failed documents are listed by [bold]citadel status[/bold]; they are retried on the next run")
         if summary["switch"]:
             switched = summary["switch"]
-            out.print(f"{switched['collection']} now reads {switched['live']}" +
-                      (f"; {switched['previous']} is kept for `citadel collection rollback {name}`" if switched["previous"] else ""),
+            alias = switched["collection"]
+            out.print(f"{alias} now reads {switched['live']}" +
+                      (f"; {switched['previous']} is kept for `citadel collection rollback {alias}`" if switched["previous"] else ""),
                       highlight=False)
         for message in summary["warnings"]:
             warn(message)

@@ -81,6 +81,43 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
+def test_an_unchanged_source_is_answered_without_importing_prefect(
+    data_dir: Path, tmp_path: Path, prefect_api_url: str, collection_name: str
+) -> None:
+    """What a user waits for on a corpus with nothing to do: no Prefect, no vector-store client."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=3)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    seen = tmp_path / "modules"
+    (probe / "sitecustomize.py").write_text(
+        "import atexit, os, sys\n"
+        "atexit.register(lambda: open(os.environ['MODULES_SEEN'], 'w').write("
+        "' '.join(m for m in ('prefect', 'qdrant_client') if m in sys.modules)))\n"
+    )
+    env = {"PREFECT_API_URL": prefect_api_url, "PYTHONPATH": f"{probe}{os.pathsep}{REPO}", "MODULES_SEEN": str(seen)}
+    index = ("index", str(corpus), "--collection", collection_name)
+
+    first = run_cli(*index, "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["flow_run_id"] and seen.read_text() == "prefect qdrant_client"
+
+    again = run_cli(*index, "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (summary["flow_run_id"], summary["unchanged"], summary["documents_seen"]) == (None, 3, 3)
+    assert seen.read_text() == "", "neither Prefect nor qdrant-client was imported"
+    said = run_cli(*index, env=env)
+    assert said.returncode == 0 and "3 unchanged" in said.stdout and "nothing to do: no Prefect flow run" in said.stdout
+
+    forced = run_cli(*index, "--always-flow", "--json", env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["flow_run_id"] and json.loads(forced.stdout)["unchanged"] == 3
+    (corpus / "new.md").write_text("A new note about tides.\n")
+    edited = run_cli(*index, "--json", env=env)
+    assert json.loads(edited.stdout)["added"] == 1 and json.loads(edited.stdout)["flow_run_id"], "work runs as a flow"
+
+
 def test_bad_usage_exits_2_with_one_line_and_no_traceback(data_dir: Path) -> None:
     missing = run_cli("index", "/no/such/place", env={})
     assert missing.returncode == 2

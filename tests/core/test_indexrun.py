@@ -114,3 +114,70 @@ async def test_a_second_run_of_the_same_source_waits_for_the_first(
     assert (first["added"], then["unchanged"], then["added"], then["chunks_embedded"]) == (6, 6, 0, 0)
     (waited,) = [m for m in caplog.messages if "waiting for run" in m]
     assert f"waiting for run {first['run_id']}" in waited and f"into {collection_name}" in waited
+
+
+async def _recorded_runs(collection: str) -> list:
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    try:
+        return [run for run in await registry.recent_runs(limit=100) if run.collection == collection]
+    finally:
+        await registry.aclose()
+
+
+async def test_a_source_with_nothing_to_do_is_answered_and_recorded_without_a_flow_run(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    from citadel.indexrun import answer_unchanged
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=5)
+    await index_with_own_backends(str(corpus), collection_name)
+    summary = await answer_unchanged(Settings(), str(corpus), collection_name)
+    assert summary is not None
+    assert (summary.unchanged, summary.documents_seen, summary.added, summary.chunks_embedded) == (5, 5, 0, 0)
+    assert summary.flow_run_id is None and not summary.vector_store_opened and summary.store is not None
+    latest = (await _recorded_runs(collection_name))[0]
+    assert (latest.id, latest.status, latest.flow_run_id, latest.unchanged) == (summary.run_id, "completed", None, 5)
+
+
+@pytest.mark.parametrize("change", ["edited", "added", "removed", "unreadable", "failure gone", "points lost", "new collection"])
+async def test_any_work_is_handed_over_and_leaves_no_record(
+    data_dir: Path, tmp_path: Path, collection_name: str, change: str
+) -> None:
+    """Whatever a run would write, delete, repair or report as failed goes to the full run."""
+    from citadel.indexrun import answer_unchanged
+    from citadel.testing.corpus import append_paragraph
+    from citadel.vectorstore import VectorStore
+
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=5)
+    if change == "failure gone":
+        (corpus / "empty.md").write_text("")  # a dead letter, which a complete run resolves once it is gone
+    await index_with_own_backends(str(corpus), collection_name)
+    before = await _recorded_runs(collection_name)
+    collection = collection_name
+    if change == "edited":
+        append_paragraph(paths[3:4])
+    elif change == "added":
+        write_corpus(corpus / "more", files=1)
+    elif change == "removed":
+        paths[0].unlink()
+    elif change == "unreadable":
+        (corpus / "empty.md").write_text("")
+    elif change == "failure gone":
+        (corpus / "empty.md").unlink()
+    elif change == "points lost":
+        settings = Settings()
+        store = VectorStore.connect(url=None, api_key=None, path=settings.qdrant_path)
+        registry = Registry(settings.registry_url)
+        await registry.init()
+        async with registry.engine.connect() as conn:
+            one = (await conn.execute(sa.select(documents.c.id).where(documents.c.collection == collection_name).limit(1))).scalar_one()
+        lost = await registry.point_ids(collection_name, [one])
+        await registry.aclose()
+        await store.delete(collection_name, lost)
+    else:
+        collection = f"{collection_name}_new"
+    assert await answer_unchanged(Settings(), str(corpus), collection) is None
+    assert await _recorded_runs(collection_name) == before, "a run that handed over leaves no record"
