@@ -12,6 +12,7 @@ these rows first and loads it (:func:`citadel.vectorstore.local_client`).
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import pickle
@@ -202,6 +203,16 @@ class EmbeddedRows:
         found: set[str] = set()
         for marks, part in self._in_chunks(list(keys)):
             found.update(keys[key] for (key,) in database.execute(f"SELECT id FROM points WHERE id IN ({marks})", part))
+        return found
+
+    def ids(self, name: str) -> set[str]:
+        """Every point id of a collection, from the keys alone (each key is the id, pickled)."""
+        database = self._database(name)
+        if database is None:
+            return set()
+        found: set[str] = set()
+        for (key,) in database.execute("SELECT id FROM points"):
+            found.add(str(self._normalize_id(pickle.loads(base64.b64decode(key)))))  # noqa: S301  # the store's own keys
         return found
 
     def vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:

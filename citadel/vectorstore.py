@@ -432,6 +432,9 @@ class VectorStore:
         return await self._run(self._present_sync, name, ids)
 
     def _point_ids_sync(self, name: str, page: int) -> set[str]:
+        with self._rows() as rows:
+            if rows is not None:
+                return rows.ids(name)
         found: set[str] = set()
         offset = None
         while True:

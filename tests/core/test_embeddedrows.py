@@ -60,6 +60,8 @@ async def test_rows_load_exactly_as_the_clients_own_writes(tmp_path: Path) -> No
     assert not loaded(tmp_path / "rows"), "an index run's operations never load the store"
     assert await by_rows.count("c") == await by_client.count("c") == 28
     assert await by_rows.present("c", ids(0, 5, 3)) == set(ids(0, 3))
+    assert await by_rows.point_ids("c") == await by_client.point_ids("c") == set(ids(*range(30))) - set(ids(5, 6))
+    assert await by_rows.point_ids("missing") == set()
     reused = await by_rows.retrieve_vectors("c", ids(3, 5))
     assert set(reused) == set(ids(3))
     close_local_clients()
