@@ -26,7 +26,7 @@ import numpy as np
 from pydantic_core import to_jsonable_python
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
-from citadel.storeprobe import embedded_store_holder, store_in_use
+from citadel.storeprobe import held_elsewhere
 
 _IN_CLAUSE = 500  # ids per statement, well under SQLite's limit on bound parameters
 
@@ -86,7 +86,7 @@ class EmbeddedRows:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise ConfigurationError(store_in_use(path, embedded_store_holder(path, others_only=True) or "another process")) from None
+            raise held_elsewhere(path) from None
         return cls(path, lock, CollectionPersistence.encode_key, PointStruct, normalize_point_id)
 
     def close(self) -> None:
@@ -110,10 +110,6 @@ class EmbeddedRows:
                     f"the embedded vector store's {meta_path} is unreadable ({exc}); restore it from a backup"
                 ) from exc
         return self._meta
-
-    def forget_meta(self) -> None:
-        """Read ``meta.json`` again at the next look (a collection was created meanwhile)."""
-        self._meta = None
 
     def collection(self, name: str) -> EmbeddedCollection | None:
         """The collection ``name`` stands for (itself or the one its alias names), or None."""

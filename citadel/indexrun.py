@@ -141,6 +141,15 @@ class IndexRun:
         self._started = time.perf_counter()  # the run's own time, not its wait for the lock
         return self
 
+    async def plan(self, group: Any, full: bool = False) -> BatchPlan:
+        """Load one group of the source and plan it: what is unchanged, failed or to be written."""
+        settings = self.resources.settings
+        items = self.seen.admit(load_group(group, self.resolved.key, settings.max_file_bytes))
+        return await plan_batch(
+            await self.resources.registry(), self.collection, self.resources.embedder.model, items,
+            chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
+        )
+
     def count_embedded(self, batch: EmbeddedBatch) -> None:
         """Count what embedding a batch did, and keep its failures for the run's report."""
         self.counts.add_embedded(batch)
@@ -262,7 +271,6 @@ async def index_source(
     settings = resources.settings
     resolved = resolve_source(source, prune=prune, source_name=source_name, exclude=[settings.data_dir])
     collection = await live_collection(resources, collection)
-    registry = await resources.registry()
     await prepare_collection(resources, collection)
     async with IndexRun(resources, collection, resolved) as run:
         run.store = await reconcile(resources, collection)
@@ -276,11 +284,7 @@ async def index_source(
                 run.counts.add_written(await record_documents(resources, collection, batch))
 
         for number, group in enumerate(resolved.groups(settings), start=1):
-            items = run.seen.admit(load_group(group, resolved.key, settings.max_file_bytes))
-            plan = await plan_batch(
-                registry, collection, resources.embedder.model, items,
-                chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
-            )
+            plan = await run.plan(group, full)
             run.counts.unchanged += plan.unchanged
             if plan.documents:
                 resources.open_store_in_background()  # it loads while later batches are planned
@@ -321,11 +325,7 @@ async def answer_unchanged(settings: Settings, source: str, collection: str) -> 
                 if run.store.drift:
                     raise HandOver
                 for group in resolved.groups(settings):
-                    items = run.seen.admit(load_group(group, resolved.key, settings.max_file_bytes))
-                    plan = await plan_batch(
-                        registry, collection, resources.embedder.model, items,
-                        chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap,
-                    )
+                    plan = await run.plan(group)
                     if plan.documents or plan.failures:
                         raise HandOver
                     run.counts.unchanged += plan.unchanged

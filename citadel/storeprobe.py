@@ -148,6 +148,11 @@ def store_in_use(path: Path, holder: str) -> str:
     return f"the embedded vector store at {path.resolve()} is in use by {holder}; {advice}"
 
 
+def held_elsewhere(path: Path) -> ConfigurationError:
+    """The error for an embedded store that another process holds (found when taking its lock)."""
+    return ConfigurationError(store_in_use(path, embedded_store_holder(path, others_only=True) or "another process"))
+
+
 def _process_holding(lock_path: Path, own_fd: int, others_only: bool = False) -> tuple[int | None, str]:
     """The pid and command line of a process with ``lock_path`` open, from /proc (this one first,
     not counting the probe's own ``own_fd``)."""

@@ -28,7 +28,7 @@ from citadel import metrics
 from citadel.embeddedrows import EmbeddedRows, check_collection
 from citadel.errors import ConfigurationError
 from citadel.models import SearchHit
-from citadel.storeprobe import embedded_store_holder, store_in_use
+from citadel.storeprobe import held_elsewhere
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,7 +81,7 @@ def _open_client(path: Path) -> QdrantClient:
         with _without_local_mode_warning(), _cyclic_gc_paused():
             return QdrantClient(path=str(path.resolve()))
     except RuntimeError as exc:
-        raise ConfigurationError(store_in_use(path, embedded_store_holder(path, others_only=True) or "another process")) from exc
+        raise held_elsewhere(path) from exc
 
 
 @contextmanager
