@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from citadel.models import DeadLetterRecord, RunSummary
+from citadel.models import DeadLetterRecord, IndexRunRecord, RunSummary
 from citadel.registry import Registry
 from citadel.settings import Settings
 from citadel.vectorstore import VectorStore
@@ -68,6 +68,16 @@ async def index_state(settings: Settings, collection: str) -> tuple[int, int]:
         await registry.aclose()
     store = VectorStore.connect(url=settings.qdrant_url, api_key=None, path=settings.qdrant_path)
     return await store.count(collection), chunks
+
+
+async def runs_of(settings: Settings, collection: str) -> list[IndexRunRecord]:
+    """The runs the registry records for a collection (of its last 100), newest first."""
+    registry = Registry(settings.registry_url)
+    await registry.init()
+    try:
+        return [run for run in await registry.recent_runs(limit=100) if run.collection == collection]
+    finally:
+        await registry.aclose()
 
 
 async def dead_letters_of(settings: Settings, collection: str) -> list[DeadLetterRecord]:

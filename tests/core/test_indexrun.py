@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from citadel.registry import Registry
 from citadel.schema import documents
 from citadel.settings import Settings
-from citadel.testing.corpus import dead_letters_of, index_state, index_with_own_backends, write_corpus
+from citadel.testing.corpus import dead_letters_of, index_state, index_with_own_backends, runs_of, write_corpus
 from citadel.workflows.builtin import INDEX_OUTPUTS
 
 
@@ -116,15 +116,6 @@ async def test_a_second_run_of_the_same_source_waits_for_the_first(
     assert f"waiting for run {first['run_id']}" in waited and f"into {collection_name}" in waited
 
 
-async def _recorded_runs(collection: str) -> list:
-    registry = Registry(Settings().registry_url)
-    await registry.init()
-    try:
-        return [run for run in await registry.recent_runs(limit=100) if run.collection == collection]
-    finally:
-        await registry.aclose()
-
-
 async def test_a_source_with_nothing_to_do_is_answered_and_recorded_without_a_flow_run(
     data_dir: Path, tmp_path: Path, collection_name: str
 ) -> None:
@@ -137,7 +128,7 @@ async def test_a_source_with_nothing_to_do_is_answered_and_recorded_without_a_fl
     assert summary is not None
     assert (summary.unchanged, summary.documents_seen, summary.added, summary.chunks_embedded) == (5, 5, 0, 0)
     assert summary.flow_run_id is None and not summary.vector_store_opened and summary.store is not None
-    latest = (await _recorded_runs(collection_name))[0]
+    latest = (await runs_of(Settings(), collection_name))[0]
     assert (latest.id, latest.status, latest.flow_run_id, latest.unchanged) == (summary.run_id, "completed", None, 5)
 
 
@@ -155,7 +146,7 @@ async def test_any_work_is_handed_over_and_leaves_no_record(
     if change == "failure gone":
         (corpus / "empty.md").write_text("")  # a dead letter, which a complete run resolves once it is gone
     await index_with_own_backends(str(corpus), collection_name)
-    before = await _recorded_runs(collection_name)
+    before = await runs_of(Settings(), collection_name)
     collection = collection_name
     if change == "edited":
         append_paragraph(paths[3:4])
@@ -180,4 +171,4 @@ async def test_any_work_is_handed_over_and_leaves_no_record(
     else:
         collection = f"{collection_name}_new"
     assert await answer_unchanged(Settings(), str(corpus), collection) is None
-    assert await _recorded_runs(collection_name) == before, "a run that handed over leaves no record"
+    assert await runs_of(Settings(), collection_name) == before, "a run that handed over leaves no record"
