@@ -281,7 +281,9 @@ class VectorStore:
     @classmethod
     def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
         if url:
-            return cls(QdrantClient(url=url, api_key=api_key, timeout=60), batch_size=batch_size, is_server=True)
+            # Certificates are loaded only for an https server (as in citadel.storeprobe).
+            client = QdrantClient(url=url, api_key=api_key, timeout=60, verify=url.lower().startswith("https://"))
+            return cls(client, batch_size=batch_size, is_server=True)
         with embedded_rows(path) as rows:  # takes the store now: one held elsewhere fails here
             if rows is None:
                 local_client(path)

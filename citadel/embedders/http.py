@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any, cast
@@ -52,6 +53,8 @@ def _connect_reason(exc: BaseException) -> str:
     "All connection attempts failed"."""
     current: BaseException | None = exc
     while current is not None:
+        if isinstance(current, ssl.SSLCertVerificationError):  # an OSError whose errno means nothing here
+            return f"TLS certificate not trusted: {current.verify_message}"
         if isinstance(current, OSError) and current.strerror:
             if current.errno is not None and current.errno > 0 and not isinstance(current, socket.gaierror):
                 return os.strerror(current.errno)
@@ -120,6 +123,8 @@ class HttpEmbedder:
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers or {},
             transport=transport,
+            # Certificates are loaded only for https servers: building that context costs 30-50 ms of CPU.
+            verify=any(url.lower().startswith("https://") for url in self.urls),
         )
         self.requests = 0
         self._servers = {url: metrics.server_label(url) for url in self.urls}  # metric labels

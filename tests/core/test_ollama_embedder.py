@@ -414,3 +414,38 @@ async def test_non_json_answer_is_an_embedder_error(server: EmbeddingServer, mak
     server.fail_next(1, 200, body="<html>a proxy's page</html>")
     with pytest.raises(EmbedderError):
         await make_embedder([server.url]).embed(["a"])
+
+
+async def test_an_https_server_with_an_untrusted_certificate_is_refused(tmp_path) -> None:
+    """Certificates are verified for https servers (only plain http ones skip loading them)."""
+    import socket
+    import ssl
+    import threading
+
+    import trustme
+
+    ca = trustme.CA()  # a certificate authority nobody trusts
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                try:
+                    context.wrap_socket(connection, server_side=True).close()
+                except (ssl.SSLError, OSError):
+                    pass  # the client broke the handshake off
+
+    threading.Thread(target=serve, daemon=True).start()
+    embedder = OllamaEmbedder(MODEL, [f"https://127.0.0.1:{listener.getsockname()[1]}"], retries=0)
+    try:
+        with pytest.raises(EmbedderError, match="TLS certificate not trusted: unable to get local issuer certificate"):
+            await embedder.embed(["a text"])
+    finally:
+        await embedder.aclose()
+        listener.close()
