@@ -23,6 +23,7 @@ from rich.console import Console
 
 from citadel import logs
 from citadel.errors import CitadelError, ConfigurationError
+from cli.prefectenv import debugging, quiet_prefect
 
 if TYPE_CHECKING:
     from citadel.settings import Settings
@@ -32,30 +33,6 @@ err = Console(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
 CollectionOption = typer.Option(None, "--collection", "-c", help="Vector collection (default: CITADEL_COLLECTION).")
-
-
-def debugging() -> bool:
-    return bool(os.environ.get("CITADEL_DEBUG"))
-
-
-def prefect_defaults() -> None:
-    """Before Prefect is imported: no analytics from an offline machine, warnings and up only."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-
-
-def quiet_prefect() -> None:
-    """Before Prefect is imported: keep its console to what the command prints itself.
-
-    Prefect prints every failed task's traceback on the console, and its temporary local server
-    its shutdown noise; the command says what failed in one line. Run logs still reach the
-    Prefect API, so the UI keeps them. ``CITADEL_DEBUG=1`` leaves Prefect's console as it is.
-    """
-    prefect_defaults()
-    if not debugging():
-        for handler in ("CONSOLE", "DEBUG"):
-            os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "CRITICAL")
 
 
 class _WarningLine(logging.Handler):

@@ -27,15 +27,15 @@ from cli.common import (
     fail,
     out,
     prefect_api_url,
-    prefect_defaults,
     print_json,
-    quiet_prefect,
     run,
     settings,
     show_citadel_warnings,
     warn,
 )
+from cli.prefectenv import prefect_defaults, quiet_prefect
 from cli.service import apikey_app, serve_api, token_app
+from cli.warm import warm_app
 from cli.workflows import workflow_app
 
 app = typer.Typer(
@@ -47,6 +47,7 @@ app.add_typer(collection_app, name="collection")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(token_app, name="token")
 app.add_typer(backup_app, name="backup")
+app.add_typer(warm_app, name="warm")
 app.command("api")(serve_api)
 
 

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from citadel.models import ApiKeyCreated, ApiKeyRecord, TokenCreated
-from cli.common import JsonOption, fail, out, print_json, quiet_prefect, run, settings
+from cli.common import JsonOption, fail, out, print_json, run, settings
+from cli.prefectenv import quiet_prefect
 
 if TYPE_CHECKING:
     from citadel.apisettings import ApiSettings

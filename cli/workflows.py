@@ -10,7 +10,8 @@ from rich.table import Table
 
 from citadel.errors import ConfigurationError
 from citadel.workflows import WorkflowDefinition, WorkflowInvalid
-from cli.common import JsonOption, err, fail, out, print_json, quiet_prefect, run, settings
+from cli.common import JsonOption, err, fail, out, print_json, run, settings
+from cli.prefectenv import quiet_prefect
 
 workflow_app = typer.Typer(no_args_is_help=True, help="Validate, run and inspect declarative workflows.")
 

@@ -1,0 +1,33 @@
+"""Prefect's environment for a command, set before Prefect is imported (it reads it then).
+
+Kept apart from ``cli.common``, which makes the consoles on import: a warm process
+(``cli.warmserver``) sets this environment before importing Prefect, and must not make consoles.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def debugging() -> bool:
+    return bool(os.environ.get("CITADEL_DEBUG"))
+
+
+def prefect_defaults() -> None:
+    """Before Prefect is imported: no analytics from an offline machine, warnings and up only."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+def quiet_prefect() -> None:
+    """Before Prefect is imported: keep its console to what the command prints itself.
+
+    Prefect prints every failed task's traceback on the console, and its temporary local server
+    its shutdown noise; the command says what failed in one line. Run logs still reach the
+    Prefect API, so the UI keeps them. ``CITADEL_DEBUG=1`` leaves Prefect's console as it is.
+    """
+    prefect_defaults()
+    if not debugging():
+        for handler in ("CONSOLE", "DEBUG"):
+            os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "CRITICAL")
