@@ -272,21 +272,20 @@ class Registry:
         if not records:
             return
         now = utcnow()
+        document_ids = [r.id for r in records]
         async with self.engine.begin() as conn:
-            for record in records:
-                keep = [c.point_id for c in record.chunks]
-                mine = (chunks.c.collection == collection, chunks.c.document_id == record.id)
-                if len(keep) <= MAX_BOUND_IDS:
-                    await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.not_in(keep) if keep else sa.true()))
-                    continue
-                # More ids than one statement may bind (asyncpg allows 32,767): list, then delete in parts.
-                wanted = set(keep)
-                existing = (await conn.execute(sa.select(chunks.c.point_id).where(*mine))).scalars().all()
-                for part in chunked([pid for pid in existing if pid not in wanted]):
-                    await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.in_(part)))
+            keep_all = [c.point_id for r in records for c in r.chunks]
+            if len(keep_all) + len(document_ids) <= MAX_BOUND_IDS:
+                # One statement for the batch (a point id belongs to one document): an edited corpus
+                # commits hundreds of documents, each keeping most of its chunks.
+                mine = (chunks.c.collection == collection, chunks.c.document_id.in_(document_ids))
+                await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.not_in(keep_all) if keep_all else sa.true()))
+            else:
+                for record in records:
+                    await self._keep_only(conn, collection, record)
             await conn.execute(
                 chunks.update()
-                .where(chunks.c.collection == collection, chunks.c.document_id.in_([r.id for r in records]))
+                .where(chunks.c.collection == collection, chunks.c.document_id.in_(document_ids), chunks.c.state != "indexed")
                 .values(state="indexed")
             )
             stmt = self.insert_statement(documents)
@@ -312,10 +311,22 @@ class Registry:
                 ],
             )
             await conn.execute(
-                dead_letters.delete().where(
-                    dead_letters.c.collection == collection, dead_letters.c.document_id.in_([r.id for r in records])
-                )
+                dead_letters.delete().where(dead_letters.c.collection == collection, dead_letters.c.document_id.in_(document_ids))
             )
+
+    @staticmethod
+    async def _keep_only(conn: AsyncConnection, collection: str, record: DocumentRecord) -> None:
+        """Delete the chunk rows of one document that it no longer has."""
+        keep = [c.point_id for c in record.chunks]
+        mine = (chunks.c.collection == collection, chunks.c.document_id == record.id)
+        if len(keep) <= MAX_BOUND_IDS:
+            await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.not_in(keep) if keep else sa.true()))
+            return
+        # More ids than one statement may bind (asyncpg allows 32,767): list, then delete in parts.
+        wanted = set(keep)
+        existing = (await conn.execute(sa.select(chunks.c.point_id).where(*mine))).scalars().all()
+        for part in chunked([pid for pid in existing if pid not in wanted]):
+            await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.in_(part)))
 
     async def record_chunking(self, collection: str, document_ids: Sequence[str], chunking: str) -> None:
         """Note the chunk settings of unchanged documents indexed before the registry kept them."""

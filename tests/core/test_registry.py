@@ -172,6 +172,27 @@ async def test_commit_only_touches_its_own_documents(registry: Registry, collect
     assert len(chunks["doc-2"]) == 2
 
 
+@pytest.mark.parametrize("bound", [10_000, 4], ids=["one statement", "per document"])
+async def test_a_batch_of_edited_documents_keeps_exactly_each_ones_chunks(
+    registry: Registry, collection_name: str, bound: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each document of a committed batch keeps exactly its own chunks, whether the batch's ids fit
+    one statement or not; rows of chunks it kept are left as they were, and another document's
+    pending intents stay."""
+    monkeypatch.setattr("citadel.registry.MAX_BOUND_IDS", bound)
+    before = [record(collection_name, f"doc-{n}", [f"{n} a", f"{n} b", f"{n} c"]) for n in range(3)]
+    await registry.write_intent(collection_name, MODEL, before)
+    await registry.commit_documents(collection_name, MODEL, before)
+    after = [record(collection_name, f"doc-{n}", [f"{n} a", f"{n} b", f"{n} new"]) for n in range(3)]
+    bystander = record(collection_name, "doc-x", ["x"])
+    await registry.write_intent(collection_name, MODEL, [*after, bystander])
+    await registry.commit_documents(collection_name, MODEL, after)
+    stored = await registry.get_chunks(collection_name, [*(f"doc-{n}" for n in range(3)), "doc-x"])
+    for rec in after:
+        assert sorted((c.point_id, c.state) for c in stored[rec.id]) == sorted((c.point_id, "indexed") for c in rec.chunks)
+    assert [(c.point_id, c.state) for c in stored["doc-x"]] == [(bystander.chunks[0].point_id, "pending")]
+
+
 async def test_reindexing_marks_document_pending_again(registry: Registry, collection_name: str) -> None:
     """A new intent on an indexed document makes it pending, so a crash before commit is visible."""
     rec = record(collection_name, "doc-1", ["a"], content="v1")
