@@ -27,7 +27,7 @@ from tasks.indexing import (
     switch_collection,
     upsert_vectors,
 )
-from tasks.limits import embedding_slot
+from tasks.limits import EarlySlot
 from tasks.passing import as_is
 from tasks.reporting import default_collection, report_index_run, run_name, run_tags, tag_flow_run
 from tasks.resources import open_resources
@@ -126,18 +126,16 @@ async def _index_batches(
         chunks = sum(size for _, size in pending)
         return len(pending) >= AHEAD_WHILE_OPENING_BATCHES or chunks >= AHEAD_WHILE_OPENING_CHUNKS
 
-    holding_slot = False
+    # One slot of the backend's global limit, asked for when a batch first has changes (an
+    # unchanged run never asks) and held until the run ends.
+    embedding = EarlySlot(settings)
+    slot.push_async_callback(embedding.aclose)
     batcher = WriteBatcher(settings.document_batch_size, settings.document_batch_bytes)
 
     async def embed_and_write(gathered: tuple[BatchPlan, str]) -> None:
-        nonlocal holding_slot
         plan, label = gathered
-        if plan.documents and not holding_slot:
-            # One slot of the backend's global limit, taken when the run first needs the
-            # embedder (an unchanged run never does) and held until the run ends.
-            await slot.enter_async_context(embedding_slot(settings))
-            holding_slot = True
         if plan.documents:
+            await embedding.wait()
             name = f"embed {plan.chunk_count} chunks of {len(plan.documents)} documents ({label})"
             embedded = await embed_chunks.with_options(task_run_name=name)(settings, collection, as_is(plan))
         else:
@@ -160,8 +158,9 @@ async def _index_batches(
                 settings, collection, as_is(items), full
             )
             run.counts.unchanged += plan.unchanged
-            if plan.documents:
-                run.resources.open_store_in_background()  # it loads while later batches are planned
+            if plan.documents:  # the store opens and the slot is asked for while later batches are planned
+                run.resources.open_store_in_background()
+                embedding.ask()
             gathered = batcher.add(plan, number)
             if gathered:
                 await embed_and_write(gathered)

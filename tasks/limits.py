@@ -6,6 +6,7 @@ there, until requests time out. Each run that embeds holds a slot, so the others
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -71,3 +72,47 @@ async def embedding_slot(settings: Settings) -> AsyncIterator[None]:
         return
     async with concurrency(name, occupy=1, strict=True):
         yield
+
+
+class EarlySlot:
+    """A run's slot of the embedding backend's limit, asked for as soon as the run knows it will
+    embed and held until it ends. Asking costs round trips to the Prefect API (and a client's
+    start); asked early, they overlap the planning of later batches instead of delaying the first
+    embedding. One task enters and leaves the limit's context, as Prefect's lease requires."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._holder: asyncio.Task[None] | None = None
+        self._held = asyncio.Event()
+        self._release = asyncio.Event()
+
+    def ask(self) -> None:
+        """Start asking for the slot (once)."""
+        if self._holder is None:
+            self._holder = asyncio.create_task(self._hold())
+
+    async def _hold(self) -> None:
+        async with embedding_slot(self._settings):
+            self._held.set()
+            await self._release.wait()
+
+    async def wait(self) -> None:
+        """Until the slot is held; raises what asking for it raised."""
+        self.ask()
+        assert self._holder is not None
+        held = asyncio.ensure_future(self._held.wait())
+        try:
+            await asyncio.wait({held, self._holder}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            held.cancel()
+        if not self._held.is_set():
+            self._holder.result()
+
+    async def aclose(self) -> None:
+        """Give the slot back, or stop waiting for one."""
+        if self._holder is None:
+            return
+        if not self._held.is_set():
+            self._holder.cancel()
+        self._release.set()
+        await asyncio.gather(self._holder, return_exceptions=True)  # its error, if any, was raised by wait()
