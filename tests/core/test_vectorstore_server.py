@@ -391,6 +391,8 @@ async def test_separate_server_process_serves_and_persists(tmp_path: Path, colle
         ids, vectors, payloads = _points(10)
         await store.upsert(collection_name, ids, vectors, payloads)
         assert [hit.id for hit in await store.search(collection_name, vectors[4], limit=1)] == [ids[4]]
+        await store.delete(collection_name, [*ids[:3], pid(999)])  # rows deleted at once, one id unknown
+        assert await store.count(collection_name) == 7
         store.client.close()
     finally:
         assert stop_qdrant_process(proc) == 0  # SIGTERM: a graceful exit that closes the store
@@ -398,7 +400,8 @@ async def test_separate_server_process_serves_and_persists(tmp_path: Path, colle
     proc, url = start_qdrant_process(path)
     try:
         store = VectorStore.connect(url=url, api_key=None, path=tmp_path / "unused")
-        assert await store.count(collection_name) == 10
+        assert await store.count(collection_name) == 7, "deleted points stay deleted after a restart"
+        assert set(await store.retrieve_vectors(collection_name, ids)) == set(ids[3:])
         await store.ensure_collection(collection_name, DIMS, MODEL)
         assert set(store.client.get_collection(collection_name).payload_schema) == {"document_id", "source"}
         store.client.close()

@@ -57,6 +57,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 from qdrant_client import QdrantClient
 from qdrant_client.http import models
+from qdrant_client.local.utils import normalize_point_id
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -205,6 +206,16 @@ def _read_member(archive: tarfile.TarFile, name: str) -> bytes:
 
 
 _Handler = Callable[[Request, Any], Any]
+
+
+@contextlib.contextmanager
+def _rows_already_deleted(persistence: Any) -> Iterator[None]:
+    """While embedded mode hides points whose rows were deleted already: no row deletes of its own."""
+    persistence.delete = lambda point_id: persistence._legacy_keys.pop(normalize_point_id(point_id), None)
+    try:
+        yield
+    finally:
+        del persistence.delete  # the class's method again
 
 
 class QdrantRestApp:
@@ -541,8 +552,33 @@ class QdrantRestApp:
         self, request: Request, body: models.PointIdsList | models.FilterSelector
     ) -> models.UpdateResult:
         collection = self._require(request.path_params["name"])
-        self.client.delete(collection, points_selector=body)
+        persistence = self._persistence(collection)
+        if isinstance(body, models.PointIdsList) and persistence is not None:
+            self._delete_rows_at_once(persistence, body.points)
+            with _rows_already_deleted(persistence):
+                self.client.delete(collection, points_selector=body)
+        else:
+            self.client.delete(collection, points_selector=body)
         return self._update_result(request)
+
+    def _persistence(self, collection: str) -> Any:
+        """The embedded collection's SQLite persistence (qdrant-client's internals), or None."""
+        stored = getattr(getattr(self.client, "_client", None), "collections", {}).get(collection)
+        persistence = getattr(stored, "storage", None)
+        return persistence if hasattr(persistence, "encode_key") and hasattr(persistence, "storage") else None
+
+    @staticmethod
+    def _delete_rows_at_once(persistence: Any, point_ids: list[Any]) -> None:
+        """Delete the points' rows in one transaction, as a server deletes a batch: embedded mode
+        commits each point on its own (0.13 ms each in WAL mode, 0.45 s for an edited corpus's
+        3,400 points), where a real server answers in milliseconds. Rows go before the points are
+        hidden, as embedded mode orders it, so a failure leaves them all for a retry."""
+        keys = []
+        for point_id in point_ids:
+            normalized = normalize_point_id(point_id)
+            keys.append((persistence._legacy_keys.get(normalized, persistence.encode_key(normalized)),))
+        with persistence.storage:
+            persistence.storage.executemany("DELETE FROM points WHERE id = ?", keys)
 
     def _run_query(self, collection: str, body: models.QueryRequest) -> models.QueryResponse:
         if body.limit is not None and body.limit < 1:
