@@ -10,6 +10,10 @@ once, and so does a plain sequential loop (read, chunk, embed, upsert into embed
 user would write without a framework), for the memory comparison. Usage:
 
     .venv/bin/python -m bench.phases_bench --files 3000 --paragraphs 23 --markdown
+    .venv/bin/python -m bench.phases_bench --files 3000 --paragraphs 23 --markdown --warm --no-loop
+
+``--warm`` runs every command from a warm process (``citadel warm start``), as a user running
+commands in a row can.
 
 Each phase reports the whole process's wall time and peak RSS, the flow's own time, texts
 embedded, points written and deleted, the count check (points equal to registry chunks), and,
@@ -38,7 +42,10 @@ MODEL = "nomic-embed-text"
 
 
 def citadel(args: list[str], env: dict[str, str]) -> tuple[float, float, Any]:
-    """Run ``citadel ARGS --json`` in a process of its own: (wall seconds, its peak RSS in MB, the JSON it printed)."""
+    """Run ``citadel ARGS --json`` in a process of its own: (wall seconds, its peak RSS in MB, the JSON it printed).
+
+    With a warm process (``citadel warm start``) the command runs in a fork of it: the peak RSS is
+    the fork's, as the warm process reports it."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--json"], cwd=REPO, env=env, stdout=out, stderr=err)
@@ -50,7 +57,12 @@ def citadel(args: list[str], env: dict[str, str]) -> tuple[float, float, Any]:
         printed, errors = out.read(), err.read()
     if proc.returncode != 0:
         raise SystemExit(f"citadel {' '.join(args)} exited {proc.returncode}:\n{printed[-2000:]}\n{errors[-4000:]}")
-    return wall, usage.ru_maxrss / 1024, json.loads(printed)
+    peak = usage.ru_maxrss / 1024
+    if args[0] != "warm":
+        warm = subprocess.run([sys.executable, "-m", "cli", "warm", "status", "--json"], cwd=REPO, env=env, capture_output=True, text=True)
+        if warm.returncode == 0:
+            peak = json.loads(warm.stdout)["recent"][-1]["peak_rss_mb"]
+    return wall, peak, json.loads(printed)
 
 
 def counts(env: dict[str, str], collection: str) -> tuple[int, int]:
@@ -178,6 +190,7 @@ def main() -> None:
     parser.add_argument("--store", choices=["embedded", "server"], default="embedded")
     parser.add_argument("--no-loop", action="store_true", help="skip the plain loop")
     parser.add_argument("--prefect-postgres", metavar="URL", help="run Prefect's server on this Postgres instead of SQLite")
+    parser.add_argument("--warm", action="store_true", help="run every command from a warm process (citadel warm start)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -220,6 +233,10 @@ def main() -> None:
 
         report: dict[str, Any] = {"files": args.files, "corpus_mb": round(size_mb, 1), "store": args.store,
                                   "prefect_server": "postgres" if database else "sqlite", "texts_per_s": args.texts_per_s}
+        if args.warm:
+            env["XDG_RUNTIME_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="cw-"))  # short, for a socket
+            report["warm_start"] = citadel(["warm", "start"], env)[2]
+            stack.callback(subprocess.run, [sys.executable, "-m", "cli", "warm", "stop"], cwd=REPO, env=env, capture_output=True)
         phases = [phase("first index", corpus, env, prefect.api_url)]
         phases.append(phase("unchanged re-run", corpus, env, prefect.api_url))
         phases.append(phase("unchanged re-run as a flow run (--always-flow)", corpus, env, prefect.api_url, "--always-flow"))

@@ -82,7 +82,8 @@ def status(as_json: bool = JsonOption) -> None:
     out.print(f"warm process {found['pid']}: {found['served']} commands served, {found['running']} running", highlight=False)
     for command in found["recent"][-5:]:
         out.print(
-            f"  {command['command'] or '-'}: exit {command['exit']} in {command['seconds']:.2f} s, {command['peak_rss_mb']:.0f} MB",
+            f"  {command['command'] or '-'}: exit {command['exit']} in {command['seconds']:.2f} s "
+            f"({command['cpu_s']:.2f} s of CPU), {command['peak_rss_mb']:.0f} MB",
             highlight=False,
         )
 

@@ -236,7 +236,8 @@ class WarmServer:
         exit_code = code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
         seconds = time.monotonic() - start
         self.recent.append(
-            {"command": command, "exit": exit_code, "seconds": round(seconds, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+            {"command": command, "exit": exit_code, "seconds": round(seconds, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
         )
         self.last_active = time.monotonic()
         if caller is not None:

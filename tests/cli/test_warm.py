@@ -89,7 +89,7 @@ def test_commands_run_warm_with_the_same_output_exit_codes_and_signals(
     warm_status = commands.json("status")
     served = commands.warm()
     assert served["served"] == 2 and [c["command"] for c in served["recent"]] == ["index", "status"]
-    assert all(c["exit"] == 0 and c["peak_rss_mb"] > 0 for c in served["recent"])
+    assert all(c["exit"] == 0 and c["peak_rss_mb"] > 0 and c["cpu_s"] > 0 for c in served["recent"])
 
     bad = commands.run("index", str(tmp_path / "missing"))
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr and bad.stdout == ""
