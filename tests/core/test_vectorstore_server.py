@@ -339,6 +339,15 @@ def test_a_payload_index_counts_the_live_points_that_have_its_field(raw: QdrantC
     raw.delete(collection_name, points_selector=models.PointIdsList(points=[pid(5)]))
     schema = raw.get_collection(collection_name).payload_schema
     assert (schema["source"].points, schema["meta.team"].points) == (2, 1)
+    # The counts are kept between reads, and every kind of write is seen by the next read.
+    raw.upsert(collection_name, points=[models.PointStruct(id=pid(9), vector=unit(0, 1, 0, 0), payload={"source": "d"})])
+    assert raw.get_collection(collection_name).payload_schema["source"].points == 3
+    raw.upsert(collection_name, points=[models.PointStruct(id=pid(4), vector=unit(1, 4, 0, 0), payload={"source": "e"})])
+    assert raw.get_collection(collection_name).payload_schema["source"].points == 4
+    raw.delete(collection_name, points_selector=models.FilterSelector(filter=models.Filter(
+        must=[models.FieldCondition(key="source", match=models.MatchValue(value="a"))])))
+    schema = raw.get_collection(collection_name).payload_schema
+    assert (schema["source"].points, schema["meta.team"].points) == (3, 0)
 
 
 # several processes -------------------------------------------------------------------------
