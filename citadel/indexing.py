@@ -354,21 +354,35 @@ class SeenDocuments:
         self.failed.update(f.document_id for f in plan.failures)
 
     def admit(self, items: Sequence[Document | LoadFailure]) -> list[Document | LoadFailure]:
-        """``items``, noted as seen; a document whose id the run has already seen becomes a dead
-        letter instead, since two documents sharing an id would overwrite each other's points."""
+        """``items``, noted as seen (see :meth:`screen`)."""
+        out, seen = self.screen(items)
+        self.merge(seen)
+        return out
+
+    def screen(self, items: Sequence[Document | LoadFailure]) -> tuple[list[Document | LoadFailure], SeenDocuments]:
+        """``items``, and what they add to what the run has seen, without noting it (a retried step
+        screens its batch again). A document whose id the run or the batch has already seen becomes
+        a dead letter instead, since two documents sharing an id would overwrite each other's points."""
         out: list[Document | LoadFailure] = []
+        batch = SeenDocuments()
         for item in items:
-            if isinstance(item, Document) and item.id in self.ids:
+            if isinstance(item, Document) and (item.id in self.ids or item.id in batch.ids):
                 out.append(LoadFailure(
                     f"{item.id[:1000]} (duplicate)", item.source,
                     f"another document of this run already has the id {item.id!r}; give each document its own id",
                 ))
                 continue
-            self.ids.add(item.id)
+            batch.ids.add(item.id)
             if isinstance(item, LoadFailure) and item.origin:
-                self.unreadable.add(item.origin)
+                batch.unreadable.add(item.origin)
             out.append(item)
-        return out
+        return out, batch
+
+    def merge(self, other: SeenDocuments) -> None:
+        """Note what ``other`` saw."""
+        self.ids |= other.ids
+        self.unreadable |= other.unreadable
+        self.failed |= other.failed
 
 
 async def find_gone_documents(

@@ -20,7 +20,6 @@ from tasks.indexing import (
     check_store,
     delete_stale_documents,
     embed_chunks,
-    load_documents,
     plan_batch,
     prepare_collection,
     record_documents,
@@ -152,11 +151,10 @@ async def _index_batches(
     try:
         for number, group in enumerate(resolved.groups(settings), start=1):
             what = f"{len(group.paths)} files" if group.paths or not group.records else f"{len(group.records)} records"
-            loaded = await load_documents.with_options(task_run_name=f"load {what} (batch {number})")(settings, as_is(group), resolved.key)
-            items = run.seen.admit(loaded)
-            plan = await plan_batch.with_options(task_run_name=f"plan {len(items)} documents (batch {number})")(
-                settings, collection, as_is(items), full
+            plan, added = await plan_batch.with_options(task_run_name=f"plan {what} (batch {number})")(
+                settings, collection, as_is(group), resolved.key, as_is(run.seen), full
             )
+            run.seen.merge(added)
             run.counts.unchanged += plan.unchanged
             if plan.documents:  # the store opens and the slot is asked for while later batches are planned
                 run.resources.open_store_in_background()

@@ -6,13 +6,11 @@ and per-text reuse is the embedding cache's job, which is finer grained than a t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from citadel import bluegreen, consistency, indexing
-from citadel.documents import Document, LoadFailure, SourceGroup, load_group
+from citadel.documents import SourceGroup, load_group
 from citadel.models import StoreCheck, SwitchReport
 from citadel.settings import Settings
 from tasks.resources import get_resources
@@ -32,19 +30,16 @@ async def check_store(settings: Settings, collection: str) -> StoreCheck:
     return await consistency.reconcile(get_resources(settings), collection)
 
 
-@task(name="load-documents", cache_policy=NO_CACHE, **RETRYING)
-async def load_documents(settings: Settings, group: SourceGroup, source: str) -> list[Document | LoadFailure]:
-    """Read one group of files (or validate inline records) into documents and load failures."""
-    return load_group(group, source, settings.max_file_bytes)
-
-
 @task(name="plan-batch", cache_policy=NO_CACHE, **RETRYING)
 async def plan_batch(
-    settings: Settings, collection: str, items: Sequence[Document | LoadFailure], full: bool = False
-) -> indexing.BatchPlan:
-    """Chunk the new and changed documents of a batch; count the unchanged ones."""
+    settings: Settings, collection: str, group: SourceGroup, source: str, seen: indexing.SeenDocuments, full: bool = False
+) -> tuple[indexing.BatchPlan, indexing.SeenDocuments]:
+    """Read one group of files (or validate inline records), chunk its new and changed documents
+    and count the unchanged ones. Returns the plan and the documents the group adds to ``seen``,
+    which the flow notes once the step succeeded (a retry screens the group against the same run)."""
+    items, added = seen.screen(load_group(group, source, settings.max_file_bytes))
     resources = get_resources(settings)
-    return await indexing.plan_batch(
+    plan = await indexing.plan_batch(
         await resources.registry(),
         collection,
         resources.embedder.model,
@@ -53,6 +48,7 @@ async def plan_batch(
         chunk_overlap=settings.chunk_overlap,
         full=full,
     )
+    return plan, added
 
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, **RETRYING)

@@ -454,3 +454,30 @@ async def test_while_the_store_opens_the_run_embeds_ahead_then_writes_in_order(
     assert await index_state(Settings(), collection_name) == (total, total)
     again = await index_corpus(str(corpus), collection=collection_name)
     assert (again["unchanged"], again["chunks_embedded"]) == (8, 0)
+
+
+async def test_a_retried_plan_step_sees_its_documents_as_new_not_as_duplicates(
+    data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan step reads its files, then fails on a transient error and is retried: the retry
+    reads them again, and must not take them for documents the run has already seen."""
+    from citadel import indexing
+    from tasks import indexing as indexing_tasks
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=3)
+    failures = iter([ConnectionError("the registry went away for a moment")])
+    real = indexing.plan_batch
+
+    async def flaky(*args, **kwargs):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr("citadel.indexing.plan_batch", flaky)
+    monkeypatch.setattr("flows.index_corpus.plan_batch", indexing_tasks.plan_batch.with_options(retry_delay_seconds=0))
+    summary = await index_corpus(str(corpus), collection=collection_name)
+    assert (summary["added"], summary["failed"]) == (3, 0)
+    assert next(failures, None) is None, "the step failed once and was retried"
+    assert await dead_letters_of(Settings(), collection_name) == []

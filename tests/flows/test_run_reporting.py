@@ -45,13 +45,12 @@ async def test_an_index_run_is_named_tagged_and_reports_its_summary_and_dead_let
     write_corpus(corpus, files=3)
     (corpus / "empty.md").write_text("")
     state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
-    run, tasks, artifacts = await _run_of(state, tasks_at_least=8)  # prepare, check, load, plan, embed, upsert, record, prune
+    run, tasks, artifacts = await _run_of(state, tasks_at_least=7)  # prepare, check, plan, embed, upsert, record, prune
 
     assert run.name == f"index-{collection_name}"
     assert {f"collection:{collection_name}", "embedder:hashing"} <= set(run.tags)
     names = {task.name for task in tasks}
-    assert {f"prepare {collection_name}", f"check the store of {collection_name}", "load 4 files (batch 1)",
-            "plan 4 documents (batch 1)"} <= names
+    assert {f"prepare {collection_name}", f"check the store of {collection_name}", "plan 4 files (batch 1)"} <= names
     assert any(name.startswith("embed ") and name.endswith("chunks of 3 documents (batch 1)") for name in names)
 
     summary = RunSummary.model_validate(await state.aresult())  # the persisted JSON result
@@ -71,13 +70,13 @@ async def test_edits_of_several_batches_show_as_one_write_named_after_its_batche
     await index_corpus(str(corpus), collection=collection_name)
     append_paragraph([paths[1], paths[7]])  # batches 1 and 3
     state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
-    # prepare, check, three loads and plans, one embed, upsert and record, the prune
-    _, tasks, _ = await _run_of(state, tasks_at_least=12)
+    # prepare, check, three plans, one embed, upsert and record, the prune
+    _, tasks, _ = await _run_of(state, tasks_at_least=9)
     names = {task.name for task in tasks}
     writes = sorted(name for name in names if name.split()[0] in ("embed", "upsert", "record"))
     assert len(writes) == 3 and all(name.endswith("(batches 1-3)") for name in writes), writes
     assert "record 2 documents (batches 1-3)" in writes
-    assert {f"plan 3 documents (batch {n})" for n in (1, 2, 3)} <= names
+    assert {f"plan 3 files (batch {n})" for n in (1, 2, 3)} <= names
 
 
 async def test_a_search_result_reaches_its_caller_and_its_hits_show(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
