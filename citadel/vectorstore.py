@@ -174,6 +174,11 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# Ids in one delete request to a server: about 160 KB of JSON, far below Qdrant's 32 MB limit on a
+# request, so an edited corpus's thousands of vanished points take one or two round trips.
+IDS_PER_DELETE = 4096
+
+
 def prepare_embedded_write(client: QdrantClient, name: str, adding: int) -> None:
     """Ready an embedded collection for ``adding`` more points: its SQLite file in WAL mode and
     spare float32 rows (see :func:`_tune_embedded_storage` and :func:`_reserve_rows`)."""
@@ -410,8 +415,8 @@ class VectorStore:
                 return
         if not self.client.collection_exists(name):
             return
-        for start in range(0, len(ids), self.batch_size * 4):
-            selector = models.PointIdsList(points=list(ids[start : start + self.batch_size * 4]))
+        for start in range(0, len(ids), IDS_PER_DELETE):
+            selector = models.PointIdsList(points=list(ids[start : start + IDS_PER_DELETE]))
             self.client.delete(name, points_selector=selector, wait=True)
 
     async def delete(self, name: str, ids: Sequence[str]) -> None:

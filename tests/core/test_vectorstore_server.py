@@ -196,7 +196,8 @@ async def test_search_limit_threshold_and_filters(store: VectorStore, collection
     assert [hit.id for hit in both] == [ids[3]]
 
 
-async def test_delete_by_ids_and_retrieve_vectors(store: VectorStore, collection_name: str) -> None:
+async def test_delete_by_ids_and_retrieve_vectors(store: VectorStore, collection_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("citadel.vectorstore.IDS_PER_DELETE", 20)
     await store.ensure_collection(collection_name, DIMS, MODEL)
     ids, vectors, payloads = _points(23)
     await store.upsert(collection_name, ids, vectors, payloads)
@@ -207,7 +208,7 @@ async def test_delete_by_ids_and_retrieve_vectors(store: VectorStore, collection
         assert np.allclose(stored[point_id], vector, atol=1e-6)
     assert await store.retrieve_vectors(collection_name, []) == {}
 
-    await store.delete(collection_name, ids[:21])  # store.batch_size * 4 = 20 a request: two requests
+    await store.delete(collection_name, ids[:21])  # 20 a request: two requests
     assert await store.count(collection_name) == 2
     assert await store.retrieve_vectors(collection_name, ids[:21]) == {}
     assert set(await store.retrieve_vectors(collection_name, ids)) == set(ids[21:])
