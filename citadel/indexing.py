@@ -17,7 +17,7 @@ import numpy as np
 
 from citadel.chunking import CHUNKER_VERSION, chunk_text
 from citadel.collections import check_collection_name
-from citadel.documents import Document, LoadFailure
+from citadel.documents import Document, LoadFailure, SourceGroup, load_group
 from citadel.errors import EmbedderError
 from citadel.hashing import point_id, sha256_text
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry, StoredDocument
@@ -353,12 +353,6 @@ class SeenDocuments:
         """Remember which documents failed in this run (their dead letters stay)."""
         self.failed.update(f.document_id for f in plan.failures)
 
-    def admit(self, items: Sequence[Document | LoadFailure]) -> list[Document | LoadFailure]:
-        """``items``, noted as seen (see :meth:`screen`)."""
-        out, seen = self.screen(items)
-        self.merge(seen)
-        return out
-
     def screen(self, items: Sequence[Document | LoadFailure]) -> tuple[list[Document | LoadFailure], SeenDocuments]:
         """``items``, and what they add to what the run has seen, without noting it (a retried step
         screens its batch again). A document whose id the run or the batch has already seen becomes
@@ -383,6 +377,21 @@ class SeenDocuments:
         self.ids |= other.ids
         self.unreadable |= other.unreadable
         self.failed |= other.failed
+
+
+async def plan_group(
+    resources: Resources, collection: str, group: SourceGroup, source: str, seen: SeenDocuments, full: bool = False
+) -> tuple[BatchPlan, SeenDocuments]:
+    """Read one group of the source and plan it (what is unchanged, failed or to be written), with
+    the documents it adds to ``seen``; the caller notes them once the plan is kept, so planning the
+    same group again (a retried step) screens it against the same run."""
+    settings = resources.settings
+    items, added = seen.screen(load_group(group, source, settings.max_file_bytes))
+    plan = await plan_batch(
+        await resources.registry(), collection, resources.embedder.model, items,
+        chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
+    )
+    return plan, added
 
 
 async def find_gone_documents(

@@ -22,7 +22,7 @@ from citadel import progress
 from citadel.bluegreen import live_collection
 from citadel.collections import check_collection_name
 from citadel.consistency import check_store, reconcile
-from citadel.documents import SUPPORTED_SUFFIXES, SourceListing, iter_groups, list_source, load_group, shard_listing
+from citadel.documents import SUPPORTED_SUFFIXES, SourceListing, iter_groups, list_source, shard_listing
 from citadel.errors import ConfigurationError
 from citadel.indexing import (
     BatchPlan,
@@ -31,7 +31,7 @@ from citadel.indexing import (
     WriteBatcher,
     embed_plan,
     find_gone_documents,
-    plan_batch,
+    plan_group,
     prepare_collection,
     prune_source,
     record_documents,
@@ -143,12 +143,9 @@ class IndexRun:
 
     async def plan(self, group: Any, full: bool = False) -> BatchPlan:
         """Load one group of the source and plan it: what is unchanged, failed or to be written."""
-        settings = self.resources.settings
-        items = self.seen.admit(load_group(group, self.resolved.key, settings.max_file_bytes))
-        return await plan_batch(
-            await self.resources.registry(), self.collection, self.resources.embedder.model, items,
-            chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
-        )
+        plan, added = await plan_group(self.resources, self.collection, group, self.resolved.key, self.seen, full)
+        self.seen.merge(added)
+        return plan
 
     def count_embedded(self, batch: EmbeddedBatch) -> None:
         """Count what embedding a batch did, and keep its failures for the run's report."""

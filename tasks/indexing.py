@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from citadel import bluegreen, consistency, indexing
-from citadel.documents import SourceGroup, load_group
+from citadel.documents import SourceGroup
 from citadel.models import StoreCheck, SwitchReport
 from citadel.settings import Settings
 from tasks.resources import get_resources
@@ -37,18 +37,7 @@ async def plan_batch(
     """Read one group of files (or validate inline records), chunk its new and changed documents
     and count the unchanged ones. Returns the plan and the documents the group adds to ``seen``,
     which the flow notes once the step succeeded (a retry screens the group against the same run)."""
-    items, added = seen.screen(load_group(group, source, settings.max_file_bytes))
-    resources = get_resources(settings)
-    plan = await indexing.plan_batch(
-        await resources.registry(),
-        collection,
-        resources.embedder.model,
-        items,
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
-        full=full,
-    )
-    return plan, added
+    return await indexing.plan_group(get_resources(settings), collection, group, source, seen, full)
 
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, **RETRYING)
