@@ -103,10 +103,9 @@ def fingerprint(environ: dict[str, str], cwd: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def socket_path(environ: dict[str, str] | None = None, cwd: str | None = None, create: bool = False) -> Path:
+def socket_path(create: bool = False) -> Path:
     """The socket of the warm process for this environment and directory (which may not exist)."""
-    environ = dict(os.environ) if environ is None else environ
-    path = socket_directory(create) / f"{fingerprint(environ, cwd or os.getcwd())}.sock"
+    path = socket_directory(create) / f"{fingerprint(dict(os.environ), os.getcwd())}.sock"
     if len(os.fsencode(path)) > SOCKET_PATH_BYTES:
         raise UnsafeDirectory(f"{path} is longer than a Unix socket's path may be: set XDG_RUNTIME_DIR to a shorter directory")
     return path

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from pathlib import Path
 
 import typer
 
@@ -20,7 +20,7 @@ warm_app = typer.Typer(
 READY_TIMEOUT_S = 120.0
 
 
-def _socket() -> Any:
+def _socket() -> Path:
     try:
         return socket_path(create=True)
     except UnsafeDirectory as exc:

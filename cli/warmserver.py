@@ -61,7 +61,7 @@ class WarmServer:
         self.path, self.key, self.idle_s = path, key, idle_s
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.selector = selectors.DefaultSelector()
-        self.children: dict[int, tuple[socket.socket, float, str]] = {}  # pid: (caller, start, command)
+        self.children: dict[int, tuple[socket.socket | None, float, str]] = {}  # pid: (caller, start, command)
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.served = 0
         self.started = time.time()
@@ -97,7 +97,7 @@ class WarmServer:
                 elif key.data == "signal":
                     self._signalled()
                 else:
-                    self._caller_readable(key.fileobj)  # type: ignore[arg-type]
+                    self._caller_readable(key.fileobj, key.data)  # type: ignore[arg-type]
         self.close()
 
     def close(self) -> None:
@@ -112,7 +112,7 @@ class WarmServer:
         except BlockingIOError:
             return
         caller.setblocking(True)
-        pid, uid, _gid = struct.unpack("3i", caller.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        _pid, uid, _gid = struct.unpack("3i", caller.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
         if uid != os.getuid():  # the directory is private; this holds even if it were not
             caller.close()
             return
@@ -179,7 +179,8 @@ class WarmServer:
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             for held in (self.listener, caller, *(child for child, _, _ in self.children.values())):
-                held.close()
+                if held is not None:
+                    held.close()
             self.selector.close()
             os.close(self.wakeup_r)
             os.close(self.wakeup_w)
@@ -246,16 +247,16 @@ class WarmServer:
                 caller.send(json.dumps({"exit": exit_code}).encode())
             caller.close()
 
-    def _caller_readable(self, caller: socket.socket) -> None:
+    def _caller_readable(self, caller: socket.socket, pid: int) -> None:
         """A caller says nothing after its request: readable means it is gone (killed): so is its command."""
         with contextlib.suppress(OSError):
             if caller.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
                 return
-        pid = next(pid for pid, (held, _, _) in self.children.items() if held is caller)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         self.selector.unregister(caller)
-        self.children[pid] = (None, self.children[pid][1], self.children[pid][2])  # type: ignore[assignment]
+        _, start, command = self.children[pid]
+        self.children[pid] = (None, start, command)
         caller.close()
 
 
