@@ -414,7 +414,7 @@ class QdrantRestApp:
         return self._index_counts[key]
 
     def _count_points_with(self, collection: str, field: str) -> int:
-        stored = getattr(getattr(self.client, "_client", None), "collections", {}).get(collection)  # qdrant-client's internals
+        stored = self._stored(collection)
         if stored is not None and "." not in field and "[" not in field:
             deleted = stored.deleted
             return sum(
@@ -578,10 +578,13 @@ class QdrantRestApp:
             self.client.delete(collection, points_selector=body)
         return self._update_result(request)
 
+    def _stored(self, collection: str) -> Any:
+        """The embedded collection as qdrant-client keeps it in memory (its internals), or None."""
+        return getattr(getattr(self.client, "_client", None), "collections", {}).get(collection)
+
     def _persistence(self, collection: str) -> Any:
         """The embedded collection's SQLite persistence (qdrant-client's internals), or None."""
-        stored = getattr(getattr(self.client, "_client", None), "collections", {}).get(collection)
-        persistence = getattr(stored, "storage", None)
+        persistence = getattr(self._stored(collection), "storage", None)
         return persistence if hasattr(persistence, "encode_key") and hasattr(persistence, "storage") else None
 
     @staticmethod
