@@ -41,11 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "nomic-embed-text"
 
 
-def citadel(args: list[str], env: dict[str, str]) -> tuple[float, float, Any]:
+def citadel(args: list[str], env: dict[str, str], warm: bool = False) -> tuple[float, float, Any]:
     """Run ``citadel ARGS --json`` in a process of its own: (wall seconds, its peak RSS in MB, the JSON it printed).
 
-    With a warm process (``citadel warm start``) the command runs in a fork of it: the peak RSS is
-    the fork's, as the warm process reports it."""
+    With ``warm`` the command runs in a fork of a warm process (``citadel warm start``): the peak
+    RSS is the fork's, as the warm process reports it."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--json"], cwd=REPO, env=env, stdout=out, stderr=err)
@@ -58,10 +58,10 @@ def citadel(args: list[str], env: dict[str, str]) -> tuple[float, float, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"citadel {' '.join(args)} exited {proc.returncode}:\n{printed[-2000:]}\n{errors[-4000:]}")
     peak = usage.ru_maxrss / 1024
-    if args[0] != "warm":
-        warm = subprocess.run([sys.executable, "-m", "cli", "warm", "status", "--json"], cwd=REPO, env=env, capture_output=True, text=True)
-        if warm.returncode == 0:
-            peak = json.loads(warm.stdout)["recent"][-1]["peak_rss_mb"]
+    if warm:
+        status = subprocess.run([sys.executable, "-m", "cli", "warm", "status", "--json"], cwd=REPO, env=env,
+                                capture_output=True, text=True, check=True)
+        peak = json.loads(status.stdout)["recent"][-1]["peak_rss_mb"]
     return wall, peak, json.loads(printed)
 
 
@@ -89,10 +89,10 @@ def steps(api_url: str, flow_run_id: str) -> dict[str, float]:
     return dict(total)
 
 
-def phase(name: str, corpus: Path, env: dict[str, str], api_url: str, *options: str) -> dict[str, Any]:
+def phase(name: str, corpus: Path, env: dict[str, str], api_url: str, *options: str, warm: bool = False) -> dict[str, Any]:
     """One `citadel index` run of the corpus and what it did."""
     before_points, _ = counts(env, "bench") if name != "first index" else (0, 0)
-    wall, peak, summary = citadel(["index", str(corpus), "--collection", "bench", *options], env)
+    wall, peak, summary = citadel(["index", str(corpus), "--collection", "bench", *options], env, warm)
     points, chunks = counts(env, "bench")
     return {
         "phase": name,
@@ -237,11 +237,12 @@ def main() -> None:
             env["XDG_RUNTIME_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="cw-"))  # short, for a socket
             report["warm_start"] = citadel(["warm", "start"], env)[2]
             stack.callback(subprocess.run, [sys.executable, "-m", "cli", "warm", "stop"], cwd=REPO, env=env, capture_output=True)
-        phases = [phase("first index", corpus, env, prefect.api_url)]
-        phases.append(phase("unchanged re-run", corpus, env, prefect.api_url))
-        phases.append(phase("unchanged re-run as a flow run (--always-flow)", corpus, env, prefect.api_url, "--always-flow"))
+        phases = [phase("first index", corpus, env, prefect.api_url, warm=args.warm)]
+        phases.append(phase("unchanged re-run", corpus, env, prefect.api_url, warm=args.warm))
+        forced = "unchanged re-run as a flow run (--always-flow)"
+        phases.append(phase(forced, corpus, env, prefect.api_url, "--always-flow", warm=args.warm))
         report["edited"], report["deleted"] = edit_corpus(corpus)
-        phases.append(phase("edited", corpus, env, prefect.api_url))
+        phases.append(phase("edited", corpus, env, prefect.api_url, warm=args.warm))
         report["phases"] = phases
         if args.store == "embedded":
             report["store_open"] = python(STORE_OPEN, [str(root / "data" / "qdrant")], env)
