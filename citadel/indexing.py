@@ -415,14 +415,18 @@ async def find_gone_documents(
 async def prune_source(
     resources: Resources, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None = None
 ) -> int:
-    """After a complete listing of ``source``: delete what it no longer holds, and (for a whole
-    source) the dead letters of documents that no longer fail. Returns the documents deleted."""
-    registry = await resources.registry()
-    gone = await find_gone_documents(registry, collection, source, seen, shard)
-    deleted = await delete_documents(resources, collection, gone)
-    if shard is None:  # a shard cannot tell another shard's dead letters from resolved ones
-        await registry.resolve_dead_letters(collection, source, seen.failed)
-    return deleted
+    """After a complete listing of ``source``: delete what it no longer holds. Returns the
+    documents deleted. Needs only what the listing saw, so it may run while the run still embeds."""
+    gone = await find_gone_documents(await resources.registry(), collection, source, seen, shard)
+    return await delete_documents(resources, collection, gone)
+
+
+async def resolve_dead_letters(resources: Resources, collection: str, source: str, seen: SeenDocuments) -> int:
+    """After a complete run of a whole source: remove the dead letters of its documents that did
+    not fail again (fixed, deleted, or unchanged since). Needs every embedding of the run done,
+    since ``seen.failed`` grows until then. A shard cannot tell another shard's dead letters from
+    resolved ones, so it never calls this."""
+    return await (await resources.registry()).resolve_dead_letters(collection, source, seen.failed)
 
 
 async def prepare_collection(resources: Resources, collection: str) -> None:

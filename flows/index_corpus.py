@@ -23,6 +23,7 @@ from tasks.indexing import (
     plan_batch,
     prepare_collection,
     record_documents,
+    resolve_dead_letters,
     switch_collection,
     upsert_vectors,
 )
@@ -116,8 +117,13 @@ async def _index_batches(
     Writes run one after another, in batch order. Once the store is open the loop waits for the
     write of batch n before starting that of n + 1; while it is opening, up to a bound of batches
     wait for it already embedded, so the time an embedded store takes to load is spent embedding.
+    The prune needs only the complete listing: it takes its turn among the writes as soon as the
+    last batch is planned, while that batch embeds. Dead letters are resolved once every
+    embedding is done (a failed embedding keeps its document's).
     """
     pending: deque[tuple[asyncio.Task[WriteResult], int]] = deque()  # (the write, its chunks)
+    tail: asyncio.Task[Any] | None = None  # the last write or prune started: the next one waits for it
+    prune: asyncio.Task[int] | None = None
 
     def waiting_too_much() -> bool:
         if run.resources.store_opened:
@@ -132,6 +138,7 @@ async def _index_batches(
     batcher = WriteBatcher(settings.document_batch_size, settings.document_batch_bytes)
 
     async def embed_and_write(gathered: tuple[BatchPlan, str]) -> None:
+        nonlocal tail
         plan, label = gathered
         if plan.documents:
             await embedding.wait()
@@ -144,9 +151,9 @@ async def _index_batches(
         while pending and (pending[0][0].done() or waiting_too_much()):
             run.counts.add_written(await pending.popleft()[0])
         if embedded.plan.documents or embedded.plan.failures:
-            after = pending[-1][0] if pending else None
-            write = asyncio.create_task(_write(settings, collection, embedded, label, after))
+            write = asyncio.create_task(_write(settings, collection, embedded, label, tail))
             pending.append((write, embedded.plan.chunk_count))
+            tail = write
 
     try:
         for number, group in enumerate(resolved.groups(settings), start=1):
@@ -163,23 +170,28 @@ async def _index_batches(
             if gathered:
                 await embed_and_write(gathered)
             progress.report(group.done, group.total, "indexing")
+        if resolved.prune:
+            prune = tail = asyncio.create_task(_prune(settings, collection, resolved, run, tail))
         gathered = batcher.take()
         if gathered:
             await embed_and_write(gathered)
         while pending:
             run.counts.add_written(await pending.popleft()[0])
-        if resolved.prune:
-            prune = delete_stale_documents.with_options(task_run_name=f"delete what {resolved.key[-80:]} no longer holds")
-            run.counts.deleted = await prune(settings, collection, resolved.key, as_is(run.seen), resolved.shard)
+        if prune is not None:
+            run.counts.deleted = await prune
+            if resolved.shard is None and await (await run.resources.registry()).has_dead_letters(collection, resolved.key):
+                resolve = resolve_dead_letters.with_options(task_run_name=f"resolve the dead letters of {resolved.key[-80:]}")
+                await resolve(settings, collection, resolved.key, as_is(run.seen))
     except Exception:
         # Let the batches already embedded finish writing, so the next run re-embeds less.
-        await asyncio.gather(*(write for write, _ in pending), return_exceptions=True)
+        await asyncio.gather(*(write for write, _ in pending), *([prune] if prune else []), return_exceptions=True)
         pending.clear()
         raise
     finally:
-        for write, _ in pending:  # cancelled or interrupted: stop at once, the next run repairs
+        started = [write for write, _ in pending] + ([prune] if prune and not prune.done() else [])
+        for write in started:  # cancelled or interrupted: stop at once, the next run repairs
             write.cancel()
-        await asyncio.gather(*(write for write, _ in pending), return_exceptions=True)
+        await asyncio.gather(*started, return_exceptions=True)
 
 
 async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSummary:
@@ -191,11 +203,20 @@ async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSum
     return summary.model_copy(update={"switch": report})
 
 
+async def _prune(settings: Settings, collection: str, resolved: ResolvedSource, run: IndexRun, after: asyncio.Task[Any] | None) -> int:
+    """Delete what the source no longer holds, after the write before it (one writer at a time)."""
+    if after is not None:
+        await after
+    step = delete_stale_documents.with_options(task_run_name=f"delete what {resolved.key[-80:]} no longer holds")
+    deleted: int = await step(settings, collection, resolved.key, as_is(run.seen), resolved.shard)
+    return deleted
+
+
 async def _write(
-    settings: Settings, collection: str, batch: EmbeddedBatch, label: str, after: asyncio.Task[WriteResult] | None
+    settings: Settings, collection: str, batch: EmbeddedBatch, label: str, after: asyncio.Task[Any] | None
 ) -> WriteResult:
-    """The two write steps of a batch, in order: the points, then the registry; after the write of
-    the batch before (a store takes one writer at a time, and a failed write stops the ones after)."""
+    """The two write steps of a batch, in order: the points, then the registry; after the write (or
+    prune) before it (a store takes one writer at a time, and a failed write stops the ones after)."""
     if after is not None:
         await after
     points = sum(len(d.ids) for d in batch.plan.documents)

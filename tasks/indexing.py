@@ -63,8 +63,14 @@ async def delete_stale_documents(
     settings: Settings, collection: str, source: str, seen: indexing.SeenDocuments, shard: tuple[int, int] | None = None
 ) -> int:
     """Delete the vectors and records of documents gone from a completely listed source (or shard of
-    it), keeping the records of files that failed to load whole; clear resolved dead letters."""
+    it), keeping the records of files that failed to load whole."""
     return await indexing.prune_source(get_resources(settings), collection, source, seen, shard)
+
+
+@task(name="resolve-dead-letters", cache_policy=NO_CACHE, **RETRYING)
+async def resolve_dead_letters(settings: Settings, collection: str, source: str, seen: indexing.SeenDocuments) -> int:
+    """Clear the dead letters of a whole source's documents that this run did not see fail again."""
+    return await indexing.resolve_dead_letters(get_resources(settings), collection, source, seen)
 
 
 @task(name="switch-collection", cache_policy=NO_CACHE, **RETRYING)

@@ -42,6 +42,28 @@ async def test_document_the_embedder_rejects_is_dead_lettered(
     assert vectors == chunks > 0
 
 
+async def test_a_document_rejected_again_keeps_its_dead_letter_while_the_prune_runs_alongside(
+    ollama: EmbeddingServer, tmp_path: Path, collection_name: str
+) -> None:
+    """The prune of a deleted file runs while the last batch embeds; the dead letters are resolved
+    only once that embedding is done, so a document it rejects again keeps its letter (a second
+    attempt), instead of losing it to the resolution and starting over at one."""
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=3, paragraphs=2)
+    ollama.fail_next(2, 400, body={"error": "invalid input: unsupported characters"}, path="/api/embed")
+    await index_corpus(str(corpus), collection=collection_name)
+
+    paths[2].unlink()
+    ollama.fail_next(2, 400, body={"error": "invalid input: unsupported characters"}, path="/api/embed")
+    ollama.delay(0.5)  # the rejections arrive long after the prune is done
+    summary = await index_corpus(str(corpus), collection=collection_name)
+    assert (summary["deleted"], summary["failed"], summary["unchanged"]) == (1, 1, 1)
+    letters = await dead_letters_of(Settings(), collection_name)
+    assert [(Path(letter["document_id"]).name, letter["attempts"]) for letter in letters] == [("doc_00000.md", 2)]
+    vectors, chunks = await index_state(Settings(), collection_name)
+    assert vectors == chunks > 0
+
+
 async def test_transient_outage_is_retried_by_the_task(
     ollama: EmbeddingServer, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
