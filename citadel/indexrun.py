@@ -35,6 +35,7 @@ from citadel.indexing import (
     prepare_collection,
     prune_source,
     record_documents,
+    resolve_dead_letters,
     upsert_vectors,
 )
 from citadel.models import IndexRunRecord, RunCounts, RunSummary, StoreCheck
@@ -293,6 +294,8 @@ async def index_source(
             await embed_and_write(gathered[0])
         if resolved.prune:
             run.counts.deleted = await prune_source(resources, collection, resolved.key, run.seen, resolved.shard)
+            if resolved.shard is None:
+                await resolve_dead_letters(resources, collection, resolved.key, run.seen)
     assert run.summary is not None
     return run.summary
 
@@ -318,14 +321,14 @@ async def answer_unchanged(settings: Settings, source: str, collection: str) -> 
             async with IndexRun(resources, collection, resolved) as run:
                 if run.crashed:
                     raise HandOver  # one crashed since the look above: the flow reports it
-                run.store = await check_store(resources, collection)
-                if run.store.drift:
-                    raise HandOver
-                for group in resolved.groups(settings):
+                for group in resolved.groups(settings):  # an edited source is the usual hand-over: first
                     plan = await run.plan(group)
                     if plan.documents or plan.failures:
                         raise HandOver
                     run.counts.unchanged += plan.unchanged
+                run.store = await check_store(resources, collection)
+                if run.store.drift:
+                    raise HandOver
                 if resolved.prune and (
                     await find_gone_documents(registry, collection, resolved.key, run.seen)
                     or await registry.has_dead_letters(collection, resolved.key)
