@@ -25,6 +25,7 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -65,6 +66,8 @@ PRELOADED = (
     "rich.json",
 )
 RECENT = 20
+# The signals a caller forwards, and the one this process notes its children's ends by.
+HELD_AT_FORK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD}
 
 
 class WarmServer:
@@ -163,9 +166,13 @@ class WarmServer:
         }
 
     def _run(self, caller: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        # Until the fork has the command's own handlers, a signal for it would reach this process's
+        # (which only note it): held back, it is delivered once they are in place.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_FORK)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             for fd in fds:
                 os.close(fd)
             with contextlib.suppress(OSError):
@@ -173,7 +180,8 @@ class WarmServer:
             caller.close()
             return
         if pid == 0:
-            self._become_command(request, fds, caller)
+            self._become_command(request, fds, caller, held)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         for fd in fds:
             os.close(fd)
         self.served += 1
@@ -183,7 +191,9 @@ class WarmServer:
         with contextlib.suppress(OSError):
             caller.send(json.dumps({"pid": pid}).encode())
 
-    def _become_command(self, request: dict[str, Any], fds: list[int], caller: socket.socket) -> NoReturn:
+    def _become_command(
+        self, request: dict[str, Any], fds: list[int], caller: socket.socket, mask: Iterable[int]
+    ) -> NoReturn:
         """In the fork: take on the caller's streams, directory and environment, and run its command."""
         code: int | str | None = 1
         try:
@@ -191,6 +201,7 @@ class WarmServer:
             for signum in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what arrived meanwhile is delivered now
             for held in (self.listener, caller, *(child for child, _, _ in self.children.values())):
                 if held is not None:
                     held.close()

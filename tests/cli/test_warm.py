@@ -112,8 +112,10 @@ def test_ctrl_c_reaches_the_command_and_a_killed_caller_ends_it(commands: Comman
                              "CITADEL_EMBEDDING_MODEL": "all-minilm", "CITADEL_EMBED_RETRIES": "0"})
         commands.json("warm", "start")
         for stop, code in ((signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)):
+            asked = server.requests["/api/embed"]  # the last command's request may still be held
             caller = commands.popen("index", str(corpus))
-            wait_for(lambda: commands.warm()["running"] == 1 and server.in_flight > 0, "the command to embed")
+            wait_for(lambda asked=asked: commands.warm()["running"] == 1 and server.requests["/api/embed"] > asked,
+                     "the command to embed")
             caller.send_signal(stop)
             _, err = caller.communicate(timeout=60)
             assert caller.returncode == code, err
