@@ -353,12 +353,15 @@ class SeenDocuments:
         """Remember which documents failed in this run (their dead letters stay)."""
         self.failed.update(f.document_id for f in plan.failures)
 
-    def screen(self, items: Sequence[Document | LoadFailure]) -> tuple[list[Document | LoadFailure], SeenDocuments]:
-        """``items``, and what they add to what the run has seen, without noting it (a retried step
-        screens its batch again). A document whose id the run or the batch has already seen becomes
-        a dead letter instead, since two documents sharing an id would overwrite each other's points."""
+    def screen(
+        self, items: Sequence[Document | LoadFailure], batch: SeenDocuments | None = None
+    ) -> tuple[list[Document | LoadFailure], SeenDocuments]:
+        """``items``, and what they add to what the run has seen (to ``batch``: what the same step
+        screened before them), without noting it (a retried step screens its batches again). A
+        document whose id the run or the step has already seen becomes a dead letter instead,
+        since two documents sharing an id would overwrite each other's points."""
         out: list[Document | LoadFailure] = []
-        batch = SeenDocuments()
+        batch = batch if batch is not None else SeenDocuments()
         for item in items:
             if isinstance(item, Document) and (item.id in self.ids or item.id in batch.ids):
                 out.append(LoadFailure(
@@ -379,19 +382,23 @@ class SeenDocuments:
         self.failed |= other.failed
 
 
-async def plan_group(
-    resources: Resources, collection: str, group: SourceGroup, source: str, seen: SeenDocuments, full: bool = False
-) -> tuple[BatchPlan, SeenDocuments]:
-    """Read one group of the source and plan it (what is unchanged, failed or to be written), with
-    the documents it adds to ``seen``; the caller notes them once the plan is kept, so planning the
-    same group again (a retried step) screens it against the same run."""
+async def plan_groups(
+    resources: Resources, collection: str, groups: Sequence[SourceGroup], source: str, seen: SeenDocuments,
+    full: bool = False,
+) -> tuple[list[BatchPlan], SeenDocuments]:
+    """Read groups of the source one at a time and plan each (what is unchanged, failed or to be
+    written), with the documents they add to ``seen``; the caller notes them once the plans are
+    kept, so planning the same groups again (a retried step) screens them against the same run."""
     settings = resources.settings
-    items, added = seen.screen(load_group(group, source, settings.max_file_bytes))
-    plan = await plan_batch(
-        await resources.registry(), collection, resources.embedder.model, items,
-        chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
-    )
-    return plan, added
+    plans: list[BatchPlan] = []
+    added = SeenDocuments()
+    for group in groups:
+        items, added = seen.screen(load_group(group, source, settings.max_file_bytes), added)
+        plans.append(await plan_batch(
+            await resources.registry(), collection, resources.embedder.model, items,
+            chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
+        ))
+    return plans, added
 
 
 async def find_gone_documents(

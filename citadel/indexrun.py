@@ -31,7 +31,7 @@ from citadel.indexing import (
     WriteBatcher,
     embed_plan,
     find_gone_documents,
-    plan_group,
+    plan_groups,
     prepare_collection,
     prune_source,
     record_documents,
@@ -144,7 +144,7 @@ class IndexRun:
 
     async def plan(self, group: Any, full: bool = False) -> BatchPlan:
         """Load one group of the source and plan it: what is unchanged, failed or to be written."""
-        plan, added = await plan_group(self.resources, self.collection, group, self.resolved.key, self.seen, full)
+        (plan,), added = await plan_groups(self.resources, self.collection, [group], self.resolved.key, self.seen, full)
         self.seen.merge(added)
         return plan
 

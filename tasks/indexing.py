@@ -32,12 +32,13 @@ async def check_store(settings: Settings, collection: str) -> StoreCheck:
 
 @task(name="plan-batch", cache_policy=NO_CACHE, **RETRYING)
 async def plan_batch(
-    settings: Settings, collection: str, group: SourceGroup, source: str, seen: indexing.SeenDocuments, full: bool = False
-) -> tuple[indexing.BatchPlan, indexing.SeenDocuments]:
-    """Read one group of files (or validate inline records), chunk its new and changed documents
-    and count the unchanged ones. Returns the plan and the documents the group adds to ``seen``,
-    which the flow notes once the step succeeded (a retry screens the group against the same run)."""
-    return await indexing.plan_group(get_resources(settings), collection, group, source, seen, full)
+    settings: Settings, collection: str, groups: list[SourceGroup], source: str, seen: indexing.SeenDocuments,
+    full: bool = False,
+) -> tuple[list[indexing.BatchPlan], indexing.SeenDocuments]:
+    """Read groups of files (or validate inline records), chunk their new and changed documents
+    and count the unchanged ones. Returns a plan per group and the documents they add to ``seen``,
+    which the flow notes once the step succeeded (a retry screens them against the same run)."""
+    return await indexing.plan_groups(get_resources(settings), collection, groups, source, seen, full)
 
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, **RETRYING)
