@@ -66,6 +66,10 @@ class BatchPlan:
     def chunk_count(self) -> int:
         return sum(len(d.texts) for d in self.documents)
 
+    @property
+    def text_chars(self) -> int:
+        return sum(len(text) for d in self.documents for text in d.texts)
+
 
 class WriteBatcher:
     """Changed documents of consecutive batches, gathered into one write.
@@ -90,11 +94,15 @@ class WriteBatcher:
             return None
         self._plan.documents.extend(plan.documents)
         self._plan.failures.extend(plan.failures)
-        self._chars += sum(len(text) for doc in plan.documents for text in doc.texts)
+        self._chars += plan.text_chars
         self._numbers.append(number)
         if len(self._plan.documents) >= self.max_documents or self._chars >= self.max_chars:
             return self.take()
         return None
+
+    def fills(self, plan: BatchPlan) -> bool:
+        """Whether ``plan`` alone holds a write's worth (every batch of a first index does)."""
+        return len(plan.documents) >= self.max_documents or plan.text_chars >= self.max_chars
 
     def take(self) -> tuple[BatchPlan, str] | None:
         """What is gathered and which batches it holds (None when nothing is), emptying the batcher."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -103,9 +102,10 @@ async def index_corpus(
     return summary.to_json()
 
 
-# Batches read and planned by one step. Each task run costs the Prefect server about 35 ms of CPU
-# (0.3 s less per edited run of 3,000 documents, measured); the price is at most three batches'
-# new chunks more in memory.
+# Batches read and planned by one step while they hold less than a write's worth of changes (an
+# edited corpus). Each task run costs the Prefect server about 35 ms of CPU: 0.3 s less per edited
+# run of 3,000 documents, measured. A step after one that filled a write reads a single batch, so
+# a first index holds no more planned chunks than with a step per batch.
 GROUPS_PER_PLAN_STEP = 4
 
 # While the store is still opening (an embedded store loads every point, seconds at tens of
@@ -164,7 +164,8 @@ async def _index_batches(
             tail = write
 
     try:
-        for first, groups in _steps(resolved.groups(settings), GROUPS_PER_PLAN_STEP):
+        source, first, size = iter(resolved.groups(settings)), 1, 1
+        while groups := list(itertools.islice(source, size)):
             plans, added = await plan_batch.with_options(task_run_name=f"plan {_plan_label(first, groups)}")(
                 settings, collection, as_is(groups), resolved.key, as_is(run.seen), full
             )
@@ -178,6 +179,8 @@ async def _index_batches(
                 if gathered:
                     await embed_and_write(gathered)
                 progress.report(group.done, group.total, "indexing")
+            first += len(groups)
+            size = 1 if any(batcher.fills(plan) for plan in plans) else GROUPS_PER_PLAN_STEP
         if resolved.prune:
             prune = tail = asyncio.create_task(_prune(settings, collection, resolved, run, tail))
         gathered = batcher.take()
@@ -200,14 +203,6 @@ async def _index_batches(
         for write in started:  # cancelled or interrupted: stop at once, the next run repairs
             write.cancel()
         await asyncio.gather(*started, return_exceptions=True)
-
-
-def _steps(groups: Iterable[SourceGroup], size: int) -> Iterator[tuple[int, list[SourceGroup]]]:
-    """The source's groups, ``size`` at a time, each with the number of its first batch."""
-    first, remaining = 1, iter(groups)
-    while step := list(itertools.islice(remaining, size)):
-        yield first, step
-        first += len(step)
 
 
 def _plan_label(first: int, groups: list[SourceGroup]) -> str:
