@@ -18,7 +18,8 @@ reports their median: one run on a shared machine says little.
 
 Each phase reports the whole process's wall time and peak RSS, the flow's own time, texts
 embedded, points written and deleted, the count check (points equal to registry chunks), and,
-from the Prefect server's task runs, the time of each step.
+from the Prefect server's task runs, the time of each step; and the CPU seconds of the command,
+the Prefect server and the Qdrant test server during it (the machine's cores are shared).
 """
 
 from __future__ import annotations
@@ -43,11 +44,31 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "nomic-embed-text"
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by a process and its descendants (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[int, tuple[int, float]] = {}  # pid: (parent, seconds)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, (0, 0.0))[1]
+        todo.extend(child for child, (parent, _) in used.items() if parent == pid)
+    return total
+
+
 def citadel(args: list[str], env: dict[str, str], warm: bool = False) -> tuple[float, float, Any]:
     """Run ``citadel ARGS --json`` in a process of its own: (wall seconds, its peak RSS in MB, the JSON it printed).
 
     With ``warm`` the command runs in a fork of a warm process (``citadel warm start``): the peak
-    RSS is the fork's, as the warm process reports it."""
+    RSS is the fork's, as the warm process reports it. The command's CPU seconds are kept in
+    ``LAST_CPU_S``."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--json"], cwd=REPO, env=env, stdout=out, stderr=err)
@@ -60,11 +81,18 @@ def citadel(args: list[str], env: dict[str, str], warm: bool = False) -> tuple[f
     if proc.returncode != 0:
         raise SystemExit(f"citadel {' '.join(args)} exited {proc.returncode}:\n{printed[-2000:]}\n{errors[-4000:]}")
     peak = usage.ru_maxrss / 1024
+    LAST_CPU_S[0] = usage.ru_utime + usage.ru_stime
     if warm:
         status = subprocess.run([sys.executable, "-m", "cli", "warm", "status", "--json"], cwd=REPO, env=env,
                                 capture_output=True, text=True, check=True)
-        peak = json.loads(status.stdout)["recent"][-1]["peak_rss_mb"]
+        ended = json.loads(status.stdout)["recent"][-1]
+        peak, LAST_CPU_S[0] = ended["peak_rss_mb"], ended["cpu_s"]
     return wall, peak, json.loads(printed)
+
+
+LAST_CPU_S = [0.0]
+# The servers a phase's CPU is counted for besides the command (a 2-core machine shares its cores).
+SERVERS: dict[str, int] = {}
 
 
 def counts(env: dict[str, str], collection: str) -> tuple[int, int]:
@@ -94,7 +122,9 @@ def steps(api_url: str, flow_run_id: str) -> dict[str, float]:
 def phase(name: str, corpus: Path, env: dict[str, str], api_url: str, *options: str, warm: bool = False) -> dict[str, Any]:
     """One `citadel index` run of the corpus and what it did."""
     before_points, _ = counts(env, "bench") if name != "first index" else (0, 0)
+    servers_before = {server: tree_cpu_s(pid) for server, pid in SERVERS.items()}
     wall, peak, summary = citadel(["index", str(corpus), "--collection", "bench", *options], env, warm)
+    cpu = {"command": LAST_CPU_S[0], **{server: tree_cpu_s(pid) - servers_before[server] for server, pid in SERVERS.items()}}
     points, chunks = counts(env, "bench")
     return {
         "phase": name,
@@ -110,6 +140,7 @@ def phase(name: str, corpus: Path, env: dict[str, str], api_url: str, *options: 
         "store_opened": summary["vector_store_opened"],
         "points": points,
         "registry_chunks": chunks,
+        "cpu_s": cpu,
         # A run with nothing to do is answered without a flow run: no steps to read.
         "steps_s": steps(api_url, summary["flow_run_id"]) if summary["flow_run_id"] else None,
     }
@@ -221,6 +252,7 @@ def main() -> None:
         if args.prefect_postgres:
             database = asyncio.run(create_prefect_database(args.prefect_postgres, "citadel_bench_prefect"))
         prefect = stack.enter_context(PrefectServer(root / "prefect", database_url=database))
+        SERVERS["Prefect server"] = prefect.processes[0].pid
         env = {
             **prefect.env(),
             "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -233,6 +265,7 @@ def main() -> None:
         if args.store == "server":
             server, qdrant_url = start_qdrant_process(root / "qdrant-server", timeout=120)
             stack.callback(stop_qdrant_process, server)
+            SERVERS["Qdrant test server"] = server.pid
             env["CITADEL_QDRANT_URL"] = qdrant_url
 
         report: dict[str, Any] = {"files": args.files, "corpus_mb": round(size_mb, 1), "store": args.store,
@@ -292,7 +325,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {p['phase']}: no flow run (nothing to do); the flow column is the run's own time")
             continue
         spent = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(p["steps_s"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"- {p['phase']}: {spent}")
+        cpu = ", ".join(f"{who} {seconds:.2f} s" for who, seconds in p["cpu_s"].items())
+        lines.append(f"- {p['phase']}: {spent}; CPU: {cpu}")
     if len([p for p in report["phases"] if p["phase"].startswith("edited")]) > 1:
         lines.append(f"- edited phases, median of the whole process: {report['edited_median_s']:.2f} s")
     if "store_open" in report:
