@@ -71,6 +71,11 @@ class BatchPlan:
         return sum(len(text) for d in self.documents for text in d.texts)
 
 
+def batches_label(first: int, last: int) -> str:
+    """Which batches a step covers, for its task run's name: ``batch 3`` or ``batches 3-12``."""
+    return f"batch {first}" if first == last else f"batches {first}-{last}"
+
+
 class WriteBatcher:
     """Changed documents of consecutive batches, gathered into one write.
 
@@ -108,8 +113,7 @@ class WriteBatcher:
         """What is gathered and which batches it holds (None when nothing is), emptying the batcher."""
         if not self._numbers:
             return None
-        first, last = self._numbers[0], self._numbers[-1]
-        gathered = (self._plan, f"batch {first}" if first == last else f"batches {first}-{last}")
+        gathered = (self._plan, batches_label(self._numbers[0], self._numbers[-1]))
         self._plan, self._chars, self._numbers = BatchPlan(), 0, []
         return gathered
 

@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from citadel import bluegreen, progress
 from citadel.documents import SourceGroup
-from citadel.indexing import BatchPlan, EmbeddedBatch, WriteBatcher, WriteResult
+from citadel.indexing import BatchPlan, EmbeddedBatch, WriteBatcher, WriteResult, batches_label
 from citadel.indexrun import IndexRun, ResolvedSource, resolve_source
 from citadel.models import RunSummary
 from citadel.settings import EmbedderConfig, Settings, settings_for
@@ -210,8 +210,7 @@ def _plan_label(first: int, groups: list[SourceGroup]) -> str:
     files = sum(len(group.paths) for group in groups)
     records = sum(len(group.records) for group in groups)
     what = f"{files:,} files" if files or not records else f"{records:,} records"
-    last = first + len(groups) - 1
-    return f"{what} (batch {first})" if last == first else f"{what} (batches {first}-{last})"
+    return f"{what} ({batches_label(first, first + len(groups) - 1)})"
 
 
 async def _switch(settings: Settings, alias: str, summary: RunSummary) -> RunSummary:
