@@ -63,12 +63,12 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
-def citadel(args: list[str], env: dict[str, str], warm: bool = False) -> tuple[float, float, Any]:
-    """Run ``citadel ARGS --json`` in a process of its own: (wall seconds, its peak RSS in MB, the JSON it printed).
+def citadel(args: list[str], env: dict[str, str], warm: bool = False) -> tuple[float, float, float, Any]:
+    """Run ``citadel ARGS --json`` in a process of its own: (wall seconds, its peak RSS in MB, its
+    CPU seconds, the JSON it printed).
 
     With ``warm`` the command runs in a fork of a warm process (``citadel warm start``): the peak
-    RSS is the fork's, as the warm process reports it. The command's CPU seconds are kept in
-    ``LAST_CPU_S``."""
+    RSS and the CPU are the fork's, as the warm process reports them."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--json"], cwd=REPO, env=env, stdout=out, stderr=err)
@@ -80,24 +80,22 @@ def citadel(args: list[str], env: dict[str, str], warm: bool = False) -> tuple[f
         printed, errors = out.read(), err.read()
     if proc.returncode != 0:
         raise SystemExit(f"citadel {' '.join(args)} exited {proc.returncode}:\n{printed[-2000:]}\n{errors[-4000:]}")
-    peak = usage.ru_maxrss / 1024
-    LAST_CPU_S[0] = usage.ru_utime + usage.ru_stime
+    peak, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
     if warm:
         status = subprocess.run([sys.executable, "-m", "cli", "warm", "status", "--json"], cwd=REPO, env=env,
                                 capture_output=True, text=True, check=True)
         ended = json.loads(status.stdout)["recent"][-1]
-        peak, LAST_CPU_S[0] = ended["peak_rss_mb"], ended["cpu_s"]
-    return wall, peak, json.loads(printed)
+        peak, cpu = ended["peak_rss_mb"], ended["cpu_s"]
+    return wall, peak, cpu, json.loads(printed)
 
 
-LAST_CPU_S = [0.0]
 # The servers a phase's CPU is counted for besides the command (a 2-core machine shares its cores).
 SERVERS: dict[str, int] = {}
 
 
 def counts(env: dict[str, str], collection: str) -> tuple[int, int]:
     """(points in the store, chunks in the registry), read by `citadel status` in a process of its own."""
-    _, _, status = citadel(["status"], env)
+    *_, status = citadel(["status"], env)
     entry = next(c for c in status["collections"] if c["collection"] == collection)
     return entry["vectors"], entry["chunks"]
 
@@ -123,8 +121,8 @@ def phase(name: str, corpus: Path, env: dict[str, str], api_url: str, *options: 
     """One `citadel index` run of the corpus and what it did."""
     before_points, _ = counts(env, "bench") if name != "first index" else (0, 0)
     servers_before = {server: tree_cpu_s(pid) for server, pid in SERVERS.items()}
-    wall, peak, summary = citadel(["index", str(corpus), "--collection", "bench", *options], env, warm)
-    cpu = {"command": LAST_CPU_S[0], **{server: tree_cpu_s(pid) - servers_before[server] for server, pid in SERVERS.items()}}
+    wall, peak, command_cpu, summary = citadel(["index", str(corpus), "--collection", "bench", *options], env, warm)
+    cpu = {"command": command_cpu, **{server: tree_cpu_s(pid) - servers_before[server] for server, pid in SERVERS.items()}}
     points, chunks = counts(env, "bench")
     return {
         "phase": name,
@@ -272,7 +270,7 @@ def main() -> None:
                                   "prefect_server": "postgres" if database else "sqlite", "texts_per_s": args.texts_per_s}
         if args.warm:
             env["XDG_RUNTIME_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="cw-"))  # short, for a socket
-            report["warm_start"] = citadel(["warm", "start"], env)[2]
+            report["warm_start"] = citadel(["warm", "start"], env)[-1]
             stack.callback(subprocess.run, [sys.executable, "-m", "cli", "warm", "stop"], cwd=REPO, env=env, capture_output=True)
         phases = [phase("first index", corpus, env, prefect.api_url, warm=args.warm)]
         phases.append(phase("unchanged re-run", corpus, env, prefect.api_url, warm=args.warm))
