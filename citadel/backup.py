@@ -604,23 +604,49 @@ async def create_backup(settings: Settings, to: Path | None = None, *, on_step: 
     """Back up the registry, then the vectors, into a new complete backup folder under ``to``."""
     directory = to if to is not None else settings.backup_dir
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(directory)
     except OSError as exc:
         raise ConfigurationError(f"cannot create the backup folder {directory}: {exc.strerror}; choose another with --to") from exc
     started = time.perf_counter()
     name, created_at = _backup_name(directory)
     work = directory / f".{name}.partial-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
+    work.mkdir(mode=PRIVATE_DIR)
+    os.chmod(work, PRIVATE_DIR)  # whatever the umask: nothing written inside is ever reachable by others
     try:
         manifest = await _write_backup(settings, work, name, created_at, on_step)
         manifest.duration_s = round(time.perf_counter() - started, 3)
         (work / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+        make_tree_private(work)
         _fsync_tree(work)
         work.rename(directory / name)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return BackupSummary.of(directory / name, manifest)
+
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+"""A backup holds the registry and every text indexed: readable by its owner only, whatever the umask."""
+
+
+def make_private_dirs(directory: Path) -> None:
+    """``mkdir -p`` whose every folder it creates is private (mode 0700); folders already there are left as they are."""
+    missing = [path for path in (directory, *directory.parents) if not path.exists()]
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            continue  # made meanwhile by another process: not ours to change
+        os.chmod(path, PRIVATE_DIR)
+
+
+def make_tree_private(root: Path) -> None:
+    """Folders 0700 and files 0600 under ``root`` and ``root`` itself, whoever wrote them (pg_dump, SQLite, a download)."""
+    for path in [*root.rglob("*"), root]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, PRIVATE_DIR if path.is_dir() else PRIVATE_FILE)
 
 
 def _fsync_tree(root: Path) -> None:

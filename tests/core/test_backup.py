@@ -191,3 +191,26 @@ def test_prune_deletes_what_interrupted_backups_left_a_day_ago_but_never_a_fresh
     assert not old_partial.exists() and not old_deleting.exists()
     assert slow_partial.is_dir() and fresh_partial.is_dir() and stranger.is_dir() and kept.is_dir()
     assert [b.name for b in list_backups(tmp_path)] == [kept.name]
+
+
+async def test_every_file_and_folder_a_backup_creates_is_private_whatever_the_umask(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    """A backup holds every indexed text: owner-only (0700 folders, 0600 files) even under umask 000."""
+    import os
+    import stat
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=2, paragraphs=2)
+    await index_with_own_backends(str(corpus), collection_name)
+    previous = os.umask(0)
+    try:
+        made = await create_backup(Settings(), tmp_path / "new" / "backups")
+    finally:
+        os.umask(previous)
+    root = Path(made.path)
+    created = [tmp_path / "new", tmp_path / "new" / "backups", root, *root.rglob("*")]
+    modes = {str(path.relative_to(tmp_path)): stat.S_IMODE(path.stat().st_mode) for path in created}
+    assert any(path.is_file() for path in created) and any(path.is_dir() for path in root.rglob("*"))
+    wrong = {name: oct(mode) for name, mode in modes.items() if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)}
+    assert not wrong, wrong
