@@ -5,6 +5,11 @@ would otherwise cost a thousand serial requests. Texts wait in a queue only whil
 slot is busy (an idle backend takes a request at once), or for at most ``wait_s`` while some
 batch is already in flight; a batch holds at most ``max_texts``; a text already queued or in
 flight is computed once and shared by everyone who asked for it.
+
+A batch holds texts of many callers, so one text that fails must not fail the others: a batch that
+fails for a reason that may lie in its texts is split in halves and each half tried again, until
+the failing texts stand alone and fail only the callers that sent them (as :class:`ItemFailed`). A
+backend that is down or answers nonsense fails the whole batch at once: every text would fail alike.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from citadel.errors import EmbedderError, is_transient
+
 EmbedFn = Callable[[list[str]], Awaitable[np.ndarray]]
 
 
@@ -26,8 +33,34 @@ class BatchStats:
     batches: int = 0
     texts: int = 0
     shared: int = 0  # texts that joined an identical one already queued or in flight
-    errors: int = 0
+    errors: int = 0  # batches or parts of batches that failed
+    splits: int = 0  # failed batches split in halves to find the texts that failed
     seconds: float = 0.0
+
+
+class ItemFailed(Exception):
+    """One text was refused on its own (the rest of its batch was answered): ``index`` is its place
+    in the caller's texts, ``cause`` what failed."""
+
+    def __init__(self, cause: Exception, index: int = 0) -> None:
+        super().__init__(f"text {index} could not be embedded: {type(cause).__name__}")
+        self.cause = cause
+        self.index = index
+
+
+def may_lie_in_the_texts(exc: Exception) -> bool:
+    """Whether a batch's failure may be caused by some of its texts (and a smaller batch succeed):
+    not when the backend is unreachable, overloaded or answers what does not fit the configuration."""
+    if isinstance(exc, EmbedderError) and exc.backend:
+        return False
+    return not is_transient(exc)
+
+
+def refuses_the_input(exc: Exception) -> bool:
+    """Whether a failure of one text blames the text (an encoding error, a backend's 4xx), not the service."""
+    if isinstance(exc, EmbedderError):
+        return not exc.transient and not exc.backend and exc.status is not None and 400 <= exc.status < 500
+    return isinstance(exc, (ValueError, TypeError))
 
 
 class MicroBatcher:
@@ -59,8 +92,13 @@ class MicroBatcher:
                 self.stats.shared += 1
             futures.append(future)
         self._schedule()
-        # Shielded: a caller that goes away must not cancel a vector others are waiting for.
-        rows = [await asyncio.shield(future) for future in futures]
+        rows = []
+        for index, future in enumerate(futures):
+            try:
+                # Shielded: a caller that goes away must not cancel a vector others are waiting for.
+                rows.append(await asyncio.shield(future))
+            except ItemFailed as exc:
+                raise ItemFailed(exc.cause, index) from exc.cause
         return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
     def _schedule(self) -> None:
@@ -93,26 +131,43 @@ class MicroBatcher:
     async def _run(self, batch: list[str]) -> None:
         started = time.perf_counter()
         try:
-            vectors = await self._embed(batch)
-        except BaseException as exc:  # every waiter of the batch gets the failure
-            self.stats.errors += 1
+            await self._embed_isolating(batch)
+        except BaseException:  # cancelled: every waiter still waiting gets the failure
             for text in batch:
                 future = self._futures.pop(text, None)
                 if future is not None and not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("embedding cancelled"))
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for text, vector in zip(batch, vectors, strict=True):
-                future = self._futures.pop(text, None)
-                if future is not None and not future.done():
-                    future.set_result(vector)
+                    future.set_exception(RuntimeError("embedding cancelled"))
+            raise
         finally:
             self.stats.batches += 1
             self.stats.texts += len(batch)
             self.stats.seconds += time.perf_counter() - started
             self._busy -= 1
             self._schedule()
+
+    async def _embed_isolating(self, texts: list[str]) -> None:
+        """Embed ``texts`` and answer their waiters; on a failure that may lie in the texts, halve
+        and try again, so that only the waiters of the texts that fail alone get the failure."""
+        try:
+            vectors = await self._embed(texts)
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the waiters it concerns
+            if len(texts) > 1 and may_lie_in_the_texts(exc):
+                self.stats.splits += 1
+                middle = len(texts) // 2
+                await self._embed_isolating(texts[:middle])
+                await self._embed_isolating(texts[middle:])
+                return
+            self.stats.errors += 1
+            failure: Exception = ItemFailed(exc) if len(texts) == 1 and refuses_the_input(exc) else exc
+            for text in texts:
+                future = self._futures.pop(text, None)
+                if future is not None and not future.done():
+                    future.set_exception(failure)
+            return
+        for text, vector in zip(texts, vectors, strict=True):
+            future = self._futures.pop(text, None)
+            if future is not None and not future.done():
+                future.set_result(vector)
 
     async def aclose(self) -> None:
         if self._timer is not None:

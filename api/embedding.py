@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from api.batching import MicroBatcher
+from api.batching import ItemFailed, MicroBatcher
 from api.errors import ApiError
 from citadel.apisettings import ApiSettings
 from citadel.cache import EmbeddingCache, LRUCache, cache_key
@@ -149,7 +149,7 @@ class EmbeddingService:
                         pass
                 missing.setdefault(text, []).append(row)
             if missing:
-                computed = await self.batchers[embedder.model].embed(list(missing))
+                computed = await self._computed(embedder.model, missing)
                 for rows, vector in zip(missing.values(), computed, strict=True):
                     vectors[rows] = vector
                 usage.computed = len(missing)
@@ -160,6 +160,20 @@ class EmbeddingService:
         finally:
             usage.seconds = time.perf_counter() - started
             self.usage.record(usage)
+
+    async def _computed(self, model: str, missing: dict[str, list[int]]) -> np.ndarray:
+        """Vectors of the texts in ``missing`` (each with its rows in the request) through the model's
+        micro-batcher; a text that fails on its own is the caller's 422, naming its place."""
+        texts = list(missing)
+        try:
+            return await self.batchers[model].embed(texts)
+        except ItemFailed as exc:
+            rows = missing[texts[exc.index]]
+            raise ApiError(
+                422, f"text {rows[0]} could not be embedded ({type(exc.cause).__name__}); the backend failed on it alone: "
+                "check that it is ordinary text, then send it again changed or leave it out",
+                code="unembeddable_text", details={"indexes": rows[:100]},
+            ) from exc.cause
 
     async def _cached(self, model: str, texts: Sequence[str]) -> list[bytes | None]:
         """What the hot tier holds, then what the shared cache holds of the rest (kept hot after)."""

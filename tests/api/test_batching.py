@@ -8,7 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from api.batching import MicroBatcher
+from api.batching import ItemFailed, MicroBatcher
+from citadel.errors import EmbedderError
 
 
 class Backend:
@@ -26,7 +27,7 @@ class Backend:
         try:
             await asyncio.sleep(self.seconds)
             if self.fail:
-                raise RuntimeError("backend down")
+                raise EmbedderError("backend down", transient=True)
             return np.array([[float(len(t)), float(sum(map(ord, t)))] for t in texts], dtype=np.float32)
         finally:
             self.running -= 1
@@ -67,7 +68,7 @@ async def test_a_failure_reaches_every_waiter_of_the_batch_and_the_next_works() 
     backend = Backend(fail=True)
     batcher = MicroBatcher(backend.embed, slots=1, max_texts=64)
     outcomes = await asyncio.gather(*(batcher.embed([f"t{i}"]) for i in range(5)), return_exceptions=True)
-    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert all(isinstance(o, EmbedderError) for o in outcomes)
     backend.fail = False
     assert (await batcher.embed(["t1"]))[0][0] == 2
     assert batcher.stats.errors >= 1
@@ -84,3 +85,52 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_others() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first
     await batcher.aclose()
+
+
+class Picky(Backend):
+    """A backend that fails a whole batch when any text in it is poisoned, as an encoder does."""
+
+    def __init__(self, error: Exception, seconds: float = 0.01) -> None:
+        super().__init__(seconds)
+        self.error = error
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if any("poison" in t for t in texts):
+            self.calls.append(list(texts))
+            await asyncio.sleep(self.seconds)
+            raise self.error
+        return await super().embed(texts)
+
+
+@pytest.mark.parametrize("error", [
+    UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), EmbedderError("400: bad input", status=400), RuntimeError("odd"),
+])
+async def test_a_failing_text_fails_only_its_own_caller(error: Exception) -> None:
+    backend = Picky(error)
+    batcher = MicroBatcher(backend.embed, slots=1, max_texts=64, wait_s=0.05)
+    blocker = asyncio.create_task(batcher.embed(["first, alone in its batch"]))
+    await asyncio.sleep(0.001)
+    callers = [batcher.embed([f"good {i}", f"shared {i % 3}"]) for i in range(15)]
+    outcomes = await asyncio.gather(*callers, batcher.embed(["good 0", "poison"]), return_exceptions=True)
+    await blocker
+    assert any(len(call) > 16 and any("poison" in t for t in call) for call in backend.calls)  # it did share a batch
+    for i, outcome in enumerate(outcomes[:15]):
+        assert isinstance(outcome, np.ndarray), outcome
+        assert outcome[0][1] == float(sum(map(ord, f"good {i}")))
+    poisoned = outcomes[15]
+    if isinstance(error, RuntimeError):  # not the text's fault as far as anyone knows: the failure itself, to this caller only
+        assert poisoned is error
+    else:  # the text is refused, and the caller told which one
+        assert isinstance(poisoned, ItemFailed) and poisoned.index == 1 and poisoned.cause is error
+    assert batcher.stats.splits >= 1 and batcher.stats.errors == 1
+
+
+async def test_a_backend_that_is_down_fails_the_batch_at_once_without_splitting() -> None:
+    backend = Picky(EmbedderError("cannot reach embedding server", transient=True))
+    batcher = MicroBatcher(backend.embed, slots=1, max_texts=64, wait_s=0.05)
+    blocker = asyncio.create_task(batcher.embed(["first"]))
+    await asyncio.sleep(0.001)
+    outcomes = await asyncio.gather(*(batcher.embed([f"poison {i}"]) for i in range(10)), return_exceptions=True)
+    await blocker
+    assert all(isinstance(o, EmbedderError) for o in outcomes)
+    assert len(backend.calls) == 2 and batcher.stats.splits == 0  # the first text's batch, then one of ten
