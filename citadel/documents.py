@@ -2,14 +2,20 @@
 
 A file that cannot become a document (empty, binary, not UTF-8, too large, malformed JSON)
 becomes a :class:`LoadFailure` with its reason instead of stopping the run.
+
+A sandboxed run (the HTTP API's, given :class:`SourceRoots`) reads only files whose real path
+lies inside its roots: checked when the source is listed and again on the opened descriptor.
+Without roots (the CLI) symlinks are followed as documented.
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,15 +55,58 @@ class LoadFailure:
     origin: str = ""
 
 
+OUTSIDE_ROOTS = "leads outside the folders this service may index (CITADEL_API_SOURCE_ROOTS)"
+
+
+@dataclass(frozen=True)
+class SourceRoots:
+    """The folders a sandboxed run may read (CITADEL_API_SOURCE_ROOTS), resolved once.
+
+    Every path such a run lists or opens is resolved (symlinks, ``..``) and must lie inside one.
+    """
+
+    folders: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, folders: Iterable[str | os.PathLike[str]]) -> SourceRoots:
+        """The roots ``folders`` name, each resolved."""
+        return cls(tuple(Path(os.path.realpath(os.path.expanduser(folder))) for folder in folders))
+
+    def holds(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path``, once resolved, lies inside one of the roots."""
+        return _inside(Path(os.path.realpath(path)), self.folders)
+
+
+def source_name_problem(name: str, roots: SourceRoots) -> str | None:
+    """Why a sandboxed run may not file inline records under ``name``, or None.
+
+    A name without a path separator is an inline name: every file source's key is an absolute
+    path, so it never names (nor prunes) one. A name with a separator must be an absolute path
+    that resolves inside the roots.
+    """
+    if "/" not in name and "\\" not in name:
+        return None
+    if os.path.isabs(name) and roots.holds(name):
+        return None
+    return (
+        f"source_name {name!r} is a path outside the folders this service may index (CITADEL_API_SOURCE_ROOTS); "
+        "name inline records without '/' (e.g. 'crm'), or give an absolute path inside a source root"
+    )
+
+
 @dataclass
 class SourceListing:
     """What one source holds. ``complete`` means documents missing from it may be deleted;
-    ``problems`` names the folders that could not be read."""
+    ``problems`` names the folders that could not be read. A sandboxed listing keeps its
+    ``roots`` (checked again when each file is opened) and the entries it left out because they
+    lead outside them (``outside``)."""
 
     key: str
     paths: list[Path]
     complete: bool
     problems: list[str] = field(default_factory=list)
+    roots: SourceRoots | None = None
+    outside: list[str] = field(default_factory=list)
 
 
 def _missing_path(text: str) -> ConfigurationError:
@@ -76,15 +125,20 @@ def _inside(path: Path, folders: Sequence[Path]) -> bool:
     return any(path == folder or folder in path.parents for folder in folders)
 
 
-def list_source(source: str | os.PathLike[str], exclude: Sequence[str | os.PathLike[str]] = ()) -> SourceListing:
+def list_source(
+    source: str | os.PathLike[str], exclude: Sequence[str | os.PathLike[str]] = (), roots: SourceRoots | None = None
+) -> SourceListing:
     """List the supported files of a directory (recursively), a glob pattern or one file.
 
     Hidden files and folders (names starting with ``.``) and the folders in ``exclude`` (Citadel's
-    own data folder) are never listed.
+    own data folder) are never listed. With ``roots``, nothing that resolves outside them is
+    listed or entered (see :func:`_list_inside`).
     """
     text = str(source)
     path = Path(text).expanduser()
     skipped = [Path(folder).resolve() for folder in exclude]
+    if roots is not None:
+        return _list_inside(text, skipped, roots)
     if any(ch in text for ch in "*?["):
         pattern = str(path if path.is_absolute() else Path.cwd() / path)
         paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
@@ -101,10 +155,102 @@ def list_source(source: str | os.PathLike[str], exclude: Sequence[str | os.PathL
     return SourceListing(str(path), paths, complete=not unreadable, problems=unreadable)
 
 
-def _walk(root: Path, skipped: Sequence[Path] = ()) -> tuple[list[Path], list[str]]:
+def _list_inside(text: str, skipped: Sequence[Path], roots: SourceRoots) -> SourceListing:
+    """:func:`list_source` for a sandboxed run: a path must resolve inside ``roots``; a glob or a
+    walk never enters a folder, nor lists a file, that resolves outside them (those are kept in
+    ``outside``, by the name that leads out, and never read)."""
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    if glob.has_magic(text):
+        found, outside = _glob_inside(path, roots)
+        paths = [
+            p for p in found
+            if p.suffix.lower() in SUPPORTED_SUFFIXES and not _inside(Path(os.path.realpath(p)), skipped) and p.is_file()
+        ]
+        return SourceListing(str(path), paths, True, roots=roots, outside=outside)
+    if not roots.holds(path):  # checked before anything is said about what lies outside
+        raise ConfigurationError(f"path {text!r} {OUTSIDE_ROOTS}; it was not read")
+    if not path.exists():
+        raise _missing_path(text)
+    path = Path(os.path.realpath(path))
+    if path.is_file():
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise ConfigurationError(f"{path} is not a supported document ({', '.join(SUPPORTED_SUFFIXES)})")
+        return SourceListing(str(path), [path], True, roots=roots)
+    left_out: list[str] = []
+    paths, unreadable = _walk(path, skipped, roots, left_out)
+    return SourceListing(str(path), paths, complete=not unreadable, problems=unreadable, roots=roots, outside=left_out)
+
+
+def _glob_inside(pattern: Path, roots: SourceRoots) -> tuple[list[Path], list[str]]:
+    """The paths ``pattern`` matches, as ``glob.glob(recursive=True)`` finds them, expanded one
+    folder at a time without entering one that resolves outside ``roots`` (a symlink or ``..``);
+    and the entries left out because they lead outside."""
+    parts = pattern.parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    found: list[Path] = []
+    outside: list[str] = []
+
+    def enter(folder: Path, ancestors: frozenset[Path]) -> frozenset[Path] | None:
+        """The folders above and at ``folder`` (resolved) once it may be entered, else None."""
+        real = Path(os.path.realpath(folder))
+        if not _inside(real, roots.folders):
+            outside.append(str(folder))
+            return None
+        if real in ancestors or not real.is_dir():  # a symlink loop, or not a folder
+            return None
+        return ancestors | {real}
+
+    def names(folder: Path, part: str) -> list[str]:
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:
+            return []  # as glob does
+        return [name for name in entries if not name.startswith(".") or part.startswith(".")]
+
+    def match(folder: Path, rest: tuple[str, ...], ancestors: frozenset[Path]) -> None:
+        part, tail = rest[0], rest[1:]
+        if part == "**":  # zero or more folders; hidden ones are not entered
+            if tail:
+                match(folder, tail, ancestors)
+            for name in names(folder, ""):
+                child = folder / name
+                if not tail:
+                    found.append(child)
+                inner = enter(child, ancestors)
+                if inner is not None:
+                    match(child, rest, inner)
+            return
+        candidates = [n for n in names(folder, part) if fnmatch.fnmatch(n, part)] if glob.has_magic(part) else [part]
+        for name in candidates:
+            child = folder / name
+            if not tail:
+                if os.path.lexists(child):
+                    found.append(child)
+                continue
+            inner = enter(child, ancestors)
+            if inner is not None:
+                match(child, tail, inner)
+
+    start = enter(Path(*parts[:first]), frozenset())
+    if start is not None:
+        match(Path(*parts[:first]), parts[first:], start)
+    inside = []
+    for path in dict.fromkeys(found):  # '**/**' finds a path twice, as glob does
+        if _inside(Path(os.path.realpath(path)), roots.folders):
+            inside.append(path)
+        else:
+            outside.append(str(path))
+    return sorted(inside), list(dict.fromkeys(outside))
+
+
+def _walk(
+    root: Path, skipped: Sequence[Path] = (), roots: SourceRoots | None = None, outside: list[str] | None = None
+) -> tuple[list[Path], list[str]]:
     """Supported files under ``root`` (hidden files and folders and ``skipped`` folders left out),
     and the folders that could not be read. A folder that fails to list must not look empty:
-    that would prune it."""
+    that would prune it. Symlinked folders are not entered; with ``roots``, a file that resolves
+    outside them is left out and named in ``outside``."""
     unreadable: list[str] = []
     found: list[Path] = []
 
@@ -116,9 +262,17 @@ def _walk(root: Path, skipped: Sequence[Path] = ()) -> tuple[list[Path], list[st
             name for name in subfolders
             if not name.startswith(".") and not (skipped and _inside(Path(folder, name).resolve(), skipped))
         ]
+        if roots is not None and outside is not None:
+            outside.extend(str(Path(folder, name)) for name in subfolders if not roots.holds(Path(folder, name)))
         for name in files:
             candidate = Path(folder, name)
-            if not name.startswith(".") and candidate.suffix.lower() in SUPPORTED_SUFFIXES and candidate.is_file():
+            if name.startswith(".") or candidate.suffix.lower() not in SUPPORTED_SUFFIXES:
+                continue
+            if roots is not None and not roots.holds(candidate):
+                if outside is not None:
+                    outside.append(str(candidate))
+                continue
+            if candidate.is_file():
                 found.append(candidate)
     return sorted(found), unreadable
 
@@ -128,7 +282,7 @@ def shard_listing(listing: SourceListing, shard: int, shards: int) -> SourceList
     from citadel.sharding import shard_of
 
     paths = [p for p in listing.paths if shard_of(str(p), shards) == shard]
-    return SourceListing(listing.key, paths, listing.complete, listing.problems)
+    return SourceListing(listing.key, paths, listing.complete, listing.problems, listing.roots, listing.outside)
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -193,16 +347,85 @@ def _unreadable(file_id: str, source: str, reason: str) -> LoadFailure:
     return LoadFailure(file_id, source, reason, origin=file_id)
 
 
-def load_file(path: Path, source: str, max_bytes: int) -> list[Document | LoadFailure]:
-    """The documents of one file: one for text files, one per record for .json lists and .jsonl."""
+def _descriptor_path(fd: int) -> str | None:
+    """The real path of an open descriptor, from the kernel: None where it cannot say."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass
+    try:
+        import fcntl
+
+        getpath = getattr(fcntl, "F_GETPATH", None)  # macOS
+        if getpath is not None:
+            return os.fsdecode(fcntl.fcntl(fd, getpath, b"\0" * 1024).rstrip(b"\0"))
+    except OSError:
+        pass
+    return None
+
+
+def _open_inside(path: Path, roots: SourceRoots) -> int:
+    """A read-only descriptor of ``path`` when it lies inside ``roots``, else ``PermissionError``.
+
+    The path is resolved and checked, opened without following a symlink swapped in since
+    (``O_NOFOLLOW``), and the opened descriptor's own path is checked again, so a folder swapped
+    for a symlink between the check and the open cannot lead out either.
+    """
+    refused = PermissionError(f"the file {OUTSIDE_ROOTS}, through a symlink or '..'; it was not read")
+    real = os.path.realpath(path)
+    if not _inside(Path(real), roots.folders):
+        raise refused
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(real, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the last part became a symlink after the check
+            raise refused from None
+        raise
+    try:
+        opened = _descriptor_path(fd)
+        if opened is None:
+            same = os.fstat(fd)
+            now = os.stat(real)
+            opened = real if (same.st_dev, same.st_ino) == (now.st_dev, now.st_ino) else None
+        if opened is None or not _inside(Path(opened), roots.folders):
+            raise refused
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device is never read
+            raise ValueError("not a regular file; only files can be indexed")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read(path: Path, max_bytes: int, roots: SourceRoots | None) -> bytes:
+    """The bytes of ``path``, refused over ``max_bytes``; with ``roots``, read from the one
+    descriptor :func:`_open_inside` checked."""
+    too_large = "file is {} bytes, over the limit of {} (CITADEL_MAX_FILE_BYTES)"
+    if roots is None:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ValueError(too_large.format(size, max_bytes))
+        return path.read_bytes()
+    with os.fdopen(_open_inside(path, roots), "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(max_bytes + 1)
+    if size > max_bytes or len(data) > max_bytes:
+        raise ValueError(too_large.format(max(size, len(data)), max_bytes))
+    return data
+
+
+def load_file(path: Path, source: str, max_bytes: int, roots: SourceRoots | None = None) -> list[Document | LoadFailure]:
+    """The documents of one file: one for text files, one per record for .json lists and .jsonl.
+
+    With ``roots`` (a sandboxed run) a file that resolves outside them, also through a symlink
+    swapped in since it was listed, is a failure and is never read.
+    """
     doc_id = str(path)
     if _has_lone_surrogate(doc_id):
         return [LoadFailure(printable_id(doc_id), source, "the file name is not valid UTF-8; rename it")]
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            return [_unreadable(doc_id, source, f"file is {size} bytes, over the limit of {max_bytes} (CITADEL_MAX_FILE_BYTES)")]
-        text = _decode(path, path.read_bytes())
+        text = _decode(path, _read(path, max_bytes, roots))
     except (OSError, ValueError) as exc:
         return [_unreadable(doc_id, source, str(exc))]
     base_meta = {"path": str(path), "extension": path.suffix.lower()}
@@ -281,6 +504,7 @@ class SourceGroup:
     records: list[dict[str, Any]]
     done: int
     total: int
+    roots: SourceRoots | None = None  # a sandboxed listing's, checked again as each file is opened
 
 
 def iter_groups(
@@ -311,10 +535,10 @@ def iter_groups(
         except OSError:
             pass  # load_file reports the file; here it only counts toward the group
         if len(group) >= max_documents or size >= max_bytes:
-            yield SourceGroup(group, [], done, total)
+            yield SourceGroup(group, [], done, total, listing.roots)
             group, size = [], 0
     if group or total == 0:
-        yield SourceGroup(group, [], total, total)
+        yield SourceGroup(group, [], total, total, listing.roots)
 
 
 def load_group(group: SourceGroup, source: str, max_file_bytes: int) -> list[Document | LoadFailure]:
@@ -323,5 +547,5 @@ def load_group(group: SourceGroup, source: str, max_file_bytes: int) -> list[Doc
         return list(documents_from_records(group.records, source, offset=group.done - len(group.records)))
     items: list[Document | LoadFailure] = []
     for path in group.paths:
-        items.extend(load_file(path, source, max_file_bytes))
+        items.extend(load_file(path, source, max_file_bytes, group.roots))
     return items
