@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from citadel.nesting import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
+
 EmbedderKind = Literal["hashing", "ollama", "openai"]
 
 
@@ -118,6 +120,10 @@ class Settings(BaseSettings):
 
     step_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated modules that register workflow step types."
+    )
+    max_nesting_depth: int = Field(
+        DEFAULT_MAX_DEPTH, ge=1, le=MAX_DEPTH_CEILING,
+        description="Deepest nesting of arrays and objects in a request body or a workflow file; deeper input is refused.",
     )
     nightly_source: str = Field("docs", description="What the nightly deployment of `citadel serve` indexes.")
     log_format: Literal["text", "json"] = Field(

@@ -21,8 +21,10 @@ def _load_definition(path: str) -> WorkflowDefinition | WorkflowInvalid:
     from citadel.workflows.spec import load_workflow_data
 
     try:
-        load_step_modules(settings().step_modules)
-        return check_workflow(load_workflow_data(path))  # the schema's problems and every other at once
+        config = settings()
+        load_step_modules(config.step_modules)
+        data = load_workflow_data(path, max_depth=config.max_nesting_depth)
+        return check_workflow(data)  # the schema's problems and every other at once
     except WorkflowInvalid as exc:
         return exc
     except ConfigurationError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from citadel.nesting import DEFAULT_MAX_DEPTH, NestingError, check_json_depth, check_yaml_events
 from citadel.workflows.errors import Problem, WorkflowInvalid, WorkflowLoadError, problem_from_error
 
 ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
@@ -137,21 +138,29 @@ def is_placeholder(step_id: str) -> bool:
     return step_id.startswith("#")
 
 
-def _parse(text: str, origin: str, fmt: str | None) -> Any:
-    """JSON or YAML ``text``; ``fmt`` (json/yaml) is forced by a file's suffix, else guessed."""
-    if fmt == "json" or (fmt is None and text.lstrip().startswith("{")):
+def _parse(text: str, origin: str, fmt: str | None, max_depth: int) -> Any:
+    """JSON or YAML ``text``; ``fmt`` (json/yaml) is forced by a file's suffix, else guessed.
+
+    Nesting deeper than ``max_depth`` and YAML aliases that expand past a bound are refused before
+    the text is built into values: past them, walking the values would exhaust the stack or memory."""
+    try:
+        if fmt == "json" or (fmt is None and text.lstrip().startswith("{")):
+            check_json_depth(text, max_depth, origin)
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise WorkflowLoadError(f"{origin} is not valid JSON: {exc}") from None
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise WorkflowLoadError(f"{origin} is not valid JSON: {exc}") from None
-    try:
-        import yaml
-    except ImportError as exc:  # pragma: no cover - PyYAML comes with Prefect
-        raise WorkflowLoadError("reading YAML workflows needs PyYAML (pip install pyyaml)") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WorkflowLoadError(f"{origin} is not valid YAML: {exc}") from None
+            import yaml
+        except ImportError as exc:  # pragma: no cover - PyYAML comes with Prefect
+            raise WorkflowLoadError("reading YAML workflows needs PyYAML (pip install pyyaml)") from exc
+        try:
+            check_yaml_events(yaml.parse(text, Loader=yaml.SafeLoader), max_depth, origin)
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise WorkflowLoadError(f"{origin} is not valid YAML: {exc}") from None
+    except NestingError as exc:
+        raise WorkflowLoadError(str(exc)) from None
 
 
 def _is_path(value: str | os.PathLike[str]) -> bool:
@@ -170,11 +179,13 @@ def _is_path(value: str | os.PathLike[str]) -> bool:
     return not text.startswith(("{", "[")) and ": " not in text and not text.endswith(":")
 
 
-def load_workflow_data(path_or_text: str | os.PathLike[str]) -> Any:
+def load_workflow_data(path_or_text: str | os.PathLike[str], *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """The parsed data of a ``.json``/``.yaml``/``.yml`` file, or of JSON or YAML text, unchecked.
 
     A single line naming an existing file (or ending in a workflow suffix) is read as a path;
-    anything else is parsed as text.
+    anything else is parsed as text. Nesting past ``max_depth`` (CITADEL_MAX_NESTING_DEPTH) and
+    YAML aliases that expand past :data:`~citadel.nesting.MAX_ALIAS_NODES` nodes are a
+    :class:`WorkflowLoadError`.
     """
     fmt: str | None = None
     if _is_path(path_or_text):
@@ -192,10 +203,10 @@ def load_workflow_data(path_or_text: str | os.PathLike[str]) -> Any:
         text, origin = str(path_or_text), "workflow text"
     if not text.strip():
         raise WorkflowLoadError(f"{origin} is empty")
-    return _parse(text, origin, fmt)
+    return _parse(text, origin, fmt, max_depth)
 
 
-def load_workflow(path_or_text: str | os.PathLike[str]) -> WorkflowDefinition:
+def load_workflow(path_or_text: str | os.PathLike[str], *, max_depth: int = DEFAULT_MAX_DEPTH) -> WorkflowDefinition:
     """A definition from a file or from JSON or YAML text (see :func:`load_workflow_data`);
     its schema errors at once as :class:`WorkflowInvalid`."""
-    return workflow_from_data(load_workflow_data(path_or_text))
+    return workflow_from_data(load_workflow_data(path_or_text, max_depth=max_depth))

@@ -144,3 +144,97 @@ def test_ids_allow_letters_digits_dot_dash_underscore() -> None:
             StepSpec(step_id=bad, type="t")
     with pytest.raises(ValueError):
         StepSpec(step_id="a", type="")
+
+
+# Nesting and YAML aliases: refused when the text is read, before anything walks the values.
+
+def _nested_json(levels: int) -> str:
+    inner = '{"a": ' * levels + "1" + "}" * levels
+    return json.dumps({"workflow_id": "deep", "steps": [{"step_id": "s", "type": "chunk", "parameters": {"p": "PLACE"}}]}).replace(
+        '"PLACE"', inner)
+
+
+def _nested_yaml(levels: int, flow: bool) -> str:
+    head = "workflow_id: deep\nsteps:\n  - step_id: s\n    type: chunk\n    parameters:\n      p:"
+    if flow:
+        return f"{head} {'[' * levels}1{']' * levels}\n"
+    lines = [head]
+    for level in range(levels):
+        lines.append("  " * (level + 4) + "a:")
+    lines[-1] += " 1"
+    return "\n".join(lines) + "\n"
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """Nine aliases of nine of the previous: a few hundred bytes that expand to 9**levels strings."""
+    lines = ["workflow_id: bomb", "steps:", "  - {step_id: s, type: chunk, parameters: {text: x}}", "context:",
+             '  l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [100, 500, 950, 5000])
+def test_deeply_nested_json_is_a_one_line_load_error(levels: int) -> None:
+    with pytest.raises(WorkflowLoadError, match="nests deeper than 64 levels") as caught:
+        load_workflow(_nested_json(levels))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("flow", [True, False], ids=["flow", "block"])
+@pytest.mark.parametrize("levels", [100, 950, 5000])
+def test_deeply_nested_yaml_is_a_one_line_load_error(tmp_path: Path, levels: int, flow: bool) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(_nested_yaml(levels, flow))
+    with pytest.raises(WorkflowLoadError, match="deep.yaml nests deeper than 64 levels") as caught:
+        load_workflow(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_nesting_within_the_bound_loads_and_the_bound_is_a_parameter(tmp_path: Path) -> None:
+    assert load_workflow(_nested_json(50)).steps[0].parameters["p"]["a"]["a"]
+    path = tmp_path / "deep.yaml"
+    path.write_text(_nested_yaml(50, flow=False))
+    assert load_workflow(path).workflow_id == "deep"
+    assert load_workflow(_nested_json(100), max_depth=110).workflow_id == "deep"
+    with pytest.raises(WorkflowLoadError, match="deeper than 10 levels"):
+        load_workflow(_nested_json(8), max_depth=10)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = json.dumps({"workflow_id": "w", "steps": [{"step_id": "s", "type": "chunk", "parameters": {
+        "text": "[" * 500 + '{\\"' * 300 + "\\" * 7}}]})
+    assert load_workflow(text).steps[0].parameters["text"].startswith("[[[")
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    assert path.stat().st_size < 1000
+    with pytest.raises(WorkflowLoadError, match="expands its YAML aliases .* to more than 100000 nodes") as caught:
+        load_workflow(path)
+    assert "\n" not in str(caught.value) and isinstance(caught.value, ConfigurationError)
+
+
+def test_aliases_that_repeat_a_little_load_and_count_toward_depth() -> None:
+    shared = """
+workflow_id: shared
+x-defaults: &defaults {chunk_size: 200, overlap: 20}
+steps:
+  - {step_id: a, type: chunk, parameters: {<<: *defaults, text: one}}
+  - {step_id: b, type: chunk, parameters: {<<: *defaults, text: two}}
+"""
+    data = yaml_data(shared)
+    assert data["steps"][1]["parameters"] == {"chunk_size": 200, "overlap": 20, "text": "two"}
+    # An alias repeats its node where it stands: 40 levels repeated 40 levels down is 80 deep.
+    deep = (f"workflow_id: w\nanchor: &deep {'[' * 40}1{']' * 40}\n"
+            f"steps:\n  - {{step_id: s, type: chunk, parameters: {{p: {'[' * 39}*deep{']' * 39}}}}}\n")
+    with pytest.raises(WorkflowLoadError, match="counting what its YAML aliases repeat"):
+        yaml_data(deep)
+
+
+def yaml_data(text: str) -> dict[str, object]:
+    from citadel.workflows.spec import load_workflow_data
+
+    data = load_workflow_data(text)
+    assert isinstance(data, dict)
+    return data

@@ -1,0 +1,94 @@
+"""Bounds on how deeply JSON and YAML input may nest, and how far YAML aliases may expand it.
+
+Parsers, validators and serialisers walk nested values recursively, so input nested hundreds of
+levels deep ends in a RecursionError somewhere inside; an alias bomb of a few hundred bytes
+expands to gigabytes once something walks it. Both are refused where input enters (a request
+body, a workflow file), before anything parses or walks it, so nothing further in needs a guard.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from itertools import accumulate
+from typing import Any
+
+# What CITADEL_MAX_NESTING_DEPTH defaults to and may be raised to: real workflows and bodies
+# nest a dozen levels at most, and everything past the edge stays far from Python's recursion
+# limit (and from orjson's, 254, which Prefect serialises parameters with).
+DEFAULT_MAX_DEPTH = 64
+MAX_DEPTH_CEILING = 128
+
+# Nodes that YAML aliases may add to a document in total, counted as their expansion: shared
+# defaults (`<<: *defaults`) stay far below it, a bomb of nine levels of nine reaches it at once.
+MAX_ALIAS_NODES = 100_000
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+class NestingError(ValueError):
+    """Input nested or expanded past a bound; the message says which bound and how to stay within it."""
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether the JSON ``text`` opens more than ``limit`` arrays and objects inside each other.
+
+    Scanned without parsing (brackets inside strings do not count), in linear time; a text that
+    is not JSON is never called too deep for the brackets after the point where it stops being
+    JSON, so the parser that reads it next fails on it before nesting any deeper."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the usual case: not enough brackets in all to nest that deep
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def check_json_depth(text: str, limit: int, what: str) -> None:
+    """A :class:`NestingError` naming ``what`` when the JSON ``text`` nests deeper than ``limit``."""
+    if json_depth_exceeds(text, limit):
+        raise NestingError(too_deep(what, limit))
+
+
+def too_deep(what: str, limit: int) -> str:
+    return f"{what} nests deeper than {limit} levels (CITADEL_MAX_NESTING_DEPTH); nest arrays and objects less deeply"
+
+
+def check_yaml_events(events: Iterable[Any], limit: int, what: str, max_alias_nodes: int = MAX_ALIAS_NODES) -> None:
+    """A :class:`NestingError` when the YAML ``events`` (from ``yaml.parse``) nest deeper than
+    ``limit``, with every alias counted as the node it repeats, or when their aliases expand to
+    more than ``max_alias_nodes`` nodes in all. Stops at the first event past a bound, so a bomb
+    is refused after reading a few of its lines and never expanded."""
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, levels of collections) of its node
+    open_: list[list[Any]] = []  # per open collection: [anchor, nodes, levels]
+    aliased = 0
+    for event in events:
+        kind = type(event).__name__
+        if kind in ("MappingStartEvent", "SequenceStartEvent"):
+            if len(open_) >= limit:
+                raise NestingError(too_deep(what, limit))
+            open_.append([event.anchor, 1, 1])
+            continue
+        if kind == "AliasEvent":
+            nodes, levels = sizes.get(event.anchor, (1, 0))  # an unknown anchor: the loader says so
+            aliased += nodes
+            if aliased > max_alias_nodes:
+                raise NestingError(
+                    f"{what} expands its YAML aliases (*name) to more than {max_alias_nodes} nodes; write the repeated values out"
+                )
+            if len(open_) + levels > limit:
+                raise NestingError(too_deep(what, limit) + ", counting what its YAML aliases repeat")
+        elif kind == "ScalarEvent":
+            nodes, levels = 1, 0
+            if event.anchor:
+                sizes[event.anchor] = (nodes, levels)
+        elif kind in ("MappingEndEvent", "SequenceEndEvent") and open_:
+            anchor, nodes, levels = open_.pop()
+            if anchor:
+                sizes[anchor] = (nodes, levels)
+        else:
+            continue  # stream and document boundaries
+        if open_:
+            parent = open_[-1]
+            parent[1] += nodes
+            parent[2] = max(parent[2], levels + 1)
