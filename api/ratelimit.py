@@ -5,6 +5,11 @@ Each period is a sliding window counter: this bucket's count plus the previous b
 by how much of it the window still covers. A request is refused when any period is full, and a
 refused request counts against none (a client that waits is not punished for its refusals). All
 periods are checked and counted in one round trip.
+
+While Redis is down, ``CITADEL_RATE_LIMIT_ON_REDIS_DOWN`` decides: ``local`` (the default) limits
+with this process's own counters, so an outage never means unlimited key guessing (each worker
+allows the full budget, so the service as a whole allows workers times as much); ``closed``
+refuses every limited request; ``open`` serves every request unlimited.
 """
 
 from __future__ import annotations
@@ -13,11 +18,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from citadel.apisettings import parse_limits
 
 log = logging.getLogger("citadel.api")
+
+OnRedisDown = Literal["open", "closed", "local"]
+# After Redis fails, how long requests go to the fallback before Redis is tried again: a Redis that
+# hangs must not add its timeout to every request.
+RETRY_REDIS_S = 2.0
 
 # KEYS: per period, the current and the previous bucket. ARGV: now, then per period its limit,
 # its seconds and the index of the reported period. Returns {allowed, period index, remaining, reset}.
@@ -58,12 +68,13 @@ class Decision:
 
 class RateLimiter:
     """The configured periods (``20/second;600/minute``) for every identity, in Redis when a URL is
-    given, else in this process. A Redis that fails lets requests through (a rate limiter must not
-    take the service down with it) and says so in the log."""
+    given, else in this process. While Redis fails, ``on_redis_down`` decides (see the module), and
+    the log says so."""
 
-    def __init__(self, limits_text: str, redis_url: str | None, prefix: str = "citadel-rate") -> None:
+    def __init__(self, limits_text: str, redis_url: str | None, prefix: str = "citadel-rate", on_redis_down: OnRedisDown = "local") -> None:
         self.periods = [(amount, seconds, name) for amount, seconds, name in parse_limits(limits_text)]
         self.prefix = prefix
+        self.on_redis_down = on_redis_down
         self.policy = ", ".join(f'"{name}";q={amount};w={seconds}' for amount, seconds, name in self.periods)
         self.reported = next((i for i, (_, s, _) in enumerate(self.periods) if s >= 60), len(self.periods) - 1)
         self._redis: Any = None
@@ -71,11 +82,14 @@ class RateLimiter:
         if redis_url:
             import redis.asyncio as redis
 
-            pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=5.0, socket_timeout=2.0)
+            pool = redis.BlockingConnectionPool.from_url(
+                redis_url, max_connections=64, timeout=5.0, socket_timeout=2.0, socket_connect_timeout=2.0
+            )
             self._redis = redis.Redis(connection_pool=pool)
             self._script = self._redis.register_script(SCRIPT)
         self._memory: dict[str, int] = {}
         self._warned = 0.0
+        self._redis_down_until = 0.0
 
     def _keys(self, identity: str, now: float) -> list[str]:
         keys = []
@@ -89,20 +103,38 @@ class RateLimiter:
             return Decision(True)
         now = time.time()
         keys = self._keys(identity, now)
-        if self._script is not None:
+        if self._script is None:
+            return self._check_memory(keys, now)
+        if time.monotonic() >= self._redis_down_until:
             args: list[Any] = [repr(now)]
             for amount, seconds, _ in self.periods:
                 args += [amount, seconds]
             args.append(self.reported)
             try:
                 allowed, index, remaining, reset = await self._script(keys=keys, args=args)
-            except Exception as exc:  # noqa: BLE001 - the limiter's store is down: serve, and say so
-                if time.monotonic() - self._warned > 30:
-                    self._warned = time.monotonic()
-                    log.warning("rate limits not enforced: their Redis failed (%s)", type(exc).__name__)
-                return Decision(True)
-            return self._decision(bool(allowed), int(index), int(remaining), float(reset))
-        return self._check_memory(keys, now)
+            except Exception as exc:  # noqa: BLE001 - the limiter's store is down: the configured fallback decides
+                self._redis_down_until = time.monotonic() + RETRY_REDIS_S
+                self._warn(exc)
+            else:
+                return self._decision(bool(allowed), int(index), int(remaining), float(reset))
+        return self._without_redis(keys, now)
+
+    def _without_redis(self, keys: list[str], now: float) -> Decision:
+        if self.on_redis_down == "local":
+            return self._check_memory(keys, now)
+        if self.on_redis_down == "closed":
+            retry = max(1, math.ceil(RETRY_REDIS_S))
+            return Decision(False, {"RateLimit-Policy": self.policy, "Retry-After": str(retry)})
+        return Decision(True)
+
+    def _warn(self, exc: Exception) -> None:
+        if time.monotonic() - self._warned > 30:
+            self._warned = time.monotonic()
+            what = {"local": "enforced per process", "closed": "refusing every request", "open": "not enforced"}[self.on_redis_down]
+            log.warning(
+                "rate limits %s (CITADEL_RATE_LIMIT_ON_REDIS_DOWN=%s): their Redis failed (%s)",
+                what, self.on_redis_down, type(exc).__name__,
+            )
 
     def _check_memory(self, keys: list[str], now: float) -> Decision:
         """The script's algorithm on this process's counters."""

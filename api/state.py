@@ -36,7 +36,7 @@ class ServiceState:
         self.admin_allow: list[Network] = api.network_list("api_admin_allow")
         self.admin_deny: list[Network] = api.network_list("api_admin_deny")
         self.verifier = TokenVerifier(api)
-        self.limiter = RateLimiter(api.api_rate_limits, secret(settings.redis_url))
+        self.limiter = RateLimiter(api.api_rate_limits, secret(settings.redis_url), on_redis_down=api.rate_limit_on_redis_down)
         self.prefect_api_url = prefect_api_url()
         self.has_credentials_configured = self.verifier.enabled
         self.workflow_tasks: dict[str, asyncio.Task[Any]] = {}

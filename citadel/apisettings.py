@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +64,9 @@ class ApiSettings(BaseSettings):
 
     api_rate_limits: str = Field("20/second;600/minute;20000/hour", description="Per identity, else per address.")
     api_rate_limit_exempt: CommaList = Field(default_factory=list, description="CIDRs never rate limited.")
+    rate_limit_on_redis_down: Literal["open", "closed", "local"] = Field(
+        "local", description="While Redis is down: limit per process (local), refuse (closed) or serve unlimited (open)."
+    )
     api_trusted_proxies: CommaList = Field(default_factory=list, description="Peers whose X-Forwarded-For is believed.")
     api_admin_allow: CommaList = Field(
         default_factory=lambda: ["127.0.0.1/32", "::1/128"], description="CIDRs that may call admin routes."

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 import uuid
 
 import pytest
@@ -36,9 +39,43 @@ async def test_a_refused_request_counts_against_no_period(store: str, redis_url:
         await limiter.aclose()
 
 
-async def test_a_redis_that_fails_lets_requests_through() -> None:
-    limiter = RateLimiter("1/minute", "redis://127.0.0.1:9/0")
+def refused_redis_url() -> str:
+    """A Redis URL on a loopback port nothing listens on: every connection is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+async def test_while_redis_is_down_each_process_limits_on_its_own_by_default() -> None:
+    limiter = RateLimiter("3/minute", refused_redis_url())
     try:
-        assert all([(await limiter.check("x")).allowed for _ in range(3)])
+        decisions = [await limiter.check("guesser") for _ in range(5)]
+        assert [d.allowed for d in decisions] == [True, True, True, False, False]
+        assert decisions[3].headers["RateLimit"].startswith('"minute";r=0;') and int(decisions[3].headers["Retry-After"]) >= 1
+        assert (await limiter.check("someone else")).allowed  # budgets are still per identity
+    finally:
+        await limiter.aclose()
+
+
+async def test_while_redis_is_down_closed_refuses_and_open_serves() -> None:
+    closed = RateLimiter("3/minute", refused_redis_url(), on_redis_down="closed")
+    opened = RateLimiter("3/minute", refused_redis_url(), on_redis_down="open")
+    try:
+        refused = [await closed.check("x") for _ in range(2)]
+        assert not any(d.allowed for d in refused) and all(int(d.headers["Retry-After"]) >= 1 for d in refused)
+        assert all([(await opened.check("x")).allowed for _ in range(5)])
+    finally:
+        await closed.aclose()
+        await opened.aclose()
+
+
+async def test_the_limiter_goes_back_to_redis_when_it_answers_again(redis_url: str) -> None:
+    limiter = RateLimiter("2/minute", redis_url, prefix=f"test-{uuid.uuid4().hex}")
+    try:
+        limiter._redis_down_until = time.monotonic() + 0.2  # as after a failure: the local counters decide for a moment
+        assert [(await limiter.check("x")).allowed for _ in range(3)] == [True, True, False]
+        await asyncio.sleep(0.25)
+        assert [(await limiter.check("x")).allowed for _ in range(3)] == [True, True, False]  # Redis's own count again
     finally:
         await limiter.aclose()
