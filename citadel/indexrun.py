@@ -22,7 +22,15 @@ from citadel import progress
 from citadel.bluegreen import live_collection
 from citadel.collections import check_collection_name
 from citadel.consistency import check_store, reconcile
-from citadel.documents import SUPPORTED_SUFFIXES, SourceListing, iter_groups, list_source, shard_listing
+from citadel.documents import (
+    SUPPORTED_SUFFIXES,
+    SourceListing,
+    SourceRoots,
+    iter_groups,
+    list_source,
+    shard_listing,
+    source_name_problem,
+)
 from citadel.errors import ConfigurationError
 from citadel.indexing import (
     BatchPlan,
@@ -78,21 +86,27 @@ def resolve_source(
     shard: int | None = None,
     shards: int | None = None,
     exclude: Sequence[str | os.PathLike[str]] = (),
+    roots: SourceRoots | None = None,
 ) -> ResolvedSource:
     """A path, glob or list of documents as a run sees it, restricted to one shard when asked.
 
     Directories and globs are listed completely, so they prune by default; inline lists only when
-    ``prune`` says so. Folders in ``exclude`` (Citadel's data folder) are never listed.
+    ``prune`` says so. Folders in ``exclude`` (Citadel's data folder) are never listed. A sandboxed
+    run (``roots``) lists and reads only what lies inside its roots, and files inline records
+    only under an inline name or a path inside them, so it never prunes another source.
     """
     check_shard(shard, shards)
     sharding = (shard, shards) if shard is not None and shards is not None else None
     if isinstance(source, str):
-        listing = list_source(source, exclude)
+        listing = list_source(source, exclude, roots)
         key = listing.key
         if sharding:
             listing = shard_listing(listing, *sharding)
         # A listing that missed an unreadable folder never prunes, whatever was asked.
         return ResolvedSource(listing, None, key, listing.complete and (prune is None or prune), sharding)
+    problem = source_name_problem(source_name, roots) if roots is not None else None
+    if problem:
+        raise ConfigurationError(problem)
     records = list(source)
     if sharding:
         records = [r for r in records if shard_of(str(r.get("id", "")) if isinstance(r, dict) else "", sharding[1]) == sharding[0]]
@@ -206,6 +220,10 @@ class IndexRun:
         listing = self.resolved.listing
         for problem in listing.problems if listing else []:
             found.append(f"cannot read {problem}; documents under it are kept and nothing was deleted")
+        if listing is not None and listing.outside:
+            shown = ", ".join(listing.outside[:5]) + (f" and {len(listing.outside) - 5} more" if len(listing.outside) > 5 else "")
+            found.append(f"skipped {len(listing.outside)} entries that lead outside the folders this service may index "
+                         f"(CITADEL_API_SOURCE_ROOTS), through a symlink or '..'; they were not read: {shown}")
         if not self.seen.ids:
             if listing is not None and not listing.problems:
                 found.append(
@@ -259,15 +277,16 @@ async def index_source(
     prune: bool | None = None,
     *,
     source_name: str = "inline",
+    roots: SourceRoots | None = None,
 ) -> RunSummary:
     """Index ``source`` into ``collection`` one batch after another, without an orchestrator.
 
     The same steps as the index-corpus flow, in sequence: the workflow ``index`` step and the
     benchmark's plain loop use it. A blue-green collection is written through its live version.
-    Returns the run summary.
+    ``roots`` sandboxes the run (see :func:`resolve_source`). Returns the run summary.
     """
     settings = resources.settings
-    resolved = resolve_source(source, prune=prune, source_name=source_name, exclude=[settings.data_dir])
+    resolved = resolve_source(source, prune=prune, source_name=source_name, exclude=[settings.data_dir], roots=roots)
     collection = await live_collection(resources, collection)
     await prepare_collection(resources, collection)
     async with IndexRun(resources, collection, resolved) as run:

@@ -182,3 +182,17 @@ def test_inline_names_may_not_name_a_path_outside_the_roots(tree: tuple[Path, Pa
         assert "outside the folders" in (source_name_problem(refused, roots) or ""), refused
     assert source_name_problem("crm", SourceRoots.of([])) is None
     assert source_name_problem(str(root), SourceRoots.of([])) is not None
+
+
+def test_a_sandboxed_run_refuses_inline_records_under_another_sources_name(tree: tuple[Path, Path]) -> None:
+    """The run's own guard, behind the API's refusal: a prune only ever reaches the run's own source."""
+    from citadel.indexrun import resolve_source
+
+    root, outside = tree
+    roots = SourceRoots.of([root])
+    records = [{"id": "planted", "text": "x"}]
+    with pytest.raises(ConfigurationError, match="outside the folders"):
+        resolve_source(records, prune=True, source_name=str(outside), roots=roots)
+    assert resolve_source(records, prune=True, source_name=str(outside)).key == str(outside)  # the CLI's choice
+    assert resolve_source(records, prune=True, source_name="team-notes", roots=roots).key == "team-notes"
+    assert resolve_source(str(root / "team" / "*.txt"), roots=roots).listing.roots == roots  # carried to the open
