@@ -3,6 +3,9 @@
 Paths stay inside the configured source roots, embedders are only the configured ones (never a
 URL or a key from the request), deployments only those on the allowlist and only for admins, and
 every value that reaches one of these is given literally, not computed by another step.
+
+These refusals answer early, with every problem's location; the run itself enforces the roots
+where files are listed and opened (the API passes them to it), so nothing here is the only guard.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from citadel.apisettings import ApiSettings
 from citadel.auth import Identity
+from citadel.documents import SourceRoots, source_name_problem
 from citadel.settings import Settings
 from citadel.workflows.errors import format_location
 
@@ -86,6 +90,12 @@ def workflow_refusals(
                 problem = "must be given literally, not as a reference" if _REFERENCE in source else _path_problem(source, roots)
                 if problem:
                     found.append((format_location(*where, "source"), problem))
+            name = params.get("source_name")
+            if isinstance(name, str):  # the source whose documents a prune deletes: its own, never another's
+                literal = "must be given literally, not as a reference"
+                problem = literal if _REFERENCE in name else source_name_problem(name, SourceRoots.of(roots))
+                if problem:
+                    found.append((format_location(*where, "source_name"), problem))
         elif kind == "flow":
             deployment = params.get("deployment")
             if not identity.allows("admin"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -43,14 +44,14 @@ async def submit_workflow(
     context: dict[str, Any] | None = None,
     deployment: str = DEFAULT_DEPLOYMENT,
     local: bool = False,
+    source_roots: Sequence[str] | None = None,
 ) -> WorkflowReport:
     """Start a validated workflow: through ``deployment`` when a Prefect API is configured (the
-    report comes back at once, Scheduled), else (or with ``local``) in this process to its end."""
-    parameters: dict[str, Any] = {"workflow": workflow}
-    if context:
-        parameters["context"] = context
+    report comes back at once, Scheduled), else (or with ``local``) in this process to its end.
+    ``source_roots`` sandboxes its ``index`` steps, on the worker as here."""
+    parameters = _parameters(workflow, context, source_roots)
     if local or not prefect_api_url():
-        state = await run_workflow(workflow, context=context, return_state=True)
+        state = await run_workflow(workflow, context=context, source_roots=parameters.get("source_roots"), return_state=True)
         return await wait_for_workflow(str(state.state_details.flow_run_id))
     try:
         flow_run = await arun_deployment(deployment, parameters=parameters, timeout=0)
@@ -71,15 +72,24 @@ def check_definition(workflow: dict[str, Any], context: dict[str, Any] | None, s
     return check_workflow(workflow, workflow_steps(), context=context)
 
 
-async def start_workflow_here(
-    workflow: dict[str, Any], *, context: dict[str, Any] | None = None
-) -> tuple[WorkflowReport, asyncio.Task[Any]]:
-    """Record a workflow run on the Prefect API and run it in this process, in the background: the
-    report (Scheduled, with the run's id) comes back at once. A long-lived process that holds the
-    embedded store (the HTTP API) runs what it accepts this way."""
+def _parameters(workflow: dict[str, Any], context: dict[str, Any] | None, source_roots: Sequence[str] | None) -> dict[str, Any]:
+    """The run-workflow flow's parameters; the roots only when the run is sandboxed (an empty
+    list is a sandbox with no folder: no path may be read)."""
     parameters: dict[str, Any] = {"workflow": workflow}
     if context:
         parameters["context"] = context
+    if source_roots is not None:
+        parameters["source_roots"] = [str(root) for root in source_roots]
+    return parameters
+
+
+async def start_workflow_here(
+    workflow: dict[str, Any], *, context: dict[str, Any] | None = None, source_roots: Sequence[str] | None = None
+) -> tuple[WorkflowReport, asyncio.Task[Any]]:
+    """Record a workflow run on the Prefect API and run it in this process, in the background: the
+    report (Scheduled, with the run's id) comes back at once. A long-lived process that holds the
+    embedded store (the HTTP API) runs what it accepts this way, sandboxed by ``source_roots``."""
+    parameters = _parameters(workflow, context, source_roots)
     async with get_client() as client:
         flow_run = await client.create_flow_run(run_workflow, parameters=parameters)
     task = asyncio.create_task(run_flow_async(run_workflow, flow_run=flow_run, parameters=parameters, return_type="state"))  # type: ignore[arg-type]

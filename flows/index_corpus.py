@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
 from citadel import bluegreen, progress
-from citadel.documents import SourceGroup
+from citadel.documents import SourceGroup, SourceRoots
 from citadel.indexing import BatchPlan, EmbeddedBatch, WriteBatcher, WriteResult, batches_label
 from citadel.indexrun import IndexRun, ResolvedSource, resolve_source
 from citadel.models import RunSummary
@@ -54,6 +54,7 @@ async def index_corpus(
     shard: int | None = None,
     shards: int | None = None,
     blue_green: bool = False,
+    source_roots: list[str] | None = None,
 ) -> dict[str, Any]:
     """Index ``source`` (a directory, glob, file, or a list of ``{"id", "text", "metadata"}``) into
     ``collection``; returns the run summary (citadel.models.RunSummary as JSON): documents added,
@@ -66,12 +67,16 @@ async def index_corpus(
     A collection that is a blue-green alias is written through its live version. ``blue_green``
     builds the next version instead, from the whole source, and switches the alias to it once it
     passes its check; searches read the old version until then (citadel.bluegreen).
+
+    ``source_roots`` sandboxes the run (the HTTP API's workflows): it reads only files inside
+    those folders and files inline records only under an inline name (citadel.documents).
     """
     logger = get_run_logger()
     settings = settings_for(embedder)
     collection = collection or settings.collection
     resolved = resolve_source(
-        source, prune=prune, source_name=source_name, shard=shard, shards=shards, exclude=[settings.data_dir]
+        source, prune=prune, source_name=source_name, shard=shard, shards=shards, exclude=[settings.data_dir],
+        roots=SourceRoots.of(source_roots) if source_roots is not None else None,
     )
     labels = run_tags(settings, collection)
     await tag_flow_run(labels)

@@ -32,10 +32,10 @@ from tasks.resources import open_resources
 from tasks.workflow import orchestrated_steps, step_cache_key, workflow_step
 
 
-async def run_index_subflow(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
+async def run_index_subflow(params: IndexParams, ctx: StepContext, source_roots: list[str] | None = None) -> dict[str, Any]:
     """The ``index`` step as a sub-run of ``index-corpus``: its tasks show under the workflow's
     run, and the registry links the index run to that flow run. The flow takes the embedder's
-    concurrency slot itself."""
+    concurrency slot itself. ``source_roots`` sandboxes it (the HTTP API's runs)."""
     settings = ctx.services.settings if isinstance(ctx.services, Resources) else settings_for()
     return await index_corpus(
         params.source,
@@ -45,15 +45,21 @@ async def run_index_subflow(params: IndexParams, ctx: StepContext) -> dict[str, 
         source_name=params.source_name,
         prune=params.prune,
         blue_green=params.blue_green,
+        source_roots=source_roots,
     )
 
 
-def workflow_steps() -> StepRegistry:
+def workflow_steps(source_roots: list[str] | None = None) -> StepRegistry:
     """The step types a run uses: the core's (with the step modules loaded), the orchestration
-    layer's ``flow``, and ``index`` as a sub-run of index-corpus."""
+    layer's ``flow``, and ``index`` as a sub-run of index-corpus, bound to ``source_roots`` when
+    the run is sandboxed: the roots live in the runner, where no step parameter reaches them."""
+
+    async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
+        return await run_index_subflow(params, ctx, source_roots)
+
     registry = orchestrated_steps(default_registry)
     registry.register(
-        "index", run_index_subflow, params=IndexParams, outputs=INDEX_OUTPUTS, replace=True,
+        "index", run_index, params=IndexParams, outputs=INDEX_OUTPUTS, replace=True,
         description="Index documents into a collection, incrementally, as a sub-run of index-corpus.",
     )
     return registry
@@ -73,13 +79,17 @@ def _name() -> str:
 
 
 @flow(name="run-workflow", flow_run_name=_name, persist_result=True, result_serializer="json")
-async def run_workflow(workflow: dict[str, Any] | str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+async def run_workflow(
+    workflow: dict[str, Any] | str, context: dict[str, Any] | None = None, source_roots: list[str] | None = None
+) -> dict[str, Any]:
     """Validate ``workflow`` (a definition, or JSON/YAML text or a file path) and run it; returns
-    every step's state, time and output (or error), as JSON."""
+    every step's state, time and output (or error), as JSON. ``source_roots`` (set by the HTTP
+    API, never by a workflow) sandboxes its ``index`` steps: they read and name only paths inside
+    those folders, an empty list none (see docs/design.md)."""
     logger = get_run_logger()
     settings = settings_for()
     load_step_modules(settings.step_modules)
-    registry = workflow_steps()
+    registry = workflow_steps(source_roots)
     definition = check_workflow(_data(workflow), registry, context=context)  # an invalid workflow never starts
     await tag_flow_run([f"workflow:{definition.workflow_id}", *run_tags(settings)])
     merged = {**definition.context, **(context or {})}

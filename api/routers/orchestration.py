@@ -88,14 +88,17 @@ async def create_workflow(
                        code="workflow_refused", details=refusals)
     context = workflow.get("context") if isinstance(workflow.get("context"), dict) else None
     check_definition(workflow, context, state.settings)  # WorkflowInvalid: 400 with every problem
+    # The run is sandboxed by the roots the service sets, never by anything in the request: its
+    # index steps list and open only files inside them (an empty list: none), here or on a worker.
+    roots = [str(root) for root in state.api.source_roots]
     if _runs_here(state):
-        report, task = await start_workflow_here(workflow)
+        report, task = await start_workflow_here(workflow, source_roots=roots)
         run_id = report.flow_run_id
         state.workflow_tasks[run_id] = task
         task.add_done_callback(lambda _task: state.workflow_tasks.pop(run_id, None))
         runs_in = "api"
     else:
-        report = await submit_workflow(workflow, deployment=state.api.api_workflow_deployment)
+        report = await submit_workflow(workflow, deployment=state.api.api_workflow_deployment, source_roots=roots)
         runs_in = "workers"
     log.info("workflow %s submitted as flow run %s by %s", report.workflow_id, report.flow_run_id, identity.subject)
     return WorkflowSubmitted(
