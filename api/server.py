@@ -15,6 +15,7 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from api.app import create_app
+from api.readdeadlines import ReadDeadlineProtocol
 from citadel import logs
 from citadel.apisettings import ApiSettings
 from citadel.errors import ConfigurationError
@@ -27,12 +28,15 @@ MOZILLA_INTERMEDIATE = (
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
 )
 GRACEFUL_S = 30
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this
 WORKER_PING_S = 60  # a worker silent this long is hung, and is replaced
 
 
 def app_factory() -> object:
     """For uvicorn's workers, which import the app by name: each builds its own from the environment."""
-    return create_app(tls=bool(os.environ.get("CITADEL_API_TLS")))
+    api = ApiSettings()
+    ReadDeadlineProtocol.configure(header_timeout_s=api.api_header_timeout_s, body_timeout_s=api.api_body_timeout_s)
+    return create_app(api=api, tls=bool(os.environ.get("CITADEL_API_TLS")))
 
 
 class TlsConfig(uvicorn.Config):
@@ -103,11 +107,14 @@ def serve(
         )
     preflight(settings)
     tls = ssl_certfile is not None
+    ReadDeadlineProtocol.configure(header_timeout_s=api.api_header_timeout_s, body_timeout_s=api.api_body_timeout_s)
     common = dict(
         host=host, port=port, log_level=log_level, log_config=uvicorn_log_config(settings.log_format),
         access_log=False, server_header=False, date_header=True,  # the middleware logs each request, with its id
         timeout_graceful_shutdown=GRACEFUL_S, proxy_headers=False,  # the app reads X-Forwarded-For from trusted proxies itself
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_ciphers=MOZILLA_INTERMEDIATE,
+        # Slow clients are closed: idle kept-alive connections by uvicorn, slow headers and bodies by the protocol.
+        http=f"{ReadDeadlineProtocol.__module__}:{ReadDeadlineProtocol.__name__}", timeout_keep_alive=KEEP_ALIVE_S,
     )
     multiproc_dir = None
     try:

@@ -75,6 +75,10 @@ class ApiSettings(BaseSettings):
     api_cors_origins: CommaList = Field(default_factory=list, description="Origins allowed cross-origin; none by default.")
 
     api_max_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    api_header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection whose request line and headers are not all in within this is closed."
+    )
+    api_body_timeout_s: float = Field(30.0, gt=0, le=3600, description="A request whose body is not all in within this is closed.")
     api_max_text_chars: int = Field(32_000, gt=0, description="Longest text one embedding request may carry.")
     api_max_batch_texts: int = Field(256, gt=0, description="Most texts in one batch request.")
     api_max_workflow_steps: int = Field(50, gt=0, description="Most steps in one workflow submitted over HTTP.")
