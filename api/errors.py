@@ -6,9 +6,12 @@ Messages are written for the caller; a traceback, an internal path or a credenti
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import socket
+import traceback
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -80,8 +83,69 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         415: "The body is not JSON",
         422: "The body does not match the schema",
         429: "Rate limited; see Retry-After and RateLimit",
+        503: "A dependency (the registry, Redis, the vector store) is unavailable; see Retry-After",
     }.items()
 }
+
+
+# Where a connection failure was raised, by the top-level package of the code that raised it.
+DEPENDENCIES = {
+    "asyncpg": "the registry (Postgres)", "aiosqlite": "the registry (SQLite)", "sqlalchemy": "the registry",
+    "redis": "Redis", "qdrant_client": "the vector store (Qdrant)",
+}
+RETRY_AFTER_S = 5
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _package(obj: object) -> str:
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (sqlalchemy.exc.InterfaceError, sqlalchemy.exc.OperationalError))
+    name = type(exc).__name__
+    return _package(exc) in DEPENDENCIES and ("Connection" in name or "Timeout" in name)
+
+
+def unavailable_dependency(exc: BaseException) -> str | None:
+    """The dependency whose connection failed to raise ``exc`` ("the registry (Postgres)", ...), or
+    None when ``exc`` is no connection failure of a dependency: named by the code it was raised in."""
+    for error in _chain(exc):
+        if not _is_connection_failure(error):
+            continue
+        packages = [str(frame.f_globals.get("__name__", "")).split(".", 1)[0] for frame, _ in traceback.walk_tb(error.__traceback__)]
+        packages.append(_package(error))
+        if isinstance(error, sqlalchemy.exc.DBAPIError):
+            packages.append(_package(error.orig))
+        for package in reversed(packages):  # the deepest names it, a driver rather than the ORM above it
+            if package in DEPENDENCIES and package != "sqlalchemy":
+                return DEPENDENCIES[package]
+        if "sqlalchemy" in packages:
+            return DEPENDENCIES["sqlalchemy"]
+    return None
+
+
+def unavailable_response(exc: BaseException, request_id: str | None) -> JSONResponse | None:
+    """503 naming the dependency when ``exc`` is a lost connection to one, else None."""
+    dependency = unavailable_dependency(exc)
+    if dependency is None:
+        return None
+    log.warning("%s is unavailable: %s: %s", dependency, type(exc).__name__, " ".join(str(exc).split())[:300])
+    return error_response(
+        503, "unavailable", f"{dependency} is unavailable; try again later", request_id, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -145,7 +209,19 @@ def install_handlers(app: FastAPI) -> None:
         log.warning("embedding backend failed: %s", exc)
         return error_response(502, "backend_error", "the embedding backend failed; try again later", request_id_of(request))
 
+    async def _connection_lost(request: Request, exc: Exception) -> JSONResponse:
+        response = unavailable_response(exc, request_id_of(request))
+        if response is None:
+            raise exc  # not a lost dependency: the service's own 500, logged with its traceback
+        return response
+
+    for kind in (OSError, sqlalchemy.exc.SQLAlchemyError):
+        app.add_exception_handler(kind, _connection_lost)
+
     @app.exception_handler(CitadelError)
     async def _citadel(request: Request, exc: CitadelError) -> JSONResponse:
+        response = unavailable_response(exc, request_id_of(request))
+        if response is not None:
+            return response
         log.warning("request failed: %s", exc)
         return error_response(500, "internal_error", "the request failed; the service log has the cause", request_id_of(request))
