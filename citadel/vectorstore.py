@@ -12,6 +12,8 @@ import atexit
 import ctypes
 import gc
 import logging
+import math
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -267,6 +269,45 @@ class Hit:
         return self.to_result().to_json()
 
 
+FILTER_KEY = re.compile(r"[\w-]+(\.[\w-]+)*")
+
+
+def filter_condition(key: str, value: Any) -> models.FieldCondition | models.Filter:
+    """The condition that payload field ``key`` equals ``value`` (any of them, for a list).
+
+    Strings, integers and booleans match exactly; Qdrant matches no float exactly, so a number is
+    the range from it to itself (which an integer payload of the same value also falls in). NaN
+    and infinity equal nothing, and a key outside Qdrant's path syntax addresses nothing: both are
+    a :class:`ConfigurationError` rather than a failure of the store.
+    """
+    if not FILTER_KEY.fullmatch(key) or len(key) > 255:
+        raise ConfigurationError(
+            f"filter field {key!r} is not a payload field: use letters, digits, '_' and '-', with dots between nested names"
+        )
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ConfigurationError(f"filter field {key!r} lists no value to match: give one or more")
+    conditions: list[models.Condition] = []
+    exact = [v for v in values if isinstance(v, (str, int)) and not isinstance(v, bool)]
+    for kind in (str, int):
+        same = [v for v in exact if isinstance(v, kind)]
+        if same:
+            match = models.MatchValue(value=same[0]) if len(same) == 1 else models.MatchAny(any=same)
+            conditions.append(models.FieldCondition(key=key, match=match))
+    for v in values:
+        if isinstance(v, bool):
+            conditions.append(models.FieldCondition(key=key, match=models.MatchValue(value=v)))
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ConfigurationError(f"filter field {key!r}: {v} matches nothing; give a finite number")
+            conditions.append(models.FieldCondition(key=key, range=models.Range(gte=v, lte=v)))
+        elif not isinstance(v, (str, int)):
+            raise ConfigurationError(f"filter field {key!r}: a {type(v).__name__} cannot be matched; give strings, numbers or booleans")
+    if len(conditions) == 1 and isinstance(conditions[0], models.FieldCondition):
+        return conditions[0]
+    return models.Filter(should=conditions)
+
+
 class VectorStore:
     """Thin, batched, async-friendly wrapper over one Qdrant client.
 
@@ -477,13 +518,11 @@ class VectorStore:
         score_threshold: float | None = None,
         filters: dict[str, Any] | None = None,
     ) -> list[Hit]:
-        """Nearest points to ``vector``; ``filters`` match payload fields exactly (a list means any of)."""
+        """Nearest points to ``vector``; ``filters`` match payload fields exactly (a list means any of),
+        as :func:`filter_condition` says."""
         if not await self.collection_exists(name):
             raise ConfigurationError(f"collection {name!r} does not exist yet; index something into it first")
-        conditions = []
-        for key, value in (filters or {}).items():
-            match = models.MatchAny(any=list(value)) if isinstance(value, (list, tuple)) else models.MatchValue(value=value)
-            conditions.append(models.FieldCondition(key=key, match=match))
+        conditions = [filter_condition(key, value) for key, value in (filters or {}).items()]
         response = await self._call(
             "query_points",
             name,
