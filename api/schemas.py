@@ -3,15 +3,69 @@ on the core's typed results where one exists."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
 
+from citadel.auth import KEY_NAME_PATTERN
 from citadel.models import ApiKeyCreated, ApiKeyRecord, SearchHit, WorkflowReport
 
 # Hard upper bounds of the schema; the configured (smaller or equal) ones are checked per request.
 MAX_TEXT_CHARS = 1_000_000
 MAX_BATCH_TEXTS = 10_000
+
+
+def unicode_text(value: str) -> str:
+    """``value`` when it is Unicode text. JSON can carry a lone UTF-16 surrogate (``"\\ud800"``),
+    which no backend, cache or database can encode: refused here, before it reaches any of them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"character {exc.start} is a lone UTF-16 surrogate (U+{ord(value[exc.start]):04X}), which is not Unicode text: "
+            "send valid UTF-8 (pair the surrogate or drop it)"
+        ) from None
+    return value
+
+
+def _unicode_input(value: Any) -> Any:
+    return unicode_text(value) if isinstance(value, str) else value
+
+
+# Every string of a request body is Unicode text (checked before the length, which needs it).
+Text = Annotated[str, BeforeValidator(_unicode_input)]
+
+# A payload field to filter on, as the vector store addresses it: names joined by dots.
+FILTER_KEY_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
+
+
+def filter_value(value: Any) -> str | bool | int | float:
+    """A value to match: a string, a boolean, an integer or a finite number (NaN equals nothing)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and infinity match nothing: give a finite number")
+    if isinstance(value, str):
+        return unicode_text(value)
+    if not isinstance(value, (bool, int, float)):
+        raise ValueError("a filter value is a string, a number or a boolean")
+    return value
+
+
+def key_name(value: str) -> str:
+    if not re.fullmatch(KEY_NAME_PATTERN, value):
+        raise ValueError("a key name needs a visible character and no control character (NUL, newline, tab): use printable text")
+    return value
+
+
+Filter = Annotated[
+    dict[Annotated[str, StringConstraints(pattern=FILTER_KEY_PATTERN, max_length=255)], Annotated[Any, PlainValidator(filter_value)]],
+    WithJsonSchema({
+        "type": "object", "maxProperties": 16, "propertyNames": {"pattern": FILTER_KEY_PATTERN, "maxLength": 255},
+        "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "boolean"}, {"type": "integer"}, {"type": "number"}]},
+    }),
+]
 
 
 class Strict(BaseModel):
@@ -31,8 +85,8 @@ class Liveness(BaseModel):
 
 
 class GenerateRequest(Strict):
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="At most CITADEL_API_MAX_TEXT_CHARS characters.")
-    model: str | None = Field(None, max_length=255, description="A served model; default: the configured one.")
+    text: Text = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="At most CITADEL_API_MAX_TEXT_CHARS characters.")
+    model: Text | None = Field(None, max_length=255, description="A served model; default: the configured one.")
     cache_enabled: bool = Field(True, description="Read the embedding cache first (results are cached either way).")
 
 
@@ -45,10 +99,10 @@ class GenerateResponse(Succeeded):
 
 
 class BatchRequest(Strict):
-    texts: list[str] = Field(
+    texts: list[Text] = Field(
         min_length=1, max_length=MAX_BATCH_TEXTS, description="At most CITADEL_API_MAX_BATCH_TEXTS texts of CITADEL_API_MAX_TEXT_CHARS."
     )
-    model: str | None = Field(None, max_length=255)
+    model: Text | None = Field(None, max_length=255)
     batch_size: int | None = Field(None, gt=0, le=1024, description="Accepted for compatibility; the service batches itself.")
     cache_enabled: bool = True
 
@@ -62,11 +116,14 @@ class BatchResponse(Succeeded):
 
 
 class SearchRequest(Strict):
-    query: str = Field(min_length=1, max_length=10_000)
-    collection: str | None = Field(None, max_length=255)
+    query: Text = Field(min_length=1, max_length=10_000)
+    # The pattern is checked by the route (a 400 naming the rules), documented here.
+    collection: Text | None = Field(None, max_length=255, json_schema_extra={"pattern": COLLECTION_PATTERN})
     limit: int = Field(10, gt=0, le=100)
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Minimum cosine similarity.")
-    filter: dict[str, str | int | float | bool] | None = Field(None, max_length=16, description="Exact-match metadata filters.")
+    filter: Filter | None = Field(
+        None, max_length=16, description="Exact-match metadata filters: a payload field (dotted for a nested one) and its value."
+    )
 
 
 class SearchResponse(Succeeded):
@@ -130,7 +187,10 @@ class ChartResponse(Succeeded):
 
 
 class KeyCreateRequest(Strict):
-    name: str = Field(min_length=1, max_length=255)
+    name: Annotated[Text, AfterValidator(key_name)] = Field(
+        min_length=1, max_length=255, json_schema_extra={"pattern": KEY_NAME_PATTERN},
+        description="Some visible character, no control characters.",
+    )
     scopes: list[Literal["embeddings", "search", "workflows", "metrics", "admin"]] = Field(min_length=1, max_length=5)
 
 

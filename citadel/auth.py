@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -25,6 +26,10 @@ from citadel.schema import api_keys
 
 SCOPES = ("embeddings", "search", "workflows", "metrics", "admin")
 KEY_PREFIX = "ctd_"
+# A key name: some visible character, no control characters (NUL, which Postgres cannot store, is one).
+KEY_NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+# A key id: what :func:`new_key` makes.
+KEY_ID_PATTERN = r"^[0-9a-f]{12}$"
 
 
 class AuthError(CitadelError):
@@ -56,6 +61,15 @@ def parse_scopes(value: str | Iterable[str]) -> list[str]:
         shown = f"unknown scope {', '.join(map(repr, unknown))}" if unknown else "no scope given"
         raise ConfigurationError(f"{shown}; scopes are {', '.join(SCOPES)} (admin allows everything)")
     return scopes
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone UTF-16 surrogate, which JSON can carry but no database store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def hash_key(key: str) -> str:
@@ -170,6 +184,8 @@ class ApiKeys:
         name = name.strip()
         if not name or len(name) > 255:
             raise ConfigurationError("give the key a name of 1 to 255 characters (--name), to tell keys apart")
+        if not re.fullmatch(KEY_NAME_PATTERN, name) or not _is_unicode(name):
+            raise ConfigurationError("a key name holds a control character (NUL, a newline, ...) or invalid Unicode: use printable text")
         checked = parse_scopes(scopes)
         key_id, key = new_key()
         now = utcnow()
@@ -188,6 +204,8 @@ class ApiKeys:
         return [_record(row._mapping) for row in rows]
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:
+        if not re.fullmatch(KEY_ID_PATTERN, key_id):  # no such key, and no look-up of what the registry cannot store
+            raise ConfigurationError(f"no API key {key_id!r}: key ids are 12 hex digits; `citadel apikey list` shows them")
         async with self.registry.engine.begin() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id))).first()
             if row is None:

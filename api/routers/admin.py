@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 
 from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import KeyCreatedResponse, KeyCreateRequest, KeyList
 from api.security import require
 from api.state import state_of
+from citadel.auth import KEY_ID_PATTERN
 from citadel.errors import ConfigurationError
 from citadel.models import ApiKeyRecord
 
@@ -29,7 +30,11 @@ async def create_key(body: KeyCreateRequest, request: Request) -> KeyCreatedResp
 
 
 @router.delete("/keys/{key_id}", response_model=ApiKeyRecord, summary="Revoke a key at once")
-async def revoke_key(key_id: str, request: Request) -> ApiKeyRecord:
+async def revoke_key(
+    request: Request,
+    # Documented; an id of another shape is no key's (404), which the core answers without a look-up.
+    key_id: str = Path(max_length=64, json_schema_extra={"pattern": KEY_ID_PATTERN}),
+) -> ApiKeyRecord:
     try:
         return await state_of(request).keys.revoke(key_id)
     except ConfigurationError as exc:

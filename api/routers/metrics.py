@@ -21,7 +21,8 @@ from citadel.models import IndexRunRecord
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require("metrics"))], responses=ERROR_RESPONSES)
 
 RANGES = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "12h": 12 * 3600, "24h": 86400, "7d": 7 * 86400}
-TIME_RANGE = Query("1h", description=f"One of {', '.join(RANGES)}.")
+# The enum is documented; a value outside it is the route's 400, which names the ranges.
+TIME_RANGE = Query("1h", description=f"One of {', '.join(RANGES)}.", json_schema_extra={"enum": list(RANGES)})
 
 
 def range_seconds(time_range: str) -> int:

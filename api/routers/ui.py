@@ -39,7 +39,9 @@ _WIDGETS: dict[str, list[dict[str, Any]]] = {
 
 
 @router.get("/dashboard/config", response_model=DashboardConfig, summary="The widgets of a dashboard")
-async def dashboard_config(dashboard_type: str = Query("main", description=f"One of {', '.join(_WIDGETS)}.")) -> DashboardConfig:
+async def dashboard_config(
+    dashboard_type: str = Query("main", description=f"One of {', '.join(_WIDGETS)}.", json_schema_extra={"enum": list(_WIDGETS)}),
+) -> DashboardConfig:
     if dashboard_type not in _WIDGETS:
         raise ApiError(400, f"dashboard_type {dashboard_type!r} is not one of {', '.join(_WIDGETS)}", code="bad_dashboard_type")
     return DashboardConfig(dashboard_type=dashboard_type, config={"widgets": _WIDGETS[dashboard_type], "theme": "auto"})
