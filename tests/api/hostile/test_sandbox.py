@@ -47,7 +47,8 @@ def planted(api: Api) -> Path:
 
 def test_symlinks_out_of_the_roots_are_never_indexed(api: Api, planted: Path) -> None:
     team = planted
-    sources = {"star": f"{team}/*/*.txt", "folder": str(team), "globstar": f"{team}/**/*.txt", "charclass": f"{team}/[e]vil.txt"}
+    sources = {"star": f"{team}/*/*.txt", "folder": str(team), "globstar": f"{team}/**/*.txt", "charclass": f"{team}/[e]vil.txt",
+               "root": api.env["CITADEL_API_SOURCE_ROOTS"]}
     tag = uuid.uuid4().hex[:6]
     steps = [{"step_id": name, "type": "index", "parameters": {"source": source, "collection": f"sbx_{name}_{tag}"}}
              for name, source in sources.items()]
