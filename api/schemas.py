@@ -40,6 +40,10 @@ Text = Annotated[str, BeforeValidator(_unicode_input)]
 # A payload field to filter on, as the vector store addresses it: names joined by dots.
 FILTER_KEY_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
+# Checked by the routes with a 400 that says what is missing; documented as patterns (unanchored:
+# somewhere in the text). Python's \w is Unicode, as the check (str.isalnum) is.
+SOME_TEXT = r"\S"
+SOME_WORD = r"[^\W_]"
 
 
 def filter_value(value: Any) -> str | bool | int | float:
@@ -85,7 +89,10 @@ class Liveness(BaseModel):
 
 
 class GenerateRequest(Strict):
-    text: Text = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="At most CITADEL_API_MAX_TEXT_CHARS characters.")
+    text: Text = Field(
+        min_length=1, max_length=MAX_TEXT_CHARS, json_schema_extra={"pattern": SOME_TEXT},
+        description="At most CITADEL_API_MAX_TEXT_CHARS characters, not only whitespace.",
+    )
     model: Text | None = Field(None, max_length=255, description="A served model; default: the configured one.")
     cache_enabled: bool = Field(True, description="Read the embedding cache first (results are cached either way).")
 
@@ -99,7 +106,7 @@ class GenerateResponse(Succeeded):
 
 
 class BatchRequest(Strict):
-    texts: list[Text] = Field(
+    texts: list[Annotated[Text, Field(json_schema_extra={"pattern": SOME_TEXT})]] = Field(
         min_length=1, max_length=MAX_BATCH_TEXTS, description="At most CITADEL_API_MAX_BATCH_TEXTS texts of CITADEL_API_MAX_TEXT_CHARS."
     )
     model: Text | None = Field(None, max_length=255)
@@ -116,7 +123,7 @@ class BatchResponse(Succeeded):
 
 
 class SearchRequest(Strict):
-    query: Text = Field(min_length=1, max_length=10_000)
+    query: Text = Field(min_length=1, max_length=10_000, json_schema_extra={"pattern": SOME_WORD}, description="Some letter or digit.")
     # The pattern is checked by the route (a 400 naming the rules), documented here.
     collection: Text | None = Field(None, max_length=255, json_schema_extra={"pattern": COLLECTION_PATTERN})
     limit: int = Field(10, gt=0, le=100)

@@ -16,12 +16,23 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
     **ERROR_RESPONSES, 404: {"description": "No such key"}})
 
 
-@router.get("/keys", response_model=KeyList, summary="API keys (never their values)")
+@router.get("/keys", response_model=KeyList, summary="API keys (never their values)", operation_id="list_keys")
 async def list_keys(request: Request) -> KeyList:
     return KeyList(keys=await state_of(request).keys.list(include_revoked=True))
 
 
-@router.post("/keys", response_model=KeyCreatedResponse, status_code=201, summary="Create a key; its value is shown once")
+# What a client (and a stateful test) can do next with a key it created.
+CREATED_LINKS = {
+    "RevokeKey": {"operationId": "revoke_key", "parameters": {"key_id": "$response.body#/key/key_id"},
+                  "description": "Revoke the key just created."},
+    "ListKeys": {"operationId": "list_keys", "description": "The key is listed (without its value)."},
+}
+
+
+@router.post(
+    "/keys", response_model=KeyCreatedResponse, status_code=201, summary="Create a key; its value is shown once",
+    operation_id="create_key", responses={201: {"description": "The key, its value included", "links": CREATED_LINKS}},
+)
 async def create_key(body: KeyCreateRequest, request: Request) -> KeyCreatedResponse:
     state = state_of(request)
     created = await state.keys.create(body.name, body.scopes)
@@ -29,7 +40,10 @@ async def create_key(body: KeyCreateRequest, request: Request) -> KeyCreatedResp
     return KeyCreatedResponse(key=created)
 
 
-@router.delete("/keys/{key_id}", response_model=ApiKeyRecord, summary="Revoke a key at once")
+@router.delete(
+    "/keys/{key_id}", response_model=ApiKeyRecord, summary="Revoke a key at once", operation_id="revoke_key",
+    responses={200: {"description": "The key, revoked", "links": {"ListKeys": CREATED_LINKS["ListKeys"]}}},
+)
 async def revoke_key(
     request: Request,
     # Documented; an id of another shape is no key's (404), which the core answers without a look-up.
