@@ -14,10 +14,14 @@ def debugging() -> bool:
 
 
 def prefect_defaults() -> None:
-    """Before Prefect is imported: no analytics from an offline machine, warnings and up only."""
+    """Before Prefect is imported: no analytics from an offline machine, warnings and up only, and a
+    local Prefect server started by this process ends with it (``deployments.localprefect``)."""
+    from deployments.localprefect import guard_local_prefect_server
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    guard_local_prefect_server()
 
 
 def quiet_prefect() -> None:
