@@ -20,6 +20,7 @@ from citadel import logs
 from citadel.apisettings import ApiSettings
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
+from deployments.localprefect import guard_local_prefect_server
 
 # https://wiki.mozilla.org/Security/Server_Side_TLS, "intermediate" (TLS 1.3 suites are not configurable here).
 MOZILLA_INTERMEDIATE = (
@@ -34,6 +35,7 @@ WORKER_PING_S = 60  # a worker silent this long is hung, and is replaced
 
 def app_factory() -> object:
     """For uvicorn's workers, which import the app by name: each builds its own from the environment."""
+    guard_local_prefect_server()  # a worker is a process of its own: the local Prefect server it may start ends with it
     api = ApiSettings()
     ReadDeadlineProtocol.configure(header_timeout_s=api.api_header_timeout_s, body_timeout_s=api.api_body_timeout_s)
     return create_app(api=api, tls=bool(os.environ.get("CITADEL_API_TLS")))

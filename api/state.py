@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -22,6 +23,8 @@ from deployments.workflow_runs import prefect_api_url
 from tasks.resources import open_resources
 
 log = logging.getLogger("citadel.api")
+CANCEL_S = 5.0
+"""How long cancelled workflow runs get to end at shutdown before the process exits without them."""
 
 
 class ServiceState:
@@ -55,6 +58,7 @@ class ServiceState:
     async def open(self) -> None:
         """Open the backends once: the registry (so keys can be checked), the embedder and cache,
         and on the embedded defaults the vector store, which this process then holds."""
+        leave_sigterm_to_the_service()
         self.resources = await self._stack.enter_async_context(open_resources(self.settings))
         registry = await self.resources.registry()
         self.keys = ApiKeys(registry, cache_s=self.api.api_key_cache_s)
@@ -84,13 +88,27 @@ class ServiceState:
             _, pending = await asyncio.wait(running, timeout=grace_s)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                log.info("stopping %d workflow run(s) still running; submit them again", len(pending))
+                _, stuck = await asyncio.wait(pending, timeout=CANCEL_S)
+                if stuck:  # a run that does not end when cancelled must not hold the shutdown
+                    log.warning("%d workflow run(s) did not stop within %.0fs of being cancelled; exiting anyway", len(stuck), CANCEL_S)
         await self._stack.aclose()
         if self._warmup is not None:
             self._warmup.cancel()
             await asyncio.gather(self._warmup, return_exceptions=True)
         if not self.prefect_api_url:
             await asyncio.to_thread(_stop_local_prefect)
+
+
+def leave_sigterm_to_the_service() -> None:
+    """While a flow runs, Prefect's engine swaps SIGTERM's handler for one that raises in whatever
+    the main thread runs: in the API that is the event loop, so the signal failed an unrelated
+    request or was lost, and the service never drained. Here the service owns SIGTERM: it drains,
+    then stops the runs it started (:meth:`ServiceState.close`), and Prefect records them as crashed."""
+    import prefect.flow_engine
+
+    setattr(prefect.flow_engine, "capture_sigterm", contextlib.nullcontext)  # noqa: B010 - a module's name, replaced on purpose
 
 
 async def _start_local_prefect() -> None:

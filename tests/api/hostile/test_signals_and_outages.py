@@ -5,19 +5,27 @@ that started its own local Prefect server."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from citadel.settings import Settings
 from citadel.testing.api_process import ApiProcess
+from citadel.testing.corpus import write_corpus
 from citadel.testing.tcpproxy import TcpProxy
 from tests.api.conftest import Api, base_env, create_keys
 from tests.conftest import POSTGRES_URL
+from tests.support.embedding_server import EmbeddingServer
 
 READ_TIMEOUT_S = 2.0
 
@@ -130,3 +138,122 @@ def test_a_postgres_outage_is_503_naming_the_registry(fragile_api: Api, postgres
                 break
             time.sleep(0.5)
         assert after.status_code == 404, after.text
+
+
+# --- signals -------------------------------------------------------------------------------------
+
+DRAIN_S = 30 + 10  # in-flight requests, then runs started in the process (docs/api.md)
+PREFECT_SERVER = "prefect.server.api.server:create_app"
+
+
+def _children(pid: int) -> dict[int, str]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _prefect_server_of(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> int:
+    """The local Prefect server ``proc`` started, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        servers = [pid for pid, cmd in _children(proc.pid).items() if PREFECT_SERVER in cmd]
+        if servers:
+            return servers[0]
+        assert proc.poll() is None, f"the process exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"no local Prefect server started within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)  # what the test found left behind
+    return False
+
+
+def _no_prefect_api(env: dict[str, str], root: Path) -> dict[str, str]:
+    """The environment without a Prefect API (a local server is started) and with a Prefect home of its own."""
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(root / "prefect-home")
+    return env
+
+
+def test_sigkill_of_the_api_takes_its_local_prefect_server_with_it(tmp_path: Path) -> None:
+    env = _no_prefect_api(base_env(tmp_path / "data"), tmp_path)
+    process = ApiProcess(env, tmp_path).start()
+    assert process.proc is not None
+    server = _prefect_server_of(process.proc, 90, process.log_path)
+    process.proc.kill()
+    process.proc.wait()
+    assert _gone_within(server, 5), "the API's local Prefect server outlived the API"
+
+
+def test_sigkill_of_an_index_run_takes_its_local_prefect_server_with_it(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=30, paragraphs=6)
+    env = _no_prefect_api(base_env(tmp_path / "data"), tmp_path)
+    log = tmp_path / "index.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "index", str(corpus), "--collection", "killed"],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        server = _prefect_server_of(proc, 90, log)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _gone_within(server, 5), "the index run's local Prefect server outlived it"
+
+
+def test_sigterm_during_a_workflow_run_inside_the_api_drains_and_exits_0(tmp_path: Path, prefect_api_url: str) -> None:
+    """Prefect's run engine takes SIGTERM over while a flow runs in the process; the service must still drain and exit."""
+    embedder = EmbeddingServer().start()
+    embedder.serial(per_request_s=0.05, per_text_s=0.2)  # 130 texts: half a minute of work
+    env = base_env(tmp_path / "data", PREFECT_API_URL=prefect_api_url, CITADEL_EMBEDDER="ollama", CITADEL_OLLAMA_URLS=embedder.url)
+    settings = Settings(data_dir=tmp_path / "data")
+    keys = asyncio.run(create_keys(settings))
+    process = ApiProcess(env, tmp_path).start()
+    assert process.proc is not None
+    steps = [{"step_id": "embed", "type": "embedding", "parameters": {"texts": [f"text {i} {uuid.uuid4()}" for i in range(130)]}}]
+    try:
+        with httpx.Client(base_url=process.url, headers={"X-API-Key": keys["workflows"]}, timeout=30) as client:
+            submitted = client.post("/api/v1/orchestration/workflow", json={"workflow_id": "long", "steps": steps})
+            assert submitted.status_code == 200 and submitted.json()["runs_in"] == "api", submitted.text
+            status_url = submitted.json()["status_url"]
+            deadline = time.monotonic() + 60
+            while client.get(status_url).json()["status"] != "Running":
+                assert time.monotonic() < deadline, "the run never started"
+                time.sleep(0.2)
+            time.sleep(2)  # well inside the run
+            assert client.get(status_url).json()["status"] == "Running"
+        sent = time.monotonic()
+        process.proc.send_signal(signal.SIGTERM)
+        try:
+            code = process.proc.wait(DRAIN_S + 5)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the API still ran {DRAIN_S + 5}s after SIGTERM:\n{process.log()}")
+        assert code == 0, process.log()
+        assert time.monotonic() - sent <= DRAIN_S + 5
+    finally:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
+        embedder.stop()
