@@ -2,21 +2,36 @@
 
 One Ollama server embeds one batch at a time; ten runs sending it batches at once only queue
 there, until requests time out. Each run that embeds holds a slot, so the others wait for one.
+Slots are taken with a lease and recorded (:mod:`tasks.slots`), so none is lost to a cancelled,
+crashed or killed run.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.asyncio import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+from prefect.context import FlowRunContext
+from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_API_URL
 
+from citadel.errors import ConfigurationError
 from citadel.settings import Settings
+from tasks.slots import LEASE_S, Reclaimer, SlotHolder, forget_holder, lease_exists, this_holder, touch_holder, write_holder
+
+log = logging.getLogger(__name__)
 
 _ensured: set[tuple[str | None, str]] = set()
 
@@ -63,15 +78,153 @@ async def ensure_limit(settings: Settings) -> str | None:
     return name
 
 
+ASK_EVERY_S = 1.0
+"""While the limit is full, how often a run asks again (the server's Retry-After can reach 30 s)."""
+
+RECLAIM_EVERY_S = 2.0
+SAY_EVERY_S = 30.0
+
+_giving_back: set[asyncio.Task[None]] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Run ``work`` to its end even if whoever started it is cancelled (a slot must be given back)."""
+    task = asyncio.ensure_future(work)
+    _giving_back.add(task)
+    task.add_done_callback(_giving_back.discard)
+    return task
+
+
+def _say(message: str) -> None:
+    """A wait or a give-back, on the command's console (warnings of ``tasks``) and in the run's log."""
+    log.warning(message)
+    with contextlib.suppress(MissingContextError):
+        get_run_logger().warning(message)
+
+
+def _this_run() -> tuple[str | None, str | None]:
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None, None
+    return str(context.flow_run.id), context.flow_run.name
+
+
+async def _ask(name: str, run: tuple[str | None, str | None]) -> SlotHolder | None:
+    """One request for a slot: its holder, recorded before this returns, or None while the limit is full."""
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run[0])) if run[0] else None
+    async with get_client() as client:
+        try:
+            response = await client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_S, holder=holder,
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                return None
+            if exc.response.status_code == 422:
+                raise ConfigurationError(
+                    f"concurrency limit {name!r} has no slot to give ({exc.response.json().get('detail')}); "
+                    f"raise it: prefect gcl update {name} --limit N"
+                ) from None
+            raise
+        granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+        if not granted.limits:
+            raise ConfigurationError(
+                f"concurrency limit {name!r} is missing or inactive; run `citadel setup` or `prefect gcl create {name}`"
+            )
+        record = this_holder(name, granted.lease_id, *run)
+        try:
+            await write_holder(client, record)
+        except BaseException:
+            await client.release_concurrency_slots_with_lease(granted.lease_id)
+            raise
+        return record
+
+
+async def _give_back(holder: SlotHolder) -> None:
+    """Release the slot and its record; when the Prefect API cannot be reached, the next run that
+    waits gives it back (this holder's run has ended, or its process has)."""
+    try:
+        async with get_client() as client:
+            await client.release_concurrency_slots_with_lease(uuid.UUID(holder.lease_id))
+            await forget_holder(client, holder.lease_id)
+    except Exception as exc:  # noqa: BLE001 - never mask the run's own outcome; the record stays for the next waiter
+        log.warning("could not give back the slot of %s (the next run that waits will): %s", holder.limit, exc)
+
+
+async def _give_back_if_granted(asking: asyncio.Future[SlotHolder | None]) -> None:
+    """A run cancelled while asking: the server may grant the slot all the same; give it back."""
+    with contextlib.suppress(Exception):
+        holder = await asking
+        if holder is not None:
+            await _give_back(holder)
+
+
+async def acquire_slot(name: str) -> SlotHolder:
+    """A slot of ``name``, waiting while it is full; the slots of holders that are gone are given
+    back meanwhile, and the wait says what it waits for, and for how long."""
+    run = _this_run()
+    reclaimer = Reclaimer(name)
+    started = time.monotonic()
+    next_reclaim = next_say = started
+    while True:
+        asking = asyncio.ensure_future(_ask(name, run))
+        try:
+            holder = await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            _in_background(_give_back_if_granted(asking))
+            raise
+        if holder is not None:
+            if time.monotonic() - started > 1.0:
+                _say(f"took a slot of {name!r} after {time.monotonic() - started:.0f} s")
+            return holder
+        now = time.monotonic()
+        if now >= next_reclaim:
+            next_reclaim = now + RECLAIM_EVERY_S
+            async with get_client() as client:
+                given = await reclaimer.reclaim(client)
+            for what in given:
+                _say(f"gave back {what}")
+            if given:
+                continue
+        if now >= next_say:
+            next_say = now + SAY_EVERY_S
+            holders = "; ".join(h.describe() for h in reclaimer.holders) or "no recorded holder yet"
+            _say(
+                f"waiting {now - started:.0f} s for a slot of {name!r} ({reclaimer.active} of {reclaimer.size} in use, "
+                f"by {holders}); `citadel doctor` shows them"
+            )
+        await asyncio.sleep(ASK_EVERY_S * random.uniform(0.5, 1.0))
+
+
+async def _keep(holder: SlotHolder) -> None:
+    """Renew the slot's lease and its record until cancelled (a lease lost with a restarted server
+    is left to the next run that waits: it counts this holder as live)."""
+    while True:
+        await asyncio.sleep(LEASE_S / 4)
+        try:
+            async with get_client() as client:
+                if await lease_exists(client, holder.lease_id):
+                    await touch_holder(client, holder)
+        except Exception as exc:  # noqa: BLE001 - a missed renewal is retried; the lease outlasts three
+            log.warning("could not renew the slot of %s: %s", holder.limit, exc)
+
+
 @asynccontextmanager
 async def embedding_slot(settings: Settings) -> AsyncIterator[None]:
-    """Hold one slot of the embedding backend's limit (created on first use) while embedding."""
+    """Hold one slot of the embedding backend's limit (created on first use) while embedding; given
+    back on every way out (an error, a cancellation, a timeout), and by whoever waits next when
+    the process is killed."""
     name = await ensure_limit(settings)
     if name is None:
         yield
         return
-    async with concurrency(name, occupy=1, strict=True):
+    holder = await acquire_slot(name)
+    keeper = asyncio.ensure_future(_keep(holder))
+    try:
         yield
+    finally:
+        keeper.cancel()
+        await asyncio.shield(_in_background(_give_back(holder)))
 
 
 class EarlySlot:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,12 +24,21 @@ async def settings(data_dir, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[S
     """An OpenAI-compatible backend under a limit of one slot, made afresh for the test."""
     monkeypatch.setenv("CITADEL_EMBEDDER", "openai")
     settings = Settings()
+    await fresh_limit(settings)
+    yield settings
+
+
+async def fresh_limit(settings: Settings) -> None:
+    """The backend's limit made afresh with one slot, and no holder recorded for it."""
+    from tasks.slots import forget_holder, read_holders
+
     name = limit_name(settings)
     async with get_client() as client:
+        for holder in await read_holders(client, name):
+            await forget_holder(client, holder.lease_id)
         with contextlib.suppress(ObjectNotFound):
             await client.delete_global_concurrency_limit_by_name(name)
         await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    yield settings
 
 
 async def active_slots(settings: Settings) -> int:
@@ -66,3 +79,151 @@ async def test_a_failure_to_ask_is_raised_by_wait(settings: Settings) -> None:
         with pytest.raises(Exception, match="(?i)connect"):
             await asyncio.wait_for(slot.wait(), timeout=120)
         await slot.aclose()
+
+
+async def holders_of(settings: Settings) -> list:
+    from tasks.slots import read_holders
+
+    async with get_client() as client:
+        return await read_holders(client, limit_name(settings))
+
+
+async def test_runs_cancelled_while_waiting_leave_no_slot_taken(settings: Settings) -> None:
+    """A cancel storm: runs cancelled while they wait (or while the server grants them a slot)
+    must not take a slot afterwards, or every later run waits behind a lease nobody gives back."""
+    async def embed_once() -> None:
+        async with embedding_slot(settings):
+            await asyncio.sleep(0.2)
+
+    async with embedding_slot(settings):  # the only slot is held while four runs ask for it
+        waiting = [asyncio.ensure_future(embed_once()) for _ in range(4)]
+        await asyncio.sleep(1.5)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+    # Cancelled at every moment of asking, granted or not.
+    for delay in (0.0, 0.005, 0.01, 0.02, 0.04, 0.08):
+        task = asyncio.ensure_future(embed_once())
+        await asyncio.sleep(delay)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0.5)  # the give-backs run to their end in the background
+    assert await active_slots(settings) == 0
+    assert await holders_of(settings) == []
+    await asyncio.wait_for(embed_once(), timeout=10)
+
+
+async def test_a_held_slot_is_recorded_with_its_process_and_forgotten_when_given_back(settings: Settings) -> None:
+    async with embedding_slot(settings):
+        [holder] = await holders_of(settings)
+        assert (holder.pid, holder.limit) == (os.getpid(), limit_name(settings))
+    assert await holders_of(settings) == []
+
+
+def _hold_a_slot_in_a_process(settings: Settings, api_url: str, tmp_path) -> subprocess.Popen[bytes]:
+    """A process of its own that takes the only slot and keeps it."""
+
+    ready = tmp_path / "held"
+    code = (
+        "import asyncio, pathlib, sys\n"
+        "from citadel.settings import Settings\n"
+        "from tasks.limits import embedding_slot\n"
+        "async def main():\n"
+        "    async with embedding_slot(Settings()):\n"
+        f"        pathlib.Path({str(ready)!r}).write_text('held')\n"
+        "        await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": api_url, "CITADEL_EMBEDDER": "openai"}
+    process = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert process.poll() is None, "the holder process failed to start"
+        assert time.monotonic() < deadline, "the holder process never took the slot"
+        time.sleep(0.1)
+    return process
+
+
+async def test_the_slot_of_a_killed_process_is_given_back_at_once(settings: Settings, prefect_api_url: str, tmp_path, caplog) -> None:
+    """Its lease would hold the slot for minutes; the next run sees the process is gone."""
+    import logging
+
+    process = _hold_a_slot_in_a_process(settings, prefect_api_url, tmp_path)
+    process.kill()
+    process.wait()
+    assert await active_slots(settings) == 1
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="tasks.limits"):
+        async with embedding_slot(settings):
+            waited = time.monotonic() - started
+    assert waited < 10, f"waited {waited:.1f} s for a slot whose holder was killed"
+    assert f"its process {process.pid}" in caplog.text
+    assert await active_slots(settings) == 0
+    assert await holders_of(settings) == []
+
+
+async def test_slots_no_live_holder_explains_are_given_back(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease lost with a restarted Prefect server leaves its slot counted forever: counted slots
+    that no recorded live holder explains are given back after a grace period."""
+    from tasks import slots
+
+    monkeypatch.setattr(slots, "ORPHAN_GRACE_S", 1.0)
+    async with get_client() as client:  # a slot taken without a lease or a record, as a lost lease leaves it
+        await client.increment_concurrency_slots(names=[limit_name(settings)], slots=1, mode="concurrency")
+    assert await active_slots(settings) == 1
+    started = time.monotonic()
+    async with embedding_slot(settings):
+        assert await active_slots(settings) == 1
+    assert time.monotonic() - started < 8
+    assert await active_slots(settings) == 0
+
+
+async def test_the_record_of_a_gone_holder_whose_lease_was_lost_frees_its_slot_at_once(settings: Settings) -> None:
+    """The holder was killed and its server restarted: the record names a dead process and a
+    lease the server no longer knows, while the slot is still counted."""
+    import uuid
+
+    from tasks.slots import SlotHolder, write_holder
+
+    async with get_client() as client:
+        await client.increment_concurrency_slots(names=[limit_name(settings)], slots=1, mode="concurrency")
+        dead = SlotHolder.from_value({
+            "limit": limit_name(settings), "lease_id": str(uuid.uuid4()), "host": "elsewhere", "pid": 1,
+            "flow_run_id": None, "flow_run_name": None, "since": "2026-01-01T00:00:00+00:00", "renewed": "2026-01-01T00:00:00+00:00",
+        })
+        assert dead is not None
+        await write_holder(client, dead)
+    started = time.monotonic()
+    async with embedding_slot(settings):
+        pass
+    assert time.monotonic() - started < 5, "the slot was given back at once, not after the grace period"
+    assert await active_slots(settings) == 0
+    assert await holders_of(settings) == []
+
+
+async def test_a_slot_held_for_a_flow_run_that_ended_is_given_back(settings: Settings) -> None:
+    """The API runs workflows in its own process, alive after a run ends: the run's state tells."""
+    from prefect import flow
+    from prefect.states import Cancelled
+
+    from tasks.slots import read_holders
+
+    @flow(name="holds-a-slot")
+    async def holds() -> None:
+        await asyncio.sleep(0)
+
+    state = await holds(return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
+    # A slot taken for that run and never given back (its task was torn down mid-release).
+    from tasks import limits
+
+    holder = await limits._ask(limit_name(settings), (str(flow_run_id), "holds-a-slot"))
+    assert holder is not None
+    async with get_client() as client:
+        assert [h.flow_run_id for h in await read_holders(client, limit_name(settings))] == [str(flow_run_id)]
+    async with embedding_slot(settings):
+        pass
+    assert await active_slots(settings) == 0
+    assert await holders_of(settings) == []

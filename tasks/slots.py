@@ -1,0 +1,259 @@
+"""Who holds the embedding backend's slots, and giving back the slots of holders that are gone.
+
+Prefect keeps a slot's lease in its server's memory and its count in the database. A holder that
+is killed keeps its slot until the lease ends (minutes), a lease lost with a restarted server
+never ends, and a run cancelled while asking may be granted a slot nobody gives back. So each
+slot Citadel holds is also written down where every holder of the limit can read it, as a Prefect
+variable (``citadel-slot-<lease>``, tagged with the limit): its process (host, boot, pid and start
+time) and flow run. A run that waits for a slot reads them, gives back the slots of holders that
+are gone (a dead process, a final flow run, a silent holder), and the count that no live holder
+explains; ``citadel doctor`` shows them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+from prefect.client.schemas.filters import VariableFilter, VariableFilterTags
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from citadel.models import DoctorCheck
+from citadel.runlock import process_alive
+
+log = logging.getLogger(__name__)
+
+LEDGER_TAG = "citadel-slot"
+LEASE_S = 120.0
+"""A slot's lease on the Prefect server; its holder renews it (and its record) every quarter of it."""
+
+SILENT_AFTER_S = 3 * LEASE_S
+"""A holder that has not renewed its record for this long is gone, whatever host it ran on."""
+
+ORPHAN_GRACE_S = 10.0
+"""Slots counted by the server that no live holder explains are given back once this has passed
+(a holder writes its record within milliseconds of being granted the slot)."""
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+HOST = socket.gethostname()
+BOOT_ID = _boot_id()
+
+
+def _process_started(pid: int) -> float:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class SlotHolder:
+    """One held slot of a limit: its lease, and the process and flow run that hold it."""
+
+    limit: str
+    lease_id: str
+    host: str
+    boot_id: str
+    pid: int
+    process_started: float
+    flow_run_id: str | None
+    flow_run_name: str | None
+    since: dt.datetime
+    renewed: dt.datetime
+
+    @property
+    def variable(self) -> str:
+        return f"citadel-slot-{self.lease_id}"
+
+    def as_value(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit, "lease_id": self.lease_id, "host": self.host, "boot_id": self.boot_id, "pid": self.pid,
+            "process_started": self.process_started, "flow_run_id": self.flow_run_id, "flow_run_name": self.flow_run_name,
+            "since": self.since.isoformat(), "renewed": self.renewed.isoformat(),
+        }
+
+    @classmethod
+    def from_value(cls, value: Any) -> SlotHolder | None:
+        """The holder a variable describes, or None when it is not one of ours (or unreadable)."""
+        if not isinstance(value, dict):
+            return None
+        try:
+            return cls(
+                limit=str(value["limit"]), lease_id=str(uuid.UUID(str(value["lease_id"]))), host=str(value["host"]),
+                boot_id=str(value.get("boot_id") or ""), pid=int(value["pid"]), process_started=float(value.get("process_started") or 0),
+                flow_run_id=value.get("flow_run_id"), flow_run_name=value.get("flow_run_name"),
+                since=dt.datetime.fromisoformat(value["since"]), renewed=dt.datetime.fromisoformat(value["renewed"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def describe(self) -> str:
+        """``flow run index-docs (pid 123 on host-a), for 12 s``."""
+        run = f"flow run {self.flow_run_name or self.flow_run_id}" if self.flow_run_id else "a process"
+        held = max(0.0, (_now() - self.since).total_seconds())
+        return f"{run} (pid {self.pid} on {self.host}), for {held:.0f} s"
+
+
+def this_holder(limit: str, lease_id: uuid.UUID, flow_run_id: str | None, flow_run_name: str | None) -> SlotHolder:
+    """The record of a slot this process was just granted."""
+    now = _now()
+    pid = os.getpid()
+    return SlotHolder(limit, str(lease_id), HOST, BOOT_ID, pid, _process_started(pid), flow_run_id, flow_run_name, now, now)
+
+
+async def write_holder(client: PrefectClient, holder: SlotHolder) -> None:
+    await client.create_variable(VariableCreate(name=holder.variable, value=holder.as_value(), tags=[LEDGER_TAG, holder.limit]))
+
+
+async def touch_holder(client: PrefectClient, holder: SlotHolder) -> None:
+    """Say the holder is still alive (its record's ``renewed``), beside the lease's renewal."""
+    value = {**holder.as_value(), "renewed": _now().isoformat()}
+    with contextlib.suppress(ObjectNotFound):
+        await client.update_variable(VariableUpdate(name=holder.variable, value=value))
+
+
+async def forget_holder(client: PrefectClient, lease_id: str) -> None:
+    with contextlib.suppress(ObjectNotFound):
+        await client.delete_variable_by_name(f"citadel-slot-{lease_id}")
+
+
+async def read_holders(client: PrefectClient, limit: str) -> list[SlotHolder]:
+    """Every recorded holder of ``limit``."""
+    response = await client.request(
+        "POST", "/variables/filter",
+        json={"variables": VariableFilter(tags=VariableFilterTags(all_=[LEDGER_TAG, limit])).model_dump(mode="json", exclude_unset=True),
+              "limit": 200},
+    )
+    holders = [SlotHolder.from_value(item.get("value")) for item in response.json()]
+    return [holder for holder in holders if holder is not None and holder.limit == limit]
+
+
+async def why_gone(client: PrefectClient, holder: SlotHolder) -> str | None:
+    """Why ``holder`` no longer holds its slot (its process is gone, its flow run ended, it fell
+    silent), or None while it may still hold it."""
+    if holder.host == HOST and holder.boot_id == BOOT_ID:
+        if not process_alive(holder.pid):
+            return f"its process {holder.pid} on {holder.host} is gone"
+        started = _process_started(holder.pid)
+        if holder.process_started and started and abs(started - holder.process_started) > 1.0:
+            return f"its process {holder.pid} on {holder.host} is gone (the pid is another process's now)"
+    elif holder.host == HOST and holder.boot_id and BOOT_ID:
+        return f"{holder.host} restarted since it took the slot"
+    if holder.flow_run_id:
+        try:
+            flow_run = await client.read_flow_run(uuid.UUID(holder.flow_run_id))
+        except (ObjectNotFound, ValueError):
+            return f"its flow run {holder.flow_run_id} no longer exists"
+        if flow_run.state is not None and flow_run.state.is_final():
+            return f"its flow run {flow_run.name} is {flow_run.state.name}"
+    silent = (_now() - holder.renewed).total_seconds()
+    if silent > SILENT_AFTER_S:
+        return f"it has not renewed its slot for {silent:.0f} s"
+    return None
+
+
+async def lease_exists(client: PrefectClient, lease_id: str) -> bool:
+    """Whether the server still knows a lease (renewing is the one way its API tells)."""
+    try:
+        await client.renew_concurrency_lease(uuid.UUID(lease_id), LEASE_S)
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code in (404, 410):
+            return False
+        raise
+    return True
+
+
+@dataclass
+class Reclaimer:
+    """What a run waiting for a slot of ``limit`` gives back, and what it has seen of the holders."""
+
+    limit: str
+    orphans_since: float | None = None
+    holders: tuple[SlotHolder, ...] = ()
+    active: int = 0
+    size: int = 0
+
+    async def reclaim(self, client: PrefectClient) -> list[str]:
+        """Give back the slots of holders that are gone, and slots no live holder explains; returns
+        what was given back, each with its reason."""
+        given: list[str] = []
+        lost_leases = 0
+        live: list[SlotHolder] = []
+        for holder in await read_holders(client, self.limit):
+            reason = await why_gone(client, holder)
+            if reason is None:
+                live.append(holder)
+                continue
+            if await lease_exists(client, holder.lease_id):
+                await client.release_concurrency_slots_with_lease(uuid.UUID(holder.lease_id))
+            else:
+                lost_leases += 1  # ended on its own, or lost with a restarted server: the count below tells
+            await forget_holder(client, holder.lease_id)
+            given.append(f"the slot of {holder.describe()}: {reason}")
+        limit = await client.read_global_concurrency_limit_by_name(self.limit)
+        self.holders, self.active, self.size = tuple(live), limit.active_slots, limit.limit
+        surplus = limit.active_slots - len(live)
+        if surplus <= 0:
+            self.orphans_since = None
+            return given
+        now = time.monotonic()
+        self.orphans_since = self.orphans_since or now
+        # A lease that ended with a gone holder and is still counted was lost with its server:
+        # give it back at once. Any other surplus only once it has lasted the grace period.
+        free = surplus if now - self.orphans_since >= ORPHAN_GRACE_S else min(surplus, lost_leases)
+        if free:
+            await client.request("POST", "/v2/concurrency_limits/decrement", json={"names": [self.limit], "slots": free})
+            given.append(f"{free} slot(s) counted by the server that no live holder explains")
+            self.active -= free
+            if free == surplus:
+                self.orphans_since = None
+        return given
+
+
+async def slot_report(client: PrefectClient, limit: str) -> tuple[int, int, list[tuple[SlotHolder, str | None]]]:
+    """The limit's size, its slots in use, and every recorded holder with why it is gone (None: live)."""
+    found = await client.read_global_concurrency_limit_by_name(limit)
+    holders = await read_holders(client, limit)
+    return found.limit, found.active_slots, [(holder, await why_gone(client, holder)) for holder in holders]
+
+
+async def slot_check(client: PrefectClient, limit: str) -> DoctorCheck:
+    """``citadel doctor``'s line for the limit: slots in use, each holder, and those that are gone."""
+    try:
+        size, active, holders = await slot_report(client, limit)
+    except ObjectNotFound:
+        return DoctorCheck(name="embedding slots", ok=True, detail=f"no limit {limit!r} yet: the first run that embeds creates it")
+    live = [holder.describe() for holder, gone in holders if gone is None]
+    gone = [f"{holder.describe()}, gone: {reason}" for holder, reason in holders if reason is not None]
+    unexplained = max(0, active - len(holders))
+    detail = f"{active} of {size} slots of {limit!r} in use" + (f", held by {'; '.join(live)}" if live else "")
+    if gone:
+        detail += f"; {len(gone)} held by holders that are gone ({'; '.join(gone)})"
+    if unexplained:
+        detail += f"; {unexplained} counted with no recorded holder (a lease lost with a restarted server, or a holder outside Citadel)"
+    return DoctorCheck(
+        name="embedding slots", ok=not gone and not unexplained, detail=detail,
+        fix="" if not gone and not unexplained else "nothing to do by hand: the next run that waits for a slot gives these back",
+    )
