@@ -115,10 +115,27 @@ def index(
 
         async def go() -> dict[str, Any]:
             progress.listen(on_progress)
-            return await index_corpus(path, collection=name, full=full, blue_green=blue_green)
+            try:
+                return await index_corpus(path, collection=name, full=full, blue_green=blue_green)
+            except Exception as exc:  # noqa: BLE001 - re-raised, named for what it is when the registry went away
+                raise _registry_lost(exc) from exc
 
         summary = run(go)
     _report_index(summary, as_json)
+
+
+def _registry_lost(exc: Exception) -> Exception:
+    """``exc``, or when it is the registry's connection lost mid-run, an error saying so with its first cause
+    (not whatever statement failed last, such as the release of the run's lock)."""
+    from citadel.errors import CitadelError
+    from citadel.outages import cause, registry_lost
+
+    if not registry_lost(exc):
+        return exc
+    return CitadelError(
+        f"the registry was lost: {cause(exc)}; the run stopped: run the same command again once the registry is back "
+        "(finished batches are kept)"
+    )
 
 
 def _report_index(summary: dict[str, Any], as_json: bool) -> NoReturn:
@@ -246,10 +263,13 @@ def status(as_json: bool = JsonOption) -> None:
 def doctor(as_json: bool = JsonOption) -> None:
     """Check every configured backend, and that each collection's store matches the registry."""
     from citadel.doctor import run_checks
+    from tasks.limits import needs_limit
 
     config = settings()
     api = prefect_api_url()
     checks = run(lambda: run_checks(config, api))
+    if api and needs_limit(config) and all(c["ok"] for c in checks if c["name"] == "prefect"):
+        checks.append(run(lambda: _slot_check(config)))
     if as_json:
         print_json(checks)
     else:
@@ -259,6 +279,17 @@ def doctor(as_json: bool = JsonOption) -> None:
             if not check["ok"]:
                 out.print(f"      fix: {check['fix']}", highlight=False)
     raise typer.Exit(0 if all(c["ok"] for c in checks) else 1)
+
+
+async def _slot_check(config: Any) -> Any:
+    """Who holds the embedding backend's slots on the Prefect server, and which of them are gone."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.limits import limit_name
+    from tasks.slots import slot_check
+
+    async with get_client() as client:
+        return await slot_check(client, limit_name(config))
 
 
 @app.command()

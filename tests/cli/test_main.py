@@ -230,3 +230,32 @@ def test_a_symlink_loop_is_named_as_one(data_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "b").symlink_to(tmp_path / "a")
     result = invoke("index", str(tmp_path / "a"))
     assert result.exit_code == 2 and "is a symlink loop" in result.stderr
+
+
+def test_doctor_shows_who_holds_the_embedding_slots_and_which_are_gone(
+    data_dir: Path, tmp_path: Path, monkeypatch, prefect_api_url: str
+) -> None:
+    import asyncio
+
+    from citadel.settings import Settings
+    from tasks.limits import limit_name
+    from tests.tasks.test_limits import _hold_a_slot_in_a_process, fresh_limit
+
+    monkeypatch.setenv("CITADEL_EMBEDDER", "openai")
+    settings = Settings()
+    asyncio.run(fresh_limit(settings))
+    holder = _hold_a_slot_in_a_process(settings, prefect_api_url, tmp_path)
+    try:
+        checks = {check["name"]: check for check in json.loads(invoke("doctor", "--json").stdout)}
+        slots = checks["embedding slots"]
+        assert slots["ok"], slots
+        assert f"1 of 1 slots of '{limit_name(settings)}' in use" in slots["detail"]
+        assert f"pid {holder.pid}" in slots["detail"]
+    finally:
+        holder.kill()
+        holder.wait()
+    result = invoke("doctor")
+    said = " ".join(result.stdout.split())
+    assert result.exit_code == 1
+    assert f"FAIL embedding slots: 1 of 1 slots of '{limit_name(settings)}' in use; 1 held by holders that are gone" in said
+    assert f"its process {holder.pid}" in said and "the next run that waits for a slot gives these back" in said
