@@ -30,6 +30,29 @@ def unicode_text(value: str) -> str:
     return value
 
 
+def unicode_problems(value: Any, limit: int = 20) -> list[dict[str, str]]:
+    """Where a JSON value read as a plain dict (a workflow) holds a string or a key that is not
+    Unicode text, as the schema's 422 details say it: walked without recursion, at most ``limit``."""
+    problems: list[dict[str, str]] = []
+    pending: list[tuple[str, Any]] = [("body", value)]
+    while pending and len(problems) < limit:
+        where, item = pending.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                # The location repeats the key, escaped: a lone surrogate cannot be written into the answer.
+                shown = f"{where}.{str(key).encode('utf-8', 'backslashreplace').decode()}"
+                pending.append((shown, child))
+                pending.append((shown, str(key)))
+        elif isinstance(item, list):
+            pending.extend((f"{where}.{index}", child) for index, child in enumerate(item))
+        elif isinstance(item, str):
+            try:
+                unicode_text(item)
+            except ValueError as exc:
+                problems.append({"location": where, "message": f"Value error, {exc}", "type": "value_error"})
+    return problems
+
+
 def _unicode_input(value: Any) -> Any:
     return unicode_text(value) if isinstance(value, str) else value
 

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from api.errors import ERROR_RESPONSES, ApiError
-from api.schemas import WorkflowList, WorkflowStatus, WorkflowSubmitted
+from api.schemas import WorkflowList, WorkflowStatus, WorkflowSubmitted, unicode_problems
 from api.security import require
 from api.state import ServiceState, state_of
 from api.workflow_policy import workflow_refusals
@@ -82,6 +82,9 @@ async def create_workflow(
     request: Request, workflow: dict[str, Any] = WORKFLOW_BODY, identity: Identity = Depends(REQUIRE_WORKFLOWS)
 ) -> WorkflowSubmitted:
     state = state_of(request)
+    not_text = unicode_problems(workflow)
+    if not_text:  # before anything encodes the definition (the run's parameters, the registry)
+        raise ApiError(422, "the request does not match the schema", code="invalid_request", details=not_text)
     refusals = workflow_refusals(workflow, identity, state.api, state.settings, state.embedding.models)
     if refusals:
         raise ApiError(403, f"the workflow asks for what this service does not allow ({len(refusals)} problem(s))",

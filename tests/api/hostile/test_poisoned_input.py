@@ -93,6 +93,13 @@ def test_every_text_route_refuses_a_lone_surrogate(api: Api) -> None:
         model = post_raw(client, "/api/v1/embeddings/generate", {"text": "fine", "model": LONE_SURROGATE})
         filtered = post_raw(client, "/api/v1/search", {"query": "find", "filter": {"source": LONE_SURROGATE}})
         key = post_raw(client, "/api/v1/admin/keys", {"name": f"name {LONE_SURROGATE}", "scopes": ["search"]})
+        workflow = post_raw(client, "/api/v1/orchestration/workflow", {"workflow_id": "poisoned", "steps": [
+            {"step_id": "embed", "type": "embedding", "parameters": {"text": f"a {LONE_SURROGATE}"}}]})
+        records = post_raw(client, "/api/v1/orchestration/workflow", {"workflow_id": "poisoned", "steps": [
+            {"step_id": "index", "type": "index", "parameters": {"collection": "poisoned", "source": [
+                {"id": "one", "text": "fine", "metadata": {f"key {LONE_SURROGATE}": 1}}]}}]})
+    assert_refused(workflow, 422, "body.steps.0.parameters.text")
+    assert_refused(records, 422, "body.steps.0.parameters.source.0.metadata.key \\ud800")
     assert_refused(search, 422, "body.query")
     assert_refused(model, 422, "body.model")
     assert_refused(filtered, 422, "body.filter.source")
