@@ -6,9 +6,7 @@ Messages are written for the caller; a traceback, an internal path or a credenti
 from __future__ import annotations
 
 import logging
-import socket
-import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy.exc
@@ -20,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citadel.auth import AuthError
 from citadel.errors import CitadelError, CollectionMismatchError, ConfigurationError, EmbedderError
+from citadel.outages import lost_dependency
 from citadel.workflows.errors import WorkflowInvalid
 
 log = logging.getLogger("citadel.api")
@@ -88,58 +87,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-# Where a connection failure was raised, by the top-level package of the code that raised it.
-DEPENDENCIES = {
-    "asyncpg": "the registry (Postgres)", "aiosqlite": "the registry (SQLite)", "sqlalchemy": "the registry",
-    "redis": "Redis", "qdrant_client": "the vector store (Qdrant)",
-}
 RETRY_AFTER_S = 5
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it was raised from or during, outermost first."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _package(obj: object) -> str:
-    return type(obj).__module__.split(".", 1)[0]
-
-
-def _is_connection_failure(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
-        return True
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, (sqlalchemy.exc.InterfaceError, sqlalchemy.exc.OperationalError))
-    name = type(exc).__name__
-    return _package(exc) in DEPENDENCIES and ("Connection" in name or "Timeout" in name)
-
-
-def unavailable_dependency(exc: BaseException) -> str | None:
-    """The dependency whose connection failed to raise ``exc`` ("the registry (Postgres)", ...), or
-    None when ``exc`` is no connection failure of a dependency: named by the code it was raised in."""
-    for error in _chain(exc):
-        if not _is_connection_failure(error):
-            continue
-        packages = [str(frame.f_globals.get("__name__", "")).split(".", 1)[0] for frame, _ in traceback.walk_tb(error.__traceback__)]
-        packages.append(_package(error))
-        if isinstance(error, sqlalchemy.exc.DBAPIError):
-            packages.append(_package(error.orig))
-        for package in reversed(packages):  # the deepest names it, a driver rather than the ORM above it
-            if package in DEPENDENCIES and package != "sqlalchemy":
-                return DEPENDENCIES[package]
-        if "sqlalchemy" in packages:
-            return DEPENDENCIES["sqlalchemy"]
-    return None
 
 
 def unavailable_response(exc: BaseException, request_id: str | None) -> JSONResponse | None:
     """503 naming the dependency when ``exc`` is a lost connection to one, else None."""
-    dependency = unavailable_dependency(exc)
+    dependency = lost_dependency(exc)
     if dependency is None:
         return None
     log.warning("%s is unavailable: %s: %s", dependency, type(exc).__name__, " ".join(str(exc).split())[:300])

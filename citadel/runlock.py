@@ -16,6 +16,7 @@ heartbeat stopped, is marked ``crashed`` by the next run or ``citadel status``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -229,11 +230,16 @@ class RunLock:
             conn, self._conn = self._conn, None
             try:
                 await conn.execute(sa.select(sa.func.pg_advisory_unlock(_advisory_key(self.key))))
-            except Exception:
-                await conn.invalidate()  # never hand a connection that may hold the lock back to the pool
-                raise
+            except Exception as exc:  # noqa: BLE001 - the lock goes with the connection, closed below
+                # Never raised: a lost registry is the run's real error, already on its way up, and
+                # Postgres drops a session's advisory locks when its connection ends.
+                log.info("could not release the lock of run %s (%s); it is dropped with its connection", self.run_id,
+                            type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()  # never hand a connection that may hold the lock back to the pool
             finally:
-                await conn.close()
+                with contextlib.suppress(Exception):
+                    await conn.close()
         elif not self._postgres:
             async with self.registry.engine.begin() as conn:
                 await conn.execute(locks.delete().where(locks.c.key == self.key, locks.c.run_id == self.run_id))

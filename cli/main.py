@@ -117,21 +117,24 @@ def index(
             progress.listen(on_progress)
             try:
                 return await index_corpus(path, collection=name, full=full, blue_green=blue_green)
-            except Exception as exc:  # noqa: BLE001 - re-raised, named for what it is when the registry went away
-                raise _registry_lost(exc) from exc
+            except Exception as exc:
+                lost = _registry_lost(exc)
+                if lost is None:
+                    raise
+                raise lost from exc
 
         summary = run(go)
     _report_index(summary, as_json)
 
 
-def _registry_lost(exc: Exception) -> Exception:
-    """``exc``, or when it is the registry's connection lost mid-run, an error saying so with its first cause
-    (not whatever statement failed last, such as the release of the run's lock)."""
+def _registry_lost(exc: Exception) -> Exception | None:
+    """When ``exc`` is the registry's connection lost mid-run, an error saying so with its first cause
+    (not whatever statement failed last, such as the release of the run's lock); else None."""
     from citadel.errors import CitadelError
     from citadel.outages import cause, registry_lost
 
     if not registry_lost(exc):
-        return exc
+        return None
     return CitadelError(
         f"the registry was lost: {cause(exc)}; the run stopped: run the same command again once the registry is back "
         "(finished batches are kept)"

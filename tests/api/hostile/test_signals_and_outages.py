@@ -257,3 +257,31 @@ def test_sigterm_during_a_workflow_run_inside_the_api_drains_and_exits_0(tmp_pat
             process.proc.kill()
             process.proc.wait()
         embedder.stop()
+
+
+def test_postgres_lost_mid_index_is_reported_as_the_registry_lost(tmp_path: Path, prefect_api_url: str, postgres_proxy: TcpProxy) -> None:
+    """The first real cause is shown, not the lock release that failed after it."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=40, paragraphs=4)
+    embedder = EmbeddingServer().start()
+    embedder.serial(per_request_s=0.2, per_text_s=0.02)
+    env = base_env(tmp_path / "data", PREFECT_API_URL=prefect_api_url, CITADEL_DATABASE_URL=postgres_proxy.url_for(POSTGRES_URL),
+                   CITADEL_EMBEDDER="ollama", CITADEL_OLLAMA_URLS=embedder.url)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "index", str(corpus), "--collection", f"lost_{uuid.uuid4().hex[:8]}"],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while sum(embedder.requests.values()) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never embedded"
+            time.sleep(0.1)
+        postgres_proxy.cut()
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            postgres_proxy.restore()
+    finally:
+        embedder.stop()
+    assert proc.returncode != 0, out
+    assert "the registry was lost" in err, err
+    assert "pg_advisory_unlock" not in err, err
