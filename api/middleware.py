@@ -1,6 +1,10 @@
 """The outermost layer of every response: a request id, the OWASP secure headers, body and
 media-type limits, HTTP metrics, and a safe 500 for anything unexpected. Pure ASGI, so that
-streaming and lifespan pass untouched and the cost per request stays small."""
+streaming and lifespan pass untouched and the cost per request stays small.
+
+A body is read only once its route's credentials and rate limit have passed (an anonymous
+caller is refused on its headers), and it reaches the app only when it nests no deeper than
+CITADEL_MAX_NESTING_DEPTH: the one bound on nesting for every route."""
 
 from __future__ import annotations
 
@@ -10,11 +14,14 @@ import time
 import uuid
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.errors import error_response
+from api.security import authenticates, refuse_before_body, route_of
 from citadel import logs
+from citadel.nesting import DEFAULT_MAX_DEPTH, json_depth_exceeds, too_deep
 
 log = logging.getLogger("citadel.api")
 access = logging.getLogger("citadel.api.access")
@@ -42,9 +49,10 @@ class TooLarge(Exception):
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, tls: bool = False) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, tls: bool = False, max_depth: int | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_depth = max_depth  # None: the service's CITADEL_MAX_NESTING_DEPTH
         self.too_large = f"the body is larger than {max_body_bytes} bytes (CITADEL_API_MAX_BODY_BYTES)"
         self.tls = tls
 
@@ -112,8 +120,31 @@ class ServiceMiddleware:
                         raise TooLarge
                 return message
 
+            app_receive: Receive = limited_receive
+            app = scope.get("app")
+            target = route_of(app, scope) if has_body and isinstance(app, Starlette) else None
+            if target is not None and isinstance(app, Starlette):
+                # Credentials and the rate limit are checked on the headers, before the body is read;
+                # the body is then read whole (it is bounded) and its nesting checked before anything parses it.
+                scope["route"] = target  # as the router sets it: what is refused here is counted under its route
+                refusal = await refuse_before_body(scope) if authenticates(target) else None
+                if refusal is not None:
+                    await refusal(scope, receive, send_with_headers)
+                    return
+                try:
+                    body = await _read_body(limited_receive)
+                except TooLarge:
+                    return  # answered with 413
+                if body is None:
+                    status = 499  # the client went away before sending its body: nobody to answer
+                    return
+                limit = self.max_depth or _configured_depth(app)
+                if json_depth_exceeds(body.decode("utf-8", "replace"), limit):
+                    await simple(400, "bad_request", too_deep("the body", limit))
+                    return
+                app_receive = _replay(body, receive)
             try:
-                await self.app(scope, limited_receive, send_with_headers)
+                await self.app(scope, app_receive, send_with_headers)
             except TooLarge:
                 pass  # answered with 413 as the body was read
             except Exception:  # noqa: BLE001 - logged with its traceback here; the caller gets a plain 500
@@ -130,6 +161,35 @@ class ServiceMiddleware:
             access.info("%s %s %d %.1fms", scope["method"], scope.get("path", ""), status, seconds * 1000)
             if status == 429:
                 metrics.RATE_LIMITED.labels(route).inc()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None when the client disconnected first."""
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then passes on (a disconnect, later)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def _configured_depth(app: Starlette) -> int:
+    """CITADEL_MAX_NESTING_DEPTH of the service ``app`` serves (the default without one)."""
+    service = getattr(app.state, "service", None)
+    settings = getattr(service, "settings", None)
+    return int(getattr(settings, "max_nesting_depth", DEFAULT_MAX_DEPTH))
 
 
 def _route(scope: dict[str, Any] | Scope) -> str:

@@ -10,10 +10,16 @@ import ipaddress
 from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from api import metrics
-from api.errors import ApiError
+from api.errors import ApiError, error_response
 from api.state import ServiceState, state_of
 from citadel.apisettings import Network
 from citadel.auth import KEY_PREFIX, AuthError, Identity
@@ -64,7 +70,16 @@ async def authenticate(
     api_key: str | None = Depends(key_scheme),
 ) -> Identity:
     """The caller's identity from a bearer token or an API key; 401 otherwise. Refused attempts
-    count against the client address's rate limit, so guessing keys is slow."""
+    count against the client address's rate limit, so guessing keys is slow. A request with a body
+    was authenticated before it was read (:func:`refuse_before_body`): that identity is taken as is."""
+    early: Identity | None = getattr(request.state, "authenticated", None)
+    if early is not None:
+        request.state.identity = early
+        return early
+    return await _identify(request, bearer, api_key)
+
+
+async def _identify(request: Request, bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> Identity:
     state = state_of(request)
     address = client_address(request, state.trusted_proxies)
     request.state.client_address = address
@@ -95,6 +110,41 @@ async def authenticate(
     await _rate_limit(request, state, identity.subject)
     request.state.identity = identity
     return identity
+
+
+def route_of(app: Starlette, scope: Scope) -> BaseRoute | None:
+    """The route that ``scope`` goes to; None when none takes it (the app answers 404 or 405)."""
+    for route in app.router.routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return route
+    return None
+
+
+def authenticates(route: BaseRoute) -> bool:
+    """Whether ``route`` authenticates its caller (through :func:`authenticate`, at any depth)."""
+    return isinstance(route, APIRoute) and _calls_authenticate(route.dependant)
+
+
+def _calls_authenticate(dependant: Dependant) -> bool:
+    return any(dep.call is authenticate or _calls_authenticate(dep) for dep in dependant.dependencies)
+
+
+async def refuse_before_body(scope: Scope) -> Response | None:
+    """The 401 or 429 for a request with a body to an authenticated route, decided from its headers
+    before the body is read, so that an anonymous caller cannot make the service read a megabyte
+    per attempt. None lets it through: the identity is kept for :func:`authenticate`, or, on an
+    unexpected failure (a backend down), the route's own authentication meets and reports it."""
+    request = Request(scope)
+    request_id = scope.get("state", {}).get("request_id")
+    try:
+        request.state.authenticated = await _identify(request, await bearer_scheme(request), await key_scheme(request))
+    except AuthError as exc:
+        return error_response(401, "unauthorized", str(exc), request_id, headers={"WWW-Authenticate": "Bearer"})
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, request_id, exc.details, exc.headers)
+    except Exception:  # noqa: BLE001 - the route's own authentication runs again and reports it as usual
+        return None
+    return None
 
 
 def require(scope: str) -> Callable[..., Awaitable[Identity]]:
