@@ -87,6 +87,30 @@ def test_a_lone_surrogate_fails_only_its_own_request(slow_ollama_api: tuple[Api,
     assert "Traceback" not in api.process.log(200_000)
 
 
+def test_a_shared_batch_the_backend_refuses_is_retried_in_halves(slow_ollama_api: tuple[Api, EmbeddingServer]) -> None:
+    """Any failure that may lie in the texts, not only a surrogate: the backend refuses the shared
+    batch once (400), its halves are embedded, and every caller is answered."""
+    api, server = slow_ollama_api
+    server.reset()
+    server.serial(0.3, 0.0)
+    tag = uuid.uuid4().hex
+
+    async def storm() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=api.url, headers=api.headers("embed"), timeout=60) as client:
+            def send(i: int) -> Any:
+                return client.post("/api/v1/embeddings/batch", json={"texts": [f"t {i} {tag}", f"u {i} {tag}"], "cache_enabled": False})
+
+            blocker = asyncio.create_task(send(-1))  # in flight alone while the others gather
+            await asyncio.sleep(0.1)
+            server.fail_next(1, 400, path="/api/embed")
+            responses = await asyncio.gather(*(send(i) for i in range(15)))
+            return [await blocker, *responses]
+
+    responses = asyncio.run(storm())
+    assert [r.status_code for r in responses] == [200] * 16, [r.text for r in responses if r.status_code != 200][:2]
+    assert max(server.batch_sizes) >= 8 and server.requests["/api/embed"] >= 4, (server.batch_sizes, server.requests)
+
+
 def test_every_text_route_refuses_a_lone_surrogate(api: Api) -> None:
     with api.client(headers=api.headers()) as client:
         search = post_raw(client, "/api/v1/search", {"query": f"find {LONE_SURROGATE}"})
