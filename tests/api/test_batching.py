@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from api.batching import ItemFailed, MicroBatcher
+from api.embedding import EmbeddingService
+from api.errors import ApiError
 from citadel.errors import EmbedderError
 
 
@@ -134,3 +136,14 @@ async def test_a_backend_that_is_down_fails_the_batch_at_once_without_splitting(
     await blocker
     assert all(isinstance(o, EmbedderError) for o in outcomes)
     assert len(backend.calls) == 2 and batcher.stats.splits == 0  # the first text's batch, then one of ten
+
+
+async def test_the_service_answers_a_refused_text_with_a_422_naming_its_places() -> None:
+    service = EmbeddingService.__new__(EmbeddingService)  # only its micro-batchers are needed here
+    service.batchers = {"model": MicroBatcher(Picky(ValueError("not text")).embed, slots=1, max_texts=64)}
+    vectors = await service._computed("model", {"fine": [0], "also fine": [2]})
+    assert vectors.shape == (2, 2)
+    with pytest.raises(ApiError) as caught:
+        await service._computed("model", {"fine": [0], "poison": [1, 3]})
+    assert caught.value.status == 422 and caught.value.code == "unembeddable_text"
+    assert caught.value.details == {"indexes": [1, 3]} and caught.value.message.startswith("text 1 could not be embedded")
