@@ -21,9 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from citadel.errors import EmbedderError, is_transient
+from citadel.errors import EmbedderError, InputTooLongError, is_transient
 
 EmbedFn = Callable[[list[str]], Awaitable[np.ndarray]]
+
+# Answers of an embedding server that may concern some of the texts sent (not the model, the
+# credentials or the server's state).
+TEXT_STATUSES = frozenset({400, 413, 422})
+# Halvings one failed batch may cost, per doubling of its size: enough to single out a few failing
+# texts; a backend that refuses every text is not asked 2n - 1 times.
+SPLITS_PER_DOUBLING = 2
 
 
 @dataclass
@@ -50,9 +57,10 @@ class ItemFailed(Exception):
 
 def may_lie_in_the_texts(exc: Exception) -> bool:
     """Whether a batch's failure may be caused by some of its texts (and a smaller batch succeed):
-    not when the backend is unreachable, overloaded or answers what does not fit the configuration."""
-    if isinstance(exc, EmbedderError) and exc.backend:
-        return False
+    not when the backend is unreachable, overloaded, refuses the model or the credentials, or
+    answers what does not fit the configuration."""
+    if isinstance(exc, EmbedderError):
+        return isinstance(exc, InputTooLongError) or (not exc.transient and not exc.backend and exc.status in TEXT_STATUSES)
     return not is_transient(exc)
 
 
@@ -61,6 +69,11 @@ def refuses_the_input(exc: Exception) -> bool:
     if isinstance(exc, EmbedderError):
         return not exc.transient and not exc.backend and exc.status is not None and 400 <= exc.status < 500
     return isinstance(exc, (ValueError, TypeError))
+
+
+def _retrieve(future: asyncio.Future[np.ndarray]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class MicroBatcher:
@@ -97,8 +110,12 @@ class MicroBatcher:
             try:
                 # Shielded: a caller that goes away must not cancel a vector others are waiting for.
                 rows.append(await asyncio.shield(future))
-            except ItemFailed as exc:
-                raise ItemFailed(exc.cause, index) from exc.cause
+            except BaseException as exc:
+                for rest in futures[index + 1 :]:  # answered later, to nobody: keep asyncio from reporting that
+                    rest.add_done_callback(_retrieve)
+                if isinstance(exc, ItemFailed):
+                    raise ItemFailed(exc.cause, index) from exc.cause
+                raise
         return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
     def _schedule(self) -> None:
@@ -131,7 +148,7 @@ class MicroBatcher:
     async def _run(self, batch: list[str]) -> None:
         started = time.perf_counter()
         try:
-            await self._embed_isolating(batch)
+            await self._embed_isolating(batch, [SPLITS_PER_DOUBLING * len(batch).bit_length()])
         except BaseException:  # cancelled: every waiter still waiting gets the failure
             for text in batch:
                 future = self._futures.pop(text, None)
@@ -145,17 +162,19 @@ class MicroBatcher:
             self._busy -= 1
             self._schedule()
 
-    async def _embed_isolating(self, texts: list[str]) -> None:
+    async def _embed_isolating(self, texts: list[str], splits_left: list[int]) -> None:
         """Embed ``texts`` and answer their waiters; on a failure that may lie in the texts, halve
-        and try again, so that only the waiters of the texts that fail alone get the failure."""
+        and try again (while ``splits_left``, shared by the whole batch, lasts), so that only the
+        waiters of the texts that fail alone get the failure."""
         try:
             vectors = await self._embed(texts)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the waiters it concerns
-            if len(texts) > 1 and may_lie_in_the_texts(exc):
+            if len(texts) > 1 and may_lie_in_the_texts(exc) and splits_left[0] > 0:
+                splits_left[0] -= 1
                 self.stats.splits += 1
                 middle = len(texts) // 2
-                await self._embed_isolating(texts[:middle])
-                await self._embed_isolating(texts[middle:])
+                await self._embed_isolating(texts[:middle], splits_left)
+                await self._embed_isolating(texts[middle:], splits_left)
                 return
             self.stats.errors += 1
             failure: Exception = ItemFailed(exc) if len(texts) == 1 and refuses_the_input(exc) else exc

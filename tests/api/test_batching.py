@@ -147,3 +147,21 @@ async def test_the_service_answers_a_refused_text_with_a_422_naming_its_places()
         await service._computed("model", {"fine": [0], "poison": [1, 3]})
     assert caught.value.status == 422 and caught.value.code == "unembeddable_text"
     assert caught.value.details == {"indexes": [1, 3]} and caught.value.message.startswith("text 1 could not be embedded")
+
+
+async def test_a_backend_that_refuses_every_text_is_not_asked_without_end() -> None:
+    backend = Picky(EmbedderError("400: every input refused", status=400), seconds=0.001)
+    batcher = MicroBatcher(backend.embed, slots=1, max_texts=64, wait_s=0.05)
+    outcomes = await asyncio.gather(*(batcher.embed([f"poison {i}"]) for i in range(64)), return_exceptions=True)
+    assert all(isinstance(o, Exception) for o in outcomes)
+    assert len(backend.calls) <= 2 + 2 * 2 * (64).bit_length()  # not 2 * 63 + 1: the halvings of one batch are bounded
+
+
+async def test_a_model_the_backend_does_not_know_fails_the_batch_at_once() -> None:
+    backend = Picky(EmbedderError("404: model not found", status=404), seconds=0.001)
+    batcher = MicroBatcher(backend.embed, slots=1, max_texts=64, wait_s=0.05)
+    blocker = asyncio.create_task(batcher.embed(["first"]))
+    await asyncio.sleep(0)
+    outcomes = await asyncio.gather(*(batcher.embed([f"poison {i}"]) for i in range(10)), return_exceptions=True)
+    await blocker
+    assert all(isinstance(o, EmbedderError) for o in outcomes) and batcher.stats.splits == 0
