@@ -29,7 +29,7 @@ from typing import Any
 SERVER_MODULE = "prefect.server.api.server"
 POLL_S = 0.5
 """How often the server checks that the process that started it is still there."""
-STOP_S = 5.0
+STOP_S = 3.0
 """How long the server has to stop cleanly once its parent is gone, before it exits at once."""
 
 
