@@ -9,13 +9,16 @@ import shutil
 import signal
 import ssl
 import tempfile
+import threading
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from api.app import create_app
 from api.readdeadlines import ReadDeadlineProtocol
+from api.state import CANCEL_S, RUN_GRACE_S
 from citadel import logs
 from citadel.apisettings import ApiSettings
 from citadel.errors import ConfigurationError
@@ -89,6 +92,28 @@ def _exit_after_drain(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+EXIT_DEADLINE_S = GRACEFUL_S + RUN_GRACE_S + CANCEL_S + 10
+"""The drain's longest time, with room to close the backends: a process still there after it exits at once."""
+
+
+def _exit_now() -> None:
+    os.write(2, f"the shutdown did not end within {EXIT_DEADLINE_S}s of the signal (something hung); exiting now\n".encode())
+    os._exit(0)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a last resort: whatever hangs in the drain (a run that ignores its
+    cancellation, a backend that never answers its close), the process ends EXIT_DEADLINE_S after
+    the first SIGTERM or SIGINT."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            timer = threading.Timer(EXIT_DEADLINE_S, _exit_now)
+            timer.daemon = True
+            timer.start()
+        super().handle_exit(sig, frame)
+
+
 def serve(
     *, host: str, port: int, workers: int = 1, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
     log_level: str = "info",
@@ -134,7 +159,7 @@ def serve(
             )
         else:
             config = TlsConfig(create_app(settings, api, tls=tls), **common)  # type: ignore[arg-type]
-        server = uvicorn.Server(config)
+        server = DrainingServer(config)
         # uvicorn drains on SIGTERM, then sends the signal again to the handler it found: make that an
         # ordinary exit, so exit handlers run (Prefect's local server is stopped, coverage is saved).
         signal.signal(signal.SIGTERM, _exit_after_drain)

@@ -23,6 +23,8 @@ from deployments.workflow_runs import prefect_api_url
 from tasks.resources import open_resources
 
 log = logging.getLogger("citadel.api")
+RUN_GRACE_S = 10.0
+"""How long workflow runs started in the process get to finish at shutdown before they are cancelled."""
 CANCEL_S = 5.0
 """How long cancelled workflow runs get to end at shutdown before the process exits without them."""
 
@@ -80,7 +82,7 @@ class ServiceState:
             # use (seconds): started now, in the background, not on the first workflow request.
             self._warmup = asyncio.create_task(_start_local_prefect())
 
-    async def close(self, grace_s: float = 10.0) -> None:
+    async def close(self, grace_s: float = RUN_GRACE_S) -> None:
         """Let runs started here finish for ``grace_s``, cancel the rest, then close the backends."""
         running = [task for task in self.workflow_tasks.values() if not task.done()]
         if running:
