@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citadel.auth import AuthError
 from citadel.errors import CitadelError, CollectionMismatchError, ConfigurationError, EmbedderError
-from citadel.outages import lost_dependency
+from citadel.outages import cause, lost_dependency
 from citadel.workflows.errors import WorkflowInvalid
 
 log = logging.getLogger("citadel.api")
@@ -95,7 +95,7 @@ def unavailable_response(exc: BaseException, request_id: str | None) -> JSONResp
     dependency = lost_dependency(exc)
     if dependency is None:
         return None
-    log.warning("%s is unavailable: %s: %s", dependency, type(exc).__name__, " ".join(str(exc).split())[:300])
+    log.warning("%s is unavailable: %s", dependency, cause(exc)[:300])  # the driver's message: no statement, no parameter
     return error_response(
         503, "unavailable", f"{dependency} is unavailable; try again later", request_id, headers={"Retry-After": str(RETRY_AFTER_S)}
     )
