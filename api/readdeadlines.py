@@ -52,6 +52,10 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the connection is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
         self._deadline = self.loop.call_later(seconds, self._too_slow, seconds, what)
