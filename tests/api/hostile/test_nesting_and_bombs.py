@@ -165,3 +165,10 @@ def test_the_rate_limit_answers_before_the_body_is_read(limited_api: Api) -> Non
         statuses.append(status)
     assert statuses == [401, 401, 401, 429, 429], statuses
     assert "retry-after" in headers and "ratelimit" in headers
+
+
+def test_a_request_checked_before_its_body_counts_once_against_the_limit(limited_api: Api) -> None:
+    with limited_api.client() as client:
+        statuses = [client.post("/api/v1/embeddings/generate", json={"text": "hello"}, headers=limited_api.headers("embed")).status_code
+                    for _ in range(4)]
+    assert statuses == [200, 200, 200, 429], statuses
