@@ -23,6 +23,7 @@ from typing import Any
 
 from citadel.errors import ConfigurationError
 from citadel.hashing import sha256_text
+from citadel.nesting import DEFAULT_MAX_DEPTH, value_depth_exceeds
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
 
@@ -294,6 +295,11 @@ def _decode(path: Path, data: bytes) -> str:
         raise ValueError(f"not valid UTF-8 at byte {exc.start}; convert the file to UTF-8") from exc
 
 
+MAX_METADATA_DEPTH = DEFAULT_MAX_DEPTH
+"""A record's metadata goes into the store's payload and the registry as JSON (orjson refuses
+past 254 levels): deeper metadata makes that one record a dead letter, not the run a failure."""
+
+
 def _record_document(raw: Any, default_id: str, source: str, where: str) -> Document:
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected an object with a 'text' field, got {type(raw).__name__}")
@@ -303,6 +309,8 @@ def _record_document(raw: Any, default_id: str, source: str, where: str) -> Docu
     metadata = raw.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ValueError(f"{where}: 'metadata' must be an object")
+    if value_depth_exceeds(metadata, MAX_METADATA_DEPTH):
+        raise ValueError(f"{where}: 'metadata' nests deeper than {MAX_METADATA_DEPTH} levels; nest its arrays and objects less deeply")
     raw_id = raw.get("id")
     doc_id = default_id if raw_id is None or raw_id == "" else str(raw_id)
     return Document(doc_id, text, source, metadata)

@@ -99,3 +99,21 @@ def check_yaml_events(events: Iterable[Any], limit: int, what: str, max_alias_no
             parent = open_[-1]
             parent[1] += nodes
             parent[2] = max(parent[2], levels + 1)
+
+
+def value_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether the parsed ``value`` holds lists and dicts more than ``limit`` levels inside each
+    other; walked without recursion, so any depth that a parser produced can be checked."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -325,6 +325,23 @@ def test_deeply_nested_json_is_a_failure_not_a_crash(tmp_path: Path) -> None:
     assert whole.origin == str(tmp_path / "deep.json"), "a whole-file failure names its file"
 
 
+def test_a_record_whose_metadata_nests_past_the_bound_is_a_failure_of_its_own(tmp_path: Path) -> None:
+    """Metadata is stored as JSON (orjson stops at 254 levels): one such record must not fail the run."""
+    def nested(levels: int) -> dict:
+        value: dict = {}
+        for _ in range(levels - 1):
+            value = {"k": value}
+        return value
+
+    lines = [{"id": "ok", "text": "fine", "metadata": nested(64)}, {"id": "deep", "text": "deep", "metadata": nested(500)}]
+    (tmp_path / "meta.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    ok, deep = load_file(tmp_path / "meta.jsonl", "s", 10**7)
+    assert isinstance(ok, Document)
+    assert isinstance(deep, LoadFailure) and "'metadata' nests deeper than 64 levels" in deep.reason
+    inline = list(documents_from_records(lines, "inline"))
+    assert [type(x).__name__ for x in inline] == ["Document", "LoadFailure"]
+
+
 def test_ids_the_registry_cannot_hold_are_failures(tmp_path: Path) -> None:
     (tmp_path / "ids.jsonl").write_text(
         json.dumps({"id": "x" * 2000, "text": "long id"}) + "\n" + json.dumps({"id": "nul\u0000id", "text": "nul"}) + "\n"
