@@ -169,3 +169,46 @@ async def test_vectors_of_the_wrong_size_fail_the_run_instead_of_every_document(
     with pytest.raises(EmbedderError, match="returned 384-dimensional vectors, expected 768"):
         await index_corpus(str(corpus), collection=collection_name)
     assert await dead_letters_of(Settings(), collection_name) == [], "no document is blamed for the backend's answer"
+
+
+def test_a_run_after_a_killed_one_takes_its_embedding_slot_at_once(
+    ollama: EmbeddingServer, tmp_path: Path, collection_name: str, prefect_api_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGKILL an index run while it holds the backend's only slot: its lease would keep the slot
+    for minutes, and the limit is global, so every run that embeds would wait. The next run sees
+    the holder's process is gone and takes the slot at once, saying whose it gave back."""
+    import asyncio
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.flows.test_index_corpus import expected_chunks
+
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=40, paragraphs=4)
+    ollama.serial(0.05, 0.01)  # slow enough to be killed while embedding
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "CITADEL_DOCUMENT_BATCH_SIZE": "4"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "index", str(corpus), "--collection", collection_name, "--json"],
+        env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while ollama.requests["/api/embed"] < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make the corpus larger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    ollama.serial(0.0, 0.0)
+
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tasks.limits"):
+        summary = asyncio.run(index_corpus(str(corpus), collection=collection_name))
+    took = time.monotonic() - started
+    assert took < 60, f"the run after a killed one took {took:.0f} s: it waited for the dead run's slot"
+    assert f"its process {proc.pid}" in caplog.text, caplog.text
+    assert summary["failed"] == 0
+    total = expected_chunks(paths, Settings())
+    assert asyncio.run(index_state(Settings(), collection_name)) == (total, total)
