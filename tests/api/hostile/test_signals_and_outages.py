@@ -252,6 +252,8 @@ def test_sigterm_during_a_workflow_run_inside_the_api_drains_and_exits_0(tmp_pat
             pytest.fail(f"the API still ran {DRAIN_S + 5}s after SIGTERM:\n{process.log()}")
         assert code == 0, process.log()
         assert time.monotonic() - sent <= DRAIN_S + 5
+        run = httpx.get(f"{prefect_api_url}/flow_runs/{submitted.json()['task_id']}", timeout=10).json()
+        assert run["state"]["type"] in ("CRASHED", "CANCELLED", "COMPLETED"), run["state"]  # stopped, never left Running
     finally:
         if process.proc.poll() is None:
             process.proc.kill()
