@@ -95,11 +95,12 @@ def _in_background(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     return task
 
 
-def _say(message: str) -> None:
-    """A wait or a give-back, on the command's console (warnings of ``tasks``) and in the run's log."""
-    log.warning(message)
+def _say(message: str, level: int = logging.WARNING) -> None:
+    """In the run's log and Citadel's: a wait is a warning (the command's console shows it), a
+    slot given back on the way is information."""
+    log.log(level, message)
     with contextlib.suppress(MissingContextError):
-        get_run_logger().warning(message)
+        get_run_logger().log(level, message)
 
 
 def _this_run() -> tuple[str | None, str | None]:
@@ -166,6 +167,7 @@ async def acquire_slot(name: str) -> SlotHolder:
     reclaimer = Reclaimer(name)
     started = time.monotonic()
     next_reclaim = next_say = started
+    said_waiting = False
     while True:
         asking = asyncio.ensure_future(_ask(name, run))
         try:
@@ -174,8 +176,8 @@ async def acquire_slot(name: str) -> SlotHolder:
             _in_background(_give_back_if_granted(asking))
             raise
         if holder is not None:
-            if time.monotonic() - started > 1.0:
-                _say(f"took a slot of {name!r} after {time.monotonic() - started:.0f} s")
+            if said_waiting:
+                _say(f"took a slot of {name!r} after waiting {time.monotonic() - started:.0f} s")
             return holder
         now = time.monotonic()
         if now >= next_reclaim:
@@ -183,11 +185,11 @@ async def acquire_slot(name: str) -> SlotHolder:
             async with get_client() as client:
                 given = await reclaimer.reclaim(client)
             for what in given:
-                _say(f"gave back {what}")
+                _say(f"gave back {what}", logging.INFO)
             if given:
                 continue
         if now >= next_say:
-            next_say = now + SAY_EVERY_S
+            next_say, said_waiting = now + SAY_EVERY_S, True
             holders = "; ".join(h.describe() for h in reclaimer.holders) or "no recorded holder yet"
             _say(
                 f"waiting {now - started:.0f} s for a slot of {name!r} ({reclaimer.active} of {reclaimer.size} in use, "

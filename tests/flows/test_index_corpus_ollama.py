@@ -204,7 +204,7 @@ def test_a_run_after_a_killed_one_takes_its_embedding_slot_at_once(
     ollama.serial(0.0, 0.0)
 
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="tasks.limits"):
+    with caplog.at_level(logging.INFO, logger="tasks.limits"):
         summary = asyncio.run(index_corpus(str(corpus), collection=collection_name))
     took = time.monotonic() - started
     assert took < 60, f"the run after a killed one took {took:.0f} s: it waited for the dead run's slot"
