@@ -199,14 +199,14 @@ async def acquire_slot(name: str) -> SlotHolder:
 
 
 async def _keep(holder: SlotHolder) -> None:
-    """Renew the slot's lease and its record until cancelled (a lease lost with a restarted server
-    is left to the next run that waits: it counts this holder as live)."""
+    """Renew the slot's record and its lease until cancelled. A lease lost with a restarted server
+    is left as it is: its slot is still counted, and the record says whose it is."""
     while True:
         await asyncio.sleep(LEASE_S / 4)
         try:
             async with get_client() as client:
-                if await lease_exists(client, holder.lease_id):
-                    await touch_holder(client, holder)
+                await touch_holder(client, holder)
+                await lease_exists(client, holder.lease_id)  # renews it
         except Exception as exc:  # noqa: BLE001 - a missed renewal is retried; the lease outlasts three
             log.warning("could not renew the slot of %s: %s", holder.limit, exc)
 

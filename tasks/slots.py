@@ -12,6 +12,7 @@ explains; ``citadel doctor`` shows them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -26,7 +27,7 @@ import psutil
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.filters import VariableFilter, VariableFilterTags
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from citadel.models import DoctorCheck
 from citadel.runlock import process_alive
@@ -40,9 +41,14 @@ LEASE_S = 120.0
 SILENT_AFTER_S = 3 * LEASE_S
 """A holder that has not renewed its record for this long is gone, whatever host it ran on."""
 
-ORPHAN_GRACE_S = 10.0
-"""Slots counted by the server that no live holder explains are given back once this has passed
-(a holder writes its record within milliseconds of being granted the slot)."""
+ORPHAN_GRACE_S = 330.0
+"""Slots counted by the server that no recorded holder explains (a holder outside Citadel, or one
+killed between its grant and its record) are given back once this has passed: longer than any
+lease (Prefect's default is 300 s), so a slot that still has a lease is given back by its expiry,
+never twice."""
+
+ENDED_RUN_GRACE_S = 10.0
+"""A holder whose flow run ended this long ago is gone: before, it may still be giving its slot back."""
 
 
 def _boot_id() -> str:
@@ -128,10 +134,13 @@ async def write_holder(client: PrefectClient, holder: SlotHolder) -> None:
 
 
 async def touch_holder(client: PrefectClient, holder: SlotHolder) -> None:
-    """Say the holder is still alive (its record's ``renewed``), beside the lease's renewal."""
+    """Say the holder is still alive (its record's ``renewed``), whatever became of its lease."""
     value = {**holder.as_value(), "renewed": _now().isoformat()}
-    with contextlib.suppress(ObjectNotFound):
+    try:
         await client.update_variable(VariableUpdate(name=holder.variable, value=value))
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code != 404:  # given back meanwhile
+            raise
 
 
 async def forget_holder(client: PrefectClient, lease_id: str) -> None:
@@ -153,7 +162,8 @@ async def read_holders(client: PrefectClient, limit: str) -> list[SlotHolder]:
 async def why_gone(client: PrefectClient, holder: SlotHolder) -> str | None:
     """Why ``holder`` no longer holds its slot (its process is gone, its flow run ended, it fell
     silent), or None while it may still hold it."""
-    if holder.host == HOST and holder.boot_id == BOOT_ID:
+    here = holder.host == HOST and holder.boot_id == BOOT_ID
+    if here:
         if not process_alive(holder.pid):
             return f"its process {holder.pid} on {holder.host} is gone"
         started = _process_started(holder.pid)
@@ -166,8 +176,11 @@ async def why_gone(client: PrefectClient, holder: SlotHolder) -> str | None:
             flow_run = await client.read_flow_run(uuid.UUID(holder.flow_run_id))
         except (ObjectNotFound, ValueError):
             return f"its flow run {holder.flow_run_id} no longer exists"
-        if flow_run.state is not None and flow_run.state.is_final():
-            return f"its flow run {flow_run.name} is {flow_run.state.name}"
+        state = flow_run.state
+        if state is not None and state.is_final() and (_now() - state.timestamp).total_seconds() > ENDED_RUN_GRACE_S:
+            return f"its flow run {flow_run.name} is {state.name}"
+    if here:
+        return None  # its process runs: silence (a Prefect API it cannot reach) is no sign of its end
     silent = (_now() - holder.renewed).total_seconds()
     if silent > SILENT_AFTER_S:
         return f"it has not renewed its slot for {silent:.0f} s"
@@ -185,6 +198,56 @@ async def lease_exists(client: PrefectClient, lease_id: str) -> bool:
     return True
 
 
+RECLAIM_CLAIM_STALE_S = 30.0
+"""A claim to reclaim a limit's slots older than this is a waiter's that died mid-way: taken over."""
+
+CONFIRM_AFTER_S = 0.3
+"""Slots no live holder explains are counted twice this far apart, and only what both counts show
+is given back: a slot being granted or given back is counted before its record is written or
+after it is removed, for milliseconds."""
+
+
+async def _claim(client: PrefectClient, limit: str) -> uuid.UUID | None:
+    """One waiter at a time reclaims a limit's slots (two would give back the same slot twice): a
+    claim variable that the server refuses to create twice; None when another waiter holds it."""
+    name = f"citadel-slot-reclaim-{limit}"
+    for _ in range(2):
+        try:
+            variable = await client.create_variable(
+                VariableCreate(name=name, value={"host": HOST, "pid": os.getpid(), "at": _now().isoformat()}, tags=[LEDGER_TAG])
+            )
+            return variable.id
+        except ObjectAlreadyExists:
+            held = await client.read_variable_by_name(name)
+            if held is None:
+                continue  # given up meanwhile: ask again
+            at = held.value.get("at") if isinstance(held.value, dict) else None
+            try:
+                fresh = at is not None and (_now() - dt.datetime.fromisoformat(str(at))).total_seconds() < RECLAIM_CLAIM_STALE_S
+            except ValueError:
+                fresh = False
+            if fresh:
+                return None
+            # By its id, so that of two waiters taking over the same stale claim only one removes it.
+            with contextlib.suppress(PrefectHTTPStatusError):
+                await client.request("DELETE", "/variables/{id}", path_params={"id": held.id})
+    return None
+
+
+async def _unclaim(client: PrefectClient, claim: uuid.UUID) -> None:
+    with contextlib.suppress(PrefectHTTPStatusError):
+        await client.request("DELETE", "/variables/{id}", path_params={"id": claim})
+
+
+async def _take_record(client: PrefectClient, holder: SlotHolder) -> bool:
+    """Remove a gone holder's record; False when it was already gone (someone else gives it back)."""
+    try:
+        await client.delete_variable_by_name(holder.variable)
+    except ObjectNotFound:
+        return False
+    return True
+
+
 @dataclass
 class Reclaimer:
     """What a run waiting for a slot of ``limit`` gives back, and what it has seen of the holders."""
@@ -195,33 +258,49 @@ class Reclaimer:
     active: int = 0
     size: int = 0
 
+    async def _unexplained(self, client: PrefectClient) -> int:
+        """Slots the server counts beyond the recorded live holders (the count is read first, so a
+        holder granted meanwhile is in the records and not the count: never too many)."""
+        limit = await client.read_global_concurrency_limit_by_name(self.limit)
+        live = [holder for holder in await read_holders(client, self.limit) if await why_gone(client, holder) is None]
+        self.holders, self.active, self.size = tuple(live), limit.active_slots, limit.limit
+        return limit.active_slots - len(live)
+
     async def reclaim(self, client: PrefectClient) -> list[str]:
         """Give back the slots of holders that are gone, and slots no live holder explains; returns
-        what was given back, each with its reason."""
+        what was given back, each with its reason. Nothing while another waiter is at it."""
+        claim = await _claim(client, self.limit)
+        if claim is None:
+            return []
+        try:
+            return await self._reclaim(client)
+        finally:
+            await _unclaim(client, claim)
+
+    async def _reclaim(self, client: PrefectClient) -> list[str]:
         given: list[str] = []
         lost_leases = 0
-        live: list[SlotHolder] = []
         for holder in await read_holders(client, self.limit):
             reason = await why_gone(client, holder)
-            if reason is None:
-                live.append(holder)
+            if reason is None or not await _take_record(client, holder):
                 continue
             if await lease_exists(client, holder.lease_id):
                 await client.release_concurrency_slots_with_lease(uuid.UUID(holder.lease_id))
             else:
-                lost_leases += 1  # ended on its own, or lost with a restarted server: the count below tells
-            await forget_holder(client, holder.lease_id)
+                lost_leases += 1  # ended on its own (and counted no more) or lost with a restarted server: the count tells
             given.append(f"the slot of {holder.describe()}: {reason}")
-        limit = await client.read_global_concurrency_limit_by_name(self.limit)
-        self.holders, self.active, self.size = tuple(live), limit.active_slots, limit.limit
-        surplus = limit.active_slots - len(live)
+        surplus = await self._unexplained(client)
+        if surplus > 0:
+            await asyncio.sleep(CONFIRM_AFTER_S)
+            surplus = min(surplus, await self._unexplained(client))
         if surplus <= 0:
             self.orphans_since = None
             return given
         now = time.monotonic()
         self.orphans_since = self.orphans_since or now
-        # A lease that ended with a gone holder and is still counted was lost with its server:
-        # give it back at once. Any other surplus only once it has lasted the grace period.
+        # A gone holder's lease that no longer exists but is still counted was lost with its
+        # server: give it back at once. Any other surplus only after the grace period, longer than
+        # any lease, so that a slot with a lease is given back by the server first.
         free = surplus if now - self.orphans_since >= ORPHAN_GRACE_S else min(surplus, lost_leases)
         if free:
             await client.request("POST", "/v2/concurrency_limits/decrement", json={"names": [self.limit], "slots": free})

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
 
 from citadel.settings import Settings
@@ -201,8 +201,11 @@ async def test_the_record_of_a_gone_holder_whose_lease_was_lost_frees_its_slot_a
     assert await holders_of(settings) == []
 
 
-async def test_a_slot_held_for_a_flow_run_that_ended_is_given_back(settings: Settings) -> None:
+async def test_a_slot_held_for_a_flow_run_that_ended_is_given_back(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The API runs workflows in its own process, alive after a run ends: the run's state tells."""
+    from tasks import slots
+
+    monkeypatch.setattr(slots, "ENDED_RUN_GRACE_S", 0.0)
     from prefect import flow
     from prefect.states import Cancelled
 
@@ -227,3 +230,55 @@ async def test_a_slot_held_for_a_flow_run_that_ended_is_given_back(settings: Set
         pass
     assert await active_slots(settings) == 0
     assert await holders_of(settings) == []
+
+
+async def test_waiters_reclaiming_at_once_give_back_a_gone_holder_s_slot_only_once(settings: Settings) -> None:
+    """Four runs wait while a live run holds one slot of two and a killed run's record (its lease
+    lost with its server) holds the other: the killed run's slot is given back once, so there are
+    never more than two holders."""
+    import uuid
+
+    from tasks.slots import SlotHolder, write_holder
+
+    async with get_client() as client:
+        await client.update_global_concurrency_limit(limit_name(settings), GlobalConcurrencyLimitUpdate(limit=2))
+        await client.increment_concurrency_slots(names=[limit_name(settings)], slots=1, mode="concurrency")
+        dead = SlotHolder.from_value({
+            "limit": limit_name(settings), "lease_id": str(uuid.uuid4()), "host": "elsewhere", "pid": 1,
+            "flow_run_id": None, "flow_run_name": None, "since": "2026-01-01T00:00:00+00:00", "renewed": "2026-01-01T00:00:00+00:00",
+        })
+        assert dead is not None
+        await write_holder(client, dead)
+    inside, peak = 0, 0
+
+    async def embed(seconds: float) -> None:
+        nonlocal inside, peak
+        async with embedding_slot(settings):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(seconds)
+            inside -= 1
+
+    live = asyncio.ensure_future(embed(4.0))
+    await asyncio.sleep(0.5)
+    await asyncio.wait_for(asyncio.gather(live, *(embed(0.5) for _ in range(4))), timeout=60)
+    assert peak == 2, f"{peak} runs held a slot of a limit of 2"
+    assert await active_slots(settings) == 0
+    assert await holders_of(settings) == []
+
+
+async def test_a_holder_whose_process_runs_here_is_never_taken_for_gone_by_its_silence(settings: Settings) -> None:
+    """A Prefect server that restarted, or that a run could not reach for minutes, leaves a live
+    holder's record unrenewed: its process still runs, so its slot is still its own."""
+    import datetime as dt
+    import uuid
+
+    from tasks.slots import SILENT_AFTER_S, this_holder, why_gone
+
+    holder = this_holder(limit_name(settings), uuid.uuid4(), None, None)
+    old = holder.renewed - dt.timedelta(seconds=SILENT_AFTER_S * 10)
+    silent = type(holder)(**{**holder.__dict__, "renewed": old, "since": old})
+    elsewhere = type(holder)(**{**silent.__dict__, "host": "another-host"})
+    async with get_client() as client:
+        assert await why_gone(client, silent) is None
+        assert "has not renewed its slot" in (await why_gone(client, elsewhere) or "")
