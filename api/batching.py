@@ -7,14 +7,17 @@ batch is already in flight; a batch holds at most ``max_texts``; a text already 
 flight is computed once and shared by everyone who asked for it.
 
 A batch holds texts of many callers, so one text that fails must not fail the others: a batch that
-fails for a reason that may lie in its texts is split in halves and each half tried again, until
-the failing texts stand alone and fail only the callers that sent them (as :class:`ItemFailed`). A
-backend that is down or answers nonsense fails the whole batch at once: every text would fail alike.
+fails for a reason that may lie in its texts is first split along its requests (the texts that the
+same callers wait for go together, one call each), so a failure stays with the callers that sent it;
+only inside one such group is it halved further, until the failing texts stand alone (answered as
+:class:`ItemFailed`), and when the halvings run out the group fails, never texts of other callers.
+A backend that is down or answers nonsense fails the whole batch at once: every text would fail alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +31,9 @@ EmbedFn = Callable[[list[str]], Awaitable[np.ndarray]]
 # Answers of an embedding server that may concern some of the texts sent (not the model, the
 # credentials or the server's state).
 TEXT_STATUSES = frozenset({400, 413, 422})
-# Halvings one failed batch may cost, per doubling of its size: enough to single out a few failing
-# texts; a backend that refuses every text is not asked 2n - 1 times.
+# Halvings one failed batch may cost inside its requests' groups, per doubling of its size: enough to
+# single out a few failing texts; a backend that refuses every text is asked once per request (its
+# group) and a bounded number of times more, not 2n - 1 times.
 SPLITS_PER_DOUBLING = 2
 
 
@@ -41,7 +45,7 @@ class BatchStats:
     texts: int = 0
     shared: int = 0  # texts that joined an identical one already queued or in flight
     errors: int = 0  # batches or parts of batches that failed
-    splits: int = 0  # failed batches split in halves to find the texts that failed
+    splits: int = 0  # failed batches split along their requests or in halves to find the texts that failed
     seconds: float = 0.0
 
 
@@ -87,6 +91,8 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._queue: list[str] = []
         self._futures: dict[str, asyncio.Future[np.ndarray]] = {}
+        self._requests: dict[str, set[int]] = {}  # text -> the requests waiting for it
+        self._request_ids = itertools.count()
         self._busy = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,15 +100,18 @@ class MicroBatcher:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of ``texts`` in order, computed in whatever batches they joined."""
         loop = asyncio.get_running_loop()
+        request = next(self._request_ids)
         futures: list[asyncio.Future[np.ndarray]] = []
         for text in texts:
             future = self._futures.get(text)
             if future is None:
                 future = loop.create_future()
                 self._futures[text] = future
+                self._requests[text] = set()
                 self._queue.append(text)
             else:
                 self.stats.shared += 1
+            self._requests[text].add(request)
             futures.append(future)
         self._schedule()
         rows = []
@@ -150,10 +159,7 @@ class MicroBatcher:
         try:
             await self._embed_isolating(batch, [SPLITS_PER_DOUBLING * len(batch).bit_length()])
         except BaseException:  # cancelled: every waiter still waiting gets the failure
-            for text in batch:
-                future = self._futures.pop(text, None)
-                if future is not None and not future.done():
-                    future.set_exception(RuntimeError("embedding cancelled"))
+            self._fail(batch, RuntimeError("embedding cancelled"))
             raise
         finally:
             self.stats.batches += 1
@@ -163,30 +169,49 @@ class MicroBatcher:
             self._schedule()
 
     async def _embed_isolating(self, texts: list[str], splits_left: list[int]) -> None:
-        """Embed ``texts`` and answer their waiters; on a failure that may lie in the texts, halve
-        and try again (while ``splits_left``, shared by the whole batch, lasts), so that only the
-        waiters of the texts that fail alone get the failure."""
+        """Embed ``texts`` and answer their waiters. On a failure that may lie in the texts, try each
+        request's group alone (one call each), then halve inside a group while ``splits_left``, shared
+        by the whole batch, lasts: only the waiters of the texts that fail get the failure."""
         try:
             vectors = await self._embed(texts)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the waiters it concerns
-            if len(texts) > 1 and may_lie_in_the_texts(exc) and splits_left[0] > 0:
-                splits_left[0] -= 1
-                self.stats.splits += 1
-                middle = len(texts) // 2
-                await self._embed_isolating(texts[:middle], splits_left)
-                await self._embed_isolating(texts[middle:], splits_left)
-                return
+            if len(texts) > 1 and may_lie_in_the_texts(exc):
+                groups = self._by_request(texts)
+                if len(groups) > 1:
+                    self.stats.splits += 1
+                    for group in groups:
+                        await self._embed_isolating(group, splits_left)
+                    return
+                if splits_left[0] > 0:  # one group: the callers waiting for any of it wait for all of it
+                    splits_left[0] -= 1
+                    self.stats.splits += 1
+                    middle = len(texts) // 2
+                    await self._embed_isolating(texts[:middle], splits_left)
+                    await self._embed_isolating(texts[middle:], splits_left)
+                    return
             self.stats.errors += 1
-            failure: Exception = ItemFailed(exc) if len(texts) == 1 and refuses_the_input(exc) else exc
-            for text in texts:
-                future = self._futures.pop(text, None)
-                if future is not None and not future.done():
-                    future.set_exception(failure)
+            self._fail(texts, ItemFailed(exc) if len(texts) == 1 and refuses_the_input(exc) else exc)
             return
         for text, vector in zip(texts, vectors, strict=True):
+            self._requests.pop(text, None)
             future = self._futures.pop(text, None)
             if future is not None and not future.done():
                 future.set_result(vector)
+
+    def _by_request(self, texts: list[str]) -> list[list[str]]:
+        """``texts`` grouped by the requests waiting for them, in order: a group's failure reaches
+        only callers that sent every text of it (a text several requests share is a group of its own)."""
+        groups: dict[frozenset[int], list[str]] = {}
+        for text in texts:
+            groups.setdefault(frozenset(self._requests.get(text, ())), []).append(text)
+        return list(groups.values())
+
+    def _fail(self, texts: list[str], failure: Exception) -> None:
+        for text in texts:
+            self._requests.pop(text, None)
+            future = self._futures.pop(text, None)
+            if future is not None and not future.done():
+                future.set_exception(failure)
 
     async def aclose(self) -> None:
         if self._timer is not None:

@@ -11,7 +11,7 @@ import pytest
 from api.batching import ItemFailed, MicroBatcher
 from api.embedding import EmbeddingService
 from api.errors import ApiError
-from citadel.errors import EmbedderError
+from citadel.errors import EmbedderError, InputTooLongError
 
 
 class Backend:
@@ -152,9 +152,18 @@ async def test_the_service_answers_a_refused_text_with_a_422_naming_its_places()
 async def test_a_backend_that_refuses_every_text_is_not_asked_without_end() -> None:
     backend = Picky(EmbedderError("400: every input refused", status=400), seconds=0.001)
     batcher = MicroBatcher(backend.embed, slots=1, max_texts=64, wait_s=0.05)
+    with pytest.raises((EmbedderError, ItemFailed)):  # one caller's 64 texts: the halvings of one batch are bounded, not 2 * 63 + 1
+        await batcher.embed([f"poison {i}" for i in range(64)])
+    await asyncio.gather(*batcher._tasks)  # the halvings go on after the caller's first failing text
+    assert len(backend.calls) <= 1 + 2 * 2 * (64).bit_length()
+    backend.calls.clear()
+    # 64 callers in one batch: each is asked for once on its own (no caller fails for another's texts), and no more.
+    blocker = asyncio.create_task(batcher.embed(["first, alone in its batch"]))
+    await asyncio.sleep(0)
     outcomes = await asyncio.gather(*(batcher.embed([f"poison {i}"]) for i in range(64)), return_exceptions=True)
+    await blocker
     assert all(isinstance(o, Exception) for o in outcomes)
-    assert len(backend.calls) <= 2 + 2 * 2 * (64).bit_length()  # not 2 * 63 + 1: the halvings of one batch are bounded
+    assert len(backend.calls) == 1 + 1 + 64 and len(backend.calls[1]) == 64
 
 
 async def test_a_model_the_backend_does_not_know_fails_the_batch_at_once() -> None:
@@ -165,3 +174,34 @@ async def test_a_model_the_backend_does_not_know_fails_the_batch_at_once() -> No
     outcomes = await asyncio.gather(*(batcher.embed([f"poison {i}"]) for i in range(10)), return_exceptions=True)
     await blocker
     assert all(isinstance(o, EmbedderError) for o in outcomes) and batcher.stats.splits == 0
+
+
+class TooLong(Backend):
+    """A backend that refuses a whole batch as too long when any text in it is marked, as a model's context limit does."""
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        await asyncio.sleep(0.001)
+        if any(t.startswith("long") for t in texts):
+            raise InputTooLongError("input longer than the model's context", status=400)
+        return np.array([[float(len(t)), float(sum(map(ord, t)))] for t in texts], dtype=np.float32)
+
+
+async def test_one_caller_with_many_failing_texts_fails_no_other_caller() -> None:
+    backend = TooLong()
+    batcher = MicroBatcher(backend.embed, slots=1, max_texts=64, wait_s=0.05)
+    blocker = asyncio.create_task(batcher.embed(["first, alone in its batch"]))
+    await asyncio.sleep(0)
+    innocent = [[f"text {i}.{j}" for j in range(4)] for i in range(12)]
+    requests = [*innocent[:6], [f"long {k}" for k in range(10)], *innocent[6:]]
+    outcomes = await asyncio.gather(*(batcher.embed(texts) for texts in requests), return_exceptions=True)
+    await blocker
+    assert any(len(call) == 58 for call in backend.calls)  # they did share one batch
+    guilty = outcomes.pop(6)
+    assert isinstance(guilty, (ItemFailed, InputTooLongError)), guilty
+    for texts, outcome in zip(innocent, outcomes, strict=True):
+        assert isinstance(outcome, np.ndarray), outcome
+        assert [row[1] for row in outcome] == [float(sum(map(ord, t))) for t in texts]
+    # Split along the callers first (one call each), then halvings inside the failing caller's texts only.
+    assert all(not any(t.startswith("long") for t in call) or all(t.startswith("long") for t in call) for call in backend.calls[2:])
+    assert len(backend.calls) <= 2 + 13 + 2 * 2 * (58).bit_length()
