@@ -178,21 +178,27 @@ async def test_slots_no_live_holder_explains_are_given_back(settings: Settings, 
     assert await active_slots(settings) == 0
 
 
-async def test_the_record_of_a_gone_holder_whose_lease_was_lost_frees_its_slot_at_once(settings: Settings) -> None:
-    """The holder was killed and its server restarted: the record names a dead process and a
-    lease the server no longer knows, while the slot is still counted."""
+async def _slot_of_a_killed_holder_whose_lease_was_lost(client, settings: Settings) -> None:
+    """A counted slot and the record of its holder, killed on another host, whose lease the server no longer knows."""
     import uuid
 
     from tasks.slots import SlotHolder, write_holder
 
+    await client.increment_concurrency_slots(names=[limit_name(settings)], slots=1, mode="concurrency")
+    long_ago = "2026-01-01T00:00:00+00:00"
+    dead = SlotHolder.from_value({
+        "limit": limit_name(settings), "lease_id": str(uuid.uuid4()), "host": "elsewhere", "pid": 1,
+        "flow_run_id": None, "flow_run_name": None, "since": long_ago, "renewed": long_ago,
+    })
+    assert dead is not None
+    await write_holder(client, dead)
+
+
+async def test_the_record_of_a_gone_holder_whose_lease_was_lost_frees_its_slot_at_once(settings: Settings) -> None:
+    """The holder was killed and its server restarted: the record names a dead process and a
+    lease the server no longer knows, while the slot is still counted."""
     async with get_client() as client:
-        await client.increment_concurrency_slots(names=[limit_name(settings)], slots=1, mode="concurrency")
-        dead = SlotHolder.from_value({
-            "limit": limit_name(settings), "lease_id": str(uuid.uuid4()), "host": "elsewhere", "pid": 1,
-            "flow_run_id": None, "flow_run_name": None, "since": "2026-01-01T00:00:00+00:00", "renewed": "2026-01-01T00:00:00+00:00",
-        })
-        assert dead is not None
-        await write_holder(client, dead)
+        await _slot_of_a_killed_holder_whose_lease_was_lost(client, settings)
     started = time.monotonic()
     async with embedding_slot(settings):
         pass
@@ -236,19 +242,9 @@ async def test_waiters_reclaiming_at_once_give_back_a_gone_holder_s_slot_only_on
     """Four runs wait while a live run holds one slot of two and a killed run's record (its lease
     lost with its server) holds the other: the killed run's slot is given back once, so there are
     never more than two holders."""
-    import uuid
-
-    from tasks.slots import SlotHolder, write_holder
-
     async with get_client() as client:
         await client.update_global_concurrency_limit(limit_name(settings), GlobalConcurrencyLimitUpdate(limit=2))
-        await client.increment_concurrency_slots(names=[limit_name(settings)], slots=1, mode="concurrency")
-        dead = SlotHolder.from_value({
-            "limit": limit_name(settings), "lease_id": str(uuid.uuid4()), "host": "elsewhere", "pid": 1,
-            "flow_run_id": None, "flow_run_name": None, "since": "2026-01-01T00:00:00+00:00", "renewed": "2026-01-01T00:00:00+00:00",
-        })
-        assert dead is not None
-        await write_holder(client, dead)
+        await _slot_of_a_killed_holder_whose_lease_was_lost(client, settings)
     inside, peak = 0, 0
 
     async def embed(seconds: float) -> None:
