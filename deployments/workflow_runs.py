@@ -45,13 +45,18 @@ async def submit_workflow(
     deployment: str = DEFAULT_DEPLOYMENT,
     local: bool = False,
     source_roots: Sequence[str] | None = None,
+    inline_owner: str | None = None,
 ) -> WorkflowReport:
     """Start a validated workflow: through ``deployment`` when a Prefect API is configured (the
     report comes back at once, Scheduled), else (or with ``local``) in this process to its end.
-    ``source_roots`` sandboxes its ``index`` steps, on the worker as here."""
-    parameters = _parameters(workflow, context, source_roots)
+    ``source_roots`` sandboxes its ``index`` and ``flow`` steps, on the worker as here, with
+    inline records under names of the caller ``inline_owner``."""
+    parameters = _parameters(workflow, context, source_roots, inline_owner)
     if local or not prefect_api_url():
-        state = await run_workflow(workflow, context=context, source_roots=parameters.get("source_roots"), return_state=True)
+        state = await run_workflow(
+            workflow, context=context, source_roots=parameters.get("source_roots"), inline_owner=parameters.get("inline_owner"),
+            return_state=True,
+        )
         return await wait_for_workflow(str(state.state_details.flow_run_id))
     try:
         flow_run = await arun_deployment(deployment, parameters=parameters, timeout=0)
@@ -72,24 +77,33 @@ def check_definition(workflow: dict[str, Any], context: dict[str, Any] | None, s
     return check_workflow(workflow, workflow_steps(), context=context)
 
 
-def _parameters(workflow: dict[str, Any], context: dict[str, Any] | None, source_roots: Sequence[str] | None) -> dict[str, Any]:
-    """The run-workflow flow's parameters; the roots only when the run is sandboxed (an empty
-    list is a sandbox with no folder: no path may be read)."""
+def _parameters(
+    workflow: dict[str, Any], context: dict[str, Any] | None, source_roots: Sequence[str] | None, inline_owner: str | None
+) -> dict[str, Any]:
+    """The run-workflow flow's parameters; the roots and the owner only when the run is sandboxed
+    (an empty list is a sandbox with no folder: no path may be read)."""
     parameters: dict[str, Any] = {"workflow": workflow}
     if context:
         parameters["context"] = context
     if source_roots is not None:
         parameters["source_roots"] = [str(root) for root in source_roots]
+        if inline_owner is not None:
+            parameters["inline_owner"] = inline_owner
     return parameters
 
 
 async def start_workflow_here(
-    workflow: dict[str, Any], *, context: dict[str, Any] | None = None, source_roots: Sequence[str] | None = None
+    workflow: dict[str, Any],
+    *,
+    context: dict[str, Any] | None = None,
+    source_roots: Sequence[str] | None = None,
+    inline_owner: str | None = None,
 ) -> tuple[WorkflowReport, asyncio.Task[Any]]:
     """Record a workflow run on the Prefect API and run it in this process, in the background: the
     report (Scheduled, with the run's id) comes back at once. A long-lived process that holds the
-    embedded store (the HTTP API) runs what it accepts this way, sandboxed by ``source_roots``."""
-    parameters = _parameters(workflow, context, source_roots)
+    embedded store (the HTTP API) runs what it accepts this way, sandboxed by ``source_roots``
+    and ``inline_owner``."""
+    parameters = _parameters(workflow, context, source_roots, inline_owner)
     async with get_client() as client:
         flow_run = await client.create_flow_run(run_workflow, parameters=parameters)
     task = asyncio.create_task(run_flow_async(run_workflow, flow_run=flow_run, parameters=parameters, return_type="state"))  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from citadel.settings import settings_for
 from citadel.workflows import StepContext, StepRegistry, check_workflow, default_registry, load_step_modules, upstream
 from citadel.workflows.builtin import INDEX_OUTPUTS, IndexParams
 from citadel.workflows.errors import StepFailed
+from citadel.workflows.sandbox import Sandbox
 from citadel.workflows.spec import load_workflow_data
 from flows.index_corpus import index_corpus
 from tasks.passing import as_is
@@ -49,15 +50,19 @@ async def run_index_subflow(params: IndexParams, ctx: StepContext, source_roots:
     )
 
 
-def workflow_steps(source_roots: list[str] | None = None) -> StepRegistry:
+def workflow_steps(source_roots: list[str] | None = None, inline_owner: str | None = None) -> StepRegistry:
     """The step types a run uses: the core's (with the step modules loaded), the orchestration
-    layer's ``flow``, and ``index`` as a sub-run of index-corpus, bound to ``source_roots`` when
-    the run is sandboxed: the roots live in the runner, where no step parameter reaches them."""
+    layer's ``flow``, and ``index`` as a sub-run of index-corpus. A sandboxed run (``source_roots``)
+    binds its bounds into them, where no step parameter reaches them: ``index`` reads inside the
+    roots and files inline records under ``inline_owner``'s names, ``flow`` passes both on."""
+    sandbox = Sandbox.of(source_roots, inline_owner)
 
     async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
+        if sandbox is not None:
+            params = params.model_copy(update={"source_name": sandbox.source_name(params.source_name)})
         return await run_index_subflow(params, ctx, source_roots)
 
-    registry = orchestrated_steps(default_registry)
+    registry = orchestrated_steps(default_registry, sandbox)
     registry.register(
         "index", run_index, params=IndexParams, outputs=INDEX_OUTPUTS, replace=True,
         description="Index documents into a collection, incrementally, as a sub-run of index-corpus.",
@@ -80,16 +85,20 @@ def _name() -> str:
 
 @flow(name="run-workflow", flow_run_name=_name, persist_result=True, result_serializer="json")
 async def run_workflow(
-    workflow: dict[str, Any] | str, context: dict[str, Any] | None = None, source_roots: list[str] | None = None
+    workflow: dict[str, Any] | str,
+    context: dict[str, Any] | None = None,
+    source_roots: list[str] | None = None,
+    inline_owner: str | None = None,
 ) -> dict[str, Any]:
     """Validate ``workflow`` (a definition, or JSON/YAML text or a file path) and run it; returns
     every step's state, time and output (or error), as JSON. ``source_roots`` (set by the HTTP
-    API, never by a workflow) sandboxes its ``index`` steps: they read and name only paths inside
-    those folders, an empty list none (see docs/design.md)."""
+    API, never by a workflow) sandboxes its ``index`` and ``flow`` steps: they read and name only
+    paths inside those folders, an empty list none; inline records go under names of the caller
+    ``inline_owner`` (see docs/design.md)."""
     logger = get_run_logger()
     settings = settings_for()
     load_step_modules(settings.step_modules)
-    registry = workflow_steps(source_roots)
+    registry = workflow_steps(source_roots, inline_owner)
     definition = check_workflow(_data(workflow), registry, context=context)  # an invalid workflow never starts
     await tag_flow_run([f"workflow:{definition.workflow_id}", *run_tags(settings)])
     merged = {**definition.context, **(context or {})}

@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.annotations import BaseAnnotation
@@ -19,21 +20,39 @@ from citadel.settings import Settings
 from citadel.workflows import StepContext, StepRegistry, WorkflowDefinition, resolve, run_step
 from citadel.workflows.builtin import FLOW_OUTPUTS, FlowParams
 from citadel.workflows.errors import StepFailed
+from citadel.workflows.sandbox import Sandbox
 from tasks.limits import embedding_slot
 from tasks.resources import get_resources
 
 
-async def run_flow_step(params: FlowParams, ctx: StepContext) -> dict[str, Any]:
-    """Run a deployment as a sub-run of this workflow and wait for it: composition of workflows."""
+def _missing(deployment: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"deployment {deployment!r} does not exist on this Prefect server; deploy it first (prefect deploy --all, or citadel serve)"
+    )
+
+
+async def deployment_parameters(deployment: str) -> dict[str, Any]:
+    """The parameters the flow of ``deployment`` takes, with their defaults, from its schema on Prefect."""
+    async with get_client() as client:
+        try:
+            found = await client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise _missing(deployment) from None
+    properties = (found.parameter_openapi_schema or {}).get("properties") or {}
+    return {name: spec.get("default") if isinstance(spec, dict) else None for name, spec in properties.items()}
+
+
+async def run_flow_step(params: FlowParams, ctx: StepContext, sandbox: Sandbox | None = None) -> dict[str, Any]:
+    """Run a deployment as a sub-run of this workflow and wait for it: composition of workflows.
+
+    A sandboxed run passes its bounds on (see :meth:`Sandbox.flow_parameters`), whatever the step says."""
+    parameters = params.parameters
+    if sandbox is not None:
+        parameters = sandbox.flow_parameters(params.deployment, parameters, await deployment_parameters(params.deployment))
     try:
-        flow_run = await arun_deployment(
-            params.deployment, parameters=params.parameters, timeout=params.timeout_seconds, poll_interval=1
-        )
+        flow_run = await arun_deployment(params.deployment, parameters=parameters, timeout=params.timeout_seconds, poll_interval=1)
     except ObjectNotFound:
-        raise ConfigurationError(
-            f"deployment {params.deployment!r} does not exist on this Prefect server; "
-            "deploy it first (prefect deploy --all, or citadel serve)"
-        ) from None
+        raise _missing(params.deployment) from None
     state = flow_run.state
     if state is None or not state.is_completed():
         raise RuntimeError(
@@ -43,15 +62,20 @@ async def run_flow_step(params: FlowParams, ctx: StepContext) -> dict[str, Any]:
     return {"flow_run_id": str(flow_run.id), "state": state.name, "deployment": params.deployment}
 
 
-def orchestrated_steps(base: StepRegistry) -> StepRegistry:
-    """``base``'s step types, with the runners only the orchestration layer has (``flow``).
+def orchestrated_steps(base: StepRegistry, sandbox: Sandbox | None = None) -> StepRegistry:
+    """``base``'s step types, with the runners only the orchestration layer has (``flow``), its
+    deployments started inside ``sandbox`` when the run has one.
 
     A copy per run, so that the core's registry keeps its Prefect-free runners and step modules
     loaded later still count.
     """
+
+    async def run_flow(params: FlowParams, ctx: StepContext) -> dict[str, Any]:
+        return await run_flow_step(params, ctx, sandbox)
+
     registry = base.copy()
     registry.register(
-        "flow", run_flow_step, params=FlowParams, outputs=FLOW_OUTPUTS,
+        "flow", run_flow, params=FlowParams, outputs=FLOW_OUTPUTS,
         description="Run a Prefect deployment as a sub-run and wait for it.", replace=True,
     )
     return registry

@@ -91,17 +91,21 @@ async def create_workflow(
                        code="workflow_refused", details=refusals)
     context = workflow.get("context") if isinstance(workflow.get("context"), dict) else None
     check_definition(workflow, context, state.settings)  # WorkflowInvalid: 400 with every problem
-    # The run is sandboxed by the roots the service sets, never by anything in the request: its
-    # index steps list and open only files inside them (an empty list: none), here or on a worker.
+    # The run is sandboxed by the roots the service sets and by who asked, never by anything in the
+    # request: its index and flow steps list and open only files inside the roots (an empty list:
+    # none), here or on a worker, and file inline records under the caller's own names.
     roots = [str(root) for root in state.api.source_roots]
+    owner = identity.subject
     if _runs_here(state):
-        report, task = await start_workflow_here(workflow, source_roots=roots)
+        report, task = await start_workflow_here(workflow, source_roots=roots, inline_owner=owner)
         run_id = report.flow_run_id
         state.workflow_tasks[run_id] = task
         task.add_done_callback(lambda _task: state.workflow_tasks.pop(run_id, None))
         runs_in = "api"
     else:
-        report = await submit_workflow(workflow, deployment=state.api.api_workflow_deployment, source_roots=roots)
+        report = await submit_workflow(
+            workflow, deployment=state.api.api_workflow_deployment, source_roots=roots, inline_owner=owner
+        )
         runs_in = "workers"
     log.info("workflow %s submitted as flow run %s by %s", report.workflow_id, report.flow_run_id, identity.subject)
     return WorkflowSubmitted(

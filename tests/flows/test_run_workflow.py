@@ -233,3 +233,63 @@ async def test_a_run_not_started_yet_is_cancelled(data_dir: Path) -> None:
         flow_run = await client.create_flow_run(run_workflow, parameters={"workflow": {"workflow_id": "never"}})
     report = await cancel_workflow(str(flow_run.id))
     assert report.state in ("Cancelling", "Cancelled")
+
+
+async def _stored(collection: str, ids: list[str]) -> dict:
+    from citadel.registry import Registry
+    from citadel.settings import Settings
+
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    try:
+        return await registry.get_documents(collection, ids)
+    finally:
+        await registry.aclose()
+
+
+async def test_a_sandboxed_index_step_files_inline_records_under_its_callers_name(
+    data_dir: Path, collection_name: str, tmp_path: Path
+) -> None:
+    def index(doc_id: str) -> dict:
+        return {"workflow_id": "owned", "steps": [{"step_id": "index", "type": "index", "parameters": {
+            "source": [{"id": doc_id, "text": f"a note of {doc_id}"}], "collection": collection_name, "prune": True}}]}
+
+    roots = [str(tmp_path)]
+    first = await (await run_workflow(index("a"), source_roots=roots, inline_owner="key:aaaaaaaaaaaa", return_state=True)).aresult()
+    second = await (await run_workflow(index("b"), source_roots=roots, inline_owner="jwt:bob", return_state=True)).aresult()
+    assert first["steps"]["index"]["output"]["added"] == 1
+    assert second["steps"]["index"]["output"]["deleted"] == 0, "the other caller's 'inline' is not this one's"
+    stored = await _stored(collection_name, ["a", "b"])
+    assert {doc_id: doc.source for doc_id, doc in stored.items()} == {"a": "key:aaaaaaaaaaaa@inline", "b": "jwt:bob@inline"}
+
+
+async def test_a_sandboxed_flow_step_starts_its_deployment_inside_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from prefect.states import Completed
+
+    import tasks.workflow
+    from citadel.errors import ConfigurationError
+    from flows.run_workflow import workflow_steps
+
+    started: list[dict] = []
+
+    async def schema(deployment: str) -> dict:
+        return {"source": None, "collection": None, "source_name": "inline", "prune": None, "source_roots": None}
+
+    async def start(deployment: str, parameters: dict, **_: object) -> SimpleNamespace:
+        started.append(parameters)
+        return SimpleNamespace(id=uuid.uuid4(), state=Completed())
+
+    monkeypatch.setattr(tasks.workflow, "deployment_parameters", schema)
+    monkeypatch.setattr(tasks.workflow, "arun_deployment", start)
+    flow = workflow_steps(["/srv/sources"], "key:aaaaaaaaaaaa").get("flow")
+    ctx = StepContext("w", "f")
+    await flow({"deployment": "index-corpus/x", "parameters": {"source": [{"id": "a", "text": "x"}], "prune": True}}, ctx)
+    assert started == [{"source": [{"id": "a", "text": "x"}], "prune": True, "source_roots": ["/srv/sources"],
+                        "source_name": "key:aaaaaaaaaaaa@inline"}]
+    with pytest.raises(ConfigurationError, match="source_roots is set by the service"):
+        await flow({"deployment": "index-corpus/x", "parameters": {"source": "/", "source_roots": ["/"]}}, ctx)
+    assert len(started) == 1, "nothing started"
+    await workflow_steps().get("flow")({"deployment": "index-corpus/x", "parameters": {"source": "/data"}}, ctx)
+    assert started[-1] == {"source": "/data"}, "outside a sandbox (the CLI) a flow step's parameters pass as they are"
