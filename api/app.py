@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -59,10 +60,13 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
     app.add_api_route("/metrics", metrics.prometheus, methods=["GET"], tags=["metrics"], summary="The Prometheus exposition",
                       dependencies=metrics.router.dependencies, response_class=Response,
                       responses={**ERROR_RESPONSES, **metrics.EXPOSITION_RESPONSES})
-    app.add_middleware(
-        CORSMiddleware, allow_origins=api.api_cors_origins, allow_credentials=bool(api.api_cors_origins),
+    cors: dict[str, Any] = dict(
+        allow_origins=api.api_cors_origins, allow_credentials=bool(api.api_cors_origins),
         allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
         expose_headers=["X-Request-ID", "RateLimit", "RateLimit-Policy", "Retry-After"], max_age=600,
     )
-    app.add_middleware(ServiceMiddleware, max_body_bytes=api.api_max_body_bytes, tls=tls)
+    app.add_middleware(CORSMiddleware, **cors)
+    # Outermost, so that every answer (preflights too) has its request id, secure headers and metrics;
+    # what it refuses itself before the app (401, 429, 413, ...) goes through the same CORS policy.
+    app.add_middleware(ServiceMiddleware, max_body_bytes=api.api_max_body_bytes, tls=tls, cors=cors)
     return app

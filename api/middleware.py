@@ -4,7 +4,8 @@ streaming and lifespan pass untouched and the cost per request stays small.
 
 A body is read only once its route's credentials and rate limit have passed (an anonymous
 caller is refused on its headers), and it reaches the app only when it nests no deeper than
-CITADEL_MAX_NESTING_DEPTH: the one bound on nesting for every route."""
+CITADEL_MAX_NESTING_DEPTH: the one bound on nesting for every route. What it answers itself (401,
+429, 400, 413, 415, 500) goes through the app's CORS policy, as the app's own answers do."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
@@ -49,8 +52,11 @@ class TooLarge(Exception):
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, tls: bool = False, max_depth: int | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, tls: bool = False, max_depth: int | None = None, cors: Mapping[str, Any] | None = None,
+    ) -> None:
         self.app = app
+        self.cors = dict(cors or {})  # the CORSMiddleware options of the app inside
         self.max_body_bytes = max_body_bytes
         self.max_depth = max_depth  # None: the service's CITADEL_MAX_NESTING_DEPTH
         self.too_large = f"the body is larger than {max_body_bytes} bytes (CITADEL_API_MAX_BODY_BYTES)"
@@ -89,8 +95,12 @@ class ServiceMiddleware:
                 ]
             await send(message)
 
+        async def answer(response: ASGIApp) -> None:
+            """Send a response of this middleware's own, with the CORS headers the app's would carry."""
+            await (CORSMiddleware(response, **self.cors) if self.cors else response)(scope, receive, send_with_headers)
+
         async def simple(status_code: int, code: str, message: str) -> None:
-            await error_response(status_code, code, message, request_id)(scope, receive, send_with_headers)
+            await answer(error_response(status_code, code, message, request_id))
 
         metrics.IN_FLIGHT.inc()
         try:
@@ -129,7 +139,7 @@ class ServiceMiddleware:
                 scope["route"] = target  # as the router sets it: what is refused here is counted under its route
                 refusal = await refuse_before_body(scope) if authenticates(target) else None
                 if refusal is not None:
-                    await refusal(scope, receive, send_with_headers)
+                    await answer(refusal)
                     return
                 try:
                     body = await _read_body(limited_receive)

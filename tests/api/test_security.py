@@ -160,6 +160,23 @@ def test_cors_allows_the_listed_origin_only(secured: tuple[Api, ApiProcess], emb
     assert "access-control-allow-origin" not in default.headers
 
 
+def test_refusals_before_the_body_carry_cors_for_the_listed_origin(secured: tuple[Api, ApiProcess]) -> None:
+    """A 401, 429 or 413 the service answers before reading a body is readable to an allowed page, as its other answers are."""
+    api, _ = secured
+    with api.client(headers={"X-Forwarded-For": "203.0.113.77", "Origin": ORIGIN}) as client:  # a budget of its own
+        responses = [client.post("/api/v1/search", json={"query": "x"}) for _ in range(13)]
+        large = client.post("/api/v1/search", json={"query": "a" * 5000}, headers={"X-API-Key": "ctd_x"})
+        other = client.post("/api/v1/search", json={"query": "x"}, headers={"Origin": "https://evil.example"})
+    assert [r.status_code for r in responses] == [401] * 12 + [429] and large.status_code == 413
+    for response in [responses[0], responses[-1], large]:
+        assert response.headers["access-control-allow-origin"] == ORIGIN, response.headers
+        assert response.headers["access-control-allow-credentials"] == "true"
+        assert "retry-after" in response.headers["access-control-expose-headers"].lower()
+        assert response.headers["x-content-type-options"] == "nosniff" and len(response.headers["x-request-id"]) == 32
+    assert int(responses[-1].headers["retry-after"]) >= 1
+    assert other.status_code == 429 and "access-control-allow-origin" not in other.headers
+
+
 def test_rate_limits_are_shared_by_two_processes_with_the_ietf_fields(secured: tuple[Api, ApiProcess]) -> None:
     first, second = secured
     key = fresh_key(first, "metrics")
