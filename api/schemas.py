@@ -7,10 +7,11 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from citadel.auth import KEY_NAME_PATTERN
 from citadel.models import ApiKeyCreated, ApiKeyRecord, SearchHit, WorkflowReport
+from citadel.vectorstore import FILTER_KEY_MAX, FILTER_KEY_PATTERN, INT64_MAX, INT64_MIN, filter_key_problem
 
 # Hard upper bounds of the schema; the configured (smaller or equal) ones are checked per request.
 MAX_TEXT_CHARS = 1_000_000
@@ -60,8 +61,6 @@ def _unicode_input(value: Any) -> Any:
 # Every string of a request body is Unicode text (checked before the length, which needs it).
 Text = Annotated[str, BeforeValidator(_unicode_input)]
 
-# A payload field to filter on, as the vector store addresses it: names joined by dots.
-FILTER_KEY_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
 # Checked by the routes with a 400 that says what is missing; documented as patterns (unanchored:
 # somewhere in the text). Python's \w is Unicode, as the check (str.isalnum) is.
@@ -70,13 +69,24 @@ SOME_WORD = r"[^\W_]"
 
 
 def filter_value(value: Any) -> str | bool | int | float:
-    """A value to match: a string, a boolean, an integer or a finite number (NaN equals nothing)."""
+    """A value to match: a string, a boolean, or a finite number within 64-bit integers (NaN equals nothing)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("NaN and infinity match nothing: give a finite number")
     if isinstance(value, str):
         return unicode_text(value)
     if not isinstance(value, (bool, int, float)):
         raise ValueError("a filter value is a string, a number or a boolean")
+    if not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        # Qdrant holds no integer beyond 64 bits; a float that large is whole, so the document bounds every number alike.
+        raise ValueError(f"{value} is beyond 64-bit integers, which the vector store holds: give a number from {INT64_MIN} to {INT64_MAX}")
+    return value
+
+
+def filter_key(value: str) -> str:
+    """A payload field the vector store can address, checked by the core's own pattern (Python's re, as the search does)."""
+    problem = filter_key_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -87,10 +97,13 @@ def key_name(value: str) -> str:
 
 
 Filter = Annotated[
-    dict[Annotated[str, StringConstraints(pattern=FILTER_KEY_PATTERN, max_length=255)], Annotated[Any, PlainValidator(filter_value)]],
+    dict[Annotated[str, AfterValidator(filter_key)], Annotated[Any, PlainValidator(filter_value)]],
     WithJsonSchema({
-        "type": "object", "maxProperties": 16, "propertyNames": {"pattern": FILTER_KEY_PATTERN, "maxLength": 255},
-        "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "boolean"}, {"type": "integer"}, {"type": "number"}]},
+        "type": "object", "maxProperties": 16, "propertyNames": {"pattern": FILTER_KEY_PATTERN, "maxLength": FILTER_KEY_MAX},
+        "additionalProperties": {"anyOf": [
+            {"type": "string"}, {"type": "boolean"}, {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
+            {"type": "number", "minimum": INT64_MIN, "maximum": INT64_MAX},
+        ]},
     }),
 ]
 

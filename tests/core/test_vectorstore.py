@@ -145,6 +145,33 @@ async def test_search_filters_exact_and_any(filled: VectorStore, collection_name
     assert none == []
 
 
+async def test_search_filters_on_arrays_and_refuses_what_the_store_cannot_hold(store: VectorStore, collection_name: str) -> None:
+    """Qdrant's array syntax addresses any element (``cities[].name``, ``tags[]``); an integer beyond
+    64 bits or a key outside the syntax is a configuration error, not a failure of the store."""
+    await store.ensure_collection(collection_name, DIMS, MODEL)
+    payloads = [
+        {"document_id": "oslo", "metadata": {"cities": [{"name": "Oslo"}, {"name": "Bergen"}], "tags": ["north", "coast"]}},
+        {"document_id": "rome", "metadata": {"cities": [{"name": "Rome"}], "tags": ["south"]}},
+    ]
+    await store.upsert(collection_name, [pid(0), pid(1)], [unit(1, 0, 0, 0), unit(0, 1, 0, 0)], payloads)
+
+    async def found(filters: dict[str, object]) -> set[str]:
+        return {h.payload["document_id"] for h in await store.search(collection_name, unit(1, 1, 0, 0), limit=10, filters=filters)}
+
+    assert await found({"metadata.cities[].name": "Bergen"}) == {"oslo"}
+    assert await found({"metadata.cities[].name": ["Rome", "Paris"]}) == {"rome"}
+    assert await found({"metadata.tags[]": "south"}) == {"rome"}
+    assert await found({"metadata.tags[]": "coast", "metadata.cities[].name": "Oslo"}) == {"oslo"}
+    assert await found({"metadata.cities[].name": "Paris"}) == set()
+    for key in ["metadata.cities[", "metadata..tags", "metadata.tags[0]", "metadata tags"]:
+        with pytest.raises(ConfigurationError, match="is not a payload field"):
+            await found({key: "x"})
+    for big in [10**20, -(2**63) - 1, [1, 2**63]]:
+        with pytest.raises(ConfigurationError, match="beyond 64-bit integers"):
+            await found({"metadata.count": big})
+    assert await found({"metadata.count": 2**63 - 1}) == set()  # the largest one is fine
+
+
 async def test_hit_as_dict_lifts_known_fields(filled: VectorStore, collection_name: str) -> None:
     """as_dict exposes id, score, document, chunk, text and source, leaving the rest as payload."""
     (hit,) = await filled.search(collection_name, unit(0, 0, 1, 0), limit=1)

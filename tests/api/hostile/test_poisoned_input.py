@@ -147,13 +147,16 @@ def measured_collections() -> dict[str, str]:
 
 
 def measured(api: Api, made: dict[str, str]) -> str:
-    """A collection (one per API process) of two documents whose metadata holds a float, an integer and a flag."""
+    """A collection (one per API process) of two documents whose metadata holds a float, an integer and a flag,
+    and one whose metadata holds arrays."""
     if api.name in made:
         return made[api.name]
     collection = f"poison_{uuid.uuid4().hex[:10]}"
     records = [
         {"id": "light", "text": "A feather drifts on the wind.", "metadata": {"weight": 1.5, "count": 2, "soft": True}},
         {"id": "heavy", "text": "An anvil sinks to the floor.", "metadata": {"weight": 40.25, "count": 3, "soft": False}},
+        {"id": "kit", "text": "A box of parts falls open.",
+         "metadata": {"tags": ["red", "blue"], "parts": [{"name": "bolt"}, {"name": "nut"}]}},
     ]
     workflow = {"workflow_id": "measured", "steps": [
         {"step_id": "index", "type": "index", "parameters": {"collection": collection, "source": records}}]}
@@ -190,6 +193,30 @@ def test_filters_on_floats_match_and_nan_is_refused(api: Api, measured_collectio
         assert "finite" in json.dumps(body)
     assert_refused(threshold, 422, "body.threshold")
     assert_refused(bad_key, 422)
+    assert " 500 " not in api.process.log(200_000)
+
+
+def test_filters_on_integers_beyond_64_bits_are_refused_and_arrays_are_addressed(api: Api, measured_collections: dict[str, str]) -> None:
+    collection = measured(api, measured_collections)
+
+    def search(client: httpx.Client, filters: dict[str, Any]) -> httpx.Response:
+        return post_raw(client, "/api/v1/search", {"query": "something falls", "collection": collection, "filter": filters})
+
+    with api.client(headers=api.headers("reader")) as client:
+        big = {value: search(client, {"metadata.count": value}) for value in [10**20, 2**63, -(2**63) - 1, 1e20]}
+        largest = search(client, {"metadata.count": 2**63 - 1})
+        tagged = search(client, {"metadata.tags[]": "blue"})
+        part = search(client, {"metadata.parts[].name": "nut", "metadata.tags[]": "red"})
+        no_part = search(client, {"metadata.parts[].name": "washer"})
+        bad_array = search(client, {"metadata.parts[0].name": "nut"})
+    for value, response in big.items():
+        body = assert_refused(response, 422, "body.filter.metadata.count")
+        assert "64-bit" in json.dumps(body), value
+    assert largest.status_code == 200 and largest.json()["hits"] == []
+    assert [hit["document_id"] for hit in tagged.json()["hits"]] == ["kit"], tagged.text
+    assert [hit["document_id"] for hit in part.json()["hits"]] == ["kit"], part.text
+    assert no_part.status_code == 200 and no_part.json()["hits"] == []
+    assert_refused(bad_array, 422)
     assert " 500 " not in api.process.log(200_000)
 
 
