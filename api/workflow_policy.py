@@ -19,8 +19,10 @@ from citadel.auth import Identity
 from citadel.documents import SourceRoots, source_name_problem
 from citadel.settings import Settings
 from citadel.workflows.errors import format_location
+from citadel.workflows.sandbox import SANDBOX_PARAMETERS
 
 _REFERENCE = "${"
+_LITERAL = "must be given literally, not as a reference"
 
 
 def _path_problem(source: str, roots: list[Path]) -> str | None:
@@ -61,17 +63,56 @@ def _embedder_problems(embedder: Any, settings: Settings, models: list[str], whe
     return found
 
 
-def workflow_refusals(
-    workflow: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str]
-) -> list[dict[str, str]]:
-    """Everything in ``workflow`` that an HTTP caller may not ask for, with its location."""
+def _source_problems(params: dict[str, Any], roots: list[Path], where: tuple[str | int, ...]) -> list[tuple[str, str]]:
+    """What is wrong with the ``source`` and ``source_name`` of an ``index`` step, or of a deployment a ``flow`` step starts."""
+    found = []
+    source = params.get("source")
+    if isinstance(source, str):
+        problem = _LITERAL if _REFERENCE in source else _path_problem(source, roots)
+        if problem:
+            found.append((format_location(*where, "source"), problem))
+    name = params.get("source_name")
+    if isinstance(name, str):  # the source whose documents a prune deletes: its own, never another's
+        problem = _LITERAL if _REFERENCE in name else source_name_problem(name, SourceRoots.of(roots))
+        if problem:
+            found.append((format_location(*where, "source_name"), problem))
+    return found
+
+
+def _flow_problems(
+    params: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str], where: tuple[str | int, ...]
+) -> list[tuple[str, str]]:
+    """What a ``flow`` step may not pass to its deployment: the sandbox's own parameters, a source
+    outside the roots, and (for run-workflow) a workflow this service would refuse or a file to read."""
+    inner = params.get("parameters")
+    if isinstance(inner, str) and _REFERENCE in inner:
+        return [(format_location(*where, "parameters"), _LITERAL)]
+    if not isinstance(inner, dict):
+        return []
+    where = (*where, "parameters")
+    found = [
+        (format_location(*where, name), "set by the service from its own configuration and the caller, never by a request; remove it")
+        for name in SANDBOX_PARAMETERS if name in inner
+    ]
+    found += _source_problems(inner, api.source_roots, where)
+    workflow = inner.get("workflow")
+    if isinstance(workflow, dict):
+        found += _refusals(workflow, identity, api, settings, models, (*where, "workflow"))
+    elif workflow is not None:
+        found.append((format_location(*where, "workflow"), "give the workflow as an object; a file name or text is read on the server"))
+    return found
+
+
+def _refusals(
+    workflow: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str], at: tuple[str | int, ...]
+) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     steps = workflow.get("steps")
     if not isinstance(steps, list):
         return []  # the schema check reports it
     if len(steps) > api.api_max_workflow_steps:
-        found.append(("steps", f"{len(steps)} steps; at most {api.api_max_workflow_steps} per workflow (CITADEL_API_MAX_WORKFLOW_STEPS)"))
-    roots = api.source_roots
+        found.append((format_location(*at, "steps"),
+                      f"{len(steps)} steps; at most {api.api_max_workflow_steps} per workflow (CITADEL_API_MAX_WORKFLOW_STEPS)"))
     for index, step in enumerate(steps):
         if not isinstance(step, dict):
             continue
@@ -79,28 +120,28 @@ def workflow_refusals(
         if not isinstance(params, dict):
             continue
         kind = step.get("type")
-        where: tuple[str | int, ...] = ("steps", index, "parameters")
+        where: tuple[str | int, ...] = (*at, "steps", index, "parameters")
         found += _embedder_problems(params.get("embedder"), settings, models, (*where, "embedder"))
         model = params.get("model")
         if isinstance(model, str) and (model not in models or _REFERENCE in model):
             found.append((format_location(*where, "model"), f"model {model!r} is not served here; served: {', '.join(models)}"))
         if kind == "index":
-            source = params.get("source")
-            if isinstance(source, str):
-                problem = "must be given literally, not as a reference" if _REFERENCE in source else _path_problem(source, roots)
-                if problem:
-                    found.append((format_location(*where, "source"), problem))
-            name = params.get("source_name")
-            if isinstance(name, str):  # the source whose documents a prune deletes: its own, never another's
-                literal = "must be given literally, not as a reference"
-                problem = literal if _REFERENCE in name else source_name_problem(name, SourceRoots.of(roots))
-                if problem:
-                    found.append((format_location(*where, "source_name"), problem))
+            found += _source_problems(params, api.source_roots, where)
         elif kind == "flow":
             deployment = params.get("deployment")
             if not identity.allows("admin"):
-                found.append((format_location("steps", index, "type"), "a 'flow' step starts a deployment: it needs the admin scope"))
+                found.append((format_location(*at, "steps", index, "type"), "a 'flow' step starts a deployment: it needs the admin scope"))
             if not isinstance(deployment, str) or deployment not in api.api_deployments:
                 allowed = ", ".join(api.api_deployments) or "none"
                 found.append((format_location(*where, "deployment"), f"not on the allowlist (CITADEL_API_DEPLOYMENTS: {allowed})"))
-    return [{"location": location, "message": message} for location, message in found]
+            found += _flow_problems(params, identity, api, settings, models, where)
+    return found
+
+
+def workflow_refusals(
+    workflow: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str]
+) -> list[dict[str, str]]:
+    """Everything in ``workflow`` that an HTTP caller may not ask for, with its location; a ``flow``
+    step's parameters are the deployment's, checked as an ``index`` step's are (and a workflow it
+    passes to run-workflow as this one)."""
+    return [{"location": location, "message": message} for location, message in _refusals(workflow, identity, api, settings, models, ())]

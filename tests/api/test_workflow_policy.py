@@ -94,3 +94,34 @@ def test_a_flow_step_needs_the_allowlist_and_the_admin_scope(embedded_api: Api) 
 def test_the_number_of_steps_is_bounded(embedded_api: Api) -> None:
     steps = [{"step_id": f"s{i}", "type": "chunk", "parameters": {"text": "x"}} for i in range(51)]
     assert "CITADEL_API_MAX_WORKFLOW_STEPS" in refusals(submit(embedded_api, steps))["steps"]
+
+
+def test_a_flow_step_passes_its_deployment_only_what_an_index_step_may_name(tmp_path) -> None:
+    from api.workflow_policy import workflow_refusals
+    from citadel.apisettings import ApiSettings
+    from citadel.auth import Identity
+    from citadel.settings import Settings
+
+    roots = tmp_path / "sources"
+    roots.mkdir()
+    api = ApiSettings(api_source_roots=[str(roots)], api_deployments=["index-corpus/x", "run-workflow/x"])
+    admin = Identity("key:aaaaaaaaaaaa", frozenset({"admin"}), "key")
+
+    def refused(deployment: str, parameters: object) -> dict[str, str]:
+        workflow = {"workflow_id": "w", "steps": [{"step_id": "f", "type": "flow", "parameters": {
+            "deployment": deployment, "parameters": parameters}}]}
+        return {r["location"]: r["message"] for r in workflow_refusals(workflow, admin, api, Settings(), ["m"])}
+
+    at = "steps[0].parameters.parameters"
+    assert list(refused("run-workflow/x", {"workflow": {"workflow_id": "n", "steps": []}, "source_roots": ["/"]})) == [f"{at}.source_roots"]
+    assert list(refused("run-workflow/x", {"workflow": {}, "inline_owner": "key:bbbbbbbbbbbb"})) == [f"{at}.inline_owner"]
+    assert "outside the folders" in refused("index-corpus/x", {"source": "/etc"})[f"{at}.source"]
+    assert "outside the folders" in refused("index-corpus/x", {"source": [], "source_name": "/etc", "prune": True})[f"{at}.source_name"]
+    assert "literally" in refused("index-corpus/x", {"source": "${context.x}"})[f"{at}.source"]
+    assert "literally" in refused("index-corpus/x", "${steps.a.output.hits}")["steps[0].parameters.parameters"]
+    nested = {"workflow_id": "n", "steps": [{"step_id": "i", "type": "index", "parameters": {"source": "/etc"}}]}
+    assert list(refused("run-workflow/x", {"workflow": nested})) == [f"{at}.workflow.steps[0].parameters.source"]
+    assert "read on the server" in refused("run-workflow/x", {"workflow": "/etc/passwd"})[f"{at}.workflow"]
+    assert refused("index-corpus/x", {"source": str(roots), "source_name": "crm", "prune": True}) == {}
+    assert refused("run-workflow/x", {"workflow": {"workflow_id": "n", "steps": [
+        {"step_id": "i", "type": "index", "parameters": {"source": [], "source_name": "crm"}}]}}) == {}
