@@ -1,23 +1,26 @@
 """The source-root sandbox over HTTP: a workflow reads no file outside CITADEL_API_SOURCE_ROOTS
-through symlinks, globs or '..', and names (and so prunes) no source but its own."""
+through symlinks, globs, '..' or a deployment a flow step starts, and names (and so prunes) no
+source but its own, nor another caller's inline records."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from citadel.auth import ApiKeys
 from citadel.registry import DocumentRecord, Registry
-from tests.api.conftest import Api
+from tests.api.conftest import Api, start_api
 from tests.api.test_endpoints import wait_final
 
 SECRET = "Zanzibar-kumquat launch code 7741"
 
 
-def submit(api: Api, steps: list[dict]):
-    with api.client(headers=api.headers("workflows")) as client:
+def submit(api: Api, steps: list[dict], key: str = "workflows"):
+    with api.client(headers=api.headers(key)) as client:
         return client.post("/api/v1/orchestration/workflow", json={"workflow_id": f"hostile-{uuid.uuid4().hex[:8]}", "steps": steps})
 
 
@@ -117,3 +120,69 @@ def test_a_workflow_may_not_prune_another_source(api: Api) -> None:
     assert final["steps"]["index"]["output"]["deleted"] == 1  # its own 'own' note, nothing of team B's
     assert documents_of(api, collection, [f"{team_b}/plan.txt", "planted", "own"]) == {f"{team_b}/plan.txt", "planted"}
 
+
+
+@pytest.fixture(scope="module")
+def deploying_api(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Iterator[Api]:
+    """An API whose admins may start index-corpus and run-workflow deployments from a flow step."""
+    api = start_api("deploying", tmp_path_factory.mktemp("api-deploying"), prefect_api_url,
+                    CITADEL_API_DEPLOYMENTS="index-corpus/on-demand,run-workflow/default")
+    yield api
+    api.process.stop()
+
+
+def test_a_flow_step_may_not_lead_its_deployment_out_of_the_roots(deploying_api: Api) -> None:
+    api = deploying_api
+    nested = {"workflow_id": "inner", "steps": [{"step_id": "i", "type": "index", "parameters": {"source": "/etc"}}]}
+    attempts = {
+        "source_roots": ("run-workflow/default", {"workflow": {"workflow_id": "inner", "steps": []}, "source_roots": ["/"]}),
+        "inline_owner": ("run-workflow/default", {"workflow": {"workflow_id": "inner", "steps": []}, "inline_owner": "key:aaaaaaaaaaaa"}),
+        "source": ("index-corpus/on-demand", {"source": "/etc"}),
+        "source_name": ("index-corpus/on-demand", {"source": [{"id": "x", "text": "x"}], "source_name": "/etc", "prune": True}),
+        "workflow.steps[0].parameters.source": ("run-workflow/default", {"workflow": nested}),
+        "workflow": ("run-workflow/default", {"workflow": "/etc/passwd"}),
+    }
+    for place, (deployment, parameters) in attempts.items():
+        refused = submit(api, [{"step_id": "f", "type": "flow", "parameters": {"deployment": deployment, "parameters": parameters}}],
+                         key="admin")
+        assert refused.status_code == 403, (place, refused.text)
+        error = refused.json()["error"]
+        assert error["code"] == "workflow_refused"
+        assert [problem["location"] for problem in error["details"]] == [f"steps[0].parameters.parameters.{place}"], error
+
+
+def add_key(api: Api, name: str, scopes: list[str]) -> str:
+    """Another key, as an operator creates one while the service runs."""
+
+    async def create() -> str:
+        registry = Registry(api.settings.registry_url)
+        await registry.init()
+        try:
+            return (await ApiKeys(registry).create(name, scopes)).key
+        finally:
+            await registry.aclose()
+
+    return asyncio.run(create())
+
+
+def test_two_callers_inline_records_under_one_name_are_each_their_own(api: Api) -> None:
+    other = f"other-{api.name}"
+    if other not in api.keys:
+        api.keys[other] = add_key(api, f"test-{other}", ["workflows"])
+    collection = f"shared_{uuid.uuid4().hex[:8]}"
+
+    def index(key: str, doc_id: str, **named: str) -> dict:
+        response = submit(api, [{"step_id": "index", "type": "index", "parameters": {
+            "source": [{"id": doc_id, "text": f"the note {doc_id}"}], "collection": collection, "prune": True, **named}}], key=key)
+        assert response.status_code == 200, response.text
+        final = wait_final(api, response.json()["task_id"])
+        assert final["status"] == "Completed", final
+        return final["steps"]["index"]["output"]
+
+    for named in ({"source_name": "shared"}, {}):  # a name both give, and the default 'inline'
+        tag = named.get("source_name", "inline")
+        assert index("workflows", f"{tag}-first", **named)["added"] == 1
+        second = index(other, f"{tag}-second", **named)
+        assert second["deleted"] == 0, ("the other key's prune deleted the first key's record", second["source"])
+        assert index("workflows", f"{tag}-third", **named)["deleted"] == 1, "its own earlier record, and only that"
+        assert documents_of(api, collection, [f"{tag}-first", f"{tag}-second", f"{tag}-third"]) == {f"{tag}-second", f"{tag}-third"}
