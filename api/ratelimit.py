@@ -25,8 +25,8 @@ from citadel.apisettings import parse_limits
 log = logging.getLogger("citadel.api")
 
 OnRedisDown = Literal["open", "closed", "local"]
-# After Redis fails, how long requests go to the fallback before Redis is tried again: a Redis that
-# hangs must not add its timeout to every request.
+# After Redis fails, how long requests go to the fallback before one of them tries Redis again (the
+# others keep to the fallback while it does): a Redis that hangs must not add its timeout to every request.
 RETRY_REDIS_S = 2.0
 
 # KEYS: per period, the current and the previous bucket. ARGV: now, then per period its limit,
@@ -89,7 +89,8 @@ class RateLimiter:
             self._script = self._redis.register_script(SCRIPT)
         self._memory: dict[str, int] = {}
         self._warned = 0.0
-        self._redis_down_until = 0.0
+        self._redis_down_until = 0.0  # in the future after a failure: the fallback decides until then; 0: Redis is thought up
+        self._probing = False  # a request is trying again a Redis that failed
 
     def _keys(self, identity: str, now: float) -> list[str]:
         keys = []
@@ -105,7 +106,11 @@ class RateLimiter:
         keys = self._keys(identity, now)
         if self._script is None:
             return self._check_memory(keys, now)
-        if time.monotonic() >= self._redis_down_until:
+        if not self._probing and time.monotonic() >= self._redis_down_until:
+            # After a failure, one request at a time tries Redis again; the others keep to the fallback
+            # meanwhile instead of each waiting out the timeouts of a Redis that hangs.
+            probing = self._redis_down_until > 0
+            self._probing = probing
             args: list[Any] = [repr(now)]
             for amount, seconds, _ in self.periods:
                 args += [amount, seconds]
@@ -116,7 +121,11 @@ class RateLimiter:
                 self._redis_down_until = time.monotonic() + RETRY_REDIS_S
                 self._warn(exc)
             else:
+                self._redis_down_until = 0.0
                 return self._decision(bool(allowed), int(index), int(remaining), float(reset))
+            finally:
+                if probing:
+                    self._probing = False
         return self._without_redis(keys, now)
 
     def _without_redis(self, keys: list[str], now: float) -> Decision:

@@ -79,3 +79,44 @@ async def test_the_limiter_goes_back_to_redis_when_it_answers_again(redis_url: s
         assert [(await limiter.check("x")).allowed for _ in range(3)] == [True, True, False]  # Redis's own count again
     finally:
         await limiter.aclose()
+
+
+async def test_while_redis_hangs_one_request_at_a_time_tries_it_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis that accepts connections and never answers costs one request its timeout per retry,
+    not every request that arrives meanwhile: the others are answered by the fallback at once."""
+    attempts = 0
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        held.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr("api.ratelimit.RETRY_REDIS_S", 0.2)
+    limiter = RateLimiter("1000/minute", f"redis://127.0.0.1:{port}/0")
+    try:
+        assert (await limiter.check("x")).allowed  # Redis was thought up: this one waited for its timeout
+        first = attempts
+        assert first >= 1
+        await asyncio.sleep(0.3)  # time to try Redis again
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def timed() -> float:
+            assert (await limiter.check("x")).allowed
+            return loop.time() - started
+
+        burst = asyncio.gather(*(timed() for _ in range(20)))
+        await asyncio.sleep(0.5)
+        assert attempts - first == 1  # one request tries Redis again; the other 19 do not
+        seconds = sorted(await burst)
+        assert seconds[18] < 0.5, seconds  # answered by the local counters while the one waits
+        assert attempts - first == 1
+    finally:
+        await limiter.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
