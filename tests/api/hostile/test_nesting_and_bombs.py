@@ -136,9 +136,9 @@ CREDENTIALS = {
 @pytest.mark.parametrize("who", list(CREDENTIALS))
 @pytest.mark.parametrize("path", ["/api/v1/embeddings/batch", "/api/v1/orchestration/workflow", "/api/v1/admin/keys"])
 def test_a_megabyte_without_valid_credentials_is_refused_before_it_is_read(api: Api, path: str, who: str) -> None:
-    seconds, status, headers, body = partial_request(api, path, CREDENTIALS[who])
+    seconds, status, headers, body = partial_request(api, path, CREDENTIALS[who], wait_s=10)
     assert status == 401, f"no answer within {seconds:.1f}s: the service waited for the body" if not status else status
-    assert seconds < 2
+    assert seconds < 5  # an unknown key is looked up in Postgres, on a loaded machine: well within, without the body
     assert headers.get("www-authenticate") == "Bearer" and headers.get("x-request-id")
     assert json.loads(body)["error"]["code"] == "unauthorized"
 
