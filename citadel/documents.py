@@ -3,19 +3,17 @@
 A file that cannot become a document (empty, binary, not UTF-8, too large, malformed JSON)
 becomes a :class:`LoadFailure` with its reason instead of stopping the run.
 
-A sandboxed run (the HTTP API's, given :class:`SourceRoots`) reads only files whose real path
-lies inside its roots: checked when the source is listed and again on the opened descriptor.
-Without roots (the CLI) symlinks are followed as documented.
+A sandboxed run (the HTTP API's, given :class:`~citadel.sourceroots.SourceRoots`) reads only
+files whose real path lies inside its roots (:mod:`citadel.sourceroots`). Without roots (the CLI)
+symlinks are followed as documented.
 """
 
 from __future__ import annotations
 
 import errno
-import fnmatch
 import glob
 import json
 import os
-import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 from citadel.errors import ConfigurationError
 from citadel.hashing import sha256_text
 from citadel.nesting import DEFAULT_MAX_DEPTH, value_depth_exceeds
+from citadel.sourceroots import OUTSIDE_ROOTS, SourceRoots, glob_inside, inside, open_inside
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
 
@@ -56,45 +55,6 @@ class LoadFailure:
     origin: str = ""
 
 
-OUTSIDE_ROOTS = "leads outside the folders this service may index (CITADEL_API_SOURCE_ROOTS)"
-
-
-@dataclass(frozen=True)
-class SourceRoots:
-    """The folders a sandboxed run may read (CITADEL_API_SOURCE_ROOTS), resolved once.
-
-    Every path such a run lists or opens is resolved (symlinks, ``..``) and must lie inside one.
-    """
-
-    folders: tuple[Path, ...]
-
-    @classmethod
-    def of(cls, folders: Iterable[str | os.PathLike[str]]) -> SourceRoots:
-        """The roots ``folders`` name, each resolved."""
-        return cls(tuple(Path(os.path.realpath(os.path.expanduser(folder))) for folder in folders))
-
-    def holds(self, path: str | os.PathLike[str]) -> bool:
-        """Whether ``path``, once resolved, lies inside one of the roots."""
-        return _inside(Path(os.path.realpath(path)), self.folders)
-
-
-def source_name_problem(name: str, roots: SourceRoots) -> str | None:
-    """Why a sandboxed run may not file inline records under ``name``, or None.
-
-    A name without a path separator is an inline name: every file source's key is an absolute
-    path, so it never names (nor prunes) one. A name with a separator must be an absolute path
-    that resolves inside the roots.
-    """
-    if "/" not in name and "\\" not in name:
-        return None
-    if os.path.isabs(name) and roots.holds(name):
-        return None
-    return (
-        f"source_name {name!r} is a path outside the folders this service may index (CITADEL_API_SOURCE_ROOTS); "
-        "name inline records without '/' (e.g. 'crm'), or give an absolute path inside a source root"
-    )
-
-
 @dataclass
 class SourceListing:
     """What one source holds. ``complete`` means documents missing from it may be deleted;
@@ -122,10 +82,6 @@ def _missing_path(text: str) -> ConfigurationError:
     return ConfigurationError(f"path {text!r} does not exist; give a directory, a file or a glob of documents")
 
 
-def _inside(path: Path, folders: Sequence[Path]) -> bool:
-    return any(path == folder or folder in path.parents for folder in folders)
-
-
 def list_source(
     source: str | os.PathLike[str], exclude: Sequence[str | os.PathLike[str]] = (), roots: SourceRoots | None = None
 ) -> SourceListing:
@@ -143,7 +99,7 @@ def list_source(
     if any(ch in text for ch in "*?["):
         pattern = str(path if path.is_absolute() else Path.cwd() / path)
         paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        paths = [p for p in paths if p.suffix.lower() in SUPPORTED_SUFFIXES and not _inside(p.resolve(), skipped)]
+        paths = [p for p in paths if p.suffix.lower() in SUPPORTED_SUFFIXES and not inside(p.resolve(), skipped)]
         return SourceListing(pattern, paths, True)
     if not path.exists():
         raise _missing_path(text)
@@ -163,10 +119,10 @@ def _list_inside(text: str, skipped: Sequence[Path], roots: SourceRoots) -> Sour
     path = Path(text).expanduser()
     path = path if path.is_absolute() else Path.cwd() / path
     if glob.has_magic(text):
-        found, outside = _glob_inside(path, roots)
+        found, outside = glob_inside(path, roots)
         paths = [
             p for p in found
-            if p.suffix.lower() in SUPPORTED_SUFFIXES and not _inside(Path(os.path.realpath(p)), skipped) and p.is_file()
+            if p.suffix.lower() in SUPPORTED_SUFFIXES and not inside(Path(os.path.realpath(p)), skipped) and p.is_file()
         ]
         return SourceListing(str(path), paths, True, roots=roots, outside=outside)
     if not roots.holds(path):  # checked before anything is said about what lies outside
@@ -181,68 +137,6 @@ def _list_inside(text: str, skipped: Sequence[Path], roots: SourceRoots) -> Sour
     left_out: list[str] = []
     paths, unreadable = _walk(path, skipped, roots, left_out)
     return SourceListing(str(path), paths, complete=not unreadable, problems=unreadable, roots=roots, outside=left_out)
-
-
-def _glob_inside(pattern: Path, roots: SourceRoots) -> tuple[list[Path], list[str]]:
-    """The paths ``pattern`` matches, as ``glob.glob(recursive=True)`` finds them, expanded one
-    folder at a time without entering one that resolves outside ``roots`` (a symlink or ``..``);
-    and the entries left out because they lead outside."""
-    parts = pattern.parts
-    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-    found: list[Path] = []
-    outside: list[str] = []
-
-    def enter(folder: Path, ancestors: frozenset[Path]) -> frozenset[Path] | None:
-        """The folders above and at ``folder`` (resolved) once it may be entered, else None."""
-        real = Path(os.path.realpath(folder))
-        if not _inside(real, roots.folders):
-            outside.append(str(folder))
-            return None
-        if real in ancestors or not real.is_dir():  # a symlink loop, or not a folder
-            return None
-        return ancestors | {real}
-
-    def names(folder: Path, part: str) -> list[str]:
-        try:
-            entries = sorted(os.listdir(folder))
-        except OSError:
-            return []  # as glob does
-        return [name for name in entries if not name.startswith(".") or part.startswith(".")]
-
-    def match(folder: Path, rest: tuple[str, ...], ancestors: frozenset[Path]) -> None:
-        part, tail = rest[0], rest[1:]
-        if part == "**":  # zero or more folders; hidden ones are not entered
-            if tail:
-                match(folder, tail, ancestors)
-            for name in names(folder, ""):
-                child = folder / name
-                if not tail:
-                    found.append(child)
-                inner = enter(child, ancestors)
-                if inner is not None:
-                    match(child, rest, inner)
-            return
-        candidates = [n for n in names(folder, part) if fnmatch.fnmatch(n, part)] if glob.has_magic(part) else [part]
-        for name in candidates:
-            child = folder / name
-            if not tail:
-                if os.path.lexists(child):
-                    found.append(child)
-                continue
-            inner = enter(child, ancestors)
-            if inner is not None:
-                match(child, tail, inner)
-
-    start = enter(Path(*parts[:first]), frozenset())
-    if start is not None:
-        match(Path(*parts[:first]), parts[first:], start)
-    inside = []
-    for path in dict.fromkeys(found):  # '**/**' finds a path twice, as glob does
-        if _inside(Path(os.path.realpath(path)), roots.folders):
-            inside.append(path)
-        else:
-            outside.append(str(path))
-    return sorted(inside), list(dict.fromkeys(outside))
 
 
 def _walk(
@@ -261,7 +155,7 @@ def _walk(
     for folder, subfolders, files in os.walk(root, onerror=failed):
         subfolders[:] = [
             name for name in subfolders
-            if not name.startswith(".") and not (skipped and _inside(Path(folder, name).resolve(), skipped))
+            if not name.startswith(".") and not (skipped and inside(Path(folder, name).resolve(), skipped))
         ]
         if roots is not None and outside is not None:
             outside.extend(str(Path(folder, name)) for name in subfolders if not roots.holds(Path(folder, name)))
@@ -355,67 +249,16 @@ def _unreadable(file_id: str, source: str, reason: str) -> LoadFailure:
     return LoadFailure(file_id, source, reason, origin=file_id)
 
 
-def _descriptor_path(fd: int) -> str | None:
-    """The real path of an open descriptor, from the kernel: None where it cannot say."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        pass
-    try:
-        import fcntl
-
-        getpath = getattr(fcntl, "F_GETPATH", None)  # macOS
-        if getpath is not None:
-            return os.fsdecode(fcntl.fcntl(fd, getpath, b"\0" * 1024).rstrip(b"\0"))
-    except OSError:
-        pass
-    return None
-
-
-def _open_inside(path: Path, roots: SourceRoots) -> int:
-    """A read-only descriptor of ``path`` when it lies inside ``roots``, else ``PermissionError``.
-
-    The path is resolved and checked, opened without following a symlink swapped in since
-    (``O_NOFOLLOW``), and the opened descriptor's own path is checked again, so a folder swapped
-    for a symlink between the check and the open cannot lead out either.
-    """
-    refused = PermissionError(f"the file {OUTSIDE_ROOTS}, through a symlink or '..'; it was not read")
-    real = os.path.realpath(path)
-    if not _inside(Path(real), roots.folders):
-        raise refused
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(real, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # the last part became a symlink after the check
-            raise refused from None
-        raise
-    try:
-        opened = _descriptor_path(fd)
-        if opened is None:
-            same = os.fstat(fd)
-            now = os.stat(real)
-            opened = real if (same.st_dev, same.st_ino) == (now.st_dev, now.st_ino) else None
-        if opened is None or not _inside(Path(opened), roots.folders):
-            raise refused
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device is never read
-            raise ValueError("not a regular file; only files can be indexed")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _read(path: Path, max_bytes: int, roots: SourceRoots | None) -> bytes:
     """The bytes of ``path``, refused over ``max_bytes``; with ``roots``, read from the one
-    descriptor :func:`_open_inside` checked."""
+    descriptor :func:`open_inside` checked."""
     too_large = "file is {} bytes, over the limit of {} (CITADEL_MAX_FILE_BYTES)"
     if roots is None:
         size = path.stat().st_size
         if size > max_bytes:
             raise ValueError(too_large.format(size, max_bytes))
         return path.read_bytes()
-    with os.fdopen(_open_inside(path, roots), "rb") as handle:
+    with os.fdopen(open_inside(path, roots), "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         data = handle.read(max_bytes + 1)
     if size > max_bytes or len(data) > max_bytes:

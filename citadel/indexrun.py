@@ -25,11 +25,9 @@ from citadel.consistency import check_store, reconcile
 from citadel.documents import (
     SUPPORTED_SUFFIXES,
     SourceListing,
-    SourceRoots,
     iter_groups,
     list_source,
     shard_listing,
-    source_name_problem,
 )
 from citadel.errors import ConfigurationError
 from citadel.indexing import (
@@ -52,6 +50,7 @@ from citadel.resources import Resources
 from citadel.runlock import Holder, RunLock, find_crashed_runs, lock_key, mark_crashed_runs
 from citadel.settings import Settings
 from citadel.sharding import check_shard, shard_of
+from citadel.sourceroots import SourceRoots, source_name_problem
 from citadel.storeprobe import embedded_store_holder, store_in_use
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,12 @@ from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
 from citadel import bluegreen, progress
-from citadel.documents import SourceGroup, SourceRoots
+from citadel.documents import SourceGroup
 from citadel.indexing import BatchPlan, EmbeddedBatch, WriteBatcher, WriteResult, batches_label
 from citadel.indexrun import IndexRun, ResolvedSource, resolve_source
 from citadel.models import RunSummary
 from citadel.settings import EmbedderConfig, Settings, settings_for
+from citadel.sourceroots import SourceRoots
 from tasks.crashed import mark_flow_runs_crashed
 from tasks.indexing import (
     check_store,

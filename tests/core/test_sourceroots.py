@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from citadel import documents
-from citadel.documents import (
-    LoadFailure,
-    SourceRoots,
-    iter_groups,
-    list_source,
-    load_file,
-    load_group,
-    source_name_problem,
-)
+from citadel import sourceroots
+from citadel.documents import LoadFailure, SourceListing, iter_groups, list_source, load_file, load_group
 from citadel.errors import ConfigurationError
+from citadel.sourceroots import SourceRoots, source_name_problem
 
 MAX = 1_000_000
 SECRET = "the secret outside the roots"
@@ -46,7 +39,7 @@ def names(paths: list[Path], root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in paths)
 
 
-def read_all(listing: documents.SourceListing) -> str:
+def read_all(listing: SourceListing) -> str:
     texts = []
     for group in iter_groups(listing, None, max_documents=100, max_bytes=MAX):
         texts += [item.text for item in load_group(group, "src", MAX) if not isinstance(item, LoadFailure)]
@@ -143,7 +136,7 @@ def test_a_symlink_swapped_in_after_the_check_is_not_followed(tree: tuple[Path, 
     checked.symlink_to(outside / "s.txt")
     folder = root / "team" / "swapped"
     folder.symlink_to(outside)
-    monkeypatch.setattr(documents.os.path, "realpath", lambda path, **_: os.path.abspath(path))  # the check saw them before
+    monkeypatch.setattr(sourceroots.os.path, "realpath", lambda path, **_: os.path.abspath(path))  # the check saw them before
     for path in (checked, folder / "s.txt"):
         (failure,) = load_file(path, "src", MAX, roots)
         assert isinstance(failure, LoadFailure) and "leads outside the folders" in failure.reason, failure
@@ -166,7 +159,7 @@ def test_files_inside_are_read_within_the_size_limit(tree: tuple[Path, Path]) ->
     assert isinstance(failure, LoadFailure) and "over the limit of 3" in failure.reason
 
 
-def read_failures(listing: documents.SourceListing) -> list[LoadFailure]:
+def read_failures(listing: SourceListing) -> list[LoadFailure]:
     out: list[LoadFailure] = []
     for group in iter_groups(listing, None, max_documents=100, max_bytes=MAX):
         out += [item for item in load_group(group, "src", MAX) if isinstance(item, LoadFailure)]
