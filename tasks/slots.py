@@ -30,6 +30,7 @@ from prefect.client.schemas.filters import VariableFilter, VariableFilterTags
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from citadel.models import DoctorCheck
+from citadel.registry import utcnow
 from citadel.runlock import process_alive
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,6 @@ def _process_started(pid: int) -> float:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return 0.0
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -118,13 +115,13 @@ class SlotHolder:
     def describe(self) -> str:
         """``flow run index-docs (pid 123 on host-a), for 12 s``."""
         run = f"flow run {self.flow_run_name or self.flow_run_id}" if self.flow_run_id else "a process"
-        held = max(0.0, (_now() - self.since).total_seconds())
+        held = max(0.0, (utcnow() - self.since).total_seconds())
         return f"{run} (pid {self.pid} on {self.host}), for {held:.0f} s"
 
 
 def this_holder(limit: str, lease_id: uuid.UUID, flow_run_id: str | None, flow_run_name: str | None) -> SlotHolder:
     """The record of a slot this process was just granted."""
-    now = _now()
+    now = utcnow()
     pid = os.getpid()
     return SlotHolder(limit, str(lease_id), HOST, BOOT_ID, pid, _process_started(pid), flow_run_id, flow_run_name, now, now)
 
@@ -135,7 +132,7 @@ async def write_holder(client: PrefectClient, holder: SlotHolder) -> None:
 
 async def touch_holder(client: PrefectClient, holder: SlotHolder) -> None:
     """Say the holder is still alive (its record's ``renewed``), whatever became of its lease."""
-    value = {**holder.as_value(), "renewed": _now().isoformat()}
+    value = {**holder.as_value(), "renewed": utcnow().isoformat()}
     try:
         await client.update_variable(VariableUpdate(name=holder.variable, value=value))
     except PrefectHTTPStatusError as exc:
@@ -177,11 +174,11 @@ async def why_gone(client: PrefectClient, holder: SlotHolder) -> str | None:
         except (ObjectNotFound, ValueError):
             return f"its flow run {holder.flow_run_id} no longer exists"
         state = flow_run.state
-        if state is not None and state.is_final() and (_now() - state.timestamp).total_seconds() > ENDED_RUN_GRACE_S:
+        if state is not None and state.is_final() and (utcnow() - state.timestamp).total_seconds() > ENDED_RUN_GRACE_S:
             return f"its flow run {flow_run.name} is {state.name}"
     if here:
         return None  # its process runs: silence (a Prefect API it cannot reach) is no sign of its end
-    silent = (_now() - holder.renewed).total_seconds()
+    silent = (utcnow() - holder.renewed).total_seconds()
     if silent > SILENT_AFTER_S:
         return f"it has not renewed its slot for {silent:.0f} s"
     return None
@@ -214,7 +211,7 @@ async def _claim(client: PrefectClient, limit: str) -> uuid.UUID | None:
     for _ in range(2):
         try:
             variable = await client.create_variable(
-                VariableCreate(name=name, value={"host": HOST, "pid": os.getpid(), "at": _now().isoformat()}, tags=[LEDGER_TAG])
+                VariableCreate(name=name, value={"host": HOST, "pid": os.getpid(), "at": utcnow().isoformat()}, tags=[LEDGER_TAG])
             )
             return variable.id
         except ObjectAlreadyExists:
@@ -223,7 +220,7 @@ async def _claim(client: PrefectClient, limit: str) -> uuid.UUID | None:
                 continue  # given up meanwhile: ask again
             at = held.value.get("at") if isinstance(held.value, dict) else None
             try:
-                fresh = at is not None and (_now() - dt.datetime.fromisoformat(str(at))).total_seconds() < RECLAIM_CLAIM_STALE_S
+                fresh = at is not None and (utcnow() - dt.datetime.fromisoformat(str(at))).total_seconds() < RECLAIM_CLAIM_STALE_S
             except ValueError:
                 fresh = False
             if fresh:
