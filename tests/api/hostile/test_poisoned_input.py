@@ -92,7 +92,7 @@ def test_a_shared_batch_the_backend_refuses_is_retried_request_by_request(slow_o
     batch once (400), each request's texts are embedded on their own, and every caller is answered."""
     api, server = slow_ollama_api
     server.reset()
-    server.serial(0.3, 0.0)
+    server.serial(1.0, 0.0)  # a second for the 15 to gather behind the blocker, however loaded the machine
     tag = uuid.uuid4().hex
 
     async def storm() -> list[httpx.Response]:
@@ -101,7 +101,10 @@ def test_a_shared_batch_the_backend_refuses_is_retried_request_by_request(slow_o
                 return client.post("/api/v1/embeddings/batch", json={"texts": [f"t {i} {tag}", f"u {i} {tag}"], "cache_enabled": False})
 
             blocker = asyncio.create_task(send(-1))  # in flight alone while the others gather
-            await asyncio.sleep(0.1)
+            deadline = time.monotonic() + 30
+            while server.requests["/api/embed"] < 1 and time.monotonic() < deadline:  # it reached the server
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # and the server has looked for a fault to answer it with
             server.fail_next(1, 400, path="/api/embed")
             responses = await asyncio.gather(*(send(i) for i in range(15)))
             return [await blocker, *responses]
