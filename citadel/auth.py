@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from citadel.apisettings import ApiSettings
 from citadel.errors import CitadelError, ConfigurationError
+from citadel.hashing import has_lone_surrogate
 from citadel.models import ApiKeyCreated, ApiKeyRecord
 from citadel.registry import Registry, utcnow
 from citadel.schema import api_keys
@@ -61,15 +62,6 @@ def parse_scopes(value: str | Iterable[str]) -> list[str]:
         shown = f"unknown scope {', '.join(map(repr, unknown))}" if unknown else "no scope given"
         raise ConfigurationError(f"{shown}; scopes are {', '.join(SCOPES)} (admin allows everything)")
     return scopes
-
-
-def _is_unicode(text: str) -> bool:
-    """False for a string with a lone UTF-16 surrogate, which JSON can carry but no database store."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def hash_key(key: str) -> str:
@@ -184,7 +176,7 @@ class ApiKeys:
         name = name.strip()
         if not name or len(name) > 255:
             raise ConfigurationError("give the key a name of 1 to 255 characters (--name), to tell keys apart")
-        if not re.fullmatch(KEY_NAME_PATTERN, name) or not _is_unicode(name):
+        if not re.fullmatch(KEY_NAME_PATTERN, name) or has_lone_surrogate(name):
             raise ConfigurationError("a key name holds a control character (NUL, a newline, ...) or invalid Unicode: use printable text")
         checked = parse_scopes(scopes)
         key_id, key = new_key()

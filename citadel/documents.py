@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from citadel.errors import ConfigurationError
-from citadel.hashing import sha256_text
+from citadel.hashing import has_lone_surrogate, sha256_text
 from citadel.nesting import DEFAULT_MAX_DEPTH, value_depth_exceeds
 from citadel.sourceroots import OUTSIDE_ROOTS, SourceRoots, glob_inside, inside, open_inside
 
@@ -215,19 +215,11 @@ def printable_id(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 MAX_ID_CHARS = 1024  # the registry's id columns
 
 
 def _check_text(doc: Document) -> Document | LoadFailure:
-    if _has_lone_surrogate(doc.id):
+    if has_lone_surrogate(doc.id):
         return LoadFailure(printable_id(doc.id), doc.source, "the document id (file name) is not valid UTF-8; rename it")
     if "\x00" in doc.id:
         return LoadFailure(doc.id.replace("\x00", "\\0"), doc.source, "the document id holds a NUL character; remove it")
@@ -236,7 +228,7 @@ def _check_text(doc: Document) -> Document | LoadFailure:
             doc.id[: MAX_ID_CHARS - 40] + "...", doc.source,
             f"the document id is {len(doc.id)} characters, over {MAX_ID_CHARS}; use a shorter id",
         )
-    if _has_lone_surrogate(doc.text):
+    if has_lone_surrogate(doc.text):
         return LoadFailure(doc.id, doc.source, "the text holds unpaired UTF-16 surrogates (invalid Unicode); fix its encoding")
     if not doc.text.strip():
         return LoadFailure(doc.id, doc.source, "empty document (no text to index)")
@@ -273,7 +265,7 @@ def load_file(path: Path, source: str, max_bytes: int, roots: SourceRoots | None
     swapped in since it was listed, is a failure and is never read.
     """
     doc_id = str(path)
-    if _has_lone_surrogate(doc_id):
+    if has_lone_surrogate(doc_id):
         return [LoadFailure(printable_id(doc_id), source, "the file name is not valid UTF-8; rename it")]
     try:
         text = _decode(path, _read(path, max_bytes, roots))

@@ -14,6 +14,16 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone UTF-16 surrogate (JSON can carry one, and an undecodable file
+    name becomes one): it hashes, but no database, backend or cache can store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def sha256_text(text: str) -> str:
     """Hex SHA-256 of the UTF-8 bytes of ``text``."""
     return hashlib.sha256(_utf8(text)).hexdigest()
