@@ -45,6 +45,12 @@ class SourceRoots:
         return inside(Path(os.path.realpath(path)), self.folders)
 
 
+def is_inline_name(name: str) -> bool:
+    """Whether ``name`` names inline records rather than a path: it has no path separator (every
+    file source's key is an absolute path, so an inline name never names one)."""
+    return "/" not in name and "\\" not in name
+
+
 def source_name_problem(name: str, roots: SourceRoots) -> str | None:
     """Why a sandboxed run may not file inline records under ``name``, or None.
 
@@ -52,7 +58,7 @@ def source_name_problem(name: str, roots: SourceRoots) -> str | None:
     path, so it never names (nor prunes) one. A name with a separator must be an absolute path
     that resolves inside the roots.
     """
-    if "/" not in name and "\\" not in name:
+    if is_inline_name(name):
         return None
     if os.path.isabs(name) and roots.holds(name):
         return None

@@ -14,17 +14,13 @@ from typing import Any
 from urllib.parse import quote
 
 from citadel.errors import ConfigurationError
+from citadel.sourceroots import is_inline_name
 
 # Flow parameters that only the service sets: a request naming one is refused, a sandboxed run overrides them.
 SANDBOX_PARAMETERS = ("source_roots", "inline_owner")
 # Parameters of a flow that reads or names a source: such a flow must take source_roots to be started sandboxed.
 SOURCE_PARAMETERS = ("source", "source_name", "workflow")
 DEFAULT_SOURCE_NAME = "inline"
-
-
-def is_inline_name(name: str) -> bool:
-    """Whether ``name`` names inline records rather than a path: it has no path separator."""
-    return "/" not in name and "\\" not in name
 
 
 def owned_source_name(name: str, owner: str) -> str:
