@@ -88,66 +88,45 @@ def list_source(
     """List the supported files of a directory (recursively), a glob pattern or one file.
 
     Hidden files and folders (names starting with ``.``) and the folders in ``exclude`` (Citadel's
-    own data folder) are never listed. With ``roots``, nothing that resolves outside them is
-    listed or entered (see :func:`_list_inside`).
+    own data folder) are never listed. With ``roots`` (a sandboxed run) a path must resolve inside
+    them, and a glob or a walk never enters a folder, nor lists a file, that resolves outside them:
+    those are kept in ``outside``, by the name that leads out, and never read.
     """
     text = str(source)
     path = Path(text).expanduser()
     skipped = [Path(folder).resolve() for folder in exclude]
-    if roots is not None:
-        return _list_inside(text, skipped, roots)
-    if any(ch in text for ch in "*?["):
-        pattern = str(path if path.is_absolute() else Path.cwd() / path)
-        paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        paths = [p for p in paths if p.suffix.lower() in SUPPORTED_SUFFIXES and not inside(p.resolve(), skipped)]
-        return SourceListing(pattern, paths, True)
+    if glob.has_magic(text):
+        pattern = path if path.is_absolute() else Path.cwd() / path
+        outside: list[str] = []
+        if roots is not None:
+            found, outside = glob_inside(pattern, roots)
+        else:
+            found = [Path(p) for p in glob.glob(str(pattern), recursive=True)]
+        paths = sorted(
+            p for p in found if p.suffix.lower() in SUPPORTED_SUFFIXES and not inside(p.resolve(), skipped) and p.is_file()
+        )
+        return SourceListing(str(pattern), paths, True, roots=roots, outside=outside)
+    if roots is not None and not roots.holds(path):  # checked before anything is said about what lies outside
+        raise ConfigurationError(f"path {text!r} {OUTSIDE_ROOTS}; it was not read")
     if not path.exists():
         raise _missing_path(text)
     path = path.resolve()
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise ConfigurationError(f"{path} is not a supported document ({', '.join(SUPPORTED_SUFFIXES)})")
-        return SourceListing(str(path), [path], True)
-    paths, unreadable = _walk(path, skipped)
-    return SourceListing(str(path), paths, complete=not unreadable, problems=unreadable)
-
-
-def _list_inside(text: str, skipped: Sequence[Path], roots: SourceRoots) -> SourceListing:
-    """:func:`list_source` for a sandboxed run: a path must resolve inside ``roots``; a glob or a
-    walk never enters a folder, nor lists a file, that resolves outside them (those are kept in
-    ``outside``, by the name that leads out, and never read)."""
-    path = Path(text).expanduser()
-    path = path if path.is_absolute() else Path.cwd() / path
-    if glob.has_magic(text):
-        found, outside = glob_inside(path, roots)
-        paths = [
-            p for p in found
-            if p.suffix.lower() in SUPPORTED_SUFFIXES and not inside(Path(os.path.realpath(p)), skipped) and p.is_file()
-        ]
-        return SourceListing(str(path), paths, True, roots=roots, outside=outside)
-    if not roots.holds(path):  # checked before anything is said about what lies outside
-        raise ConfigurationError(f"path {text!r} {OUTSIDE_ROOTS}; it was not read")
-    if not path.exists():
-        raise _missing_path(text)
-    path = Path(os.path.realpath(path))
-    if path.is_file():
-        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise ConfigurationError(f"{path} is not a supported document ({', '.join(SUPPORTED_SUFFIXES)})")
         return SourceListing(str(path), [path], True, roots=roots)
-    left_out: list[str] = []
-    paths, unreadable = _walk(path, skipped, roots, left_out)
-    return SourceListing(str(path), paths, complete=not unreadable, problems=unreadable, roots=roots, outside=left_out)
+    paths, unreadable, outside = _walk(path, skipped, roots)
+    return SourceListing(str(path), paths, complete=not unreadable, problems=unreadable, roots=roots, outside=outside)
 
 
-def _walk(
-    root: Path, skipped: Sequence[Path] = (), roots: SourceRoots | None = None, outside: list[str] | None = None
-) -> tuple[list[Path], list[str]]:
+def _walk(root: Path, skipped: Sequence[Path] = (), roots: SourceRoots | None = None) -> tuple[list[Path], list[str], list[str]]:
     """Supported files under ``root`` (hidden files and folders and ``skipped`` folders left out),
     and the folders that could not be read. A folder that fails to list must not look empty:
     that would prune it. Symlinked folders are not entered; with ``roots``, a file that resolves
-    outside them is left out and named in ``outside``."""
+    outside them is left out, and named in the third list."""
     unreadable: list[str] = []
     found: list[Path] = []
+    outside: list[str] = []
 
     def failed(exc: OSError) -> None:
         unreadable.append(f"{exc.filename}: {exc.strerror or exc}")
@@ -157,19 +136,18 @@ def _walk(
             name for name in subfolders
             if not name.startswith(".") and not (skipped and inside(Path(folder, name).resolve(), skipped))
         ]
-        if roots is not None and outside is not None:
+        if roots is not None:
             outside.extend(str(Path(folder, name)) for name in subfolders if not roots.holds(Path(folder, name)))
         for name in files:
             candidate = Path(folder, name)
             if name.startswith(".") or candidate.suffix.lower() not in SUPPORTED_SUFFIXES:
                 continue
             if roots is not None and not roots.holds(candidate):
-                if outside is not None:
-                    outside.append(str(candidate))
+                outside.append(str(candidate))
                 continue
             if candidate.is_file():
                 found.append(candidate)
-    return sorted(found), unreadable
+    return sorted(found), unreadable, outside
 
 
 def shard_listing(listing: SourceListing, shard: int, shards: int) -> SourceListing:
