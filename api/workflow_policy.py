@@ -25,8 +25,8 @@ _REFERENCE = "${"
 _LITERAL = "must be given literally, not as a reference"
 
 
-def _path_problem(source: str, roots: list[Path]) -> str | None:
-    if not roots:
+def _path_problem(source: str, roots: SourceRoots) -> str | None:
+    if not roots.folders:
         return "indexing a path over HTTP is off; send inline records, or have an operator set CITADEL_API_SOURCE_ROOTS"
     pattern = glob.has_magic(source)
     if pattern and ".." in Path(source).parts:
@@ -36,8 +36,7 @@ def _path_problem(source: str, roots: list[Path]) -> str | None:
         fixed = [part for part in Path(source).parts]
         index = next(i for i, part in enumerate(fixed) if glob.has_magic(part))
         base = Path(*fixed[:index]) if index else Path(".")
-    resolved = base.expanduser().resolve()  # symlinks and '..' followed
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+    if not roots.holds(base.expanduser()):  # symlinks and '..' followed
         return f"{source!r} is outside the folders this service may index (CITADEL_API_SOURCE_ROOTS)"
     return None
 
@@ -63,7 +62,7 @@ def _embedder_problems(embedder: Any, settings: Settings, models: list[str], whe
     return found
 
 
-def _source_problems(params: dict[str, Any], roots: list[Path], where: tuple[str | int, ...]) -> list[tuple[str, str]]:
+def _source_problems(params: dict[str, Any], roots: SourceRoots, where: tuple[str | int, ...]) -> list[tuple[str, str]]:
     """What is wrong with the ``source`` and ``source_name`` of an ``index`` step, or of a deployment a ``flow`` step starts."""
     found = []
     source = params.get("source")
@@ -73,7 +72,7 @@ def _source_problems(params: dict[str, Any], roots: list[Path], where: tuple[str
             found.append((format_location(*where, "source"), problem))
     name = params.get("source_name")
     if isinstance(name, str):  # the source whose documents a prune deletes: its own, never another's
-        problem = _LITERAL if _REFERENCE in name else source_name_problem(name, SourceRoots.of(roots))
+        problem = _LITERAL if _REFERENCE in name else source_name_problem(name, roots)
         if problem:
             found.append((format_location(*where, "source_name"), problem))
     return found
@@ -94,7 +93,7 @@ def _flow_problems(
         (format_location(*where, name), "set by the service from its own configuration and the caller, never by a request; remove it")
         for name in SANDBOX_PARAMETERS if name in inner
     ]
-    found += _source_problems(inner, api.source_roots, where)
+    found += _source_problems(inner, SourceRoots.of(api.source_roots), where)
     workflow = inner.get("workflow")
     if isinstance(workflow, dict):
         found += _refusals(workflow, identity, api, settings, models, (*where, "workflow"))
@@ -107,6 +106,7 @@ def _refusals(
     workflow: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str], at: tuple[str | int, ...]
 ) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
+    roots = SourceRoots.of(api.source_roots)
     steps = workflow.get("steps")
     if not isinstance(steps, list):
         return []  # the schema check reports it
@@ -126,7 +126,7 @@ def _refusals(
         if isinstance(model, str) and (model not in models or _REFERENCE in model):
             found.append((format_location(*where, "model"), f"model {model!r} is not served here; served: {', '.join(models)}"))
         if kind == "index":
-            found += _source_problems(params, api.source_roots, where)
+            found += _source_problems(params, roots, where)
         elif kind == "flow":
             deployment = params.get("deployment")
             if not identity.allows("admin"):
