@@ -3,15 +3,14 @@ on the core's typed results where one exists."""
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from citadel.auth import KEY_NAME_PATTERN
 from citadel.models import ApiKeyCreated, ApiKeyRecord, SearchHit, WorkflowReport
-from citadel.vectorstore import FILTER_KEY_MAX, FILTER_KEY_PATTERN, INT64_MAX, INT64_MIN, filter_key_problem
+from citadel.vectorstore import FILTER_KEY_MAX, FILTER_KEY_PATTERN, INT64_MAX, INT64_MIN, filter_key_problem, filter_value_problem
 
 # Hard upper bounds of the schema; the configured (smaller or equal) ones are checked per request.
 MAX_TEXT_CHARS = 1_000_000
@@ -69,17 +68,16 @@ SOME_WORD = r"[^\W_]"
 
 
 def filter_value(value: Any) -> str | bool | int | float:
-    """A value to match: a string, a boolean, or a finite number within 64-bit integers (NaN equals nothing)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("NaN and infinity match nothing: give a finite number")
+    """A value to match, by the core's rules (a string, a boolean, or a finite number within 64-bit
+    integers), with a float bounded as an integer is: the documented schema cannot tell them apart."""
     if isinstance(value, str):
         return unicode_text(value)
-    if not isinstance(value, (bool, int, float)):
-        raise ValueError("a filter value is a string, a number or a boolean")
-    if not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
-        # Qdrant holds no integer beyond 64 bits; a float that large is whole, so the document bounds every number alike.
-        raise ValueError(f"{value} is beyond 64-bit integers, which the vector store holds: give a number from {INT64_MIN} to {INT64_MAX}")
-    return value
+    problem = filter_value_problem(value)
+    if problem is None and isinstance(value, float) and not INT64_MIN <= value <= INT64_MAX:
+        problem = f"{value} is beyond 64-bit integers, which the vector store holds; give a number from {INT64_MIN} to {INT64_MAX}"
+    if problem:
+        raise ValueError(problem)
+    return cast("bool | int | float", value)  # what the core accepts, strings aside
 
 
 def filter_key(value: str) -> str:

@@ -289,17 +289,17 @@ def filter_key_problem(key: str) -> str | None:
     return None
 
 
-def filter_value_problem(key: str, value: object) -> str | None:
-    """What is wrong with ``value`` as a value a filter matches on ``key``, or None when it can be matched."""
+def filter_value_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a value a filter matches, or None when it can be matched."""
     if isinstance(value, (bool, str)):
         return None
     if isinstance(value, int):
         if INT64_MIN <= value <= INT64_MAX:
             return None
-        return f"filter field {key!r}: {value} is beyond 64-bit integers, which the vector store holds; give a smaller number"
+        return f"{value} is beyond 64-bit integers, which the vector store holds; give a number from {INT64_MIN} to {INT64_MAX}"
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"filter field {key!r}: {value} matches nothing; give a finite number"
-    return f"filter field {key!r}: a {type(value).__name__} cannot be matched; give strings, numbers or booleans"
+        return None if math.isfinite(value) else f"{value} matches nothing (NaN and infinity equal nothing); give a finite number"
+    return f"a {type(value).__name__} cannot be matched; give strings, numbers or booleans"
 
 
 def filter_condition(key: str, value: Any) -> models.FieldCondition | models.Filter:
@@ -317,9 +317,9 @@ def filter_condition(key: str, value: Any) -> models.FieldCondition | models.Fil
     if not values:
         raise ConfigurationError(f"filter field {key!r} lists no value to match: give one or more")
     for v in values:
-        problem = filter_value_problem(key, v)
+        problem = filter_value_problem(v)
         if problem:
-            raise ConfigurationError(problem)
+            raise ConfigurationError(f"filter field {key!r}: {problem}")
     conditions: list[models.Condition] = []
     exact = [v for v in values if isinstance(v, (str, int)) and not isinstance(v, bool)]
     for kind in (str, int):
