@@ -29,7 +29,7 @@ from prefect.settings import PREFECT_API_URL
 
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
-from tasks.slots import LEASE_S, Reclaimer, SlotHolder, forget_holder, lease_exists, this_holder, touch_holder, write_holder
+from tasks.slots import LEASE_S, Reclaimer, SlotHolder, forget_holder, renew_lease, this_holder, touch_holder, write_holder
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ async def _keep(holder: SlotHolder) -> None:
         try:
             async with get_client() as client:
                 await touch_holder(client, holder)
-                await lease_exists(client, holder.lease_id)  # renews it
+                await renew_lease(client, holder.lease_id)
         except Exception as exc:  # noqa: BLE001 - a missed renewal is retried; the lease outlasts three
             log.warning("could not renew the slot of %s: %s", holder.limit, exc)
 
@@ -233,7 +233,7 @@ class EarlySlot:
     """A run's slot of the embedding backend's limit, asked for as soon as the run knows it will
     embed and held until it ends. Asking costs round trips to the Prefect API (and a client's
     start); asked early, they overlap the planning of later batches instead of delaying the first
-    embedding. One task enters and leaves the limit's context, as Prefect's lease requires."""
+    embedding."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

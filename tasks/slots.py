@@ -184,8 +184,9 @@ async def why_gone(client: PrefectClient, holder: SlotHolder) -> str | None:
     return None
 
 
-async def lease_exists(client: PrefectClient, lease_id: str) -> bool:
-    """Whether the server still knows a lease (renewing is the one way its API tells)."""
+async def renew_lease(client: PrefectClient, lease_id: str) -> bool:
+    """Renew a lease for :data:`LEASE_S`; False when the server no longer knows it (renewing is the
+    one way its API tells whether it does)."""
     try:
         await client.renew_concurrency_lease(uuid.UUID(lease_id), LEASE_S)
     except PrefectHTTPStatusError as exc:
@@ -255,11 +256,17 @@ class Reclaimer:
     active: int = 0
     size: int = 0
 
-    async def _unexplained(self, client: PrefectClient) -> int:
+    async def _unexplained(self, client: PrefectClient, judged: dict[str, str | None]) -> int:
         """Slots the server counts beyond the recorded live holders (the count is read first, so a
-        holder granted meanwhile is in the records and not the count: never too many)."""
+        holder granted meanwhile is in the records and not the count: never too many). ``judged``
+        holds why each holder seen in this reclaim is gone (None: live), so none is asked twice."""
         limit = await client.read_global_concurrency_limit_by_name(self.limit)
-        live = [holder for holder in await read_holders(client, self.limit) if await why_gone(client, holder) is None]
+        live = []
+        for holder in await read_holders(client, self.limit):
+            if holder.lease_id not in judged:
+                judged[holder.lease_id] = await why_gone(client, holder)
+            if judged[holder.lease_id] is None:
+                live.append(holder)
         self.holders, self.active, self.size = tuple(live), limit.active_slots, limit.limit
         return limit.active_slots - len(live)
 
@@ -277,19 +284,20 @@ class Reclaimer:
     async def _reclaim(self, client: PrefectClient) -> list[str]:
         given: list[str] = []
         lost_leases = 0
+        judged: dict[str, str | None] = {}
         for holder in await read_holders(client, self.limit):
-            reason = await why_gone(client, holder)
+            reason = judged[holder.lease_id] = await why_gone(client, holder)
             if reason is None or not await _take_record(client, holder):
                 continue
-            if await lease_exists(client, holder.lease_id):
+            if await renew_lease(client, holder.lease_id):
                 await client.release_concurrency_slots_with_lease(uuid.UUID(holder.lease_id))
             else:
                 lost_leases += 1  # ended on its own (and counted no more) or lost with a restarted server: the count tells
             given.append(f"the slot of {holder.describe()}: {reason}")
-        surplus = await self._unexplained(client)
+        surplus = await self._unexplained(client, judged)
         if surplus > 0:
             await asyncio.sleep(CONFIRM_AFTER_S)
-            surplus = min(surplus, await self._unexplained(client))
+            surplus = min(surplus, await self._unexplained(client, judged))
         if surplus <= 0:
             self.orphans_since = None
             return given
