@@ -115,8 +115,12 @@ def run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 def describe(exc: Exception) -> tuple[str, int]:
     """The one line and exit code for an error that ends a command."""
+    from citadel.outages import cause, registry_lost
+
     if isinstance(exc, ConfigurationError):
         return str(exc), 2
+    if registry_lost(exc):  # lost mid-way: its first cause, not whatever statement failed last (such as a lock's release)
+        return f"the registry was lost: {cause(exc)}; run the same command again once the registry is back (finished work is kept)", 1
     if isinstance(exc, CitadelError):
         return str(exc), 1
     if "prefect" in sys.modules and prefect_unreachable(exc):

@@ -115,30 +115,10 @@ def index(
 
         async def go() -> dict[str, Any]:
             progress.listen(on_progress)
-            try:
-                return await index_corpus(path, collection=name, full=full, blue_green=blue_green)
-            except Exception as exc:
-                lost = _registry_lost(exc)
-                if lost is None:
-                    raise
-                raise lost from exc
+            return await index_corpus(path, collection=name, full=full, blue_green=blue_green)
 
         summary = run(go)
     _report_index(summary, as_json)
-
-
-def _registry_lost(exc: Exception) -> Exception | None:
-    """When ``exc`` is the registry's connection lost mid-run, an error saying so with its first cause
-    (not whatever statement failed last, such as the release of the run's lock); else None."""
-    from citadel.errors import CitadelError
-    from citadel.outages import cause, registry_lost
-
-    if not registry_lost(exc):
-        return None
-    return CitadelError(
-        f"the registry was lost: {cause(exc)}; the run stopped: run the same command again once the registry is back "
-        "(finished batches are kept)"
-    )
 
 
 def _report_index(summary: dict[str, Any], as_json: bool) -> NoReturn:
