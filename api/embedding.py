@@ -12,10 +12,16 @@ import numpy as np
 from api.batching import ItemFailed, MicroBatcher
 from api.errors import ApiError
 from citadel.apisettings import ApiSettings
-from citadel.cache import EmbeddingCache, LRUCache, cache_key
-from citadel.codec import decode_vector, encode_vector
-from citadel.embedders import Embedder, build_embedder
-from citadel.embedders.models import resolve_dimensions
+from citadel.embedders import (
+    Embedder,
+    EmbeddingCache,
+    LRUCache,
+    build_embedder,
+    cache_key,
+    decode_vector,
+    encode_vector,
+    resolve_dimensions,
+)
 from citadel.errors import ConfigurationError
 from citadel.resources import Resources
 

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from citadel.auth import AuthError
 from citadel.errors import CitadelError, CollectionMismatchError, ConfigurationError, EmbedderError
 from citadel.outages import cause, lost_dependency
-from citadel.workflows.errors import WorkflowInvalid
+from citadel.workflows import WorkflowInvalid
 
 log = logging.getLogger("citadel.api")
 

@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from citadel import metrics as engine_metrics  # noqa: F401 - registers the engine's metrics in this process
-from citadel.runmetrics import registry_families
+from citadel.ops import registry_families
 
 if TYPE_CHECKING:
     from api.state import ServiceState

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from citadel.auth import KEY_NAME_PATTERN
 from citadel.models import ApiKeyCreated, ApiKeyRecord, SearchHit, WorkflowReport
-from citadel.vectorstore import FILTER_KEY_MAX, FILTER_KEY_PATTERN, INT64_MAX, INT64_MIN, filter_key_problem, filter_value_problem
+from citadel.store import FILTER_KEY_MAX, FILTER_KEY_PATTERN, INT64_MAX, INT64_MIN, filter_key_problem, filter_value_problem
 
 # Hard upper bounds of the schema; the configured (smaller or equal) ones are checked per request.
 MAX_TEXT_CHARS = 1_000_000

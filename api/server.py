@@ -71,7 +71,7 @@ def preflight(settings: Settings) -> None:
     import asyncio
 
     from citadel.registry import Registry
-    from citadel.storeprobe import embedded_store_holder, store_in_use
+    from citadel.store import embedded_store_holder, store_in_use
 
     if not settings.qdrant_url:
         holder = embedded_store_holder(settings.qdrant_path)

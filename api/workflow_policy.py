@@ -16,10 +16,9 @@ from typing import Any
 
 from citadel.apisettings import ApiSettings
 from citadel.auth import Identity
+from citadel.documents import SourceRoots, source_name_problem
 from citadel.settings import Settings
-from citadel.sourceroots import SourceRoots, source_name_problem
-from citadel.workflows.errors import format_location
-from citadel.workflows.sandbox import SANDBOX_PARAMETERS
+from citadel.workflows import SANDBOX_PARAMETERS, format_location
 
 _REFERENCE = "${"
 _LITERAL = "must be given literally, not as a reference"

@@ -43,8 +43,8 @@ def _current_rss_mb() -> float:
 
 async def _plain_loop(corpus: Path, collection: str, report: dict) -> dict:
     """The same work with the same core objects, one step after another, without Prefect."""
-    from citadel import indexing
-    from citadel.indexrun import index_source
+    from citadel.indexing import batches as indexing
+    from citadel.indexing import index_source
     from citadel.resources import Resources
     from citadel.settings import Settings
 
@@ -74,7 +74,7 @@ def _store_check_times(data_dir: Path) -> dict:
     """What the consistency check of an unchanged run costs on the indexed collection: read from the
     embedded store's files, over a Qdrant server's REST API, and the full comparison of every id."""
     os.environ["CITADEL_DATA_DIR"] = str(data_dir)
-    from citadel.consistency import check_store, verify_store
+    from citadel.indexing import check_store, verify_store
     from citadel.resources import Resources
     from citadel.settings import Settings
     from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
@@ -96,7 +96,7 @@ def _store_check_times(data_dir: Path) -> dict:
                 "verify_s": verify_s, "points": full.points}
 
     embedded = asyncio.run(checks(Settings()))
-    from citadel.vectorstore import close_local_clients
+    from citadel.store import close_local_clients
 
     close_local_clients()  # one process per embedded store: the server's turn
     server, url = start_qdrant_process(data_dir / "qdrant", timeout=300)  # serves the same store over REST

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from citadel.auth import ApiKeys
+from citadel.ops import registry_families
 from citadel.registry import Registry
-from citadel.runmetrics import registry_families
 from citadel.testing.api_process import ApiProcess
 from citadel.testing.prefect_server import PrefectServer, create_prefect_database
 

@@ -146,7 +146,7 @@ def phase(name: str, corpus: Path, env: dict[str, str], api_url: str, *options: 
 
 PLAIN_LOOP = """
 import asyncio, json, resource, sys, time
-from citadel.indexrun import index_source
+from citadel.indexing.run import index_source
 from citadel.resources import Resources
 from citadel.settings import Settings
 
@@ -168,7 +168,7 @@ import json, resource, sys, time, uuid, warnings
 from pathlib import Path
 import httpx
 from qdrant_client import QdrantClient, models
-from citadel.chunking import chunk_text
+from citadel.documents.chunking import chunk_text
 
 warnings.simplefilter("ignore")
 corpus, store, url, model = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

@@ -24,7 +24,7 @@ import numpy as np
 READ = """
 import asyncio, json, resource, sys, time
 from pathlib import Path
-from citadel.vectorstore import VectorStore, local_client
+from citadel.store.vectorstore import VectorStore, local_client
 path, how = Path(sys.argv[1]), sys.argv[2]
 start = time.perf_counter()
 store = VectorStore.connect(url=None, api_key=None, path=path) if how == "rows" else VectorStore(local_client(path))
@@ -36,7 +36,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "ids": len(ids),
 
 async def fill(path: Path, points: int, dimensions: int) -> None:
     """A collection of ``points`` random vectors with payloads like an index run's."""
-    from citadel.vectorstore import VectorStore, close_local_clients
+    from citadel.store import VectorStore, close_local_clients
 
     store = VectorStore.connect(url=None, api_key=None, path=path, batch_size=512)
     await store.ensure_collection("bench", dimensions, "bench-model")

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr, field_validator
 
 from blocks.base import CitadelBlock, url_scheme
-from citadel.cache import RedisCache
+from citadel.embedders import RedisCache
 
 _SCHEMES = ("redis", "rediss", "unix")
 

@@ -7,8 +7,7 @@ from typing import Any, ClassVar, cast
 from pydantic import Field, SecretStr, field_validator
 
 from blocks.base import CitadelBlock, settings_from_blocks
-from citadel.embedders import HashingEmbedder, OllamaEmbedder, OpenAIEmbedder, build_embedder
-from citadel.embedders.models import KNOWN_MODELS, base_model_name
+from citadel.embedders import KNOWN_MODELS, HashingEmbedder, OllamaEmbedder, OpenAIEmbedder, base_model_name, build_embedder
 from citadel.errors import ConfigurationError
 from citadel.settings import http_url, split_comma_list
 

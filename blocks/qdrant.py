@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from blocks.base import CitadelBlock, url_scheme
 from citadel.errors import ConfigurationError
 from citadel.settings import get_settings
-from citadel.vectorstore import VectorStore
+from citadel.store import VectorStore
 
 
 class QdrantBlock(CitadelBlock):

@@ -22,8 +22,7 @@ from citadel.apisettings import ApiSettings
 from citadel.errors import CitadelError, ConfigurationError
 from citadel.hashing import has_lone_surrogate
 from citadel.models import ApiKeyCreated, ApiKeyRecord
-from citadel.registry import Registry, utcnow
-from citadel.schema import api_keys
+from citadel.registry import Registry, api_keys, utcnow
 
 SCOPES = ("embeddings", "search", "workflows", "metrics", "admin")
 KEY_PREFIX = "ctd_"

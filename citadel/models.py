@@ -9,12 +9,9 @@ and the CLI's tables derive from it.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
-
-if TYPE_CHECKING:
-    from citadel.indexing import EmbeddedBatch, WriteResult
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -56,6 +53,32 @@ class Result(BaseModel):
             return default
 
 
+class EmbeddedCounts(Protocol):
+    """What embedding one batch did (an indexing batch answers it)."""
+
+    @property
+    def chunks_embedded(self) -> int: ...
+    @property
+    def cache_hits(self) -> int: ...
+    @property
+    def chunks_reused(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+
+
+class WrittenCounts(Protocol):
+    """What writing one batch did (an indexing batch answers it)."""
+
+    @property
+    def added(self) -> int: ...
+    @property
+    def updated(self) -> int: ...
+    @property
+    def repaired(self) -> int: ...
+    @property
+    def chunks_written(self) -> int: ...
+
+
 class RunCounts(Result):
     """What an indexing run did, in documents and chunks."""
 
@@ -91,14 +114,14 @@ class RunCounts(Result):
         """Counters added up: the total of a sharded run."""
         return RunCounts(**{name: getattr(self, name) + getattr(other, name) for name in RunCounts.names()})
 
-    def add_embedded(self, batch: EmbeddedBatch) -> None:
+    def add_embedded(self, batch: EmbeddedCounts) -> None:
         """Count what embedding a batch did."""
         self.chunks_embedded += batch.chunks_embedded
         self.cache_hits += batch.cache_hits
         self.chunks_reused += batch.chunks_reused
-        self.failed += len(batch.plan.failures)
+        self.failed += batch.failed
 
-    def add_written(self, written: WriteResult) -> None:
+    def add_written(self, written: WrittenCounts) -> None:
         """Count what writing a batch did."""
         self.added += written.added
         self.updated += written.updated

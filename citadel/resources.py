@@ -11,13 +11,12 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING
 
-from citadel.cache import CachedEmbedder, EmbeddingCache, build_cache
-from citadel.embedders import Embedder, build_embedder
+from citadel.embedders import CachedEmbedder, Embedder, EmbeddingCache, build_cache, build_embedder
 from citadel.registry import Registry
 from citadel.settings import Settings, secret
 
 if TYPE_CHECKING:
-    from citadel.vectorstore import VectorStore
+    from citadel.store import VectorStore
 
 
 class Resources:
@@ -70,7 +69,7 @@ class Resources:
             if self._store is None:
                 # Imported here: qdrant-client takes about a second to import, which a run that
                 # never opens the store (nothing changed) should not pay.
-                from citadel.vectorstore import VectorStore
+                from citadel.store import VectorStore
 
                 s = self.settings
                 self._store = VectorStore.connect(

@@ -15,7 +15,7 @@ import typer
 from cli.common import JsonOption, describe, err, fail, out, print_json, run, settings
 
 if TYPE_CHECKING:
-    from citadel.backup import CollectionCounts
+    from citadel.ops import CollectionCounts
 
 backup_app = typer.Typer(
     no_args_is_help=True,
@@ -69,7 +69,7 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Back up the registry, the vectors and the configuration (without secrets) into a new folder."""
-    from citadel.backup import create_backup, prune_backups
+    from citadel.ops import create_backup, prune_backups
 
     config = settings()
     directory = to or config.backup_dir
@@ -94,7 +94,7 @@ def verify(
     as_json: bool = JsonOption,
 ) -> None:
     """Check a backup without restoring it: checksums, SQLite integrity, the Postgres dump, counts."""
-    from citadel.backup import resolve_backup, verify_backup
+    from citadel.ops import resolve_backup, verify_backup
 
     config = settings()
     report = _plainly(lambda: verify_backup(resolve_backup(path, config)))
@@ -120,7 +120,7 @@ def restore(
     as_json: bool = JsonOption,
 ) -> None:
     """Restore a backup into the configured registry and vector store (empty ones, unless --force)."""
-    from citadel.backup import resolve_backup, restore_backup
+    from citadel.ops import resolve_backup, restore_backup
 
     config = settings()
     where = resolve_backup(path, config)
@@ -142,7 +142,7 @@ def restore(
 @backup_app.command("list")
 def list_(to: Path | None = ToOption, as_json: bool = JsonOption) -> None:
     """The complete backups, newest first (interrupted ones are never listed)."""
-    from citadel.backup import list_backups
+    from citadel.ops import list_backups
 
     config = settings()
     backups = _plainly(lambda: list_backups(to or config.backup_dir))
@@ -164,7 +164,7 @@ def prune(
     as_json: bool = JsonOption,
 ) -> None:
     """Delete the backups the retention does not keep (never the newest, never an incomplete one)."""
-    from citadel.backup import prune_backups
+    from citadel.ops import prune_backups
 
     config = settings()
     result = _plainly(lambda: prune_backups(to or config.backup_dir, keep_daily, keep_weekly))

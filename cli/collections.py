@@ -23,7 +23,7 @@ NameArgument = typer.Argument(..., help="The collection name searches use (the a
 
 def _with_resources(work: Callable[[Resources], Awaitable[T]], *, lock: str | None = None) -> T:
     """``work`` over the configured backends; with ``lock``, holding that collection's blue-green lock."""
-    from citadel.bluegreen import locked
+    from citadel.indexing.bluegreen import locked
     from citadel.resources import Resources  # the backends' clients load only when a command runs
 
     async def go() -> T:
@@ -48,7 +48,7 @@ def _said(report: SwitchReport) -> str:
 @collection_app.command("list")
 def list_versions(collection: str = NameArgument, as_json: bool = JsonOption) -> None:
     """The versions of COLLECTION, with their points and which one searches read."""
-    from citadel.bluegreen import versions
+    from citadel.indexing.bluegreen import versions
 
     found: CollectionVersions = _with_resources(lambda r: versions(r, collection))
     if as_json:
@@ -71,7 +71,7 @@ def switch_version(
     as_json: bool = JsonOption,
 ) -> None:
     """Point COLLECTION at VERSION in one atomic step, after checking it."""
-    from citadel.bluegreen import switch
+    from citadel.indexing.bluegreen import switch
 
     report: SwitchReport = _with_resources(lambda r: switch(r, collection, version, check=not force), lock=collection)
     print_json(report) if as_json else out.print(_said(report), highlight=False)
@@ -80,7 +80,7 @@ def switch_version(
 @collection_app.command("rollback")
 def rollback_version(collection: str = NameArgument, as_json: bool = JsonOption) -> None:
     """Point COLLECTION back at the version before the live one."""
-    from citadel.bluegreen import rollback
+    from citadel.indexing.bluegreen import rollback
 
     report: SwitchReport = _with_resources(lambda r: rollback(r, collection), lock=collection)
     print_json(report) if as_json else out.print(_said(report), highlight=False)
@@ -93,7 +93,7 @@ def prune_versions(
     as_json: bool = JsonOption,
 ) -> None:
     """Delete the versions of COLLECTION that are neither live nor kept for rollback."""
-    from citadel.bluegreen import prune
+    from citadel.indexing.bluegreen import prune
 
     deleted: list[str] = _with_resources(lambda r: prune(r, collection, keep), lock=collection)
     if as_json:

@@ -144,7 +144,8 @@ def settings() -> Settings:
     """The settings, or a one-line configuration error; unknown ``CITADEL_*`` variables warned of once."""
     from pydantic import ValidationError
 
-    from citadel.settings import Settings, unknown_variables
+    from citadel.settings import Settings
+    from citadel.variables import unknown_variables
 
     global _warned_variables
     if not _warned_variables:

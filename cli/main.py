@@ -85,7 +85,7 @@ def index(
     drifted) is answered without starting Prefect; any work runs as the index-corpus flow."""
     from citadel.documents import list_source
     from citadel.embedders import build_embedder
-    from citadel.indexrun import answer_unchanged, check_before_run
+    from citadel.indexing import answer_unchanged, check_before_run
 
     show_citadel_warnings()
     config = settings()
@@ -190,7 +190,7 @@ def search(
 
 
 async def _status(config: Any) -> StatusReport:
-    from citadel.status import collect_status
+    from citadel.ops import collect_status
 
     report = await collect_status(config)
     if any(run["flow_run_id"] for run in report["crashed_runs"]):
@@ -245,7 +245,7 @@ def status(as_json: bool = JsonOption) -> None:
 @app.command()
 def doctor(as_json: bool = JsonOption) -> None:
     """Check every configured backend, and that each collection's store matches the registry."""
-    from citadel.doctor import run_checks
+    from citadel.ops import run_checks
     from tasks.limits import needs_limit
 
     config = settings()
@@ -282,7 +282,7 @@ def verify(
     as_json: bool = JsonOption,
 ) -> None:
     """Compare every point id of the vector store with the registry (each run only samples them)."""
-    from citadel.repair import verify as run_verify
+    from citadel.indexing import verify as run_verify
 
     config = settings()
     show_citadel_warnings()

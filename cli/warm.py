@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from cli.common import JsonOption, fail, out, print_json
-from cli.launch import UnsafeDirectory, ask, socket_path
+from cli.warmsocket import UnsafeDirectory, ask, socket_path
 
 warm_app = typer.Typer(
     no_args_is_help=True,

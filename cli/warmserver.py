@@ -1,6 +1,6 @@
 """A warm process: Prefect, the clients and the flows imported once; each command a fork of it.
 
-It serves one environment and directory (``cli.launch.fingerprint``) on a Unix socket that only
+It serves one environment and directory (``cli.warmsocket.fingerprint``) on a Unix socket that only
 its user can open, and only to processes of that user. A command's request carries its
 arguments, environment, directory and standard streams; the fork takes them on, runs the command
 as ``citadel`` would, and the exit status goes back to the caller, which forwards its signals to
@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cli.launch import MESSAGE_BYTES, STANDARD_STREAMS, socket_path
+from cli.warmsocket import MESSAGE_BYTES, STANDARD_STREAMS, socket_path
 
 # What a command would import before doing anything. The CLI's own modules are not among them:
 # they make their consoles on import, which must see the caller's terminal, not this process's.
@@ -42,11 +42,11 @@ PRELOADED = (
     "deployments.workflow_runs",
     "deployments.catalog",
     "qdrant_client",
-    "citadel.indexrun",
+    "citadel.indexing.run",
     "citadel.embedders",
-    "citadel.status",
-    "citadel.doctor",
-    "citadel.vectorstore",
+    "citadel.ops.status",
+    "citadel.ops.doctor",
+    "citadel.store.vectorstore",
     "citadel.apisettings",
     "aiosqlite",
     # What Prefect imports only once a flow runs: FastAPI's encoder for the parameters alone is

@@ -17,8 +17,7 @@ workflow_app = typer.Typer(no_args_is_help=True, help="Validate, run and inspect
 
 
 def _load_definition(path: str) -> WorkflowDefinition | WorkflowInvalid:
-    from citadel.workflows import WorkflowInvalid, check_workflow, load_step_modules
-    from citadel.workflows.spec import load_workflow_data
+    from citadel.workflows import WorkflowInvalid, check_workflow, load_step_modules, load_workflow_data
 
     try:
         config = settings()

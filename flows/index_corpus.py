@@ -11,13 +11,21 @@ from typing import Any
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
-from citadel import bluegreen, progress
-from citadel.documents import SourceGroup
-from citadel.indexing import BatchPlan, EmbeddedBatch, WriteBatcher, WriteResult, batches_label
-from citadel.indexrun import IndexRun, ResolvedSource, resolve_source
+from citadel import progress
+from citadel.documents import SourceGroup, SourceRoots
+from citadel.indexing import (
+    BatchPlan,
+    EmbeddedBatch,
+    IndexRun,
+    ResolvedSource,
+    WriteBatcher,
+    WriteResult,
+    batches_label,
+    bluegreen,
+    resolve_source,
+)
 from citadel.models import RunSummary
 from citadel.settings import EmbedderConfig, Settings, settings_for
-from citadel.sourceroots import SourceRoots
 from tasks.crashed import mark_flow_runs_crashed
 from tasks.indexing import (
     check_store,
@@ -67,10 +75,10 @@ async def index_corpus(
 
     A collection that is a blue-green alias is written through its live version. ``blue_green``
     builds the next version instead, from the whole source, and switches the alias to it once it
-    passes its check; searches read the old version until then (citadel.bluegreen).
+    passes its check; searches read the old version until then (citadel.indexing.bluegreen).
 
     ``source_roots`` sandboxes the run (the HTTP API's workflows): it reads only files inside
-    those folders and files inline records only under an inline name (citadel.documents).
+    those folders and files inline records only under an inline name (citadel.documents.sources).
     """
     logger = get_run_logger()
     settings = settings_for(embedder)

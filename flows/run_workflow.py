@@ -21,11 +21,19 @@ from prefect.runtime import flow_run
 from citadel.models import StepReport, WorkflowReport
 from citadel.resources import Resources
 from citadel.settings import settings_for
-from citadel.workflows import StepContext, StepRegistry, check_workflow, default_registry, load_step_modules, upstream
-from citadel.workflows.builtin import INDEX_OUTPUTS, IndexParams
-from citadel.workflows.errors import StepFailed
-from citadel.workflows.sandbox import Sandbox
-from citadel.workflows.spec import load_workflow_data
+from citadel.workflows import (
+    INDEX_OUTPUTS,
+    IndexParams,
+    Sandbox,
+    StepContext,
+    StepFailed,
+    StepRegistry,
+    check_workflow,
+    default_registry,
+    load_step_modules,
+    load_workflow_data,
+    upstream,
+)
 from flows.index_corpus import index_corpus
 from tasks.passing import as_is
 from tasks.reporting import report_workflow, run_tags, tag_flow_run

@@ -1,6 +1,6 @@
 """Prefect's side of a crashed run: a flow run whose process was killed stays Running forever.
 
-The registry finds such runs by their heartbeat (:mod:`citadel.runlock`); this marks their flow
+The registry finds such runs by their heartbeat (:mod:`citadel.registry.runlock`); this marks their flow
 runs Crashed on the configured Prefect server, as Prefect would had it seen the process die.
 """
 

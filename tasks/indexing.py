@@ -9,8 +9,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from citadel import bluegreen, consistency, indexing
+from citadel import indexing
 from citadel.documents import SourceGroup
+from citadel.indexing import bluegreen
 from citadel.models import StoreCheck, SwitchReport
 from citadel.settings import Settings
 from tasks.resources import get_resources
@@ -27,7 +28,7 @@ async def prepare_collection(settings: Settings, collection: str) -> None:
 async def check_store(settings: Settings, collection: str) -> StoreCheck:
     """Check that the vector store still holds what the registry says, cheaply, and mark the
     documents whose points it lost for repair (this run writes them again)."""
-    return await consistency.reconcile(get_resources(settings), collection)
+    return await indexing.reconcile(get_resources(settings), collection)
 
 
 @task(name="plan-batch", cache_policy=NO_CACHE, **RETRYING)

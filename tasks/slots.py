@@ -30,8 +30,7 @@ from prefect.client.schemas.filters import VariableFilter, VariableFilterTags
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from citadel.models import DoctorCheck
-from citadel.registry import utcnow
-from citadel.runlock import process_alive
+from citadel.registry import process_alive, utcnow
 
 log = logging.getLogger(__name__)
 

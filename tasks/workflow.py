@@ -17,10 +17,17 @@ from prefect.utilities.annotations import BaseAnnotation
 
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
-from citadel.workflows import StepContext, StepRegistry, WorkflowDefinition, resolve, run_step
-from citadel.workflows.builtin import FLOW_OUTPUTS, FlowParams
-from citadel.workflows.errors import StepFailed
-from citadel.workflows.sandbox import Sandbox
+from citadel.workflows import (
+    FLOW_OUTPUTS,
+    FlowParams,
+    Sandbox,
+    StepContext,
+    StepFailed,
+    StepRegistry,
+    WorkflowDefinition,
+    resolve,
+    run_step,
+)
 from tasks.limits import embedding_slot
 from tasks.resources import get_resources
 

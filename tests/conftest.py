@@ -149,6 +149,6 @@ def prefect_api_url(prefect_server: None) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _close_embedded_stores():
     yield
-    from citadel.vectorstore import close_local_clients
+    from citadel.store import close_local_clients
 
     close_local_clients()

@@ -10,8 +10,8 @@ from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import SearchRequest, SearchResponse
 from api.security import require
 from api.state import state_of
-from citadel.bluegreen import serving
 from citadel.collections import check_collection_name
+from citadel.indexing.bluegreen import serving
 from citadel.search import search_with
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], responses={

@@ -1,22 +1,38 @@
-"""Embedders behind one async interface, and the factory that picks one from settings."""
+"""Embedders behind one async interface, the factory that picks one from settings, and the
+embedding cache in front of them (in-process LRU or Redis, raw float32 values)."""
 
 from __future__ import annotations
 
 from citadel.embedders.base import Embedder
+from citadel.embedders.cache import KEY_PREFIX, CachedEmbedder, CacheStats, EmbeddingCache, LRUCache, RedisCache, build_cache, cache_key
+from citadel.embedders.codec import decode_vector, encode_vector
 from citadel.embedders.hashing import HashingEmbedder
-from citadel.embedders.models import KNOWN_MODELS, resolve_dimensions
+from citadel.embedders.http import HttpEmbedder
+from citadel.embedders.models import KNOWN_MODELS, base_model_name, resolve_dimensions
 from citadel.embedders.ollama import OllamaEmbedder
 from citadel.embedders.openai import OpenAIEmbedder
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
 
 __all__ = [
+    "CacheStats",
+    "CachedEmbedder",
     "Embedder",
+    "EmbeddingCache",
     "HashingEmbedder",
+    "HttpEmbedder",
+    "KEY_PREFIX",
     "KNOWN_MODELS",
+    "LRUCache",
     "OllamaEmbedder",
     "OpenAIEmbedder",
+    "RedisCache",
+    "base_model_name",
+    "build_cache",
     "build_embedder",
+    "cache_key",
+    "decode_vector",
+    "encode_vector",
     "resolve_dimensions",
 ]
 

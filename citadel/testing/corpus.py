@@ -9,7 +9,7 @@ from typing import Any
 from citadel.models import DeadLetterRecord, IndexRunRecord, RunSummary
 from citadel.registry import Registry
 from citadel.settings import Settings
-from citadel.vectorstore import VectorStore
+from citadel.store import VectorStore
 
 WORDS = (
     "vector index cache embedding search query document chunk model server batch retry flow task "
@@ -48,7 +48,7 @@ def append_paragraph(paths: list[Path]) -> None:
 async def index_with_own_backends(source: str | list[dict[str, Any]], collection: str, **overrides: Any) -> RunSummary:
     """Index ``source`` with backends of its own, opened and closed around the run, as a new
     ``citadel index`` process would (with settings from the environment and ``overrides``)."""
-    from citadel.indexrun import index_source
+    from citadel.indexing import index_source
     from citadel.resources import Resources
 
     resources = Resources(Settings(**overrides))

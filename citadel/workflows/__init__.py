@@ -6,7 +6,7 @@ steps as flows and tasks.
 """
 
 from citadel.workflows import builtin as _builtin  # noqa: F401 - registers the built-in step types
-from citadel.workflows.builtin import register_builtins
+from citadel.workflows.builtin import FLOW_OUTPUTS, INDEX_OUTPUTS, FlowParams, IndexParams, register_builtins
 from citadel.workflows.errors import (
     DuplicateStepType,
     OrchestrationRequired,
@@ -17,10 +17,12 @@ from citadel.workflows.errors import (
     WorkflowError,
     WorkflowInvalid,
     WorkflowLoadError,
+    format_location,
 )
-from citadel.workflows.references import Reference, find_references, resolve
+from citadel.workflows.references import Reference, find_malformed, find_references, is_reference, referenced_steps, resolve
 from citadel.workflows.runner import run_step, run_workflow
-from citadel.workflows.spec import StepSpec, WorkflowDefinition, load_workflow, workflow_from_data
+from citadel.workflows.sandbox import SANDBOX_PARAMETERS, Sandbox, owned_source_name
+from citadel.workflows.spec import StepSpec, WorkflowDefinition, load_workflow, load_workflow_data, workflow_from_data
 from citadel.workflows.steps import (
     StepContext,
     StepRegistry,
@@ -35,9 +37,15 @@ from citadel.workflows.validation import check_workflow, topological_order, upst
 
 __all__ = [
     "DuplicateStepType",
+    "FLOW_OUTPUTS",
+    "FlowParams",
+    "INDEX_OUTPUTS",
+    "IndexParams",
     "OrchestrationRequired",
     "Problem",
     "Reference",
+    "SANDBOX_PARAMETERS",
+    "Sandbox",
     "StepContext",
     "StepFailed",
     "StepRegistry",
@@ -51,10 +59,16 @@ __all__ = [
     "WorkflowLoadError",
     "check_workflow",
     "default_registry",
+    "find_malformed",
     "find_references",
+    "format_location",
     "get_step_type",
+    "is_reference",
     "load_step_modules",
     "load_workflow",
+    "load_workflow_data",
+    "owned_source_name",
+    "referenced_steps",
     "register_builtins",
     "resolve",
     "run_step",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from citadel.chunking import chunk_text
+from citadel.documents import chunk_text
 from citadel.models import RunSummary
 from citadel.settings import EmbedderConfig, Settings
 from citadel.workflows.errors import OrchestrationRequired
@@ -203,8 +203,7 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
 
 async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
     """Index documents incrementally: embed only what changed, prune what is gone."""
-    from citadel.bluegreen import build_and_switch
-    from citadel.indexrun import index_source
+    from citadel.indexing import build_and_switch, index_source
 
     async with _embedding_backend(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from citadel.documents import is_inline_name
 from citadel.errors import ConfigurationError
-from citadel.sourceroots import is_inline_name
 
 # Flow parameters that only the service sets: a request naming one is refused, a sandboxed run overrides them.
 SANDBOX_PARAMETERS = ("source_roots", "inline_owner")

@@ -11,9 +11,9 @@ import redis.asyncio as redis
 from pydantic import ValidationError
 
 from blocks import RedisCacheBlock
-from citadel.cache import CachedEmbedder, LRUCache, RedisCache, build_cache, cache_key
-from citadel.codec import encode_vector
 from citadel.embedders import HashingEmbedder
+from citadel.embedders.cache import CachedEmbedder, LRUCache, RedisCache, build_cache, cache_key
+from citadel.embedders.codec import encode_vector
 from citadel.settings import Settings
 
 

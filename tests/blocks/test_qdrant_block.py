@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from blocks import QdrantBlock
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
-from citadel.vectorstore import VectorStore
+from citadel.store import VectorStore
 
 
 async def test_qdrant_block_with_a_path_builds_a_working_embedded_store(tmp_path: Path, collection_name: str) -> None:

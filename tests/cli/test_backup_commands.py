@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from citadel.registry import Registry
 from citadel.settings import Settings
+from citadel.store import close_local_clients
 from citadel.testing.corpus import write_corpus
 from citadel.testing.postgres import admin_execute
-from citadel.vectorstore import close_local_clients
 from cli.main import app
 from tests.support.debian import ensure_debian_package
 

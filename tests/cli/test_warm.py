@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from citadel.testing.corpus import write_corpus
-from cli.launch import UnsafeDirectory, fingerprint, socket_directory, socket_path
+from cli.warmsocket import UnsafeDirectory, fingerprint, socket_directory, socket_path
 from tests.support.embedding_server import EmbeddingServer
 
 

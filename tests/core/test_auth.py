@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from citadel.apisettings import ApiSettings
 from citadel.auth import ApiKeys, AuthError, TokenVerifier, hash_key, mint_token, parse_scopes, parse_ttl
 from citadel.errors import ConfigurationError
-from citadel.registry import Registry
-from citadel.schema import api_keys
+from citadel.registry import Registry, api_keys
 from citadel.settings import Settings
 
 SECRET = "s" * 40

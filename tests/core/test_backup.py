@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from citadel import backup
-from citadel.backup import BackupError, Manifest, create_backup, list_backups, prune_backups, restore_backup, retained, verify_backup
 from citadel.errors import ConfigurationError
-from citadel.schema import SCHEMA_VERSION
+from citadel.ops import BackupError, Manifest, backup, create_backup, list_backups, prune_backups, restore_backup, retained, verify_backup
+from citadel.registry import SCHEMA_VERSION
 from citadel.settings import Settings
+from citadel.store import close_local_clients, local_client
 from citadel.testing.corpus import index_with_own_backends, write_corpus
-from citadel.vectorstore import close_local_clients, local_client
 
 
 async def _indexed_backup(tmp_path: Path, collection: str) -> tuple[Settings, Path]:

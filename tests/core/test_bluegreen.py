@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from citadel import bluegreen
 from citadel.errors import ConfigurationError, VersionCheckFailed
-from citadel.indexrun import index_source
+from citadel.indexing import bluegreen, build_and_switch, index_source
+from citadel.ops import collect_status
 from citadel.resources import Resources
 from citadel.search import search_with
 from citadel.settings import Settings
-from citadel.status import collect_status
 from citadel.testing.corpus import write_corpus
 from citadel.workflows import StepContext, get_step_type
 from tests.support.qdrant_server import QdrantTestServer
@@ -262,8 +261,8 @@ async def test_two_builds_at_once_take_turns_and_build_two_versions(data_dir: Pa
     first, second = Resources(Settings()), Resources(Settings())
     try:
         built = await asyncio.gather(
-            bluegreen.build_and_switch(first, str(tmp_path / "a"), "kb"),
-            bluegreen.build_and_switch(second, str(tmp_path / "b"), "kb"),
+            build_and_switch(first, str(tmp_path / "a"), "kb"),
+            build_and_switch(second, str(tmp_path / "b"), "kb"),
         )
         assert sorted(summary.collection for summary in built) == ["kb__v1", "kb__v2"]
         assert all(summary.switch is not None and summary.added == 4 for summary in built)

@@ -13,8 +13,8 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citadel.cache import KEY_PREFIX, CachedEmbedder, CacheStats, LRUCache, RedisCache, build_cache, cache_key
-from citadel.codec import decode_vector, encode_vector
+from citadel.embedders.cache import KEY_PREFIX, CachedEmbedder, CacheStats, LRUCache, RedisCache, build_cache, cache_key
+from citadel.embedders.codec import decode_vector, encode_vector
 from citadel.embedders.hashing import HashingEmbedder
 from citadel.hashing import sha256_text
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citadel.chunking import Chunk, chunk_text
+from citadel.documents import Chunk, chunk_text
 from citadel.hashing import sha256_text
 
 # Text rich in the boundaries the chunker looks for, mixed with arbitrary unicode.

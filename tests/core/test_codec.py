@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citadel.codec import decode_vector, encode_vector
+from citadel.embedders.codec import decode_vector, encode_vector
 
 _vectors = st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=0, max_size=64)
 

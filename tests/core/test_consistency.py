@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 import redis
 
-from citadel.cache import cache_key
-from citadel.chunking import chunk_text
-from citadel.consistency import awaiting_repair, check_store, reconcile, sample_point_ids
+from citadel.documents import chunk_text
+from citadel.embedders.cache import cache_key
 from citadel.hashing import point_id
-from citadel.indexrun import index_source
+from citadel.indexing import awaiting_repair, check_store, index_source, reconcile, sample_point_ids, verify
 from citadel.registry import ChunkRow, DocumentRecord
-from citadel.repair import verify
 from citadel.resources import Resources
 from citadel.settings import Settings
 from citadel.testing.corpus import index_state, index_with_own_backends, write_corpus

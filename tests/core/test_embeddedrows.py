@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
-from citadel import vectorstore
 from citadel.errors import ConfigurationError
-from citadel.vectorstore import VectorStore, close_local_clients, local_client
+from citadel.store import VectorStore, close_local_clients, local_client, vectorstore
 from tests.support.qdrant_server import store_held_by_another_process
 
 DIMS = 8

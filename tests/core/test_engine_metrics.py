@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from citadel import metrics
-from citadel.cache import CachedEmbedder, LRUCache
 from citadel.embedders import OllamaEmbedder
+from citadel.embedders.cache import CachedEmbedder, LRUCache
 from citadel.errors import EmbedderError
 from tests.support.embedding_server import EmbeddingServer, free_port
 

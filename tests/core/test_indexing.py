@@ -6,10 +6,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from citadel.documents import shard_of
 from citadel.hashing import point_id, sha256_text
 from citadel.indexing import SeenDocuments, find_gone_documents
 from citadel.registry import ChunkRow, DocumentRecord, Registry, documents
-from citadel.sharding import shard_of
 
 MODEL = "m"
 

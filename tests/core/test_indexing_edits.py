@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from citadel import metrics
-from citadel.chunking import chunk_text
-from citadel.indexing import BatchPlan, PlannedDocument, WriteBatcher
-from citadel.indexrun import index_source
+from citadel.documents import chunk_text
+from citadel.indexing import BatchPlan, PlannedDocument, WriteBatcher, index_source
 from citadel.registry import DeadLetter, DocumentRecord
 from citadel.resources import Resources
 from citadel.settings import Settings

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from citadel.registry import Registry
-from citadel.schema import documents
+from citadel.registry import Registry, documents
 from citadel.settings import Settings
 from citadel.testing.corpus import dead_letters_of, index_state, index_with_own_backends, runs_of, write_corpus
 from citadel.workflows.builtin import INDEX_OUTPUTS
@@ -93,7 +92,7 @@ async def test_a_second_run_of_the_same_source_waits_for_the_first(
 ) -> None:
     """Two runs of one collection and source against shared backends: the second waits, says for
     which run, then finds everything done instead of doing the whole work again."""
-    from citadel import indexrun
+    from citadel.indexing import run as indexrun
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=6)
@@ -119,7 +118,7 @@ async def test_a_second_run_of_the_same_source_waits_for_the_first(
 async def test_a_source_with_nothing_to_do_is_answered_and_recorded_without_a_flow_run(
     data_dir: Path, tmp_path: Path, collection_name: str
 ) -> None:
-    from citadel.indexrun import answer_unchanged
+    from citadel.indexing import answer_unchanged
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=5)
@@ -137,9 +136,9 @@ async def test_any_work_is_handed_over_and_leaves_no_record(
     data_dir: Path, tmp_path: Path, collection_name: str, change: str
 ) -> None:
     """Whatever a run would write, delete, repair or report as failed goes to the full run."""
-    from citadel.indexrun import answer_unchanged
+    from citadel.indexing import answer_unchanged
+    from citadel.store import VectorStore
     from citadel.testing.corpus import append_paragraph
-    from citadel.vectorstore import VectorStore
 
     corpus = tmp_path / "corpus"
     paths = write_corpus(corpus, files=5)

@@ -11,7 +11,7 @@ import pytest
 from citadel.errors import ConfigurationError
 from citadel.resources import Resources
 from citadel.settings import Settings
-from citadel.vectorstore import close_local_clients
+from citadel.store import close_local_clients
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def settings(tmp_path: Path) -> Settings:
 
 async def test_the_store_opens_in_a_worker_thread_while_the_loop_goes_on(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """An embedded store loads for seconds; the run keeps planning and embedding meanwhile."""
-    from citadel import vectorstore
+    from citadel.store import vectorstore
 
     resources = Resources(settings)
     opened_in: list[str] = []
@@ -51,7 +51,7 @@ async def test_the_store_opens_in_a_worker_thread_while_the_loop_goes_on(setting
 
 async def test_a_failed_background_open_is_raised_where_the_store_is_needed(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store held elsewhere fails the step that writes, with the message a direct open gives."""
-    from citadel import vectorstore
+    from citadel.store import vectorstore
 
     resources = Resources(settings)
 

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from citadel.registry import Registry, utcnow
-from citadel.runlock import RunLock, holder, lock_key, mark_crashed_runs, process_alive
-from citadel.schema import index_runs, locks
+from citadel.registry import Registry, RunLock, holder, index_runs, lock_key, locks, mark_crashed_runs, process_alive, utcnow
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -144,7 +142,7 @@ async def test_a_heartbeat_keeps_a_run_alive(registry: Registry, collection_name
     run_id = await registry.start_run(collection_name, "/corpus", None, run_id=lock.run_id, lock_key=key)
     await _set_run(registry, run_id, host="elsewhere", heartbeat_at=utcnow() - dt.timedelta(minutes=10))
     assert await lock.try_acquire()
-    monkeypatch.setattr("citadel.runlock.HEARTBEAT_S", 0.05)
+    monkeypatch.setattr("citadel.registry.runlock.HEARTBEAT_S", 0.05)
     lock.start_heartbeat()
     await asyncio.sleep(0.3)
     assert not [run for run in await mark_crashed_runs(registry) if run["id"] == run_id], "its heartbeat is fresh"

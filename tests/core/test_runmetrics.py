@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from citadel.registry import Registry
-from citadel.runlock import mark_crashed_runs
-from citadel.runmetrics import registry_families
-from citadel.schema import index_runs, schema_version
+from citadel.ops import registry_families
+from citadel.registry import Registry, index_runs, mark_crashed_runs, schema_version
 
 
 def samples(families: list, collection: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from citadel.settings import EmbedderConfig, Settings, get_settings, settings_for, unknown_variables
+from citadel.settings import EmbedderConfig, Settings, get_settings, settings_for
+from citadel.variables import unknown_variables
 
 
 def test_defaults_need_no_environment(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,7 +235,7 @@ def test_every_setting_is_documented() -> None:
     """The README's table (and docs/api.md for the HTTP service) name every variable a setting reads."""
     from pathlib import Path
 
-    from citadel.settings import setting_variables
+    from citadel.variables import setting_variables
 
     root = Path(__file__).resolve().parents[2]
     text = (root / "README.md").read_text() + (root / "docs" / "api.md").read_text()

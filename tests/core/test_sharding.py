@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from citadel.sharding import check_shard, shard_of
+from citadel.documents import check_shard, shard_of
 
 
 @given(st.lists(st.text(max_size=30), max_size=50), st.integers(min_value=1, max_value=16))

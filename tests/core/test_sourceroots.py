@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from citadel import sourceroots
-from citadel.documents import LoadFailure, SourceListing, iter_groups, list_source, load_file, load_group
+from citadel.documents import (
+    LoadFailure,
+    SourceListing,
+    SourceRoots,
+    iter_groups,
+    list_source,
+    load_file,
+    load_group,
+    source_name_problem,
+    sourceroots,
+)
 from citadel.errors import ConfigurationError
-from citadel.sourceroots import SourceRoots, source_name_problem
 
 MAX = 1_000_000
 SECRET = "the secret outside the roots"
@@ -179,7 +187,7 @@ def test_inline_names_may_not_name_a_path_outside_the_roots(tree: tuple[Path, Pa
 
 def test_a_sandboxed_run_refuses_inline_records_under_another_sources_name(tree: tuple[Path, Path]) -> None:
     """The run's own guard, behind the API's refusal: a prune only ever reaches the run's own source."""
-    from citadel.indexrun import resolve_source
+    from citadel.indexing import resolve_source
 
     root, outside = tree
     roots = SourceRoots.of([root])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from qdrant_client import QdrantClient, models
 
-from citadel.storeprobe import embedded_store_holder, probe_embedded, probe_server
+from citadel.store import embedded_store_holder, probe_embedded, probe_server
 from tests.support.qdrant_server import QdrantTestServer, store_held_by_another_process
 
 IDS = [str(uuid.uuid4()) for _ in range(40)]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
-from citadel.vectorstore import Hit, VectorStore, close_local_clients, local_client
+from citadel.store import Hit, VectorStore, close_local_clients, local_client
 
 DIMS = 4
 MODEL = "test-model"
@@ -250,8 +250,7 @@ async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warnin
     (once when the rows outgrow it, once more when a later process loads the store)."""
     import warnings
 
-    from citadel import vectorstore
-    from citadel.vectorstore import LOCAL_MODE_COMFORT
+    from citadel.store import LOCAL_MODE_COMFORT, vectorstore
 
     count = LOCAL_MODE_COMFORT + 1
     ids = [str(uuid.UUID(int=i)) for i in range(count)]
@@ -266,7 +265,7 @@ async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warnin
         await reopened.search("big", [0.0, 1.0])
         close_local_clients()
     assert not [w for w in leaked if "Local mode" in str(w.message)], "qdrant-client's own warning does not leak"
-    advice = [r.getMessage() for r in caplog.records if r.name == "citadel.vectorstore"]
+    advice = [r.getMessage() for r in caplog.records if r.name == "citadel.store.vectorstore"]
     assert len(advice) == 2 and all("over 20,000 points in big (20,001)" in a and "CITADEL_QDRANT_URL" in a for a in advice)
 
 

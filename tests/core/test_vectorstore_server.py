@@ -20,8 +20,8 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.store import VectorStore
 from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
-from citadel.vectorstore import VectorStore
 from tests.support.qdrant_server import QdrantTestServer, server_version
 
 DIMS = 4
@@ -197,7 +197,7 @@ async def test_search_limit_threshold_and_filters(store: VectorStore, collection
 
 
 async def test_delete_by_ids_and_retrieve_vectors(store: VectorStore, collection_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("citadel.vectorstore.IDS_PER_DELETE", 20)
+    monkeypatch.setattr("citadel.store.vectorstore.IDS_PER_DELETE", 20)
     await store.ensure_collection(collection_name, DIMS, MODEL)
     ids, vectors, payloads = _points(23)
     await store.upsert(collection_name, ids, vectors, payloads)
@@ -357,7 +357,7 @@ _WORKER = textwrap.dedent(
     import asyncio, sys, uuid
     from pathlib import Path
     import numpy as np
-    from citadel.vectorstore import VectorStore
+    from citadel.store.vectorstore import VectorStore
 
     url, name, first, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from citadel.chunking import chunk_text
-from citadel.indexrun import index_source
+from citadel.documents import chunk_text
+from citadel.indexing import index_source
 from citadel.resources import Resources
 from citadel.settings import Settings
 from citadel.workflows import (

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from citadel.chunking import chunk_text
+from citadel.documents import chunk_text
 from citadel.registry import Registry
 from citadel.settings import Settings
+from citadel.store import VectorStore
 from citadel.testing.corpus import write_corpus
 from citadel.testing.prefect_server import BIN, PrefectServer
 from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
-from citadel.vectorstore import VectorStore
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from api.server import GRACEFUL_S
-from citadel.settings import OTHER_VARIABLES, setting_variables
 from citadel.testing.prefect_server import free_port
+from citadel.variables import OTHER_VARIABLES, setting_variables
 from tests.support.debian import ensure_debian_package
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from citadel.chunking import chunk_text
+from citadel.documents import chunk_text
 from citadel.errors import CollectionMismatchError
-from citadel.registry import Registry
-from citadel.schema import index_runs
+from citadel.registry import Registry, index_runs
 from citadel.settings import Settings
+from citadel.store import VectorStore
 from citadel.testing.corpus import append_paragraph, dead_letters_of, index_state, write_corpus
-from citadel.vectorstore import VectorStore
 from flows.index_corpus import index_corpus
 from tests.support.qdrant_server import QdrantTestServer
 
@@ -301,7 +300,7 @@ async def test_shards_cover_the_corpus_once_and_prune_only_their_own(
     total = expected_chunks(paths, settings)
     assert await index_state(settings, collection_name) == (total, total)
 
-    from citadel.sharding import shard_of
+    from citadel.documents import shard_of
 
     gone = next(p for p in paths if shard_of(str(p), 2) == 1)
     gone.unlink()
@@ -419,7 +418,7 @@ async def test_while_the_store_opens_the_run_embeds_ahead_then_writes_in_order(
 ) -> None:
     """An embedded store takes seconds to load: an edited run embeds its later batches meanwhile
     (within a bound), then writes them one after another, and ends as a plain run would."""
-    from citadel import indexing
+    from citadel.indexing import batches as indexing
 
     corpus = tmp_path / "corpus"
     paths = write_corpus(corpus, files=8)
@@ -461,7 +460,7 @@ async def test_a_retried_plan_step_sees_its_documents_as_new_not_as_duplicates(
 ) -> None:
     """The plan step reads its files, then fails on a transient error and is retried: the retry
     reads them again, and must not take them for documents the run has already seen."""
-    from citadel import indexing
+    from citadel.indexing import batches as indexing
     from tasks import indexing as indexing_tasks
 
     corpus = tmp_path / "corpus"
@@ -475,7 +474,7 @@ async def test_a_retried_plan_step_sees_its_documents_as_new_not_as_duplicates(
             raise failure
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr("citadel.indexing.plan_batch", flaky)
+    monkeypatch.setattr("citadel.indexing.batches.plan_batch", flaky)
     monkeypatch.setattr("flows.index_corpus.plan_batch", indexing_tasks.plan_batch.with_options(retry_delay_seconds=0))
     summary = await index_corpus(str(corpus), collection=collection_name)
     assert (summary["added"], summary["failed"]) == (3, 0)

@@ -136,8 +136,8 @@ async def test_a_retried_embedding_task_counts_a_rejected_document_once(
     ollama: EmbeddingServer, collection_name: str
 ) -> None:
     """Prefect hands a retried task the same plan object; isolating a failure must not edit it."""
-    from citadel import indexing
     from citadel.documents import Document
+    from citadel.indexing import batches as indexing
     from citadel.resources import Resources
 
     resources = Resources(Settings())

@@ -65,8 +65,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from citadel.store import prepare_embedded_write
 from citadel.testing.qdrant_process import URL_LINE_PREFIX
-from citadel.vectorstore import prepare_embedded_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INDEX_FILE = "server_payload_indexes.json"  # the payload indexes embedded mode does not keep

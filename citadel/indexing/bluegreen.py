@@ -20,18 +20,16 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import sqlalchemy as sa
 
 from citadel.collections import check_collection_name
 from citadel.errors import ConfigurationError, VersionCheckFailed
 from citadel.models import CollectionVersion, CollectionVersions, RunSummary, SwitchReport
+from citadel.registry import Holder, RunLock, index_runs, lock_key, mark_crashed_runs
 from citadel.resources import Resources
-from citadel.runlock import Holder, RunLock, lock_key, mark_crashed_runs
-from citadel.schema import index_runs
 from citadel.settings import secret
-from citadel.storeprobe import embedded_layout, server_layout
+from citadel.store import embedded_layout, server_layout
 
 SEPARATOR = "__v"
 log = logging.getLogger(__name__)
@@ -243,19 +241,3 @@ def not_switched(alias: str, summary: RunSummary) -> str:
     """Why a build with failed documents was kept but not switched to, and what to do."""
     return (f"{summary.failed} documents failed, so {alias} was not switched to {summary.collection}; fix them and run "
             f"the build again, or switch anyway with `citadel collection switch {alias} {summary.collection}`")
-
-
-async def build_and_switch(
-    resources: Resources, source: str | Sequence[dict[str, Any]], collection: str, prune: bool | None = None, *,
-    source_name: str = "inline",
-) -> RunSummary:
-    """A blue-green build without an orchestrator (the workflow ``index`` step): index the whole
-    source into the next version, then switch to it unless documents failed."""
-    from citadel.indexrun import index_source  # it writes through this module's live_collection
-
-    async with locked(resources, collection):
-        target = await next_version(resources, collection)
-        summary = await index_source(resources, source, target, True, prune, source_name=source_name)
-        if summary.failed:
-            return summary.model_copy(update={"warnings": [*summary.warnings, not_switched(collection, summary)]})
-        return summary.model_copy(update={"switch": await switch(resources, collection, target)})

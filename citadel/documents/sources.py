@@ -3,8 +3,8 @@
 A file that cannot become a document (empty, binary, not UTF-8, too large, malformed JSON)
 becomes a :class:`LoadFailure` with its reason instead of stopping the run.
 
-A sandboxed run (the HTTP API's, given :class:`~citadel.sourceroots.SourceRoots`) reads only
-files whose real path lies inside its roots (:mod:`citadel.sourceroots`). Without roots (the CLI)
+A sandboxed run (the HTTP API's, given :class:`~citadel.documents.sourceroots.SourceRoots`) reads only
+files whose real path lies inside its roots (:mod:`citadel.documents.sourceroots`). Without roots (the CLI)
 symlinks are followed as documented.
 """
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from citadel.documents.sourceroots import OUTSIDE_ROOTS, SourceRoots, glob_inside, inside, open_inside
 from citadel.errors import ConfigurationError
 from citadel.hashing import has_lone_surrogate, sha256_text
 from citadel.nesting import DEFAULT_MAX_DEPTH, value_depth_exceeds
-from citadel.sourceroots import OUTSIDE_ROOTS, SourceRoots, glob_inside, inside, open_inside
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
 
@@ -152,7 +152,7 @@ def _walk(root: Path, skipped: Sequence[Path] = (), roots: SourceRoots | None = 
 
 def shard_listing(listing: SourceListing, shard: int, shards: int) -> SourceListing:
     """The files of ``listing`` that belong to ``shard`` of ``shards`` (still a complete listing of that shard)."""
-    from citadel.sharding import shard_of
+    from citadel.documents.sharding import shard_of
 
     paths = [p for p in listing.paths if shard_of(str(p), shards) == shard]
     return SourceListing(listing.key, paths, listing.complete, listing.problems, listing.roots, listing.outside)

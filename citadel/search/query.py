@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from citadel.bluegreen import serving
 from citadel.collections import check_collection_name
 from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.indexing.bluegreen import serving
 from citadel.models import SearchHit
 from citadel.resources import Resources
 from citadel.settings import Settings

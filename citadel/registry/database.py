@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from citadel import runtotals
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.models import CollectionStatus, DeadLetterRecord, IndexRunRecord, Result
-from citadel.schema import (
+from citadel.registry import runtotals
+from citadel.registry.schema import (
     RUN_COUNTS,
     SCHEMA_VERSION,
     chunks,

@@ -57,10 +57,9 @@ from pydantic_core import to_jsonable_python
 from citadel import __version__
 from citadel.errors import CitadelError, ConfigurationError
 from citadel.models import Result, UTCDateTime
-from citadel.registry import Registry
-from citadel.schema import SCHEMA_VERSION, chunks, collections, documents, metadata, schema_version
+from citadel.registry import SCHEMA_VERSION, Registry, chunks, collections, documents, metadata, schema_version
 from citadel.settings import Settings, masked_url, secret
-from citadel.storeprobe import embedded_store_holder, store_in_use
+from citadel.store import embedded_store_holder, store_in_use
 
 FORMAT_VERSION = 1
 PREFIX = "citadel-backup-"
@@ -927,7 +926,7 @@ def _count_problems(relative: str, expected: Mapping[str, CollectionCounts], fou
 def _close_own_embedded_clients() -> None:
     """This process's embedded-store clients keep every point in memory: close them before the
     files under them are replaced (a later open reads the restored files)."""
-    vectorstore = sys.modules.get("citadel.vectorstore")
+    vectorstore = sys.modules.get("citadel.store.vectorstore")
     if vectorstore is not None:
         close: Callable[[], None] = vectorstore.close_local_clients
         close()
@@ -935,7 +934,7 @@ def _close_own_embedded_clients() -> None:
 
 async def _target_state(settings: Settings, embedded: bool) -> tuple[int, int, list[str]]:
     """(documents in the target registry, points in the target store, live runs writing to it)."""
-    from citadel.runlock import mark_crashed_runs
+    from citadel.registry import mark_crashed_runs
 
     documents_count = 0
     running: list[str] = []

@@ -7,7 +7,7 @@ row of the collection's SQLite file. The rows are written as qdrant-client's own
 writes them (its key encoding, a pickled ``PointStruct`` holding the vector as given and a JSON
 payload), under the store's lock taken as its client takes it, so a client that opens the store
 later loads them like its own. Anything that needs the loaded store (a search, aliases) closes
-these rows first and loads it (:func:`citadel.vectorstore.local_client`).
+these rows first and loads it (:func:`citadel.store.vectorstore.local_client`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from pydantic_core import to_jsonable_python
 
 from citadel.errors import CollectionMismatchError, ConfigurationError
-from citadel.storeprobe import held_elsewhere
+from citadel.store.probe import held_elsewhere
 
 _IN_CLAUSE = 500  # ids per statement, well under SQLite's limit on bound parameters
 

@@ -27,10 +27,10 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel import metrics
-from citadel.embeddedrows import EmbeddedRows, check_collection
 from citadel.errors import ConfigurationError
 from citadel.models import SearchHit
-from citadel.storeprobe import held_elsewhere
+from citadel.store.embeddedrows import EmbeddedRows, check_collection
+from citadel.store.probe import held_elsewhere
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -343,7 +343,7 @@ class VectorStore:
     The client is synchronous (embedded mode is pure Python), so every call runs in a worker
     thread and never blocks the event loop. An embedded store opened by :meth:`connect` is not
     loaded for writes, deletes, counts and reading back vectors: those go to its rows
-    (:mod:`citadel.embeddedrows`); a search or an alias change loads it.
+    (:mod:`citadel.store.embeddedrows`); a search or an alias change loads it.
     """
 
     def __init__(self, client: QdrantClient | None, *, batch_size: int = 128, is_server: bool = False, path_key: str = "") -> None:
@@ -356,7 +356,7 @@ class VectorStore:
     @classmethod
     def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
         if url:
-            # Certificates are loaded only for an https server (as in citadel.storeprobe).
+            # Certificates are loaded only for an https server (as in citadel.store.probe).
             client = QdrantClient(url=url, api_key=api_key, timeout=60, verify=url.lower().startswith("https://"))
             return cls(client, batch_size=batch_size, is_server=True)
         with embedded_rows(path) as rows:  # takes the store now: one held elsewhere fails here

@@ -1,16 +1,16 @@
 """What is indexed where: registry counts beside the vector store's own counts, and the runs.
 
-The store is looked at the cheap way (:mod:`citadel.storeprobe`), so ``citadel status`` on a large
+The store is looked at the cheap way (:mod:`citadel.store.probe`), so ``citadel status`` on a large
 embedded store does not load it; runs whose process is gone are marked crashed on the way.
 """
 
 from __future__ import annotations
 
-from citadel.bluegreen import layout
-from citadel.consistency import check_store
+from citadel.indexing import check_store
+from citadel.indexing.bluegreen import layout
 from citadel.models import StatusReport
+from citadel.registry import mark_crashed_runs
 from citadel.resources import Resources
-from citadel.runlock import mark_crashed_runs
 from citadel.settings import Settings
 
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from citadel.consistency import awaiting_repair, check_store
+from citadel.indexing import awaiting_repair, check_store
 from citadel.models import DoctorCheck
 from citadel.resources import Resources
 from citadel.settings import Settings, masked_url

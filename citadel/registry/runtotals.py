@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from citadel.models import RunCounts, UTCDateTime
-from citadel.schema import RUN_COUNTS, index_runs, run_totals
+from citadel.registry.schema import RUN_COUNTS, index_runs, run_totals
 
 
 class RunTotals(RunCounts):

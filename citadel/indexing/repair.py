@@ -1,6 +1,6 @@
 """``citadel verify``: compare every point id of the store with the registry, and repair.
 
-The run's own check (:func:`citadel.consistency.reconcile`) samples; this compares every id.
+The run's own check (:func:`citadel.indexing.consistency.reconcile`) samples; this compares every id.
 Repairing deletes the points the registry does not know, marks the documents whose points are
 missing, and indexes their sources again (their vectors come from the embedding cache where it
 has them). Inline documents cannot be read again: they stay marked until they are sent again.
@@ -11,10 +11,10 @@ from __future__ import annotations
 import glob
 import os
 
-from citadel.bluegreen import live_collection
-from citadel.consistency import awaiting_repair, repair_store, verify_store
 from citadel.errors import ConfigurationError
-from citadel.indexrun import index_source
+from citadel.indexing.bluegreen import live_collection
+from citadel.indexing.consistency import awaiting_repair, repair_store, verify_store
+from citadel.indexing.run import index_source
 from citadel.models import VerifyReport
 from citadel.resources import Resources
 from citadel.settings import Settings

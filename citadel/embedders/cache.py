@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import numpy as np
 
 from citadel import metrics
-from citadel.codec import decode_vector, encode_vector
+from citadel.embedders.codec import decode_vector, encode_vector
 from citadel.hashing import sha256_text
 
 if TYPE_CHECKING:

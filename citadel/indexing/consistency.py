@@ -4,7 +4,7 @@ The registry decides what is "unchanged", so a store that lost points (a new Qdr
 lost volume, an older snapshot restored) would never be refilled. Every run therefore checks,
 before it counts anything unchanged, that the collection exists, that its point count fits the
 registry, and that a sample of the registry's point ids is there. The check reads the store
-without opening it when it can (:mod:`citadel.storeprobe`). When it fails, every point id is
+without opening it when it can (:mod:`citadel.store.probe`). When it fails, every point id is
 compared and the documents whose points are missing are marked for repair: the run (or the
 next run of their source) writes them again, through the embedding cache.
 
@@ -24,11 +24,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from citadel.models import StoreCheck
-from citadel.registry import Registry, chunked
+from citadel.registry import Registry, chunked, chunks, documents
 from citadel.resources import Resources
-from citadel.schema import chunks, documents
 from citadel.settings import secret
-from citadel.storeprobe import StoreSnapshot, probe_embedded, probe_server
+from citadel.store import StoreSnapshot, probe_embedded, probe_server
 
 SAMPLE_SIZE = 32
 

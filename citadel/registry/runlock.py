@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from citadel import runtotals
 from citadel.models import IndexRunRecord, as_utc
-from citadel.registry import Registry, utcnow
-from citadel.schema import index_runs, locks
+from citadel.registry import runtotals
+from citadel.registry.database import Registry, utcnow
+from citadel.registry.schema import index_runs, locks
 
 log = logging.getLogger(__name__)
 

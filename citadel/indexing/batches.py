@@ -15,14 +15,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from citadel.chunking import CHUNKER_VERSION, chunk_text
 from citadel.collections import check_collection_name
-from citadel.documents import Document, LoadFailure, SourceGroup, load_group
+from citadel.documents import CHUNKER_VERSION, Document, LoadFailure, SourceGroup, chunk_text, load_group, shard_of
 from citadel.errors import EmbedderError
 from citadel.hashing import point_id, sha256_text
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry, StoredDocument
 from citadel.resources import Resources
-from citadel.sharding import shard_of
 
 # Statuses that blame the configuration (bad key, unknown model), never one document.
 _BACKEND_MISCONFIGURED = {401, 403, 404}
@@ -127,6 +125,11 @@ class EmbeddedBatch:
     chunks_embedded: int = 0
     cache_hits: int = 0
     chunks_reused: int = 0
+
+    @property
+    def failed(self) -> int:
+        """Documents of the batch that could not be embedded."""
+        return len(self.plan.failures)
 
 
 @dataclass

@@ -19,18 +19,21 @@ from types import TracebackType
 from typing import Any
 
 from citadel import progress
-from citadel.bluegreen import live_collection
 from citadel.collections import check_collection_name
-from citadel.consistency import check_store, reconcile
 from citadel.documents import (
     SUPPORTED_SUFFIXES,
     SourceListing,
+    SourceRoots,
+    check_shard,
     iter_groups,
     list_source,
     shard_listing,
+    shard_of,
+    source_name_problem,
 )
 from citadel.errors import ConfigurationError
-from citadel.indexing import (
+from citadel.indexing import bluegreen
+from citadel.indexing.batches import (
     BatchPlan,
     EmbeddedBatch,
     SeenDocuments,
@@ -44,14 +47,13 @@ from citadel.indexing import (
     resolve_dead_letters,
     upsert_vectors,
 )
+from citadel.indexing.bluegreen import live_collection
+from citadel.indexing.consistency import check_store, reconcile
 from citadel.models import IndexRunRecord, RunCounts, RunSummary, StoreCheck
-from citadel.registry import DeadLetter, check_collection_model
+from citadel.registry import DeadLetter, Holder, RunLock, check_collection_model, find_crashed_runs, lock_key, mark_crashed_runs
 from citadel.resources import Resources
-from citadel.runlock import Holder, RunLock, find_crashed_runs, lock_key, mark_crashed_runs
 from citadel.settings import Settings
-from citadel.sharding import check_shard, shard_of
-from citadel.sourceroots import SourceRoots, source_name_problem
-from citadel.storeprobe import embedded_store_holder, store_in_use
+from citadel.store import embedded_store_holder, store_in_use
 
 log = logging.getLogger(__name__)
 
@@ -357,3 +359,17 @@ async def answer_unchanged(settings: Settings, source: str, collection: str) -> 
         return run.summary
     finally:
         await resources.aclose()
+
+
+async def build_and_switch(
+    resources: Resources, source: str | Sequence[dict[str, Any]], collection: str, prune: bool | None = None, *,
+    source_name: str = "inline",
+) -> RunSummary:
+    """A blue-green build without an orchestrator (the workflow ``index`` step): index the whole
+    source into the next version, then switch to it unless documents failed."""
+    async with bluegreen.locked(resources, collection):
+        target = await bluegreen.next_version(resources, collection)
+        summary = await index_source(resources, source, target, True, prune, source_name=source_name)
+        if summary.failed:
+            return summary.model_copy(update={"warnings": [*summary.warnings, bluegreen.not_switched(collection, summary)]})
+        return summary.model_copy(update={"switch": await bluegreen.switch(resources, collection, target)})

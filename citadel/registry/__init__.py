@@ -1,0 +1,86 @@
+"""The document registry: documents, chunks, dead letters, runs and API keys, its schema and migrations, run
+totals and run locks (SQLite embedded, Postgres in production)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from citadel.exports import lazy_exports
+
+if TYPE_CHECKING:
+    from citadel.registry.database import (
+        ChunkRow,
+        DeadLetter,
+        DocumentRecord,
+        Registry,
+        StoredDocument,
+        check_collection_model,
+        chunked,
+        utcnow,
+    )
+    from citadel.registry.runlock import Holder, RunLock, find_crashed_runs, holder, lock_key, mark_crashed_runs, process_alive
+    from citadel.registry.schema import (
+        SCHEMA_VERSION,
+        api_keys,
+        chunks,
+        collections,
+        documents,
+        index_runs,
+        locks,
+        metadata,
+        schema_version,
+    )
+
+__all__ = [
+    "ChunkRow",
+    "DeadLetter",
+    "DocumentRecord",
+    "Holder",
+    "Registry",
+    "RunLock",
+    "SCHEMA_VERSION",
+    "StoredDocument",
+    "api_keys",
+    "check_collection_model",
+    "chunked",
+    "chunks",
+    "collections",
+    "documents",
+    "find_crashed_runs",
+    "holder",
+    "index_runs",
+    "lock_key",
+    "locks",
+    "mark_crashed_runs",
+    "metadata",
+    "process_alive",
+    "schema_version",
+    "utcnow",
+]
+
+__getattr__ = lazy_exports(__name__, {
+    "ChunkRow": "database",
+    "DeadLetter": "database",
+    "DocumentRecord": "database",
+    "Holder": "runlock",
+    "Registry": "database",
+    "RunLock": "runlock",
+    "SCHEMA_VERSION": "schema",
+    "StoredDocument": "database",
+    "api_keys": "schema",
+    "check_collection_model": "database",
+    "chunked": "database",
+    "chunks": "schema",
+    "collections": "schema",
+    "documents": "schema",
+    "find_crashed_runs": "runlock",
+    "holder": "runlock",
+    "index_runs": "schema",
+    "lock_key": "runlock",
+    "locks": "schema",
+    "mark_crashed_runs": "runlock",
+    "metadata": "schema",
+    "process_alive": "runlock",
+    "schema_version": "schema",
+    "utcnow": "database",
+})

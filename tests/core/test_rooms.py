@@ -1,0 +1,120 @@
+"""The core's shape, checked so that a change which breaks it fails CI: no import circle anywhere
+(including imports inside functions and under ``TYPE_CHECKING``), small modules, and rooms whose
+callers use the package's public surface."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("citadel", "tasks", "flows", "blocks", "deployments", "cli", "api")
+ROOMS = ("documents", "embedders", "store", "registry", "indexing", "search", "ops", "workflows")
+MAX_MODULE_LINES = 400
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph(*PACKAGES, include_external_packages=False, cache_dir=None)
+
+
+def import_circles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Every strongly connected set of more than one module (Tarjan's algorithm, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    circles: list[list[str]] = []
+    for start in sorted(graph.modules):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph.find_modules_directly_imported_by(start))))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            module, edges = work[-1]
+            for target in edges:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(graph.find_modules_directly_imported_by(target)))))
+                    break
+                if target in on_stack:
+                    low[module] = min(low[module], index[target])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[module])
+                if low[module] == index[module]:
+                    circle = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        circle.append(member)
+                        if member == module:
+                            break
+                    if len(circle) > 1:
+                        circles.append(sorted(circle))
+    return circles
+
+
+def test_the_circle_finder_finds_a_circle_hidden_in_a_function() -> None:
+    class Graph:
+        modules = {"a", "b", "c"}
+
+        @staticmethod
+        def find_modules_directly_imported_by(module: str) -> set[str]:
+            return {"a": {"b"}, "b": {"c"}, "c": {"a"}}[module]
+
+    assert import_circles(Graph()) == [["a", "b", "c"]]  # type: ignore[arg-type]
+
+
+def test_no_module_imports_itself_back_through_others(graph: grimp.ImportGraph) -> None:
+    assert import_circles(graph) == []
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}, f"split these by concern: {long}"
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_each_room_says_what_it_holds_and_exports_what_it_names(room: str) -> None:
+    package = importlib.import_module(f"citadel.{room}")
+    assert package.__doc__ and package.__doc__.strip(), f"citadel/{room}/__init__.py needs a docstring saying what belongs there"
+    assert package.__all__, f"citadel.{room} names no public surface"
+    for name in package.__all__:
+        assert getattr(package, name) is not None, f"citadel.{room}.{name}"
+
+
+def test_callers_outside_a_room_import_its_package_or_a_submodule_it_makes_public(graph: grimp.ImportGraph) -> None:
+    private = []
+    for room in ROOMS:
+        package = importlib.import_module(f"citadel.{room}")
+        public = {f"citadel.{room}.{name}" for name in package.__all__ if f"citadel.{room}.{name}" in graph.modules}
+        for module in graph.find_children(f"citadel.{room}"):
+            if module in public:
+                continue
+            for importer in graph.find_modules_that_directly_import(module):
+                if not importer.startswith(f"citadel.{room}"):
+                    private.append(f"{importer} -> {module}")
+    assert sorted(private) == []
+
+
+def test_importing_the_registry_or_the_store_probe_does_not_load_the_store_client() -> None:
+    code = "import sys, citadel.registry, citadel.store, citadel.indexing, citadel.ops; print('qdrant_client' in sys.modules)"
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
