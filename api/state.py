@@ -16,11 +16,10 @@ from api.health import HealthChecker
 from api.ratelimit import RateLimiter
 from citadel.apisettings import ApiSettings, Network
 from citadel.auth import ApiKeys, TokenVerifier
-from citadel.resources import Resources
+from citadel.resources import Resources, open_resources
 from citadel.settings import Settings, secret
 from deployments.prefect_metrics import PrefectFigures
 from deployments.workflow_runs import prefect_api_url
-from tasks.resources import open_resources
 
 log = logging.getLogger("citadel.api")
 RUN_GRACE_S = 10.0

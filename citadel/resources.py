@@ -2,14 +2,20 @@
 
 Nothing is opened until asked for: a run over an unchanged corpus never opens the vector store
 (Qdrant's embedded mode takes seconds and gigabytes to load a large collection), nor imports its
-client.
+client. Tasks of a flow run, and the API's requests, share one set per settings and event loop
+(:func:`open_resources`), so clients are never task inputs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
 
 from citadel.embedders import CachedEmbedder, Embedder, EmbeddingCache, build_cache, build_embedder
 from citadel.registry import Registry
@@ -107,3 +113,44 @@ class Resources:
         if self._store is not None and self.settings.qdrant_url:
             self._store.client.close()
         self._embedder = self._cache = self._cached = self._registry = self._store = None
+
+
+# One set per settings and event loop: async clients belong to the loop that opened them.
+_OPEN: dict[tuple[str, int], tuple[Resources, int]] = {}
+
+
+def _key(settings: Settings) -> tuple[str, int]:
+    # Secrets count too (two Redis URLs differing only in password are two caches); the key stays in memory.
+    values = json.dumps(settings.model_dump(), sort_keys=True, default=_plain)
+    return values, id(asyncio.get_running_loop())
+
+
+def _plain(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
+def get_resources(settings: Settings) -> Resources:
+    """The resources of ``settings`` on the running loop, built on first use."""
+    key = _key(settings)
+    if key not in _OPEN:
+        _OPEN[key] = (Resources(settings), 0)
+    return _OPEN[key][0]
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Share one set of clients among the tasks of a flow run and close them at its end."""
+    key = _key(settings)
+    resources, users = _OPEN.get(key, (None, 0))
+    if resources is None:
+        resources = Resources(settings)
+    _OPEN[key] = (resources, users + 1)
+    try:
+        yield resources
+    finally:
+        resources, users = _OPEN[key]
+        if users <= 1:
+            del _OPEN[key]
+            await resources.aclose()
+        else:
+            _OPEN[key] = (resources, users - 1)

@@ -11,10 +11,10 @@ from typing import Any
 
 from prefect import flow
 
+from citadel.resources import open_resources
 from citadel.settings import settings_for
 from flows.index_corpus import index_corpus
 from tasks.embedding import embed_query
-from tasks.resources import open_resources
 from tasks.search import search_vectors
 
 

@@ -8,10 +8,10 @@ from prefect import flow, tags
 from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 
+from citadel.resources import open_resources
 from citadel.settings import EmbedderConfig, settings_for
 from tasks.embedding import embed_texts_task
 from tasks.reporting import artifact_key, run_tags, tag_flow_run
-from tasks.resources import open_resources
 
 
 def _name() -> str:

@@ -25,6 +25,7 @@ from citadel.indexing import (
     resolve_source,
 )
 from citadel.models import RunSummary
+from citadel.resources import open_resources
 from citadel.settings import EmbedderConfig, Settings, settings_for
 from tasks.crashed import mark_flow_runs_crashed
 from tasks.indexing import (
@@ -41,7 +42,6 @@ from tasks.indexing import (
 from tasks.limits import EarlySlot
 from tasks.passing import as_is
 from tasks.reporting import default_collection, report_index_run, run_name, run_tags, tag_flow_run
-from tasks.resources import open_resources
 
 
 @flow(

@@ -16,8 +16,8 @@ from prefect.deployments.flow_runs import arun_deployment
 
 from citadel.documents import list_source
 from citadel.models import RunCounts, ShardedRunSummary
+from citadel.resources import open_resources
 from citadel.settings import EmbedderConfig, settings_for
-from tasks.resources import open_resources
 
 
 @flow(name="index-sharded")

@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
 from citadel.models import StepReport, WorkflowReport
-from citadel.resources import Resources
+from citadel.resources import Resources, open_resources
 from citadel.settings import settings_for
 from citadel.workflows import (
     INDEX_OUTPUTS,
@@ -37,7 +37,6 @@ from citadel.workflows import (
 from flows.index_corpus import index_corpus
 from tasks.passing import as_is
 from tasks.reporting import report_workflow, run_tags, tag_flow_run
-from tasks.resources import open_resources
 from tasks.workflow import orchestrated_steps, step_cache_key, workflow_step
 
 

@@ -7,11 +7,11 @@ from typing import Any
 from prefect import flow, tags
 
 from citadel.models import SearchHit
+from citadel.resources import open_resources
 from citadel.search import check_query
 from citadel.settings import EmbedderConfig, settings_for
 from tasks.embedding import embed_query
 from tasks.reporting import default_collection, report_search, run_name, run_tags, tag_flow_run
-from tasks.resources import open_resources
 from tasks.search import search_vectors
 
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
+from citadel.resources import get_resources
 from citadel.settings import Settings
 from tasks.limits import embedding_slot
-from tasks.resources import get_resources
 from tasks.retry import RETRYING
 
 

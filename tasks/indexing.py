@@ -13,8 +13,8 @@ from citadel import indexing
 from citadel.documents import SourceGroup
 from citadel.indexing import bluegreen
 from citadel.models import StoreCheck, SwitchReport
+from citadel.resources import get_resources
 from citadel.settings import Settings
-from tasks.resources import get_resources
 from tasks.retry import RETRYING
 
 

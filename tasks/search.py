@@ -7,8 +7,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from citadel.resources import get_resources
 from citadel.settings import Settings
-from tasks.resources import get_resources
 from tasks.retry import RETRYING
 
 

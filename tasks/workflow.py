@@ -16,6 +16,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.annotations import BaseAnnotation
 
 from citadel.errors import ConfigurationError
+from citadel.resources import get_resources
 from citadel.settings import Settings
 from citadel.workflows import (
     FLOW_OUTPUTS,
@@ -29,7 +30,6 @@ from citadel.workflows import (
     run_step,
 )
 from tasks.limits import embedding_slot
-from tasks.resources import get_resources
 
 
 def _missing(deployment: str) -> ConfigurationError:

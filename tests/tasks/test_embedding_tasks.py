@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from citadel.resources import open_resources
 from citadel.settings import Settings
 from tasks.embedding import embed_query
-from tasks.resources import open_resources
 
 
 async def test_query_vectors_are_cached_across_flow_runs_as_json(data_dir: Path) -> None:
