@@ -19,6 +19,7 @@ from citadel.workflows.errors import (
     WorkflowLoadError,
     format_location,
 )
+from citadel.workflows.graph import topological_order, upstream
 from citadel.workflows.references import Reference, find_malformed, find_references, is_reference, referenced_steps, resolve
 from citadel.workflows.runner import run_step, run_workflow
 from citadel.workflows.sandbox import SANDBOX_PARAMETERS, Sandbox, owned_source_name
@@ -33,7 +34,7 @@ from citadel.workflows.steps import (
     step_type,
     step_types,
 )
-from citadel.workflows.validation import check_workflow, topological_order, upstream, validate_workflow
+from citadel.workflows.validation import check_workflow, validate_workflow
 
 __all__ = [
     "DuplicateStepType",

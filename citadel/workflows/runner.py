@@ -15,10 +15,11 @@ from pydantic import ValidationError
 
 from citadel.errors import ConfigurationError
 from citadel.workflows.errors import StepFailed, WorkflowError, WorkflowInvalid
+from citadel.workflows.graph import topological_order
 from citadel.workflows.references import resolve
 from citadel.workflows.spec import StepSpec, WorkflowDefinition
 from citadel.workflows.steps import StepContext, StepRegistry, default_registry
-from citadel.workflows.validation import check_workflow, problems_from_validation, topological_order
+from citadel.workflows.validation import check_workflow, problems_from_validation
 
 # Failures that another attempt cannot fix.
 _PERMANENT = (ConfigurationError, ValidationError, WorkflowError, TypeError)
