@@ -9,21 +9,10 @@ from citadel.exports import lazy_exports
 
 if TYPE_CHECKING:
     from citadel.documents.chunking import CHUNKER_VERSION, Chunk, chunk_text
+    from citadel.documents.listing import SUPPORTED_SUFFIXES, SourceGroup, SourceListing, iter_groups, list_source, shard_listing
+    from citadel.documents.loading import Document, LoadFailure, documents_from_records, load_file, load_group
     from citadel.documents.sharding import check_shard, shard_of
     from citadel.documents.sourceroots import SourceRoots, is_inline_name, source_name_problem
-    from citadel.documents.sources import (
-        SUPPORTED_SUFFIXES,
-        Document,
-        LoadFailure,
-        SourceGroup,
-        SourceListing,
-        documents_from_records,
-        iter_groups,
-        list_source,
-        load_file,
-        load_group,
-        shard_listing,
-    )
 
 __all__ = [
     "CHUNKER_VERSION",
@@ -50,21 +39,21 @@ __all__ = [
 __getattr__ = lazy_exports(__name__, {
     "CHUNKER_VERSION": "chunking",
     "Chunk": "chunking",
-    "Document": "sources",
-    "LoadFailure": "sources",
-    "SUPPORTED_SUFFIXES": "sources",
-    "SourceGroup": "sources",
-    "SourceListing": "sources",
+    "Document": "loading",
+    "LoadFailure": "loading",
+    "SUPPORTED_SUFFIXES": "listing",
+    "SourceGroup": "listing",
+    "SourceListing": "listing",
     "SourceRoots": "sourceroots",
     "check_shard": "sharding",
     "chunk_text": "chunking",
-    "documents_from_records": "sources",
+    "documents_from_records": "loading",
     "is_inline_name": "sourceroots",
-    "iter_groups": "sources",
-    "list_source": "sources",
-    "load_file": "sources",
-    "load_group": "sources",
-    "shard_listing": "sources",
+    "iter_groups": "listing",
+    "list_source": "listing",
+    "load_file": "loading",
+    "load_group": "loading",
+    "shard_listing": "listing",
     "shard_of": "sharding",
     "source_name_problem": "sourceroots",
 })

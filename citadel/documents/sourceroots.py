@@ -68,25 +68,25 @@ def source_name_problem(name: str, roots: SourceRoots) -> str | None:
     )
 
 
-def glob_inside(pattern: Path, roots: SourceRoots) -> tuple[list[Path], list[str]]:
-    """The paths ``pattern`` matches, as ``glob.glob(recursive=True)`` finds them, expanded one
-    folder at a time without entering one that resolves outside ``roots`` (a symlink or ``..``);
-    and the entries left out because they lead outside."""
-    parts = pattern.parts
-    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-    found: list[Path] = []
-    outside: list[str] = []
+class _GlobWalk:
+    """One expansion of a pattern inside ``roots``: what it found, and what it left out."""
 
-    def enter(folder: Path, ancestors: frozenset[Path]) -> frozenset[Path] | None:
+    def __init__(self, roots: SourceRoots) -> None:
+        self.roots = roots
+        self.found: list[Path] = []
+        self.outside: list[str] = []
+
+    def enter(self, folder: Path, ancestors: frozenset[Path]) -> frozenset[Path] | None:
         """The folders above and at ``folder`` (resolved) once it may be entered, else None."""
         real = Path(os.path.realpath(folder))
-        if not inside(real, roots.folders):
-            outside.append(str(folder))
+        if not inside(real, self.roots.folders):
+            self.outside.append(str(folder))
             return None
         if real in ancestors or not real.is_dir():  # a symlink loop, or not a folder
             return None
         return ancestors | {real}
 
+    @staticmethod
     def names(folder: Path, part: str) -> list[str]:
         try:
             entries = sorted(os.listdir(folder))
@@ -94,40 +94,53 @@ def glob_inside(pattern: Path, roots: SourceRoots) -> tuple[list[Path], list[str
             return []  # as glob does
         return [name for name in entries if not name.startswith(".") or part.startswith(".")]
 
-    def match(folder: Path, rest: tuple[str, ...], ancestors: frozenset[Path]) -> None:
+    def match(self, folder: Path, rest: tuple[str, ...], ancestors: frozenset[Path]) -> None:
         part, tail = rest[0], rest[1:]
-        if part == "**":  # zero or more folders; hidden ones are not entered
-            if tail:
-                match(folder, tail, ancestors)
-            for name in names(folder, ""):
-                child = folder / name
-                if not tail:
-                    found.append(child)
-                inner = enter(child, ancestors)
-                if inner is not None:
-                    match(child, rest, inner)
+        if part == "**":
+            self.match_any_depth(folder, rest, ancestors)
             return
-        candidates = [n for n in names(folder, part) if fnmatch.fnmatch(n, part)] if glob.has_magic(part) else [part]
+        candidates = [n for n in self.names(folder, part) if fnmatch.fnmatch(n, part)] if glob.has_magic(part) else [part]
         for name in candidates:
             child = folder / name
             if not tail:
                 if os.path.lexists(child):
-                    found.append(child)
+                    self.found.append(child)
                 continue
-            inner = enter(child, ancestors)
+            inner = self.enter(child, ancestors)
             if inner is not None:
-                match(child, tail, inner)
+                self.match(child, tail, inner)
 
-    start = enter(Path(*parts[:first]), frozenset())
+    def match_any_depth(self, folder: Path, rest: tuple[str, ...], ancestors: frozenset[Path]) -> None:
+        """``**``: zero or more folders; hidden ones are not entered."""
+        tail = rest[1:]
+        if tail:
+            self.match(folder, tail, ancestors)
+        for name in self.names(folder, ""):
+            child = folder / name
+            if not tail:
+                self.found.append(child)
+            inner = self.enter(child, ancestors)
+            if inner is not None:
+                self.match(child, rest, inner)
+
+
+def glob_inside(pattern: Path, roots: SourceRoots) -> tuple[list[Path], list[str]]:
+    """The paths ``pattern`` matches, as ``glob.glob(recursive=True)`` finds them, expanded one
+    folder at a time without entering one that resolves outside ``roots`` (a symlink or ``..``);
+    and the entries left out because they lead outside."""
+    parts = pattern.parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    walk = _GlobWalk(roots)
+    start = walk.enter(Path(*parts[:first]), frozenset())
     if start is not None:
-        match(Path(*parts[:first]), parts[first:], start)
+        walk.match(Path(*parts[:first]), parts[first:], start)
     kept = []
-    for path in dict.fromkeys(found):  # '**/**' finds a path twice, as glob does
+    for path in dict.fromkeys(walk.found):  # '**/**' finds a path twice, as glob does
         if inside(Path(os.path.realpath(path)), roots.folders):
             kept.append(path)
         else:
-            outside.append(str(path))
-    return sorted(kept), list(dict.fromkeys(outside))
+            walk.outside.append(str(path))
+    return sorted(kept), list(dict.fromkeys(walk.outside))
 
 
 def _descriptor_path(fd: int) -> str | None:
