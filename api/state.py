@@ -18,8 +18,8 @@ from citadel.apisettings import ApiSettings, Network
 from citadel.auth import ApiKeys, TokenVerifier
 from citadel.resources import Resources, open_resources
 from citadel.settings import Settings, secret
-from deployments.prefect_metrics import PrefectFigures
-from deployments.workflow_runs import prefect_api_url
+from orchestration.prefect_metrics import PrefectFigures
+from orchestration.workflow_runs import prefect_api_url
 
 log = logging.getLogger("citadel.api")
 RUN_GRACE_S = 10.0

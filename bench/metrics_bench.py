@@ -67,7 +67,7 @@ async def record_flow_runs(api_url: str, count: int) -> None:
 
 async def time_prefect(api_url: str, flow_runs: int) -> dict[str, float]:
     """The first read (the seed), a quiet read (nothing ended since), and the read after 100 runs ended."""
-    from deployments.prefect_metrics import LAG, PrefectFigures
+    from orchestration.prefect_metrics import LAG, PrefectFigures
 
     figures = PrefectFigures(api_url, cache_s=0)
 

@@ -39,7 +39,7 @@ PRELOADED = (
     "flows.similarity_search",
     "flows.embed_texts",
     "flows.run_workflow",
-    "deployments.workflow_runs",
+    "orchestration.workflow_runs",
     "deployments.catalog",
     "qdrant_client",
     "citadel.indexing.run",

@@ -20,7 +20,7 @@ from typing import Any
 VOLATILE_VARIABLES = frozenset({"_", "OLDPWD", "PWD", "SHLVL"})
 # Read by Prefect and pydantic-settings when they are imported, besides the environment.
 SETTINGS_FILES = (".env", "prefect.toml", "pyproject.toml")
-PACKAGES = ("cli", "citadel", "flows", "tasks", "deployments", "api", "blocks")
+PACKAGES = ("cli", "citadel", "flows", "tasks", "deployments", "orchestration", "api", "blocks")
 MESSAGE_BYTES = 1 << 20  # one request: arguments and environment
 STANDARD_STREAMS = (0, 1, 2)
 SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes with the final NUL

@@ -86,7 +86,7 @@ def workflow_run(
         _print_problems(definition, as_json)
     payload = definition.model_dump(mode="json")
     quiet_prefect()
-    from deployments.workflow_runs import submit_workflow, wait_for_workflow
+    from orchestration.workflow_runs import submit_workflow, wait_for_workflow
 
     async def go() -> Any:
         report = await submit_workflow(payload, deployment=deployment, local=local)
@@ -112,6 +112,6 @@ def workflow_status_command(
 ) -> None:
     """A workflow run's state and, per step, its state, start, end and error."""
     quiet_prefect()
-    from deployments.workflow_runs import workflow_status
+    from orchestration.workflow_runs import workflow_status
 
     _print_report(run(lambda: workflow_status(run_id)), as_json)

@@ -19,7 +19,7 @@ from api.state import ServiceState, state_of
 from api.workflow_policy import workflow_refusals
 from citadel.auth import Identity
 from citadel.errors import ConfigurationError
-from deployments.workflow_runs import (
+from orchestration.workflow_runs import (
     cancel_workflow,
     check_definition,
     recent_workflows,

@@ -12,7 +12,7 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("citadel", "tasks", "flows", "blocks", "deployments", "cli", "api")
+PACKAGES = ("citadel", "tasks", "flows", "blocks", "deployments", "orchestration", "cli", "api")
 ROOMS = ("documents", "embedders", "store", "registry", "indexing", "search", "ops", "workflows")
 MAX_MODULE_LINES = 400
 

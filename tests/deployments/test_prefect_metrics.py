@@ -9,7 +9,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.states import Completed, Failed, Running
 
-from deployments.prefect_metrics import PrefectFigures
+from orchestration.prefect_metrics import PrefectFigures
 
 
 @flow(name="metrics-probe")

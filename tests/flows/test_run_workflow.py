@@ -10,8 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from citadel.workflows import StepContext, WorkflowInvalid, default_registry
-from deployments.workflow_runs import wait_for_workflow
 from flows.run_workflow import run_workflow
+from orchestration.workflow_runs import wait_for_workflow
 
 
 class SleepParams(BaseModel):
@@ -212,7 +212,7 @@ async def test_an_index_step_runs_as_a_sub_run_that_the_registry_links(data_dir:
 
 
 async def test_recent_runs_are_listed_and_a_finished_run_is_not_cancelled(data_dir: Path) -> None:
-    from deployments.workflow_runs import cancel_workflow, recent_workflows
+    from orchestration.workflow_runs import cancel_workflow, recent_workflows
 
     workflow_id = f"listed-{uuid.uuid4().hex[:6]}"
     state = await run_workflow({"workflow_id": workflow_id, "steps": [
@@ -227,7 +227,7 @@ async def test_recent_runs_are_listed_and_a_finished_run_is_not_cancelled(data_d
 async def test_a_run_not_started_yet_is_cancelled(data_dir: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from deployments.workflow_runs import cancel_workflow
+    from orchestration.workflow_runs import cancel_workflow
 
     async with get_client() as client:
         flow_run = await client.create_flow_run(run_workflow, parameters={"workflow": {"workflow_id": "never"}})
