@@ -4,6 +4,7 @@ callers use the package's public surface."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("citadel", "tasks", "flows", "blocks", "deployments", "orchestration", "cli", "api")
 ROOMS = ("documents", "embedders", "store", "registry", "indexing", "search", "ops", "workflows")
 MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,18 @@ def test_no_module_is_over_400_lines() -> None:
         if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}, f"split these by concern: {long}"
+
+
+def test_no_function_is_over_60_lines() -> None:
+    long = {
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}": lines
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (lines := (node.end_lineno or node.lineno) - node.lineno + 1) > MAX_FUNCTION_LINES
+    }
+    assert long == {}, f"split these into named steps: {long}"
 
 
 @pytest.mark.parametrize("room", ROOMS)
