@@ -132,3 +132,12 @@ def test_importing_the_registry_or_the_store_probe_does_not_load_the_store_clien
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_the_distribution_claims_only_the_known_top_level_names() -> None:
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(name.removesuffix("*") for name in include) == sorted(PACKAGES), (
+        "a new top-level package claims a name in site-packages: see 'Why the layers keep their top-level names' in docs/design.md"
+    )
