@@ -6,7 +6,7 @@ unchanged run looks another way:
 
 - a Qdrant server: two REST calls over httpx (``points/count`` exact, ``points`` by id);
 - the embedded store: its own files, read-only (``meta.json`` for the collection, and the
-  collection's SQLite file for the count and the sampled ids).
+  collection's SQLite file for the count and the sampled ids), as :mod:`citadel.store.embeddedlayout` knows them.
 
 Either probe answers ``None`` when it cannot tell (an unexpected answer or file layout); the
 caller then opens the store with its client, which is always right, only slower.
@@ -14,11 +14,7 @@ caller then opens the store with its client, which is always right, only slower.
 
 from __future__ import annotations
 
-import base64
-import fcntl
-import json
 import os
-import pickle
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -28,6 +24,8 @@ from pathlib import Path
 import httpx
 
 from citadel.errors import ConfigurationError
+from citadel.store import embeddedlayout as layout
+from citadel.store.rest import COUNT_EXACT, alias_map, collection_names, collection_path, point_count, rest_options, result
 
 
 @dataclass(frozen=True)
@@ -49,63 +47,46 @@ async def probe_server(
     url: str, api_key: str | None, collection: str, sample: Sequence[str], timeout_s: float = 10
 ) -> StoreSnapshot | None:
     """Count the collection's points and look up ``sample`` over Qdrant's REST API."""
-    headers = {"api-key": api_key} if api_key else {}
-    base = f"{url.rstrip('/')}/collections/{collection}"
-    # Loading the CA bundle costs about 30 ms, more than the two calls: only https needs it.
-    verify = url.lower().startswith("https://")
+    base = url.rstrip("/") + collection_path(collection)
     try:
-        async with httpx.AsyncClient(headers=headers, timeout=timeout_s, verify=verify) as client:
-            counted = await client.post(f"{base}/points/count", json={"exact": True})
+        async with httpx.AsyncClient(**rest_options(url, api_key, timeout_s)) as client:
+            counted = await client.post(f"{base}/points/count", json=COUNT_EXACT)
             if counted.status_code == 404:
                 return _missing("rest")
             counted.raise_for_status()
-            points = int(counted.json()["result"]["count"])
+            points = point_count(counted.json())
             present: set[str] = set()
             if sample:
                 found = await client.post(f"{base}/points", json={"ids": list(sample), "with_payload": False, "with_vector": False})
                 found.raise_for_status()
-                present = {str(record["id"]) for record in found.json()["result"]}
+                present = {str(record["id"]) for record in result(found.json())}
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None  # let the client say what is wrong
     return StoreSnapshot(True, points, frozenset(present), "rest")
 
 
-def _storage_key(point_id: str) -> str:
-    """How the embedded store keys a point in its SQLite file (qdrant-client's local persistence)."""
-    return base64.b64encode(pickle.dumps(point_id, protocol=4)).decode("utf-8")
-
-
 def probe_embedded(path: Path, collection: str, sample: Sequence[str]) -> StoreSnapshot | None:
     """Read the embedded store's files (never its points' contents) for the count and the sample."""
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
-        return _missing("file")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        known = collection in meta["collections"]
-    except (OSError, ValueError, KeyError, TypeError):
+        meta = layout.read_embedded_meta(path)
+    except (OSError, ValueError):
         return None
-    if not known:
+    if meta is None or collection not in meta.collections:
         return _missing("file")
-    storage = path / "collection" / collection / "storage.sqlite"
-    if not storage.is_file():
+    storage = layout.embedded_storage_file(path, collection)
+    if storage is None or not storage.is_file():
         return None
     try:
-        conn = sqlite3.connect(f"{storage.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        conn = layout.open_read_only(storage, timeout_s=5)
         try:
-            points = conn.execute("SELECT count(*) FROM points").fetchone()[0]
-            keys = {_storage_key(pid): pid for pid in sample}
-            present: set[str] = set()
-            items = list(keys)
-            for start in range(0, len(items), 500):
-                part = items[start : start + 500]
-                marks = ",".join("?" * len(part))
-                present.update(keys[row[0]] for row in conn.execute(f"SELECT id FROM points WHERE id IN ({marks})", part))
+            points = layout.count_rows(conn)
+            keys = {layout.storage_key(pid): pid for pid in sample}
+            present = {keys[key] for key in layout.present_keys(conn, list(keys))}
         finally:
             conn.close()
     except sqlite3.Error:
         return None
-    return StoreSnapshot(True, int(points), frozenset(present), "file")
+    return StoreSnapshot(True, points, frozenset(present), "file")
 
 
 def embedded_store_holder(path: Path, *, others_only: bool = False) -> str | None:
@@ -116,21 +97,19 @@ def embedded_store_holder(path: Path, *, others_only: bool = False) -> str | Non
     counts as free: its own client is shared. ``others_only`` looks past this process (which
     may keep the file open after failing to lock it).
     """
-    lock_path = path / ".lock"
+    lock_path = layout.lock_file(path)
     if not lock_path.exists():
         return None
     try:
         with open(lock_path, "r+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not layout.try_lock(handle):
                 pid, command = _process_holding(lock_path, own_fd=handle.fileno(), others_only=others_only)
                 if pid == os.getpid():
                     return None
                 if pid is None:
                     return "another process"
                 return f"process {pid} ({command})" if command else f"process {pid}"
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            layout.unlock(handle)
     except OSError:
         return None
     return None
@@ -188,26 +167,23 @@ def _link(path: str) -> str | None:
 
 async def server_layout(url: str, api_key: str | None, timeout_s: float = 10) -> tuple[set[str], dict[str, str]] | None:
     """A Qdrant server's collection names and aliases over its REST API (without qdrant-client)."""
-    headers = {"api-key": api_key} if api_key else {}
     try:
-        async with httpx.AsyncClient(headers=headers, timeout=timeout_s, verify=url.lower().startswith("https://")) as client:
+        async with httpx.AsyncClient(**rest_options(url, api_key, timeout_s)) as client:
             listed = await client.get(f"{url.rstrip('/')}/collections")
             listed.raise_for_status()
             aliases = await client.get(f"{url.rstrip('/')}/aliases")
             aliases.raise_for_status()
-            names = {str(c["name"]) for c in listed.json()["result"]["collections"]}
-            return names, {str(a["alias_name"]): str(a["collection_name"]) for a in aliases.json()["result"]["aliases"]}
+            return set(collection_names(listed.json())), alias_map(aliases.json())
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None  # let the client say what is wrong
 
 
 def embedded_layout(path: Path) -> tuple[set[str], dict[str, str]]:
     """An embedded store's collection names and aliases, from its own ``meta.json``, without opening it."""
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
-        return set(), {}
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        return set(meta.get("collections", {})), dict(meta.get("aliases", {}))
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ConfigurationError(f"the embedded vector store's {meta_path} is unreadable ({exc}); restore it from a backup") from exc
+        meta = layout.read_embedded_meta(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"the embedded vector store's {layout.meta_file(path)} is unreadable ({exc}); restore it from a backup"
+        ) from exc
+    return (set(), {}) if meta is None else (set(meta.collections), dict(meta.aliases))

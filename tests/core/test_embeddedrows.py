@@ -12,7 +12,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from citadel.errors import ConfigurationError
-from citadel.store import VectorStore, close_local_clients, local_client, vectorstore
+from citadel.store import VectorStore, close_local_clients, local_client, localclients
 from tests.support.qdrant_server import store_held_by_another_process
 
 DIMS = 8
@@ -30,7 +30,7 @@ def ids(*numbers: int) -> list[str]:
 
 
 def loaded(path: Path) -> bool:
-    return str(path.resolve()) in vectorstore._LOCAL_CLIENTS
+    return str(path.resolve()) in localclients.LOCAL_CLIENTS
 
 
 async def write_the_same(store: VectorStore, name: str) -> None:

@@ -250,7 +250,7 @@ async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warnin
     (once when the rows outgrow it, once more when a later process loads the store)."""
     import warnings
 
-    from citadel.store import LOCAL_MODE_COMFORT, vectorstore
+    from citadel.store import LOCAL_MODE_COMFORT, localclients
 
     count = LOCAL_MODE_COMFORT + 1
     ids = [str(uuid.UUID(int=i)) for i in range(count)]
@@ -259,13 +259,13 @@ async def test_a_large_embedded_store_gets_one_line_of_advice_not_qdrants_warnin
         await store.ensure_collection("big", 2, "m")
         await store.upsert("big", ids, np.ones((count, 2), dtype=np.float32), [{}] * count)
         close_local_clients()
-        vectorstore._advised.clear()
+        localclients._advised.clear()
         reopened = VectorStore.connect(url=None, api_key=None, path=tmp_path / "large")
         await reopened.search("big", [1.0, 0.0])  # loaded: said again, once
         await reopened.search("big", [0.0, 1.0])
         close_local_clients()
     assert not [w for w in leaked if "Local mode" in str(w.message)], "qdrant-client's own warning does not leak"
-    advice = [r.getMessage() for r in caplog.records if r.name == "citadel.store.vectorstore"]
+    advice = [r.getMessage() for r in caplog.records if r.name == "citadel.store.localclients"]
     assert len(advice) == 2 and all("over 20,000 points in big (20,001)" in a and "CITADEL_QDRANT_URL" in a for a in advice)
 
 
