@@ -8,16 +8,9 @@ from typing import TYPE_CHECKING
 from citadel.exports import lazy_exports
 
 if TYPE_CHECKING:
-    from citadel.registry.database import (
-        ChunkRow,
-        DeadLetter,
-        DocumentRecord,
-        Registry,
-        StoredDocument,
-        check_collection_model,
-        chunked,
-        utcnow,
-    )
+    from citadel.registry.base import utcnow
+    from citadel.registry.database import Registry
+    from citadel.registry.documentrows import ChunkRow, DeadLetter, DocumentRecord, StoredDocument, check_collection_model, chunked
     from citadel.registry.runlock import Holder, RunLock, find_crashed_runs, holder, lock_key, mark_crashed_runs, process_alive
     from citadel.registry.schema import (
         SCHEMA_VERSION,
@@ -59,17 +52,17 @@ __all__ = [
 ]
 
 __getattr__ = lazy_exports(__name__, {
-    "ChunkRow": "database",
-    "DeadLetter": "database",
-    "DocumentRecord": "database",
+    "ChunkRow": "documentrows",
+    "DeadLetter": "documentrows",
+    "DocumentRecord": "documentrows",
     "Holder": "runlock",
     "Registry": "database",
     "RunLock": "runlock",
     "SCHEMA_VERSION": "schema",
-    "StoredDocument": "database",
+    "StoredDocument": "documentrows",
     "api_keys": "schema",
-    "check_collection_model": "database",
-    "chunked": "database",
+    "check_collection_model": "documentrows",
+    "chunked": "documentrows",
     "chunks": "schema",
     "collections": "schema",
     "documents": "schema",
@@ -82,5 +75,5 @@ __getattr__ = lazy_exports(__name__, {
     "metadata": "schema",
     "process_alive": "runlock",
     "schema_version": "schema",
-    "utcnow": "database",
+    "utcnow": "base",
 })

@@ -30,7 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from citadel.models import IndexRunRecord, as_utc
 from citadel.registry import runtotals
-from citadel.registry.database import Registry, utcnow
+from citadel.registry.base import utcnow
+from citadel.registry.database import Registry
 from citadel.registry.schema import index_runs, locks
 
 log = logging.getLogger(__name__)

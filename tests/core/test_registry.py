@@ -179,7 +179,7 @@ async def test_a_batch_of_edited_documents_keeps_exactly_each_ones_chunks(
     """Each document of a committed batch keeps exactly its own chunks, whether the batch's ids fit
     one statement or not; rows of chunks it kept are left as they were, and another document's
     pending intents stay."""
-    monkeypatch.setattr("citadel.registry.database.MAX_BOUND_IDS", bound)
+    monkeypatch.setattr("citadel.registry.documentrows.MAX_BOUND_IDS", bound)
     before = [record(collection_name, f"doc-{n}", [f"{n} a", f"{n} b", f"{n} c"]) for n in range(3)]
     await registry.write_intent(collection_name, MODEL, before)
     await registry.commit_documents(collection_name, MODEL, before)
