@@ -135,3 +135,82 @@ async def test_a_store_another_process_holds_is_refused_by_name(tmp_path: Path) 
             VectorStore.connect(url=None, api_key=None, path=path)
     store = VectorStore.connect(url=None, api_key=None, path=path)  # free again once it is gone
     await store.ensure_collection("c", DIMS, MODEL)
+
+
+def _layout_changed(what: str) -> str:
+    import importlib.metadata
+
+    version = importlib.metadata.version("qdrant-client")
+    return (
+        f"qdrant-client {version} no longer lays out its embedded store as citadel/store/embeddedlayout.py assumes: {what}. "
+        "The probe, the rows writer and the backups read these files directly: update that module (and this test) to the "
+        "new layout, or pin the qdrant-client release it was written for"
+    )
+
+
+def test_the_installed_qdrant_client_lays_out_the_embedded_store_as_the_layout_module_assumes(tmp_path: Path) -> None:
+    """A real embedded store, made and written by the installed qdrant-client, read back through
+    :mod:`citadel.store.embeddedlayout` alone: its lock, ``meta.json``, folders, table, keys and rows."""
+    from qdrant_client.local import persistence
+
+    from citadel.store import embeddedlayout as layout
+
+    root = tmp_path / "store"
+    points = layout.client_points()
+    assert points is not None, _layout_changed(
+        f"its local persistence keeps points in {persistence.STORAGE_FILE_NAME!r} (expected {layout.EMBEDDED_STORAGE_FILE!r}) "
+        "or keys them otherwise than the id pickled (protocol 4) in base64"
+    )
+    wanted = {points.normalize_id(pid): [0.5, -0.25, 1.0, 0.125] for pid in [*ids(0, 1), 7]}
+    client = QdrantClient(path=str(root))
+    try:
+        client.create_collection(
+            "blue", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE), metadata={"model": MODEL}
+        )
+        client.upsert("blue", points=[models.PointStruct(id=pid, vector=v, payload={"n": str(pid)}) for pid, v in wanted.items()])
+        client.update_collection_aliases(change_aliases_operations=[
+            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name="blue", alias_name="docs")),
+        ])
+        assert layout.lock_file(root).is_file(), _layout_changed(f"no lock file {layout.EMBEDDED_LOCK_FILE!r} in the store's folder")
+        with open(layout.lock_file(root), "r+") as handle:
+            assert not layout.try_lock(handle), _layout_changed("the open client holds no exclusive flock on the lock file")
+
+        try:
+            meta = layout.read_embedded_meta(root)
+        except (OSError, ValueError) as exc:
+            shape = "{'collections': {...}, 'aliases': {...}}"
+            pytest.fail(_layout_changed(f"{layout.EMBEDDED_META_FILE} does not read as {shape} ({exc})"))
+        assert meta is not None, _layout_changed(f"no {layout.EMBEDDED_META_FILE} in the store's folder")
+        assert meta.collection("docs") == layout.EmbeddedCollection("blue", 4, MODEL), _layout_changed(
+            f"{layout.EMBEDDED_META_FILE} does not name the collection, its alias, vectors.size and metadata.model as expected: "
+            f"{meta.raw}"
+        )
+
+        storage = layout.embedded_storage_file(root, "blue")
+        assert storage is not None and storage.is_file(), _layout_changed(
+            f"no {layout.EMBEDDED_COLLECTIONS_DIR}/<name>/{layout.EMBEDDED_STORAGE_FILE} for the collection"
+        )
+        database = layout.open_read_only(storage)
+        try:
+            columns = [(row[1], row[2]) for row in database.execute(f"PRAGMA table_info({layout.POINTS_TABLE})")]
+            assert columns == [("id", "TEXT"), ("point", "BLOB")], _layout_changed(
+                f"the table {layout.POINTS_TABLE!r} has the columns {columns}, not id TEXT and point BLOB"
+            )
+            assert layout.count_rows(database) == len(wanted), _layout_changed("a point is not one row")
+            keys = {layout.storage_key(pid): pid for pid in wanted}
+            assert layout.present_keys(database, list(keys)) == set(keys), _layout_changed("rows are keyed otherwise")
+            assert {layout.key_id(key) for key in layout.all_keys(database)} == set(wanted), _layout_changed("a key is not its id")
+            for key, blob in layout.point_rows(database, list(keys)):
+                point = layout.point_of(blob)
+                vector = point.vector.get("") if isinstance(point.vector, dict) else point.vector
+                assert isinstance(point, points.point_type) and point.payload == {"n": str(keys[key])}, _layout_changed(
+                    f"a row is not the pickled PointStruct with its payload: {point!r}"
+                )
+                np.testing.assert_allclose(vector, wanted[keys[key]], err_msg=_layout_changed("a row's vector is not the point's"))
+        finally:
+            database.close()
+    finally:
+        client.close()
+    with open(layout.lock_file(root), "r+") as handle:
+        assert layout.try_lock(handle), _layout_changed("a closed client keeps the lock file locked")
+        layout.unlock(handle)
