@@ -43,7 +43,7 @@ def _current_rss_mb() -> float:
 
 async def _plain_loop(corpus: Path, collection: str, report: dict) -> dict:
     """The same work with the same core objects, one step after another, without Prefect."""
-    from citadel.indexing import batches as indexing
+    from citadel import indexing
     from citadel.indexing import index_source
     from citadel.resources import Resources
     from citadel.settings import Settings

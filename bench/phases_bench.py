@@ -146,7 +146,7 @@ def phase(name: str, corpus: Path, env: dict[str, str], api_url: str, *options: 
 
 PLAIN_LOOP = """
 import asyncio, json, resource, sys, time
-from citadel.indexing.run import index_source
+from citadel.indexing import index_source
 from citadel.resources import Resources
 from citadel.settings import Settings
 

@@ -1,5 +1,5 @@
-"""Indexing: planning batches against the registry, the index run that embeds, writes, records and prunes
-them, consistency checks and repair, and blue-green versions."""
+"""Indexing: planning batches against the registry, the one driver that embeds, writes, records and
+prunes them (run by direct calls or by Prefect tasks), consistency checks and repair, and blue-green versions."""
 
 from __future__ import annotations
 
@@ -9,44 +9,42 @@ from citadel.exports import lazy_exports
 
 if TYPE_CHECKING:
     from citadel.indexing import bluegreen
-    from citadel.indexing.batches import (
+    from citadel.indexing.consistency import awaiting_repair, check_store, reconcile, sample_point_ids, verify_store
+    from citadel.indexing.lifecycle import IndexRun, ResolvedSource, check_before_run, resolve_source
+    from citadel.indexing.pipeline import DirectSteps, Steps, index_batches, plan_label
+    from citadel.indexing.planning import (
         BatchPlan,
-        EmbeddedBatch,
         PlannedDocument,
         SeenDocuments,
         WriteBatcher,
-        WriteResult,
         batches_label,
+        plan_batch,
+        plan_groups,
+    )
+    from citadel.indexing.repair import verify
+    from citadel.indexing.run import answer_unchanged, build_and_switch, index_source
+    from citadel.indexing.writing import (
+        EmbeddedBatch,
+        WriteResult,
         delete_documents,
         embed_plan,
         find_gone_documents,
-        plan_batch,
-        plan_groups,
         prepare_collection,
         prune_source,
         record_documents,
         resolve_dead_letters,
         upsert_vectors,
     )
-    from citadel.indexing.consistency import awaiting_repair, check_store, reconcile, sample_point_ids, verify_store
-    from citadel.indexing.repair import verify
-    from citadel.indexing.run import (
-        IndexRun,
-        ResolvedSource,
-        answer_unchanged,
-        build_and_switch,
-        check_before_run,
-        index_source,
-        resolve_source,
-    )
 
 __all__ = [
     "BatchPlan",
+    "DirectSteps",
     "EmbeddedBatch",
     "IndexRun",
     "PlannedDocument",
     "ResolvedSource",
     "SeenDocuments",
+    "Steps",
     "WriteBatcher",
     "WriteResult",
     "answer_unchanged",
@@ -59,9 +57,11 @@ __all__ = [
     "delete_documents",
     "embed_plan",
     "find_gone_documents",
+    "index_batches",
     "index_source",
     "plan_batch",
     "plan_groups",
+    "plan_label",
     "prepare_collection",
     "prune_source",
     "reconcile",
@@ -75,34 +75,38 @@ __all__ = [
 ]
 
 __getattr__ = lazy_exports(__name__, {
-    "BatchPlan": "batches",
-    "EmbeddedBatch": "batches",
-    "IndexRun": "run",
-    "PlannedDocument": "batches",
-    "ResolvedSource": "run",
-    "SeenDocuments": "batches",
-    "WriteBatcher": "batches",
-    "WriteResult": "batches",
+    "BatchPlan": "planning",
+    "DirectSteps": "pipeline",
+    "EmbeddedBatch": "writing",
+    "IndexRun": "lifecycle",
+    "PlannedDocument": "planning",
+    "ResolvedSource": "lifecycle",
+    "SeenDocuments": "planning",
+    "Steps": "pipeline",
+    "WriteBatcher": "planning",
+    "WriteResult": "writing",
     "answer_unchanged": "run",
     "awaiting_repair": "consistency",
-    "batches_label": "batches",
+    "batches_label": "planning",
     "build_and_switch": "run",
-    "check_before_run": "run",
+    "check_before_run": "lifecycle",
     "check_store": "consistency",
-    "delete_documents": "batches",
-    "embed_plan": "batches",
-    "find_gone_documents": "batches",
+    "delete_documents": "writing",
+    "embed_plan": "writing",
+    "find_gone_documents": "writing",
+    "index_batches": "pipeline",
     "index_source": "run",
-    "plan_batch": "batches",
-    "plan_groups": "batches",
-    "prepare_collection": "batches",
-    "prune_source": "batches",
+    "plan_batch": "planning",
+    "plan_groups": "planning",
+    "plan_label": "pipeline",
+    "prepare_collection": "writing",
+    "prune_source": "writing",
     "reconcile": "consistency",
-    "record_documents": "batches",
-    "resolve_dead_letters": "batches",
-    "resolve_source": "run",
+    "record_documents": "writing",
+    "resolve_dead_letters": "writing",
+    "resolve_source": "lifecycle",
     "sample_point_ids": "consistency",
-    "upsert_vectors": "batches",
+    "upsert_vectors": "writing",
     "verify": "repair",
     "verify_store": "consistency",
 })

@@ -92,17 +92,17 @@ async def test_a_second_run_of_the_same_source_waits_for_the_first(
 ) -> None:
     """Two runs of one collection and source against shared backends: the second waits, says for
     which run, then finds everything done instead of doing the whole work again."""
-    from citadel.indexing import run as indexrun
+    from citadel.indexing import pipeline
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=6)
-    embed_plan = indexrun.embed_plan
+    embed_plan = pipeline.embed_plan
 
     async def slow_embed_plan(*args, **kwargs):
         await asyncio.sleep(3)
         return await embed_plan(*args, **kwargs)
 
-    monkeypatch.setattr(indexrun, "embed_plan", slow_embed_plan)
+    monkeypatch.setattr(pipeline, "embed_plan", slow_embed_plan)  # the plain loop's embedding step
 
     async def second() -> dict:
         await asyncio.sleep(0.5)

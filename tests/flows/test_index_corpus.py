@@ -418,7 +418,7 @@ async def test_while_the_store_opens_the_run_embeds_ahead_then_writes_in_order(
 ) -> None:
     """An embedded store takes seconds to load: an edited run embeds its later batches meanwhile
     (within a bound), then writes them one after another, and ends as a plain run would."""
-    from citadel.indexing import batches as indexing
+    from citadel import indexing
 
     corpus = tmp_path / "corpus"
     paths = write_corpus(corpus, files=8)
@@ -460,13 +460,13 @@ async def test_a_retried_plan_step_sees_its_documents_as_new_not_as_duplicates(
 ) -> None:
     """The plan step reads its files, then fails on a transient error and is retried: the retry
     reads them again, and must not take them for documents the run has already seen."""
-    from citadel.indexing import batches as indexing
+    from citadel.indexing import planning
     from tasks import indexing as indexing_tasks
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=3)
     failures = iter([ConnectionError("the registry went away for a moment")])
-    real = indexing.plan_batch
+    real = planning.plan_batch
 
     async def flaky(*args, **kwargs):
         failure = next(failures, None)
@@ -474,8 +474,8 @@ async def test_a_retried_plan_step_sees_its_documents_as_new_not_as_duplicates(
             raise failure
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr("citadel.indexing.batches.plan_batch", flaky)
-    monkeypatch.setattr("flows.index_corpus.plan_batch", indexing_tasks.plan_batch.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(planning, "plan_batch", flaky)
+    monkeypatch.setattr("tasks.index_steps.plan_batch", indexing_tasks.plan_batch.with_options(retry_delay_seconds=0))
     summary = await index_corpus(str(corpus), collection=collection_name)
     assert (summary["added"], summary["failed"]) == (3, 0)
     assert next(failures, None) is None, "the step failed once and was retried"

@@ -75,7 +75,7 @@ async def test_transient_outage_is_retried_by_the_task(
     from tasks import indexing as indexing_tasks
 
     fast = indexing_tasks.embed_chunks.with_options(retry_delay_seconds=0)
-    monkeypatch.setattr("flows.index_corpus.embed_chunks", fast)
+    monkeypatch.setattr("tasks.index_steps.embed_chunks", fast)
     summary = await index_corpus(str(corpus), collection=collection_name)
     assert (summary["added"], summary["failed"]) == (2, 0)
     assert ollama.requests["/api/embed"] >= 2
@@ -137,7 +137,7 @@ async def test_a_retried_embedding_task_counts_a_rejected_document_once(
 ) -> None:
     """Prefect hands a retried task the same plan object; isolating a failure must not edit it."""
     from citadel.documents import Document
-    from citadel.indexing import batches as indexing
+    from citadel import indexing
     from citadel.resources import Resources
 
     resources = Resources(Settings())
