@@ -228,62 +228,20 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from citadel.testing.corpus import write_corpus
-    from citadel.testing.prefect_server import PrefectServer, create_prefect_database
-    from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
 
     with tempfile.TemporaryDirectory(prefix="citadel-phases-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         corpus = root / "corpus"
         write_corpus(corpus, files=args.files, paragraphs=args.paragraphs, seed=2026)
         size_mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
-
-        embedder = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.embedding_server", "--serial", f"0,{1 / args.texts_per_s}"],
-            cwd=REPO, stdout=subprocess.PIPE, text=True,
-        )
-        stack.callback(embedder.wait, 10)
-        stack.callback(embedder.terminate)
-        assert embedder.stdout is not None
-        embedder_url = embedder.stdout.readline().strip().split("=", 1)[1]
-
-        database = None
-        if args.prefect_postgres:
-            database = asyncio.run(create_prefect_database(args.prefect_postgres, "citadel_bench_prefect"))
-        prefect = stack.enter_context(PrefectServer(root / "prefect", database_url=database))
-        SERVERS["Prefect server"] = prefect.processes[0].pid
-        env = {
-            **prefect.env(),
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-            "CITADEL_DATA_DIR": str(root / "data"),
-            "CITADEL_EMBEDDER": "ollama",
-            "CITADEL_OLLAMA_URLS": embedder_url,
-            "CITADEL_EMBEDDING_MODEL": MODEL,
-        }
-        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-        if args.store == "server":
-            server, qdrant_url = start_qdrant_process(root / "qdrant-server", timeout=120)
-            stack.callback(stop_qdrant_process, server)
-            SERVERS["Qdrant test server"] = server.pid
-            env["CITADEL_QDRANT_URL"] = qdrant_url
-
+        env, api_url, prefect_server = start_servers(args, root, stack)
         report: dict[str, Any] = {"files": args.files, "corpus_mb": round(size_mb, 1), "store": args.store,
-                                  "prefect_server": "postgres" if database else "sqlite", "texts_per_s": args.texts_per_s}
+                                  "prefect_server": prefect_server, "texts_per_s": args.texts_per_s}
         if args.warm:
             env["XDG_RUNTIME_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="cw-"))  # short, for a socket
             report["warm_start"] = citadel(["warm", "start"], env)[-1]
             stack.callback(subprocess.run, [sys.executable, "-m", "cli", "warm", "stop"], cwd=REPO, env=env, capture_output=True)
-        phases = [phase("first index", corpus, env, prefect.api_url, warm=args.warm)]
-        phases.append(phase("unchanged re-run", corpus, env, prefect.api_url, warm=args.warm))
-        forced = "unchanged re-run as a flow run (--always-flow)"
-        phases.append(phase(forced, corpus, env, prefect.api_url, "--always-flow", warm=args.warm))
-        for run in range(args.edits):
-            edited, deleted = edit_corpus(corpus, seed=EDIT_SEED + run)
-            report.setdefault("edited", edited)
-            report.setdefault("deleted", deleted)
-            phases.append(phase("edited" if run == 0 else f"edited again ({run + 1})", corpus, env, prefect.api_url,
-                                warm=args.warm))
-        report["edited_median_s"] = statistics.median(p["wall_s"] for p in phases if p["phase"].startswith("edited"))
-        report["phases"] = phases
+        run_phases(report, corpus, env, api_url, edits=args.edits, warm=args.warm)
         if args.store == "embedded":
             report["store_open"] = python(STORE_OPEN, [str(root / "data" / "qdrant")], env)
         if not args.no_loop:
@@ -298,6 +256,58 @@ def main() -> None:
     if args.markdown:
         print()
         print(markdown(report))
+
+
+def start_servers(args: argparse.Namespace, root: Path, stack: contextlib.ExitStack) -> tuple[dict[str, str], str, str]:
+    """The embedding server, the Prefect server and with ``--store server`` the Qdrant test server,
+    stopped by ``stack``: the commands' environment, Prefect's API URL, and which database Prefect uses."""
+    from citadel.testing.prefect_server import PrefectServer, create_prefect_database
+    from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
+
+    embedder = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.embedding_server", "--serial", f"0,{1 / args.texts_per_s}"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    stack.callback(embedder.wait, 10)
+    stack.callback(embedder.terminate)
+    assert embedder.stdout is not None
+    embedder_url = embedder.stdout.readline().strip().split("=", 1)[1]
+
+    database = None
+    if args.prefect_postgres:
+        database = asyncio.run(create_prefect_database(args.prefect_postgres, "citadel_bench_prefect"))
+    prefect = stack.enter_context(PrefectServer(root / "prefect", database_url=database))
+    SERVERS["Prefect server"] = prefect.processes[0].pid
+    env = {
+        **prefect.env(),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "CITADEL_DATA_DIR": str(root / "data"),
+        "CITADEL_EMBEDDER": "ollama",
+        "CITADEL_OLLAMA_URLS": embedder_url,
+        "CITADEL_EMBEDDING_MODEL": MODEL,
+    }
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    if args.store == "server":
+        server, qdrant_url = start_qdrant_process(root / "qdrant-server", timeout=120)
+        stack.callback(stop_qdrant_process, server)
+        SERVERS["Qdrant test server"] = server.pid
+        env["CITADEL_QDRANT_URL"] = qdrant_url
+    return env, prefect.api_url, "postgres" if database else "sqlite"
+
+
+def run_phases(report: dict[str, Any], corpus: Path, env: dict[str, str], api_url: str, *, edits: int, warm: bool) -> None:
+    """The first index, the unchanged re-runs, and ``edits`` edited runs, into ``report``."""
+    phases = [phase("first index", corpus, env, api_url, warm=warm)]
+    phases.append(phase("unchanged re-run", corpus, env, api_url, warm=warm))
+    forced = "unchanged re-run as a flow run (--always-flow)"
+    phases.append(phase(forced, corpus, env, api_url, "--always-flow", warm=warm))
+    for run in range(edits):
+        edited, deleted = edit_corpus(corpus, seed=EDIT_SEED + run)
+        report.setdefault("edited", edited)
+        report.setdefault("deleted", deleted)
+        phases.append(phase("edited" if run == 0 else f"edited again ({run + 1})", corpus, env, api_url, warm=warm))
+    report["edited_median_s"] = statistics.median(p["wall_s"] for p in phases if p["phase"].startswith("edited"))
+    report["phases"] = phases
 
 
 def markdown(report: dict[str, Any]) -> str:
