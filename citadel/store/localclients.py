@@ -31,7 +31,6 @@ LOCAL_MODE_COMFORT = 20_000
 """Points per collection above which qdrant-client itself advises a server."""
 
 
-
 @contextmanager
 def without_local_mode_warning() -> Iterator[None]:
     """qdrant-client warns at every open and at the first large upsert of an embedded store;
@@ -41,6 +40,8 @@ def without_local_mode_warning() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="Local mode is not recommended", category=UserWarning)
         yield
 
+
+# The shared clients by resolved path: the loaded store, or its rows until something needs it loaded.
 LOCAL_CLIENTS: dict[str, QdrantClient] = {}
 LOCAL_ROWS: dict[str, EmbeddedRows] = {}
 LOCAL_LOCK = threading.RLock()
@@ -162,8 +163,6 @@ def _cyclic_gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
 
 
 def prepare_embedded_write(client: QdrantClient, name: str, adding: int) -> None:
