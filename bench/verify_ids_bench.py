@@ -24,7 +24,7 @@ import numpy as np
 READ = """
 import asyncio, json, resource, sys, time
 from pathlib import Path
-from citadel.store.vectorstore import VectorStore, local_client
+from citadel.store import VectorStore, local_client
 path, how = Path(sys.argv[1]), sys.argv[2]
 start = time.perf_counter()
 store = VectorStore.connect(url=None, api_key=None, path=path) if how == "rows" else VectorStore(local_client(path))
