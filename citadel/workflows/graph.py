@@ -105,11 +105,9 @@ def _strongly_connected(nodes: list[str], graph: dict[str, list[str]]) -> list[l
     return components
 
 
-def cycle_problems(defn: WorkflowDefinition) -> list[Problem]:
-    """One problem per group of steps that depend on each other, naming one cycle through them."""
-    first = first_index(defn)
-    order = sorted(first, key=first.__getitem__)
-    graph: dict[str, list[str]] = {step_id: [] for step_id in order}
+def _dependency_graph(defn: WorkflowDefinition, first: dict[str, int]) -> tuple[dict[str, list[str]], dict[tuple[str, str], str]]:
+    """Each step's known upstream steps in definition order, and where each edge is written."""
+    graph: dict[str, list[str]] = {step_id: [] for step_id in sorted(first, key=first.__getitem__)}
     where: dict[tuple[str, str], str] = {}
     for index, dep, location, _ in _edges(defn):
         source = defn.steps[index].step_id
@@ -120,34 +118,40 @@ def cycle_problems(defn: WorkflowDefinition) -> list[Problem]:
             graph[source].append(dep)
     for targets in graph.values():
         targets.sort(key=first.__getitem__)
+    return graph, where
+
+
+def _shortest_cycle(start: str, members: set[str], graph: dict[str, list[str]]) -> list[str]:
+    """The shortest way from ``start`` back to itself inside ``members`` (breadth first), as the
+    steps it passes, ``start`` first."""
+    parent: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for node in frontier:
+            if start in graph[node]:
+                path = [node]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return path[::-1]
+            for target in graph[node]:
+                if target in members and target not in parent:
+                    parent[target] = node
+                    following.append(target)
+        frontier = following
+    raise AssertionError(f"{start} is in a strongly connected set of steps but no cycle returns to it")
+
+
+def cycle_problems(defn: WorkflowDefinition) -> list[Problem]:
+    """One problem per group of steps that depend on each other, naming one cycle through them."""
+    first = first_index(defn)
+    graph, where = _dependency_graph(defn, first)
     problems: list[tuple[int, Problem]] = []
-    for component in _strongly_connected(order, graph):
+    for component in _strongly_connected(list(graph), graph):
         if len(component) < 2:
             continue
-        members = set(component)
         start = min(component, key=first.__getitem__)
-        # Shortest way from start back to itself inside the component (breadth first).
-        parent: dict[str, str] = {}
-        frontier = [start]
-        end = None
-        while frontier and end is None:
-            following: list[str] = []
-            for node in frontier:
-                for target in graph[node]:
-                    if target == start:
-                        end = node
-                        break
-                    if target in members and target not in parent:
-                        parent[target] = node
-                        following.append(target)
-                if end is not None:
-                    break
-            frontier = following
-        assert end is not None
-        path = [end]
-        while path[-1] != start:
-            path.append(parent[path[-1]])
-        path.reverse()
+        path = _shortest_cycle(start, set(component), graph)
         cycle = " -> ".join([*path, start])
         problems.append(
             (first[start], Problem(where[(start, path[1])], f"cycle: {cycle} (each step depends on the next)"))
