@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
@@ -20,7 +21,7 @@ from starlette.types import Scope
 
 from api import metrics
 from api.errors import ApiError, error_response
-from api.state import ServiceState, state_of
+from api.state import ServiceState, State, service_state
 from citadel.apisettings import Network
 from citadel.auth import KEY_PREFIX, AuthError, Identity
 
@@ -66,6 +67,7 @@ async def _rate_limit(request: Request, state: ServiceState, identity: str) -> N
 
 async def authenticate(
     request: Request,
+    state: State,
     bearer: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
     api_key: str | None = Depends(key_scheme),
 ) -> Identity:
@@ -76,11 +78,16 @@ async def authenticate(
     if early is not None:
         request.state.identity = early
         return early
-    return await _identify(request, bearer, api_key)
+    return await _identify(request, state, bearer, api_key)
 
 
-async def _identify(request: Request, bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> Identity:
-    state = state_of(request)
+Caller = Annotated[Identity, Depends(authenticate)]
+"""A route's parameter for the authenticated caller (401 without valid credentials)."""
+
+
+async def _identify(
+    request: Request, state: ServiceState, bearer: HTTPAuthorizationCredentials | None, api_key: str | None
+) -> Identity:
     address = client_address(request, state.trusted_proxies)
     request.state.client_address = address
     try:
@@ -137,7 +144,8 @@ async def refuse_before_body(scope: Scope) -> Response | None:
     request = Request(scope)
     request_id = scope.get("state", {}).get("request_id")
     try:
-        request.state.authenticated = await _identify(request, await bearer_scheme(request), await key_scheme(request))
+        state = await service_state(request)
+        request.state.authenticated = await _identify(request, state, await bearer_scheme(request), await key_scheme(request))
     except AuthError as exc:
         return error_response(401, "unauthorized", str(exc), request_id, headers={"WWW-Authenticate": "Bearer"})
     except ApiError as exc:
@@ -150,12 +158,11 @@ async def refuse_before_body(scope: Scope) -> Response | None:
 def require(scope: str) -> Callable[..., Awaitable[Identity]]:
     """A dependency that lets through only identities with ``scope`` (admin has every scope)."""
 
-    async def check(request: Request, identity: Identity = Depends(authenticate)) -> Identity:
+    async def check(request: Request, state: State, identity: Caller) -> Identity:
         if not identity.allows(scope):
             held = ", ".join(sorted(identity.scopes)) or "none"
             raise ApiError(403, f"this route needs the {scope!r} scope; the credentials have {held}")
         if scope == "admin":
-            state = state_of(request)
             address = _address(request.state.client_address)
             if _inside(address, state.admin_deny) or not _inside(address, state.admin_allow):
                 raise ApiError(403, "admin routes are not served to this address (CITADEL_API_ADMIN_ALLOW / _DENY)")

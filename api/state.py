@@ -7,9 +7,9 @@ import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from api.embedding import EmbeddingService
 from api.health import HealthChecker
@@ -130,6 +130,12 @@ def _stop_local_prefect() -> None:
     SubprocessASGIServer().stop()
 
 
-def state_of(request: Request) -> ServiceState:
+async def service_state(request: Request) -> ServiceState:
+    """The process's :class:`ServiceState`, as a route dependency (:data:`State`). Async so that
+    FastAPI calls it on the event loop: it sends a sync dependency to its thread pool on every request."""
     state: ServiceState = request.app.state.service
     return state
+
+
+State = Annotated[ServiceState, Depends(service_state)]
+"""A route's parameter for the process's state, read once per request however many dependencies ask."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 
 from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import KeyCreatedResponse, KeyCreateRequest, KeyList
 from api.security import require
-from api.state import state_of
+from api.state import State
 from citadel.auth import KEY_ID_PATTERN
 from citadel.errors import ConfigurationError
 from citadel.models import ApiKeyRecord
@@ -17,8 +17,8 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 
 @router.get("/keys", response_model=KeyList, summary="API keys (never their values)", operation_id="list_keys")
-async def list_keys(request: Request) -> KeyList:
-    return KeyList(keys=await state_of(request).keys.list(include_revoked=True))
+async def list_keys(state: State) -> KeyList:
+    return KeyList(keys=await state.keys.list(include_revoked=True))
 
 
 # What a client (and a stateful test) can do next with a key it created.
@@ -33,8 +33,7 @@ CREATED_LINKS = {
     "/keys", response_model=KeyCreatedResponse, status_code=201, summary="Create a key; its value is shown once",
     operation_id="create_key", responses={201: {"description": "The key, its value included", "links": CREATED_LINKS}},
 )
-async def create_key(body: KeyCreateRequest, request: Request) -> KeyCreatedResponse:
-    state = state_of(request)
+async def create_key(body: KeyCreateRequest, state: State) -> KeyCreatedResponse:
     created = await state.keys.create(body.name, body.scopes)
     state.has_credentials_configured = True
     return KeyCreatedResponse(key=created)
@@ -45,11 +44,11 @@ async def create_key(body: KeyCreateRequest, request: Request) -> KeyCreatedResp
     responses={200: {"description": "The key, revoked", "links": {"ListKeys": CREATED_LINKS["ListKeys"]}}},
 )
 async def revoke_key(
-    request: Request,
+    state: State,
     # Documented; an id of another shape is no key's (404), which the core answers without a look-up.
     key_id: str = Path(max_length=64, json_schema_extra={"pattern": KEY_ID_PATTERN}),
 ) -> ApiKeyRecord:
     try:
-        return await state_of(request).keys.revoke(key_id)
+        return await state.keys.revoke(key_id)
     except ConfigurationError as exc:
         raise ApiError(404, str(exc)) from exc

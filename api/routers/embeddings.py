@@ -6,13 +6,13 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import BatchRequest, BatchResponse, GenerateRequest, GenerateResponse
 from api.security import require
-from api.state import ServiceState, state_of
+from api.state import ServiceState, State
 
 router = APIRouter(prefix="/embeddings", tags=["embeddings"], dependencies=[Depends(require("embeddings"))], responses={
     **ERROR_RESPONSES, 502: {"description": "The embedding backend failed"}})
@@ -38,8 +38,7 @@ def vectors_json(body: dict[str, Any]) -> Response:
 
 
 @router.post("/generate", response_model=GenerateResponse, summary="Embed one text")
-async def generate(body: GenerateRequest, request: Request) -> Response:
-    state = state_of(request)
+async def generate(body: GenerateRequest, state: State) -> Response:
     started = time.perf_counter()
     _check_lengths(state, [body.text])
     result = await state.embedding.embed([body.text], body.model, use_cache=body.cache_enabled)
@@ -50,8 +49,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
 
 
 @router.post("/batch", response_model=BatchResponse, summary="Embed many texts, in order")
-async def batch(body: BatchRequest, request: Request) -> Response:
-    state = state_of(request)
+async def batch(body: BatchRequest, state: State) -> Response:
     started = time.perf_counter()
     if len(body.texts) > state.api.api_max_batch_texts:
         raise ApiError(

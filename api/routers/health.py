@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.health import HealthReport, overall
 from api.schemas import Liveness
-from api.state import state_of
+from api.state import State
 from api.version import VERSION
 
 router = APIRouter(tags=["health"])
@@ -30,7 +30,7 @@ async def health() -> Liveness:
     responses={503: {"model": HealthReport, "description": "A dependency the service cannot work without is down"}},
     summary="Readiness: every dependency checked concurrently (cached for CITADEL_API_HEALTH_CACHE_S)",
 )
-async def health_detailed(request: Request) -> JSONResponse:
-    dependencies = await state_of(request).health.check()
+async def health_detailed(state: State) -> JSONResponse:
+    dependencies = await state.health.check()
     report = HealthReport(status=overall(dependencies), timestamp=_now(), version=VERSION, dependencies=dependencies)
     return JSONResponse(report.model_dump(mode="json", exclude_none=True), status_code=503 if report.status == "unhealthy" else 200)

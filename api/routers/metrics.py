@@ -8,14 +8,14 @@ import time
 from typing import Any
 
 import psutil
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from api.errors import ERROR_RESPONSES, ApiError
 from api.metrics import exposition
 from api.schemas import MetricsResponse, SystemMetrics
 from api.security import require
-from api.state import state_of
+from api.state import ServiceState, State
 from citadel.models import IndexRunRecord
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require("metrics"))], responses=ERROR_RESPONSES)
@@ -31,14 +31,14 @@ def range_seconds(time_range: str) -> int:
     return RANGES[time_range]
 
 
-async def runs_in_range(request: Request, seconds: int) -> list[IndexRunRecord]:
-    registry = await state_of(request).resources.registry()
+async def runs_in_range(state: ServiceState, seconds: int) -> list[IndexRunRecord]:
+    registry = await state.resources.registry()
     return await registry.runs_since(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds))
 
 
 @router.get("/metrics/system", response_model=SystemMetrics, summary="CPU, memory and disk of the host (psutil)")
-async def system(request: Request) -> SystemMetrics:
-    data_dir = state_of(request).settings.data_dir
+async def system(state: State) -> SystemMetrics:
+    data_dir = state.settings.data_dir
     path = data_dir if data_dir.exists() else data_dir.resolve().anchor
     return SystemMetrics(
         cpu_percent=psutil.cpu_percent(interval=None), memory_percent=psutil.virtual_memory().percent,
@@ -47,11 +47,10 @@ async def system(request: Request) -> SystemMetrics:
 
 
 @router.get("/metrics/embeddings", response_model=MetricsResponse, summary="Embedding figures of a time range")
-async def embeddings(request: Request, time_range: str = TIME_RANGE) -> MetricsResponse:
-    state = state_of(request)
+async def embeddings(state: State, time_range: str = TIME_RANGE) -> MetricsResponse:
     seconds = range_seconds(time_range)
     usage = state.embedding.usage.total(time.time() - seconds)
-    runs = [run for run in await runs_in_range(request, seconds) if run.status != "running"]
+    runs = [run for run in await runs_in_range(state, seconds) if run.status != "running"]
     embedded = sum(run.chunks_embedded for run in runs)
     run_seconds = sum(run.duration_s or 0.0 for run in runs)
     api: dict[str, Any] = {
@@ -78,6 +77,6 @@ EXPOSITION_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/metrics/prometheus", summary="The Prometheus exposition", response_class=Response, responses=EXPOSITION_RESPONSES)
-async def prometheus(request: Request) -> Response:
-    body, content_type = await exposition(state_of(request))
+async def prometheus(state: State) -> Response:
+    body, content_type = await exposition(state)
     return Response(body, media_type=content_type)

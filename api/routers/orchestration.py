@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import WorkflowList, WorkflowStatus, WorkflowSubmitted, unicode_problems
 from api.security import require
-from api.state import ServiceState, state_of
+from api.state import ServiceState, State
 from api.workflow_policy import workflow_refusals
 from citadel.auth import Identity
 from citadel.errors import ConfigurationError
@@ -35,6 +35,8 @@ router = APIRouter(prefix="/orchestration", tags=["orchestration"], responses={
     **ERROR_RESPONSES, 404: {"description": "No such workflow run"}})
 
 REQUIRE_WORKFLOWS = require("workflows")
+WorkflowsCaller = Annotated[Identity, Depends(REQUIRE_WORKFLOWS)]
+"""The caller, with the workflows scope."""
 WORKFLOW_BODY = Body(
     description="A workflow definition as `citadel workflow run` takes it: workflow_id, steps, optional context.",
     examples=[{"workflow_id": "embed-one", "steps": [{"step_id": "embed", "type": "embedding", "parameters": {"text": "hello"}}]}],
@@ -79,9 +81,8 @@ WORKFLOW_SCHEMA: dict[str, Any] = {
 @router.post("/workflow", response_model=WorkflowSubmitted, summary="Check a workflow in full, then start it",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": WORKFLOW_SCHEMA}}}})
 async def create_workflow(
-    request: Request, workflow: dict[str, Any] = WORKFLOW_BODY, identity: Identity = Depends(REQUIRE_WORKFLOWS)
+    request: Request, state: State, identity: WorkflowsCaller, workflow: dict[str, Any] = WORKFLOW_BODY
 ) -> WorkflowSubmitted:
-    state = state_of(request)
     not_text = unicode_problems(workflow)
     if not_text:  # before anything encodes the definition (the run's parameters, the registry)
         raise ApiError(422, "the request does not match the schema", code="invalid_request", details=not_text)
@@ -125,13 +126,13 @@ async def status(task_id: str) -> WorkflowStatus:
 
 @router.post("/workflow/{task_id}/cancel", response_model=WorkflowStatus, dependencies=[Depends(require("workflows"))],
              summary="Cancel a run that has not finished")
-async def cancel(task_id: str, request: Request) -> WorkflowStatus:
+async def cancel(task_id: str, state: State) -> WorkflowStatus:
     run_id = _run_id(task_id)
     try:
         report = await cancel_workflow(run_id)
     except ConfigurationError as exc:
         raise ApiError(404, f"no workflow run {task_id}") from exc
-    task = state_of(request).workflow_tasks.get(run_id)
+    task = state.workflow_tasks.get(run_id)
     if task is not None and not task.done():  # a run of this process stops here, not on a worker
         report = await stop_workflow_here(run_id, task)
     return WorkflowStatus.of(report)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import SearchRequest, SearchResponse
 from api.security import require
-from api.state import state_of
+from api.state import State
 from citadel.collections import check_collection_name
 from citadel.indexing.bluegreen import serving
 from citadel.search import search_with
@@ -19,8 +19,7 @@ router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], r
 
 
 @router.post("/search", response_model=SearchResponse, summary="The chunks nearest to a query")
-async def search(body: SearchRequest, request: Request) -> SearchResponse:
-    state = state_of(request)
+async def search(body: SearchRequest, state: State) -> SearchResponse:
     started = time.perf_counter()
     collection = body.collection or state.settings.collection
     check_collection_name(collection)

@@ -6,13 +6,13 @@ import datetime as dt
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from api.errors import ERROR_RESPONSES, ApiError
 from api.routers.metrics import TIME_RANGE, range_seconds, runs_in_range
 from api.schemas import ChartResponse, DashboardConfig
 from api.security import require
-from api.state import state_of
+from api.state import State
 
 router = APIRouter(prefix="/ui", tags=["ui"], dependencies=[Depends(require("metrics"))], responses=ERROR_RESPONSES)
 
@@ -52,11 +52,11 @@ def _iso(epoch: float) -> str:
 
 
 @router.get("/charts/embedding-performance", response_model=ChartResponse, summary="Embedding throughput over time")
-async def embedding_performance(request: Request, time_range: str = TIME_RANGE) -> ChartResponse:
+async def embedding_performance(state: State, time_range: str = TIME_RANGE) -> ChartResponse:
     """Two series: texts this API process embedded per minute, and each finished indexing run's chunks per second."""
     seconds = range_seconds(time_range)
-    minutes = state_of(request).embedding.usage.since(time.time() - seconds)
-    runs = [run for run in await runs_in_range(request, seconds) if run.finished_at and run.duration_s]
+    minutes = state.embedding.usage.since(time.time() - seconds)
+    runs = [run for run in await runs_in_range(state, seconds) if run.finished_at and run.duration_s]
     datasets = [
         {"label": "API texts per minute", "unit": "texts/min",
          "points": [{"x": _iso(minute), "y": usage.texts} for minute, usage in minutes]},
