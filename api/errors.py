@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citadel.auth import AuthError
-from citadel.errors import CitadelError, CollectionMismatchError, ConfigurationError, EmbedderError
+from citadel.errors import CitadelError, CollectionMismatchError, CollectionNotFound, ConfigurationError, EmbedderError
 from citadel.outages import cause, lost_dependency
 from citadel.workflows import WorkflowInvalid
 
@@ -121,6 +121,12 @@ def _methods_of(app: FastAPI, request: Request) -> list[str]:
 
 def install_handlers(app: FastAPI) -> None:
     """Map every known failure onto the one error shape."""
+    _install_http_handlers(app)
+    _install_core_handlers(app)
+
+
+def _install_http_handlers(app: FastAPI) -> None:
+    """The service's own refusals, the framework's and the credentials'."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -144,10 +150,18 @@ def install_handlers(app: FastAPI) -> None:
     async def _auth(request: Request, exc: AuthError) -> JSONResponse:
         return error_response(401, "unauthorized", str(exc), request_id_of(request), headers={"WWW-Authenticate": "Bearer"})
 
+
+def _install_core_handlers(app: FastAPI) -> None:
+    """What the core raises: invalid input, a missing or mismatched collection, a backend down."""
+
     @app.exception_handler(WorkflowInvalid)
     async def _workflow(request: Request, exc: WorkflowInvalid) -> JSONResponse:
         problems = [{"location": p.location, "message": p.message} for p in exc.problems]
         return error_response(400, "invalid_workflow", str(exc).splitlines()[0], request_id_of(request), problems)
+
+    @app.exception_handler(CollectionNotFound)
+    async def _no_collection(request: Request, exc: CollectionNotFound) -> JSONResponse:
+        return error_response(404, "collection_not_found", str(exc), request_id_of(request))
 
     @app.exception_handler(CollectionMismatchError)
     async def _mismatch(request: Request, exc: CollectionMismatchError) -> JSONResponse:

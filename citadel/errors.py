@@ -15,6 +15,14 @@ class CollectionMismatchError(ConfigurationError):
     """A collection holds vectors of another model or size; mixing them would corrupt search."""
 
 
+class CollectionNotFound(ConfigurationError):
+    """No collection of that name (nor a version it serves) is registered: nothing was indexed into it yet."""
+
+    def __init__(self, collection: str) -> None:
+        super().__init__(f"collection {collection!r} does not exist yet; index something into it first")
+        self.collection = collection
+
+
 class VersionCheckFailed(CitadelError):
     """A blue-green build does not hold what its registry says, so its alias was not switched to it."""
 

@@ -6,12 +6,10 @@ import time
 
 from fastapi import APIRouter, Depends
 
-from api.errors import ERROR_RESPONSES, ApiError
+from api.errors import ERROR_RESPONSES
 from api.schemas import SearchRequest, SearchResponse
 from api.security import require
 from api.state import State
-from citadel.collections import check_collection_name
-from citadel.indexing.bluegreen import serving
 from citadel.search import search_with
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], responses={
@@ -22,11 +20,7 @@ router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], r
 async def search(body: SearchRequest, state: State) -> SearchResponse:
     started = time.perf_counter()
     collection = body.collection or state.settings.collection
-    check_collection_name(collection)
-    registry = await state.resources.registry()
-    if await registry.collection(collection) is None and await registry.collection(await serving(state.resources, collection)) is None:
-        raise ApiError(404, f"collection {collection!r} does not exist yet; index something into it first",
-                       code="collection_not_found")
+    # A collection that does not exist is the core's CollectionNotFound: the error handlers' 404.
     hits = await search_with(
         state.resources, body.query, collection, limit=body.limit, score_threshold=body.threshold, filters=body.filter
     )

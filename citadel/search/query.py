@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from citadel.collections import check_collection_name
-from citadel.errors import CollectionMismatchError, ConfigurationError
+from citadel.errors import CollectionMismatchError, CollectionNotFound, ConfigurationError
 from citadel.indexing.bluegreen import serving
 from citadel.models import SearchHit
 from citadel.resources import Resources
@@ -53,23 +53,28 @@ async def search_with(
 ) -> list[SearchHit]:
     """The same search over backends the caller already holds (a workflow step, a long-lived service).
 
-    A collection indexed with another model is refused: its vectors and the query's would not compare.
-    A blue-green collection is searched through its alias, which Qdrant resolves at each search.
+    A collection the registry knows neither by name nor through the version it serves is
+    :class:`CollectionNotFound`, found before the query is checked or embedded. A collection indexed
+    with another model is refused: its vectors and the query's would not compare. A blue-green
+    collection is searched through its alias, which Qdrant resolves at each search.
     """
     check_collection_name(collection)
-    check_query(query)
     registry = await resources.registry()
     known = await registry.collection(collection)
     if known is None:  # an alias: the model is its live version's (a plain collection costs no look-up)
         known = await registry.collection(await serving(resources, collection))
-    if known and known[0] != resources.embedder.model:
+    if known is None:
+        await resources.open_store()  # an embedded store another process holds says so first, as a search of it would
+        raise CollectionNotFound(collection)
+    check_query(query)
+    if known[0] != resources.embedder.model:
         raise CollectionMismatchError(
             f"collection {collection!r} holds {known[0]} vectors but the configured embedder is "
             f"{resources.embedder.model}; search it with the same embedder settings it was indexed with"
         )
     vector = (await resources.cached_embedder.embed([query])).vectors[0]
     store = resources.store
-    if known and not await store.collection_exists(collection):
+    if not await store.collection_exists(collection):
         raise ConfigurationError(
             f"collection {collection!r} is in the registry but the vector store has lost it (a new server, a lost "
             f"volume?); `citadel verify --repair --collection {collection}` writes it back"
