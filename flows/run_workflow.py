@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
@@ -28,6 +29,7 @@ from citadel.workflows import (
     StepContext,
     StepFailed,
     StepRegistry,
+    StepSpec,
     check_workflow,
     default_registry,
     load_step_modules,
@@ -122,33 +124,12 @@ async def run_workflow(
         started = time.time()
         outputs = {dep: result for dep, (state, result) in zip(sorted(deps[step_id]), upstream_results, strict=True)}
         wait_for = [state for state, _ in upstream_results]
-        options: dict[str, Any] = {}
-        if step.cache is not None:  # its persisted JSON output is reused for the same inputs, model and code
-            options = dict(
-                cache_policy=CacheKeyFnPolicy(cache_key_fn=step_cache_key),
-                cache_expiration=dt.timedelta(seconds=step.cache.expiration),
-                persist_result=True,
-                result_serializer="json",
-            )
-        task = workflow_step.with_options(
-            task_run_name=step_id, retries=step.retries, timeout_seconds=step.timeout_seconds,
-            retry_delay_seconds=[1.0, 2.0, 4.0, 8.0][: max(step.retries, 1)], **options,
-        )
-        # An async task called with return_state gives a coroutine of its State; Prefect's overloads say State.
-        state: State[Any] = await task(  # type: ignore[misc]
+        # With return_state, the async task's call gives a coroutine of the step's final State.
+        state: State[Any] = await _step_task(step)(
             settings, as_is(definition), step_id, as_is(outputs), merged, as_is(registry), wait_for=wait_for, return_state=True
         )
         finished = time.time()
-        if state.is_completed():
-            result = await state.aresult()
-            report[step_id] = {"state": "Completed", "output": result, "cached": state.name == "Cached"}
-        else:
-            result = None
-            skipped = state.name == "NotReady"
-            report[step_id] = {
-                "state": "Skipped" if skipped else state.name,
-                "error": state.message if not skipped else f"upstream failed: {state.message}",
-            }
+        report[step_id], result = await _step_entry(state)
         report[step_id].update(started=started, finished=finished, duration_s=round(finished - started, 3))
         # Every final state goes downstream as wait_for: anything but Completed keeps the dependants from running.
         states[step_id].set_result((state, result))
@@ -157,13 +138,47 @@ async def run_workflow(
         await asyncio.gather(*(run(step.step_id) for step in definition.steps))
     ordered = {step.step_id: report[step.step_id] for step in definition.steps}
     await report_workflow(_report(definition.workflow_id, ordered))
+    _log_or_raise(logger, definition.workflow_id, ordered)
+    return {"workflow_id": definition.workflow_id, "steps": ordered}
+
+
+def _step_task(step: StepSpec) -> Task[..., Any]:
+    """The workflow-step task with the step's name, retries and timeout; a step with ``cache``
+    reuses its persisted JSON output for the same inputs, model and code."""
+    options: dict[str, Any] = {}
+    if step.cache is not None:
+        options = dict(
+            cache_policy=CacheKeyFnPolicy(cache_key_fn=step_cache_key),
+            cache_expiration=dt.timedelta(seconds=step.cache.expiration),
+            persist_result=True,
+            result_serializer="json",
+        )
+    return workflow_step.with_options(
+        task_run_name=step.step_id, retries=step.retries, timeout_seconds=step.timeout_seconds,
+        retry_delay_seconds=[1.0, 2.0, 4.0, 8.0][: max(step.retries, 1)], **options,
+    )
+
+
+async def _step_entry(state: State[Any]) -> tuple[dict[str, Any], Any]:
+    """A final step state's report entry, and its result (None unless it completed)."""
+    if state.is_completed():
+        result = await state.aresult()
+        return {"state": "Completed", "output": result, "cached": state.name == "Cached"}, result
+    skipped = state.name == "NotReady"
+    return {
+        "state": "Skipped" if skipped else state.name,
+        "error": state.message if not skipped else f"upstream failed: {state.message}",
+    }, None
+
+
+def _log_or_raise(logger: logging.Logger | logging.LoggerAdapter[Any], workflow_id: str, ordered: dict[str, dict[str, Any]]) -> None:
+    """Log the run's outcome; a run with a failed step fails, naming every failure and what was skipped."""
     failed = [sid for sid, entry in ordered.items() if entry["state"] not in ("Completed", "Skipped")]
     skipped = [sid for sid, entry in ordered.items() if entry["state"] == "Skipped"]
-    logger.info("workflow %s: %d steps, failed %s, skipped %s", definition.workflow_id, len(ordered), failed, skipped)
+    logger.info("workflow %s: %d steps, failed %s, skipped %s", workflow_id, len(ordered), failed, skipped)
     if failed:
         reasons = "; ".join(f"{sid}: {ordered[sid].get('error')}" for sid in failed)
         raise StepFailed(failed[0], f"{len(failed)} step(s) failed ({reasons}); skipped: {', '.join(skipped) or 'none'}")
-    return {"workflow_id": definition.workflow_id, "steps": ordered}
 
 
 def _when(seconds: float) -> str:
