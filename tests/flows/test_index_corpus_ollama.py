@@ -12,6 +12,8 @@ from citadel.testing.corpus import dead_letters_of, index_state, write_corpus
 from flows.index_corpus import index_corpus
 from tests.support.embedding_server import EmbeddingServer
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 
 @pytest.fixture
 def ollama(data_dir: Path, monkeypatch: pytest.MonkeyPatch):
@@ -136,8 +138,8 @@ async def test_a_retried_embedding_task_counts_a_rejected_document_once(
     ollama: EmbeddingServer, collection_name: str
 ) -> None:
     """Prefect hands a retried task the same plan object; isolating a failure must not edit it."""
-    from citadel.documents import Document
     from citadel import indexing
+    from citadel.documents import Document
     from citadel.resources import Resources
 
     resources = Resources(Settings())

@@ -21,21 +21,26 @@ from flows.similarity_search import similarity_search
 from tasks.reporting import artifact_key
 
 
-async def _run_of(state, tasks_at_least: int = 0):
-    """The flow run of a finished state, read back from the server, with its task runs (once it
-    knows ``tasks_at_least`` of them: they reach it as events, after the run) and artifacts."""
-    deadline = time.monotonic() + 30
+async def _run_of(state, tasks: int = 0):
+    """The flow run of a finished state, read back from the server, with its task runs once it
+    knows all ``tasks`` of them, each in a final state, and its artifacts.
+
+    Task runs reach the server as events, after the run and in no set order: reading as soon as
+    it knew some of them (fewer than the run made) let a loaded machine show a test some steps of
+    a run and not others."""
+    deadline = time.monotonic() + 120
     async with get_client() as client:
         run = await client.read_flow_run(state.state_details.flow_run_id)
         while True:
-            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-            if len(tasks) >= tasks_at_least or time.monotonic() > deadline:
+            found = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            if len(found) >= tasks and all(task.state is not None and task.state.is_final() for task in found):
                 break
+            assert time.monotonic() < deadline, f"the server knows {len(found)} of the run's {tasks} task runs: {found}"
             await asyncio.sleep(0.2)
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     # A table artifact's data is JSON text (what a REST client reads too); markdown is the text.
     shown = {a.key: json.loads(a.data) if a.type == "table" else a.data for a in artifacts if a.key}
-    return run, tasks, shown
+    return run, found, shown
 
 
 async def test_an_index_run_is_named_tagged_and_reports_its_summary_and_dead_letters(
@@ -45,7 +50,8 @@ async def test_an_index_run_is_named_tagged_and_reports_its_summary_and_dead_let
     write_corpus(corpus, files=3)
     (corpus / "empty.md").write_text("")
     state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
-    run, tasks, artifacts = await _run_of(state, tasks_at_least=7)  # prepare, check, plan, embed, upsert, record, prune
+    # prepare, check, plan, embed, upsert, record, prune, and the resolution of the dead letters (empty.md's)
+    run, tasks, artifacts = await _run_of(state, tasks=8)
 
     assert run.name == f"index-{collection_name}"
     assert {f"collection:{collection_name}", "embedder:hashing"} <= set(run.tags)
@@ -71,7 +77,7 @@ async def test_edits_of_several_batches_show_as_one_write_named_after_its_batche
     append_paragraph([paths[1], paths[7]])  # batches 1 and 3
     state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
     # prepare, check, two plan steps (the first batch, then the rest), one embed, upsert and record, the prune
-    _, tasks, _ = await _run_of(state, tasks_at_least=8)
+    _, tasks, _ = await _run_of(state, tasks=8)
     names = {task.name for task in tasks}
     writes = sorted(name for name in names if name.split()[0] in ("embed", "upsert", "record"))
     assert len(writes) == 3 and all(name.endswith("(batches 1-3)") for name in writes), writes
@@ -88,7 +94,7 @@ async def test_plan_steps_read_one_full_batch_or_up_to_four_sparse_ones_and_scre
     monkeypatch.setenv("CITADEL_DOCUMENT_BATCH_SIZE", "2")
     records = [{"id": str(n), "text": f"record number {n}"} for n in range(10)]
     state = await index_corpus(records, collection=collection_name, source_name="crm", return_state=True)
-    _, tasks, _ = await _run_of(state, tasks_at_least=17)  # prepare, check, and five plans, embeds, upserts, records
+    _, tasks, _ = await _run_of(state, tasks=22)  # prepare, check, and five plans, embeds, upserts, records
     assert sorted(task.name for task in tasks if task.name.startswith("plan ")) == [
         f"plan 2 records (batch {n})" for n in range(1, 6)
     ]
@@ -98,7 +104,7 @@ async def test_plan_steps_read_one_full_batch_or_up_to_four_sparse_ones_and_scre
     state = await index_corpus(records, collection=collection_name, source_name="crm", return_state=True)
     summary = RunSummary.model_validate(await state.aresult())
     assert (summary.unchanged, summary.added, summary.failed) == (8, 0, 2)
-    _, tasks, _ = await _run_of(state, tasks_at_least=6)  # prepare, check, two plans, upsert, record
+    _, tasks, _ = await _run_of(state, tasks=6)  # prepare, check, two plans, upsert, record
     assert sorted(task.name for task in tasks if task.name.startswith("plan ")) == [
         "plan 2 records (batch 1)", "plan 8 records (batches 2-5)"
     ]
