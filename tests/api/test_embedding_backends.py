@@ -20,6 +20,8 @@ from citadel.testing.api_process import ApiProcess
 from tests.api.conftest import Api, base_env, create_keys
 from tests.support.embedding_server import EmbeddingServer
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def ollama_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, list[EmbeddingServer]]]:

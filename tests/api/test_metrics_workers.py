@@ -9,12 +9,15 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from citadel.settings import Settings
 from citadel.testing.api_process import ApiProcess
 from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
 from tests.api.conftest import base_env, create_keys
 from tests.conftest import POSTGRES_URL, REDIS_URL
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 
 def served(exposition: str, route: str) -> float:

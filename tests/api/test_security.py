@@ -18,6 +18,8 @@ from citadel.testing.api_process import ApiProcess
 from tests.api.conftest import Api, base_env, start_api
 from tests.conftest import POSTGRES_URL, REDIS_URL
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 ORIGIN = "https://app.example.com"
 LIMITS = "1000/second;12/minute"
 

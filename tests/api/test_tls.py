@@ -14,6 +14,8 @@ import trustme
 from citadel.testing.api_process import ApiProcess
 from tests.api.conftest import base_env
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def tls_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiProcess, trustme.CA]]:

@@ -26,7 +26,7 @@ from citadel.embedders import OllamaEmbedder
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.system]  # system: a test starts a process
 
 
 def _name() -> str:

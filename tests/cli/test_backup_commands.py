@@ -22,6 +22,8 @@ from citadel.testing.postgres import admin_execute
 from cli.main import app
 from tests.support.debian import ensure_debian_package
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 runner = CliRunner()
 QUERIES = ("vector cache latency", "postgres registry payload", "retry worker schedule deployment")
 

@@ -17,6 +17,8 @@ from citadel.testing.corpus import write_corpus
 from tests.support.embedding_server import free_port
 from tests.support.qdrant_server import store_held_by_another_process
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from citadel.models import (
@@ -24,6 +25,8 @@ from citadel.models import (
 )
 from citadel.testing.corpus import write_corpus
 from cli.main import app
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 INDEX_KEYS = {
     "added", "updated", "unchanged", "deleted", "failed", "chunks_embedded", "chunks_written", "chunks_reused",

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from citadel.testing.corpus import write_corpus
 from cli.main import app
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]

@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from citadel.testing.api_process import ApiProcess
 from citadel.testing.corpus import write_corpus
 from tests.api.conftest import JWT_SECRET, base_env
 from tests.cli.test_errors import citadel, one_line
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 
 def test_apikey_create_list_revoke(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from citadel.testing.corpus import write_corpus
 from cli.warmsocket import UnsafeDirectory, fingerprint, socket_directory, socket_path
 from tests.support.embedding_server import EmbeddingServer
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 
 class Commands:
     """``citadel`` commands in processes of their own, all in one environment and directory."""

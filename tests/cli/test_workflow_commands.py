@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from cli.main import app
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "workflows"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 MEMORY_CAP = 2 << 30  # address space of the command: a regression fails the test, not the machine
 

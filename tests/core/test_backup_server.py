@@ -29,7 +29,7 @@ API_KEY = "test-key-" + uuid.uuid4().hex[:8]
 QUERIES = ("vector cache latency", "postgres registry payload", "retry worker schedule deployment")
 runner = CliRunner()
 # The servers here are plain HTTP on loopback, with an API key to prove it is sent.
-pytestmark = pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+pytestmark = [pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection"), pytest.mark.system]
 
 
 def invoke(*args: str | Path) -> Any:

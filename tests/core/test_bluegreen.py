@@ -27,6 +27,8 @@ from citadel.testing.corpus import write_corpus
 from citadel.workflows import StepContext, get_step_type
 from tests.support.qdrant_server import QdrantTestServer
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "zebraquartz"
 QUERY = f"{MARKER} lantern harbour"

@@ -15,6 +15,8 @@ from citadel.errors import ConfigurationError
 from citadel.store import VectorStore, close_local_clients, local_client, localclients
 from tests.support.qdrant_server import store_held_by_another_process
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 DIMS = 8
 MODEL = "rows-model"
 

@@ -13,6 +13,8 @@ from citadel.embedders.cache import CachedEmbedder, LRUCache
 from citadel.errors import EmbedderError
 from tests.support.embedding_server import EmbeddingServer, free_port
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 
 def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -12,6 +12,8 @@ from pathlib import Path
 import grimp
 import pytest
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("citadel", "tasks", "flows", "blocks", "deployments", "orchestration", "cli", "api")
 ROOMS = ("documents", "embedders", "store", "registry", "indexing", "search", "ops", "workflows")

@@ -17,6 +17,8 @@ import sqlalchemy as sa
 
 from citadel.registry import Registry, RunLock, holder, index_runs, lock_key, locks, mark_crashed_runs, process_alive, utcnow
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
 from qdrant_client import QdrantClient, models
 
 from citadel.store import embedded_store_holder, probe_embedded, probe_server
 from tests.support.qdrant_server import QdrantTestServer, store_held_by_another_process
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 IDS = [str(uuid.uuid4()) for _ in range(40)]
 

@@ -24,6 +24,8 @@ from citadel.store import VectorStore
 from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
 from tests.support.qdrant_server import QdrantTestServer, server_version
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 DIMS = 4
 MODEL = "test-model"
 REPO_ROOT = Path(__file__).resolve().parents[2]

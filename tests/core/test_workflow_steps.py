@@ -17,6 +17,8 @@ from citadel.workflows import (
 )
 from citadel.workflows.builtin import register_builtins
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 BUILTINS_ONLY = StepRegistry()
 register_builtins(BUILTINS_ONLY)
 

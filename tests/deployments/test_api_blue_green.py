@@ -28,6 +28,8 @@ from tests.deployments.test_nginx import CONF, nginx_prefix
 from tests.support.debian import ensure_debian_package
 from tests.support.qdrant_server import QdrantTestServer
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWITCH = REPO_ROOT / "deployments" / "bluegreen" / "switch"
 CITADEL = Path(sys.executable).with_name("citadel")

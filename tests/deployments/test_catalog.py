@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deployments.catalog import catalog, load_flow, to_deployments
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,6 +15,8 @@ import trustme
 
 from tests.support.debian import ensure_debian_package
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF = REPO_ROOT / "deployments" / "nginx" / "citadel.conf"
 UPSTREAM_EXAMPLE = REPO_ROOT / "deployments" / "nginx" / "citadel-upstream.conf"

@@ -23,6 +23,8 @@ from citadel.testing.corpus import write_corpus
 from citadel.testing.prefect_server import BIN, PrefectServer
 from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):

@@ -26,6 +26,8 @@ from citadel.testing.prefect_server import free_port
 from citadel.variables import OTHER_VARIABLES, setting_variables
 from tests.support.debian import ensure_debian_package
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO_ROOT / "deployments" / "systemd"
 INSTALL = SYSTEMD_DIR / "install"

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 

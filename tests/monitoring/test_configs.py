@@ -36,6 +36,8 @@ from tests.support.monitoring import (
     render_alertmanager_config,
 )
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 PROMETHEUS = MONITORING / "prometheus"
 ALERTS = PROMETHEUS / "rules" / "alerts.yml"
 RECORDING = PROMETHEUS / "rules" / "recording.yml"

@@ -29,6 +29,8 @@ from tests.conftest import POSTGRES_URL, REDIS_URL
 from tests.support.embedding_server import EmbeddingServer
 from tests.support.monitoring import MONITORING, alertmanager_binary, panel_queries, prometheus_binary, promtool, render_alertmanager_config
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 FOR = "2s"
 
 

@@ -6,7 +6,11 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from tests.support import leaks
+
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 
 def test_an_orphaned_process_of_this_session_is_found_and_killed() -> None:

@@ -18,6 +18,8 @@ from prefect.exceptions import ObjectNotFound
 from citadel.settings import Settings
 from tasks.limits import EarlySlot, embedding_slot, limit_name
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 
 @pytest.fixture
 async def settings(data_dir, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Settings]:

@@ -27,6 +27,8 @@ from tests.api.conftest import Api, base_env, create_keys
 from tests.conftest import POSTGRES_URL
 from tests.support.embedding_server import EmbeddingServer
 
+pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
+
 READ_TIMEOUT_S = 2.0
 
 
