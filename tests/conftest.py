@@ -7,32 +7,101 @@ failure (with the reason), never a skip.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support import leaks
+from tests.support import leaks, workers
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-leaks.mark_session()
+# A worker of a parallel run (pytest-xdist) marks its own processes, so that its leak check at the
+# end can neither report nor kill what another worker's tests are still running.
+leaks.mark_session(fresh=workers.WORKER is not None)
+# A temporary local Prefect server (a command run without PREFECT_API_URL) keeps its SQLite
+# database in PREFECT_HOME: one per worker, so that workers do not lock or migrate each other's.
+PREFECT_HOME = workers.prefect_home()
+if PREFECT_HOME is not None:
+    os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
+
+REDIS_URL = workers.redis_url(os.environ.get("CITADEL_TEST_REDIS_URL"))
+BASE_POSTGRES_URL = os.environ.get("CITADEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = workers.postgres_url(BASE_POSTGRES_URL)
+
+LEVELS = ("unit", "service", "system")
+"""What a test needs, each level including the ones before it: nothing but Python; Postgres, Redis or
+a Prefect server; processes it starts (an API, a Prefect server of its own, nginx, Prometheus, podman)."""
+SERVICE_FIXTURES = frozenset({"prefect_server", "prefect_api_url", "redis_url", "postgres_url"})
+SYSTEM_FIXTURES = frozenset({"embedded_api", "shared_api", "api"})
+"""The real ``citadel api`` processes of tests/api/conftest.py."""
+
+
+def level_of(item: pytest.Item) -> str:
+    """The highest level of a test: its explicit mark (a module's ``pytestmark``), and the fixtures it uses."""
+    names = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    found = {mark.name for mark in item.iter_markers() if mark.name in LEVELS}
+    if names & SYSTEM_FIXTURES:
+        found.add("system")
+    # A fixture parametrized over the registries (sqlite, postgres) asks for Postgres by its parameter.
+    on_postgres = callspec is not None and any(isinstance(value, str) and value == "postgres" for value in callspec.params.values())
+    if names & SERVICE_FIXTURES or on_postgres:
+        found.add("service")
+    return max(found, key=LEVELS.index, default="unit")
+
+
+def shared_fixture_scope(item: pytest.Item) -> str | None:
+    """The module (or class) whose fixture this test shares with its neighbours, when it uses one."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    for name in info.names_closure:
+        for definition in info.name2fixturedefs.get(name, ()):
+            if definition.scope in ("module", "class", "package"):
+                return item.nodeid.split("::", 1)[0]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its level (``-m unit`` is the fast loop), and keep a module's tests that share
+    a module-scoped fixture (a server, a built image) on one worker of a parallel run: spread over the
+    workers, each would start that fixture again.
+
+    Runs first, so that ``-m`` and pytest-xdist's ``loadgroup`` see these marks."""
+    for item in items:
+        level = level_of(item)
+        if not item.get_closest_marker(level):
+            item.add_marker(getattr(pytest.mark, level))
+        if not item.get_closest_marker("xdist_group") and (scope := shared_fixture_scope(item)):
+            item.add_marker(pytest.mark.xdist_group(scope))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A worker of a parallel run makes its own Postgres database, when one of its tests may need it."""
+    if workers.WORKER is not None and any(not item.get_closest_marker("unit") for item in session.items):
+        workers.create_database(BASE_POSTGRES_URL, POSTGRES_URL)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the session if a process it started outlived it (after killing it)."""
+    """Fail the session if a process it started outlived it (after killing it); drop a worker's own
+    database and Prefect home."""
     left = leaks.reap()
     if left:
         lines = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in left.items())
         session.config.get_terminal_writer().line(f"processes started by the tests were left running (killed now):\n{lines}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if workers.WORKER is not None:
+        workers.drop_database(BASE_POSTGRES_URL, POSTGRES_URL)
+    if PREFECT_HOME is not None:
+        shutil.rmtree(PREFECT_HOME, ignore_errors=True)
 
-REDIS_URL = os.environ.get("CITADEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-POSTGRES_URL = os.environ.get("CITADEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
 def redis_url() -> str:
-    """URL of the real Redis (database 15, flushed by the tests that need it empty)."""
+    """URL of the real Redis (database 15; a worker of a parallel run has its own, see tests/support/workers.py)."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
@@ -110,7 +179,7 @@ def prefect_server():
     from citadel.testing.prefect_server import create_prefect_database, free_port
 
     name = f"citadel_test_prefect_{os.getpid()}"
-    database = asyncio.run(create_prefect_database(POSTGRES_URL, name))
+    database = asyncio.run(create_prefect_database(BASE_POSTGRES_URL, name))
 
     async def drain() -> None:
         """Send the logs and events still queued in this process before the server goes."""
@@ -133,7 +202,7 @@ def prefect_server():
                 run_coro_as_sync(drain())
         finally:
             server.stop()
-    asyncio.run(admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", plain_url(POSTGRES_URL)))
+    asyncio.run(admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", plain_url(BASE_POSTGRES_URL)))
 
 
 @pytest.fixture(scope="session")

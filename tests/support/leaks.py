@@ -15,8 +15,14 @@ from pathlib import Path
 MARK = "CITADEL_TEST_SESSION"
 
 
-def mark_session() -> str:
-    """Put this session's mark in the environment that every started process inherits."""
+def mark_session(fresh: bool = False) -> str:
+    """Put this session's mark in the environment that every started process inherits.
+
+    A mark already there (a session started by another) is kept, unless ``fresh``: a worker of a
+    parallel run inherits its controller's mark and takes its own instead.
+    """
+    if fresh:
+        os.environ[MARK] = f"{os.getpid()}-{time.time_ns()}"
     return os.environ.setdefault(MARK, f"{os.getpid()}-{time.time_ns()}")
 
 
