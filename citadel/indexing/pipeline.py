@@ -106,9 +106,9 @@ async def index_batches(run: IndexRun, steps: Steps, full: bool = False) -> None
     while batch n is written: once the store is open the driver waits for the write of batch n
     before starting that of n + 1; while it is opening, up to a bound of batches wait for it
     already embedded, so the time an embedded store takes to load is spent embedding. The prune
-    needs only the complete listing: it takes its turn among the writes as soon as the last batch
-    is planned. Dead letters are resolved once every embedding is done (a failed embedding keeps
-    its document's).
+    needs only the complete listing: with an overlapping runner it takes its turn among the writes
+    as soon as the last batch is planned; a direct runner prunes after its last write. Dead
+    letters are resolved once every embedding is done (a failed embedding keeps its document's).
     """
     await _Driver(run, steps, full).drive()
 
@@ -129,15 +129,15 @@ class _Driver:
         resolved, counts = self.run.resolved, self.run.counts
         try:
             await self._plan_every_batch()
-            if resolved.prune:
+            if resolved.prune and self.steps.overlap:  # among the writes; a direct run prunes after its last
                 self.pruning = self.tail = asyncio.create_task(self._prune(self.tail))
-                if not self.steps.overlap:
-                    await self.pruning
             gathered = self.batcher.take()
             if gathered:
                 await self._embed_and_write(*gathered)
             while self.pending:
                 counts.add_written(await self.pending.popleft()[0])
+            if resolved.prune and not self.steps.overlap:
+                self.pruning = self.tail = asyncio.create_task(self._prune(self.tail))
             if self.pruning is not None:
                 counts.deleted = await self.pruning
                 if resolved.shard is None:
