@@ -20,9 +20,10 @@ router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], r
 async def search(body: SearchRequest, state: State) -> SearchResponse:
     started = time.perf_counter()
     collection = body.collection or state.settings.collection
-    # A collection that does not exist is the core's CollectionNotFound: the error handlers' 404.
+    # A collection the registry does not know is the core's CollectionNotFound: the error handlers' 404.
     hits = await search_with(
-        state.resources, body.query, collection, limit=body.limit, score_threshold=body.threshold, filters=body.filter
+        state.resources, body.query, collection, limit=body.limit, score_threshold=body.threshold, filters=body.filter,
+        registered_only=True,
     )
     return SearchResponse(
         query=body.query, collection=collection, model=state.resources.embedder.model, hits=hits,

@@ -50,31 +50,35 @@ async def search_with(
     limit: int = 10,
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
+    registered_only: bool = False,
 ) -> list[SearchHit]:
     """The same search over backends the caller already holds (a workflow step, a long-lived service).
 
-    A collection the registry knows neither by name nor through the version it serves is
-    :class:`CollectionNotFound`, found before the query is checked or embedded. A collection indexed
-    with another model is refused: its vectors and the query's would not compare. A blue-green
-    collection is searched through its alias, which Qdrant resolves at each search.
+    A collection indexed with another model is refused: its vectors and the query's would not
+    compare. A blue-green collection is searched through its alias, which Qdrant resolves at each
+    search. With ``registered_only`` (the HTTP API) a collection the registry knows neither by
+    name nor through the version it serves is :class:`CollectionNotFound`, found before the query
+    is checked or embedded; without it (the CLI, a workflow step) the store is searched as it is.
     """
     check_collection_name(collection)
+    if not registered_only:
+        check_query(query)
     registry = await resources.registry()
     known = await registry.collection(collection)
     if known is None:  # an alias: the model is its live version's (a plain collection costs no look-up)
         known = await registry.collection(await serving(resources, collection))
-    if known is None:
+    if known is None and registered_only:
         await resources.open_store()  # an embedded store another process holds says so first, as a search of it would
         raise CollectionNotFound(collection)
     check_query(query)
-    if known[0] != resources.embedder.model:
+    if known and known[0] != resources.embedder.model:
         raise CollectionMismatchError(
             f"collection {collection!r} holds {known[0]} vectors but the configured embedder is "
             f"{resources.embedder.model}; search it with the same embedder settings it was indexed with"
         )
     vector = (await resources.cached_embedder.embed([query])).vectors[0]
     store = resources.store
-    if not await store.collection_exists(collection):
+    if known and not await store.collection_exists(collection):
         raise ConfigurationError(
             f"collection {collection!r} is in the registry but the vector store has lost it (a new server, a lost "
             f"volume?); `citadel verify --repair --collection {collection}` writes it back"
