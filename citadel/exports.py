@@ -8,15 +8,19 @@ import sys
 from collections.abc import Callable
 
 
-def lazy_exports(package: str, names: dict[str, str]) -> Callable[[str], object]:
+def lazy_exports(package: str, names: dict[str, str], modules: tuple[str, ...] = ()) -> Callable[[str], object]:
     """A module ``__getattr__`` for ``package`` that imports ``name`` from its submodule
-    ``names[name]`` on first use and keeps it on the package."""
+    ``names[name]`` on first use and keeps it on the package; the submodules in ``modules`` are
+    public as a whole (``package.bluegreen``)."""
 
     def __getattr__(name: str) -> object:
         submodule = names.get(name)
-        if submodule is None:
+        if name in modules:
+            value: object = importlib.import_module(f"{package}.{name}")
+        elif submodule is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{submodule}"), name)
+        else:
+            value = getattr(importlib.import_module(f"{package}.{submodule}"), name)
         setattr(sys.modules[package], name, value)
         return value
 

@@ -109,4 +109,4 @@ __getattr__ = lazy_exports(__name__, {
     "upsert_vectors": "writing",
     "verify": "repair",
     "verify_store": "consistency",
-})
+}, modules=("bluegreen",))

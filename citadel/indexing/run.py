@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import citadel.indexing.bluegreen as bluegreen
 from citadel.documents import SourceGroup, SourceRoots
-from citadel.indexing import bluegreen
 from citadel.indexing.bluegreen import live_collection
 from citadel.indexing.consistency import check_store, reconcile
 from citadel.indexing.lifecycle import HandOver, IndexRun, resolve_source

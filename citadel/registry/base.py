@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+import citadel.registry.runtotals as runtotals
 from citadel.errors import ConfigurationError
-from citadel.registry import runtotals
 from citadel.registry.schema import SCHEMA_VERSION, metadata, schema_version, upgrade
 from citadel.settings import masked_url
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+import citadel.registry.runtotals as runtotals
 from citadel.models import IndexRunRecord, as_utc
-from citadel.registry import runtotals
 from citadel.registry.base import utcnow
 from citadel.registry.database import Registry
 from citadel.registry.schema import index_runs, locks

@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+import citadel.registry.runtotals as runtotals
 from citadel.models import CollectionStatus, DeadLetterRecord, IndexRunRecord, Result
-from citadel.registry import runtotals
 from citadel.registry.base import RegistryBase, utcnow
 from citadel.registry.documentrows import DeadLetter, chunked
 from citadel.registry.schema import RUN_COUNTS, chunks, collections, dead_letters, documents, index_runs

@@ -21,8 +21,8 @@ from typing import IO, Any
 import numpy as np
 from pydantic_core import to_jsonable_python
 
+import citadel.store.embeddedlayout as layout
 from citadel.errors import CollectionMismatchError, ConfigurationError
-from citadel.store import embeddedlayout as layout
 from citadel.store.embeddedlayout import EmbeddedCollection, EmbeddedMeta
 from citadel.store.probe import held_elsewhere
 

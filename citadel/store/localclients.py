@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from citadel.store import embeddedlayout as layout
+import citadel.store.embeddedlayout as layout
 from citadel.store.embeddedrows import EmbeddedRows
 from citadel.store.probe import held_elsewhere
 

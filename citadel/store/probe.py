@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
+import citadel.store.embeddedlayout as layout
 from citadel.errors import ConfigurationError
-from citadel.store import embeddedlayout as layout
 from citadel.store.rest import COUNT_EXACT, alias_map, collection_names, collection_path, point_count, rest_options, result
 
 

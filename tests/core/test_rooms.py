@@ -128,6 +128,21 @@ def test_callers_outside_a_room_import_its_package_or_a_submodule_it_makes_publi
     assert sorted(private) == []
 
 
+def test_a_room_reaches_its_own_modules_directly_never_through_its_package() -> None:
+    """A room's package imports its modules; a module importing the package back would depend on
+    the order they load in (grimp records ``from citadel.store import probe`` as an import of
+    ``citadel.store.probe``, so this reads the source)."""
+    through_package = []
+    for room in ROOMS:
+        for path in (ROOT / "citadel" / room).rglob("*.py"):
+            if path.name == "__init__.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == f"citadel.{room}":
+                    through_package.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert through_package == []
+
+
 def test_importing_the_registry_or_the_store_probe_does_not_load_the_store_client() -> None:
     code = "import sys, citadel.registry, citadel.store, citadel.indexing, citadel.ops; print('qdrant_client' in sys.modules)"
     import subprocess
