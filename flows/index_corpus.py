@@ -54,7 +54,7 @@ async def index_corpus(
     passes its check; searches read the old version until then (citadel.indexing.bluegreen).
 
     ``source_roots`` sandboxes the run (the HTTP API's workflows): it reads only files inside
-    those folders and files inline records only under an inline name (citadel.documents.sources).
+    those folders and files inline records only under an inline name (citadel.documents.sourceroots).
     """
     logger = get_run_logger()
     settings = settings_for(embedder)

@@ -35,7 +35,7 @@ class EmbeddedBatch:
 
     @property
     def failed(self) -> int:
-        """Documents of the batch that could not be embedded."""
+        """Documents of the batch that failed: could not be read or chunked, or could not be embedded."""
         return len(self.plan.failures)
 
 

@@ -34,19 +34,6 @@ __all__ = [
 ]
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _accepted_names(model: type[BaseModel]) -> list[str]:
     names: list[str] = []
     for name, info in model.model_fields.items():
