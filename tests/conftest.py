@@ -76,6 +76,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, level))
         if not item.get_closest_marker("xdist_group") and (scope := shared_fixture_scope(item)):
             item.add_marker(pytest.mark.xdist_group(scope))
+    # The longest first, each module kept whole and in its order: the modules that hold a worker for
+    # minutes (a shared server or image), then those that start processes, then the rest, so that
+    # the short tests fill the workers at the end instead of one long module finishing alone.
+    rank: dict[str, tuple[bool, int]] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        weight = (item.get_closest_marker("xdist_group") is not None, LEVELS.index(level_of(item)))
+        rank[module] = max(rank.get(module, (False, 0)), weight)
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]], reverse=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
