@@ -22,6 +22,8 @@ FIRST_REDIS_DB = 8
 """Worker gwN uses Redis database 8 + N unless CITADEL_TEST_REDIS_URL names a first one: 8 to 14 for
 up to seven workers, leaving 15 to a single-process run."""
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+LAST_REDIS_DB = 15
+"""Redis has databases 0 to 15 unless its configuration says otherwise."""
 
 
 def index() -> int:
@@ -40,6 +42,11 @@ def redis_url(configured: str | None) -> str:
     if match is None:
         raise ValueError(f"CITADEL_TEST_REDIS_URL={url!r}: a parallel run needs redis://HOST:PORT/DB to number its workers' databases")
     first = int(match[2]) if configured and match[2] else FIRST_REDIS_DB
+    if first + index() > LAST_REDIS_DB:
+        raise ValueError(
+            f"CITADEL_TEST_REDIS_URL={url!r}: worker {WORKER} would use Redis database {first + index()}, past the last "
+            f"one ({LAST_REDIS_DB}); name a first database with room for every worker (e.g. /{FIRST_REDIS_DB})"
+        )
     return f"{match[1]}/{first + index()}"
 
 
@@ -47,11 +54,18 @@ def postgres_url(base: str) -> str:
     """The Postgres URL of this process: ``base`` alone; in a worker, a database of its own on the same server."""
     if WORKER is None:
         return base
-    return base.rsplit("/", 1)[0] + f"/citadel_test_{WORKER}_{RUN_ID}"
+    from sqlalchemy.engine import make_url
+
+    own = make_url(base).set(database=f"citadel_test_{WORKER}_{RUN_ID}")  # keeps the query (sslmode=...)
+    return own.render_as_string(hide_password=False)
 
 
 def database_name(url: str) -> str:
-    return url.rsplit("/", 1)[1]
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    assert name, f"{url} names no database"
+    return name
 
 
 def create_database(admin_url: str, url: str) -> None:
