@@ -9,7 +9,7 @@ from citadel.workflows.errors import Problem, WorkflowInvalid, format_location
 from citadel.workflows.references import find_references
 from citadel.workflows.spec import WorkflowDefinition, is_placeholder
 
-__all__ = ["cycle_problems", "first_index", "graph_problems", "topological_order", "upstream"]
+__all__ = ["cycle_problems", "first_index", "graph_problems", "strongly_connected", "topological_order", "upstream"]
 
 # (step index, dependency id, location of the edge in the definition, whether it is a reference)
 _Edge = tuple[int, str, str, bool]
@@ -62,7 +62,7 @@ def upstream(defn: WorkflowDefinition, *, transitive: bool = False) -> dict[str,
     return closed
 
 
-def _strongly_connected(nodes: list[str], graph: dict[str, list[str]]) -> list[list[str]]:
+def strongly_connected(nodes: list[str], graph: dict[str, list[str]]) -> list[list[str]]:
     """Tarjan's strongly connected components, iteratively (no recursion limit on long chains)."""
     index_of: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -147,7 +147,7 @@ def cycle_problems(defn: WorkflowDefinition) -> list[Problem]:
     first = first_index(defn)
     graph, where = _dependency_graph(defn, first)
     problems: list[tuple[int, Problem]] = []
-    for component in _strongly_connected(list(graph), graph):
+    for component in strongly_connected(list(graph), graph):
         if len(component) < 2:
             continue
         start = min(component, key=first.__getitem__)

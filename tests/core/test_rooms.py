@@ -12,6 +12,8 @@ from pathlib import Path
 import grimp
 import pytest
 
+from citadel.workflows.graph import strongly_connected
+
 pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,45 +29,10 @@ def graph() -> grimp.ImportGraph:
 
 
 def import_circles(graph: grimp.ImportGraph) -> list[list[str]]:
-    """Every strongly connected set of more than one module (Tarjan's algorithm, iteratively)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    circles: list[list[str]] = []
-    for start in sorted(graph.modules):
-        if start in index:
-            continue
-        work = [(start, iter(sorted(graph.find_modules_directly_imported_by(start))))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            module, edges = work[-1]
-            for target in edges:
-                if target not in index:
-                    index[target] = low[target] = len(index)
-                    stack.append(target)
-                    on_stack.add(target)
-                    work.append((target, iter(sorted(graph.find_modules_directly_imported_by(target)))))
-                    break
-                if target in on_stack:
-                    low[module] = min(low[module], index[target])
-            else:
-                work.pop()
-                if work:
-                    low[work[-1][0]] = min(low[work[-1][0]], low[module])
-                if low[module] == index[module]:
-                    circle = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        circle.append(member)
-                        if member == module:
-                            break
-                    if len(circle) > 1:
-                        circles.append(sorted(circle))
-    return circles
+    """Every strongly connected set of more than one module, by the workflow graph's own search."""
+    modules = sorted(graph.modules)
+    imports = {module: sorted(graph.find_modules_directly_imported_by(module)) for module in modules}
+    return [sorted(circle) for circle in strongly_connected(modules, imports) if len(circle) > 1]
 
 
 def test_the_circle_finder_finds_a_circle_hidden_in_a_function() -> None:
