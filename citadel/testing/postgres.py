@@ -17,3 +17,9 @@ async def admin_execute(sql: str, admin_url: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def fresh_database(name: str, admin_url: str) -> None:
+    """An empty database ``name``, whatever an earlier run left under that name."""
+    await admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", admin_url)
+    await admin_execute(f"CREATE DATABASE {name}", admin_url)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from citadel.testing.postgres import admin_execute, plain_url
+from citadel.testing.postgres import admin_execute, fresh_database, plain_url
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,8 +39,7 @@ def retry_delay(response: httpx.Response | None, attempt: int) -> float:
 async def create_prefect_database(admin_url: str, name: str) -> str:
     """A fresh Postgres database with pg_trgm (which Prefect's server needs); returns its asyncpg URL."""
     admin_url = plain_url(admin_url)
-    await admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", admin_url)
-    await admin_execute(f"CREATE DATABASE {name}", admin_url)
+    await fresh_database(name, admin_url)
     url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     await admin_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm", url)
     return url.replace("postgresql://", "postgresql+asyncpg://", 1)

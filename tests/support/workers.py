@@ -70,15 +70,9 @@ def database_name(url: str) -> str:
 
 def create_database(admin_url: str, url: str) -> None:
     """A fresh, empty database named by ``url`` (the registry makes its tables on first use)."""
-    from citadel.testing.postgres import admin_execute
+    from citadel.testing.postgres import fresh_database
 
-    name = database_name(url)
-
-    async def create() -> None:
-        await admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", admin_url)
-        await admin_execute(f"CREATE DATABASE {name}", admin_url)
-
-    asyncio.run(create())
+    asyncio.run(fresh_database(database_name(url), admin_url))
 
 
 def drop_database(admin_url: str, url: str) -> None:
