@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -19,7 +19,7 @@ from citadel.auth import ApiKeys, TokenVerifier
 from citadel.resources import Resources, open_resources
 from citadel.settings import Settings, secret
 from orchestration.prefect_metrics import PrefectFigures
-from orchestration.workflow_runs import prefect_api_url
+from orchestration.workflow_runs import RunHere, prefect_api_url
 
 log = logging.getLogger("citadel.api")
 RUN_GRACE_S = 10.0
@@ -43,7 +43,7 @@ class ServiceState:
         self.limiter = RateLimiter(api.api_rate_limits, secret(settings.redis_url), on_redis_down=api.rate_limit_on_redis_down)
         self.prefect_api_url = prefect_api_url()
         self.has_credentials_configured = self.verifier.enabled
-        self.workflow_tasks: dict[str, asyncio.Task[Any]] = {}
+        self.runs_here: dict[str, RunHere] = {}  # workflow runs executing in this process, by flow run id
         self.prefect_figures: PrefectFigures | None = None  # the flow-run metrics, with a Prefect API
         self._warmup: asyncio.Task[None] | None = None
         self._stack = AsyncExitStack()
@@ -83,16 +83,18 @@ class ServiceState:
 
     async def close(self, grace_s: float = RUN_GRACE_S) -> None:
         """Let runs started here finish for ``grace_s``, cancel the rest, then close the backends."""
-        running = [task for task in self.workflow_tasks.values() if not task.done()]
+        running = {run.task: run for run in self.runs_here.values() if not run.task.done()}
         if running:
             log.info("waiting up to %.0fs for %d workflow run(s) started here", grace_s, len(running))
             _, pending = await asyncio.wait(running, timeout=grace_s)
-            for task in pending:
-                task.cancel()
             if pending:
-                log.info("stopping %d workflow run(s) still running; submit them again", len(pending))
+                log.info("cancelling %d workflow run(s) still running; submit them again", len(pending))
+                for task in pending:
+                    running[task].cancel_request.set()  # each ends Cancelled, recorded by its engine
                 _, stuck = await asyncio.wait(pending, timeout=CANCEL_S)
-                if stuck:  # a run that does not end when cancelled must not hold the shutdown
+                for task in stuck:  # a run that does not stop when asked must not hold the shutdown
+                    task.cancel()
+                if stuck:
                     log.warning("%d workflow run(s) did not stop within %.0fs of being cancelled; exiting anyway", len(stuck), CANCEL_S)
         await self._stack.aclose()
         if self._warmup is not None:
@@ -106,7 +108,7 @@ def leave_sigterm_to_the_service() -> None:
     """While a flow runs, Prefect's engine swaps SIGTERM's handler for one that raises in whatever
     the main thread runs: in the API that is the event loop, so the signal failed an unrelated
     request or was lost, and the service never drained. Here the service owns SIGTERM: it drains,
-    then stops the runs it started (:meth:`ServiceState.close`), and Prefect records them as crashed."""
+    then cancels the runs it started (:meth:`ServiceState.close`), which end Cancelled."""
     import prefect.flow_engine
 
     setattr(prefect.flow_engine, "capture_sigterm", contextlib.nullcontext)  # noqa: B010 - a module's name, replaced on purpose

@@ -36,6 +36,7 @@ from citadel.workflows import (
     load_workflow_data,
     upstream,
 )
+from flows.cancellation import run_unless_cancelled
 from flows.index_corpus import index_corpus
 from tasks.passing import as_is
 from tasks.reporting import report_workflow, run_tags, tag_flow_run
@@ -103,7 +104,17 @@ async def run_workflow(
     every step's state, time and output (or error), as JSON. ``source_roots`` (set by the HTTP
     API, never by a workflow) sandboxes its ``index`` and ``flow`` steps: they read and name only
     paths inside those folders, an empty list none; inline records go under names of the caller
-    ``inline_owner`` (see docs/design.md)."""
+    ``inline_owner`` (see docs/design.md). A run started in a process with a cancel request
+    (:mod:`flows.cancellation`) ends Cancelled when it is set."""
+    return await run_unless_cancelled(_run_workflow(workflow, context, source_roots, inline_owner))
+
+
+async def _run_workflow(
+    workflow: dict[str, Any] | str,
+    context: dict[str, Any] | None,
+    source_roots: list[str] | None,
+    inline_owner: str | None,
+) -> dict[str, Any]:
     logger = get_run_logger()
     settings = settings_for()
     load_step_modules(settings.step_modules)

@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -21,12 +22,13 @@ from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelling
 
 from citadel.errors import ConfigurationError
 from citadel.models import StepReport, WorkflowReport
 from citadel.settings import Settings
 from citadel.workflows import WorkflowDefinition, check_workflow, load_step_modules, load_workflow, workflow_from_data
+from flows.cancellation import cancel_request
 from flows.run_workflow import run_workflow, workflow_steps
 
 DEFAULT_DEPLOYMENT = "run-workflow/default"
@@ -92,25 +94,34 @@ def _parameters(
     return parameters
 
 
+@dataclass(frozen=True)
+class RunHere:
+    """A workflow run executing in this process: the engine's task and the run's cancel request."""
+
+    task: asyncio.Task[Any]
+    cancel_request: asyncio.Event
+
+
 async def start_workflow_here(
     workflow: dict[str, Any],
     *,
     context: dict[str, Any] | None = None,
     source_roots: Sequence[str] | None = None,
     inline_owner: str | None = None,
-) -> tuple[WorkflowReport, asyncio.Task[Any]]:
+) -> tuple[WorkflowReport, RunHere]:
     """Record a workflow run on the Prefect API and run it in this process, in the background: the
     report (Scheduled, with the run's id) comes back at once. A long-lived process that holds the
     embedded store (the HTTP API) runs what it accepts this way, sandboxed by ``source_roots``
-    and ``inline_owner``."""
+    and ``inline_owner``; :func:`stop_workflow_here` cancels it."""
     parameters = _parameters(workflow, context, source_roots, inline_owner)
     async with get_client() as client:
         flow_run = await client.create_flow_run(run_workflow, parameters=parameters)
-    task = asyncio.create_task(run_flow_async(run_workflow, flow_run=flow_run, parameters=parameters, return_type="state"))  # type: ignore[arg-type]
+    with cancel_request() as requested:  # the engine's task carries the request into the flow
+        task = asyncio.create_task(run_flow_async(run_workflow, flow_run=flow_run, parameters=parameters, return_type="state"))  # type: ignore[arg-type]
     report = WorkflowReport(
         flow_run_id=str(flow_run.id), name=flow_run.name, workflow_id=workflow.get("workflow_id"), state="Scheduled"
     )
-    return report, task
+    return report, RunHere(task, requested)
 
 
 def _definition(workflow: Any) -> WorkflowDefinition | None:
@@ -206,13 +217,12 @@ async def cancel_workflow(flow_run_id: str) -> WorkflowReport:
     return report
 
 
-async def stop_workflow_here(flow_run_id: str, task: asyncio.Task[Any]) -> WorkflowReport:
-    """Stop a run this process started (no worker watches it): its task is cancelled, which Prefect
-    records as a crash, so the run is then marked Cancelled, as a worker's cancellation would be."""
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    async with get_client() as client:
-        await client.set_flow_run_state(uuid.UUID(flow_run_id), Cancelled(message="cancelled on request"), force=True)
+async def stop_workflow_here(flow_run_id: str, run: RunHere, timeout_s: float = 30) -> WorkflowReport:
+    """Cancel a run this process started (no worker watches it) and wait up to ``timeout_s`` for
+    it to stop: the run stops its work and its engine records Cancelled (see
+    :mod:`flows.cancellation`); a run already ended is left as it ended."""
+    run.cancel_request.set()
+    await asyncio.wait({run.task}, timeout=timeout_s)
     return await workflow_status(flow_run_id)
 
 

@@ -98,10 +98,10 @@ async def create_workflow(
     roots = [str(root) for root in state.api.source_roots]
     owner = identity.subject
     if _runs_here(state):
-        report, task = await start_workflow_here(workflow, source_roots=roots, inline_owner=owner)
+        report, run = await start_workflow_here(workflow, source_roots=roots, inline_owner=owner)
         run_id = report.flow_run_id
-        state.workflow_tasks[run_id] = task
-        task.add_done_callback(lambda _task: state.workflow_tasks.pop(run_id, None))
+        state.runs_here[run_id] = run
+        run.task.add_done_callback(lambda _task: state.runs_here.pop(run_id, None))
         runs_in = "api"
     else:
         report = await submit_workflow(
@@ -128,13 +128,13 @@ async def status(task_id: str) -> WorkflowStatus:
              summary="Cancel a run that has not finished")
 async def cancel(task_id: str, state: State) -> WorkflowStatus:
     run_id = _run_id(task_id)
+    here = state.runs_here.get(run_id)
+    if here is not None:  # a run of this process stops here: no worker watches it
+        return WorkflowStatus.of(await stop_workflow_here(run_id, here))
     try:
         report = await cancel_workflow(run_id)
     except ConfigurationError as exc:
         raise ApiError(404, f"no workflow run {task_id}") from exc
-    task = state.workflow_tasks.get(run_id)
-    if task is not None and not task.done():  # a run of this process stops here, not on a worker
-        report = await stop_workflow_here(run_id, task)
     return WorkflowStatus.of(report)
 
 
