@@ -51,38 +51,36 @@ def level_of(item: pytest.Item) -> str:
     return max(found, key=LEVELS.index, default="unit")
 
 
-def shared_fixture_scope(item: pytest.Item) -> str | None:
-    """The module (or class) whose fixture this test shares with its neighbours, when it uses one."""
+def shares_a_fixture(item: pytest.Item) -> bool:
+    """Whether this test shares a module (or class) fixture with its neighbours: a server, a built image."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
-        return None
-    for name in info.names_closure:
-        for definition in info.name2fixturedefs.get(name, ()):
-            if definition.scope in ("module", "class", "package"):
-                return item.nodeid.split("::", 1)[0]
-    return None
+        return False
+    return any(
+        definition.scope in ("module", "class", "package")
+        for name in info.names_closure
+        for definition in info.name2fixturedefs.get(name, ())
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its level (``-m unit`` is the fast loop), and keep a module's tests that share
-    a module-scoped fixture (a server, a built image) on one worker of a parallel run: spread over the
-    workers, each would start that fixture again.
+    """Mark each test with its level (``-m unit`` is the fast loop), and put the longest modules first.
 
-    Runs first, so that ``-m`` and pytest-xdist's ``loadgroup`` see these marks."""
+    Runs first, so that ``-m`` sees the marks. A parallel run keeps each module whole on one worker
+    (``--dist loadfile`` in scripts/test): spread over the workers, a module's server or image would
+    be started again on each."""
     for item in items:
         level = level_of(item)
         if not item.get_closest_marker(level):
             item.add_marker(getattr(pytest.mark, level))
-        if not item.get_closest_marker("xdist_group") and (scope := shared_fixture_scope(item)):
-            item.add_marker(pytest.mark.xdist_group(scope))
-    # The longest first, each module kept whole and in its order: the modules that hold a worker for
-    # minutes (a shared server or image), then those that start processes, then the rest, so that
-    # the short tests fill the workers at the end instead of one long module finishing alone.
+    # The longest first, each module in its order: the modules that hold a worker for minutes (a
+    # shared server or image), then those that start processes, then the rest, so that the short
+    # tests fill the workers at the end instead of one long module finishing alone.
     rank: dict[str, tuple[bool, int]] = {}
     for item in items:
         module = item.nodeid.split("::", 1)[0]
-        weight = (item.get_closest_marker("xdist_group") is not None, LEVELS.index(level_of(item)))
+        weight = (shares_a_fixture(item), LEVELS.index(level_of(item)))
         rank[module] = max(rank.get(module, (False, 0)), weight)
     items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]], reverse=True)
 

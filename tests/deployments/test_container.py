@@ -36,7 +36,7 @@ from tests.support.debian import ensure_debian_package
 
 # One worker runs the podman tests, one after another (they build and run images of fixed names); the
 # first builds the base image from Debian's packages on a fresh machine, which takes minutes.
-pytestmark = [pytest.mark.system, pytest.mark.xdist_group("podman"), pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.system, pytest.mark.timeout(1800)]
 
 DOCKERFILE = CONTAINER_DIR / "Dockerfile"
 COMPOSE = CONTAINER_DIR / "compose.yaml"
