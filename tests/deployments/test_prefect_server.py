@@ -8,6 +8,7 @@ a Qdrant REST server shared by the workers.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 import uuid
@@ -168,12 +169,19 @@ def test_workflow_with_parallel_branches_and_a_failing_step(stack, tmp_path: Pat
     assert steps["chunk"]["start"] < steps["search"]["end"]
 
 
+def _in_seconds(seconds: float) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+
+
 def test_interval_schedule_fires_on_its_own(stack) -> None:
     server, _, _ = stack
     deployment_id = server.deployment_id("embed-texts/default")
     schedule = server.api(
         "POST", f"/deployments/{deployment_id}/schedules",
-        json=[{"schedule": {"interval": 5}, "active": True, "parameters": {"texts": ["scheduled text"]}}],
+        # Due a few seconds from now, then hourly: one run to wait for. An interval of a few seconds
+        # had the scheduler queue a hundred runs, one every few seconds, that flooded the workers.
+        json=[{"schedule": {"interval": 3600, "anchor_date": _in_seconds(5), "timezone": "UTC"}, "active": True,
+               "parameters": {"texts": ["scheduled text"]}}],
     )[0]
     try:
         deadline = time.monotonic() + 150
