@@ -1,0 +1,202 @@
+"""Office Open XML documents through their own readers: Word paragraphs under their heading path,
+PowerPoint slides, Excel sheets as tab-separated rows. Each package's sizes are checked first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from typing import Any
+
+from citadel.documents.formats.ziplimits import one_line, open_checked_zip
+from citadel.documents.parsed import ParsedFile, ParseError, Section
+
+OOXML = "an Office Open XML file"
+
+
+def read_office(data: bytes, kind: str, read: Callable[[BytesIO], ParsedFile]) -> ParsedFile:
+    """``read`` over the checked package; any failure of the reader is the file's, a ParseError."""
+    open_checked_zip(data, OOXML).close()
+    try:
+        parsed = read(BytesIO(data))
+    except ParseError:
+        raise
+    except Exception as exc:  # a corrupt package fails anywhere inside its reader: each failure is the file's
+        raise ParseError(f"not a readable {kind} file: {type(exc).__name__}: {one_line(exc)}") from exc
+    if not any(section.text for section in parsed.sections):
+        raise ParseError(f"no text in the {kind} file")
+    return parsed
+
+
+def parse_docx(data: bytes) -> ParsedFile:
+    """A Word document's paragraphs and tables in order, in sections at its Title and Heading N
+    paragraphs."""
+    return read_office(data, "DOCX", read_docx)
+
+
+def parse_pptx(data: bytes) -> ParsedFile:
+    """A presentation's slides, one section each (``page`` the slide number, headed by its title)."""
+    return read_office(data, "PPTX", read_pptx)
+
+
+def parse_xlsx(data: bytes) -> ParsedFile:
+    """A workbook's sheets, one section each headed by the sheet's name, rows as tab-separated values."""
+    return read_office(data, "XLSX", read_xlsx)
+
+
+def clean(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def heading_level(style_name: str) -> int | None:
+    """0 for a Title paragraph, N for Heading N, None for body text."""
+    if style_name == "Title":
+        return 0
+    prefix, _, number = style_name.partition(" ")
+    if prefix == "Heading" and number.isdigit():
+        return int(number)
+    return None
+
+
+class _Outline:
+    """Blocks gathered into sections that start at each heading, with the path of headings above;
+    consecutive list items stay lines of one block."""
+
+    def __init__(self) -> None:
+        self.sections: list[Section] = []
+        self.path: list[tuple[int, str]] = []
+        self.blocks: list[str] = []
+        self.items: list[str] = []
+
+    def add(self, text: str, item: bool = False) -> None:
+        if item:
+            self.items.append(text)
+            return
+        self.end_items()
+        self.blocks.append(text)
+
+    def end_items(self) -> None:
+        if self.items:
+            self.blocks.append("\n".join(self.items))
+            self.items = []
+
+    def heading(self, level: int, text: str) -> None:
+        self.end_section()
+        while self.path and self.path[-1][0] >= level:
+            self.path.pop()
+        self.path.append((level, text))
+        self.blocks.append(text)
+
+    def end_section(self) -> None:
+        self.end_items()
+        if self.blocks:
+            self.sections.append(Section("\n\n".join(self.blocks), headings=tuple(text for _, text in self.path)))
+        self.blocks = []
+
+
+def read_docx(stream: BytesIO) -> ParsedFile:
+    import docx
+    from docx.table import Table
+
+    document = docx.Document(stream)
+    outline = _Outline()
+    title = clean(document.core_properties.title)
+    for item in document.iter_inner_content():
+        if isinstance(item, Table):
+            if rows := table_rows(item):
+                outline.add("\n".join(rows))
+            continue
+        text = clean(item.text)
+        style = (item.style.name if item.style is not None else "") or ""
+        level = heading_level(style)
+        if not text:
+            continue
+        if level is None:
+            outline.add(text, item=style.startswith("List"))
+            continue
+        outline.heading(level, text)
+        if level == 0 and not title:
+            title = text
+    outline.end_section()
+    return ParsedFile("docx", outline.sections, title=title or None)
+
+
+def table_rows(table: Any) -> list[str]:
+    """A Word table's rows as tab-separated cell text (a merged cell once)."""
+    rows: list[str] = []
+    for row in table.rows:
+        cells: list[str] = []
+        previous = None
+        for cell in row.cells:
+            if cell._tc is not previous and (text := clean(cell.text)):
+                cells.append(text)
+            previous = cell._tc
+        if cells:
+            rows.append("\t".join(cells))
+    return rows
+
+
+def read_pptx(stream: BytesIO) -> ParsedFile:
+    import pptx
+
+    presentation = pptx.Presentation(stream)
+    sections: list[Section] = []
+    slides = list(presentation.slides)
+    for number, slide in enumerate(slides, start=1):
+        title_shape = slide.shapes.title
+        heading = clean(title_shape.text_frame.text) if title_shape is not None and title_shape.has_text_frame else ""
+        blocks = [heading] if heading else []
+        blocks.extend(block for shape in slide.shapes if shape is not title_shape for block in shape_blocks(shape))
+        if slide.has_notes_slide and (notes := slide.notes_slide.notes_text_frame) is not None and notes.text.strip():
+            blocks.append(notes.text.strip())
+        if blocks:
+            sections.append(Section("\n\n".join(blocks), page=number, headings=(heading,) if heading else ()))
+    title = clean(presentation.core_properties.title)
+    return ParsedFile("pptx", sections, title=title or None, pages=len(slides))
+
+
+def shape_blocks(shape: Any) -> Iterator[str]:
+    """The text of a slide's shape: its text frame's paragraphs as lines, a table's rows, and the
+    shapes inside a group."""
+    if getattr(shape, "shapes", None) is not None:  # a group shape
+        for inner in shape.shapes:
+            yield from shape_blocks(inner)
+    if shape.has_text_frame:
+        lines = [text for paragraph in shape.text_frame.paragraphs if (text := clean(paragraph.text))]
+        if lines:
+            yield "\n".join(lines)
+    if getattr(shape, "has_table", False) and shape.has_table:
+        rows = ["\t".join(text for cell in row.cells if (text := clean(cell.text))) for row in shape.table.rows]
+        if any(rows):
+            yield "\n".join(row for row in rows if row)
+
+
+def read_xlsx(stream: BytesIO) -> ParsedFile:
+    import openpyxl
+
+    workbook = openpyxl.load_workbook(stream, read_only=True, data_only=True)
+    try:
+        sections: list[Section] = []
+        sheets = [sheet for sheet in workbook.worksheets if hasattr(sheet, "iter_rows")]
+        for sheet in sheets:
+            text = "\n".join(line for row in sheet.iter_rows(values_only=True) if (line := row_text(row)))
+            if text:
+                sections.append(Section(text, headings=(str(sheet.title),)))
+        title = clean(workbook.properties.title)
+    finally:
+        workbook.close()
+    return ParsedFile("xlsx", sections, title=title or None, pages=len(sheets))
+
+
+def row_text(row: tuple[object, ...]) -> str:
+    """A sheet's row as its non-empty values, tab-separated."""
+    return "\t".join(text for value in row if value is not None and (text := cell_text(value)))
+
+
+def cell_text(value: object) -> str:
+    """A cell's value as text: whole floats without ".0", dates in ISO form."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    isoformat = getattr(value, "isoformat", None)
+    if callable(isoformat):
+        return str(isoformat())
+    return clean(str(value))
