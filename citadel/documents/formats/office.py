@@ -145,7 +145,8 @@ def read_pptx(stream: BytesIO) -> ParsedFile:
         title_shape = slide.shapes.title
         heading = clean(title_shape.text_frame.text) if title_shape is not None and title_shape.has_text_frame else ""
         blocks = [heading] if heading else []
-        blocks.extend(block for shape in slide.shapes if shape is not title_shape for block in shape_blocks(shape))
+        title_id = title_shape.shape_id if title_shape is not None else None
+        blocks.extend(block for shape in slide.shapes if shape.shape_id != title_id for block in shape_blocks(shape))
         if slide.has_notes_slide and (notes := slide.notes_slide.notes_text_frame) is not None and notes.text.strip():
             blocks.append(notes.text.strip())
         if blocks:
