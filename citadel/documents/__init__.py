@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 from citadel.exports import lazy_exports
 
 if TYPE_CHECKING:
-    from citadel.documents.chunking import CHUNKER_VERSION, Chunk, chunk_text
+    from citadel.documents.chunking import CHUNKER_VERSION, Chunk, chunk_sections, chunk_text
     from citadel.documents.listing import SUPPORTED_SUFFIXES, SourceGroup, SourceListing, iter_groups, list_source, shard_listing
     from citadel.documents.loading import Document, LoadFailure, documents_from_records, load_file, load_group
+    from citadel.documents.parsed import ParsedFile, ParseError, Section
     from citadel.documents.sharding import check_shard, shard_of
     from citadel.documents.sourceroots import SourceRoots, is_inline_name, source_name_problem
 
@@ -19,11 +20,15 @@ __all__ = [
     "Chunk",
     "Document",
     "LoadFailure",
+    "ParseError",
+    "ParsedFile",
+    "Section",
     "SUPPORTED_SUFFIXES",
     "SourceGroup",
     "SourceListing",
     "SourceRoots",
     "check_shard",
+    "chunk_sections",
     "chunk_text",
     "documents_from_records",
     "is_inline_name",
@@ -41,11 +46,15 @@ __getattr__ = lazy_exports(__name__, {
     "Chunk": "chunking",
     "Document": "loading",
     "LoadFailure": "loading",
+    "ParseError": "parsed",
+    "ParsedFile": "parsed",
+    "Section": "parsed",
     "SUPPORTED_SUFFIXES": "listing",
     "SourceGroup": "listing",
     "SourceListing": "listing",
     "SourceRoots": "sourceroots",
     "check_shard": "sharding",
+    "chunk_sections": "chunking",
     "chunk_text": "chunking",
     "documents_from_records": "loading",
     "is_inline_name": "sourceroots",

@@ -7,8 +7,10 @@ chunks together always cover the whole text and nothing is lost.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from citadel.documents.parsed import Section
 from citadel.hashing import sha256_text
 
 CHUNKER_VERSION = "c1"
@@ -91,3 +93,43 @@ def chunk_text(text: str, size: int = 1000, overlap: int = 100) -> list[Chunk]:
             break
         start = _overlap_start(text, start, end, overlap)
     return chunks
+
+
+SECTION_GAP = "\n\n"
+"""Between two sections in a document's whole text (as :attr:`ParsedFile.text` joins them)."""
+
+
+def _units(sections: Sequence[Section], size: int) -> list[tuple[int, int]]:
+    """Runs of consecutive sections (first, last index) to chunk as one text: short sections on
+    the same page are packed up to ``size`` characters, so many small headings do not each make
+    a tiny chunk, and no chunk spans two pages."""
+    units: list[tuple[int, int]] = []
+    first, length = 0, -len(SECTION_GAP)
+    for i, section in enumerate(sections):
+        grown = length + len(SECTION_GAP) + len(section.text)
+        if i > first and (grown > size or section.page != sections[first].page):
+            units.append((first, i - 1))
+            first, grown = i, len(section.text)
+        length = grown
+    if sections:
+        units.append((first, len(sections) - 1))
+    return units
+
+
+def chunk_sections(sections: Sequence[Section], size: int = 1000, overlap: int = 100) -> list[tuple[Chunk, Section]]:
+    """Chunk a parsed document so that chunks end at its sections' edges (pages, headings): each
+    chunk with the section it starts in. Indexes and offsets run over the whole text, the
+    non-empty sections joined by blank lines, so every chunk is an exact slice of it."""
+    kept = [s for s in sections if s.text]
+    out: list[tuple[Chunk, Section]] = []
+    offsets: list[int] = []
+    position = 0
+    for section in kept:
+        offsets.append(position)
+        position += len(section.text) + len(SECTION_GAP)
+    for first, last in _units(kept, size):
+        text = SECTION_GAP.join(s.text for s in kept[first : last + 1])
+        base = offsets[first]
+        for piece in chunk_text(text, size, overlap):
+            out.append((Chunk(len(out), piece.text, base + piece.start, base + piece.end), kept[first]))
+    return out

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from citadel.documents.listing import SourceGroup
+from citadel.documents.parsed import Section
 from citadel.documents.sourceroots import SourceRoots, open_inside
 from citadel.hashing import has_lone_surrogate, sha256_text
 from citadel.nesting import DEFAULT_MAX_DEPTH, value_depth_exceeds
@@ -29,11 +30,15 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # the file it came from (its shard key); inline documents use their id
     inline: bool = False  # given as a record by the caller, not read from a file
+    sections: list[Section] | None = None  # a parsed file's pages or headings (``text`` is them joined)
 
     @property
     def content_hash(self) -> str:
-        """Changes when the text or the metadata changes (either one changes the points)."""
-        return sha256_text(self.text + "\x00" + json.dumps(self.metadata, sort_keys=True, default=str))
+        """Changes when the text, the metadata or where the sections fall changes (each changes the points)."""
+        described: Any = self.metadata
+        if self.sections:
+            described = [self.metadata, [(len(s.text), s.page, s.headings) for s in self.sections]]
+        return sha256_text(self.text + "\x00" + json.dumps(described, sort_keys=True, default=str))
 
 
 @dataclass

@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from citadel.documents import CHUNKER_VERSION, Document, LoadFailure, SourceGroup, chunk_text, load_group
+from citadel.documents import (
+    CHUNKER_VERSION,
+    Chunk,
+    Document,
+    LoadFailure,
+    SourceGroup,
+    chunk_sections,
+    chunk_text,
+    load_group,
+)
 from citadel.hashing import point_id, sha256_text
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry, StoredDocument
 from citadel.resources import Resources
@@ -194,21 +203,24 @@ def _plan_document(
     *, chunk_size: int, chunk_overlap: int, chunking: str, indexed_at: str, full: bool,
 ) -> PlannedDocument:
     """A changed document's chunks, and which of them to write, reuse, keep or delete."""
-    pieces = chunk_text(doc.text, chunk_size, chunk_overlap)
+    pieces, metadata = _chunks(doc, chunk_size, chunk_overlap)
     # The point id covers all a payload says but when it was written: a point whose id is
     # stored already holds this chunk as it is now.
-    payload_key = sha256_text(doc.source + "\x00" + json.dumps(doc.metadata, sort_keys=True, default=str))[:16]
-    rows = [ChunkRow(point_id(collection, doc.id, c.index, f"{c.hash}\x1f{payload_key}"), c.index, c.hash) for c in pieces]
+    keys = {id(m): sha256_text(doc.source + "\x00" + json.dumps(m, sort_keys=True, default=str))[:16] for m in metadata}
+    rows = [
+        ChunkRow(point_id(collection, doc.id, c.index, f"{c.hash}\x1f{keys[id(m)]}"), c.index, c.hash)
+        for c, m in zip(pieces, metadata, strict=True)
+    ]
     new_ids = {row.point_id for row in rows}
     indexed = [c for c in old if c.state == "indexed"]
     # Only a document whose points the store holds (not one awaiting repair or half-written) keeps any in place.
     in_place = {c.point_id for c in indexed} if not full and known is not None and known.status == "indexed" else set()
-    written = [(c, row) for c, row in zip(pieces, rows, strict=True) if row.point_id not in in_place]
+    written = [(c, row, m) for c, row, m in zip(pieces, rows, metadata, strict=True) if row.point_id not in in_place]
     by_hash = {c.chunk_hash: c.point_id for c in indexed}
     return PlannedDocument(
         record=DocumentRecord(doc.id, doc.source, content_hash, rows, origin=doc.origin or doc.id, chunking=chunking),
         change=_change(known, content_hash),
-        texts=[c.text for c, _ in written],
+        texts=[c.text for c, _, _ in written],
         payloads=[
             {
                 "document_id": doc.id,
@@ -218,15 +230,28 @@ def _plan_document(
                 "chunk_hash": c.hash,
                 "model": model,
                 "indexed_at": indexed_at,
-                "metadata": doc.metadata,
+                "metadata": m,
             }
-            for c, _ in written
+            for c, _, m in written
         ],
-        ids=[row.point_id for _, row in written],
-        reuse={} if full else {i: by_hash[c.hash] for i, (c, _) in enumerate(written) if c.hash in by_hash},
+        ids=[row.point_id for _, row, _ in written],
+        reuse={} if full else {i: by_hash[c.hash] for i, (c, _, _) in enumerate(written) if c.hash in by_hash},
         stale=[c.point_id for c in old if c.point_id not in new_ids],
         kept=len(rows) - len(written),
     )
+
+
+def _chunks(doc: Document, size: int, overlap: int) -> tuple[list[Chunk], list[dict[str, Any]]]:
+    """A document's chunks and each one's metadata: the document's, and for a parsed file also
+    where the chunk was found (its page, its section's headings)."""
+    if not doc.sections:
+        pieces = chunk_text(doc.text, size, overlap)
+        return pieces, [doc.metadata] * len(pieces)
+    placed = chunk_sections(doc.sections, size, overlap)
+    located: dict[int, dict[str, Any]] = {}  # one metadata object per section: chunks share it
+    for _, section in placed:
+        located.setdefault(id(section), {**doc.metadata, **section.location()})
+    return [c for c, _ in placed], [located[id(section)] for _, section in placed]
 
 
 def _change(known: StoredDocument | None, content_hash: str) -> Change:

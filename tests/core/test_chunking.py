@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citadel.documents import Chunk, chunk_text
+from citadel.documents import Chunk, ParsedFile, Section, chunk_sections, chunk_text
 from citadel.hashing import sha256_text
 
 # Text rich in the boundaries the chunker looks for, mixed with arbitrary unicode.
@@ -139,3 +139,30 @@ def test_bad_size_or_overlap_raise_value_error(size: int, overlap: int, message:
     with pytest.raises(ValueError) as info:
         chunk_text("some text", size=size, overlap=overlap)
     assert str(info.value) == message
+
+
+def test_parsed_sections_chunk_at_their_edges_as_exact_slices_of_the_whole_text() -> None:
+    sections = [
+        Section("# Guide\nIntro.", headings=("Guide",)),
+        Section("## Install\n" + "Run the installer and wait. " * 60, headings=("Guide", "Install")),
+        Section(""),
+        Section("## Use\nSearch.", headings=("Guide", "Use")),
+    ]
+    whole = ParsedFile("html", sections).text
+    placed = chunk_sections(sections, size=400, overlap=40)
+    assert [c.index for c, _ in placed] == list(range(len(placed)))
+    assert all(whole[c.start : c.end] == c.text for c, _ in placed)
+    install = [c for c, s in placed if s.headings == ("Guide", "Install")]
+    assert len(install) >= 4 and install[0].text.startswith("## Install")
+    assert placed[-1][1].headings == ("Guide", "Use") and placed[-1][0].text == "## Use\nSearch."
+    assert "".join(c.text for c, _ in placed).count("Intro.") == 1
+
+
+def test_short_sections_are_packed_but_never_across_a_page() -> None:
+    heads = [Section(f"## H{i}\nline {i}.", headings=("H", f"H{i}")) for i in range(5)]
+    packed = chunk_sections(heads, size=1000, overlap=100)
+    assert len(packed) == 1 and packed[0][1].headings == ("H", "H0") and "line 4." in packed[0][0].text
+    pages = [Section("first page.", page=1), Section("second page.", page=2)]
+    assert [(c.text, s.page) for c, s in chunk_sections(pages, size=1000, overlap=100)] == [
+        ("first page.", 1), ("second page.", 2),
+    ]
