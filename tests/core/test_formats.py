@@ -127,6 +127,41 @@ def test_a_docx_without_a_core_title_takes_its_title_paragraph() -> None:
     assert parse_bytes(".docx", docx_bytes([(0, "Handbook"), (None, "Text.")])).title == "Handbook"
 
 
+def test_a_docx_keeps_consecutive_list_paragraphs_as_the_lines_of_one_block() -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph("Steps:")
+    document.add_paragraph("one", style="List Bullet")
+    document.add_paragraph("two", style="List Number")
+    document.add_paragraph("Done.")
+    out = BytesIO()
+    document.save(out)
+    assert parse_bytes(".docx", out.getvalue()).text == "Steps:\n\none\ntwo\n\nDone."
+
+
+def test_an_empty_docx_is_refused_as_having_no_text() -> None:
+    with pytest.raises(ParseError, match=r"^no text in the DOCX file$"):
+        parse_bytes(".docx", docx_bytes([]))
+
+
+def test_a_pptx_slides_notes_and_tables_are_part_of_its_text() -> None:
+    import pptx
+    from pptx.util import Inches
+
+    presentation = pptx.Presentation()
+    slide = presentation.slides.add_slide(presentation.slide_layouts[5])  # title only
+    slide.shapes.title.text = "Figures"
+    table = slide.shapes.add_table(2, 2, Inches(1), Inches(2), Inches(4), Inches(1)).table
+    for (row, column), value in {(0, 0): "year", (0, 1): "sales", (1, 0): "2025", (1, 1): "12"}.items():
+        table.cell(row, column).text = value
+    slide.notes_slide.notes_text_frame.text = "Mention the growth."
+    out = BytesIO()
+    presentation.save(out)
+    [section] = parse_bytes(".pptx", out.getvalue()).sections
+    assert section.text == "Figures\n\nyear\tsales\n2025\t12\n\nMention the growth."
+
+
 def test_a_pptx_gives_one_section_per_slide_headed_by_its_title() -> None:
     parsed = parse_bytes(".pptx", pptx_bytes([("Plan", ["Ship it", "Measure it"]), ("Risks", ["None known"])], title="Roadmap"))
     assert parsed.format == "pptx" and parsed.title == "Roadmap" and parsed.pages == 2

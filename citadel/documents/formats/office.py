@@ -44,6 +44,7 @@ def parse_xlsx(data: bytes) -> ParsedFile:
 
 
 def clean(text: str | None) -> str:
+    """``text`` with its runs of whitespace made single spaces."""
     return " ".join((text or "").split())
 
 
@@ -94,6 +95,7 @@ class _Outline:
 
 
 def read_docx(stream: BytesIO) -> ParsedFile:
+    """The body's paragraphs and tables in order, sections starting at Title and Heading N paragraphs."""
     import docx
     from docx.enum.style import WD_STYLE_TYPE
     from docx.table import Table
@@ -110,13 +112,13 @@ def read_docx(stream: BytesIO) -> ParsedFile:
                 outline.add("\n".join(rows))
             continue
         text = clean(item.text)
+        if not text:
+            continue
         style_id = item._p.style
         if style_id not in names:
             names[style_id] = document.part.get_style(style_id, WD_STYLE_TYPE.PARAGRAPH).name or ""
         style = names[style_id]
         level = heading_level(style)
-        if not text:
-            continue
         if level is None:
             outline.add(text, item=style.startswith("List"))
             continue
@@ -143,6 +145,7 @@ def table_rows(table: Any) -> list[str]:
 
 
 def read_pptx(stream: BytesIO) -> ParsedFile:
+    """Each slide with text as a section: its title, its shapes' text and tables, its notes."""
     import pptx
 
     presentation = pptx.Presentation(stream)
@@ -179,6 +182,7 @@ def shape_blocks(shape: Any) -> Iterator[str]:
 
 
 def read_xlsx(stream: BytesIO) -> ParsedFile:
+    """Each worksheet with values as a section; cached formula results, not the formulas."""
     import openpyxl
 
     workbook = openpyxl.load_workbook(stream, read_only=True, data_only=True)
