@@ -220,6 +220,10 @@ class SearchHit(Result):
     chunk_index: int | None = None
     text: str | None = None
     source: str | None = None
+    title: str | None = Field(None, description="The document's title, where its format has one (PDF, HTML, Office, EPUB).")
+    page: int | None = Field(None, description="The page (a PDF page, a slide, an EPUB chapter) the chunk starts on.")
+    section: str | None = Field(None, description="The headings above the chunk, outermost first, joined by ' > '.")
+    uri: str | None = Field(None, description="Where to open the document: its path, or its object's s3:// URI.")
     payload: dict[str, Any] = Field(default_factory=dict, description="The rest of the point's payload (metadata, model, ...).")
 
 

@@ -186,6 +186,11 @@ def search(
     for rank, hit in enumerate(hits, start=1):
         snippet = " ".join(str(hit["text"]).split())[:200]
         out.print(f"[bold]{rank}.[/bold] {hit['score']:.3f}  {hit['document_id']} #{hit['chunk_index']}", highlight=False)
+        where = " · ".join(part for part in (
+            hit.get("title"), f"page {hit['page']}" if hit.get("page") else None, hit.get("section"),
+        ) if part)
+        if where:
+            out.print(f"   {where}", highlight=False, markup=False)
         out.print(f"   {snippet}", highlight=False)
 
 

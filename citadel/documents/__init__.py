@@ -9,8 +9,9 @@ from citadel.exports import lazy_exports
 
 if TYPE_CHECKING:
     from citadel.documents.chunking import CHUNKER_VERSION, Chunk, chunk_sections, chunk_text
+    from citadel.documents.isolation import ParserPool, close_shared_pool, shared_pool
     from citadel.documents.listing import SUPPORTED_SUFFIXES, SourceGroup, SourceListing, iter_groups, list_source, shard_listing
-    from citadel.documents.loading import Document, LoadFailure, documents_from_records, load_file, load_group
+    from citadel.documents.loading import Document, LoadFailure, documents_from_records, has_rich_files, load_file, load_group
     from citadel.documents.parsed import ParsedFile, ParseError, Section
     from citadel.documents.sharding import check_shard, shard_of
     from citadel.documents.sourceroots import SourceRoots, is_inline_name, source_name_problem
@@ -20,6 +21,7 @@ __all__ = [
     "Chunk",
     "Document",
     "LoadFailure",
+    "ParserPool",
     "ParseError",
     "ParsedFile",
     "Section",
@@ -30,7 +32,9 @@ __all__ = [
     "check_shard",
     "chunk_sections",
     "chunk_text",
+    "close_shared_pool",
     "documents_from_records",
+    "has_rich_files",
     "is_inline_name",
     "iter_groups",
     "list_source",
@@ -38,6 +42,7 @@ __all__ = [
     "load_group",
     "shard_listing",
     "shard_of",
+    "shared_pool",
     "source_name_problem",
 ]
 
@@ -46,6 +51,7 @@ __getattr__ = lazy_exports(__name__, {
     "Chunk": "chunking",
     "Document": "loading",
     "LoadFailure": "loading",
+    "ParserPool": "isolation",
     "ParseError": "parsed",
     "ParsedFile": "parsed",
     "Section": "parsed",
@@ -56,7 +62,9 @@ __getattr__ = lazy_exports(__name__, {
     "check_shard": "sharding",
     "chunk_sections": "chunking",
     "chunk_text": "chunking",
+    "close_shared_pool": "isolation",
     "documents_from_records": "loading",
+    "has_rich_files": "loading",
     "is_inline_name": "sourceroots",
     "iter_groups": "listing",
     "list_source": "listing",
@@ -64,5 +72,6 @@ __getattr__ = lazy_exports(__name__, {
     "load_group": "loading",
     "shard_listing": "listing",
     "shard_of": "sharding",
+    "shared_pool": "isolation",
     "source_name_problem": "sourceroots",
 })

@@ -118,7 +118,8 @@ def _units(sections: Sequence[Section], size: int) -> list[tuple[int, int]]:
 
 def chunk_sections(sections: Sequence[Section], size: int = 1000, overlap: int = 100) -> list[tuple[Chunk, Section]]:
     """Chunk a parsed document so that chunks end at its sections' edges (pages, headings): each
-    chunk with the section it starts in. Indexes and offsets run over the whole text, the
+    chunk with the section that holds most of its text (a heading packed with its subsection's
+    paragraph is labelled by the subsection). Indexes and offsets run over the whole text, the
     non-empty sections joined by blank lines, so every chunk is an exact slice of it."""
     kept = [s for s in sections if s.text]
     out: list[tuple[Chunk, Section]] = []
@@ -131,5 +132,7 @@ def chunk_sections(sections: Sequence[Section], size: int = 1000, overlap: int =
         text = SECTION_GAP.join(s.text for s in kept[first : last + 1])
         base = offsets[first]
         for piece in chunk_text(text, size, overlap):
-            out.append((Chunk(len(out), piece.text, base + piece.start, base + piece.end), kept[first]))
+            start, end = base + piece.start, base + piece.end
+            holder = max(range(first, last + 1), key=lambda i: min(end, offsets[i] + len(kept[i].text)) - max(start, offsets[i]))
+            out.append((Chunk(len(out), piece.text, start, end), kept[holder]))
     return out

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from citadel.documents.formats import RICH_SUFFIXES
 from citadel.documents.sourceroots import OUTSIDE_ROOTS, SourceRoots, glob_inside, inside
 from citadel.errors import ConfigurationError
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
+PLAIN_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
+SUPPORTED_SUFFIXES = PLAIN_SUFFIXES + RICH_SUFFIXES
 
 
 @dataclass

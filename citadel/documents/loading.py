@@ -1,23 +1,28 @@
-"""Reading documents: a file decoded (UTF-8 text, JSON or JSONL records), or inline records, into
+"""Reading documents: a file decoded (UTF-8 text, JSON or JSONL records) or parsed (PDF, HTML,
+Office, EPUB, in the parser pool of :mod:`citadel.documents.isolation`), or inline records, into
 :class:`Document` objects with stable ids; a file that cannot become a document (empty, binary,
-not UTF-8, too large, malformed JSON) becomes a :class:`LoadFailure` with its reason instead of
-stopping the run.
+not UTF-8, too large, malformed JSON, encrypted, over the parse limits) becomes a
+:class:`LoadFailure` with its reason instead of stopping the run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from citadel.documents.formats import RICH_SUFFIXES
 from citadel.documents.listing import SourceGroup
-from citadel.documents.parsed import Section
+from citadel.documents.parsed import ParsedFile, Section
 from citadel.documents.sourceroots import SourceRoots, open_inside
 from citadel.hashing import has_lone_surrogate, sha256_text
 from citadel.nesting import DEFAULT_MAX_DEPTH, value_depth_exceeds
+
+if TYPE_CHECKING:  # the pool (pebble, the settings) is imported only by a group that parses
+    from citadel.documents.isolation import ParseFailure, ParseJob, ParserPool
 
 
 @dataclass
@@ -226,11 +231,79 @@ def documents_from_records(
         yield _check_text(doc)
 
 
-def load_group(group: SourceGroup, source: str, max_file_bytes: int) -> list[Document | LoadFailure]:
-    """The documents of one group, read one file at a time."""
+def has_rich_files(group: SourceGroup) -> bool:
+    """Whether loading ``group`` parses files (PDF, HTML, Office, EPUB) in the parser pool."""
+    return any(is_rich(path) for path in group.paths)
+
+
+def is_rich(path: Path) -> bool:
+    return path.suffix.lower() in RICH_SUFFIXES
+
+
+def load_group(
+    group: SourceGroup, source: str, max_file_bytes: int, parsers: Callable[[], ParserPool] | None = None
+) -> list[Document | LoadFailure]:
+    """The documents of one group, in its files' order: plain files read one at a time, rich ones
+    parsed in parallel in the parser pool (``parsers``, asked for only when the group has one)."""
     if group.records:
         return list(documents_from_records(group.records, source, offset=group.done - len(group.records)))
+    parsed: dict[Path, Document | LoadFailure] = {}
+    rich = [path for path in group.paths if is_rich(path)]
+    if rich:
+        from citadel.documents.isolation import shared_pool
+
+        pool = parsers() if parsers is not None else shared_pool()
+        parsed = parse_files(rich, source, max_file_bytes, group.roots, pool)
     items: list[Document | LoadFailure] = []
     for path in group.paths:
-        items.extend(load_file(path, source, max_file_bytes, group.roots))
+        if path in parsed:
+            items.append(parsed[path])
+        else:
+            items.extend(load_file(path, source, max_file_bytes, group.roots))
     return items
+
+
+def parse_files(
+    paths: Sequence[Path], source: str, max_bytes: int, roots: SourceRoots | None, pool: ParserPool
+) -> dict[Path, Document | LoadFailure]:
+    """Rich files parsed in the pool, each read only when a worker is free for it (so the bytes
+    held stay bounded): a document each, or a failure with its reason (too large, outside the
+    roots, encrypted, over the time or memory limit, ...)."""
+    out: dict[Path, Document | LoadFailure] = {}
+    sent: list[Path] = []
+
+    def jobs() -> Iterator[ParseJob]:
+        for path in paths:
+            doc_id = str(path)
+            if has_lone_surrogate(doc_id):
+                out[path] = LoadFailure(printable_id(doc_id), source, "the file name is not valid UTF-8; rename it")
+                continue
+            try:
+                data = _read(path, max_bytes, roots)
+            except (OSError, ValueError) as exc:
+                out[path] = _unreadable(doc_id, source, str(exc))
+                continue
+            sent.append(path)
+            yield path.suffix.lower(), data, doc_id
+
+    for number, result in enumerate(pool.iter_parse(jobs())):
+        path = sent[number]
+        out[path] = _parsed_document(path, source, result)
+    return out
+
+
+def _parsed_document(path: Path, source: str, result: ParsedFile | ParseFailure) -> Document | LoadFailure:
+    doc_id = str(path)
+    if not isinstance(result, ParsedFile):
+        return _unreadable(doc_id, source, result.reason)
+    metadata: dict[str, Any] = {"path": doc_id, "extension": path.suffix.lower(), "format": result.format}
+    if result.title:
+        metadata["title"] = result.title
+    if result.pages is not None:
+        metadata["pages"] = result.pages
+    sections = [section for section in result.sections if section.text.strip()]
+    if not sections:
+        return _unreadable(doc_id, source, f"no text in this {result.format.upper()} file")
+    doc = Document(doc_id, ParsedFile(result.format, sections).text, source, metadata, origin=doc_id, sections=sections)
+    checked = _check_text(doc)
+    return _unreadable(doc_id, source, checked.reason) if isinstance(checked, LoadFailure) else checked

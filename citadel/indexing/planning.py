@@ -7,6 +7,7 @@ chunked, and only its chunks the store does not already hold as they are now are
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from citadel.documents import (
     SourceGroup,
     chunk_sections,
     chunk_text,
+    has_rich_files,
     load_group,
 )
 from citadel.hashing import point_id, sha256_text
@@ -316,7 +318,13 @@ async def plan_groups(
     plans: list[BatchPlan] = []
     added = SeenDocuments()
     for group in groups:
-        items, added = seen.screen(load_group(group, source, settings.max_file_bytes), added)
+        if has_rich_files(group):  # parsing takes seconds: the event loop goes on embedding meanwhile
+            from citadel.documents import shared_pool  # pebble and the pool, only for a source that parses
+
+            loaded = await asyncio.to_thread(load_group, group, source, settings.max_file_bytes, lambda: shared_pool(settings))
+        else:
+            loaded = load_group(group, source, settings.max_file_bytes)
+        items, added = seen.screen(loaded, added)
         plans.append(await plan_batch(
             await resources.registry(), collection, resources.embedder.model, items,
             chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,

@@ -56,6 +56,8 @@ class Hit:
     def to_result(self) -> SearchHit:
         """The public search hit: Citadel's payload fields lifted, the rest kept as ``payload``."""
         payload = dict(self.payload)
+        metadata = payload.get("metadata")
+        where = metadata if isinstance(metadata, dict) else {}
         return SearchHit(
             score=self.score,
             id=self.id,
@@ -63,12 +65,20 @@ class Hit:
             chunk_index=payload.pop("chunk_index", None),
             text=payload.pop("text", None),
             source=payload.pop("source", None),
+            title=_text_or_none(where.get("title")),
+            page=where.get("page") if isinstance(where.get("page"), int) else None,
+            section=_text_or_none(where.get("section")),
+            uri=_text_or_none(where.get("uri") or where.get("path")),
             payload=payload,
         )
 
     def as_dict(self) -> dict[str, Any]:
         """:meth:`to_result` as JSON."""
         return self.to_result().to_json()
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 class VectorStore:
