@@ -97,6 +97,13 @@ def test_html_without_main_reads_the_body_keeping_lists_as_lines_and_table_rows_
     assert not any(word in parsed.text for word in ("Skip to content", "Related links", "Search", "Enable JS"))
 
 
+def test_html_with_several_articles_keeps_them_all_and_takes_its_title_from_the_head_only() -> None:
+    page = b"<html><body><svg><title>icon</title></svg>" + b"<article><h2>A</h2><p>a</p></article><article><h2>B</h2><p>b</p></article>"
+    parsed = parse_bytes(".html", page)
+    assert parsed.title is None
+    assert [(section.headings, section.text) for section in parsed.sections] == [(("A",), "A\n\na"), (("B",), "B\n\nb")]
+
+
 def test_html_is_decoded_by_its_meta_charset_or_its_bom() -> None:
     latin = "<html><head><meta charset='windows-1252'><title>Caf\u00e9</title></head><body><p>na\u00efve \u2013 ok</p></body></html>"
     assert parse_bytes(".html", latin.encode("cp1252")).text == "na\u00efve \u2013 ok"

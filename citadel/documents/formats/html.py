@@ -50,12 +50,14 @@ def html_sections(markup: str, page: int | None = None) -> tuple[str | None, lis
     """The title and the non-empty sections of one HTML document; ``page`` is given to each
     section (an EPUB's chapter number)."""
     tree = LexborHTMLParser(markup)
-    title_node = tree.css_first("title")
+    title_node = tree.head.css_first("title") if tree.head is not None else None  # not an SVG's <title>
     title = " ".join(title_node.text().split()) if title_node is not None else ""
     tree.strip_tags(DROPPED)
     for node in tree.css('[role="navigation"]'):
         node.decompose()
-    root = tree.css_first("main") or tree.css_first("article") or tree.body or tree.root
+    articles = tree.css("article")
+    # one article is the page's content; several (a blog's front page) are all of it
+    root = tree.css_first("main") or (articles[0] if len(articles) == 1 else None) or tree.body or tree.root
     walker = _Walker(page)
     if root is not None:
         try:
