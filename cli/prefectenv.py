@@ -14,10 +14,13 @@ def debugging() -> bool:
 
 
 def prefect_defaults() -> None:
-    """Before Prefect is imported: no analytics from an offline machine, warnings and up only, and a
-    local Prefect server started by this process ends with it (``deployments.localprefect``)."""
+    """Before Prefect is imported: no analytics from an offline machine, warnings and up only, a
+    local Prefect server started by this process ends with it (``deployments.localprefect``), and
+    that server is given 90 s to start instead of Prefect's 20: on a busy machine its first start
+    (which creates its database) took longer, and the command failed with Prefect's timeout."""
     from deployments.localprefect import guard_local_prefect_server
 
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
