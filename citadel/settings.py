@@ -6,6 +6,7 @@ LRU cache, Qdrant's embedded mode and a SQLite registry under ``CITADEL_DATA_DIR
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -16,6 +17,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from citadel.nesting import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
 
 EmbedderKind = Literal["hashing", "ollama", "openai"]
+
+# A parser process holds about 250 MB of address space (the interpreter, PDFium, lxml, openpyxl and
+# the other readers) before it reads a byte, so a smaller CITADEL_PARSE_MAX_MEMORY_MB parses nothing.
+PARSE_MEMORY_FLOOR_MB = 512
 
 
 def split_comma_list(value: object) -> object:
@@ -114,6 +119,15 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(10 * 1024 * 1024, gt=0)
     document_batch_size: int = Field(256, gt=0, description="Documents per indexing batch, at most.")
     document_batch_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Bytes of files per indexing batch, about.")
+    parse_workers: int = Field(
+        default_factory=lambda: min(2, os.cpu_count() or 1), ge=1,
+        description="Processes that parse PDF, HTML, Office and EPUB files apart from the run; default: 2, or 1 on one core.",
+    )
+    parse_timeout_s: float = Field(30.0, gt=0, description="A file whose parser runs longer is killed and goes to the dead letters.")
+    parse_max_memory_mb: int = Field(
+        1024, ge=PARSE_MEMORY_FLOOR_MB, description="Address space of one parser process, libraries included (about 250 MB "
+        "of it before a file is read); a file that needs more goes to the dead letters.",
+    )
 
     step_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated modules that register workflow step types."
