@@ -62,6 +62,9 @@ def hostile(suffix: str, data: bytes) -> ParsedFile:
         raise ParseError("the PDF is encrypted; decrypt it and index it again")
     if suffix == ".boom":
         raise ValueError("no such\n   part")
+    if suffix == ".near":  # takes the worker past three quarters of its limit, then succeeds
+        bytearray(400 << 20)
+        suffix = ".pid"
     if suffix == ".pid":
         return ParsedFile("txt", [Section(str(os.getpid()))])
     if suffix == ".sleep":
@@ -211,6 +214,13 @@ def test_a_worker_the_sandbox_denies_a_memory_limit_still_parses(monkeypatch: py
     assert "no memory limit, CITADEL_PARSE_MAX_MEMORY_MB is not enforced" in caplog.text
     assert isolation.parse_in_worker(hostile, ".echo", b"text") == ParsedFile("txt", [Section("text")])
     assert not isolation._worker_spent
+
+
+def test_a_worker_a_file_took_near_its_limit_is_replaced_before_the_next_file() -> None:
+    with ParserPool(1, 10.0, MEMORY_MB, parser=hostile, preload=()) as parsers:
+        near, after = texts(parsers.parse_many([(".near", b"", "near"), (".pid", b"", "after")]))
+        assert near.isdigit() and after.isdigit() and near != after  # the next file had a fresh worker
+        assert texts([parsers.parse(".pid", b"", "again")]) == [after]  # which stays
 
 
 def test_a_forked_child_that_exits_leaves_the_parents_workers_alone() -> None:
