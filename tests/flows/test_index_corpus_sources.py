@@ -142,3 +142,27 @@ async def test_an_inline_id_of_another_source_is_refused_not_taken_over(data_dir
     assert stored["1"].source == "crm"
     again = await index_corpus([{"id": "1", "text": "a customer record"}], collection=collection_name, source_name="crm")
     assert again["unchanged"] == 1, "the first source's document is untouched"
+
+
+async def test_the_flow_parses_rich_files_in_its_pool_and_dead_letters_a_bad_one(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    from citadel.documents import close_shared_pool
+    from citadel.testing.richfiles import html_page, pdf_bytes
+
+    corpus = tmp_path / "rich"
+    corpus.mkdir()
+    (corpus / "guide.pdf").write_bytes(pdf_bytes(["Page one of the guide.", "Page two tells of the harbour."], title="Guide"))
+    (corpus / "page.html").write_text(html_page([(1, "Tides"), (None, "Spring tides come twice a month.")]))
+    (corpus / "notes.md").write_text("Plain notes about tangerines.\n")
+    (corpus / "torn.pdf").write_bytes(pdf_bytes(["cut short"])[:200])
+    try:
+        summary = await index_corpus(str(corpus), collection=collection_name)
+    finally:
+        close_shared_pool()
+    assert (summary["added"], summary["failed"]) == (3, 1), summary
+    settings = Settings()
+    vectors, chunks = await index_state(settings, collection_name)
+    assert vectors == chunks > 0
+    (letter,) = await dead_letters_of(settings, collection_name)
+    assert letter.document_id.endswith("torn.pdf") and "not a readable PDF" in letter.error
