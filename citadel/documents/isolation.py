@@ -259,7 +259,7 @@ class ParserPool:
         for index, entry in list(pending.items()):
             if entry.future.done():
                 outcome = self._settle(entry)
-            elif entry.generation != self._generation:
+            elif entry.generation != self._generation or self._closed:
                 outcome = self._retry(entry)
             else:
                 continue
@@ -289,7 +289,9 @@ class ParserPool:
 
     def _retry(self, entry: _Entry, counted: bool = True) -> ParsedFile | ParseFailure | None:
         """Send a file whose worker was lost once more; a second loss is the file's failure."""
-        if (counted and entry.retried) or self._closed:
+        if self._closed:
+            return ParseFailure("not parsed: the parser pool was closed first", "error")
+        if counted and entry.retried:
             return ParseFailure("the parser's worker was lost on this file twice (it crashed or stopped answering)", "crashed")
         fresh = self._submit(entry.job)
         entry.future, entry.generation, entry.retried = fresh.future, fresh.generation, entry.retried or counted
@@ -306,11 +308,8 @@ class ParserPool:
                 self._restart_locked()
                 future = self._pool.schedule(parse_in_worker, args=(self._parser, suffix, data), timeout=self.timeout_s)
             self._last_progress = time.monotonic()  # the stall clock starts at the first file in flight
-            future.add_done_callback(self._progressed)
+            future.add_done_callback(lambda _: setattr(self, "_last_progress", time.monotonic()))
             return _Entry(job, future, self._generation)
-
-    def _progressed(self, _: object) -> None:
-        self._last_progress = time.monotonic()
 
     def _restart(self, generation: int) -> None:
         """Replace the workers, once per broken pool however many files noticed it."""

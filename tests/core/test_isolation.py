@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import struct
+import threading
 import time
 import zipfile
 import zlib
@@ -221,6 +222,18 @@ def test_a_worker_a_file_took_near_its_limit_is_replaced_before_the_next_file() 
         near, after = texts(parsers.parse_many([(".near", b"", "near"), (".pid", b"", "after")]))
         assert near.isdigit() and after.isdigit() and near != after  # the next file had a fresh worker
         assert texts([parsers.parse(".pid", b"", "again")]) == [after]  # which stays
+
+
+def test_closing_a_pool_ends_the_files_in_flight_on_another_thread() -> None:
+    parsers = ParserPool(1, 10.0, MEMORY_MB, parser=hostile, preload=())
+    assert texts([parsers.parse(".echo", b"ready", "ready")]) == ["ready"]
+    done: list[list[str]] = []
+    thread = threading.Thread(target=lambda: done.append(texts(parsers.parse_many([(".sleep", b"5", "a"), (".echo", b"b", "b")]))))
+    thread.start()
+    time.sleep(0.5)
+    parsers.close()
+    thread.join(timeout=10)
+    assert done == [["error: not parsed: the parser pool was closed first"] * 2]
 
 
 def test_a_forked_child_that_exits_leaves_the_parents_workers_alone() -> None:
