@@ -129,6 +129,12 @@ class Settings(BaseSettings):
         "of it before a file is read); a file that needs more goes to the dead letters.",
     )
 
+    s3_endpoint_url: str | None = Field(
+        None, description="The endpoint of an S3-compatible store (MinIO, Ceph, R2) for s3:// sources; unset means AWS S3. "
+        "Credentials come from AWS's own chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance role), never from a setting.",
+    )
+    s3_region: str | None = Field(None, description="The region of s3:// sources' buckets; default: AWS_REGION, the profile's, us-east-1.")
+
     step_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated modules that register workflow step types."
     )
@@ -157,6 +163,15 @@ class Settings(BaseSettings):
     @classmethod
     def _need_http(cls, value: str) -> str:
         return http_url(value)
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.strip().lower().startswith(("http://", "https://")):
+            raise ValueError("CITADEL_S3_ENDPOINT_URL needs its scheme, e.g. http://localhost:9000 (MinIO) or https://<account>.r2.cloudflarestorage.com")
+        return value.strip().rstrip("/")
 
     @field_validator("database_url")
     @classmethod
