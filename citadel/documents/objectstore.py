@@ -147,6 +147,7 @@ class S3Source:
         self, location: S3Location, *, endpoint_url: str | None = None, region: str | None = None, retries: int = 3
     ) -> None:
         self.location = location
+        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")  # as boto3 reads them
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
         options, self.key_id, found_region = _credentials()
         self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or found_region or DEFAULT_REGION
