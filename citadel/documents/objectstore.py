@@ -335,7 +335,6 @@ def _credentials() -> tuple[dict[str, Any], str | None, str | None]:
     return {"credential_provider": provider}, provider.credentials.access_key, region
 
 
-
 def check_access(location: S3Location, settings: Settings) -> S3Source:
     """The source of ``location`` once one of its keys could be listed, else a ConfigurationError in
     one line (a missing bucket, refused credentials, an unreachable endpoint): the check before any work."""

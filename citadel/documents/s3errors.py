@@ -72,7 +72,7 @@ def describe_error(exc: BaseException, bucket: str, uri: str, endpoint: str, key
             f"{code or status}; it needs s3:ListBucket and s3:GetObject on {uri}",
         )
     if code in REGION_CODES or status == 301:
-        return Failure("region", f"bucket {bucket!r} is not in region {_region_of(endpoint)} ({code or status}); set CITADEL_S3_REGION")
+        return Failure("region", f"bucket {bucket!r} at {endpoint} is in another region ({code or status}); set CITADEL_S3_REGION")
     if isinstance(exc, (NotFoundError, FileNotFoundError)):
         return Failure("gone", f"not found at {endpoint}")
     problem = _connection_problem(text) if status is None else None
@@ -81,7 +81,3 @@ def describe_error(exc: BaseException, bucket: str, uri: str, endpoint: str, key
     message = _MESSAGE.search(text)
     said = message.group(1) if message else text.splitlines()[0][:200] if text else type(exc).__name__
     return Failure("other", f"the object store at {endpoint} answered {status or ''} {code}: {said}".replace("  ", " "))
-
-
-def _region_of(endpoint: str) -> str:
-    return endpoint[len("AWS S3 (") : -1] if endpoint.startswith("AWS S3 (") else "the one set"
