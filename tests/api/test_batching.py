@@ -21,12 +21,15 @@ class Backend:
         self.fail = fail
         self.running = 0
         self.most_running = 0
+        self.hold: asyncio.Event | None = None  # when set, every call waits for it: a batch kept in flight
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         self.calls.append(list(texts))
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
+            if self.hold is not None:
+                await self.hold.wait()
             await asyncio.sleep(self.seconds)
             if self.fail:
                 raise EmbedderError("backend down", transient=True)
@@ -89,6 +92,24 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_others() -> None:
     await batcher.aclose()
 
 
+async def _in_flight(backend: Backend, batcher: MicroBatcher, text: str) -> asyncio.Task[np.ndarray]:
+    """``text`` embedding alone and held in the backend, so that the next callers queue behind it
+    whatever the machine's load (a batch that ended before they came would not make them wait)."""
+    backend.hold = asyncio.Event()
+    task = asyncio.create_task(batcher.embed([text]))
+    while not backend.calls:
+        await asyncio.sleep(0)
+    return task
+
+
+async def _release_when_queued(backend: Backend) -> None:
+    """Let the held batch end once the callers gathered meanwhile have all reached the batcher."""
+    for _ in range(10):  # each caller reaches the batcher's queue within a few turns of the loop
+        await asyncio.sleep(0)
+    assert backend.hold is not None
+    backend.hold.set()
+
+
 class Picky(Backend):
     """A backend that fails a whole batch when any text in it is poisoned, as an encoder does."""
 
@@ -110,10 +131,11 @@ class Picky(Backend):
 async def test_a_failing_text_fails_only_its_own_caller(error: Exception) -> None:
     backend = Picky(error)
     batcher = MicroBatcher(backend.embed, slots=1, max_texts=64, wait_s=0.05)
-    blocker = asyncio.create_task(batcher.embed(["first, alone in its batch"]))
-    await asyncio.sleep(0.001)
+    blocker = await _in_flight(backend, batcher, "first, alone in its batch")
     callers = [batcher.embed([f"good {i}", f"shared {i % 3}"]) for i in range(15)]
-    outcomes = await asyncio.gather(*callers, batcher.embed(["good 0", "poison"]), return_exceptions=True)
+    gathered = asyncio.gather(*callers, batcher.embed(["good 0", "poison"]), return_exceptions=True)
+    await _release_when_queued(backend)
+    outcomes = await gathered
     await blocker
     assert any(len(call) > 16 and any("poison" in t for t in call) for call in backend.calls)  # it did share a batch
     for i, outcome in enumerate(outcomes[:15]):
@@ -130,9 +152,10 @@ async def test_a_failing_text_fails_only_its_own_caller(error: Exception) -> Non
 async def test_a_backend_that_is_down_fails_the_batch_at_once_without_splitting() -> None:
     backend = Picky(EmbedderError("cannot reach embedding server", transient=True))
     batcher = MicroBatcher(backend.embed, slots=1, max_texts=64, wait_s=0.05)
-    blocker = asyncio.create_task(batcher.embed(["first"]))
-    await asyncio.sleep(0.001)
-    outcomes = await asyncio.gather(*(batcher.embed([f"poison {i}"]) for i in range(10)), return_exceptions=True)
+    blocker = await _in_flight(backend, batcher, "first")
+    gathered = asyncio.gather(*(batcher.embed([f"poison {i}"]) for i in range(10)), return_exceptions=True)
+    await _release_when_queued(backend)
+    outcomes = await gathered
     await blocker
     assert all(isinstance(o, EmbedderError) for o in outcomes)
     assert len(backend.calls) == 2 and batcher.stats.splits == 0  # the first text's batch, then one of ten
