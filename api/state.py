@@ -115,13 +115,19 @@ def leave_sigterm_to_the_service() -> None:
 
 
 async def _start_local_prefect() -> None:
-    from prefect.client.orchestration import get_client
-
+    """Start the local Prefect server in a thread: Prefect waits for it to answer in a blocking
+    loop, which on the event loop held the API's own start (and /livez) for as long."""
     try:
-        async with get_client() as client:
-            await client.api_healthcheck()
+        await asyncio.to_thread(_reach_local_prefect)
     except Exception as exc:  # noqa: BLE001 - the first workflow request will say what is wrong
         log.warning("the local Prefect server did not start: %s", exc)
+
+
+def _reach_local_prefect() -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
 
 
 def _stop_local_prefect() -> None:
