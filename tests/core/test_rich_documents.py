@@ -16,7 +16,7 @@ from citadel.search import search_with
 from citadel.settings import Settings
 from citadel.testing.richfiles import docx_bytes, epub_bytes, html_page, pdf_bytes, pptx_bytes, xlsx_bytes, zip_bomb
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]  # it starts the parser pool's processes
 
 
 def _folder(root: Path) -> Path:
