@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from contextlib import AsyncExitStack
 from typing import Annotated
@@ -115,12 +116,31 @@ def leave_sigterm_to_the_service() -> None:
 
 
 async def _start_local_prefect() -> None:
-    """Start the local Prefect server in a thread: Prefect waits for it to answer in a blocking
-    loop, which on the event loop held the API's own start (and /livez) for as long."""
-    try:
-        await asyncio.to_thread(_reach_local_prefect)
-    except Exception as exc:  # noqa: BLE001 - the first workflow request will say what is wrong
-        log.warning("the local Prefect server did not start: %s", exc)
+    """Start the local Prefect server in a thread of its own: Prefect waits for it to answer in a
+    blocking loop, which on the event loop held the API's own start (and /livez) for as long. A
+    daemon thread, so that a shutdown during a slow start does not wait for it (the default
+    executor's threads are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def reach() -> None:
+        try:
+            _reach_local_prefect()
+            error: BaseException | None = None
+        except Exception as exc:  # noqa: BLE001 - reported on the loop below
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, outcome, error)
+
+    threading.Thread(target=reach, name="citadel-local-prefect", daemon=True).start()
+    error = await outcome
+    if error is not None:  # the first workflow request will say what is wrong
+        log.warning("the local Prefect server did not start: %s", error)
+
+
+def _settle(outcome: asyncio.Future[BaseException | None], error: BaseException | None) -> None:
+    if not outcome.done():  # not cancelled by a shutdown meanwhile
+        outcome.set_result(error)
 
 
 def _reach_local_prefect() -> None:

@@ -95,6 +95,13 @@ def _in_background(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     return task
 
 
+async def given_back() -> None:
+    """Wait until every slot being given back in the background has been (a process about to
+    exit, or a test that counts the slots)."""
+    while _giving_back:
+        await asyncio.gather(*list(_giving_back), return_exceptions=True)
+
+
 def _say(message: str, level: int = logging.WARNING) -> None:
     """In the run's log and Citadel's: a wait is a warning (the command's console shows it), a
     slot given back on the way is information."""

@@ -42,7 +42,7 @@ def corpus(tmp_path: Path) -> Path:
     write(root / "sub" / "e.jsonl", '{"text": "e"}\n')
     write(root / "f.rst", "eff")
     write(root / "image.png", b"\x89PNG")
-    write(root / "notes.docx", "no")
+    write(root / "notes.odt", "no")
     write(root / ".git" / "config.txt", "hidden")
     write(root / "sub" / ".cache" / "x.md", "hidden")
     return root
@@ -114,7 +114,10 @@ def test_list_missing_path(tmp_path: Path) -> None:
 
 def test_supported_suffixes() -> None:
     """The documented file types are the supported ones."""
-    assert set(SUPPORTED_SUFFIXES) == {".txt", ".md", ".rst", ".json", ".jsonl", ".py"}
+    assert set(SUPPORTED_SUFFIXES) == {
+        ".txt", ".md", ".rst", ".json", ".jsonl", ".py",  # plain text and records
+        ".pdf", ".html", ".htm", ".xhtml", ".docx", ".pptx", ".xlsx", ".epub",  # parsed (docs/documents.md)
+    }
 
 
 # load_file ---------------------------------------------------------------------------------

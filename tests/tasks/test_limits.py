@@ -16,7 +16,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.exceptions import ObjectNotFound
 
 from citadel.settings import Settings
-from tasks.limits import EarlySlot, embedding_slot, limit_name
+from tasks.limits import EarlySlot, embedding_slot, given_back, limit_name
 
 pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
@@ -109,7 +109,7 @@ async def test_runs_cancelled_while_waiting_leave_no_slot_taken(settings: Settin
         await asyncio.sleep(delay)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    await asyncio.sleep(0.5)  # the give-backs run to their end in the background
+    await given_back()  # the give-backs run to their end in the background
     assert await active_slots(settings) == 0
     assert await holders_of(settings) == []
     await asyncio.wait_for(embed_once(), timeout=10)
