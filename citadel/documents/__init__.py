@@ -1,5 +1,6 @@
-"""Documents: listing a source (a folder, a glob, inline records) inside its sandbox roots, reading and
-decoding its files, and chunking their text."""
+"""Documents: listing a source (a folder, a glob, inline records, an S3 bucket's objects) inside its
+sandbox roots, reading, decoding or parsing its files (PDF, HTML, Office, EPUB, in isolated parser
+processes), and chunking their text at its sections' edges."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ if TYPE_CHECKING:
     from citadel.documents.isolation import ParserPool, close_shared_pool, shared_pool
     from citadel.documents.listing import SUPPORTED_SUFFIXES, SourceGroup, SourceListing, iter_groups, list_source, shard_listing
     from citadel.documents.loading import Document, LoadFailure, documents_from_records, has_rich_files, load_file, load_group
+    from citadel.documents.objectstore import (
+        FetchedObject,
+        ObjectEntry,
+        ObjectStoreUnavailable,
+        ObjectUnreadable,
+        S3Location,
+        S3Source,
+        check_access,
+        is_s3_uri,
+        parse_s3_uri,
+    )
     from citadel.documents.parsed import ParsedFile, ParseError, Section
     from citadel.documents.sharding import check_shard, shard_of
     from citadel.documents.sourceroots import SourceRoots, is_inline_name, source_name_problem
@@ -20,15 +32,22 @@ __all__ = [
     "CHUNKER_VERSION",
     "Chunk",
     "Document",
+    "FetchedObject",
     "LoadFailure",
-    "ParserPool",
+    "ObjectEntry",
+    "ObjectStoreUnavailable",
+    "ObjectUnreadable",
     "ParseError",
     "ParsedFile",
-    "Section",
+    "ParserPool",
+    "S3Location",
+    "S3Source",
     "SUPPORTED_SUFFIXES",
+    "Section",
     "SourceGroup",
     "SourceListing",
     "SourceRoots",
+    "check_access",
     "check_shard",
     "chunk_sections",
     "chunk_text",
@@ -36,10 +55,12 @@ __all__ = [
     "documents_from_records",
     "has_rich_files",
     "is_inline_name",
+    "is_s3_uri",
     "iter_groups",
     "list_source",
     "load_file",
     "load_group",
+    "parse_s3_uri",
     "shard_listing",
     "shard_of",
     "shared_pool",
@@ -50,15 +71,22 @@ __getattr__ = lazy_exports(__name__, {
     "CHUNKER_VERSION": "chunking",
     "Chunk": "chunking",
     "Document": "loading",
+    "FetchedObject": "objectstore",
     "LoadFailure": "loading",
-    "ParserPool": "isolation",
+    "ObjectEntry": "objectstore",
+    "ObjectStoreUnavailable": "objectstore",
+    "ObjectUnreadable": "objectstore",
     "ParseError": "parsed",
     "ParsedFile": "parsed",
-    "Section": "parsed",
+    "ParserPool": "isolation",
+    "S3Location": "objectstore",
+    "S3Source": "objectstore",
     "SUPPORTED_SUFFIXES": "listing",
+    "Section": "parsed",
     "SourceGroup": "listing",
     "SourceListing": "listing",
     "SourceRoots": "sourceroots",
+    "check_access": "objectstore",
     "check_shard": "sharding",
     "chunk_sections": "chunking",
     "chunk_text": "chunking",
@@ -66,10 +94,12 @@ __getattr__ = lazy_exports(__name__, {
     "documents_from_records": "loading",
     "has_rich_files": "loading",
     "is_inline_name": "sourceroots",
+    "is_s3_uri": "objectstore",
     "iter_groups": "listing",
     "list_source": "listing",
     "load_file": "loading",
     "load_group": "loading",
+    "parse_s3_uri": "objectstore",
     "shard_listing": "listing",
     "shard_of": "sharding",
     "shared_pool": "isolation",
