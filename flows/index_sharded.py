@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.deployments.flow_runs import arun_deployment
+from prefect.runtime import flow_run
 
 from citadel.documents import list_source
 from citadel.models import RunCounts, ShardedRunSummary
@@ -41,11 +42,15 @@ async def index_sharded(
     parameters = {"source": listing.key, "collection": collection, "full": full, "shards": shards}
     if embedder is not None:
         parameters["embedder"] = embedder.model_dump(exclude_none=True)
+    # A shard's run is created once per attempt of this run: the Prefect client retries a create
+    # whose answer was lost (under load), and without a key each retry made another run of that shard.
+    attempt = f"{flow_run.get_id()}-{flow_run.get_run_count()}"
     runs = await asyncio.gather(
         *(
             arun_deployment(
                 deployment, parameters={**parameters, "shard": shard}, timeout=timeout_s, poll_interval=1,
                 flow_run_name=f"{collection}-shard-{shard}-of-{shards}",
+                idempotency_key=f"{attempt}-shard-{shard}-of-{shards}",
             )
             for shard in range(shards)
         )
