@@ -82,6 +82,12 @@ class ServiceState:
             # use (seconds): started now, in the background, not on the first workflow request.
             self._warmup = asyncio.create_task(_start_local_prefect())
 
+    async def prefect_ready(self) -> None:
+        """Wait for the local Prefect server's start when it is under way: a client asking for it
+        meanwhile would start it a second time, which Prefect refuses ("Server process did not start")."""
+        if self._warmup is not None and not self._warmup.done():
+            await asyncio.shield(self._warmup)
+
     async def close(self, grace_s: float = RUN_GRACE_S) -> None:
         """Let runs started here finish for ``grace_s``, cancel the rest, then close the backends."""
         running = {run.task: run for run in self.runs_here.values() if not run.task.done()}

@@ -97,6 +97,7 @@ async def create_workflow(
     # none), here or on a worker, and file inline records under the caller's own names.
     roots = [str(root) for root in state.api.source_roots]
     owner = identity.subject
+    await state.prefect_ready()
     if _runs_here(state):
         report, run = await start_workflow_here(workflow, source_roots=roots, inline_owner=owner)
         run_id = report.flow_run_id
@@ -117,7 +118,8 @@ async def create_workflow(
 
 @router.get("/workflow/{task_id}/status", response_model=WorkflowStatus, name="workflow_status_route",
             dependencies=[Depends(require("workflows"))], summary="A run's state and every step's")
-async def status(task_id: str) -> WorkflowStatus:
+async def status(task_id: str, state: State) -> WorkflowStatus:
+    await state.prefect_ready()
     try:
         return WorkflowStatus.of(await workflow_status(_run_id(task_id)))
     except ConfigurationError as exc:
@@ -127,6 +129,7 @@ async def status(task_id: str) -> WorkflowStatus:
 @router.post("/workflow/{task_id}/cancel", response_model=WorkflowStatus, dependencies=[Depends(require("workflows"))],
              summary="Cancel a run that has not finished")
 async def cancel(task_id: str, state: State) -> WorkflowStatus:
+    await state.prefect_ready()
     run_id = _run_id(task_id)
     here = state.runs_here.get(run_id)
     if here is not None:  # a run of this process stops here: no worker watches it
@@ -140,5 +143,6 @@ async def cancel(task_id: str, state: State) -> WorkflowStatus:
 
 @router.get("/workflows", response_model=WorkflowList, dependencies=[Depends(require("workflows"))],
             summary="The newest workflow runs")
-async def workflows(limit: int = Query(20, ge=1, le=200)) -> WorkflowList:
+async def workflows(state: State, limit: int = Query(20, ge=1, le=200)) -> WorkflowList:
+    await state.prefect_ready()
     return WorkflowList(workflows=[WorkflowStatus.of(report) for report in await recent_workflows(limit)])
