@@ -120,6 +120,13 @@ def _unreadable(file_id: str, source: str, reason: str) -> LoadFailure:
     return LoadFailure(file_id, source, reason, origin=file_id)
 
 
+def _misnamed(doc_id: str, source: str) -> LoadFailure | None:
+    """A file whose name is not valid UTF-8 (undecodable bytes) cannot be an id: its failure, else None."""
+    if has_lone_surrogate(doc_id):
+        return LoadFailure(printable_id(doc_id), source, "the file name is not valid UTF-8; rename it")
+    return None
+
+
 def _read(path: Path, max_bytes: int, roots: SourceRoots | None) -> bytes:
     """The bytes of ``path``, refused over ``max_bytes``; with ``roots``, read from the one
     descriptor :func:`open_inside` checked."""
@@ -144,8 +151,8 @@ def load_file(path: Path, source: str, max_bytes: int, roots: SourceRoots | None
     swapped in since it was listed, is a failure and is never read.
     """
     doc_id = str(path)
-    if has_lone_surrogate(doc_id):
-        return [LoadFailure(printable_id(doc_id), source, "the file name is not valid UTF-8; rename it")]
+    if (misnamed := _misnamed(doc_id, source)) is not None:
+        return [misnamed]
     try:
         text = _decode(path, _read(path, max_bytes, roots))
     except (OSError, ValueError) as exc:
@@ -275,8 +282,8 @@ def parse_files(
     def jobs() -> Iterator[ParseJob]:
         for path in paths:
             doc_id = str(path)
-            if has_lone_surrogate(doc_id):
-                out[path] = LoadFailure(printable_id(doc_id), source, "the file name is not valid UTF-8; rename it")
+            if (misnamed := _misnamed(doc_id, source)) is not None:
+                out[path] = misnamed
                 continue
             try:
                 data = _read(path, max_bytes, roots)
