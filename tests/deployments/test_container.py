@@ -421,7 +421,12 @@ def test_compose_stack_runs_a_workflow_on_the_worker(podman: Podman, compose_pro
     status_url = f"{base}{answer.json()['status_url']}"
     deadline = time.monotonic() + 180
     while True:
-        status = httpx.get(status_url, headers=headers, timeout=30).json()
+        polled = httpx.get(status_url, headers=headers, timeout=30)
+        if polled.status_code == 503 and time.monotonic() < deadline:  # "try again later", as a client does
+            time.sleep(float(polled.headers.get("Retry-After", "1")))
+            continue
+        assert polled.status_code == 200, f"{polled.status_code} {polled.text}\n{project.logs('api')[-3000:]}"
+        status = polled.json()
         if status["status"] in ("Completed", "Failed", "Crashed", "Cancelled") or time.monotonic() > deadline:
             break
         time.sleep(1)
