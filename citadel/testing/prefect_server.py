@@ -164,16 +164,20 @@ class PrefectServer:
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-tail:]}" for log in self.logs if log.exists())
 
     def stop(self) -> None:
-        """Stop every process started here (workers first, then the server), killing what lingers."""
-        for proc in reversed(self.processes):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(self.processes):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        """Stop every process started here, killing what lingers: the workers first, while the server
+        still answers them (a worker stopped with its server gone retries it until it is killed),
+        then the server. One deadline for each stage, not one per process."""
+        for stage, grace in ((self.processes[1:][::-1], 10), (self.processes[:1], 20)):
+            for proc in stage:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for proc in stage:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
         self.processes.clear()
 
     def __enter__(self) -> PrefectServer:
