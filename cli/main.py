@@ -67,7 +67,9 @@ FIXED_COLUMNS = {"docs", "chunks", "vectors", "dead", "secs", "tries", "started"
 
 @app.command()
 def index(
-    path: str = typer.Argument(..., help="A directory, glob or file of .txt .md .rst .json .jsonl .py documents."),
+    path: str = typer.Argument(
+        ..., help="A directory, glob or file of documents (text, Markdown, JSON, PDF, HTML, Office, EPUB), or s3://bucket/prefix."
+    ),
     collection: str | None = CollectionOption,
     full: bool = typer.Option(False, "--full", help="Re-process every document, changed or not."),
     blue_green: bool = typer.Option(
@@ -91,7 +93,7 @@ def index(
     config = settings()
     name = collection or config.collection
     try:
-        listing = list_source(path, [config.data_dir])
+        listing = list_source(path, [config.data_dir], settings=config)
         build_embedder(config)  # an unknown model fails here, before Prefect starts
     except ConfigurationError as exc:
         fail(str(exc))
@@ -108,7 +110,7 @@ def index(
         console=err, transient=True, disable=as_json or not err.is_terminal,
     )
     with bar:
-        task_id = bar.add_task("starting Prefect", total=len(listing.paths) or None)
+        task_id = bar.add_task("starting Prefect", total=listing.count or None)
 
         def on_progress(done: int, total: int, description: str) -> None:
             bar.update(task_id, completed=done, total=total or None, description=description)

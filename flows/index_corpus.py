@@ -41,27 +41,30 @@ async def index_corpus(
     blue_green: bool = False,
     source_roots: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Index ``source`` (a directory, glob, file, or a list of ``{"id", "text", "metadata"}``) into
+    """Index ``source`` (a directory, glob, file, an ``s3://bucket/prefix`` of object storage, or a
+    list of ``{"id", "text", "metadata"}``) into
     ``collection``; returns the run summary (citadel.models.RunSummary as JSON): documents added,
     updated, unchanged, deleted, failed and repaired, chunks embedded, cache hits, duration.
 
     ``prune`` deletes documents of this source that it no longer holds; it defaults to true for
-    directories and globs (listed completely) and false for inline lists. ``shard`` of ``shards``
-    indexes (and prunes) only the files of one shard, for sub-runs of ``index-sharded``.
+    directories, globs and ``s3://`` prefixes (listed completely) and false for inline lists.
+    ``shard`` of ``shards`` indexes (and prunes) only the files or objects of one shard, for
+    sub-runs of ``index-sharded``. An object whose ETag and size are as last read is not fetched.
 
     A collection that is a blue-green alias is written through its live version. ``blue_green``
     builds the next version instead, from the whole source, and switches the alias to it once it
     passes its check; searches read the old version until then (citadel.indexing.bluegreen).
 
     ``source_roots`` sandboxes the run (the HTTP API's workflows): it reads only files inside
-    those folders and files inline records only under an inline name (citadel.documents.sourceroots).
+    those folders and objects under those ``s3://`` prefixes, and files inline records only under
+    an inline name (citadel.documents.sourceroots).
     """
     logger = get_run_logger()
     settings = settings_for(embedder)
     collection = collection or settings.collection
     resolved = resolve_source(
         source, prune=prune, source_name=source_name, shard=shard, shards=shards, exclude=[settings.data_dir],
-        roots=SourceRoots.of(source_roots) if source_roots is not None else None,
+        roots=SourceRoots.of(source_roots) if source_roots is not None else None, settings=settings,
     )
     labels = run_tags(settings, collection)
     await tag_flow_run(labels)

@@ -1,8 +1,8 @@
 """Index a corpus too large for one worker: one sub-run of the indexing deployment per shard.
 
-Every file belongs to exactly one shard (a stable hash of its path), and each shard's sub-run
-prunes only its own files, so N workers on one work pool share the corpus and the registry and
-the vector store end as if one worker had done it all.
+Every file or object belongs to exactly one shard (a stable hash of its path or s3:// URI), and
+each shard's sub-run prunes only its own, so N workers on one work pool share the corpus, and the
+registry and the vector store end as if one worker had done it all.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ async def index_sharded(
     logger = get_run_logger()
     settings = settings_for(embedder)
     collection = collection or settings.collection
-    listing = list_source(source)  # fail here, once, on a missing path
+    listing = list_source(source, settings=settings)  # fail here, once, on a missing path or bucket
     parameters = {"source": listing.key, "collection": collection, "full": full, "shards": shards}
     if embedder is not None:
         parameters["embedder"] = embedder.model_dump(exclude_none=True)
@@ -65,7 +65,7 @@ async def index_sharded(
         collection=collection,
         source=listing.key,
         shards=shards,
-        files=len(listing.paths),
+        files=listing.count,
         flow_run_ids=[str(run.id) for run in runs],
         failed_shards=[str(run.id) for run in failed],
         duration_s=round(time.perf_counter() - started, 3),

@@ -15,6 +15,8 @@ import pytest
 
 from tests.support import leaks, workers
 
+pytest_plugins = ["tests.support.s3"]  # the object-storage fixtures: an S3 server, the test keys
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A worker of a parallel run (pytest-xdist) marks its own processes, so that its leak check at the
 # end can neither report nor kill what another worker's tests are still running.

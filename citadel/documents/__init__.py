@@ -11,8 +11,9 @@ from citadel.exports import lazy_exports
 if TYPE_CHECKING:
     from citadel.documents.chunking import CHUNKER_VERSION, Chunk, chunk_sections, chunk_text
     from citadel.documents.isolation import ParserPool, close_shared_pool, shared_pool
-    from citadel.documents.listing import SUPPORTED_SUFFIXES, SourceGroup, SourceListing, iter_groups, list_source, shard_listing
+    from citadel.documents.listing import SourceGroup, SourceListing, iter_groups, list_source, shard_listing
     from citadel.documents.loading import Document, LoadFailure, documents_from_records, has_rich_files, load_file, load_group
+    from citadel.documents.objectloading import load_objects
     from citadel.documents.objectstore import (
         FetchedObject,
         ObjectEntry,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from citadel.documents.parsed import ParsedFile, ParseError, Section
     from citadel.documents.sharding import check_shard, shard_of
     from citadel.documents.sourceroots import SourceRoots, is_inline_name, source_name_problem
+    from citadel.documents.suffixes import SUPPORTED_SUFFIXES
 
 __all__ = [
     "CHUNKER_VERSION",
@@ -60,6 +62,7 @@ __all__ = [
     "list_source",
     "load_file",
     "load_group",
+    "load_objects",
     "parse_s3_uri",
     "shard_listing",
     "shard_of",
@@ -79,9 +82,9 @@ __getattr__ = lazy_exports(__name__, {
     "ParseError": "parsed",
     "ParsedFile": "parsed",
     "ParserPool": "isolation",
-    "S3Location": "objectstore",
+    "S3Location": "s3uri",
     "S3Source": "objectstore",
-    "SUPPORTED_SUFFIXES": "listing",
+    "SUPPORTED_SUFFIXES": "suffixes",
     "Section": "parsed",
     "SourceGroup": "listing",
     "SourceListing": "listing",
@@ -94,12 +97,13 @@ __getattr__ = lazy_exports(__name__, {
     "documents_from_records": "loading",
     "has_rich_files": "loading",
     "is_inline_name": "sourceroots",
-    "is_s3_uri": "objectstore",
+    "is_s3_uri": "s3uri",
     "iter_groups": "listing",
     "list_source": "listing",
     "load_file": "loading",
     "load_group": "loading",
-    "parse_s3_uri": "objectstore",
+    "load_objects": "objectloading",
+    "parse_s3_uri": "s3uri",
     "shard_listing": "listing",
     "shard_of": "sharding",
     "shared_pool": "isolation",

@@ -1,5 +1,6 @@
-"""Listing a source completely before anything is read: a folder, a glob or one file (inside its
-sandbox roots when it has them), sharded, and split into groups whose loading keeps memory bounded.
+"""Listing a source completely before anything is read: a folder, a glob, one file, or the objects
+under an ``s3://`` prefix (inside its sandbox roots when it has them), sharded, and split into
+groups whose loading keeps memory bounded.
 
 A sandboxed listing (the HTTP API's, given :class:`~citadel.documents.sourceroots.SourceRoots`) holds
 only files whose real path lies inside its roots (:mod:`citadel.documents.sourceroots`). Without roots
@@ -14,14 +15,16 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from citadel.documents.formats import RICH_SUFFIXES
+from citadel.documents.s3uri import is_s3_uri, parse_s3_uri
 from citadel.documents.sourceroots import OUTSIDE_ROOTS, SourceRoots, glob_inside, inside
+from citadel.documents.suffixes import SUPPORTED_SUFFIXES
 from citadel.errors import ConfigurationError
 
-PLAIN_SUFFIXES = (".txt", ".md", ".rst", ".json", ".jsonl", ".py")
-SUPPORTED_SUFFIXES = PLAIN_SUFFIXES + RICH_SUFFIXES
+if TYPE_CHECKING:  # obstore and botocore are imported only by a source in object storage
+    from citadel.documents.objectstore import ObjectEntry, S3Source
+    from citadel.settings import Settings
 
 
 @dataclass
@@ -37,6 +40,30 @@ class SourceListing:
     problems: list[str] = field(default_factory=list)
     roots: SourceRoots | None = None
     outside: list[str] = field(default_factory=list)
+    objects: list[ObjectEntry] = field(default_factory=list)  # an s3:// source's, with their ETags and sizes
+    store: S3Source | None = None  # where ``objects`` are fetched from
+
+    @property
+    def count(self) -> int:
+        """The files or objects listed."""
+        return len(self.paths) + len(self.objects)
+
+
+def list_objects_source(uri: str, settings: Settings | None = None, roots: SourceRoots | None = None) -> SourceListing:
+    """The listing of an ``s3://`` source: its access checked first (one line, exit 2, for a
+    missing bucket, refused credentials or an unreachable endpoint), then every document object
+    with its ETag and size, nothing fetched. A sandboxed run (``roots``) lists only a bucket and
+    prefix its allowlist holds."""
+    from citadel.documents.objectstore import check_access  # obstore and botocore, only for object storage
+    from citadel.settings import Settings
+
+    location = parse_s3_uri(uri)
+    if roots is not None and not roots.holds_location(location):
+        raise ConfigurationError(
+            f"{location.uri} is not under a bucket and prefix this service may index (CITADEL_API_SOURCE_BUCKETS); it was not read"
+        )
+    source = check_access(location, settings if settings is not None else Settings())
+    return SourceListing(location.uri, [], True, roots=roots, objects=source.list_objects_sync(), store=source)
 
 
 def _missing_path(text: str) -> ConfigurationError:
@@ -52,9 +79,11 @@ def _missing_path(text: str) -> ConfigurationError:
 
 
 def list_source(
-    source: str | os.PathLike[str], exclude: Sequence[str | os.PathLike[str]] = (), roots: SourceRoots | None = None
+    source: str | os.PathLike[str], exclude: Sequence[str | os.PathLike[str]] = (), roots: SourceRoots | None = None,
+    settings: Settings | None = None,
 ) -> SourceListing:
-    """List the supported files of a directory (recursively), a glob pattern or one file.
+    """List the supported files of a directory (recursively), a glob pattern or one file, or the
+    objects under an ``s3://bucket/prefix`` (with the store of ``settings``, checked first).
 
     Hidden files and folders (names starting with ``.``) and the folders in ``exclude`` (Citadel's
     own data folder) are never listed. With ``roots`` (a sandboxed run) a path must resolve inside
@@ -62,6 +91,8 @@ def list_source(
     those are kept in ``outside``, by the name that leads out, and never read.
     """
     text = str(source)
+    if is_s3_uri(text):
+        return list_objects_source(text, settings, roots)
     path = Path(text).expanduser()
     skipped = [Path(folder).resolve() for folder in exclude]
     if glob.has_magic(text):
@@ -124,18 +155,21 @@ def shard_listing(listing: SourceListing, shard: int, shards: int) -> SourceList
     from citadel.documents.sharding import shard_of
 
     paths = [p for p in listing.paths if shard_of(str(p), shards) == shard]
-    return SourceListing(listing.key, paths, listing.complete, listing.problems, listing.roots, listing.outside)
+    objects = [entry for entry in listing.objects if shard_of(entry.uri, shards) == shard]
+    return SourceListing(listing.key, paths, listing.complete, listing.problems, listing.roots, listing.outside, objects, listing.store)
 
 
 @dataclass
 class SourceGroup:
-    """A group of files (or inline records) to load together, with progress in source units."""
+    """A group of files, objects or inline records to load together, with progress in source units."""
 
     paths: list[Path]
     records: list[dict[str, Any]]
     done: int
     total: int
     roots: SourceRoots | None = None  # a sandboxed listing's, checked again as each file is opened
+    objects: list[ObjectEntry] = field(default_factory=list)
+    store: S3Source | None = None
 
 
 def iter_groups(
@@ -145,8 +179,8 @@ def iter_groups(
     max_documents: int,
     max_bytes: int,
 ) -> Iterator[SourceGroup]:
-    """Split a source into groups of at most ``max_documents`` files or records and about
-    ``max_bytes`` of files, so that loading one group at a time keeps memory bounded."""
+    """Split a source into groups of at most ``max_documents`` files, objects or records and about
+    ``max_bytes`` of files or objects, so that loading one group at a time keeps memory bounded."""
     if records is not None:
         total = len(records)
         for start in range(0, total, max_documents):
@@ -156,6 +190,9 @@ def iter_groups(
             yield SourceGroup([], [], 0, 0)
         return
     assert listing is not None
+    if listing.objects or listing.store is not None:
+        yield from _object_groups(listing, max_documents, max_bytes)
+        return
     total = len(listing.paths)
     group: list[Path] = []
     size = 0
@@ -170,3 +207,18 @@ def iter_groups(
             group, size = [], 0
     if group or total == 0:
         yield SourceGroup(group, [], total, total, listing.roots)
+
+
+def _object_groups(listing: SourceListing, max_documents: int, max_bytes: int) -> Iterator[SourceGroup]:
+    """The groups of an object listing, cut by their listed sizes (nothing is fetched to cut them)."""
+    total = len(listing.objects)
+    group: list[ObjectEntry] = []
+    size = 0
+    for done, entry in enumerate(listing.objects, start=1):
+        group.append(entry)
+        size += entry.size
+        if len(group) >= max_documents or size >= max_bytes:
+            yield SourceGroup([], [], done, total, listing.roots, group, listing.store)
+            group, size = [], 0
+    if group or total == 0:
+        yield SourceGroup([], [], total, total, listing.roots, group, listing.store)

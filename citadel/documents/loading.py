@@ -11,13 +11,15 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from citadel.documents.formats import RICH_SUFFIXES
 from citadel.documents.listing import SourceGroup
 from citadel.documents.parsed import ParsedFile, Section
 from citadel.documents.sourceroots import SourceRoots, open_inside
+from citadel.documents.suffixes import is_rich_suffix
 from citadel.hashing import has_lone_surrogate, sha256_text
 from citadel.nesting import DEFAULT_MAX_DEPTH, value_depth_exceeds
 
@@ -36,6 +38,7 @@ class Document:
     origin: str = ""  # the file it came from (its shard key); inline documents use their id
     inline: bool = False  # given as a record by the caller, not read from a file
     sections: list[Section] | None = None  # a parsed file's pages or headings (``text`` is them joined)
+    fingerprint: str = ""  # an object's "ETag:size" as read: unchanged, the object is not fetched again
 
     @property
     def content_hash(self) -> str:
@@ -57,7 +60,7 @@ class LoadFailure:
     origin: str = ""
 
 
-def _decode(path: Path, data: bytes) -> str:
+def _decode(data: bytes) -> str:
     if b"\x00" in data[:8192]:
         raise ValueError("binary file (contains NUL bytes); only text documents can be indexed")
     try:
@@ -114,7 +117,7 @@ def _check_text(doc: Document) -> Document | LoadFailure:
     return doc
 
 
-def _unreadable(file_id: str, source: str, reason: str) -> LoadFailure:
+def unreadable_file(file_id: str, source: str, reason: str) -> LoadFailure:
     """A whole file that could not be read: its origin marks the records it held as still present,
     so a pruning run does not delete them for one bad byte or an I/O error."""
     return LoadFailure(file_id, source, reason, origin=file_id)
@@ -154,21 +157,31 @@ def load_file(path: Path, source: str, max_bytes: int, roots: SourceRoots | None
     if (misnamed := _misnamed(doc_id, source)) is not None:
         return [misnamed]
     try:
-        text = _decode(path, _read(path, max_bytes, roots))
+        data = _read(path, max_bytes, roots)
     except (OSError, ValueError) as exc:
-        return [_unreadable(doc_id, source, str(exc))]
-    base_meta = {"path": str(path), "extension": path.suffix.lower()}
-    suffix = path.suffix.lower()
+        return [unreadable_file(doc_id, source, str(exc))]
+    return decode_documents(doc_id, path.suffix.lower(), data, source, {"path": str(path), "extension": path.suffix.lower()})
+
+
+def decode_documents(
+    doc_id: str, suffix: str, data: bytes, source: str, base_meta: dict[str, Any]
+) -> list[Document | LoadFailure]:
+    """The documents of a plain file's bytes (a file's or an object's): one for text, one per
+    record for .json lists and .jsonl; what cannot be read is a failure with its reason."""
+    try:
+        text = _decode(data)
+    except ValueError as exc:
+        return [unreadable_file(doc_id, source, str(exc))]
     if suffix == ".jsonl":
         out = _jsonl_documents(text, doc_id, source, base_meta)
     elif suffix == ".json":
         try:
-            data = json.loads(text)
+            parsed = json.loads(text)
         except ValueError as exc:
-            return [_unreadable(doc_id, source, f"invalid JSON: {exc}")]
+            return [unreadable_file(doc_id, source, f"invalid JSON: {exc}")]
         except RecursionError:
-            return [_unreadable(doc_id, source, "JSON nested too deeply to read")]
-        out = _json_documents(data, doc_id, source, base_meta)
+            return [unreadable_file(doc_id, source, "JSON nested too deeply to read")]
+        out = _json_documents(parsed, doc_id, source, base_meta)
     else:
         return [_check_text(Document(doc_id, text, source, base_meta, origin=doc_id))]
     return out or [LoadFailure(doc_id, source, "empty document (no records)")]
@@ -239,8 +252,8 @@ def documents_from_records(
 
 
 def has_rich_files(group: SourceGroup) -> bool:
-    """Whether loading ``group`` parses files (PDF, HTML, Office, EPUB) in the parser pool."""
-    return any(is_rich(path) for path in group.paths)
+    """Whether loading ``group`` parses files or objects (PDF, HTML, Office, EPUB) in the parser pool."""
+    return any(is_rich(path) for path in group.paths) or any(is_rich_suffix(PurePosixPath(e.key).suffix) for e in group.objects)
 
 
 def is_rich(path: Path) -> bool:
@@ -277,40 +290,64 @@ def parse_files(
     held stay bounded): a document each, or a failure with its reason (too large, outside the
     roots, encrypted, over the time or memory limit, ...)."""
     out: dict[Path, Document | LoadFailure] = {}
-    sent: list[Path] = []
-
-    def jobs() -> Iterator[ParseJob]:
-        for path in paths:
-            doc_id = str(path)
-            if (misnamed := _misnamed(doc_id, source)) is not None:
-                out[path] = misnamed
-                continue
-            try:
-                data = _read(path, max_bytes, roots)
-            except (OSError, ValueError) as exc:
-                out[path] = _unreadable(doc_id, source, str(exc))
-                continue
-            sent.append(path)
-            yield path.suffix.lower(), data, doc_id
-
-    for number, result in enumerate(pool.iter_parse(jobs())):
-        path = sent[number]
-        out[path] = _parsed_document(path, source, result)
+    items: list[ToParse] = []
+    for path in paths:
+        doc_id = str(path)
+        if (misnamed := _misnamed(doc_id, source)) is not None:
+            out[path] = misnamed
+            continue
+        meta = {"path": doc_id, "extension": path.suffix.lower()}
+        items.append(ToParse(doc_id, path.suffix.lower(), meta, partial(_read, path, max_bytes, roots)))
+    parsed = parse_items(items, source, pool)
+    by_id = {str(path): path for path in paths}
+    out.update((by_id[doc_id], item) for doc_id, item in parsed.items())
     return out
 
 
-def _parsed_document(path: Path, source: str, result: ParsedFile | ParseFailure) -> Document | LoadFailure:
-    doc_id = str(path)
+@dataclass
+class ToParse:
+    """A rich file or object to parse: its id, suffix and metadata, and how to read its bytes
+    (called when a parser is free; an OSError or ValueError makes it a failure)."""
+
+    doc_id: str
+    suffix: str
+    metadata: dict[str, Any]
+    read: Callable[[], bytes]
+
+
+def parse_items(items: Sequence[ToParse], source: str, pool: ParserPool) -> dict[str, Document | LoadFailure]:
+    """``items`` parsed in the pool, by id: a document each, or a failure with its reason."""
+    out: dict[str, Document | LoadFailure] = {}
+    sent: list[ToParse] = []
+
+    def jobs() -> Iterator[ParseJob]:
+        for item in items:
+            try:
+                data = item.read()
+            except (OSError, ValueError) as exc:
+                out[item.doc_id] = unreadable_file(item.doc_id, source, str(exc))
+                continue
+            sent.append(item)
+            yield item.suffix, data, item.doc_id
+
+    for number, result in enumerate(pool.iter_parse(jobs())):
+        item = sent[number]
+        out[item.doc_id] = _parsed_document(item, source, result)
+    return out
+
+
+def _parsed_document(item: ToParse, source: str, result: ParsedFile | ParseFailure) -> Document | LoadFailure:
+    doc_id = item.doc_id
     if not isinstance(result, ParsedFile):
-        return _unreadable(doc_id, source, result.reason)
-    metadata: dict[str, Any] = {"path": doc_id, "extension": path.suffix.lower(), "format": result.format}
+        return unreadable_file(doc_id, source, result.reason)
+    metadata: dict[str, Any] = {**item.metadata, "format": result.format}
     if result.title:
         metadata["title"] = result.title
     if result.pages is not None:
         metadata["pages"] = result.pages
     sections = [section for section in result.sections if section.text.strip()]
     if not sections:
-        return _unreadable(doc_id, source, f"no text in this {result.format.upper()} file")
+        return unreadable_file(doc_id, source, f"no text in this {result.format.upper()} file")
     doc = Document(doc_id, ParsedFile(result.format, sections).text, source, metadata, origin=doc_id, sections=sections)
     checked = _check_text(doc)
-    return _unreadable(doc_id, source, checked.reason) if isinstance(checked, LoadFailure) else checked
+    return unreadable_file(doc_id, source, checked.reason) if isinstance(checked, LoadFailure) else checked

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,9 +26,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import S3Store
 
-from citadel.documents.listing import SUPPORTED_SUFFIXES
 from citadel.documents.s3errors import Failure, describe_error, mask_key_id
 from citadel.documents.s3keys import addressable, fetch_unnameable, is_unnameable_key_error, list_unnameable
+from citadel.documents.s3uri import S3Location, is_s3_uri, parse_s3_uri
+from citadel.documents.suffixes import SUPPORTED_SUFFIXES
 from citadel.errors import ConfigurationError
 from citadel.settings import masked_url
 
@@ -38,10 +38,8 @@ if TYPE_CHECKING:
 
     from citadel.settings import Settings
 
-SCHEME = "s3://"
 DEFAULT_REGION = "us-east-1"
 LIST_PAGE = 1000  # keys per ListObjectsV2 request, the most S3 returns
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 # obstore raises its own errors, and some as Python's (a missing object is a FileNotFoundError).
 _STORE_ERRORS = (BaseError, OSError)
 
@@ -54,47 +52,6 @@ class ObjectUnreadable(OSError):
 class ObjectStoreUnavailable(OSError):
     """A listing that failed part way for a reason that may pass (the store unreachable, a 5xx):
     transient, retried by the run; a listing that fails is never taken as complete."""
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """A bucket and the prefix (a folder: empty, or ending in ``/``) under which its objects are listed."""
-
-    bucket: str
-    prefix: str = ""
-
-    @property
-    def uri(self) -> str:
-        return f"{SCHEME}{self.bucket}/{self.prefix}"
-
-    def uri_of(self, key: str) -> str:
-        """The ``s3://`` URI of one of the bucket's objects: its document id and its source link."""
-        return f"{SCHEME}{self.bucket}/{key}"
-
-
-def is_s3_uri(text: str) -> bool:
-    """Whether a source names object storage (``s3://...``) rather than a path."""
-    return text.strip().lower().startswith(SCHEME)
-
-
-def parse_s3_uri(text: str) -> S3Location:
-    """``s3://bucket/some/prefix`` -> ``S3Location("bucket", "some/prefix/")``; a ConfigurationError
-    that says what is wrong for anything else (no bucket, a bad bucket name, an empty folder name)."""
-    stripped = text.strip()
-    if not is_s3_uri(stripped):
-        raise ConfigurationError(f"{text!r} is not an s3:// URI; give s3://bucket or s3://bucket/prefix")
-    bucket, _, prefix = stripped[len(SCHEME) :].partition("/")
-    if not bucket:
-        raise ConfigurationError(f"{text!r} names no bucket; give s3://bucket or s3://bucket/prefix")
-    if not _BUCKET_NAME.match(bucket) or ".." in bucket:
-        raise ConfigurationError(
-            f"{bucket!r} in {text!r} is not a bucket name: 3 to 63 lowercase letters, digits, '.', '-' or '_', "
-            "starting and ending with a letter or a digit"
-        )
-    prefix = prefix.strip("/")
-    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
-        raise ConfigurationError(f"{text!r} has an empty, '.' or '..' folder in its prefix; name each folder")
-    return S3Location(bucket, f"{prefix}/" if prefix else "")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The source-root sandbox: which files a run started over HTTP may list and open.
+"""The source-root sandbox: which files and which object-storage prefixes a run started over HTTP
+may list and open.
 
 Such a run has the service's file access, so every path it lists or opens is resolved (symlinks,
 ``..``) and must lie inside the roots (CITADEL_API_SOURCE_ROOTS): a glob is expanded one folder at
@@ -17,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from citadel.documents.s3uri import S3Location, is_s3_uri, parse_s3_uri
+
 
 def inside(path: Path, folders: Sequence[Path]) -> bool:
     """Whether ``path`` is one of ``folders`` or lies below one (both already resolved)."""
@@ -28,17 +31,27 @@ OUTSIDE_ROOTS = "leads outside the folders this service may index (CITADEL_API_S
 
 @dataclass(frozen=True)
 class SourceRoots:
-    """The folders a sandboxed run may read (CITADEL_API_SOURCE_ROOTS), resolved once.
+    """The folders a sandboxed run may read (CITADEL_API_SOURCE_ROOTS), resolved once, and the
+    ``s3://`` buckets and prefixes it may list (CITADEL_API_SOURCE_BUCKETS).
 
     Every path such a run lists or opens is resolved (symlinks, ``..``) and must lie inside one.
     """
 
     folders: tuple[Path, ...]
+    buckets: tuple[S3Location, ...] = ()
 
     @classmethod
-    def of(cls, folders: Iterable[str | os.PathLike[str]]) -> SourceRoots:
-        """The roots ``folders`` name, each resolved."""
-        return cls(tuple(Path(os.path.realpath(os.path.expanduser(folder))) for folder in folders))
+    def of(cls, roots: Iterable[str | os.PathLike[str]]) -> SourceRoots:
+        """The roots ``roots`` name: folders, each resolved, and ``s3://bucket/prefix`` entries."""
+        entries = [str(root) for root in roots]
+        return cls(
+            tuple(Path(os.path.realpath(os.path.expanduser(entry))) for entry in entries if not is_s3_uri(entry)),
+            tuple(parse_s3_uri(entry) for entry in entries if is_s3_uri(entry)),
+        )
+
+    def holds_location(self, location: S3Location) -> bool:
+        """Whether an ``s3://`` source lies under one of the allowed buckets and prefixes."""
+        return any(location.bucket == allowed.bucket and location.prefix.startswith(allowed.prefix) for allowed in self.buckets)
 
     def holds(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path``, once resolved, lies inside one of the roots."""

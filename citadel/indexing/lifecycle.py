@@ -73,8 +73,10 @@ def resolve_source(
     shards: int | None = None,
     exclude: Sequence[str | os.PathLike[str]] = (),
     roots: SourceRoots | None = None,
+    settings: Settings | None = None,
 ) -> ResolvedSource:
-    """A path, glob or list of documents as a run sees it, restricted to one shard when asked.
+    """A path, glob, ``s3://`` prefix or list of documents as a run sees it, restricted to one
+    shard when asked (an object store is reached with the endpoint of ``settings``).
 
     Directories and globs are listed completely, so they prune by default; inline lists only when
     ``prune`` says so. Folders in ``exclude`` (Citadel's data folder) are never listed. A sandboxed
@@ -84,7 +86,7 @@ def resolve_source(
     check_shard(shard, shards)
     sharding = (shard, shards) if shard is not None and shards is not None else None
     if isinstance(source, str):
-        listing = list_source(source, exclude, roots)
+        listing = list_source(source, exclude, roots, settings)
         key = listing.key
         if sharding:
             listing = shard_listing(listing, *sharding)

@@ -226,6 +226,7 @@ class _Driver:
 def plan_label(first: int, groups: Sequence[SourceGroup]) -> str:
     """What a plan step reads, for its task run's name: ``1,024 files (batches 1-4)``."""
     files = sum(len(group.paths) for group in groups)
+    objects = sum(len(group.objects) for group in groups)
     records = sum(len(group.records) for group in groups)
-    what = f"{files:,} files" if files or not records else f"{records:,} records"
+    what = f"{objects:,} objects" if objects else f"{files:,} files" if files or not records else f"{records:,} records"
     return f"{what} ({batches_label(first, first + len(groups) - 1)})"

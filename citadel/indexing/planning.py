@@ -12,7 +12,8 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from citadel.documents import (
     CHUNKER_VERSION,
@@ -28,6 +29,10 @@ from citadel.documents import (
 from citadel.hashing import point_id, sha256_text
 from citadel.registry import ChunkRow, DeadLetter, DocumentRecord, Registry, StoredDocument
 from citadel.resources import Resources
+
+if TYPE_CHECKING:
+    from citadel.documents import ParserPool
+    from citadel.settings import Settings
 
 Change = Literal["added", "updated", "repaired"]
 
@@ -154,9 +159,11 @@ async def plan_batch(
             docs.append(item)
     stored = await registry.get_documents(collection, [d.id for d in docs])
     chunking = chunking_key(chunk_size, chunk_overlap)
-    changed, unrecorded = _sort_out(plan, docs, stored, chunking, full)
+    changed, unrecorded, refetched = _sort_out(plan, docs, stored, chunking, full)
     if unrecorded:
         await registry.record_chunking(collection, unrecorded, chunking)
+    if refetched:
+        await registry.record_fingerprints(collection, refetched)
     if not changed:
         return plan
     old_chunks = await registry.get_chunks(collection, [d.id for d, _ in changed])
@@ -171,12 +178,13 @@ async def plan_batch(
 
 def _sort_out(
     plan: BatchPlan, docs: list[Document], stored: dict[str, StoredDocument], chunking: str, full: bool
-) -> tuple[list[tuple[Document, str]], list[str]]:
+) -> tuple[list[tuple[Document, str]], list[str], dict[str, str]]:
     """Count the unchanged documents and refuse another source's ids (into ``plan``); returns the
-    changed documents with their content hashes, and the unchanged ones whose chunking the registry
-    has not noted yet."""
+    changed documents with their content hashes, the unchanged ones whose chunking the registry
+    has not noted yet, and the unchanged ones read from an object whose fingerprint changed."""
     changed: list[tuple[Document, str]] = []
     unrecorded: list[str] = []
+    refetched: dict[str, str] = {}
     for doc in docs:
         content_hash = doc.content_hash
         known = stored.get(doc.id)
@@ -189,6 +197,8 @@ def _sort_out(
             ))
             continue
         if not full and known is not None and known.status == "indexed" and known.content_hash == content_hash:
+            if doc.fingerprint and known.fingerprint != doc.fingerprint:
+                refetched[doc.id] = doc.fingerprint
             if known.chunking == chunking:
                 plan.unchanged += 1
                 continue
@@ -197,7 +207,7 @@ def _sort_out(
                 unrecorded.append(doc.id)
                 continue
         changed.append((doc, content_hash))
-    return changed, unrecorded
+    return changed, unrecorded, refetched
 
 
 def _plan_document(
@@ -220,7 +230,9 @@ def _plan_document(
     written = [(c, row, m) for c, row, m in zip(pieces, rows, metadata, strict=True) if row.point_id not in in_place]
     by_hash = {c.chunk_hash: c.point_id for c in indexed}
     return PlannedDocument(
-        record=DocumentRecord(doc.id, doc.source, content_hash, rows, origin=doc.origin or doc.id, chunking=chunking),
+        record=DocumentRecord(
+            doc.id, doc.source, content_hash, rows, origin=doc.origin or doc.id, chunking=chunking, fingerprint=doc.fingerprint
+        ),
         change=_change(known, content_hash),
         texts=[c.text for c, _, _ in written],
         payloads=[
@@ -307,6 +319,13 @@ class SeenDocuments:
         self.failed |= other.failed
 
 
+def _parsers(settings: Settings) -> ParserPool:
+    """The process's parser pool: pebble and the pool are imported only by a source that parses."""
+    from citadel.documents import shared_pool
+
+    return shared_pool(settings)
+
+
 async def plan_groups(
     resources: Resources, collection: str, groups: Sequence[SourceGroup], source: str, seen: SeenDocuments,
     full: bool = False,
@@ -315,18 +334,33 @@ async def plan_groups(
     written), with the documents they add to ``seen``; the caller notes them once the plans are
     kept, so planning the same groups again (a retried step) screens them against the same run."""
     settings = resources.settings
+    registry = await resources.registry()
+    chunking = chunking_key(settings.chunk_size, settings.chunk_overlap)
     plans: list[BatchPlan] = []
     added = SeenDocuments()
     for group in groups:
-        if has_rich_files(group):  # parsing takes seconds: the event loop goes on embedding meanwhile
-            from citadel.documents import shared_pool  # pebble and the pool, only for a source that parses
+        skipped: dict[str, list[str]] = {}
+        if group.objects and not full:  # an object listed as it was read last is not fetched again
+            fingerprints = {entry.uri: entry.fingerprint for entry in group.objects}
+            skipped = await registry.unchanged_objects(collection, source, fingerprints, chunking)
+        if group.store is not None:
+            from citadel.documents import load_objects  # obstore, only for a source in object storage
 
-            loaded = await asyncio.to_thread(load_group, group, source, settings.max_file_bytes, lambda: shared_pool(settings))
+            todo = [entry for entry in group.objects if entry.uri not in skipped]
+            loaded = await asyncio.to_thread(
+                load_objects, todo, group.store, source, settings.max_file_bytes, partial(_parsers, settings)
+            )
+        elif has_rich_files(group):  # parsing takes seconds: the event loop goes on embedding meanwhile
+            loaded = await asyncio.to_thread(load_group, group, source, settings.max_file_bytes, partial(_parsers, settings))
         else:
             loaded = load_group(group, source, settings.max_file_bytes)
         items, added = seen.screen(loaded, added)
-        plans.append(await plan_batch(
-            await resources.registry(), collection, resources.embedder.model, items,
+        plan = await plan_batch(
+            registry, collection, resources.embedder.model, items,
             chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, full=full,
-        ))
+        )
+        for ids in skipped.values():
+            plan.unchanged += len(ids)
+            added.ids.update(ids)
+        plans.append(plan)
     return plans, added

@@ -38,7 +38,9 @@ async def index_source(
     ``roots`` sandboxes the run (see :func:`resolve_source`). Returns the run summary.
     """
     settings = resources.settings
-    resolved = resolve_source(source, prune=prune, source_name=source_name, exclude=[settings.data_dir], roots=roots)
+    resolved = resolve_source(
+        source, prune=prune, source_name=source_name, exclude=[settings.data_dir], roots=roots, settings=settings
+    )
     collection = await live_collection(resources, collection)
     await prepare_collection(resources, collection)
     async with IndexRun(resources, collection, resolved) as run:
@@ -82,7 +84,7 @@ async def answer_unchanged(settings: Settings, source: str, collection: str) -> 
     """
     resources = Resources(settings)
     try:
-        resolved = resolve_source(source, exclude=[settings.data_dir])
+        resolved = resolve_source(source, exclude=[settings.data_dir], settings=settings)
         collection = await live_collection(resources, collection)
         registry = await resources.registry()
         if await registry.collection(collection) is None or await find_crashed_runs(registry):

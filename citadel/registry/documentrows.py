@@ -23,6 +23,7 @@ class StoredDocument:
     chunk_count: int
     source: str = ""
     chunking: str = ""  # the chunk settings it was split with; "" for rows older than schema v3
+    fingerprint: str = ""  # its object's "ETag:size" when it was read; "" for files
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class DocumentRecord:
     chunks: list[ChunkRow] = field(default_factory=list)
     origin: str = ""
     chunking: str = ""
+    fingerprint: str = ""
 
 
 @dataclass
@@ -75,6 +77,11 @@ def check_collection_model(name: str, known: tuple[str, int], model: str, dimens
             f"collection {name!r} is indexed with {known[0]} ({known[1]} dimensions), not {model} "
             f"({dimensions} dimensions); choose another collection or the same embedder"
         )
+
+def _ends(letter: str) -> list[int]:
+    """Where the object URI in a dead letter's id may end: at each "#", or at its end."""
+    return [index for index, char in enumerate(letter) if char == "#"] + [len(letter)]
+
 
 class DocumentRows(RegistryBase):
     """The collections, documents and chunks of a registry."""
@@ -111,10 +118,12 @@ class DocumentRows(RegistryBase):
             for part in chunked(list(ids)):
                 query = sa.select(
                     documents.c.id, documents.c.content_hash, documents.c.status, documents.c.chunk_count,
-                    documents.c.source, documents.c.chunking,
+                    documents.c.source, documents.c.chunking, documents.c.fingerprint,
                 ).where(documents.c.collection == collection, documents.c.id.in_(part))
                 for row in await conn.execute(query):
-                    found[row.id] = StoredDocument(row.id, row.content_hash, row.status, row.chunk_count, row.source, row.chunking)
+                    found[row.id] = StoredDocument(
+                        row.id, row.content_hash, row.status, row.chunk_count, row.source, row.chunking, row.fingerprint
+                    )
         return found
 
     async def get_chunks(self, collection: str, document_ids: Sequence[str]) -> dict[str, list[StoredChunk]]:
@@ -185,6 +194,7 @@ class DocumentRows(RegistryBase):
                         "origin": stmt.excluded.origin,
                         "content_hash": stmt.excluded.content_hash,
                         "chunking": stmt.excluded.chunking,
+                        "fingerprint": stmt.excluded.fingerprint,
                         "chunk_count": stmt.excluded.chunk_count,
                         "model": stmt.excluded.model,
                         "status": "indexed",
@@ -193,7 +203,8 @@ class DocumentRows(RegistryBase):
                 ),
                 [
                     dict(collection=collection, id=r.id, source=r.source, origin=r.origin or r.id,
-                         content_hash=r.content_hash, chunking=r.chunking, chunk_count=len(r.chunks), model=model, status="indexed",
+                         content_hash=r.content_hash, chunking=r.chunking, fingerprint=r.fingerprint, chunk_count=len(r.chunks),
+                         model=model, status="indexed",
                          created_at=now, updated_at=now)
                     for r in records
                 ],
@@ -225,6 +236,39 @@ class DocumentRows(RegistryBase):
                     .where(documents.c.collection == collection, documents.c.id.in_(part), documents.c.chunking == "")
                     .values(chunking=chunking)
                 )
+
+    async def record_fingerprints(self, collection: str, fingerprints: dict[str, str]) -> None:
+        """Note the fingerprints of objects read again whose documents came out unchanged (an
+        object written again as it was): the next run skips them without fetching."""
+        async with self.engine.begin() as conn:
+            for doc_id, fingerprint in fingerprints.items():
+                await conn.execute(
+                    documents.update().where(documents.c.collection == collection, documents.c.id == doc_id).values(fingerprint=fingerprint)
+                )
+
+    async def unchanged_objects(
+        self, collection: str, source: str, fingerprints: dict[str, str], chunking: str
+    ) -> dict[str, list[str]]:
+        """The objects of ``fingerprints`` (URI: "ETag:size" as listed) that need not be fetched, with
+        their document ids: every document read from one is indexed, from the same fingerprint and
+        with the same chunking, and none of them waits in the dead letters (those are read again)."""
+        rows: dict[str, list[tuple[str, bool]]] = {}
+        async with self.engine.connect() as conn:
+            for part in chunked(list(fingerprints)):
+                query = sa.select(
+                    documents.c.id, documents.c.origin, documents.c.fingerprint, documents.c.status, documents.c.chunking
+                ).where(documents.c.collection == collection, documents.c.origin.in_(part))
+                for row in await conn.execute(query):
+                    current = row.status == "indexed" and row.chunking == chunking and row.fingerprint == fingerprints[row.origin]
+                    rows.setdefault(row.origin, []).append((row.id, current))
+            letters = sa.select(dead_letters.c.document_id).where(dead_letters.c.collection == collection, dead_letters.c.source == source)
+            # A dead letter's id is its object's URI, or the URI and "#" and a record's number.
+            failing = {letter[:end] for letter in (await conn.execute(letters)).scalars() for end in _ends(letter)}
+        return {
+            origin: [doc_id for doc_id, _ in found]
+            for origin, found in rows.items()
+            if origin not in failing and all(current for _, current in found)
+        }
 
     async def iter_documents(
         self, collection: str, source: str, page: int = 5000

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from citadel.models import RunCounts
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 metadata = sa.MetaData()
 
@@ -39,6 +39,7 @@ documents = sa.Table(
     sa.Column("origin", sa.String(1024), nullable=False, default=""),  # the file it came from: its shard key
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("chunking", sa.String(64), nullable=False, default=""),  # the chunk settings it was split with
+    sa.Column("fingerprint", sa.String(160), nullable=False, default=""),  # its object's "ETag:size" when read
     sa.Column("chunk_count", sa.Integer, nullable=False),
     sa.Column("model", sa.String(255), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),  # pending | indexed | repair
@@ -151,6 +152,7 @@ MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
         ("citadel_index_runs", "chunks_written", "INTEGER NOT NULL DEFAULT 0"),
         ("citadel_index_runs", "chunks_reused", "INTEGER NOT NULL DEFAULT 0"),
     ],
+    7: [("citadel_documents", "fingerprint", "VARCHAR(160) NOT NULL DEFAULT ''")],
 }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -28,31 +27,9 @@ from citadel.documents.objectstore import (
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
 from citadel.testing.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, closed_port_url, start_s3_server
+from tests.support.s3 import BUCKET
 
-pytestmark = pytest.mark.system
-
-BUCKET = "handbook-bucket"
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with start_s3_server(tmp_path_factory.mktemp("moto")) as server:
-        server.create_bucket(BUCKET)
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The test keys in the environment, and nothing of this machine's own AWS set-up."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role probe on a machine that has none
-
+pytestmark = [pytest.mark.system, pytest.mark.usefixtures("aws_environment")]
 
 def settings_for(url: str, tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", s3_endpoint_url=url)
