@@ -17,6 +17,7 @@ from api.health import HealthChecker
 from api.ratelimit import RateLimiter
 from citadel.apisettings import ApiSettings, Network
 from citadel.auth import ApiKeys, TokenVerifier
+from citadel.documents import SourceRoots
 from citadel.resources import Resources, open_resources
 from citadel.settings import Settings, secret
 from orchestration.prefect_metrics import PrefectFigures
@@ -41,6 +42,7 @@ class ServiceState:
         self.admin_allow: list[Network] = api.network_list("api_admin_allow")
         self.admin_deny: list[Network] = api.network_list("api_admin_deny")
         self.verifier = TokenVerifier(api)
+        self.sandbox = SourceRoots.of(api.sandbox)  # a bucket entry that names no bucket fails the start, in one line
         self.limiter = RateLimiter(api.api_rate_limits, secret(settings.redis_url), on_redis_down=api.rate_limit_on_redis_down)
         self.prefect_api_url = prefect_api_url()
         self.has_credentials_configured = self.verifier.enabled

@@ -16,7 +16,8 @@ from typing import Any
 
 from citadel.apisettings import ApiSettings
 from citadel.auth import Identity
-from citadel.documents import SourceRoots, source_name_problem
+from citadel.documents import SourceRoots, is_s3_uri, parse_s3_uri, source_name_problem
+from citadel.errors import ConfigurationError
 from citadel.settings import Settings
 from citadel.workflows import SANDBOX_PARAMETERS, format_location
 
@@ -25,6 +26,8 @@ _LITERAL = "must be given literally, not as a reference"
 
 
 def _path_problem(source: str, roots: SourceRoots) -> str | None:
+    if is_s3_uri(source):
+        return _bucket_problem(source, roots)
     if not roots.folders:
         return "indexing a path over HTTP is off; send inline records, or have an operator set CITADEL_API_SOURCE_ROOTS"
     pattern = glob.has_magic(source)
@@ -37,6 +40,18 @@ def _path_problem(source: str, roots: SourceRoots) -> str | None:
         base = Path(*fixed[:index]) if index else Path(".")
     if not roots.holds(base.expanduser()):  # symlinks and '..' followed
         return f"{source!r} is outside the folders this service may index (CITADEL_API_SOURCE_ROOTS)"
+    return None
+
+
+def _bucket_problem(source: str, roots: SourceRoots) -> str | None:
+    if not roots.buckets:
+        return "indexing object storage over HTTP is off; have an operator list buckets in CITADEL_API_SOURCE_BUCKETS"
+    try:
+        location = parse_s3_uri(source)
+    except ConfigurationError as exc:
+        return str(exc)
+    if not roots.holds_location(location):
+        return f"{source!r} is not under a bucket and prefix this service may index (CITADEL_API_SOURCE_BUCKETS)"
     return None
 
 
@@ -92,7 +107,7 @@ def _flow_problems(
         (format_location(*where, name), "set by the service from its own configuration and the caller, never by a request; remove it")
         for name in SANDBOX_PARAMETERS if name in inner
     ]
-    found += _source_problems(inner, SourceRoots.of(api.source_roots), where)
+    found += _source_problems(inner, SourceRoots.of(api.sandbox), where)
     workflow = inner.get("workflow")
     if isinstance(workflow, dict):
         found += _refusals(workflow, identity, api, settings, models, (*where, "workflow"))
@@ -105,7 +120,7 @@ def _refusals(
     workflow: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str], at: tuple[str | int, ...]
 ) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
-    roots = SourceRoots.of(api.source_roots)
+    roots = SourceRoots.of(api.sandbox)
     steps = workflow.get("steps")
     if not isinstance(steps, list):
         return []  # the schema check reports it

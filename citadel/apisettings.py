@@ -83,6 +83,9 @@ class ApiSettings(BaseSettings):
     api_max_batch_texts: int = Field(256, gt=0, description="Most texts in one batch request.")
     api_max_workflow_steps: int = Field(50, gt=0, description="Most steps in one workflow submitted over HTTP.")
     api_source_roots: CommaList = Field(default_factory=list, description="Folders an index step may read over HTTP.")
+    api_source_buckets: CommaList = Field(
+        default_factory=list, description="s3://bucket/prefix entries an index step may read over HTTP (default: none)."
+    )
     api_deployments: CommaList = Field(default_factory=list, description="Deployments a flow step may start over HTTP.")
     api_workflow_deployment: str = Field("run-workflow/default", description="Where submitted workflows run.")
     api_models: CommaList = Field(default_factory=list, description="Models served besides CITADEL_EMBEDDING_MODEL.")
@@ -95,7 +98,7 @@ class ApiSettings(BaseSettings):
 
     @field_validator(
         "jwt_algorithms", "api_rate_limit_exempt", "api_trusted_proxies", "api_admin_allow", "api_admin_deny",
-        "api_cors_origins", "api_source_roots", "api_deployments", "api_models", mode="before",
+        "api_cors_origins", "api_source_roots", "api_source_buckets", "api_deployments", "api_models", mode="before",
     )
     @classmethod
     def _split(cls, value: object) -> object:
@@ -121,6 +124,9 @@ class ApiSettings(BaseSettings):
         for name in ("api_rate_limit_exempt", "api_trusted_proxies", "api_admin_allow", "api_admin_deny"):
             networks(getattr(self, name), f"CITADEL_{name.upper()}")
         parse_limits(self.api_rate_limits)
+        for entry in self.api_source_buckets:  # the bucket's name is checked with the sandbox it makes (SourceRoots)
+            if not entry.strip().lower().startswith("s3://"):
+                raise ValueError(f"CITADEL_API_SOURCE_BUCKETS: {entry!r} is not an s3:// URI; give s3://bucket or s3://bucket/prefix")
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
             raise ValueError("CITADEL_JWT_SECRET must be at least 32 characters; `openssl rand -hex 32` makes one")
         return self
@@ -131,6 +137,11 @@ class ApiSettings(BaseSettings):
     @property
     def source_roots(self) -> list[Path]:
         return [Path(root).resolve() for root in self.api_source_roots]
+
+    @property
+    def sandbox(self) -> list[str]:
+        """What a run started over HTTP may read: the source roots' folders and the allowed s3:// prefixes."""
+        return [str(root) for root in self.source_roots] + list(self.api_source_buckets)
 
     @property
     def public_key_pem(self) -> str | None:

@@ -95,7 +95,7 @@ async def create_workflow(
     # The run is sandboxed by the roots the service sets and by who asked, never by anything in the
     # request: its index and flow steps list and open only files inside the roots (an empty list:
     # none), here or on a worker, and file inline records under the caller's own names.
-    roots = [str(root) for root in state.api.source_roots]
+    roots = state.api.sandbox
     owner = identity.subject
     await state.prefect_ready()
     if _runs_here(state):

@@ -125,3 +125,29 @@ def test_a_flow_step_passes_its_deployment_only_what_an_index_step_may_name(tmp_
     assert refused("index-corpus/x", {"source": str(roots), "source_name": "crm", "prune": True}) == {}
     assert refused("run-workflow/x", {"workflow": {"workflow_id": "n", "steps": [
         {"step_id": "i", "type": "index", "parameters": {"source": [], "source_name": "crm"}}]}}) == {}
+
+
+def test_object_storage_is_refused_unless_its_bucket_and_prefix_are_allowed() -> None:
+    from pydantic import ValidationError
+
+    from api.workflow_policy import workflow_refusals
+    from citadel.apisettings import ApiSettings
+    from citadel.auth import Identity
+    from citadel.settings import Settings
+
+    caller = Identity("key:aaaaaaaaaaaa", frozenset({"workflows"}), "key")
+
+    def refused(api: ApiSettings, source: str) -> dict[str, str]:
+        workflow = {"workflow_id": "w", "steps": [index_step(source)]}
+        return {r["location"]: r["message"] for r in workflow_refusals(workflow, caller, api, Settings(), ["m"])}
+
+    at = "steps[0].parameters.source"
+    assert "CITADEL_API_SOURCE_BUCKETS" in refused(ApiSettings(), "s3://docs/handbook")[at], "off by default"
+    api = ApiSettings(api_source_buckets=["s3://docs/handbook", "s3://public"])
+    assert refused(api, "s3://docs/handbook") == {} and refused(api, "s3://docs/handbook/2024/") == {}
+    assert refused(api, "s3://public/anything") == {}
+    for outside in ("s3://docs", "s3://docs/handbook-old", "s3://docs/other", "s3://private/handbook"):
+        assert "not under a bucket and prefix" in refused(api, outside)[at], outside
+    assert "empty, '.' or '..' folder" in refused(api, "s3://docs/handbook/../secret")[at]
+    with pytest.raises(ValidationError, match="CITADEL_API_SOURCE_BUCKETS"):
+        ApiSettings(api_source_buckets=["/srv/docs"])
