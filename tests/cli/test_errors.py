@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from citadel.testing.corpus import write_corpus
+from citadel.testing.s3server import S3Server, closed_port_url
 from tests.support.embedding_server import free_port
 from tests.support.qdrant_server import store_held_by_another_process
+from tests.support.s3 import BUCKET
 
 pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
@@ -39,14 +41,23 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture
+def shared_prefect(prefect_api_url: str) -> dict[str, str]:
+    """The session's Prefect server, for a run whose error is the point, not the temporary server
+    a command starts without PREFECT_API_URL (test_a_successful_run_prints_only_its_summary keeps that)."""
+    return {"PREFECT_API_URL": prefect_api_url}
+
+
+@pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     write_corpus(tmp_path / "corpus", files=3, paragraphs=2)
     return tmp_path / "corpus"
 
 
-def test_embedding_servers_that_refuse_connections_fail_the_run_in_one_line(data_dir: Path, corpus: Path) -> None:
+def test_embedding_servers_that_refuse_connections_fail_the_run_in_one_line(
+    data_dir: Path, corpus: Path, shared_prefect: dict[str, str]
+) -> None:
     urls = f"http://127.0.0.1:{free_port()},http://127.0.0.1:{free_port()}"
-    done = citadel("index", str(corpus), env={"CITADEL_EMBEDDER": "ollama", "CITADEL_OLLAMA_URLS": urls})
+    done = citadel("index", str(corpus), env={"CITADEL_EMBEDDER": "ollama", "CITADEL_OLLAMA_URLS": urls, **shared_prefect})
     line = one_line(done)
     assert done.returncode == 2, "a server that is not there is a configuration problem"
     assert all(url in line for url in urls.split(",")) and "Connection refused" in line and "CITADEL_OLLAMA_URLS" in line
@@ -61,9 +72,9 @@ def test_a_registry_that_cannot_be_reached_is_one_line_without_its_password(data
     assert time.monotonic() - started < 60, "found before Prefect starts, not after a run's retries"
 
 
-def test_a_collection_of_another_model_is_refused_before_the_run(data_dir: Path, corpus: Path) -> None:
-    assert citadel("index", str(corpus), "--collection", "sized", env={}).returncode == 0
-    done = citadel("index", str(corpus), "--collection", "sized", env={"CITADEL_EMBEDDING_DIMENSIONS": "128"})
+def test_a_collection_of_another_model_is_refused_before_the_run(data_dir: Path, corpus: Path, shared_prefect: dict[str, str]) -> None:
+    assert citadel("index", str(corpus), "--collection", "sized", env=shared_prefect).returncode == 0
+    done = citadel("index", str(corpus), "--collection", "sized", env={"CITADEL_EMBEDDING_DIMENSIONS": "128", **shared_prefect})
     line = one_line(done)
     assert done.returncode == 2 and "is indexed with citadel-hashing-v1-384d" in line
 
@@ -104,10 +115,22 @@ def test_a_successful_run_prints_only_its_summary(data_dir: Path, corpus: Path) 
         assert done.stderr == "" and len(done.stdout.strip().splitlines()) == 1, done.stdout + done.stderr
 
 
-def test_a_failing_run_is_one_line_and_debug_shows_the_traceback(data_dir: Path, corpus: Path) -> None:
+def test_a_failing_run_is_one_line_and_debug_shows_the_traceback(data_dir: Path, corpus: Path, shared_prefect: dict[str, str]) -> None:
     """An error inside the flow: one line; CITADEL_DEBUG=1 shows Prefect's logs and the traceback."""
-    env = {"CITADEL_EMBEDDER": "ollama", "CITADEL_OLLAMA_URLS": f"http://127.0.0.1:{free_port()}"}
+    env = {"CITADEL_EMBEDDER": "ollama", "CITADEL_OLLAMA_URLS": f"http://127.0.0.1:{free_port()}", **shared_prefect}
     one_line(citadel("index", str(corpus), env=env))
     debug = citadel("index", str(corpus), env={**env, "CITADEL_DEBUG": "1"})
     assert debug.returncode == 2 and "Traceback" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1].startswith("error: no embedding server accepts connections")
+
+
+@pytest.mark.usefixtures("aws_environment")
+def test_a_missing_bucket_and_an_unreachable_store_are_one_line_before_any_work(data_dir: Path, s3_server: S3Server) -> None:
+    started = time.monotonic()
+    done = citadel("index", "s3://no-such-bucket/docs", env={"CITADEL_S3_ENDPOINT_URL": s3_server.url})
+    assert done.returncode == 2 and one_line(done) == f"error: bucket 'no-such-bucket' does not exist at {s3_server.url}"
+    unreachable = closed_port_url()
+    done = citadel("index", f"s3://{BUCKET}/docs", env={"CITADEL_S3_ENDPOINT_URL": unreachable})
+    line = one_line(done)
+    assert done.returncode == 2 and unreachable in line and "CITADEL_S3_ENDPOINT_URL" in line, line
+    assert time.monotonic() - started < 60, "found before Prefect starts"
