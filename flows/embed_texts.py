@@ -20,8 +20,13 @@ def _name() -> str:
 
 @flow(name="embed-texts", flow_run_name=_name, persist_result=True, result_serializer="json")
 async def embed_texts(texts: list[str], embedder: EmbedderConfig | None = None) -> dict[str, Any]:
-    """Vectors for ``texts`` in order (the result, kept as JSON), with the model, its size and how
-    many came from the cache."""
+    """Vectors for texts in order (the result, kept as JSON), with the model, its size and how
+    many came from the cache.
+
+    Args:
+        texts: The texts to embed.
+        embedder: The embedder to use instead of the worker's configured one (its kind, model, ...).
+    """
     settings = settings_for(embedder)
     labels = run_tags(settings)
     await tag_flow_run(labels)

@@ -41,23 +41,27 @@ async def index_corpus(
     blue_green: bool = False,
     source_roots: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Index ``source`` (a directory, glob, file, an ``s3://bucket/prefix`` of object storage, or a
-    list of ``{"id", "text", "metadata"}``) into
-    ``collection``; returns the run summary (citadel.models.RunSummary as JSON): documents added,
-    updated, unchanged, deleted, failed and repaired, chunks embedded, cache hits, duration.
+    """Index a source into a collection incrementally; returns the run summary
+    (citadel.models.RunSummary as JSON): documents added, updated, unchanged, deleted, failed and
+    repaired, chunks embedded, cache hits, duration. A collection that is a blue-green alias is
+    written through its live version (citadel.indexing.bluegreen).
 
-    ``prune`` deletes documents of this source that it no longer holds; it defaults to true for
-    directories, globs and ``s3://`` prefixes (listed completely) and false for inline lists.
-    ``shard`` of ``shards`` indexes (and prunes) only the files or objects of one shard, for
-    sub-runs of ``index-sharded``. An object whose ETag and size are as last read is not fetched.
-
-    A collection that is a blue-green alias is written through its live version. ``blue_green``
-    builds the next version instead, from the whole source, and switches the alias to it once it
-    passes its check; searches read the old version until then (citadel.indexing.bluegreen).
-
-    ``source_roots`` sandboxes the run (the HTTP API's workflows): it reads only files inside
-    those folders and objects under those ``s3://`` prefixes, and files inline records only under
-    an inline name (citadel.documents.sourceroots).
+    Args:
+        source: A directory, glob or file of documents on the worker, an s3://bucket/prefix of object
+            storage (an object whose ETag and size did not change is not fetched), or a list of
+            {"id", "text", "metadata"} records.
+        collection: The collection to write; default CITADEL_COLLECTION.
+        embedder: The embedder to use instead of the worker's configured one (its kind, model, ...).
+        full: Re-process every document, changed or not.
+        source_name: The name inline records are filed under (what a prune of them deletes).
+        prune: Delete the documents of this source it no longer holds; default true for directories,
+            globs and s3:// prefixes (listed completely), false for inline records.
+        shard: Index (and prune) only this shard of the files or objects, for index-sharded's runs.
+        shards: How many shards the source is split into (with shard).
+        blue_green: Build the next version of the collection from the whole source and switch its
+            alias to it once it passes its check; searches read the old version until then.
+        source_roots: The sandbox of a run started over HTTP: the folders and s3:// prefixes it may
+            read (inline records only under an inline name). Set by the service, never by a request.
     """
     logger = get_run_logger()
     settings = settings_for(embedder)

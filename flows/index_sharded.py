@@ -31,7 +31,19 @@ async def index_sharded(
     full: bool = False,
     timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    """Run ``deployment`` once per shard of ``source`` and add up what the shards did."""
+    """Run a deployment once per shard of a source, on whichever workers take them, and add up what
+    the shards did.
+
+    Args:
+        source: A directory every worker reaches at the same path, or an s3://bucket/prefix of object
+            storage (each worker fetches only its shard's objects, and only those that changed).
+        collection: The collection to write; default CITADEL_COLLECTION.
+        shards: How many runs share the source (each file or object belongs to exactly one).
+        deployment: The indexing deployment each shard runs as.
+        embedder: The embedder to use instead of the workers' configured one.
+        full: Re-process every document, changed or not.
+        timeout_s: How long to wait for the shards; default without end.
+    """
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     started = time.perf_counter()

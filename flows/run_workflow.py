@@ -100,12 +100,20 @@ async def run_workflow(
     source_roots: list[str] | None = None,
     inline_owner: str | None = None,
 ) -> dict[str, Any]:
-    """Validate ``workflow`` (a definition, or JSON/YAML text or a file path) and run it; returns
-    every step's state, time and output (or error), as JSON. ``source_roots`` (set by the HTTP
-    API, never by a workflow) sandboxes its ``index`` and ``flow`` steps: they read and name only
-    paths inside those folders, an empty list none; inline records go under names of the caller
-    ``inline_owner`` (see docs/design.md). A run started in a process with a cancel request
-    (:mod:`flows.cancellation`) ends Cancelled when it is set."""
+    """Validate a workflow and run it; returns every step's state, time and output (or error), as
+    JSON. A run started in a process with a cancel request (:mod:`flows.cancellation`) ends
+    Cancelled when it is set.
+
+    Args:
+        workflow: The workflow: a definition (steps, their types, parameters and dependencies), or
+            its JSON or YAML text, or the path of a file that holds it.
+        context: Values the steps' ${context.NAME} references read, over the workflow's own.
+        source_roots: The sandbox of a run started over HTTP: its index and flow steps read and name
+            only paths inside these folders and s3:// prefixes (an empty list: none). Set by the
+            service, never by a workflow.
+        inline_owner: The caller whose names inline records go under (see docs/design.md). Set by
+            the service, never by a workflow.
+    """
     return await run_unless_cancelled(_run_workflow(workflow, context, source_roots, inline_owner))
 
 

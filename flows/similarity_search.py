@@ -29,8 +29,17 @@ async def similarity_search(
     filters: dict[str, Any] | None = None,
     embedder: EmbedderConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Scored hits for ``query`` (citadel.models.SearchHit as JSON, nearest first); ``filters``
-    match payload fields such as ``document_id`` or ``source``."""
+    """Scored hits for a query (citadel.models.SearchHit as JSON, nearest first), each with its
+    document's title, page or section and URI.
+
+    Args:
+        query: What to search for, in words.
+        collection: The collection to search; default CITADEL_COLLECTION.
+        limit: How many hits, at most.
+        score_threshold: The lowest similarity a hit may have.
+        filters: Payload fields a hit must match, such as document_id or source.
+        embedder: The embedder to use instead of the worker's configured one (the collection's model).
+    """
     check_query(query)
     settings = settings_for(embedder)
     collection = collection or settings.collection

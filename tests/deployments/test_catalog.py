@@ -47,3 +47,13 @@ def test_nightly_source_and_collection_are_read_from_a_dotenv_file(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     nightly = next(spec for spec in catalog() if spec.full_name == "index-corpus/nightly")
     assert nightly.parameters == {"source": "/srv/handbook", "collection": "handbook"}
+
+
+def test_every_deployed_parameter_has_a_description_in_the_ui_form() -> None:
+    """Prefect's run form shows each parameter's description (from its flow's Args section)."""
+    for spec in catalog():
+        flow = load_flow(spec.entrypoint)
+        missing = [name for name, schema in flow.parameters.properties.items() if not schema.get("description")]
+        assert not missing, f"{spec.entrypoint}: no description for {', '.join(missing)}"
+    sharded = load_flow("flows/index_sharded.py:index_sharded").parameters.properties
+    assert "s3://bucket/prefix" in sharded["source"]["description"]
