@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,26 @@ from tests.support.embedding_server import EmbeddingServer
 pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 
+async def _forget_the_ollama_limit() -> None:
+    """The session's Prefect server is shared by the tests of this worker, and a run creates the
+    backend's limit only where none exists (sized by its own Ollama servers): each test here starts
+    without one, so that it is the one sized by this test's single server."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks import limits
+
+    async with get_client() as client:
+        try:
+            await client.delete_global_concurrency_limit_by_name("citadel-embedder-ollama")
+        except ObjectNotFound:
+            pass
+    limits._ensured.clear()
+
+
 @pytest.fixture
 def ollama(data_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    asyncio.run(_forget_the_ollama_limit())
     with EmbeddingServer() as server:
         monkeypatch.setenv("CITADEL_EMBEDDER", "ollama")
         monkeypatch.setenv("CITADEL_EMBEDDING_MODEL", "all-minilm")
