@@ -9,6 +9,7 @@ and the lock against pyproject.toml.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -324,6 +325,30 @@ def test_image_is_lean_non_root_and_keeps_no_secret(podman: Podman, app_image: s
     )
     result = podman.run("run", "--rm", "--entrypoint", "sh", app_image, "-c", script, check=False)
     assert result.returncode == 0, f"image check {result.returncode}: {result.stdout}{result.stderr}"
+
+
+def test_the_installed_package_is_the_code_the_image_was_built_from(podman: Podman, app_image: str) -> None:
+    """What `citadel` runs (the wheel in the venv) is this checkout's code, also when the image was
+    built before from other code: a layer reused from the cache must not keep an older install."""
+    packages = ("citadel", "cli", "api", "flows", "tasks", "orchestration", "deployments", "blocks")
+    script = (
+        "import hashlib, importlib, json, pathlib; out = {}\n"
+        f"for name in {packages!r}:\n"
+        "    root = pathlib.Path(importlib.import_module(name).__file__).parent\n"
+        "    out.update({f'{name}/{p.relative_to(root)}': hashlib.sha256(p.read_bytes()).hexdigest()"
+        " for p in root.rglob('*.py') if 'container' not in p.parts})\n"
+        "print(json.dumps(out))"
+    )
+    installed = podman.run("run", "--rm", "--workdir", "/", "--entrypoint", "/opt/venv/bin/python", app_image, "-c", script)
+    here = {}
+    for name in packages:
+        root = REPO_ROOT / name
+        here.update({f"{name}/{p.relative_to(root)}": hashlib.sha256(p.read_bytes()).hexdigest()
+                     for p in root.rglob("*.py") if "container" not in p.parts and "__pycache__" not in p.parts})
+    digests = json.loads(installed.stdout)
+    assert len(digests) > 100 and "citadel/registry/schema.py" in digests
+    differ = sorted(name for name, digest in digests.items() if here.get(name) != digest)
+    assert not differ, f"the image's installed code is not this checkout's: {differ[:10]}"
 
 
 def test_api_container_serves_as_non_root_and_stops_gracefully(podman: Podman, app_image: str) -> None:
