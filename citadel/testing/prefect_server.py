@@ -27,13 +27,15 @@ RETRYABLE_STATUS = {429, 502, 503}
 
 
 def retry_delay(response: httpx.Response | None, attempt: int) -> float:
-    """Seconds to wait before the next try: the server's Retry-After when given, else exponential backoff."""
+    """Seconds to wait before the next try: exponential backoff, or the server's Retry-After when
+    it asks for longer (a busy SQLite answers "0", and six tries at once outlast no lock)."""
+    backoff = min(0.5 * 2.0**attempt, 8.0)
     if response is not None:
         try:
-            return min(float(str(response.headers["Retry-After"])), 10.0)
+            return max(backoff, min(float(str(response.headers["Retry-After"])), 10.0))
         except (KeyError, ValueError):
             pass
-    return min(0.5 * 2.0**attempt, 8.0)
+    return backoff
 
 
 async def create_prefect_database(admin_url: str, name: str) -> str:
@@ -126,7 +128,7 @@ class PrefectServer:
             **extra,
         )
 
-    def api(self, method: str, path: str, attempts: int = 6, **kwargs: Any) -> Any:
+    def api(self, method: str, path: str, attempts: int = 8, **kwargs: Any) -> Any:
         """Call the REST API as Prefect's own client does: a 503 or 429 (SQLite busy, rate limited) is retried.
 
         The server answers 503 when its database is momentarily locked, which happens on SQLite while
