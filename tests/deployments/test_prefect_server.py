@@ -1,8 +1,8 @@
 """Citadel on a real Prefect server: deployed from prefect.yaml, run by process workers.
 
 One server (SQLite in a temporary folder) for the module, two workers on one process pool, and
-the production code paths of every backend: Postgres for the registry, Redis for the cache, and
-a Qdrant REST server shared by the workers.
+the production code paths of every backend: Postgres for the registry, Redis for the cache, a
+Qdrant REST server shared by the workers, and an S3 server (moto) both read from.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +24,28 @@ from citadel.store import VectorStore
 from citadel.testing.corpus import write_corpus
 from citadel.testing.prefect_server import BIN, PrefectServer
 from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
+from citadel.testing.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, start_s3_server
+from tests.support.s3 import BUCKET
 
 pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
+def stack_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The S3 server the stack's workers read s3:// sources from."""
+    with start_s3_server(tmp_path_factory.mktemp("moto")) as s3:
+        s3.create_bucket(BUCKET)
+        yield s3
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, stack_s3: S3Server):
     """Prefect server + Qdrant REST server + two workers, with Citadel pointed at production backends."""
     from tests.conftest import POSTGRES_URL, REDIS_URL
 
     root = tmp_path_factory.mktemp("stack")
     qdrant, qdrant_url = start_qdrant_process(root / "qdrant")
+    s3 = stack_s3
     env = {
         "CITADEL_DATA_DIR": str(root / "data"),
         "CITADEL_QDRANT_URL": qdrant_url,
@@ -45,6 +57,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         # Results go to the storage block `citadel setup --result-storage` saves, as on several machines.
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "local-file-system/citadel-results",
+        # The workers read s3:// sources from the S3 server with the test keys, and nothing of this machine's own AWS set-up.
+        "CITADEL_S3_ENDPOINT_URL": s3.url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "AWS_REGION": "us-east-1",
+        "AWS_SHARED_CREDENTIALS_FILE": str(root / "no-aws-credentials"),
+        "AWS_CONFIG_FILE": str(root / "no-aws-config"),
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
     server = PrefectServer(root / "prefect", env=env)
     try:
@@ -198,14 +218,22 @@ def test_interval_schedule_fires_on_its_own(stack) -> None:
         server.api("DELETE", f"/deployments/{deployment_id}/schedules/{schedule['id']}")
 
 
-def test_sharded_corpus_on_two_workers_is_indexed_exactly_once(stack, tmp_path: Path) -> None:
+def test_a_bucket_sharded_on_two_workers_is_indexed_exactly_once(stack, stack_s3: S3Server, tmp_path: Path) -> None:
+    """Workers on several machines share no folder: they read the objects of one bucket, each
+    fetching only its shard's, and a re-run after a delete fetches nothing and removes exactly it."""
     server, _, env = stack
-    corpus = tmp_path / "corpus"
-    paths = write_corpus(corpus, files=24, seed=5)
+    s3 = stack_s3
+    paths = write_corpus(tmp_path / "corpus", files=24, seed=5)
+    prefix = f"sharded-{uuid.uuid4().hex[:8]}/"
+    source = f"s3://{BUCKET}/{prefix}"
+    asyncio.run(s3.put_objects(BUCKET, {prefix + path.name: path.read_bytes() for path in paths}))
     collection = f"shards_{uuid.uuid4().hex[:8]}"
-    run_id, _ = create_run(server, "index-sharded/default", {"source": str(corpus), "collection": collection, "shards": 3})
+    mark = s3.mark()
+    run_id, _ = create_run(server, "index-sharded/default", {"source": source, "collection": collection, "shards": 3})
     final = server.wait_for_flow_run(run_id, timeout=400)
     assert final["state"]["type"] == "COMPLETED", server.log_text()
+    fetched = [request.key for request in s3.object_gets(mark)]
+    assert sorted(fetched) == sorted(prefix + path.name for path in paths), "each object fetched once, by one shard"
 
     settings = settings_of(env)
     expected = sum(len(chunk_text(p.read_text(), settings.chunk_size, settings.chunk_overlap)) for p in paths)
@@ -220,11 +248,13 @@ def test_sharded_corpus_on_two_workers_is_indexed_exactly_once(stack, tmp_path: 
     assert sorted(r["parameters"]["shard"] for r in shard_runs) == [0, 1, 2]
     assert all(r["state"]["type"] == "COMPLETED" for r in shard_runs)
 
-    # Deleting a file and running again removes exactly its chunks, in its own shard only.
+    # Deleting an object and running again fetches nothing and removes exactly its chunks, in its own shard only.
     gone = paths.pop()
-    gone.unlink()
-    run_id, _ = create_run(server, "index-sharded/default", {"source": str(corpus), "collection": collection, "shards": 3})
+    s3.delete_object(BUCKET, prefix + gone.name)
+    mark = s3.mark()
+    run_id, _ = create_run(server, "index-sharded/default", {"source": source, "collection": collection, "shards": 3})
     assert server.wait_for_flow_run(run_id, timeout=400)["state"]["type"] == "COMPLETED"
+    assert s3.object_gets(mark) == []
     expected = sum(len(chunk_text(p.read_text(), settings.chunk_size, settings.chunk_overlap)) for p in paths)
     assert asyncio.run(state_of_index(settings, collection)) == (expected, expected, 23)
 
