@@ -169,6 +169,25 @@ def test_a_pptx_slides_notes_and_tables_are_part_of_its_text() -> None:
     assert section.text == "Figures\n\nyear\tsales\n2025\t12\n\nMention the growth."
 
 
+def test_a_pptx_reads_text_inside_groups_and_line_breaks_in_order() -> None:
+    import pptx
+    from pptx.util import Inches
+
+    presentation = pptx.Presentation()
+    slide = presentation.slides.add_slide(presentation.slide_layouts[5])
+    slide.shapes.title.text = "Layout"
+    before = slide.shapes.add_textbox(Inches(1), Inches(1), Inches(3), Inches(1))
+    before.text_frame.text = "First box"
+    group = slide.shapes.add_group_shape()
+    inner = group.shapes.add_textbox(Inches(1), Inches(3), Inches(3), Inches(1))
+    inner.text_frame.text = "Grouped\vline"  # a line break inside one paragraph
+    inner.text_frame.add_paragraph().text = "second paragraph"
+    out = BytesIO()
+    presentation.save(out)
+    [section] = parse_bytes(".pptx", out.getvalue()).sections
+    assert section.text == "Layout\n\nFirst box\n\nGrouped line\nsecond paragraph"
+
+
 def test_a_pptx_gives_one_section_per_slide_headed_by_its_title() -> None:
     parsed = parse_bytes(".pptx", pptx_bytes([("Plan", ["Ship it", "Measure it"]), ("Risks", ["None known"])], title="Roadmap"))
     assert parsed.format == "pptx" and parsed.title == "Roadmap" and parsed.pages == 2

@@ -14,7 +14,7 @@ _PARSERS = {
     ".htm": ("html", "parse_html"),
     ".xhtml": ("html", "parse_html"),
     ".docx": ("office", "parse_docx"),
-    ".pptx": ("office", "parse_pptx"),
+    ".pptx": ("slides", "parse_pptx"),
     ".xlsx": ("office", "parse_xlsx"),
     ".epub": ("epub", "parse_epub"),
 }

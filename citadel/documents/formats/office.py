@@ -1,9 +1,10 @@
 """Office Open XML documents through their own readers: Word paragraphs under their heading path,
-PowerPoint slides, Excel sheets as tab-separated rows. Each package's sizes are checked first."""
+Excel sheets as tab-separated rows (PowerPoint slides: :mod:`.slides`). Each package's sizes are
+checked first."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -31,11 +32,6 @@ def parse_docx(data: bytes) -> ParsedFile:
     """A Word document's paragraphs and tables in order, in sections at its Title and Heading N
     paragraphs."""
     return read_office(data, "DOCX", read_docx)
-
-
-def parse_pptx(data: bytes) -> ParsedFile:
-    """A presentation's slides, one section each (``page`` the slide number, headed by its title)."""
-    return read_office(data, "PPTX", read_pptx)
 
 
 def parse_xlsx(data: bytes) -> ParsedFile:
@@ -142,43 +138,6 @@ def table_rows(table: Any) -> list[str]:
         if cells:
             rows.append("\t".join(cells))
     return rows
-
-
-def read_pptx(stream: BytesIO) -> ParsedFile:
-    """Each slide with text as a section: its title, its shapes' text and tables, its notes."""
-    import pptx
-
-    presentation = pptx.Presentation(stream)
-    sections: list[Section] = []
-    slides = list(presentation.slides)
-    for number, slide in enumerate(slides, start=1):
-        title_shape = slide.shapes.title
-        heading = clean(title_shape.text_frame.text) if title_shape is not None and title_shape.has_text_frame else ""
-        blocks = [heading] if heading else []
-        title_id = title_shape.shape_id if title_shape is not None else None
-        blocks.extend(block for shape in slide.shapes if shape.shape_id != title_id for block in shape_blocks(shape))
-        if slide.has_notes_slide and (notes := slide.notes_slide.notes_text_frame) is not None and notes.text.strip():
-            blocks.append(notes.text.strip())
-        if blocks:
-            sections.append(Section("\n\n".join(blocks), page=number, headings=(heading,) if heading else ()))
-    title = clean(presentation.core_properties.title)
-    return ParsedFile("pptx", sections, title=title or None, pages=len(slides))
-
-
-def shape_blocks(shape: Any) -> Iterator[str]:
-    """The text of a slide's shape: its text frame's paragraphs as lines, a table's rows, and the
-    shapes inside a group."""
-    if getattr(shape, "shapes", None) is not None:  # a group shape
-        for inner in shape.shapes:
-            yield from shape_blocks(inner)
-    if shape.has_text_frame:
-        lines = [text for paragraph in shape.text_frame.paragraphs if (text := clean(paragraph.text))]
-        if lines:
-            yield "\n".join(lines)
-    if getattr(shape, "has_table", False) and shape.has_table:
-        rows = ["\t".join(text for cell in row.cells if (text := clean(cell.text))) for row in shape.table.rows]
-        if any(rows):
-            yield "\n".join(row for row in rows if row)
 
 
 def read_xlsx(stream: BytesIO) -> ParsedFile:
