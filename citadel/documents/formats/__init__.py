@@ -15,7 +15,7 @@ _PARSERS = {
     ".xhtml": ("html", "parse_html"),
     ".docx": ("office", "parse_docx"),
     ".pptx": ("slides", "parse_pptx"),
-    ".xlsx": ("office", "parse_xlsx"),
+    ".xlsx": ("sheets", "parse_xlsx"),
     ".epub": ("epub", "parse_epub"),
 }
 RICH_SUFFIXES: tuple[str, ...] = tuple(_PARSERS)

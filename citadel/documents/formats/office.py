@@ -1,6 +1,6 @@
-"""Office Open XML documents through their own readers: Word paragraphs under their heading path,
-Excel sheets as tab-separated rows (PowerPoint slides: :mod:`.slides`). Each package's sizes are
-checked first."""
+"""Word documents through python-docx, paragraphs under their heading path, and what every Office
+Open XML reader shares (PowerPoint: :mod:`.slides`, Excel: :mod:`.sheets`). Each package's sizes
+are checked first."""
 
 from __future__ import annotations
 
@@ -32,11 +32,6 @@ def parse_docx(data: bytes) -> ParsedFile:
     """A Word document's paragraphs and tables in order, in sections at its Title and Heading N
     paragraphs."""
     return read_office(data, "DOCX", read_docx)
-
-
-def parse_xlsx(data: bytes) -> ParsedFile:
-    """A workbook's sheets, one section each headed by the sheet's name, rows as tab-separated values."""
-    return read_office(data, "XLSX", read_xlsx)
 
 
 def clean(text: str | None) -> str:
@@ -138,29 +133,6 @@ def table_rows(table: Any) -> list[str]:
         if cells:
             rows.append("\t".join(cells))
     return rows
-
-
-def read_xlsx(stream: BytesIO) -> ParsedFile:
-    """Each worksheet with values as a section; cached formula results, not the formulas."""
-    import openpyxl
-
-    workbook = openpyxl.load_workbook(stream, read_only=True, data_only=True)
-    try:
-        sections: list[Section] = []
-        sheets = [sheet for sheet in workbook.worksheets if hasattr(sheet, "iter_rows")]
-        for sheet in sheets:
-            text = "\n".join(line for row in sheet.iter_rows(values_only=True) if (line := row_text(row)))
-            if text:
-                sections.append(Section(text, headings=(str(sheet.title),)))
-        title = clean(workbook.properties.title)
-    finally:
-        workbook.close()
-    return ParsedFile("xlsx", sections, title=title or None, pages=len(sheets))
-
-
-def row_text(row: tuple[object, ...]) -> str:
-    """A sheet's row as its non-empty values, tab-separated."""
-    return "\t".join(text for value in row if value is not None and (text := cell_text(value)))
 
 
 def cell_text(value: object) -> str:

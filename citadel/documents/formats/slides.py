@@ -8,7 +8,6 @@ a fraction of that, so parsing a deck outruns embedding it.
 
 from __future__ import annotations
 
-import posixpath
 import zipfile
 from collections.abc import Iterator
 from io import BytesIO
@@ -16,18 +15,13 @@ from io import BytesIO
 from lxml import etree
 
 from citadel.documents.formats.office import clean, read_office
-from citadel.documents.parsed import ParsedFile, ParseError, Section
+from citadel.documents.formats.ooxml import Package, R
+from citadel.documents.parsed import ParsedFile, Section
 
 P = "http://schemas.openxmlformats.org/presentationml/2006/main"
 A = "http://schemas.openxmlformats.org/drawingml/2006/main"
-R = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-DC = "http://purl.org/dc/elements/1.1/"
-RELATIONSHIP = "{http://schemas.openxmlformats.org/package/2006/relationships}Relationship"
-DOCUMENT = "/officeDocument"  # the end of the main part's relationship type
 NOTES = "/notesSlide"
 TITLE_TYPES = {"title", "ctrTitle"}
-# No entity expansion, no network, no huge trees: a package is untrusted input.
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True)
 
 
 def parse_pptx(data: bytes) -> ParsedFile:
@@ -35,48 +29,20 @@ def parse_pptx(data: bytes) -> ParsedFile:
     return read_office(data, "PPTX", read_pptx)
 
 
-class _Package:
-    """The parts of an Office package, read as XML, and their relationships."""
-
-    def __init__(self, archive: zipfile.ZipFile) -> None:
-        self.archive = archive
-        self.names = set(archive.namelist())
-
-    def xml(self, name: str) -> etree._Element:
-        if name not in self.names:
-            raise ParseError(f"not a readable PPTX file: the package has no part {name!r}")
-        return etree.fromstring(self.archive.read(name), _PARSER)
-
-    def related(self, part: str) -> dict[str, tuple[str, str]]:
-        """The relationships of ``part``: id -> (type, the target part's name)."""
-        folder, _, file = part.rpartition("/")
-        rels = f"{folder}/_rels/{file}.rels" if folder else f"_rels/{file}.rels"
-        if rels not in self.names:
-            return {}
-        return {
-            str(rel.get("Id")): (str(rel.get("Type")), posixpath.normpath(posixpath.join(folder, str(rel.get("Target")))))
-            for rel in self.xml(rels).iter(RELATIONSHIP)
-            if rel.get("TargetMode") != "External"
-        }
-
-
 def read_pptx(stream: BytesIO) -> ParsedFile:
     """Each slide with text as a section: its title, its shapes' text and tables, its notes."""
     with zipfile.ZipFile(stream) as archive:
-        package = _Package(archive)
-        main = next((target for kind, target in package.related("").values() if kind.endswith(DOCUMENT)), "ppt/presentation.xml")
+        package = Package(archive, "PPTX")
+        main = package.main("ppt/presentation.xml")
         targets = package.related(main)
         slide_ids = package.xml(main).iterfind(f"{{{P}}}sldIdLst/{{{P}}}sldId")
         slides = [targets[rid][1] for slide in slide_ids if (rid := str(slide.get(f"{{{R}}}id"))) in targets]
         sections = [section for number, part in enumerate(slides, start=1) if (section := _slide(package, part, number))]
-        title = ""
-        if "docProps/core.xml" in package.names:
-            found = package.xml("docProps/core.xml").find(f"{{{DC}}}title")
-            title = clean(found.text if found is not None else "")
+        title = package.title()
     return ParsedFile("pptx", sections, title=title or None, pages=len(slides))
 
 
-def _slide(package: _Package, part: str, number: int) -> Section | None:
+def _slide(package: Package, part: str, number: int) -> Section | None:
     tree = package.xml(part).find(f"{{{P}}}cSld/{{{P}}}spTree")
     if tree is None:
         return None
@@ -125,7 +91,7 @@ def _cell_text(cell: etree._Element) -> str:
     return "\n".join("".join(t.text or "" for t in paragraph.iter(f"{{{A}}}t")) for paragraph in cell.iterfind(f"{{{A}}}txBody/{{{A}}}p"))
 
 
-def _notes_text(package: _Package, part: str) -> str:
+def _notes_text(package: Package, part: str) -> str:
     """The speaker notes: the text of the notes slide's body placeholder."""
     tree = package.xml(part).find(f"{{{P}}}cSld/{{{P}}}spTree")
     if tree is None:
