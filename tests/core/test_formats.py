@@ -207,6 +207,23 @@ def test_an_xlsx_gives_one_section_per_sheet_with_rows_as_tab_separated_values()
     ]
 
 
+def test_an_xlsx_shows_dates_in_iso_form_flags_and_numbers_as_computed_and_no_formula() -> None:
+    import datetime as dt
+
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.title = "Mixed"
+    sheet.append(["when", dt.datetime(2024, 3, 5, 14, 30), dt.date(2023, 1, 2), True, 0.25, 7, "=1+2"])
+    sheet["E1"].number_format = "0%"  # a number format that is not a date
+    out = BytesIO()
+    workbook.save(out)
+    [section] = parse_bytes(".xlsx", out.getvalue()).sections
+    # The formula was never computed (no cached value): nothing of it is text, never "=1+2".
+    assert section.text == "when\t2024-03-05T14:30:00\t2023-01-02T00:00:00\tTrue\t0.25\t7"
+
+
 def test_an_epub_gives_its_chapters_in_spine_order_numbered_with_their_headings() -> None:
     chapters = [[(1, "Beginning"), (None, "It starts."), (2, "Morning"), (None, "Sun.")], [(1, "End"), (None, "It ends.")]]
     parsed = parse_bytes(".epub", epub_bytes(chapters, title="A story"))
