@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from citadel.settings import Settings
 from citadel.store import VectorStore
 from citadel.testing.corpus import append_paragraph, dead_letters_of, index_state, write_corpus
 from flows.index_corpus import index_corpus
+from tests.support.held_run import held_index_script
 from tests.support.qdrant_server import QdrantTestServer
 
 pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
@@ -190,21 +190,7 @@ def test_killed_run_resumes_without_duplicates(data_dir: Path, tmp_path: Path, c
     env = {**os.environ, "CITADEL_DOCUMENT_BATCH_SIZE": "4", "PYTHONPATH": str(REPO)}
     # The run holds at a point it reports: the embedding of document 30 never returns, so the
     # batches before it are indexed and the run cannot finish before the kill, however busy the machine.
-    script = textwrap.dedent(f"""
-        import asyncio, re
-        from citadel.embedders.hashing import HashingEmbedder
-        from flows.index_corpus import index_corpus
-
-        embed = HashingEmbedder.embed
-
-        async def held(self, texts):
-            if any(re.search(r"\\bDocument 30\\b", text) for text in texts):
-                await asyncio.Event().wait()
-            return await embed(self, texts)
-
-        HashingEmbedder.embed = held
-        asyncio.run(index_corpus({str(corpus)!r}, collection={collection_name!r}))
-    """)
+    script = held_index_script(str(corpus), collection_name)
     # Its own process group, so the kill takes the whole tree, as a crashed machine would: the local
     # Prefect server that the run started must not outlive it.
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, start_new_session=True)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from citadel.settings import Settings
 from citadel.testing.corpus import index_state
 from citadel.testing.s3server import S3Server
 from flows.index_corpus import index_corpus
+from tests.support.held_run import held_index_script
 from tests.support.s3 import BUCKET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,21 +61,7 @@ async def test_a_run_killed_half_way_ends_exact_when_run_again(
     uri = f"s3://{BUCKET}/{prefix}"
     documents = {f"{prefix}doc-{number:02d}.md": f"Document {number} of the killed run.".encode() for number in range(40)}
     await s3_server.put_objects(BUCKET, documents)
-    script = textwrap.dedent(f"""
-        import asyncio, re
-        from citadel.embedders.hashing import HashingEmbedder
-        from flows.index_corpus import index_corpus
-
-        embed = HashingEmbedder.embed
-
-        async def held(self, texts):
-            if any(re.search(r"\\\\bDocument 30\\\\b", text) for text in texts):
-                await asyncio.Event().wait()
-            return await embed(self, texts)
-
-        HashingEmbedder.embed = held
-        asyncio.run(index_corpus({uri!r}, collection={collection_name!r}))
-    """)
+    script = held_index_script(uri, collection_name)
     env = {**os.environ, "CITADEL_DOCUMENT_BATCH_SIZE": "4", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, start_new_session=True)
     try:
