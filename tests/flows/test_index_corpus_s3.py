@@ -87,3 +87,27 @@ async def _indexed(settings: Settings, collection: str, uri: str) -> int:
         return sum(document.status == "indexed" for document in stored.values())
     finally:
         await registry.aclose()
+
+
+async def test_a_sandboxed_workflow_index_step_reads_an_allowed_prefix_and_no_other(
+    s3_server: S3Server, s3_settings: Settings, collection_name: str
+) -> None:
+    """The workflow `index` step of a run started over HTTP: inside CITADEL_API_SOURCE_BUCKETS it
+    indexes the prefix; outside it fails before a request reaches the store."""
+    from flows.run_workflow import run_workflow
+
+    prefix = f"workflow-{uuid.uuid4().hex[:8]}/"
+    await s3_server.put_objects(BUCKET, {f"{prefix}a.md": b"The harbour opens at dawn.", f"{prefix}b.md": b"Tides turn at noon."})
+
+    def index(source: str) -> dict:
+        return {"workflow_id": "s3", "steps": [{"step_id": "index", "type": "index", "parameters": {
+            "source": source, "collection": collection_name}}]}
+
+    roots = [f"s3://{BUCKET}/{prefix}"]
+    done = await (await run_workflow(index(f"s3://{BUCKET}/{prefix}"), source_roots=roots, return_state=True)).aresult()
+    assert done["steps"]["index"]["output"]["added"] == 2
+    mark = s3_server.mark()
+    refused = await run_workflow(index(f"s3://{BUCKET}/"), source_roots=roots, return_state=True)
+    assert refused.is_failed()
+    assert "CITADEL_API_SOURCE_BUCKETS" in str(await refused.aresult(raise_on_failure=False))
+    assert s3_server.requests(mark) == [], "refused before any request"
