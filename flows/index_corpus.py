@@ -41,16 +41,12 @@ async def index_corpus(
     blue_green: bool = False,
     source_roots: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Index a source into a collection incrementally; returns the run summary
-    (citadel.models.RunSummary as JSON): documents added, updated, unchanged, deleted, failed and
-    repaired, chunks embedded, cache hits, duration. A collection that is a blue-green alias is
-    written through its live version (citadel.indexing.bluegreen).
+    """Index a source into a collection incrementally; returns what it did (RunSummary as JSON).
 
     Args:
-        source: A directory, glob or file of documents on the worker, an s3://bucket/prefix of object
-            storage (an object whose ETag and size did not change is not fetched), or a list of
-            {"id", "text", "metadata"} records.
-        collection: The collection to write; default CITADEL_COLLECTION.
+        source: A directory, glob or file on the worker, an s3://bucket/prefix (an object whose ETag
+            and size did not change is not fetched), or a list of {"id", "text", "metadata"} records.
+        collection: The collection to write (an alias: its live version); default CITADEL_COLLECTION.
         embedder: The embedder to use instead of the worker's configured one (its kind, model, ...).
         full: Re-process every document, changed or not.
         source_name: The name inline records are filed under (what a prune of them deletes).

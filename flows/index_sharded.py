@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.runtime import flow_run
 
@@ -19,6 +20,25 @@ from citadel.documents import list_source
 from citadel.models import RunCounts, ShardedRunSummary
 from citadel.resources import open_resources
 from citadel.settings import EmbedderConfig, settings_for
+
+
+async def _run_shards(
+    deployment: str, parameters: dict[str, Any], collection: str, shards: int, timeout_s: float | None
+) -> list[FlowRun]:
+    """One run of ``deployment`` per shard, waited for together."""
+    # A shard's run is created once per attempt of this run: the Prefect client retries a create
+    # whose answer was lost (under load), and without a key each retry made another run of that shard.
+    attempt = f"{flow_run.get_id()}-{flow_run.get_run_count()}"
+    return list(await asyncio.gather(
+        *(
+            arun_deployment(
+                deployment, parameters={**parameters, "shard": shard}, timeout=timeout_s, poll_interval=1,
+                flow_run_name=f"{collection}-shard-{shard}-of-{shards}",
+                idempotency_key=f"{attempt}-shard-{shard}-of-{shards}",
+            )
+            for shard in range(shards)
+        )
+    ))
 
 
 @flow(name="index-sharded")
@@ -54,19 +74,7 @@ async def index_sharded(
     parameters = {"source": listing.key, "collection": collection, "full": full, "shards": shards}
     if embedder is not None:
         parameters["embedder"] = embedder.model_dump(exclude_none=True)
-    # A shard's run is created once per attempt of this run: the Prefect client retries a create
-    # whose answer was lost (under load), and without a key each retry made another run of that shard.
-    attempt = f"{flow_run.get_id()}-{flow_run.get_run_count()}"
-    runs = await asyncio.gather(
-        *(
-            arun_deployment(
-                deployment, parameters={**parameters, "shard": shard}, timeout=timeout_s, poll_interval=1,
-                flow_run_name=f"{collection}-shard-{shard}-of-{shards}",
-                idempotency_key=f"{attempt}-shard-{shard}-of-{shards}",
-            )
-            for shard in range(shards)
-        )
-    )
+    runs = await _run_shards(deployment, parameters, collection, shards, timeout_s)
     failed = [run for run in runs if run.state is None or not run.state.is_completed()]
     async with open_resources(settings) as resources:
         registry = await resources.registry()
