@@ -1,0 +1,152 @@
+"""Benchmark: how well search finds what people mean, on a BEIR-format evaluation set.
+
+Indexes the set's corpus through Citadel itself (its records as a JSONL source, by the same
+``index_source`` the workflow ``index`` step and the plain loop run), then runs every test query
+through the same search users call (``search_with``, what ``citadel search`` and ``/api/v1/search``
+run), ranks documents by their best chunk, and scores them against the set's judgments: nDCG@10
+with graded gains (as BEIR's pytrec_eval computes it), recall@10 and recall@100, with the index
+time and the search latency (p50, p95). Usage:
+
+    .venv/bin/python -m bench.quality                      # ../shared/evalsets/scifact beside the clone
+    .venv/bin/python -m bench.quality PATH/TO/BEIR/SET --queries 100 --json
+
+A BEIR-format folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
+(``_id``, ``text``) and ``qrels.tsv`` or ``qrels/test.tsv`` (``query-id``, ``corpus-id``, ``score``).
+SciFact and the other BEIR sets are published by the BEIR project (github.com/beir-cellar/beir).
+Settings come from the environment as for any run (``CITADEL_EMBEDDER``, ``CITADEL_OLLAMA_URLS``...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SET = Path(__file__).resolve().parents[2] / "shared" / "evalsets" / "scifact"
+CANDIDATES = 100  # chunks asked for per query, ranked by document
+
+
+def read_set(folder: Path) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, dict[str, int]]]:
+    """The corpus (records), the queries (id -> text) and the judgments (query id -> document id -> gain)."""
+    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    queries = {
+        str(item["_id"]): str(item["text"])
+        for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip() and (item := json.loads(line))
+    }
+    qrels_path = folder / "qrels.tsv" if (folder / "qrels.tsv").exists() else folder / "qrels" / "test.tsv"
+    qrels: dict[str, dict[str, int]] = {}
+    with qrels_path.open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
+    return corpus, {qid: text for qid, text in queries.items() if qid in qrels}, qrels
+
+
+def ndcg_at(ranked: Sequence[str], gains: dict[str, int], k: int = 10) -> float:
+    """nDCG@k with graded gains: the sum of gain / log2(rank + 1) over the top k, over the ideal's."""
+    dcg = sum(gains.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
+    ideal = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(sorted(gains.values(), reverse=True)[:k]))
+    return dcg / ideal if ideal else 0.0
+
+
+def recall_at(ranked: Sequence[str], gains: dict[str, int], k: int) -> float:
+    """The share of the relevant documents (gain above 0) found in the top k."""
+    relevant = {doc for doc, gain in gains.items() if gain > 0}
+    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
+
+
+def by_document(hits: Iterable[Any], prefix: str = "") -> list[str]:
+    """Document ids in the order of their best chunk (hits come nearest first), without ``prefix``
+    (a JSONL record's id is its file's path, ``#`` and the record's own id)."""
+    ranked: list[str] = []
+    seen: set[str] = set()
+    for hit in hits:
+        doc = str(hit.document_id).removeprefix(prefix)
+        if doc not in seen:
+            seen.add(doc)
+            ranked.append(doc)
+    return ranked
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+async def run(folder: Path, limit_queries: int | None, work: Path) -> dict[str, Any]:
+    from citadel.indexing import index_source
+    from citadel.resources import Resources
+    from citadel.search import search_with
+    from citadel.settings import Settings
+
+    corpus, queries, qrels = read_set(folder)
+    records = work / "corpus.jsonl"
+    with records.open("w", encoding="utf-8") as out:
+        for doc in corpus:
+            title = str(doc.get("title") or "").strip()
+            text = f"{title}\n\n{doc['text']}" if title else str(doc["text"])
+            out.write(json.dumps({"id": str(doc["_id"]), "text": text, "metadata": {"title": title}}) + "\n")
+    settings = Settings(data_dir=work / "data")
+    resources = Resources(settings)
+    collection = "quality"
+    try:
+        started = time.perf_counter()
+        summary = await index_source(resources, str(records), collection)
+        index_s = time.perf_counter() - started
+        chosen = list(queries.items())[:limit_queries] if limit_queries else list(queries.items())
+        scores: dict[str, list[float]] = {"ndcg@10": [], "recall@10": [], "recall@100": []}
+        latencies: list[float] = []
+        for qid, text in chosen:
+            started = time.perf_counter()
+            hits = await search_with(resources, text, collection, limit=CANDIDATES)
+            latencies.append((time.perf_counter() - started) * 1000)
+            ranked = by_document(hits, f"{records}#")
+            scores["ndcg@10"].append(ndcg_at(ranked, qrels[qid]))
+            scores["recall@10"].append(recall_at(ranked, qrels[qid], 10))
+            scores["recall@100"].append(recall_at(ranked, qrels[qid], 100))
+    finally:
+        await resources.aclose()
+    return {
+        "set": folder.name,
+        "documents": len(corpus),
+        "queries": len(chosen),
+        "embedder": resources.embedder.model,
+        "chunks": summary.chunks_embedded + summary.chunks_reused + summary.cache_hits,
+        **{name: round(statistics.fmean(values), 4) for name, values in scores.items()},
+        "index_s": round(index_s, 1),
+        "search_ms_p50": round(percentile(latencies, 0.5), 1),
+        "search_ms_p95": round(percentile(latencies, 0.95), 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_SET, help="a BEIR-format folder")
+    parser.add_argument("--queries", type=int, default=None, help="only the first N test queries")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not (args.folder / "corpus.jsonl").is_file():
+        parser.error(f"{args.folder} holds no corpus.jsonl; give a BEIR-format folder")
+    with tempfile.TemporaryDirectory() as work:
+        result = asyncio.run(run(args.folder, args.queries, Path(work)))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['set']}: {result['documents']:,} documents, {result['queries']} queries, {result['embedder']}, "
+          f"{result['chunks']:,} chunks (load {result['load_average']})")
+    print(f"nDCG@10 {result['ndcg@10']:.3f}  recall@10 {result['recall@10']:.3f}  recall@100 {result['recall@100']:.3f}")
+    print(f"index {result['index_s']} s  search p50 {result['search_ms_p50']} ms  p95 {result['search_ms_p95']} ms")
+
+
+if __name__ == "__main__":
+    main()
