@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect.runtime import task_run
 from prefect.utilities.annotations import BaseAnnotation
 
 from citadel.errors import ConfigurationError
@@ -57,7 +58,10 @@ async def run_flow_step(params: FlowParams, ctx: StepContext, sandbox: Sandbox |
     if sandbox is not None:
         parameters = sandbox.flow_parameters(params.deployment, parameters, await deployment_parameters(params.deployment))
     try:
-        flow_run = await arun_deployment(params.deployment, parameters=parameters, timeout=params.timeout_seconds, poll_interval=1)
+        flow_run = await arun_deployment(
+            params.deployment, parameters=parameters, timeout=params.timeout_seconds, poll_interval=1,
+            idempotency_key=_attempt_key(params.deployment),
+        )
     except ObjectNotFound:
         raise _missing(params.deployment) from None
     state = flow_run.state
@@ -67,6 +71,14 @@ async def run_flow_step(params: FlowParams, ctx: StepContext, sandbox: Sandbox |
             f"{state.message if state else ''}"
         )
     return {"flow_run_id": str(flow_run.id), "state": state.name, "deployment": params.deployment}
+
+
+def _attempt_key(deployment: str) -> str | None:
+    """One sub-run per attempt of the step's task run: the Prefect client retries a create whose
+    answer was lost (under load), and without a key each retry started the deployment again. A
+    retry of the step (a new attempt) starts a new sub-run. None outside a task run."""
+    task_id = task_run.get_id()
+    return f"{task_id}-{task_run.get_run_count()}-{deployment}" if task_id else None
 
 
 def orchestrated_steps(base: StepRegistry, sandbox: Sandbox | None = None) -> StepRegistry:

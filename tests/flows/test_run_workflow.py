@@ -293,3 +293,27 @@ async def test_a_sandboxed_flow_step_starts_its_deployment_inside_the_sandbox(mo
     assert len(started) == 1, "nothing started"
     await workflow_steps().get("flow")({"deployment": "index-corpus/x", "parameters": {"source": "/data"}}, ctx)
     assert started[-1] == {"source": "/data"}, "outside a sandbox (the CLI) a flow step's parameters pass as they are"
+
+
+async def test_a_flow_step_starts_one_sub_run_per_attempt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each attempt of a `flow` step creates its sub-run under a key of its own: a create the client
+    retries (its answer lost) is the same run, and the step's retry after a failed sub-run a new one."""
+    from types import SimpleNamespace
+
+    from prefect.states import Completed, Failed
+
+    import tasks.workflow
+
+    keys: list[str | None] = []
+
+    async def start(deployment: str, parameters: dict, **options: object) -> SimpleNamespace:
+        keys.append(options.get("idempotency_key"))  # type: ignore[arg-type]
+        return SimpleNamespace(id=uuid.uuid4(), state=Failed() if len(keys) == 1 else Completed())
+
+    monkeypatch.setattr(tasks.workflow, "arun_deployment", start)
+    workflow = {"workflow_id": "sub-runs", "steps": [
+        {"step_id": "child", "type": "flow", "retries": 1, "parameters": {"deployment": "index-corpus/x", "parameters": {}}}]}
+    result = await run_workflow(workflow)
+    assert result["steps"]["child"]["state"] == "Completed"
+    assert len(keys) == 2 and all(keys) and keys[0] != keys[1]
+    assert all(str(key).endswith("-index-corpus/x") for key in keys)
