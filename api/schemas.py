@@ -165,6 +165,9 @@ class SearchRequest(Strict):
     filter: Filter | None = Field(
         None, max_length=16, description="Exact-match metadata filters: a payload field (dotted for a nested one) and its value."
     )
+    group_by: Literal["chunk", "document"] = Field(
+        "chunk", description="chunk: the nearest chunks; document: each document's nearest chunk, `limit` documents."
+    )
 
 
 class SearchResponse(Succeeded):

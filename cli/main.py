@@ -167,9 +167,10 @@ def search(
     collection: str | None = CollectionOption,
     limit: int = typer.Option(5, "--limit", "-k", min=1, max=1000, help="How many hits."),
     threshold: float | None = typer.Option(None, "--threshold", help="Minimum score."),
+    chunks: bool = typer.Option(False, "--chunks", help="Every chunk found, not only each document's best."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Search a collection for the chunks nearest to QUERY."""
+    """Search a collection for the documents nearest to QUERY (each shown by its best chunk)."""
     from citadel.search import check_query
     from citadel.search import search as run_search
 
@@ -178,7 +179,9 @@ def search(
     except ConfigurationError as exc:
         fail(str(exc))
     config = settings()
-    hits = run(lambda: run_search(config, query, collection or config.collection, limit=limit, score_threshold=threshold))
+    hits = run(lambda: run_search(
+        config, query, collection or config.collection, limit=limit, score_threshold=threshold, by_document=not chunks
+    ))
     if as_json:
         print_json(hits)
         return

@@ -28,6 +28,7 @@ async def similarity_search(
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
     embedder: EmbedderConfig | None = None,
+    by_document: bool = False,
 ) -> list[dict[str, Any]]:
     """Scored hits for a query (citadel.models.SearchHit as JSON, nearest first), each with its
     document's title, page or section and URI.
@@ -39,6 +40,7 @@ async def similarity_search(
         score_threshold: The lowest similarity a hit may have.
         filters: Payload fields a hit must match, such as document_id or source.
         embedder: The embedder to use instead of the worker's configured one (the collection's model).
+        by_document: Each document's nearest chunk only: `limit` documents rather than chunks.
     """
     check_query(query)
     settings = settings_for(embedder)
@@ -49,6 +51,6 @@ async def similarity_search(
         with tags(*labels):
             vector = await embed_query.with_options(task_run_name="embed the query")(settings, query, resources.embedder.model)
             search = search_vectors.with_options(task_run_name=f"search {collection} for {limit} hits")
-            hits = await search(settings, collection, vector, limit, score_threshold, filters)
+            hits = await search(settings, collection, vector, limit, score_threshold, filters, by_document)
     await report_search(query, collection, [SearchHit.model_validate(hit) for hit in hits])
     return hits

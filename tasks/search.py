@@ -20,9 +20,11 @@ async def search_vectors(
     limit: int = 10,
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
+    by_document: bool = False,
 ) -> list[dict[str, Any]]:
-    """Scored hits as plain dicts (``score``, ``document_id``, ``chunk_index``, ``text`` ...)."""
+    """Scored hits as plain dicts (``score``, ``document_id``, ``chunk_index``, ``text`` ...); each
+    document's best chunk only, ``by_document``."""
     hits = await get_resources(settings).store.search(
-        collection, vector, limit=limit, score_threshold=score_threshold, filters=filters
+        collection, vector, limit=limit, score_threshold=score_threshold, filters=filters, by_document=by_document
     )
     return [hit.as_dict() for hit in hits]

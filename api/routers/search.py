@@ -23,7 +23,7 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
     # A collection the registry does not know is the core's CollectionNotFound: the error handlers' 404.
     hits = await search_with(
         state.resources, body.query, collection, limit=body.limit, score_threshold=body.threshold, filters=body.filter,
-        registered_only=True,
+        registered_only=True, by_document=body.group_by == "document",
     )
     return SearchResponse(
         query=body.query, collection=collection, model=state.resources.embedder.model, hits=hits,

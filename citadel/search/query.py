@@ -31,12 +31,13 @@ async def search(
     limit: int = 10,
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
+    by_document: bool = False,
 ) -> list[SearchHit]:
-    """Embed ``query`` through the cache and return the nearest chunks."""
+    """Embed ``query`` through the cache and return the nearest chunks (each document's best, ``by_document``)."""
     resources = Resources(settings)
     try:
         return await search_with(
-            resources, query, collection, limit=limit, score_threshold=score_threshold, filters=filters
+            resources, query, collection, limit=limit, score_threshold=score_threshold, filters=filters, by_document=by_document
         )
     finally:
         await resources.aclose()
@@ -51,6 +52,7 @@ async def search_with(
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
     registered_only: bool = False,
+    by_document: bool = False,
 ) -> list[SearchHit]:
     """The same search over backends the caller already holds (a workflow step, a long-lived service).
 
@@ -59,6 +61,7 @@ async def search_with(
     search. With ``registered_only`` (the HTTP API) a collection the registry knows neither by
     name nor through the version it serves is :class:`CollectionNotFound`, found before the query
     is checked or embedded; without it (the CLI, a workflow step) the store is searched as it is.
+    ``by_document`` gives each document's nearest chunk only: ``limit`` documents, what a user wants.
     """
     check_collection_name(collection)
     if not registered_only:
@@ -83,5 +86,5 @@ async def search_with(
             f"collection {collection!r} is in the registry but the vector store has lost it (a new server, a lost "
             f"volume?); `citadel verify --repair --collection {collection}` writes it back"
         )
-    hits = await store.search(collection, vector, limit=limit, score_threshold=score_threshold, filters=filters)
+    hits = await store.search(collection, vector, limit=limit, score_threshold=score_threshold, filters=filters, by_document=by_document)
     return [hit.to_result() for hit in hits]

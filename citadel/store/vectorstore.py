@@ -290,22 +290,24 @@ class VectorStore:
         limit: int = 10,
         score_threshold: float | None = None,
         filters: dict[str, Any] | None = None,
+        by_document: bool = False,
     ) -> list[Hit]:
         """Nearest points to ``vector``; ``filters`` match payload fields exactly (a list means any of),
-        as :func:`filter_condition` says."""
+        as :func:`filter_condition` says. ``by_document``: each document's nearest point only, ``limit``
+        documents (Qdrant groups them by their ``document_id``)."""
         if not await self.collection_exists(name):
             raise ConfigurationError(f"collection {name!r} does not exist yet; index something into it first")
         conditions = [filter_condition(key, value) for key, value in (filters or {}).items()]
-        response = await self._call(
-            "query_points",
-            name,
-            query=[float(x) for x in vector],
-            limit=limit,
-            score_threshold=score_threshold,
-            query_filter=models.Filter(must=conditions) if conditions else None,
-            with_payload=True,
-        )
-        return [Hit(str(point.id), float(point.score), point.payload or {}) for point in response.points]
+        query: dict[str, Any] = {
+            "query": [float(x) for x in vector], "limit": limit, "score_threshold": score_threshold,
+            "query_filter": models.Filter(must=conditions) if conditions else None, "with_payload": True,
+        }
+        if by_document:
+            grouped = await self._call("query_points_groups", name, group_by="document_id", group_size=1, **query)
+            points = [group.hits[0] for group in grouped.groups if group.hits]
+        else:
+            points = (await self._call("query_points", name, **query)).points
+        return [Hit(str(point.id), float(point.score), point.payload or {}) for point in points]
 
     async def layout(self) -> tuple[set[str], dict[str, str]]:
         """Every collection's name, and every alias with the collection it stands for."""

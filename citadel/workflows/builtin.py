@@ -90,6 +90,7 @@ class SearchParams(_Params):
     limit: int = Field(10, gt=0, le=1000)
     score_threshold: float | None = None
     filters: dict[str, Any] | None = None
+    by_document: bool = False  # each document's nearest chunk only
     embedder: EmbedderConfig | None = None
 
 
@@ -196,7 +197,7 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
         collection = params.collection or resources.settings.collection
         hits = await search_with(
             resources, params.query, collection,
-            limit=params.limit, score_threshold=params.score_threshold, filters=params.filters,
+            limit=params.limit, score_threshold=params.score_threshold, filters=params.filters, by_document=params.by_document,
         )
         return {"collection": collection, "model": resources.embedder.model, "hits": [hit.to_json() for hit in hits]}
 

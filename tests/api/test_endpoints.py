@@ -118,6 +118,32 @@ def test_a_workflow_indexes_then_search_finds_it_over_http(api: Api) -> None:
     assert submitted["task_id"] in [run["task_id"] for run in listed["workflows"]]
 
 
+def test_search_by_document_gives_each_document_once(api: Api) -> None:
+    """``group_by: document`` over HTTP and ``by_document`` in a workflow's search step: a long
+    document whose chunks all match comes once, by its best chunk, and ``limit`` counts documents."""
+    collection = f"docs_{uuid.uuid4().hex[:10]}"
+    long_text = " ".join(f"Harbour tide log entry {n}: the harbour tide rose at dawn." for n in range(120))
+    workflow = {"workflow_id": "by-document", "steps": [
+        {"step_id": "index", "type": "index", "parameters": {"collection": collection, "source": [
+            {"id": "log", "text": long_text}, {"id": "note", "text": "A note on the harbour tide."}]}},
+        {"step_id": "find", "type": "search", "depends_on": ["index"],
+         "parameters": {"query": "harbour tide", "collection": collection, "limit": 2, "by_document": True}},
+    ]}
+    with api.client(headers=api.headers()) as client:
+        submitted = client.post("/api/v1/orchestration/workflow", json=workflow).json()
+        status = wait_final(api, submitted["task_id"])
+        assert status["status"] == "Completed", status
+        query = {"query": "harbour tide", "collection": collection, "limit": 2}
+        chunks = client.post("/api/v1/search", json=query).json()["hits"]
+        documents = client.post("/api/v1/search", json={**query, "group_by": "document"}).json()["hits"]
+        refused = client.post("/api/v1/search", json={**query, "group_by": "page"})
+    assert status["steps"]["index"]["output"]["chunks_embedded"] > 2, "the log is several chunks"
+    assert [hit["document_id"] for hit in chunks] == ["log", "log"]
+    assert sorted(hit["document_id"] for hit in documents) == ["log", "note"]
+    assert sorted(hit["document_id"] for hit in status["steps"]["find"]["output"]["hits"]) == ["log", "note"]
+    assert refused.status_code == 422
+
+
 def test_search_reads_a_blue_green_collection_through_its_alias(api: Api) -> None:
     """A workflow builds two blue-green versions; /api/v1/search on the alias reads the live one."""
     collection = f"bg_{uuid.uuid4().hex[:10]}"

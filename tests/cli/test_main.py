@@ -262,3 +262,22 @@ def test_doctor_shows_who_holds_the_embedding_slots_and_which_are_gone(
     assert result.exit_code == 1
     assert f"FAIL embedding slots: 1 of 1 slots of '{limit_name(settings)}' in use; 1 held by holders that are gone" in said
     assert f"its process {holder.pid}" in said and "the next run that waits for a slot gives these back" in said
+
+
+def test_search_shows_documents_by_their_best_chunk_and_every_chunk_when_asked(
+    data_dir: Path, tmp_path: Path, collection_name: str
+) -> None:
+    import asyncio
+
+    from citadel.testing.corpus import index_with_own_backends
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "log.md").write_text("\n\n".join(f"Zebra sighting {n}: zebras crossed the river at dawn." for n in range(80)))
+    (corpus / "note.txt").write_text("A short note: zebras seen once.")
+    asyncio.run(index_with_own_backends(str(corpus), collection_name))
+    documents = json.loads(invoke("search", "zebras crossed the river", "--collection", collection_name, "--limit", "2", "--json").stdout)
+    chunks = json.loads(invoke("search", "zebras crossed the river", "--collection", collection_name, "--limit", "2", "--chunks",
+                               "--json").stdout)
+    assert sorted(Path(hit["document_id"]).name for hit in documents) == ["log.md", "note.txt"]
+    assert [Path(hit["document_id"]).name for hit in chunks] == ["log.md", "log.md"]

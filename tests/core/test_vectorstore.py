@@ -295,3 +295,20 @@ async def test_a_reopened_store_keeps_its_vectors_as_float32_with_room_to_grow(t
     again = VectorStore.connect(url=None, api_key=None, path=tmp_path / "q")
     assert await again.count("c") == 51 and (await again.search("c", added, limit=1))[0].id == pid(99)
     close_local_clients()
+
+
+async def test_search_by_document_gives_each_documents_nearest_chunk(store: VectorStore, collection_name: str) -> None:
+    """Three chunks of one document nearest to the query: by chunk they fill the top; by document
+    that document comes once, by its best chunk, and ``limit`` counts documents."""
+    await store.ensure_collection(collection_name, DIMS, MODEL)
+    vectors = [unit(1, 0, 0, 0), unit(0.95, 0.05, 0, 0), unit(0.9, 0.1, 0, 0), unit(0.6, 0.4, 0, 0), unit(0, 0, 1, 0)]
+    payloads = [{"document_id": doc, "chunk_index": index} for doc, index in
+                [("long", 0), ("long", 1), ("long", 2), ("short", 0), ("far", 0)]]
+    await store.upsert(collection_name, [pid(i) for i in range(5)], vectors, payloads)
+    by_chunk = await store.search(collection_name, unit(1, 0, 0, 0), limit=3)
+    assert [h.payload["document_id"] for h in by_chunk] == ["long", "long", "long"]
+    by_document = await store.search(collection_name, unit(1, 0, 0, 0), limit=2, by_document=True)
+    assert [(h.payload["document_id"], h.payload["chunk_index"]) for h in by_document] == [("long", 0), ("short", 0)]
+    assert by_document[0].score == pytest.approx(1.0, abs=1e-5)
+    filtered = await store.search(collection_name, unit(1, 0, 0, 0), limit=5, by_document=True, filters={"document_id": ["short", "far"]})
+    assert [h.payload["document_id"] for h in filtered] == ["short", "far"]

@@ -421,3 +421,14 @@ async def test_separate_server_process_serves_and_persists(tmp_path: Path, colle
         proc.kill()  # a crash: the folder lock goes with the process
         proc.wait(timeout=10)
         stop_qdrant_process(proc)
+
+
+async def test_search_by_document_over_the_rest_api(store: VectorStore, collection_name: str) -> None:
+    """Qdrant's query groups endpoint: each document once, by its nearest chunk."""
+    await store.ensure_collection(collection_name, DIMS, "m")
+    ids, vectors, payloads = _points(12)
+    await store.upsert(collection_name, ids, vectors, payloads)
+    hits = await store.search(collection_name, vectors[0], limit=3, by_document=True)
+    assert sorted(h.payload["document_id"] for h in hits) == ["doc-0", "doc-1", "doc-2"]
+    assert hits[0].id == ids[0] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].score >= hits[1].score >= hits[2].score

@@ -287,6 +287,7 @@ class QdrantRestApp:
             ("POST", c + "/points/delete", self._delete_points, models.PointsSelector),
             ("POST", c + "/points/query", self._query, models.QueryRequest),
             ("POST", c + "/points/query/batch", self._query_batch, models.QueryRequestBatch),
+            ("POST", c + "/points/query/groups", self._query_groups, models.QueryGroupsRequest),
             ("POST", c + "/points/scroll", self._scroll, models.ScrollRequest),
             ("POST", c + "/points/count", self._count, models.CountRequest),
             ("GET", c + "/snapshots", self._list_snapshots, None),
@@ -621,6 +622,29 @@ class QdrantRestApp:
 
     def _query(self, request: Request, body: models.QueryRequest) -> models.QueryResponse:
         return self._run_query(self._require(request.path_params["name"]), body)
+
+    def _query_groups(self, request: Request, body: models.QueryGroupsRequest) -> models.GroupsResult:
+        collection = self._require(request.path_params["name"])
+        for name, value in (("limit", body.limit), ("group_size", body.group_size)):
+            if value is not None and value < 1:
+                raise _validation_error(name, value, "must be 1 or larger")
+        self._check_dense_query(collection, body.query, body.using)
+        return self.client.query_points_groups(
+            collection,
+            group_by=body.group_by,
+            query=body.query,
+            using=body.using,
+            prefetch=body.prefetch,
+            query_filter=body.filter,
+            search_params=body.params,
+            limit=body.limit if body.limit is not None else 10,
+            group_size=body.group_size if body.group_size is not None else 3,
+            with_payload=body.with_payload if body.with_payload is not None else False,
+            with_vectors=body.with_vector if body.with_vector is not None else False,
+            score_threshold=body.score_threshold,
+            with_lookup=body.with_lookup,
+            lookup_from=body.lookup_from,
+        )
 
     def _query_batch(self, request: Request, body: models.QueryRequestBatch) -> list[models.QueryResponse]:
         collection = self._require(request.path_params["name"])
