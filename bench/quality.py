@@ -8,7 +8,7 @@ with graded gains (as BEIR's pytrec_eval computes it), recall@10 and recall@100,
 time and the search latency (p50, p95). Usage:
 
     .venv/bin/python -m bench.quality                      # ../shared/evalsets/scifact beside the clone
-    .venv/bin/python -m bench.quality PATH/TO/BEIR/SET --queries 100 --json
+    .venv/bin/python -m bench.quality PATH/TO/BEIR/SET --queries 100 --documents 2000 --json
 
 A BEIR-format folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
 (``_id``, ``text``) and ``qrels.tsv`` or ``qrels/test.tsv`` (``query-id``, ``corpus-id``, ``score``).
@@ -82,13 +82,29 @@ def percentile(values: Sequence[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
-async def run(folder: Path, limit_queries: int | None, work: Path) -> dict[str, Any]:
+def slice_of(
+    corpus: list[dict[str, Any]], queries: dict[str, str], qrels: dict[str, dict[str, int]], limit_queries: int | None,
+    documents: int | None,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The first ``limit_queries`` queries, and a corpus of at most ``documents``: every document
+    they judge, then the others in the set's order (a smaller, harder-to-miss slice for a quick check)."""
+    chosen = dict(list(queries.items())[:limit_queries]) if limit_queries else queries
+    if documents is None:
+        return corpus, chosen
+    judged = {doc for qid in chosen for doc in qrels[qid]}
+    kept = [doc for doc in corpus if str(doc["_id"]) in judged]
+    kept += [doc for doc in corpus if str(doc["_id"]) not in judged][: max(0, documents - len(kept))]
+    return kept, chosen
+
+
+async def run(folder: Path, limit_queries: int | None, work: Path, documents: int | None = None) -> dict[str, Any]:
     from citadel.indexing import index_source
     from citadel.resources import Resources
     from citadel.search import search_with
     from citadel.settings import Settings
 
     corpus, queries, qrels = read_set(folder)
+    corpus, queries = slice_of(corpus, queries, qrels, limit_queries, documents)
     records = work / "corpus.jsonl"
     with records.open("w", encoding="utf-8") as out:
         for doc in corpus:
@@ -102,7 +118,7 @@ async def run(folder: Path, limit_queries: int | None, work: Path) -> dict[str, 
         started = time.perf_counter()
         summary = await index_source(resources, str(records), collection)
         index_s = time.perf_counter() - started
-        chosen = list(queries.items())[:limit_queries] if limit_queries else list(queries.items())
+        chosen = list(queries.items())
         scores: dict[str, list[float]] = {"ndcg@10": [], "recall@10": [], "recall@100": []}
         latencies: list[float] = []
         for qid, text in chosen:
@@ -133,12 +149,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_SET, help="a BEIR-format folder")
     parser.add_argument("--queries", type=int, default=None, help="only the first N test queries")
+    parser.add_argument("--documents", type=int, default=None, help="a corpus of N: the judged documents of those queries, then others")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (args.folder / "corpus.jsonl").is_file():
         parser.error(f"{args.folder} holds no corpus.jsonl; give a BEIR-format folder")
     with tempfile.TemporaryDirectory() as work:
-        result = asyncio.run(run(args.folder, args.queries, Path(work)))
+        result = asyncio.run(run(args.folder, args.queries, Path(work), args.documents))
     if args.json:
         print(json.dumps(result))
         return

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from bench.quality import by_document, ndcg_at, read_set, recall_at
 
 
@@ -34,3 +36,22 @@ def test_a_beir_folder_is_read_with_only_the_judged_queries(tmp_path: Path) -> N
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n")
     corpus, queries, qrels = read_set(tmp_path)
     assert [doc["_id"] for doc in corpus] == ["d1", "d2"] and queries == {"q1": "first"} and qrels == {"q1": {"d2": 1}}
+
+
+SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "evalsets" / "scifact"
+FLOOR_NDCG_AT_10 = 0.52  # measured 0.556 on this slice with the embedded default (2026-12-06)
+
+
+@pytest.mark.system
+async def test_search_quality_on_a_scifact_slice_stays_above_its_floor(data_dir: Path, tmp_path: Path) -> None:
+    """60 SciFact queries over 1,200 abstracts (theirs and others), indexed and searched through Citadel:
+    a change that makes search find less fails here, not in a user's hands."""
+    from bench.quality import run
+
+    assert (SCIFACT / "corpus.jsonl").is_file(), (
+        f"BEIR SciFact is expected at {SCIFACT} (beside the clone); BEIR publishes it (github.com/beir-cellar/beir)"
+    )
+    result = await run(SCIFACT, 60, tmp_path, documents=1200)
+    assert result["queries"] == 60 and result["documents"] == 1200
+    assert result["ndcg@10"] >= FLOOR_NDCG_AT_10, result
+    assert result["recall@100"] >= 0.75, result
