@@ -601,24 +601,22 @@ class QdrantRestApp:
         with persistence.storage:
             persistence.storage.executemany("DELETE FROM points WHERE id = ?", keys)
 
+    @staticmethod
+    def _query_arguments(body: models.QueryRequest | models.QueryGroupsRequest) -> dict[str, Any]:
+        """What a query and a grouped query pass alike to the client, with Qdrant's defaults."""
+        return {
+            "query": body.query, "using": body.using, "prefetch": body.prefetch, "query_filter": body.filter,
+            "search_params": body.params, "limit": body.limit if body.limit is not None else 10,
+            "with_payload": body.with_payload if body.with_payload is not None else False,
+            "with_vectors": body.with_vector if body.with_vector is not None else False,
+            "score_threshold": body.score_threshold, "lookup_from": body.lookup_from,
+        }
+
     def _run_query(self, collection: str, body: models.QueryRequest) -> models.QueryResponse:
         if body.limit is not None and body.limit < 1:
             raise _validation_error("limit", body.limit, "must be 1 or larger")
         self._check_dense_query(collection, body.query, body.using)
-        return self.client.query_points(
-            collection,
-            query=body.query,
-            using=body.using,
-            prefetch=body.prefetch,
-            query_filter=body.filter,
-            search_params=body.params,
-            limit=body.limit if body.limit is not None else 10,
-            offset=body.offset,
-            with_payload=body.with_payload if body.with_payload is not None else False,
-            with_vectors=body.with_vector if body.with_vector is not None else False,
-            score_threshold=body.score_threshold,
-            lookup_from=body.lookup_from,
-        )
+        return self.client.query_points(collection, offset=body.offset, **self._query_arguments(body))
 
     def _query(self, request: Request, body: models.QueryRequest) -> models.QueryResponse:
         return self._run_query(self._require(request.path_params["name"]), body)
@@ -630,20 +628,8 @@ class QdrantRestApp:
                 raise _validation_error(name, value, "must be 1 or larger")
         self._check_dense_query(collection, body.query, body.using)
         return self.client.query_points_groups(
-            collection,
-            group_by=body.group_by,
-            query=body.query,
-            using=body.using,
-            prefetch=body.prefetch,
-            query_filter=body.filter,
-            search_params=body.params,
-            limit=body.limit if body.limit is not None else 10,
-            group_size=body.group_size if body.group_size is not None else 3,
-            with_payload=body.with_payload if body.with_payload is not None else False,
-            with_vectors=body.with_vector if body.with_vector is not None else False,
-            score_threshold=body.score_threshold,
-            with_lookup=body.with_lookup,
-            lookup_from=body.lookup_from,
+            collection, group_by=body.group_by, group_size=body.group_size if body.group_size is not None else 3,
+            with_lookup=body.with_lookup, **self._query_arguments(body),
         )
 
     def _query_batch(self, request: Request, body: models.QueryRequestBatch) -> list[models.QueryResponse]:
