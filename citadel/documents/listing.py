@@ -12,15 +12,17 @@ from __future__ import annotations
 import errno
 import glob
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from citadel.documents.s3uri import is_s3_uri, parse_s3_uri
 from citadel.documents.sourceroots import OUTSIDE_ROOTS, SourceRoots, glob_inside, inside
 from citadel.documents.suffixes import SUPPORTED_SUFFIXES
 from citadel.errors import ConfigurationError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # obstore and botocore are imported only by a source in object storage
     from citadel.documents.objectstore import ObjectEntry, S3Source
@@ -190,35 +192,32 @@ def iter_groups(
             yield SourceGroup([], [], 0, 0)
         return
     assert listing is not None
-    if listing.objects or listing.store is not None:
-        yield from _object_groups(listing, max_documents, max_bytes)
+    if listing.store is not None:  # cut by the listed sizes: nothing is fetched to cut them
+        for objects, done, total in _cut(listing.objects, lambda entry: entry.size, max_documents, max_bytes):
+            yield SourceGroup([], [], done, total, listing.roots, objects, listing.store)
         return
-    total = len(listing.paths)
-    group: list[Path] = []
-    size = 0
-    for done, path in enumerate(listing.paths, start=1):
-        group.append(path)
-        try:
-            size += path.stat().st_size
-        except OSError:
-            pass  # load_file reports the file; here it only counts toward the group
-        if len(group) >= max_documents or size >= max_bytes:
-            yield SourceGroup(group, [], done, total, listing.roots)
-            group, size = [], 0
-    if group or total == 0:
-        yield SourceGroup(group, [], total, total, listing.roots)
+    for paths, done, total in _cut(listing.paths, _file_size, max_documents, max_bytes):
+        yield SourceGroup(paths, [], done, total, listing.roots)
 
 
-def _object_groups(listing: SourceListing, max_documents: int, max_bytes: int) -> Iterator[SourceGroup]:
-    """The groups of an object listing, cut by their listed sizes (nothing is fetched to cut them)."""
-    total = len(listing.objects)
-    group: list[ObjectEntry] = []
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # load_file reports the file; here it only counts toward the group
+
+
+def _cut(items: Sequence[T], size_of: Callable[[T], int], max_documents: int, max_bytes: int) -> Iterator[tuple[list[T], int, int]]:
+    """``items`` in groups of at most ``max_documents`` and about ``max_bytes``, each with how many
+    items were done once it is and the total; one empty group for no items."""
+    total = len(items)
+    group: list[T] = []
     size = 0
-    for done, entry in enumerate(listing.objects, start=1):
-        group.append(entry)
-        size += entry.size
+    for done, item in enumerate(items, start=1):
+        group.append(item)
+        size += size_of(item)
         if len(group) >= max_documents or size >= max_bytes:
-            yield SourceGroup([], [], done, total, listing.roots, group, listing.store)
+            yield group, done, total
             group, size = [], 0
     if group or total == 0:
-        yield SourceGroup([], [], total, total, listing.roots, group, listing.store)
+        yield group, total, total
