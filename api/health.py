@@ -102,6 +102,9 @@ class HealthChecker:
         settings = self.resources.settings
         if settings.embedder == "hashing":
             return "embedded", "hashing"
+        if settings.embedder == "wordllama":
+            await self.resources.embedder.check()
+            return "embedded", "wordllama"
         await self.resources.embedder.check()
         return "up", settings.embedder
 

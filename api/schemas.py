@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from citadel.auth import KEY_NAME_PATTERN
 from citadel.models import ApiKeyCreated, ApiKeyRecord, SearchHit, WorkflowReport
+from citadel.settings import SearchMode
 from citadel.store import FILTER_KEY_MAX, FILTER_KEY_PATTERN, INT64_MAX, INT64_MIN, filter_key_problem, filter_value_problem
 
 # Hard upper bounds of the schema; the configured (smaller or equal) ones are checked per request.
@@ -161,12 +162,19 @@ class SearchRequest(Strict):
     # The pattern is checked by the route (a 400 naming the rules), documented here.
     collection: Text | None = Field(None, max_length=255, json_schema_extra={"pattern": COLLECTION_PATTERN})
     limit: int = Field(10, gt=0, le=100)
-    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Minimum cosine similarity.")
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1000.0, description="Minimum score of a hit: its cosine similarity in dense mode, its BM25 "
+        "score in sparse mode, its fused score (0 to 1 with the default convex fusion) in hybrid mode.",
+    )
     filter: Filter | None = Field(
         None, max_length=16, description="Exact-match metadata filters: a payload field (dotted for a nested one) and its value."
     )
     group_by: Literal["chunk", "document"] = Field(
         "chunk", description="chunk: the nearest chunks; document: each document's nearest chunk, `limit` documents."
+    )
+    mode: SearchMode | None = Field(
+        None, description="dense (the embedding's nearest chunks), sparse (the query's words, BM25) or hybrid (both, "
+        "fused); default: the service's search_mode setting (hybrid).",
     )
 
 
@@ -174,6 +182,9 @@ class SearchResponse(Succeeded):
     query: str
     collection: str
     model: str
+    mode: SearchMode = Field(
+        description="The mode that ranked the hits: the one asked for, or dense for a collection without lexical vectors."
+    )
     hits: list[SearchHit]
     duration_ms: float
 

@@ -97,10 +97,13 @@ def slice_of(
     return kept, chosen
 
 
-async def run(folder: Path, limit_queries: int | None, work: Path, documents: int | None = None) -> dict[str, Any]:
+async def run(
+    folder: Path, limit_queries: int | None, work: Path, documents: int | None = None,
+    modes: Sequence[str] = ("hybrid",), overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Index the set once, then score each of ``modes``; ``overrides``: settings to try (fusion, weights)."""
     from citadel.indexing import index_source
     from citadel.resources import Resources
-    from citadel.search import search_with
     from citadel.settings import Settings
 
     corpus, queries, qrels = read_set(folder)
@@ -111,37 +114,48 @@ async def run(folder: Path, limit_queries: int | None, work: Path, documents: in
             title = str(doc.get("title") or "").strip()
             text = f"{title}\n\n{doc['text']}" if title else str(doc["text"])
             out.write(json.dumps({"id": str(doc["_id"]), "text": text, "metadata": {"title": title}}) + "\n")
-    settings = Settings(data_dir=work / "data")
+    settings = Settings(data_dir=work / "data", **(overrides or {}))
     resources = Resources(settings)
-    collection = "quality"
     try:
         started = time.perf_counter()
-        summary = await index_source(resources, str(records), collection)
+        summary = await index_source(resources, str(records), "quality")
         index_s = time.perf_counter() - started
-        chosen = list(queries.items())
-        scores: dict[str, list[float]] = {"ndcg@10": [], "recall@10": [], "recall@100": []}
-        latencies: list[float] = []
-        for qid, text in chosen:
-            started = time.perf_counter()
-            hits = await search_with(resources, text, collection, limit=CANDIDATES)
-            latencies.append((time.perf_counter() - started) * 1000)
-            ranked = by_document(hits, f"{records}#")
-            scores["ndcg@10"].append(ndcg_at(ranked, qrels[qid]))
-            scores["recall@10"].append(recall_at(ranked, qrels[qid], 10))
-            scores["recall@100"].append(recall_at(ranked, qrels[qid], 100))
+        results = {mode: await score(resources, queries, qrels, f"{records}#", mode) for mode in modes}
     finally:
         await resources.aclose()
     return {
         "set": folder.name,
         "documents": len(corpus),
-        "queries": len(chosen),
+        "queries": len(queries),
         "embedder": resources.embedder.model,
+        "settings": overrides or {},
         "chunks": summary.chunks_embedded + summary.chunks_reused + summary.cache_hits,
-        **{name: round(statistics.fmean(values), 4) for name, values in scores.items()},
         "index_s": round(index_s, 1),
+        "modes": results,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+async def score(resources: Any, queries: dict[str, str], qrels: dict[str, dict[str, int]], prefix: str, mode: str) -> dict[str, float]:
+    """Every query through the search users call (documents by their best chunk), scored."""
+    from citadel.search import search_with
+
+    scores: dict[str, list[float]] = {"ndcg@10": [], "recall@10": [], "recall@100": []}
+    latencies: list[float] = []
+    for qid, text in queries.items():
+        started = time.perf_counter()
+        found = await search_with(resources, text, "quality", limit=CANDIDATES, by_document=True, mode=mode)
+        latencies.append((time.perf_counter() - started) * 1000)
+        if found.mode != mode:
+            raise SystemExit(f"asked for a {mode} search, got {found.mode}")
+        ranked = by_document(found.hits, prefix)
+        scores["ndcg@10"].append(ndcg_at(ranked, qrels[qid]))
+        scores["recall@10"].append(recall_at(ranked, qrels[qid], 10))
+        scores["recall@100"].append(recall_at(ranked, qrels[qid], 100))
+    return {
+        **{name: round(statistics.fmean(values), 4) for name, values in scores.items()},
         "search_ms_p50": round(percentile(latencies, 0.5), 1),
         "search_ms_p95": round(percentile(latencies, 0.95), 1),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -150,19 +164,24 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_SET, help="a BEIR-format folder")
     parser.add_argument("--queries", type=int, default=None, help="only the first N test queries")
     parser.add_argument("--documents", type=int, default=None, help="a corpus of N: the judged documents of those queries, then others")
+    parser.add_argument("--modes", default="dense,sparse,hybrid", help="search modes to score, comma-separated")
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="a setting for this run (embedder=wordllama, search_dense_weight=0.2, ...); repeatable")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (args.folder / "corpus.jsonl").is_file():
         parser.error(f"{args.folder} holds no corpus.jsonl; give a BEIR-format folder")
+    overrides = dict(item.split("=", 1) for item in args.set)
     with tempfile.TemporaryDirectory() as work:
-        result = asyncio.run(run(args.folder, args.queries, Path(work), args.documents))
+        result = asyncio.run(run(args.folder, args.queries, Path(work), args.documents, args.modes.split(","), overrides))
     if args.json:
         print(json.dumps(result))
         return
     print(f"{result['set']}: {result['documents']:,} documents, {result['queries']} queries, {result['embedder']}, "
-          f"{result['chunks']:,} chunks (load {result['load_average']})")
-    print(f"nDCG@10 {result['ndcg@10']:.3f}  recall@10 {result['recall@10']:.3f}  recall@100 {result['recall@100']:.3f}")
-    print(f"index {result['index_s']} s  search p50 {result['search_ms_p50']} ms  p95 {result['search_ms_p95']} ms")
+          f"{result['chunks']:,} chunks, indexed in {result['index_s']} s (load {result['load_average']})")
+    for mode, got in result["modes"].items():
+        print(f"{mode:>7}: nDCG@10 {got['ndcg@10']:.3f}  recall@10 {got['recall@10']:.3f}  recall@100 {got['recall@100']:.3f}"
+              f"  search p50 {got['search_ms_p50']} ms  p95 {got['search_ms_p95']} ms")
 
 
 if __name__ == "__main__":

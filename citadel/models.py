@@ -13,6 +13,8 @@ from typing import Annotated, Any, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from citadel.settings import SearchMode
+
 
 def as_utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands datetimes back without their zone; the registry writes UTC."""
@@ -225,6 +227,15 @@ class SearchHit(Result):
     section: str | None = Field(None, description="The headings above the chunk, outermost first, joined by ' > '.")
     uri: str | None = Field(None, description="Where to open the document: its path, or its object's s3:// URI.")
     payload: dict[str, Any] = Field(default_factory=dict, description="The rest of the point's payload (metadata, model, ...).")
+
+
+class SearchResults(Result):
+    """A search's hits, best first, and the mode that ranked them."""
+
+    mode: SearchMode = Field(
+        description="dense, sparse or hybrid: the mode asked for, or dense for a collection indexed before lexical vectors."
+    )
+    hits: list[SearchHit]
 
 
 class DeadLetterRecord(Result):

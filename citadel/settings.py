@@ -1,7 +1,7 @@
 """Configuration from ``CITADEL_*`` environment variables and a ``.env`` file.
 
-With no setting at all Citadel runs on embedded defaults: the hashing embedder, an in-process
-LRU cache, Qdrant's embedded mode and a SQLite registry under ``CITADEL_DATA_DIR``.
+With no setting at all Citadel runs on embedded defaults: the WordLlama embedder (in-process, its
+weights in its package), hybrid search, an in-process LRU cache, Qdrant's embedded mode and a SQLite registry under ``CITADEL_DATA_DIR``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from citadel.nesting import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
 
-EmbedderKind = Literal["hashing", "ollama", "openai"]
+EmbedderKind = Literal["hashing", "wordllama", "ollama", "openai"]
+IN_PROCESS_EMBEDDERS = ("hashing", "wordllama")  # run inside each process: no server, no shared limit
+SearchMode = Literal["dense", "sparse", "hybrid"]
 
 # A parser process holds about 250 MB of address space (the interpreter, PDFium, lxml, openpyxl and
 # the other readers) before it reads a byte, so a smaller CITADEL_PARSE_MAX_MEMORY_MB parses nothing.
@@ -83,7 +85,10 @@ class Settings(BaseSettings):
     )
     collection: str = Field("documents", description="Default vector collection.")
 
-    embedder: EmbedderKind = Field("hashing", description="hashing (embedded), ollama or openai.")
+    embedder: EmbedderKind = Field(
+        "wordllama", description="wordllama (semantic) or hashing (lexical), both in-process with nothing to download; "
+        "ollama or openai for a model server.",
+    )
     embedding_model: str | None = Field(None, description="Model name; each embedder has a default.")
     embedding_dimensions: int | None = Field(None, gt=0, description="Needed for models Citadel does not know.")
     ollama_urls: Annotated[list[str], NoDecode] = Field(
@@ -111,6 +116,19 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, description="Qdrant server; unset means embedded mode under data_dir.")
     qdrant_api_key: SecretStr | None = None
     upsert_batch_size: int = Field(128, ge=64, le=256)
+
+    search_mode: SearchMode = Field(
+        "hybrid", description="dense (the embedding's nearest chunks), sparse (the query's words, BM25) or hybrid (both, fused)."
+    )
+    search_fusion: Literal["convex", "rrf"] = Field(
+        "convex", description="How hybrid search fuses its legs: convex (weighted sum of min-max-scaled scores) or rrf "
+        "(weighted reciprocal rank fusion).",
+    )
+    search_dense_weight: float = Field(
+        0.3, ge=0, le=1, description="The dense leg's weight in hybrid search; the lexical leg has the rest."
+    )
+    search_candidates: int = Field(100, ge=1, le=1000, description="Chunks each leg of a hybrid search brings to the fusion, at least.")
+    search_rrf_k: int = Field(60, ge=1, description="k of reciprocal rank fusion (search_fusion rrf).")
 
     database_url: SecretStr | None = Field(None, description="Registry; unset means SQLite under data_dir.")
 

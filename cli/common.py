@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -30,6 +31,14 @@ if TYPE_CHECKING:
 
 out = Console()
 err = Console(stderr=True)
+
+class SearchModeChoice(enum.StrEnum):
+    """The search modes, as the command line offers them."""
+
+    dense = "dense"
+    sparse = "sparse"
+    hybrid = "hybrid"
+
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
 CollectionOption = typer.Option(None, "--collection", "-c", help="Vector collection (default: CITADEL_COLLECTION).")

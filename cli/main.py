@@ -22,6 +22,7 @@ from cli.collections import collection_app
 from cli.common import (
     CollectionOption,
     JsonOption,
+    SearchModeChoice,
     err,
     exit_now,
     fail,
@@ -168,9 +169,13 @@ def search(
     limit: int = typer.Option(5, "--limit", "-k", min=1, max=1000, help="How many hits."),
     threshold: float | None = typer.Option(None, "--threshold", help="Minimum score."),
     chunks: bool = typer.Option(False, "--chunks", help="Every chunk found, not only each document's best."),
+    mode: SearchModeChoice | None = typer.Option(
+        None, "--mode", help="dense (the embedding), sparse (the query's words, BM25) or hybrid (both, fused); "
+        "default: CITADEL_SEARCH_MODE (hybrid).", case_sensitive=False,
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Search a collection for the documents nearest to QUERY (each shown by its best chunk)."""
+    """Search a collection for the documents that best match QUERY (each shown by its best chunk)."""
     from citadel.search import check_query
     from citadel.search import search as run_search
 
@@ -179,16 +184,18 @@ def search(
     except ConfigurationError as exc:
         fail(str(exc))
     config = settings()
-    hits = run(lambda: run_search(
-        config, query, collection or config.collection, limit=limit, score_threshold=threshold, by_document=not chunks
+    found = run(lambda: run_search(
+        config, query, collection or config.collection, limit=limit, score_threshold=threshold, by_document=not chunks,
+        mode=mode.value if mode else None,
     ))
     if as_json:
-        print_json(hits)
+        print_json(found)
         return
-    if not hits:
-        out.print("no hits")
+    if not found.hits:
+        out.print(f"no hits ({found.mode} search)")
         return
-    for rank, hit in enumerate(hits, start=1):
+    out.print(f"[dim]{found.mode} search, {'chunks' if chunks else 'documents'} by best match[/dim]")
+    for rank, hit in enumerate(found.hits, start=1):
         snippet = " ".join(str(hit["text"]).split())[:200]
         out.print(f"[bold]{rank}.[/bold] {hit['score']:.3f}  {hit['document_id']} #{hit['chunk_index']}", highlight=False)
         where = " · ".join(part for part in (

@@ -6,10 +6,10 @@ from typing import Any
 
 from prefect import flow, tags
 
-from citadel.models import SearchHit
+from citadel.models import SearchResults
 from citadel.resources import open_resources
 from citadel.search import check_query
-from citadel.settings import EmbedderConfig, settings_for
+from citadel.settings import EmbedderConfig, SearchMode, settings_for
 from tasks.embedding import embed_query
 from tasks.reporting import default_collection, report_search, run_name, run_tags, tag_flow_run
 from tasks.search import search_vectors
@@ -29,9 +29,10 @@ async def similarity_search(
     filters: dict[str, Any] | None = None,
     embedder: EmbedderConfig | None = None,
     by_document: bool = False,
-) -> list[dict[str, Any]]:
-    """Scored hits for a query (citadel.models.SearchHit as JSON, nearest first), each with its
-    document's title, page or section and URI.
+    mode: SearchMode | None = None,
+) -> dict[str, Any]:
+    """The best hits for a query and the mode that ranked them (citadel.models.SearchResults as
+    JSON: ``mode``, and ``hits`` best first, each with its document's title, page or section and URI).
 
     Args:
         query: What to search for, in words.
@@ -40,7 +41,9 @@ async def similarity_search(
         score_threshold: The lowest similarity a hit may have.
         filters: Payload fields a hit must match, such as document_id or source.
         embedder: The embedder to use instead of the worker's configured one (the collection's model).
-        by_document: Each document's nearest chunk only: `limit` documents rather than chunks.
+        by_document: Each document's best chunk only: `limit` documents rather than chunks.
+        mode: dense (the embedding's nearest chunks), sparse (the query's words, BM25) or hybrid
+            (both, fused); default the worker's search_mode setting (hybrid).
     """
     check_query(query)
     settings = settings_for(embedder)
@@ -51,6 +54,6 @@ async def similarity_search(
         with tags(*labels):
             vector = await embed_query.with_options(task_run_name="embed the query")(settings, query, resources.embedder.model)
             search = search_vectors.with_options(task_run_name=f"search {collection} for {limit} hits")
-            hits = await search(settings, collection, vector, limit, score_threshold, filters, by_document)
-    await report_search(query, collection, [SearchHit.model_validate(hit) for hit in hits])
-    return hits
+            found = await search(settings, collection, vector, limit, score_threshold, filters, by_document, query, mode)
+    await report_search(query, collection, SearchResults.model_validate(found))
+    return found

@@ -28,7 +28,7 @@ from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_API_URL
 
 from citadel.errors import ConfigurationError
-from citadel.settings import Settings
+from citadel.settings import IN_PROCESS_EMBEDDERS, Settings
 from tasks.slots import LEASE_S, Reclaimer, SlotHolder, forget_holder, renew_lease, this_holder, touch_holder, write_holder
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ _ensured: set[tuple[str | None, str]] = set()
 
 
 def needs_limit(settings: Settings) -> bool:
-    """Only a shared backend needs guarding: the hashing embedder runs inside each process."""
-    return settings.embedder != "hashing"
+    """Only a shared backend needs guarding: the in-process embedders run inside each process."""
+    return settings.embedder not in IN_PROCESS_EMBEDDERS
 
 
 def limit_name(settings: Settings) -> str:

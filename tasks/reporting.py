@@ -16,7 +16,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
-from citadel.models import RunSummary, SearchHit, WorkflowReport
+from citadel.models import RunSummary, SearchResults, WorkflowReport
 from citadel.registry import DeadLetter
 from citadel.settings import Settings
 
@@ -89,8 +89,9 @@ async def report_index_run(summary: RunSummary, failures: Sequence[DeadLetter]) 
         )
 
 
-async def report_search(query: str, collection: str, hits: Sequence[SearchHit]) -> None:
-    """The top hits of a search as a table."""
+async def report_search(query: str, collection: str, found: SearchResults) -> None:
+    """The top hits of a search as a table, and the mode that ranked them."""
+    hits = found.hits
     rows: list[dict[str, Any]] = [
         {"rank": rank, "score": round(hit.score, 4), "document": hit.document_id, "chunk": hit.chunk_index,
          "text": " ".join(str(hit.text or "").split())[:SNIPPET]}
@@ -98,7 +99,7 @@ async def report_search(query: str, collection: str, hits: Sequence[SearchHit]) 
     ]
     await acreate_table_artifact(
         rows or [{"rank": None, "score": None, "document": "no hits", "chunk": None, "text": ""}],
-        key=artifact_key("search", collection), description=f"Top hits for {query[:200]!r}",
+        key=artifact_key("search", collection), description=f"Top hits for {query[:200]!r} ({found.mode} search)",
     )
 
 

@@ -7,8 +7,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from citadel.models import SearchResults
 from citadel.resources import get_resources
-from citadel.settings import Settings
+from citadel.search import search_options
+from citadel.settings import SearchMode, Settings
 from tasks.retry import RETRYING
 
 
@@ -21,10 +23,14 @@ async def search_vectors(
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
     by_document: bool = False,
-) -> list[dict[str, Any]]:
-    """Scored hits as plain dicts (``score``, ``document_id``, ``chunk_index``, ``text`` ...); each
-    document's best chunk only, ``by_document``."""
+    text: str = "",
+    mode: SearchMode | None = None,
+) -> dict[str, Any]:
+    """:class:`SearchResults` as JSON: the mode that ranked the hits, and the hits (``score``,
+    ``document_id``, ``chunk_index``, ``text`` ...); each document's best chunk only, ``by_document``.
+    ``text`` is the query's words, for the lexical leg of a sparse or hybrid search."""
     hits = await get_resources(settings).store.search(
-        collection, vector, limit=limit, score_threshold=score_threshold, filters=filters, by_document=by_document
+        collection, vector, text=text, limit=limit, score_threshold=score_threshold, filters=filters,
+        by_document=by_document, options=search_options(settings, mode),
     )
-    return [hit.as_dict() for hit in hits]
+    return SearchResults(mode=hits.mode, hits=[hit.to_result() for hit in hits]).to_json()

@@ -21,11 +21,11 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
     started = time.perf_counter()
     collection = body.collection or state.settings.collection
     # A collection the registry does not know is the core's CollectionNotFound: the error handlers' 404.
-    hits = await search_with(
+    found = await search_with(
         state.resources, body.query, collection, limit=body.limit, score_threshold=body.threshold, filters=body.filter,
-        registered_only=True, by_document=body.group_by == "document",
+        registered_only=True, by_document=body.group_by == "document", mode=body.mode,
     )
     return SearchResponse(
-        query=body.query, collection=collection, model=state.resources.embedder.model, hits=hits,
+        query=body.query, collection=collection, model=state.resources.embedder.model, mode=found.mode, hits=found.hits,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
     )

@@ -11,6 +11,7 @@ from citadel.embedders.http import HttpEmbedder
 from citadel.embedders.models import KNOWN_MODELS, base_model_name, resolve_dimensions
 from citadel.embedders.ollama import OllamaEmbedder
 from citadel.embedders.openai import OpenAIEmbedder
+from citadel.embedders.wordllama import WordLlamaEmbedder
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
 
@@ -27,6 +28,7 @@ __all__ = [
     "OllamaEmbedder",
     "OpenAIEmbedder",
     "RedisCache",
+    "WordLlamaEmbedder",
     "base_model_name",
     "build_cache",
     "build_embedder",
@@ -49,6 +51,8 @@ def build_embedder(settings: Settings) -> Embedder:
     try:
         if settings.embedder == "hashing":
             return HashingEmbedder(dimensions=settings.embedding_dimensions or 384)
+        if settings.embedder == "wordllama":
+            return WordLlamaEmbedder(settings.embedding_dimensions)
         if settings.embedder == "ollama":
             return OllamaEmbedder(settings.embedding_model or "nomic-embed-text", settings.ollama_urls, **common)
         return OpenAIEmbedder(

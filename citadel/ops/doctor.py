@@ -58,6 +58,7 @@ async def run_checks(settings: Settings, prefect_api_url: str | None = None) -> 
 
         embedder_fix = {
             "hashing": "nothing to do: the hashing embedder runs in-process",
+            "wordllama": "reinstall Citadel (pip install wordllama): the model's files ship in that package",
             "ollama": f"start Ollama at {', '.join(settings.ollama_urls)} and "
             f"`ollama pull {settings.embedding_model or 'nomic-embed-text'}`, or fix CITADEL_OLLAMA_URLS",
             "openai": f"start the server at {settings.openai_base_url} or fix CITADEL_OPENAI_BASE_URL / CITADEL_OPENAI_API_KEY",

@@ -7,16 +7,18 @@ from typing import TYPE_CHECKING
 from citadel.exports import lazy_exports
 
 if TYPE_CHECKING:
-    from citadel.search.query import check_query, search, search_with
+    from citadel.search.query import check_query, search, search_options, search_with
 
 __all__ = [
     "check_query",
     "search",
+    "search_options",
     "search_with",
 ]
 
 __getattr__ = lazy_exports(__name__, {
     "check_query": "query",
     "search": "query",
+    "search_options": "query",
     "search_with": "query",
 })

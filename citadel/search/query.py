@@ -7,9 +7,10 @@ from typing import Any
 from citadel.collections import check_collection_name
 from citadel.errors import CollectionMismatchError, CollectionNotFound, ConfigurationError
 from citadel.indexing.bluegreen import serving
-from citadel.models import SearchHit
+from citadel.models import SearchResults
 from citadel.resources import Resources
-from citadel.settings import Settings
+from citadel.settings import SearchMode, Settings
+from citadel.store.searching import SearchOptions
 
 
 def check_query(query: str) -> str:
@@ -32,12 +33,14 @@ async def search(
     score_threshold: float | None = None,
     filters: dict[str, Any] | None = None,
     by_document: bool = False,
-) -> list[SearchHit]:
-    """Embed ``query`` through the cache and return the nearest chunks (each document's best, ``by_document``)."""
+    mode: SearchMode | None = None,
+) -> SearchResults:
+    """Embed ``query`` through the cache and return the best chunks (each document's best, ``by_document``)."""
     resources = Resources(settings)
     try:
         return await search_with(
-            resources, query, collection, limit=limit, score_threshold=score_threshold, filters=filters, by_document=by_document
+            resources, query, collection, limit=limit, score_threshold=score_threshold, filters=filters,
+            by_document=by_document, mode=mode,
         )
     finally:
         await resources.aclose()
@@ -53,7 +56,8 @@ async def search_with(
     filters: dict[str, Any] | None = None,
     registered_only: bool = False,
     by_document: bool = False,
-) -> list[SearchHit]:
+    mode: SearchMode | None = None,
+) -> SearchResults:
     """The same search over backends the caller already holds (a workflow step, a long-lived service).
 
     A collection indexed with another model is refused: its vectors and the query's would not
@@ -61,7 +65,9 @@ async def search_with(
     search. With ``registered_only`` (the HTTP API) a collection the registry knows neither by
     name nor through the version it serves is :class:`CollectionNotFound`, found before the query
     is checked or embedded; without it (the CLI, a workflow step) the store is searched as it is.
-    ``by_document`` gives each document's nearest chunk only: ``limit`` documents, what a user wants.
+    ``by_document`` gives each document's best chunk only: ``limit`` documents, what a user wants.
+    ``mode`` (default: the ``search_mode`` setting) ranks by the embedding, the query's words or both
+    (:func:`search_options`).
     """
     check_collection_name(collection)
     if not registered_only:
@@ -86,5 +92,16 @@ async def search_with(
             f"collection {collection!r} is in the registry but the vector store has lost it (a new server, a lost "
             f"volume?); `citadel verify --repair --collection {collection}` writes it back"
         )
-    hits = await store.search(collection, vector, limit=limit, score_threshold=score_threshold, filters=filters, by_document=by_document)
-    return [hit.to_result() for hit in hits]
+    hits = await store.search(
+        collection, vector, text=query, limit=limit, score_threshold=score_threshold, filters=filters, by_document=by_document,
+        options=search_options(resources.settings, mode),
+    )
+    return SearchResults(mode=hits.mode, hits=[hit.to_result() for hit in hits])
+
+
+def search_options(settings: Settings, mode: SearchMode | None = None) -> SearchOptions:
+    """How a search ranks, from the settings (``mode`` overrides theirs)."""
+    return SearchOptions(
+        mode=mode or settings.search_mode, fusion=settings.search_fusion, dense_weight=settings.search_dense_weight,
+        candidates=settings.search_candidates, rrf_k=settings.search_rrf_k,
+    )

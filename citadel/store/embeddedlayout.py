@@ -40,6 +40,7 @@ class EmbeddedCollection:
     name: str  # the collection itself, an alias resolved
     dimensions: int | None
     model: str | None
+    sparse_vectors: tuple[str, ...] = ()  # names of its sparse vectors
 
 
 class MetaError(ValueError):
@@ -72,7 +73,11 @@ class EmbeddedMeta:
             return None
         vectors = config.get("vectors") or {}
         size = vectors.get("size") if isinstance(vectors, dict) else None
-        return EmbeddedCollection(real, size if isinstance(size, int) else None, (config.get("metadata") or {}).get("model"))
+        sparse = config.get("sparse_vectors") or {}
+        return EmbeddedCollection(
+            real, size if isinstance(size, int) else None, (config.get("metadata") or {}).get("model"),
+            tuple(sparse) if isinstance(sparse, dict) else (),
+        )
 
     def keeping(self, names: Collection[str]) -> dict[str, Any]:
         """This ``meta.json`` holding only the collections ``names`` (and their aliases and text indexes)."""

@@ -24,6 +24,7 @@ from pydantic_core import to_jsonable_python
 import citadel.store.embeddedlayout as layout
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.store.embeddedlayout import EmbeddedCollection, EmbeddedMeta
+from citadel.store.lexical import LEXICAL_VECTOR, lexical_point
 from citadel.store.probe import held_elsewhere
 
 __all__ = ["EmbeddedCollection", "EmbeddedRows", "check_collection"]
@@ -141,7 +142,10 @@ class EmbeddedRows:
                     f"a vector of {len(values)} dimensions cannot go into {found.name!r}, which holds {found.dimensions}"
                 )
             normal = self._normalize_id(pid)
-            point = self._point_type.model_construct(id=normal, vector={"": values}, payload=to_jsonable_python(payload))
+            vector_of: dict[str, Any] = {"": values}
+            if LEXICAL_VECTOR in found.sparse_vectors:
+                vector_of[LEXICAL_VECTOR] = lexical_point(payload)
+            point = self._point_type.model_construct(id=normal, vector=vector_of, payload=to_jsonable_python(payload))
             rows.append(layout.point_row(layout.storage_key(normal), point))
         layout.write_rows(database, rows)
 

@@ -23,6 +23,7 @@ from qdrant_client import QdrantClient, models
 
 import citadel.store.embeddedlayout as layout
 from citadel.store.embeddedrows import EmbeddedRows
+from citadel.store.lexical import LEXICAL_VECTOR
 from citadel.store.probe import held_elsewhere
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,12 @@ def embedded_rows(path: Path) -> Iterator[EmbeddedRows | None]:
 
 
 def create_collection(client: QdrantClient, name: str, dimensions: int, model: str) -> None:
+    """A collection of Citadel's shape: an unnamed dense vector, and the lexical sparse one with
+    the store's IDF (:mod:`citadel.store.lexical`)."""
     client.create_collection(
         name,
         vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE),
+        sparse_vectors_config={LEXICAL_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
         metadata={"model": model, "dimensions": dimensions, "created_by": "citadel"},
     )
 

@@ -21,8 +21,10 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 from citadel import metrics
 from citadel.errors import ConfigurationError
 from citadel.models import SearchHit
+from citadel.settings import SearchMode
 from citadel.store.embeddedrows import EmbeddedRows, check_collection
 from citadel.store.filters import filter_condition
+from citadel.store.lexical import LEXICAL_VECTOR, lexical_point
 from citadel.store.localclients import (
     LOCAL_CLIENTS,
     advise_if_large,
@@ -34,8 +36,9 @@ from citadel.store.localclients import (
     tune_embedded_storage,
     without_local_mode_warning,
 )
+from citadel.store.searching import Query, SearchOptions, has_lexical, mode_for, search_dense, search_fused, store_changed
 
-__all__ = ["IDS_PER_DELETE", "Hit", "VectorStore", "local_client"]
+__all__ = ["IDS_PER_DELETE", "Hit", "Searched", "VectorStore", "local_client"]
 
 T = TypeVar("T")
 Vectors = Sequence[Sequence[float]] | np.ndarray  # one row per point
@@ -43,6 +46,15 @@ Vectors = Sequence[Sequence[float]] | np.ndarray  # one row per point
 # Ids in one delete request to a server: about 160 KB of JSON, far below Qdrant's 32 MB limit on a
 # request, so an edited corpus's thousands of vanished points take one or two round trips.
 IDS_PER_DELETE = 4096
+
+
+class Searched(list["Hit"]):
+    """A search's hits, best first, and the mode that found them (a collection without lexical
+    vectors is searched dense whatever the mode asked)."""
+
+    def __init__(self, hits: Sequence[Hit], mode: SearchMode) -> None:
+        super().__init__(hits)
+        self.mode: SearchMode = mode
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class VectorStore:
         self.path_key = path_key  # the embedded store's folder
         self.batch_size = batch_size
         self._checked: set[tuple[str, int, str]] = set()
+        self._lexical: dict[str, bool] = {}
 
     @classmethod
     def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
@@ -200,11 +213,13 @@ class VectorStore:
                     rows.upsert(name, ids[start:end], vectors[start:end], payloads[start:end])
                 advise_if_large(self.path_key, name, rows.count)
                 return
+        lexical = self._lexical_of(name)
         for start in range(0, len(ids), self.batch_size):
             end = start + self.batch_size
+            dense = [list(map(float, v)) for v in vectors[start:end]]
             batch = models.Batch(
                 ids=list(ids[start:end]),
-                vectors=[list(map(float, v)) for v in vectors[start:end]],
+                vectors={"": dense, LEXICAL_VECTOR: [lexical_point(p) for p in payloads[start:end]]} if lexical else dense,
                 payloads=list(payloads[start:end]),
             )
             if self.is_server:
@@ -217,8 +232,10 @@ class VectorStore:
             advise_if_large(self.path_key, name, lambda name: self.client.count(name, exact=True).count)
 
     async def upsert(self, name: str, ids: Sequence[str], vectors: Vectors, payloads: Sequence[dict[str, Any]]) -> None:
-        """Write points in batches and return once the store acknowledged every batch."""
+        """Write points in batches and return once the store acknowledged every batch; each point's
+        lexical vector is made from its payload's ``text`` where the collection keeps them."""
         if ids:
+            self._changed()
             await self._run(self._upsert_sync, name, ids, vectors, payloads)
             metrics.POINTS_UPSERTED.labels(name).inc(len(ids))
 
@@ -236,6 +253,7 @@ class VectorStore:
     async def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete points by id (the registry knows them; a filter scan would be slow in embedded mode)."""
         if ids:
+            self._changed()
             await self._run(self._delete_sync, name, ids)
             metrics.POINTS_DELETED.labels(name).inc(len(ids))
 
@@ -273,8 +291,9 @@ class VectorStore:
             if rows is not None:
                 return rows.vectors(name, ids)
         records = self.client.retrieve(name, ids=list(ids), with_vectors=True, with_payload=False)
-        # Citadel's collections hold one unnamed dense vector per point: a list of floats.
-        return {str(record.id): cast("list[float]", record.vector) for record in records if isinstance(record.vector, list)}
+        # The dense vector is the unnamed one: the point's whole vector, or "" of its named vectors.
+        dense = {str(r.id): r.vector.get("") if isinstance(r.vector, dict) else r.vector for r in records}
+        return {pid: cast("list[float]", vector) for pid, vector in dense.items() if isinstance(vector, list)}
 
     async def retrieve_vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
         """Stored vectors by point id, for reusing them instead of embedding a moved chunk again."""
@@ -282,32 +301,55 @@ class VectorStore:
             return {}
         return await self._run(self._retrieve_vectors_sync, name, ids)
 
+    def _has_lexical_sync(self, name: str) -> bool:
+        with self._rows() as rows:
+            if rows is not None:
+                found = rows.collection(name)
+                return found is not None and LEXICAL_VECTOR in found.sparse_vectors
+        return has_lexical(self.client, name)
+
+    def _lexical_of(self, name: str) -> bool:
+        """Whether ``name`` keeps lexical vectors (looked up once per store object and collection)."""
+        known = self._lexical.get(name)
+        if known is None:
+            known = self._lexical[name] = self._has_lexical_sync(name)
+        return known
+
+    def _search_sync(self, name: str, query: Query) -> Searched:
+        mode = query.options.mode
+        if mode != "dense":
+            mode = mode_for(mode, has_lexical(self.client, name), name)  # an alias may point elsewhere now
+        path_key = None if self.is_server else self.path_key
+        if mode == "dense":
+            points = search_dense(self.client, name, query, embedded=not self.is_server)
+        else:
+            points = search_fused(self.client, name, query, mode, path_key=path_key)
+        return Searched([Hit(pid, score, payload) for pid, score, payload in points], mode)
+
     async def search(
         self,
         name: str,
         vector: Sequence[float],
         *,
+        text: str = "",
         limit: int = 10,
         score_threshold: float | None = None,
         filters: dict[str, Any] | None = None,
         by_document: bool = False,
-    ) -> list[Hit]:
-        """Nearest points to ``vector``; ``filters`` match payload fields exactly (a list means any of),
-        as :func:`filter_condition` says. ``by_document``: each document's nearest point only, ``limit``
-        documents (Qdrant groups them by their ``document_id``)."""
+        options: SearchOptions | None = None,
+    ) -> Searched:
+        """The best points for a query: by its ``vector`` alone unless ``options`` ask for another mode
+        (which needs its ``text``, :mod:`citadel.store.searching`). ``filters`` match payload fields
+        exactly (a list means any of), as :func:`filter_condition` says. ``by_document``: each
+        document's best point only, ``limit`` documents."""
         if not await self.collection_exists(name):
             raise ConfigurationError(f"collection {name!r} does not exist yet; index something into it first")
         conditions = [filter_condition(key, value) for key, value in (filters or {}).items()]
-        query: dict[str, Any] = {
-            "query": [float(x) for x in vector], "limit": limit, "score_threshold": score_threshold,
-            "query_filter": models.Filter(must=conditions) if conditions else None, "with_payload": True,
-        }
-        if by_document:
-            grouped = await self._call("query_points_groups", name, group_by="document_id", group_size=1, **query)
-            points = [group.hits[0] for group in grouped.groups if group.hits]
-        else:
-            points = (await self._call("query_points", name, **query)).points
-        return [Hit(str(point.id), float(point.score), point.payload or {}) for point in points]
+        query = Query(
+            vector, text, limit, score_threshold, models.Filter(must=conditions) if conditions else None, by_document,
+            options or SearchOptions(mode="dense"),
+        )
+        return await asyncio.to_thread(lambda: self._search_sync(name, query))
 
     async def layout(self) -> tuple[set[str], dict[str, str]]:
         """Every collection's name, and every alias with the collection it stands for."""
@@ -333,8 +375,17 @@ class VectorStore:
         if alias in aliases:
             operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
         operations.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=alias)))
+        self._changed()
         await self._call("update_collection_aliases", change_aliases_operations=operations)
+        self._lexical.pop(alias, None)
 
     async def delete_collection(self, name: str) -> None:
+        self._changed()
         await self._call("delete_collection", name)
         self._checked = {key for key in self._checked if key[0] != name}
+        self._lexical.pop(name, None)
+
+    def _changed(self) -> None:
+        """An embedded store's lexical indexes are stale once it is written (a server keeps its own)."""
+        if not self.is_server:
+            store_changed(self.path_key)

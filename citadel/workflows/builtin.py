@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from citadel.documents import chunk_text
 from citadel.models import RunSummary
-from citadel.settings import EmbedderConfig, Settings
+from citadel.settings import EmbedderConfig, SearchMode, Settings
 from citadel.workflows.errors import OrchestrationRequired
 from citadel.workflows.steps import StepContext, StepRegistry, default_registry
 
@@ -91,6 +91,7 @@ class SearchParams(_Params):
     score_threshold: float | None = None
     filters: dict[str, Any] | None = None
     by_document: bool = False  # each document's nearest chunk only
+    mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; default: the search_mode setting.")
     embedder: EmbedderConfig | None = None
 
 
@@ -195,11 +196,14 @@ async def run_search(params: SearchParams, ctx: StepContext) -> dict[str, Any]:
 
     async with _embedding_backend(ctx, params.embedder) as resources:
         collection = params.collection or resources.settings.collection
-        hits = await search_with(
+        found = await search_with(
             resources, params.query, collection,
             limit=params.limit, score_threshold=params.score_threshold, filters=params.filters, by_document=params.by_document,
+            mode=params.mode,
         )
-        return {"collection": collection, "model": resources.embedder.model, "hits": [hit.to_json() for hit in hits]}
+        return {
+            "collection": collection, "model": resources.embedder.model, "mode": found.mode, "hits": [hit.to_json() for hit in found.hits],
+        }
 
 
 async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:

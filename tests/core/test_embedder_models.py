@@ -13,6 +13,7 @@ from citadel.embedders import (
     KNOWN_MODELS,
     Embedder,
     HashingEmbedder,
+    WordLlamaEmbedder,
     OllamaEmbedder,
     OpenAIEmbedder,
     build_embedder,
@@ -145,17 +146,23 @@ async def test_unknown_model_with_explicit_dimensions_works(servers, closing) ->
 # build_embedder ---------------------------------------------------------------------------------
 
 
-def test_default_settings_build_the_hashing_embedder() -> None:
+def test_default_settings_build_the_wordllama_embedder() -> None:
     embedder = build_embedder(settings())
-    assert isinstance(embedder, HashingEmbedder)
-    assert embedder.dimensions == 384
-    assert isinstance(build_embedder(settings(embedding_dimensions=128)), Embedder)
-    assert build_embedder(settings(embedding_dimensions=128)).dimensions == 128
+    assert isinstance(embedder, WordLlamaEmbedder) and isinstance(embedder, Embedder)
+    assert embedder.dimensions == 256
+    with pytest.raises(ConfigurationError, match="makes 256-dimensional vectors, not 128"):
+        build_embedder(settings(embedding_dimensions=128))
+
+
+def test_hashing_builds_at_its_size() -> None:
+    embedder = build_embedder(settings(embedder="hashing"))
+    assert isinstance(embedder, HashingEmbedder) and embedder.dimensions == 384
+    assert build_embedder(settings(embedder="hashing", embedding_dimensions=128)).dimensions == 128
 
 
 def test_hashing_with_too_few_dimensions_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="at least 8 dimensions"):
-        build_embedder(settings(embedding_dimensions=4))
+        build_embedder(settings(embedder="hashing", embedding_dimensions=4))
 
 
 async def test_ollama_settings(servers, closing) -> None:

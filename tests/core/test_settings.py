@@ -16,7 +16,7 @@ def test_defaults_need_no_environment(data_dir: Path, monkeypatch: pytest.Monkey
     monkeypatch.delenv("CITADEL_DATA_DIR")
     s = Settings()
     assert s.data_dir == Path(".citadel")
-    assert s.embedder == "hashing"
+    assert s.embedder == "wordllama" and s.search_mode == "hybrid"
     assert s.embedding_model is None and s.embedding_dimensions is None
     assert s.ollama_urls == ["http://localhost:11434"]
     assert s.redis_url is None and s.qdrant_url is None and s.database_url is None
@@ -55,7 +55,7 @@ def test_environment_switches_embedder(data_dir: Path, monkeypatch: pytest.Monke
 
 
 def test_unknown_embedder_rejected(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only hashing, ollama and openai are valid embedders."""
+    """Only hashing, wordllama, ollama and openai are valid embedders."""
     monkeypatch.setenv("CITADEL_EMBEDDER", "word2vec")
     with pytest.raises(ValidationError, match="embedder"):
         Settings()
@@ -140,7 +140,7 @@ def test_embedder_config_apply_ollama(data_dir: Path) -> None:
     assert applied.embedding_model == "nomic-embed-text"
     assert applied.embedding_dimensions == 768
     assert applied.ollama_urls == ["http://x:11434", "http://y:11434"]
-    assert base.embedder == "hashing" and base.embedding_model is None
+    assert base.embedder == "wordllama" and base.embedding_model is None
 
 
 def test_embedder_config_apply_openai_url(data_dir: Path) -> None:

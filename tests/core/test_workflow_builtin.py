@@ -1,4 +1,4 @@
-"""Built-in steps run for real on the embedded defaults: hashing embedder, LRU cache, embedded
+"""Built-in steps run for real on the embedded defaults: WordLlama embedder, LRU cache, embedded
 Qdrant and a SQLite registry in a private data directory."""
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ async def test_embedding_step_builds_or_shares_resources(data_dir: Path) -> None
     """Without services the step builds its own backends; with Resources they are shared (and cached)."""
     step = get_step_type("embedding")
     alone = await step({"texts": ["alpha beta", "gamma"]}, ctx())
-    assert alone["model"] == "citadel-hashing-v1-384d" and alone["dimensions"] == 384
-    assert len(alone["vectors"]) == 2 and all(len(v) == 384 for v in alone["vectors"])
+    assert alone["model"] == "wordllama-l2_supercat-256d" and alone["dimensions"] == 256
+    assert len(alone["vectors"]) == 2 and all(len(v) == 256 for v in alone["vectors"])
     assert (alone["embedded"], alone["cache_hits"]) == (2, 0)
     resources = Resources(Settings())
     try:
@@ -68,9 +68,9 @@ async def test_embedding_step_builds_or_shares_resources(data_dir: Path) -> None
         assert first["vectors"] == [alone["vectors"][0]]
         assert (again["embedded"], again["cache_hits"]) == (0, 2)
         assert resources._embedder is not None  # the caller's resources were used, and left open
-        small = await step({"text": "alpha", "embedder": {"dimensions": 64}}, ctx(resources))
+        small = await step({"text": "alpha", "embedder": {"kind": "hashing", "dimensions": 64}}, ctx(resources))
         assert (small["dimensions"], small["model"]) == (64, "citadel-hashing-v1-64d")
-        assert resources.embedder.dimensions == 384  # another embedder got its own resources
+        assert resources.embedder.dimensions == 256  # another embedder got its own resources
     finally:
         await resources.aclose()
 
@@ -97,7 +97,7 @@ async def test_index_then_search_finds_the_document_and_reruns_change_nothing(da
     summary = first["index"]
     assert (summary["added"], summary["updated"], summary["unchanged"], summary["deleted"], summary["failed"]) == (4, 0, 0, 0, 0)
     assert summary["chunks_embedded"] == summary["chunks_written"] >= 4
-    assert summary["collection"] == collection_name and summary["model"] == "citadel-hashing-v1-384d"
+    assert summary["collection"] == collection_name and summary["model"] == "wordllama-l2_supercat-256d"
     hits = first["search"]["hits"]
     assert hits and hits[0]["document_id"].endswith("qdrant.md")
     assert "Qdrant stores vectors" in hits[0]["text"]
@@ -186,8 +186,8 @@ async def test_search_errors_are_clear(data_dir: Path, collection_name: str) -> 
     with pytest.raises(ConfigurationError, match="does not exist yet"):
         await search({"query": "anything", "collection": collection_name}, ctx())
     await get_step_type("index")({"source": [{"id": "x", "text": "hello"}], "collection": collection_name}, ctx())
-    with pytest.raises(CollectionMismatchError, match="holds citadel-hashing-v1-384d vectors"):
-        await search({"query": "hello", "collection": collection_name, "embedder": {"dimensions": 64}}, ctx())
+    with pytest.raises(CollectionMismatchError, match="holds wordllama-l2_supercat-256d vectors"):
+        await search({"query": "hello", "collection": collection_name, "embedder": {"kind": "hashing", "dimensions": 64}}, ctx())
 
 
 async def test_flow_step_needs_the_orchestration_layer(data_dir: Path) -> None:

@@ -290,7 +290,7 @@ def test_union_alternatives_share_one_location() -> None:
     assert [(p.location, p.message) for p in validate_workflow(defn, REGISTRY)] == [
         ("steps[0].parameters.source", "Input should be a valid string or Input should be a valid list"),
         ("steps[1].parameters.query", "required but missing"),
-        ("steps[1].parameters.embedder.kind", "Input should be 'hashing', 'ollama' or 'openai'"),
+        ("steps[1].parameters.embedder.kind", "Input should be 'hashing', 'wordllama', 'ollama' or 'openai'"),
     ]
 
 
