@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from api.errors import ERROR_RESPONSES, install_handlers
 from api.middleware import ServiceMiddleware
-from api.routers import admin, embeddings, health, metrics, orchestration, search, ui
+from api.routers import admin, embeddings, health, metrics, orchestration, page, search, ui
 from api.state import ServiceState
 from api.version import VERSION
 from citadel.apisettings import ApiSettings
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
     install_handlers(app)
     for router in (health.router, embeddings.router, search.router, orchestration.router, metrics.router, ui.router, admin.router):
         app.include_router(router, prefix=PREFIX)
+    app.include_router(page.router)  # the search page, /ui/
     # Kubernetes-style aliases: liveness, readiness and the exposition at their usual paths.
     app.add_api_route("/livez", health.health, methods=["GET"], include_in_schema=True, tags=["health"], summary="Liveness")
     app.add_api_route("/readyz", health.health_detailed, methods=["GET"], tags=["health"], summary="Readiness")

@@ -189,6 +189,16 @@ class SearchResponse(Succeeded):
     duration_ms: float
 
 
+class CollectionEntry(Strict):
+    name: str = Field(description="What a search names: a collection, or the alias of a blue-green one.")
+    model: str
+
+
+class CollectionList(Succeeded):
+    collections: list[CollectionEntry]
+    search_mode: SearchMode = Field(description="The mode a search without one uses (the service's search_mode setting).")
+
+
 class WorkflowSubmitted(Succeeded):
     task_id: str = Field(description="The Prefect flow run id.")
     status: str

@@ -24,6 +24,7 @@ import csv
 import json
 import math
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -31,13 +32,39 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SET = Path(__file__).resolve().parents[2] / "shared" / "evalsets" / "scifact"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SET = REPO.parent / "shared" / "evalsets" / "scifact"
+DOCS_SET = REPO / "bench" / "evalsets" / "citadel-docs"
 CANDIDATES = 100  # chunks asked for per query, ranked by document
+
+
+def slug(heading: str) -> str:
+    """A heading as a section id: lowercase letters and digits, runs of anything else one ``-``."""
+    return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
+
+
+def sections_of(path: Path) -> list[dict[str, Any]]:
+    """A Markdown file's ``##`` and ``###`` sections as BEIR records: ``FILE#slug``, the heading, the text under it."""
+    records: list[dict[str, Any]] = []
+    for part in re.split(r"^(?=#{2,3} )", path.read_text(encoding="utf-8"), flags=re.MULTILINE)[1:]:
+        heading, _, body = part.partition("\n")
+        title = heading.lstrip("#").strip()
+        records.append({"_id": f"{path.name}#{slug(title)}", "title": title, "text": body.strip()})
+    return records
+
+
+def read_corpus(folder: Path) -> list[dict[str, Any]]:
+    """``corpus.jsonl``, or the sections of the files ``corpus_from.txt`` names (relative to the repository)."""
+    listed = folder / "corpus_from.txt"
+    if not (folder / "corpus.jsonl").is_file() and listed.is_file():
+        names = [line.strip() for line in listed.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+        return [record for name in names for record in sections_of(REPO / name)]
+    return [json.loads(line) for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def read_set(folder: Path) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, dict[str, int]]]:
     """The corpus (records), the queries (id -> text) and the judgments (query id -> document id -> gain)."""
-    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    corpus = read_corpus(folder)
     queries = {
         str(item["_id"]): str(item["text"])
         for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines()
@@ -136,18 +163,18 @@ async def run(
     }
 
 
-async def score(resources: Any, queries: dict[str, str], qrels: dict[str, dict[str, int]], prefix: str, mode: str) -> dict[str, float]:
+async def score(resources: Any, queries: dict[str, str], qrels: dict[str, dict[str, int]], prefix: str, mode: str) -> dict[str, Any]:
     """Every query through the search users call (documents by their best chunk), scored."""
     from citadel.search import search_with
 
     scores: dict[str, list[float]] = {"ndcg@10": [], "recall@10": [], "recall@100": []}
     latencies: list[float] = []
+    used: set[str] = set()  # dense, whatever was asked, for a collection without lexical vectors
     for qid, text in queries.items():
         started = time.perf_counter()
         found = await search_with(resources, text, "quality", limit=CANDIDATES, by_document=True, mode=mode)
         latencies.append((time.perf_counter() - started) * 1000)
-        if found.mode != mode:
-            raise SystemExit(f"asked for a {mode} search, got {found.mode}")
+        used.add(found.mode)
         ranked = by_document(found.hits, prefix)
         scores["ndcg@10"].append(ndcg_at(ranked, qrels[qid]))
         scores["recall@10"].append(recall_at(ranked, qrels[qid], 10))
@@ -156,6 +183,7 @@ async def score(resources: Any, queries: dict[str, str], qrels: dict[str, dict[s
         **{name: round(statistics.fmean(values), 4) for name, values in scores.items()},
         "search_ms_p50": round(percentile(latencies, 0.5), 1),
         "search_ms_p95": round(percentile(latencies, 0.95), 1),
+        "searched_as": sorted(used),
     }
 
 
@@ -169,7 +197,7 @@ def main() -> None:
                         help="a setting for this run (embedder=wordllama, search_dense_weight=0.2, ...); repeatable")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if not (args.folder / "corpus.jsonl").is_file():
+    if not (args.folder / "corpus.jsonl").is_file() and not (args.folder / "corpus_from.txt").is_file():
         parser.error(f"{args.folder} holds no corpus.jsonl; give a BEIR-format folder")
     overrides = dict(item.split("=", 1) for item in args.set)
     with tempfile.TemporaryDirectory() as work:

@@ -7,9 +7,10 @@ import time
 from fastapi import APIRouter, Depends
 
 from api.errors import ERROR_RESPONSES
-from api.schemas import SearchRequest, SearchResponse
+from api.schemas import CollectionEntry, CollectionList, SearchRequest, SearchResponse
 from api.security import require
 from api.state import State
+from citadel.indexing.bluegreen import SEPARATOR
 from citadel.search import search_with
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], responses={
@@ -28,4 +29,15 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
     return SearchResponse(
         query=body.query, collection=collection, model=state.resources.embedder.model, mode=found.mode, hits=found.hits,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+@router.get("/search/collections", response_model=CollectionList, summary="The collections a search can name")
+async def collections(state: State) -> CollectionList:
+    """The registry's collections, a blue-green one by its alias (the name a search uses), with their models."""
+    models = await (await state.resources.registry()).collection_models()
+    named = {name.rpartition(SEPARATOR)[0] if SEPARATOR in name else name: model for name, model in models.items()}
+    return CollectionList(
+        collections=[CollectionEntry(name=name, model=model) for name, model in sorted(named.items())],
+        search_mode=state.settings.search_mode,
     )

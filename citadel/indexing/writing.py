@@ -15,6 +15,7 @@ import numpy as np
 from citadel.collections import check_collection_name
 from citadel.documents import shard_of
 from citadel.errors import EmbedderError
+from citadel.indexing import bluegreen
 from citadel.indexing.planning import BatchPlan, SeenDocuments
 from citadel.registry import DeadLetter, Registry
 from citadel.resources import Resources
@@ -73,6 +74,7 @@ async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> 
             else:
                 wanted.append((d_index, position))
         batch.vectors.append(vectors)
+    wanted = await _reuse_from_previous_version(resources, collection, batch, wanted)
     if not wanted:
         return batch
     try:
@@ -86,6 +88,46 @@ async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> 
     batch.chunks_embedded += embedded
     batch.cache_hits += hits
     return batch
+
+
+async def previous_version(resources: Resources, collection: str) -> str | None:
+    """The collection a blue-green version replaces (what its alias serves, or the plain collection
+    of its name), when it holds vectors of the same model; None for any other collection."""
+    base = collection.rpartition(bluegreen.SEPARATOR)[0]
+    if not base or bluegreen.version_number(base, collection) is None:
+        return None
+    previous = await bluegreen.serving(resources, base)
+    if previous == collection:
+        return None
+    known = await (await resources.registry()).collection(previous)
+    return previous if known is not None and known[0] == resources.embedder.model else None
+
+
+async def _reuse_from_previous_version(
+    resources: Resources, collection: str, batch: EmbeddedBatch, wanted: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Fill what a blue-green build needs from the version it replaces, by chunk text: a rebuild (to
+    add lexical vectors, or after a settings change) embeds only what is new. Returns what is left."""
+    previous = await previous_version(resources, collection) if wanted else None
+    if previous is None:
+        return wanted
+    plan = batch.plan
+    stored = await (await resources.registry()).get_chunks(previous, list({plan.documents[d].record.id for d, _ in wanted}))
+    by_hash = {doc: {c.chunk_hash: c.point_id for c in found if c.state == "indexed"} for doc, found in stored.items()}
+    sources = {
+        (d, p): old for d, p in wanted
+        if (old := by_hash.get(plan.documents[d].record.id, {}).get(plan.documents[d].payloads[p]["chunk_hash"]))
+    }
+    reused = await (await resources.open_store()).retrieve_vectors(previous, list(set(sources.values()))) if sources else {}
+    left = []
+    for d_index, position in wanted:
+        old = sources.get((d_index, position))
+        if old is not None and old in reused:
+            batch.vectors[d_index][position] = reused[old]
+            batch.chunks_reused += 1
+        else:
+            left.append((d_index, position))
+    return left
 
 
 async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch, wanted: list[tuple[int, int]]) -> EmbeddedBatch:

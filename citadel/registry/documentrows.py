@@ -93,6 +93,12 @@ class DocumentRows(RegistryBase):
             row = (await conn.execute(sa.select(collections.c.model, collections.c.dimensions).where(collections.c.name == name))).first()
         return (row.model, row.dimensions) if row else None
 
+    async def collection_models(self) -> dict[str, str]:
+        """Every collection the registry knows, with its model."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(collections.c.name, collections.c.model).order_by(collections.c.name))
+        return {row.name: row.model for row in rows}
+
     async def ensure_collection(self, name: str, model: str, dimensions: int) -> None:
         """Remember which model fills ``name``; another model or size is refused before any write."""
         known = await self.collection(name)

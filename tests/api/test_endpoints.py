@@ -128,6 +128,8 @@ def test_search_by_document_gives_each_document_once(api: Api) -> None:
             {"id": "log", "text": long_text}, {"id": "note", "text": "A note on the harbour tide."}]}},
         {"step_id": "find", "type": "search", "depends_on": ["index"],
          "parameters": {"query": "harbour tide", "collection": collection, "limit": 2, "by_document": True}},
+        {"step_id": "words", "type": "search", "depends_on": ["index"],
+         "parameters": {"query": "note", "collection": collection, "mode": "sparse"}},
     ]}
     with api.client(headers=api.headers()) as client:
         submitted = client.post("/api/v1/orchestration/workflow", json=workflow).json()
@@ -137,6 +139,16 @@ def test_search_by_document_gives_each_document_once(api: Api) -> None:
         chunks = client.post("/api/v1/search", json=query).json()["hits"]
         documents = client.post("/api/v1/search", json={**query, "group_by": "document"}).json()["hits"]
         refused = client.post("/api/v1/search", json={**query, "group_by": "page"})
+        modes = {mode: client.post("/api/v1/search", json={"query": "note", "collection": collection, "mode": mode}).json()
+                 for mode in ("dense", "sparse", "hybrid")}
+        bad_mode = client.post("/api/v1/search", json={**query, "mode": "fuzzy"})
+        default = client.post("/api/v1/search", json=query).json()
+    assert default["mode"] == "hybrid" and all(found["mode"] == mode for mode, found in modes.items())
+    assert [hit["document_id"] for hit in modes["sparse"]["hits"]] == ["note"]  # only the note has the word
+    assert len(modes["dense"]["hits"]) > 1  # the dense leg ranks chunks without the word too
+    assert bad_mode.status_code == 422 and "mode" in bad_mode.text
+    words = status["steps"]["words"]["output"]
+    assert words["mode"] == "sparse" and [hit["document_id"] for hit in words["hits"]] == ["note"]
     indexed = status["steps"]["index"]["output"]
     assert indexed["chunks_embedded"] + indexed["cache_hits"] > 2, "the log is several chunks (from the cache on a shared Redis)"
     assert [hit["document_id"] for hit in chunks] == ["log", "log"]

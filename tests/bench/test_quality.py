@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.quality import by_document, ndcg_at, read_set, recall_at
+from bench.quality import DOCS_SET, by_document, ndcg_at, read_set, recall_at, slug
 
 
 def test_ndcg_uses_graded_gains_and_the_ideal_order() -> None:
@@ -38,20 +38,45 @@ def test_a_beir_folder_is_read_with_only_the_judged_queries(tmp_path: Path) -> N
     assert [doc["_id"] for doc in corpus] == ["d1", "d2"] and queries == {"q1": "first"} and qrels == {"q1": {"d2": 1}}
 
 
+def test_the_docs_set_is_read_from_the_sections_of_the_docs() -> None:
+    """The project's own set: every judged section exists in the docs as they are now (a renamed
+    heading fails here, naming the judgment to update)."""
+    corpus, queries, qrels = read_set(DOCS_SET)
+    ids = {doc["_id"] for doc in corpus}
+    assert len(queries) >= 40 and len(ids) == len(corpus)
+    missing = sorted({doc for judged in qrels.values() for doc in judged} - ids)
+    assert not missing, f"judged sections no longer in the docs: {missing}; update {DOCS_SET / 'qrels.tsv'}"
+    assert slug("Plain Prefect flows over Citadel's tasks") == "plain-prefect-flows-over-citadel-s-tasks"
+
+
 SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "evalsets" / "scifact"
-FLOOR_NDCG_AT_10 = 0.52  # measured 0.556 on this slice with the embedded default (2026-12-06)
+# Floors a little under what the embedded defaults measure (WordLlama, hybrid; 2026-12-07): the
+# dense leg alone scores under each (0.661 and 0.764), so losing the lexical vectors fails them.
+DOCS_FLOOR = 0.70  # measured 0.747 (sparse 0.722, dense 0.661)
+SCIFACT_FLOOR = 0.83  # measured 0.871 on the slice (sparse 0.854, dense 0.764)
+
+
+@pytest.mark.system
+async def test_search_quality_on_the_projects_own_set_stays_above_its_floor(data_dir: Path, tmp_path: Path) -> None:
+    """48 questions about Citadel's docs, judged by hand, indexed and searched through Citadel: a change
+    that makes search find less fails here; hybrid search finds at least what its better leg finds."""
+    from bench.quality import run
+
+    result = await run(DOCS_SET, None, tmp_path, modes=("dense", "sparse", "hybrid"))
+    modes = result["modes"]
+    assert modes["hybrid"]["ndcg@10"] >= DOCS_FLOOR, result
+    assert modes["hybrid"]["ndcg@10"] >= max(modes["dense"]["ndcg@10"], modes["sparse"]["ndcg@10"]), result
 
 
 @pytest.mark.system
 async def test_search_quality_on_a_scifact_slice_stays_above_its_floor(data_dir: Path, tmp_path: Path) -> None:
-    """60 SciFact queries over 1,200 abstracts (theirs and others), indexed and searched through Citadel:
-    a change that makes search find less fails here, not in a user's hands."""
+    """60 SciFact queries over 1,200 abstracts (theirs and others), indexed and searched through Citadel."""
     from bench.quality import run
 
     assert (SCIFACT / "corpus.jsonl").is_file(), (
         f"BEIR SciFact is expected at {SCIFACT} (beside the clone); BEIR publishes it (github.com/beir-cellar/beir)"
     )
-    result = await run(SCIFACT, 60, tmp_path, documents=1200)
+    result = await run(SCIFACT, 60, tmp_path, documents=1200, modes=("hybrid",))
     assert result["queries"] == 60 and result["documents"] == 1200
-    assert result["ndcg@10"] >= FLOOR_NDCG_AT_10, result
-    assert result["recall@100"] >= 0.75, result
+    assert result["modes"]["hybrid"]["ndcg@10"] >= SCIFACT_FLOOR, result
+    assert result["modes"]["hybrid"]["recall@100"] >= 0.9, result

@@ -37,8 +37,9 @@ def test_index_search_status_json(data_dir: Path, tmp_path: Path, collection_nam
 
     result = invoke("search", "zebras juggle xylophones", "--collection", collection_name, "--limit", "2", "--json")
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.stdout)
-    assert len(hits) == 2
+    found = json.loads(result.stdout)
+    hits = found["hits"]
+    assert found["mode"] == "hybrid" and len(hits) == 2
     assert {"score", "document_id", "chunk_index", "text"} <= set(hits[0])
     assert hits[0]["document_id"].endswith("notes.txt") and hits[0]["score"] >= hits[1]["score"]
 
@@ -61,7 +62,11 @@ def test_human_output_and_failed_documents_exit_1(data_dir: Path, tmp_path: Path
     assert result.exit_code == 0
     assert "dead letters" in result.stdout and "empty" in result.stdout and "test_" in result.stdout
     result = invoke("search", "vector cache", "--collection", collection_name)
-    assert result.exit_code == 0 and "1." in result.stdout
+    assert result.exit_code == 0 and "1." in result.stdout and "hybrid search, documents by best match" in result.stdout
+    result = invoke("search", "vector cache", "--collection", collection_name, "--mode", "dense", "--chunks")
+    assert result.exit_code == 0 and "dense search, chunks by best match" in result.stdout
+    result = invoke("search", "vector cache", "--collection", collection_name, "--mode", "fuzzy")
+    assert result.exit_code == 2 and "fuzzy" in result.output
 
 
 def test_doctor_reports_unreachable_backends(data_dir: Path, monkeypatch) -> None:

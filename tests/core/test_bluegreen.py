@@ -53,7 +53,7 @@ class SearchLoop:
     async def run(self) -> None:
         while not self._stop.is_set():
             try:
-                hits = await search_with(self.resources, QUERY, self.collection, limit=3)
+                hits = (await search_with(self.resources, QUERY, self.collection, limit=3)).hits
             except Exception as exc:  # noqa: BLE001 - every failure is an outcome the test asserts on
                 self.outcomes.append(exc)
             else:
@@ -120,7 +120,7 @@ async def test_build_switch_rollback_and_prune_in_embedded_mode(data_dir: Path, 
 
         back = await bluegreen.rollback(writer, "kb")
         assert (back.live, back.previous) == ("kb__v1", "kb__v2")
-        hits = await search_with(reader, QUERY, "kb", limit=3)
+        hits = (await search_with(reader, QUERY, "kb", limit=3)).hits
         assert hits and all(MARKER not in (hit.text or "") for hit in hits)
         with pytest.raises(ConfigurationError, match="nothing to roll back to"):
             await bluegreen.rollback(writer, "kb")

@@ -13,9 +13,9 @@ from citadel.embedders import (
     KNOWN_MODELS,
     Embedder,
     HashingEmbedder,
-    WordLlamaEmbedder,
     OllamaEmbedder,
     OpenAIEmbedder,
+    WordLlamaEmbedder,
     build_embedder,
     resolve_dimensions,
 )

@@ -44,7 +44,7 @@ def _folder(root: Path) -> Path:
 
 
 async def _find(resources: Resources, collection: str, query: str) -> dict[str, object]:
-    hits = await search_with(resources, query, collection, limit=20)
+    hits = (await search_with(resources, query, collection, limit=20)).hits
     best = next((hit for hit in hits if hit.text and query.split()[-1] in hit.text), None)
     assert best is not None, f"{query!r} not found in {[hit.text for hit in hits]}"
     return best.model_dump()

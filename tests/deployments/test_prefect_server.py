@@ -295,8 +295,9 @@ def test_a_deployed_search_gives_its_caller_the_hits(stack, tmp_path: Path) -> N
         "print('HITS' + json.dumps(run.state.result()))\n"
     )
     out = server.run([str(BIN / "python"), "-c", script], timeout=240)
-    hits = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("HITS"))[4:])
-    assert hits[0]["document_id"] == str(corpus / "zebra.md") and len(hits) == 2
+    found = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("HITS"))[4:])
+    hits = found["hits"]
+    assert found["mode"] == "hybrid" and hits[0]["document_id"] == str(corpus / "zebra.md") and len(hits) == 2
     assert any((root / "results").iterdir()), "results are kept in the storage block's folder"
 
 

@@ -12,7 +12,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-from citadel.models import RunSummary, SearchHit
+from citadel.models import RunSummary, SearchResults
 from citadel.testing.corpus import append_paragraph, write_corpus
 from flows.embed_texts import embed_texts
 from flows.index_corpus import index_corpus
@@ -116,7 +116,9 @@ async def test_a_search_result_reaches_its_caller_and_its_hits_show(data_dir: Pa
     (corpus / "zebra.md").write_text("Zebras juggle xylophones near quartz fountains.\n")
     await index_corpus(str(corpus), collection=collection_name)
     state = await similarity_search("zebras juggling", collection=collection_name, limit=2, return_state=True)
-    hits = [SearchHit.model_validate(hit) for hit in await state.aresult()]
+    found = SearchResults.model_validate(await state.aresult())
+    hits = found.hits
+    assert found.mode == "hybrid"
     assert hits[0].document_id == str(corpus / "zebra.md")
     run, _, artifacts = await _run_of(state)
     assert run.name == f"search-{collection_name}"

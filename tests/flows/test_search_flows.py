@@ -28,14 +28,17 @@ async def test_similarity_search_ranks_filters_and_thresholds(data_dir: Path, tm
     (corpus / "zebra.md").write_text("Zebras juggle xylophones near quartz fountains.\n")
     await index_corpus(str(corpus), collection=collection_name)
 
-    hits = await similarity_search("zebras juggling xylophones", collection=collection_name, limit=3)
-    assert hits[0]["document_id"].endswith("zebra.md")
+    found = await similarity_search("zebras juggling xylophones", collection=collection_name, limit=3)
+    hits = found["hits"]
+    assert found["mode"] == "hybrid" and hits[0]["document_id"].endswith("zebra.md")
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert {"score", "document_id", "chunk_index", "text"} <= set(hits[0])
 
-    only = await similarity_search(
-        "zebras", collection=collection_name, limit=10, filters={"document_id": str(corpus / "doc_00001.md")}
-    )
-    assert only and all(h["document_id"].endswith("doc_00001.md") for h in only)
-    strict = await similarity_search("zebras juggling xylophones", collection=collection_name, score_threshold=0.3)
-    assert [h["document_id"] for h in strict] == [str(corpus / "zebra.md")]
+    for mode in ("dense", "sparse", "hybrid"):
+        only = await similarity_search(
+            "zebras", collection=collection_name, limit=10, filters={"document_id": str(corpus / "doc_00001.md")}, mode=mode,
+        )
+        assert only["mode"] == mode and all(h["document_id"].endswith("doc_00001.md") for h in only["hits"])
+        assert only["hits"] or mode == "sparse"  # the words are in no chunk of that document
+    strict = await similarity_search("zebras juggling xylophones", collection=collection_name, score_threshold=1.0, mode="sparse")
+    assert [h["document_id"] for h in strict["hits"]] == [str(corpus / "zebra.md")]
