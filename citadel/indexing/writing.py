@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+import citadel.indexing.bluegreen as bluegreen
 from citadel.collections import check_collection_name
 from citadel.documents import shard_of
 from citadel.errors import EmbedderError
-from citadel.indexing import bluegreen
 from citadel.indexing.planning import BatchPlan, SeenDocuments
 from citadel.registry import DeadLetter, Registry
 from citadel.resources import Resources

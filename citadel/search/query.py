@@ -10,7 +10,7 @@ from citadel.indexing.bluegreen import serving
 from citadel.models import SearchResults
 from citadel.resources import Resources
 from citadel.settings import SearchMode, Settings
-from citadel.store.searching import SearchOptions
+from citadel.store import SearchOptions
 
 
 def check_query(query: str) -> str:

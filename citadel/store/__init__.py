@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         filter_key_problem,
         filter_value_problem,
     )
+    from citadel.store.fusion import SearchOptions
     from citadel.store.localclients import LOCAL_MODE_COMFORT, close_local_clients, local_client, prepare_embedded_write
     from citadel.store.probe import (
         StoreSnapshot,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
         store_in_use,
     )
     from citadel.store.snapshots import ServerError, ServerSnapshots
-    from citadel.store.vectorstore import Hit, VectorStore
+    from citadel.store.vectorstore import Hit, Searched, VectorStore
 
 __all__ = [
     "EMBEDDED_COLLECTIONS_DIR",
@@ -48,6 +49,8 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "LOCAL_MODE_COMFORT",
+    "SearchOptions",
+    "Searched",
     "EmbeddedMeta",
     "ServerError",
     "ServerSnapshots",
@@ -80,6 +83,8 @@ __getattr__ = lazy_exports(__name__, {
     "INT64_MAX": "filters",
     "INT64_MIN": "filters",
     "LOCAL_MODE_COMFORT": "localclients",
+    "SearchOptions": "fusion",
+    "Searched": "vectorstore",
     "ServerError": "snapshots",
     "ServerSnapshots": "snapshots",
     "StoreSnapshot": "probe",

@@ -9,10 +9,24 @@ SciFact the convex sum measured best (docs/benchmarks.md, "Search quality").
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
+
+from citadel.settings import SearchMode
 
 Fusion = Literal["rrf", "convex"]
 Ranked = Sequence[tuple[str, float]]  # (point id, score), best first
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a search ranks: its mode and, for hybrid, how the legs are fused (settings, measured defaults)."""
+
+    mode: SearchMode = "hybrid"
+    fusion: Fusion = "convex"
+    dense_weight: float = 0.3  # the lexical leg weighs 1 - dense_weight
+    candidates: int = 100  # points each leg brings to the fusion, at least
+    rrf_k: int = 60
 
 
 def reciprocal_rank(legs: Sequence[Ranked], weights: Sequence[float], k: int = 60) -> list[tuple[str, float]]:

@@ -18,22 +18,11 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from citadel.settings import SearchMode
-from citadel.store.fusion import Fusion, fuse
+from citadel.store.fusion import SearchOptions, fuse
 from citadel.store.lexical import LEXICAL_VECTOR, SparseTerms, query_vector
 from citadel.store.lexicalindex import LexicalIndex
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """How a search ranks: its mode and, for hybrid, how the legs are fused (settings, measured defaults)."""
-
-    mode: SearchMode = "hybrid"
-    fusion: Fusion = "convex"
-    dense_weight: float = 0.3  # the lexical leg weighs 1 - dense_weight
-    candidates: int = 100  # points each leg brings to the fusion, at least
-    rrf_k: int = 60
 
 
 @dataclass(frozen=True)

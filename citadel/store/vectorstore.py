@@ -24,6 +24,7 @@ from citadel.models import SearchHit
 from citadel.settings import SearchMode
 from citadel.store.embeddedrows import EmbeddedRows, check_collection
 from citadel.store.filters import filter_condition
+from citadel.store.fusion import SearchOptions
 from citadel.store.lexical import LEXICAL_VECTOR, lexical_point
 from citadel.store.localclients import (
     LOCAL_CLIENTS,
@@ -36,7 +37,7 @@ from citadel.store.localclients import (
     tune_embedded_storage,
     without_local_mode_warning,
 )
-from citadel.store.searching import Query, SearchOptions, has_lexical, mode_for, search_dense, search_fused, store_changed
+from citadel.store.searching import Query, has_lexical, mode_for, search_dense, search_fused, store_changed
 
 __all__ = ["IDS_PER_DELETE", "Hit", "Searched", "VectorStore", "local_client"]
 

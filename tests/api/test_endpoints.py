@@ -52,7 +52,7 @@ def test_generate_then_the_same_text_comes_from_the_cache(api: Api) -> None:
         second = client.post("/api/v1/embeddings/generate", json={"text": text, "cache_enabled": True}).json()
         bypass = client.post("/api/v1/embeddings/generate", json={"text": text, "cache_enabled": False}).json()
     assert first["success"] is True and first["cached"] is False
-    assert first["dimensions"] == len(first["embedding"]) == 384 and first["model"].startswith("citadel-hashing")
+    assert first["dimensions"] == len(first["embedding"]) == 256 and first["model"] == "wordllama-l2_supercat-256d"
     assert second["cached"] is True and bypass["cached"] is False
     assert np.allclose(first["embedding"], second["embedding"]) and np.allclose(first["embedding"], bypass["embedding"])
     assert first["duration_ms"] >= 0
@@ -64,7 +64,7 @@ def test_batch_keeps_order_and_counts_what_was_cached(api: Api) -> None:
     with api.client(headers=api.headers("embed")) as client:
         single = client.post("/api/v1/embeddings/generate", json={"text": known}).json()
         body = client.post("/api/v1/embeddings/batch", json={"texts": [*texts, known, texts[0]], "batch_size": 2}).json()
-    assert body["success"] is True and len(body["embeddings"]) == 5 and body["dimensions"] == 384
+    assert body["success"] is True and len(body["embeddings"]) == 5 and body["dimensions"] == 256
     assert body["cached_count"] == 1
     assert np.allclose(body["embeddings"][3], single["embedding"])
     assert np.allclose(body["embeddings"][0], body["embeddings"][4])
@@ -76,8 +76,8 @@ def test_an_unknown_model_is_400_naming_the_served_ones(api: Api) -> None:
         response = client.post("/api/v1/embeddings/generate", json={"text": "x", "model": "invalid-model"})
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["code"] == "unknown_model" and "citadel-hashing-v1-384d" in error["message"]
-    assert error["details"]["models"] == ["citadel-hashing-v1-384d"]
+    assert error["code"] == "unknown_model" and "wordllama-l2_supercat-256d" in error["message"]
+    assert error["details"]["models"] == ["wordllama-l2_supercat-256d"]
 
 
 def test_bounds_on_texts_are_enforced_with_clear_errors(api: Api) -> None:

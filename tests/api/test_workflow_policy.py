@@ -73,7 +73,7 @@ def test_an_embedder_override_may_not_name_a_server_or_another_kind(embedded_api
     ]
     found = refusals(submit(api, steps))
     assert "may not name embedding servers" in found["steps[0].parameters.embedder.urls"]
-    assert "embeds with 'hashing' only" in found["steps[0].parameters.embedder.kind"]
+    assert "embeds with 'wordllama' only" in found["steps[0].parameters.embedder.kind"]
     assert "not served here" in found["steps[1].parameters.embedder.model"]
     assert "not served here" in found["steps[2].parameters.model"]
     assert run_count(api) == before

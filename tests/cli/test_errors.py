@@ -74,9 +74,9 @@ def test_a_registry_that_cannot_be_reached_is_one_line_without_its_password(data
 
 def test_a_collection_of_another_model_is_refused_before_the_run(data_dir: Path, corpus: Path, shared_prefect: dict[str, str]) -> None:
     assert citadel("index", str(corpus), "--collection", "sized", env=shared_prefect).returncode == 0
-    done = citadel("index", str(corpus), "--collection", "sized", env={"CITADEL_EMBEDDING_DIMENSIONS": "128", **shared_prefect})
+    done = citadel("index", str(corpus), "--collection", "sized", env={"CITADEL_EMBEDDER": "hashing", **shared_prefect})
     line = one_line(done)
-    assert done.returncode == 2 and "is indexed with citadel-hashing-v1-384d" in line
+    assert done.returncode == 2 and "is indexed with wordllama-l2_supercat-256d" in line
 
 
 def test_an_embedded_store_held_by_another_process_names_it(data_dir: Path, corpus: Path) -> None:

@@ -189,7 +189,7 @@ def test_drift_is_reported_by_doctor_and_status_and_repaired_by_verify(
         assert repaired.exit_code == 0, repaired.output
         assert "4 documents repaired" in " ".join(repaired.stdout.split())
         assert invoke("doctor").exit_code == 0
-        hits = json.loads(invoke("search", "vector cache", "--collection", collection_name, "--json").stdout)
+        hits = json.loads(invoke("search", "vector cache", "--collection", collection_name, "--json").stdout)["hits"]
         assert hits, "the collection answers searches again"
 
 
@@ -230,7 +230,7 @@ def test_status_fits_80_columns_and_never_cuts_a_name(data_dir: Path, tmp_path: 
     assert max(len(line) for line in lines) <= 80
     assert "…" not in result.stdout
     assert any(name in line for line in lines), "a name that fits its column stays whole"
-    assert any("citadel-hashing-v1-384d" in line for line in lines)
+    assert any("wordllama-l2_supercat-256d" in line for line in lines)
 
 
 def test_a_symlink_loop_is_named_as_one(data_dir: Path, tmp_path: Path) -> None:
@@ -281,8 +281,10 @@ def test_search_shows_documents_by_their_best_chunk_and_every_chunk_when_asked(
     (corpus / "log.md").write_text("\n\n".join(f"Zebra sighting {n}: zebras crossed the river at dawn." for n in range(80)))
     (corpus / "note.txt").write_text("A short note: zebras seen once.")
     asyncio.run(index_with_own_backends(str(corpus), collection_name))
-    documents = json.loads(invoke("search", "zebras crossed the river", "--collection", collection_name, "--limit", "2", "--json").stdout)
+    documents = json.loads(
+        invoke("search", "zebras crossed the river", "--collection", collection_name, "--limit", "2", "--json").stdout
+    )["hits"]
     chunks = json.loads(invoke("search", "zebras crossed the river", "--collection", collection_name, "--limit", "2", "--chunks",
-                               "--json").stdout)
+                               "--json").stdout)["hits"]
     assert sorted(Path(hit["document_id"]).name for hit in documents) == ["log.md", "note.txt"]
     assert [Path(hit["document_id"]).name for hit in chunks] == ["log.md", "log.md"]

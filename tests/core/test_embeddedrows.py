@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from qdrant_client import QdrantClient, models
 
 from citadel.errors import ConfigurationError
 from citadel.store import VectorStore, close_local_clients, local_client, localclients
+from citadel.store.lexical import LEXICAL_VECTOR
 from tests.support.qdrant_server import store_held_by_another_process
 
 pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
@@ -46,9 +48,15 @@ async def write_the_same(store: VectorStore, name: str) -> None:
     await store.delete(name, ids(5, 6, 99))
 
 
-def everything(client: QdrantClient, name: str) -> dict[str, tuple[dict, list[float]]]:
+def everything(client: QdrantClient, name: str) -> dict[str, tuple[dict, list[float], Any]]:
+    """Each point's payload, dense vector and lexical vector (indices and values)."""
     points, _ = client.scroll(name, limit=1000, with_payload=True, with_vectors=True)
-    return {str(p.id): (p.payload or {}, list(p.vector)) for p in points}  # type: ignore[arg-type]
+    found = {}
+    for p in points:
+        vectors = p.vector if isinstance(p.vector, dict) else {"": p.vector}
+        lexical = vectors.get(LEXICAL_VECTOR)
+        found[str(p.id)] = (p.payload or {}, list(vectors[""]), lexical and (lexical.indices, lexical.values))
+    return found
 
 
 async def test_rows_load_exactly_as_the_clients_own_writes(tmp_path: Path) -> None:
@@ -72,9 +80,10 @@ async def test_rows_load_exactly_as_the_clients_own_writes(tmp_path: Path) -> No
         assert first.get_collection("c").config == second.get_collection("c").config
         one, other = everything(first, "c"), everything(second, "c")
         assert one.keys() == other.keys() and len(one) == 28
-        for pid, (payload, vector) in one.items():
+        for pid, (payload, vector, lexical) in one.items():
             assert payload == other[pid][0]
             np.testing.assert_allclose(vector, other[pid][1], atol=1e-6)
+            assert lexical == other[pid][2] and lexical is not None and lexical[0], "the same words, the same weights"
         assert one[ids(3)[0]][0]["text"] == "rewritten"
         query = np.random.default_rng(5).standard_normal(DIMS).tolist()
         hits = [(p.id, round(p.score, 5)) for p in first.query_points("c", query=query, limit=10).points]

@@ -16,9 +16,9 @@ import pytest
 from qdrant_client import models
 
 from citadel.store import VectorStore, close_local_clients, local_client
+from citadel.store.fusion import SearchOptions
 from citadel.store.lexical import LEXICAL_VECTOR, query_vector
 from citadel.store.lexicalindex import LexicalIndex
-from citadel.store.searching import SearchOptions
 from tests.support.qdrant_server import QdrantTestServer
 
 DIMS = 4

@@ -143,8 +143,8 @@ def test_rest_trigger_indexes_and_is_searchable(stack, tmp_path: Path) -> None:
     assert documents == 5 and vectors == chunks > 0
     from citadel.search import search
 
-    hits = asyncio.run(search(settings, "zebras juggling xylophones", collection, limit=1))
-    assert hits[0]["document_id"] == str(corpus / "zebra.md")
+    hits = asyncio.run(search(settings, "zebras juggling xylophones", collection, limit=1)).hits
+    assert hits[0].document_id == str(corpus / "zebra.md")
 
 
 def test_workflow_with_parallel_branches_and_a_failing_step(stack, tmp_path: Path) -> None:

@@ -61,9 +61,9 @@ async def test_index_reindex_edit_delete(
     assert await index_state(settings, collection_name) == (total, total)
 
     store = VectorStore.connect(url=None, api_key=None, path=settings.qdrant_path)
-    from citadel.embedders import HashingEmbedder
+    from citadel.embedders import WordLlamaEmbedder
 
-    query = (await HashingEmbedder().embed(["zebras juggle xylophones quartz fountains"]))[0]
+    query = (await WordLlamaEmbedder().embed(["zebras juggle xylophones quartz fountains"]))[0]
     hits = await store.search(collection_name, query, limit=1)
     assert hits[0].payload["document_id"] == str(edited)
 
@@ -133,8 +133,8 @@ async def test_model_mismatch_stops_before_writing(
     await index_corpus(str(corpus), collection=collection_name)
     before = await index_state(Settings(), collection_name)
     write_corpus(corpus, files=4, seed=99)
-    monkeypatch.setenv("CITADEL_EMBEDDING_DIMENSIONS", "256")
-    with pytest.raises(CollectionMismatchError, match="384"):
+    monkeypatch.setenv("CITADEL_EMBEDDER", "hashing")
+    with pytest.raises(CollectionMismatchError, match="256"):
         await index_corpus(str(corpus), collection=collection_name)
     assert await index_state(Settings(), collection_name) == before
 

@@ -54,7 +54,7 @@ async def test_an_index_run_is_named_tagged_and_reports_its_summary_and_dead_let
     run, tasks, artifacts = await _run_of(state, tasks=8)
 
     assert run.name == f"index-{collection_name}"
-    assert {f"collection:{collection_name}", "embedder:hashing"} <= set(run.tags)
+    assert {f"collection:{collection_name}", "embedder:wordllama"} <= set(run.tags)
     names = {task.name for task in tasks}
     assert {f"prepare {collection_name}", f"check the store of {collection_name}", "plan 4 files (batch 1)"} <= names
     assert any(name.startswith("embed ") and name.endswith("chunks of 3 documents (batch 1)") for name in names)
@@ -130,7 +130,7 @@ async def test_embed_and_workflow_runs_are_named_and_report(data_dir: Path) -> N
     state = await embed_texts(["one text", "another text"], return_state=True)
     run, _, artifacts = await _run_of(state)
     assert run.name == "embed-2-texts" and len((await state.aresult())["vectors"]) == 2
-    (row,) = artifacts[artifact_key("embed", "citadel-hashing-v1-384d")]
+    (row,) = artifacts[artifact_key("embed", "wordllama-l2_supercat-256d")]
     assert row["texts"] == 2
 
     workflow_id = f"wf-{uuid.uuid4().hex[:6]}"
