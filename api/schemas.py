@@ -186,6 +186,8 @@ class SearchResponse(Succeeded):
         description="The mode that ranked the hits: the one asked for, or dense for a collection without lexical vectors."
     )
     hits: list[SearchHit]
+    reranked: bool = Field(False, description="Whether the reranker (CITADEL_RERANK_URL) ordered the hits.")
+    warnings: list[str] = Field(default_factory=list, description="What the search did without: a reranker that failed, say.")
     duration_ms: float
 
 

@@ -30,7 +30,8 @@ def write_records(folder: Path, out: Path) -> Path:
     with records.open("w", encoding="utf-8") as handle:
         for doc in read_corpus(folder):
             title = str(doc.get("title") or "").strip()
-            handle.write(json.dumps({"id": str(doc["_id"]), "text": f"{title}\n\n{doc['text']}".strip(), "metadata": {"title": title}}) + "\n")
+            record = {"id": str(doc["_id"]), "text": f"{title}\n\n{doc['text']}".strip(), "metadata": {"title": title}}
+            handle.write(json.dumps(record) + "\n")
     return records
 
 

@@ -9,6 +9,10 @@ time and the search latency (p50, p95). Usage:
 
     .venv/bin/python -m bench.quality                      # ../shared/evalsets/scifact beside the clone
     .venv/bin/python -m bench.quality PATH/TO/BEIR/SET --queries 100 --documents 2000 --json
+    .venv/bin/python -m bench.quality bench/evalsets/citadel-docs     # the project's own set (its docs' sections)
+    .venv/bin/python -m bench.quality --set embedder=hashing --set search_dense_weight=0.2 --modes hybrid
+    .venv/bin/python -m bench.quality --ollama-test-server             # the Ollama path's plumbing
+    CITADEL_EMBEDDER=ollama CITADEL_OLLAMA_URLS=http://gpu:11434 .venv/bin/python -m bench.quality   # nomic-embed-text
 
 A BEIR-format folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
 (``_id``, ``text``) and ``qrels.tsv`` or ``qrels/test.tsv`` (``query-id``, ``corpus-id``, ``score``).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import math
@@ -195,12 +200,19 @@ def main() -> None:
     parser.add_argument("--modes", default="dense,sparse,hybrid", help="search modes to score, comma-separated")
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                         help="a setting for this run (embedder=wordllama, search_dense_weight=0.2, ...); repeatable")
+    parser.add_argument("--ollama-test-server", action="store_true",
+                        help="embed through the tests' Ollama-protocol server (not semantic: the plumbing, not the quality)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (args.folder / "corpus.jsonl").is_file() and not (args.folder / "corpus_from.txt").is_file():
         parser.error(f"{args.folder} holds no corpus.jsonl; give a BEIR-format folder")
-    overrides = dict(item.split("=", 1) for item in args.set)
-    with tempfile.TemporaryDirectory() as work:
+    overrides: dict[str, Any] = dict(item.split("=", 1) for item in args.set)
+    with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
+        if args.ollama_test_server:
+            from tests.support.embedding_server import EmbeddingServer
+
+            server = stack.enter_context(EmbeddingServer())
+            overrides.update(embedder="ollama", ollama_urls=server.url)
         result = asyncio.run(run(args.folder, args.queries, Path(work), args.documents, args.modes.split(","), overrides))
     if args.json:
         print(json.dumps(result))

@@ -236,6 +236,8 @@ class SearchResults(Result):
         description="dense, sparse or hybrid: the mode asked for, or dense for a collection indexed before lexical vectors."
     )
     hits: list[SearchHit]
+    reranked: bool = Field(False, description="Whether the reranker (CITADEL_RERANK_URL) ordered the hits.")
+    warnings: list[str] = Field(default_factory=list, description="What the search did without: a reranker that failed, say.")
 
 
 class DeadLetterRecord(Result):

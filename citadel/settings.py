@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     search_candidates: int = Field(100, ge=1, le=1000, description="Chunks each leg of a hybrid search brings to the fusion, at least.")
     search_rrf_k: int = Field(60, ge=1, description="k of reciprocal rank fusion (search_fusion rrf).")
 
+    rerank_url: str | None = Field(
+        None, description="A TEI-compatible reranker (POST <url>/rerank) that reorders a search's best hits; unset: no reranking."
+    )
+    rerank_api_key: SecretStr | None = Field(None, description="Sent to the reranker as a bearer token, never logged.")
+    rerank_top_k: int = Field(20, ge=1, le=200, description="Hits of a search the reranker scores again (at least the limit asked).")
+    rerank_timeout_s: float = Field(2.0, gt=0, description="A reranker slower than this is skipped: the search answers without it.")
+
     database_url: SecretStr | None = Field(None, description="Registry; unset means SQLite under data_dir.")
 
     chunk_size: int = Field(1000, gt=0)

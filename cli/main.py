@@ -194,7 +194,10 @@ def search(
     if not found.hits:
         out.print(f"no hits ({found.mode} search)")
         return
-    out.print(f"[dim]{found.mode} search, {'chunks' if chunks else 'documents'} by best match[/dim]")
+    for warning in found.warnings:
+        err.print(f"warning: {warning}", highlight=False, markup=False)
+    reranked = ", reranked" if found.reranked else ""
+    out.print(f"[dim]{found.mode} search{reranked}, {'chunks' if chunks else 'documents'} by best match[/dim]")
     for rank, hit in enumerate(found.hits, start=1):
         snippet = " ".join(str(hit["text"]).split())[:200]
         out.print(f"[bold]{rank}.[/bold] {hit['score']:.3f}  {hit['document_id']} #{hit['chunk_index']}", highlight=False)

@@ -12,7 +12,7 @@ from citadel.search import check_query
 from citadel.settings import EmbedderConfig, SearchMode, settings_for
 from tasks.embedding import embed_query
 from tasks.reporting import default_collection, report_search, run_name, run_tags, tag_flow_run
-from tasks.search import search_vectors
+from tasks.search import rerank_hits, search_vectors
 
 
 @flow(
@@ -53,7 +53,12 @@ async def similarity_search(
     async with open_resources(settings) as resources:
         with tags(*labels):
             vector = await embed_query.with_options(task_run_name="embed the query")(settings, query, resources.embedder.model)
+            asked = max(limit, settings.rerank_top_k) if settings.rerank_url else limit
             search = search_vectors.with_options(task_run_name=f"search {collection} for {limit} hits")
-            found = await search(settings, collection, vector, limit, score_threshold, filters, by_document, query, mode)
+            found = await search(settings, collection, vector, asked, score_threshold, filters, by_document, query, mode)
+            if settings.rerank_url:
+                found = await rerank_hits.with_options(task_run_name=f"rerank the best {settings.rerank_top_k}")(
+                    settings, query, found, limit
+                )
     await report_search(query, collection, SearchResults.model_validate(found))
     return found

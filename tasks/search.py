@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from citadel.models import SearchResults
 from citadel.resources import get_resources
-from citadel.search import search_options
+from citadel.search import rerank_results, search_options
 from citadel.settings import SearchMode, Settings
 from tasks.retry import RETRYING
 
@@ -34,3 +34,11 @@ async def search_vectors(
         by_document=by_document, options=search_options(settings, mode),
     )
     return SearchResults(mode=hits.mode, hits=[hit.to_result() for hit in hits]).to_json()
+
+
+@task(name="rerank-hits", cache_policy=NO_CACHE)
+async def rerank_hits(settings: Settings, query: str, found: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The best hits in the reranker's order (CITADEL_RERANK_URL), cut to ``limit``; unchanged, with a
+    warning, when the reranker fails (no retry: a search does not wait on an optional stage)."""
+    results = await rerank_results(settings, query, SearchResults.model_validate(found))
+    return results.model_copy(update={"hits": results.hits[:limit]}).to_json()

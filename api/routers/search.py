@@ -28,6 +28,7 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
     )
     return SearchResponse(
         query=body.query, collection=collection, model=state.resources.embedder.model, mode=found.mode, hits=found.hits,
+        reranked=found.reranked, warnings=found.warnings,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from citadel.collections import check_collection_name
@@ -9,8 +10,11 @@ from citadel.errors import CollectionMismatchError, CollectionNotFound, Configur
 from citadel.indexing.bluegreen import serving
 from citadel.models import SearchResults
 from citadel.resources import Resources
+from citadel.search.rerank import RerankFailed, rerank
 from citadel.settings import SearchMode, Settings
 from citadel.store import SearchOptions
+
+log = logging.getLogger(__name__)
 
 
 def check_query(query: str) -> str:
@@ -85,6 +89,8 @@ async def search_with(
             f"collection {collection!r} holds {known[0]} vectors but the configured embedder is "
             f"{resources.embedder.model}; search it with the same embedder settings it was indexed with"
         )
+    reranking = bool(resources.settings.rerank_url)
+    asked = max(limit, resources.settings.rerank_top_k) if reranking else limit
     vector = (await resources.cached_embedder.embed([query])).vectors[0]
     store = resources.store
     if known and not await store.collection_exists(collection):
@@ -93,10 +99,25 @@ async def search_with(
             f"volume?); `citadel verify --repair --collection {collection}` writes it back"
         )
     hits = await store.search(
-        collection, vector, text=query, limit=limit, score_threshold=score_threshold, filters=filters, by_document=by_document,
+        collection, vector, text=query, limit=asked, score_threshold=score_threshold, filters=filters, by_document=by_document,
         options=search_options(resources.settings, mode),
     )
-    return SearchResults(mode=hits.mode, hits=[hit.to_result() for hit in hits])
+    found = SearchResults(mode=hits.mode, hits=[hit.to_result() for hit in hits])
+    if reranking:
+        found = await rerank_results(resources.settings, query, found)
+    return found.model_copy(update={"hits": found.hits[:limit]})
+
+
+async def rerank_results(settings: Settings, query: str, found: SearchResults) -> SearchResults:
+    """``found`` with its best hits in the reranker's order, or as it was, with a warning, when the reranker fails."""
+    top = settings.rerank_top_k
+    try:
+        ordered = await rerank(settings, query, found.hits[:top])
+    except RerankFailed as exc:
+        warning = f"the reranker was skipped: {exc}"
+        log.warning("%s; the search answered in its retrieval order", warning)
+        return found.model_copy(update={"warnings": [*found.warnings, warning]})
+    return found.model_copy(update={"hits": ordered + found.hits[top:], "reranked": True})
 
 
 def search_options(settings: Settings, mode: SearchMode | None = None) -> SearchOptions:
