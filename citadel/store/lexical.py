@@ -15,7 +15,6 @@ import threading
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import Stemmer
@@ -54,27 +53,51 @@ class SparseTerms:
 
 
 _local = threading.local()  # a Stemmer must not be shared by threads, and writes run in worker threads
+_TERM_IDS: dict[str, int] = {}  # word -> term id; a corpus's vocabulary is small (SciFact's: 60,000 words)
+_TERM_IDS_MAX = 500_000
 
 
-@lru_cache(maxsize=200_000)
-def _term_id(word: str) -> int:
+def _stemmer() -> Stemmer.Stemmer:
     stemmer = getattr(_local, "stemmer", None)
     if stemmer is None:
         stemmer = _local.stemmer = Stemmer.Stemmer("english")
-    return zlib.crc32(stemmer.stemWord(word).encode("utf-8"))
+    return stemmer
+
+
+def _word_counts(text: str) -> Counter[str]:
+    counts = Counter(_WORD.findall(text.lower()))
+    for word in STOPWORDS.intersection(counts):
+        del counts[word]
+    return counts
+
+
+def _term_ids(words: list[str]) -> list[int]:
+    """Each word's term id, stemming the words not seen before in one call."""
+    known = _TERM_IDS
+    new = [word for word in words if word not in known]
+    if new:
+        if len(known) > _TERM_IDS_MAX:
+            known.clear()
+        for word, stem in zip(new, _stemmer().stemWords(new), strict=True):
+            known[word] = zlib.crc32(stem.encode("utf-8"))
+    return [known[word] for word in words]
 
 
 def terms(text: str) -> list[int]:
     """The term ids of ``text``'s words, in order, stopwords left out."""
-    return [_term_id(word) for word in _WORD.findall(text.lower()) if word not in STOPWORDS]
+    words = [word for word in _WORD.findall(text.lower()) if word not in STOPWORDS]
+    return _term_ids(words)
 
 
 def document_vector(text: str) -> SparseTerms:
     """A chunk's BM25 term weights (the store multiplies in each term's IDF at search time)."""
-    counts = Counter(terms(text))
-    if not counts:
+    words = _word_counts(text)
+    if not words:
         return SparseTerms([], [])
-    norm = K1 * (1 - B + B * sum(counts.values()) / AVERAGE_TERMS)
+    counts: dict[int, int] = {}
+    for term, count in zip(_term_ids(list(words)), words.values(), strict=True):
+        counts[term] = counts.get(term, 0) + count  # words that stem alike add up
+    norm = K1 * (1 - B + B * sum(words.values()) / AVERAGE_TERMS)
     indices = sorted(counts)
     return SparseTerms(indices, [counts[t] * (K1 + 1) / (counts[t] + norm) for t in indices])
 
@@ -89,4 +112,5 @@ def lexical_point(payload: dict[str, Any]) -> models.SparseVector:
     """The lexical vector of a point from its payload's chunk text."""
     text = payload.get("text")
     found = document_vector(text) if isinstance(text, str) else SparseTerms([], [])
-    return models.SparseVector(indices=found.indices, values=found.values)
+    # Built without validation: the indices are sorted unique uint32 and the values floats by construction.
+    return models.SparseVector.model_construct(indices=found.indices, values=found.values)
