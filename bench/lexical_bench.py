@@ -56,18 +56,24 @@ def dense_only() -> Iterator[None]:
         localclients.create_collection = vectorstore.create_collection = saved  # type: ignore[assignment]
 
 
-async def first_index(records: Path, data: Path, overrides: dict[str, str]) -> tuple[float, Any]:
-    from citadel.indexing import index_source
+async def timed(run: str, records: Path, data: Path, overrides: dict[str, str]) -> tuple[float, Any]:
+    """``index_source`` (``run`` "index") or ``build_and_switch`` ("rebuild") of ``records``, timed, on a fresh Resources."""
+    from citadel.indexing import build_and_switch, index_source
     from citadel.resources import Resources
     from citadel.settings import Settings
 
     resources = Resources(Settings(data_dir=data, **overrides))  # type: ignore[arg-type]
+    operation = index_source if run == "index" else build_and_switch
     try:
         started = time.perf_counter()
-        summary = await index_source(resources, str(records), "bench")
+        summary = await operation(resources, str(records), "bench")
         return time.perf_counter() - started, summary
     finally:
         await resources.aclose()
+
+
+async def first_index(records: Path, data: Path, overrides: dict[str, str]) -> tuple[float, Any]:
+    return await timed("index", records, data, overrides)
 
 
 async def first_index_by_flow(records: Path, data: Path, overrides: dict[str, str]) -> tuple[float, Any]:
@@ -84,20 +90,6 @@ async def first_index_by_flow(records: Path, data: Path, overrides: dict[str, st
     started = time.perf_counter()
     summary = await index_corpus(str(records), collection="bench")
     return time.perf_counter() - started, RunSummary.model_validate(summary)
-
-
-async def rebuild(records: Path, data: Path, overrides: dict[str, str]) -> tuple[float, Any]:
-    from citadel.indexing import build_and_switch
-    from citadel.resources import Resources
-    from citadel.settings import Settings
-
-    resources = Resources(Settings(data_dir=data, **overrides))  # type: ignore[arg-type]
-    try:
-        started = time.perf_counter()
-        summary = await build_and_switch(resources, str(records), "bench")
-        return time.perf_counter() - started, summary
-    finally:
-        await resources.aclose()
 
 
 def main() -> None:
@@ -124,7 +116,7 @@ def main() -> None:
                     seconds, summary = asyncio.run(index(records, data, overrides))
                 times[label].append(seconds)
         legacy = Path(work) / "dense-only-0"
-        rebuild_s, rebuilt = asyncio.run(rebuild(records, legacy, overrides))
+        rebuild_s, rebuilt = asyncio.run(timed("rebuild", records, legacy, overrides))
     dense, lexical = statistics.median(times["dense only"]), statistics.median(times["with lexical"])
     result = {
         "documents": summary.added, "chunks": summary.chunks_embedded + summary.cache_hits,

@@ -42,12 +42,6 @@ def unit(values: tuple[float, ...]) -> list[float]:
     return (vector / np.linalg.norm(vector)).tolist()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QdrantTestServer]:
-    with QdrantTestServer(tmp_path_factory.mktemp("qdrant-server")) as running:
-        yield running
-
-
 @pytest.fixture(params=["loaded", "rows", pytest.param("server", marks=pytest.mark.system)])
 def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VectorStore]:
     if request.param == "loaded":
@@ -55,10 +49,10 @@ def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VectorStor
     elif request.param == "rows":
         yield VectorStore.connect(url=None, api_key=None, path=tmp_path / "qdrant", batch_size=2)
     else:
-        server = request.getfixturevalue("server")
-        remote = VectorStore.connect(url=server.url, api_key=None, path=tmp_path / "unused", batch_size=2)
-        yield remote
-        remote.client.close()
+        with QdrantTestServer(tmp_path / "qdrant-server") as server:
+            remote = VectorStore.connect(url=server.url, api_key=None, path=tmp_path / "unused", batch_size=2)
+            yield remote
+            remote.client.close()
     close_local_clients()
 
 
