@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         filter_value_problem,
     )
     from citadel.store.fusion import SearchOptions
+    from citadel.store.hits import Hit, Searched
     from citadel.store.localclients import LOCAL_MODE_COMFORT, close_local_clients, local_client, prepare_embedded_write
     from citadel.store.probe import (
         StoreSnapshot,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
         store_in_use,
     )
     from citadel.store.snapshots import ServerError, ServerSnapshots
-    from citadel.store.vectorstore import Hit, Searched, VectorStore
+    from citadel.store.vectorstore import VectorStore
 
 __all__ = [
     "EMBEDDED_COLLECTIONS_DIR",
@@ -79,12 +80,12 @@ __getattr__ = lazy_exports(__name__, {
     "EmbeddedMeta": "embeddedlayout",
     "FILTER_KEY_MAX": "filters",
     "FILTER_KEY_PATTERN": "filters",
-    "Hit": "vectorstore",
+    "Hit": "hits",
     "INT64_MAX": "filters",
     "INT64_MIN": "filters",
     "LOCAL_MODE_COMFORT": "localclients",
     "SearchOptions": "fusion",
-    "Searched": "vectorstore",
+    "Searched": "hits",
     "ServerError": "snapshots",
     "ServerSnapshots": "snapshots",
     "StoreSnapshot": "probe",

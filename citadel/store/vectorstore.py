@@ -8,9 +8,9 @@ batches with deterministic ids, so retrying them never duplicates a point.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -20,11 +20,10 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 
 from citadel import metrics
 from citadel.errors import ConfigurationError
-from citadel.models import SearchHit
-from citadel.settings import SearchMode
 from citadel.store.embeddedrows import EmbeddedRows, check_collection
 from citadel.store.filters import filter_condition
 from citadel.store.fusion import SearchOptions
+from citadel.store.hits import Hit, Searched
 from citadel.store.lexical import LEXICAL_VECTOR, lexical_point
 from citadel.store.localclients import (
     LOCAL_CLIENTS,
@@ -47,51 +46,7 @@ Vectors = Sequence[Sequence[float]] | np.ndarray  # one row per point
 # Ids in one delete request to a server: about 160 KB of JSON, far below Qdrant's 32 MB limit on a
 # request, so an edited corpus's thousands of vanished points take one or two round trips.
 IDS_PER_DELETE = 4096
-
-
-class Searched(list["Hit"]):
-    """A search's hits, best first, and the mode that found them (a collection without lexical
-    vectors is searched dense whatever the mode asked)."""
-
-    def __init__(self, hits: Sequence[Hit], mode: SearchMode) -> None:
-        super().__init__(hits)
-        self.mode: SearchMode = mode
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One point found by a search, as the store returned it."""
-
-    id: str
-    score: float
-    payload: dict[str, Any]
-
-    def to_result(self) -> SearchHit:
-        """The public search hit: Citadel's payload fields lifted, the rest kept as ``payload``."""
-        payload = dict(self.payload)
-        metadata = payload.get("metadata")
-        where = metadata if isinstance(metadata, dict) else {}
-        return SearchHit(
-            score=self.score,
-            id=self.id,
-            document_id=payload.pop("document_id", None),
-            chunk_index=payload.pop("chunk_index", None),
-            text=payload.pop("text", None),
-            source=payload.pop("source", None),
-            title=_text_or_none(where.get("title")),
-            page=where.get("page") if isinstance(where.get("page"), int) else None,
-            section=_text_or_none(where.get("section")),
-            uri=_text_or_none(where.get("uri") or where.get("path")),
-            payload=payload,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """:meth:`to_result` as JSON."""
-        return self.to_result().to_json()
-
-
-def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+LEXICAL_TTL_S = 2.0
 
 
 class VectorStore:
@@ -110,6 +65,7 @@ class VectorStore:
         self.batch_size = batch_size
         self._checked: set[tuple[str, int, str]] = set()
         self._lexical: dict[str, bool] = {}
+        self._lexical_seen: dict[str, tuple[float, bool]] = {}
 
     @classmethod
     def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
@@ -316,10 +272,19 @@ class VectorStore:
             known = self._lexical[name] = self._has_lexical_sync(name)
         return known
 
+    def _searchable_lexically(self, name: str) -> bool:
+        """Whether ``name`` has lexical vectors, looked up at most every :data:`LEXICAL_TTL_S`
+        (a round trip to a server; an alias may point at another version since)."""
+        now = time.monotonic()
+        seen = self._lexical_seen.get(name)
+        if seen is None or now - seen[0] > LEXICAL_TTL_S:
+            seen = self._lexical_seen[name] = (now, has_lexical(self.client, name))
+        return seen[1]
+
     def _search_sync(self, name: str, query: Query) -> Searched:
         mode = query.options.mode
         if mode != "dense":
-            mode = mode_for(mode, has_lexical(self.client, name), name)  # an alias may point elsewhere now
+            mode = mode_for(mode, self._searchable_lexically(name), name)
         path_key = None if self.is_server else self.path_key
         if mode == "dense":
             points = search_dense(self.client, name, query, embedded=not self.is_server)
@@ -379,12 +344,14 @@ class VectorStore:
         self._changed()
         await self._call("update_collection_aliases", change_aliases_operations=operations)
         self._lexical.pop(alias, None)
+        self._lexical_seen.pop(alias, None)
 
     async def delete_collection(self, name: str) -> None:
         self._changed()
         await self._call("delete_collection", name)
         self._checked = {key for key in self._checked if key[0] != name}
         self._lexical.pop(name, None)
+        self._lexical_seen.pop(name, None)
 
     def _changed(self) -> None:
         """An embedded store's lexical indexes are stale once it is written (a server keeps its own)."""
