@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -183,8 +184,20 @@ def decode_documents(
             return [unreadable_file(doc_id, source, "JSON nested too deeply to read")]
         out = _json_documents(parsed, doc_id, source, base_meta)
     else:
-        return [_check_text(Document(doc_id, text, source, base_meta, origin=doc_id))]
+        title = markdown_title(text) if suffix == ".md" else None
+        metadata = {**base_meta, "title": title} if title else base_meta
+        return [_check_text(Document(doc_id, text, source, metadata, origin=doc_id))]
     return out or [LoadFailure(doc_id, source, "empty document (no records)")]
+
+
+_MARKDOWN_TITLE = re.compile(r"^#[ \t]+(\S.*?)[ \t#]*$", re.MULTILINE)
+
+
+def markdown_title(text: str) -> str | None:
+    """A Markdown file's title: its first top-level (``# ``) heading within its first 4 KB, so
+    that search shows it as it shows a PDF's or a web page's."""
+    found = _MARKDOWN_TITLE.search(text[:4096])
+    return found.group(1)[:300] if found else None
 
 
 def _in_file(doc: Document, item_id: str, doc_id: str, base_meta: dict[str, Any]) -> Document | LoadFailure:

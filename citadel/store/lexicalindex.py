@@ -10,8 +10,9 @@ points that have a lexical vector, times the document's stored weight).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -19,6 +20,50 @@ from qdrant_client import QdrantClient, models
 from citadel.store.lexical import LEXICAL_VECTOR, SparseTerms
 
 _SCROLL_PAGE = 2048
+
+
+def lexical_vectors(client: QdrantClient, name: str) -> Iterator[tuple[str, models.SparseVector]]:
+    """(point id, lexical vector) of every live point of an embedded collection.
+
+    Read from the loaded collection's own lists when this qdrant-client keeps them as Citadel knows
+    (0.2 s at 11,000 points, against 2 to 3 s through ``scroll``, which builds a record per point);
+    through ``scroll`` otherwise. ``tests/core/test_search_modes.py`` checks both read the same.
+    """
+    collection = _local_collection(client, name)
+    if collection is None:
+        yield from _scrolled(client, name)
+        return
+    vectors, ids, deleted, absent = collection
+    for index, vector in enumerate(vectors):
+        if not deleted[index] and not absent[index]:
+            yield str(ids[index]), vector
+
+
+def _local_collection(client: QdrantClient, name: str) -> tuple[list[Any], list[Any], Any, Any] | None:
+    """The embedded collection's lexical vectors, ids and deletion masks, or None where this
+    qdrant-client lays them out otherwise (or the client is not embedded)."""
+    try:
+        collection = client._client._get_collection(name)  # type: ignore[attr-defined]
+        vectors = collection.sparse_vectors[LEXICAL_VECTOR]
+        ids, deleted = collection.ids_inv, collection.deleted
+        absent = collection.deleted_per_vector[LEXICAL_VECTOR]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if not (isinstance(vectors, list) and isinstance(ids, list) and len(vectors) == len(ids) <= len(deleted) and len(absent) >= len(ids)):
+        return None
+    return vectors, ids, deleted, absent
+
+
+def _scrolled(client: QdrantClient, name: str) -> Iterator[tuple[str, models.SparseVector]]:
+    offset = None
+    while True:
+        points, offset = client.scroll(name, limit=_SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=[LEXICAL_VECTOR])
+        for point in points:
+            vector = point.vector.get(LEXICAL_VECTOR) if isinstance(point.vector, dict) else None
+            if isinstance(vector, models.SparseVector):
+                yield str(point.id), vector
+        if offset is None:
+            return
 
 
 @dataclass(frozen=True)
@@ -35,33 +80,27 @@ class LexicalIndex:
     def build(cls, client: QdrantClient, name: str) -> LexicalIndex:
         """Read every point's lexical vector from the loaded collection ``name``."""
         ids: list[str] = []
-        term_parts: list[np.ndarray] = []
-        row_parts: list[np.ndarray] = []
-        weight_parts: list[np.ndarray] = []
-        offset = None
-        while True:
-            points, offset = client.scroll(name, limit=_SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=[LEXICAL_VECTOR])
-            for point in points:
-                vector = point.vector.get(LEXICAL_VECTOR) if isinstance(point.vector, dict) else None
-                if not isinstance(vector, models.SparseVector) or not vector.indices:
-                    continue  # no words: no part in the statistics either, as on a server
-                row = len(ids)
-                ids.append(str(point.id))
-                term_parts.append(np.asarray(vector.indices, dtype=np.uint32))
-                weight_parts.append(np.asarray(vector.values, dtype=np.float32))
-                row_parts.append(np.full(len(vector.indices), row, dtype=np.int32))
-            if offset is None:
-                break
+        all_terms: list[int] = []
+        all_weights: list[float] = []
+        lengths: list[int] = []
+        for pid, vector in lexical_vectors(client, name):
+            if not vector.indices:
+                continue  # no words: no part in the statistics either, as on a server
+            ids.append(pid)
+            all_terms.extend(vector.indices)
+            all_weights.extend(vector.values)
+            lengths.append(len(vector.indices))
         if not ids:
             empty = np.zeros(0, dtype=np.uint32)
             return cls([], empty, np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
-        all_terms = np.concatenate(term_parts)
-        order = np.argsort(all_terms, kind="stable")
-        sorted_terms = all_terms[order]
+        term_array = np.array(all_terms, dtype=np.uint32)
+        order = np.argsort(term_array, kind="stable")
+        sorted_terms = term_array[order]
         terms, starts = np.unique(sorted_terms, return_index=True)
+        rows = np.repeat(np.arange(len(ids), dtype=np.int32), lengths)
         return cls(
             ids, terms, np.append(starts, len(sorted_terms)).astype(np.int64),
-            np.concatenate(row_parts)[order], np.concatenate(weight_parts)[order],
+            rows[order], np.array(all_weights, dtype=np.float32)[order],
         )
 
     def search(self, query: SparseTerms, limit: int, allowed: Collection[str] | None = None) -> list[tuple[str, float]]:

@@ -131,6 +131,15 @@ def test_load_text_files(tmp_path: Path, name: str) -> None:
     assert doc.metadata == {"path": str(path), "extension": path.suffix}
 
 
+def test_a_markdown_files_first_heading_is_its_title(tmp_path: Path) -> None:
+    titled = write(tmp_path / "guide.md", "Intro line\n\n# Citadel's guide ##\n\n## Install\n\ntext\n")
+    untitled = write(tmp_path / "notes.md", "## Only a subsection\n\n#hashtag, not a heading\n")
+    plain = write(tmp_path / "notes.txt", "# Not markdown\n")
+    assert load_file(titled, "src", MAX)[0].metadata["title"] == "Citadel's guide"
+    assert "title" not in load_file(untitled, "src", MAX)[0].metadata
+    assert "title" not in load_file(plain, "src", MAX)[0].metadata
+
+
 def test_load_json_object(tmp_path: Path) -> None:
     """A JSON object gives one document with its text and metadata merged over the file metadata."""
     path = write(tmp_path / "doc.json", json.dumps({"text": "body", "metadata": {"author": "ann", "extension": "x"}}))

@@ -195,3 +195,26 @@ async def test_a_blue_green_rebuild_adds_lexical_vectors_without_embedding_again
         assert (await search_with(resources, "zebraquartz", collection_name, limit=3)).mode == "hybrid"
     finally:
         await resources.aclose()
+
+
+async def test_the_lexical_vectors_are_read_from_the_loaded_collection_as_scroll_reads_them(tmp_path: Path) -> None:
+    """The fast read of an embedded collection's lexical vectors (its client's own lists) gives what
+    scroll gives, deleted points and points without words left out: a qdrant-client that lays them
+    out otherwise is read through scroll, and this fails naming the version to look at."""
+    import qdrant_client
+
+    from citadel.store.lexicalindex import _local_collection, _scrolled, lexical_vectors
+
+    store = VectorStore(local_client(tmp_path / "qdrant"), batch_size=2)
+    await fill(store, "fast")
+    await store.upsert("fast", [pid(7)], [unit((1, 1, 0, 0))], [{"document_id": "none"}])  # no text: no words
+    await store.delete("fast", [pid(2)])
+    assert _local_collection(store.client, "fast") is not None, (
+        f"qdrant-client {qdrant_client.__version__ if hasattr(qdrant_client, '__version__') else '?'} keeps an embedded "
+        "collection's sparse vectors otherwise: update citadel.store.lexicalindex._local_collection"
+    )
+    fast = {pid_: (v.indices, v.values) for pid_, v in lexical_vectors(store.client, "fast")}
+    slow = {pid_: (v.indices, v.values) for pid_, v in _scrolled(store.client, "fast")}
+    assert fast == slow and pid(2) not in fast and len(fast) == len(CHUNKS)  # 5 - 1 deleted + 1 without words
+    assert fast[pid(7)] == ([], [])
+    close_local_clients()
