@@ -189,7 +189,7 @@ def search(
         mode=mode.value if mode else None,
     ))
     if as_json:
-        print_json(found)
+        print_json(found.hits)  # the hits, as scripts read them; a mode other than the one asked is said on stderr
         return
     if not found.hits:
         out.print(f"no hits ({found.mode} search)")

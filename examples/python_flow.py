@@ -25,8 +25,8 @@ async def index_then_ask(source: str, question: str, collection: str = "handbook
     settings = settings_for()
     async with open_resources(settings) as resources:
         vector = await embed_query(settings, question, resources.embedder.model)
-        hits = await search_vectors(settings, collection, vector, limit=3)
-    return {"indexed": summary, "hits": hits}
+        found = await search_vectors(settings, collection, vector, limit=3, text=question)
+    return {"indexed": summary, "hits": found["hits"], "mode": found["mode"]}
 
 
 if __name__ == "__main__":

@@ -282,7 +282,7 @@ class VectorStore:
         return seen[1]
 
     def _search_sync(self, name: str, query: Query) -> Searched:
-        mode = query.options.mode
+        mode = query.options.mode if query.text.strip() else "dense"  # no words given: the vector alone
         if mode != "dense":
             mode = mode_for(mode, self._searchable_lexically(name), name)
         path_key = None if self.is_server else self.path_key

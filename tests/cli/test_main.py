@@ -37,9 +37,8 @@ def test_index_search_status_json(data_dir: Path, tmp_path: Path, collection_nam
 
     result = invoke("search", "zebras juggle xylophones", "--collection", collection_name, "--limit", "2", "--json")
     assert result.exit_code == 0, result.output
-    found = json.loads(result.stdout)
-    hits = found["hits"]
-    assert found["mode"] == "hybrid" and len(hits) == 2
+    hits = json.loads(result.stdout)
+    assert len(hits) == 2
     assert {"score", "document_id", "chunk_index", "text"} <= set(hits[0])
     assert hits[0]["document_id"].endswith("notes.txt") and hits[0]["score"] >= hits[1]["score"]
 
@@ -189,7 +188,7 @@ def test_drift_is_reported_by_doctor_and_status_and_repaired_by_verify(
         assert repaired.exit_code == 0, repaired.output
         assert "4 documents repaired" in " ".join(repaired.stdout.split())
         assert invoke("doctor").exit_code == 0
-        hits = json.loads(invoke("search", "vector cache", "--collection", collection_name, "--json").stdout)["hits"]
+        hits = json.loads(invoke("search", "vector cache", "--collection", collection_name, "--json").stdout)
         assert hits, "the collection answers searches again"
 
 
@@ -281,10 +280,8 @@ def test_search_shows_documents_by_their_best_chunk_and_every_chunk_when_asked(
     (corpus / "log.md").write_text("\n\n".join(f"Zebra sighting {n}: zebras crossed the river at dawn." for n in range(80)))
     (corpus / "note.txt").write_text("A short note: zebras seen once.")
     asyncio.run(index_with_own_backends(str(corpus), collection_name))
-    documents = json.loads(
-        invoke("search", "zebras crossed the river", "--collection", collection_name, "--limit", "2", "--json").stdout
-    )["hits"]
+    documents = json.loads(invoke("search", "zebras crossed the river", "--collection", collection_name, "--limit", "2", "--json").stdout)
     chunks = json.loads(invoke("search", "zebras crossed the river", "--collection", collection_name, "--limit", "2", "--chunks",
-                               "--json").stdout)["hits"]
+                               "--json").stdout)
     assert sorted(Path(hit["document_id"]).name for hit in documents) == ["log.md", "note.txt"]
     assert [Path(hit["document_id"]).name for hit in chunks] == ["log.md", "log.md"]

@@ -72,7 +72,7 @@ async def test_an_s3_prefix_is_indexed_incrementally_without_fetching_what_did_n
         registry = await resources.registry()
         letters = {letter.document_id: letter.error for letter in await registry.dead_letters(collection_name)}
         assert list(letters) == [f"{uri}torn.pdf"] and "not a readable PDF" in letters[f"{uri}torn.pdf"]
-        hits = await search_with(resources, "keeper trims the quartz lamp", collection_name, limit=3)
+        hits = (await search_with(resources, "keeper trims the quartz lamp", collection_name, limit=3)).hits
         assert (hits[0].uri, hits[0].title, hits[0].page) == (f"{uri}manual.pdf", "Keeper's Manual", 1)
 
         mark = s3_server.mark()
