@@ -4,10 +4,8 @@ bounded memory, before anything expands or walks them. Each command runs in its 
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,24 +35,31 @@ def nested_json(levels: int) -> str:
             + '{"a": ' * levels + "1" + "}" * levels + "}}")
 
 
+# Runs the command from a small process of its own and reports its peak: Linux carries a process's
+# peak resident size over fork and exec, so a command forked straight from this test's process (a
+# worker that has grown over hundreds of tests) would report the worker's size, not its own.
+_MEASURE = """
+import os, resource, subprocess, sys
+cap, out, err, args = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+with open(out, "w") as stdout, open(err, "w") as stderr:
+    proc = subprocess.Popen(args, stdout=stdout, stderr=stderr,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+    _, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def citadel(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str, float, float]:
     """Exit code, stdout, stderr, seconds and peak resident MiB of ``citadel *args``."""
     out, err = tmp_path / "out", tmp_path / "err"
     started = time.monotonic()
-    with out.open("w") as stdout, err.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", *args], stdout=stdout, stderr=stderr, cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(REPO), "CITADEL_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "400", **(env or {})},
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP)),
-        )
-        killer = threading.Timer(timeout, proc.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out.read_text(), err.read_text(), time.monotonic() - started, usage.ru_maxrss / 1024
+    measured = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(MEMORY_CAP), str(out), str(err), sys.executable, "-m", "cli", *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=timeout, check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "CITADEL_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "400", **(env or {})},
+    )
+    code, peak_kib = (int(word) for word in measured.stdout.split()[-2:])
+    return code, out.read_text(), err.read_text(), time.monotonic() - started, peak_kib / 1024
 
 
 def one_error_line(stdout: str, stderr: str) -> str:

@@ -11,16 +11,17 @@ def held_index_script(source: str, collection: str, held_at: str = "Document 30"
     never returns, so the batches before it are indexed and the run waits there to be killed."""
     return textwrap.dedent(f"""
         import asyncio, re
-        from citadel.embedders.hashing import HashingEmbedder
+        from citadel.embedders import HashingEmbedder, WordLlamaEmbedder
         from flows.index_corpus import index_corpus
 
-        embed = HashingEmbedder.embed
+        def holding(embed):
+            async def held(self, texts):
+                if any(re.search(r"\\b{held_at}\\b", text) for text in texts):
+                    await asyncio.Event().wait()
+                return await embed(self, texts)
+            return held
 
-        async def held(self, texts):
-            if any(re.search(r"\\b{held_at}\\b", text) for text in texts):
-                await asyncio.Event().wait()
-            return await embed(self, texts)
-
-        HashingEmbedder.embed = held
+        for in_process in (HashingEmbedder, WordLlamaEmbedder):  # whichever the run's settings build
+            in_process.embed = holding(in_process.embed)
         asyncio.run(index_corpus({source!r}, collection={collection!r}))
     """)
