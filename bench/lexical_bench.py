@@ -23,17 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.quality import DEFAULT_SET, read_corpus
-
-
-def write_records(folder: Path, out: Path) -> Path:
-    records = out / "corpus.jsonl"
-    with records.open("w", encoding="utf-8") as handle:
-        for doc in read_corpus(folder):
-            title = str(doc.get("title") or "").strip()
-            record = {"id": str(doc["_id"]), "text": f"{title}\n\n{doc['text']}".strip(), "metadata": {"title": title}}
-            handle.write(json.dumps(record) + "\n")
-    return records
+from bench.quality import DEFAULT_SET, read_corpus, write_records
 
 
 @contextmanager
@@ -103,7 +93,7 @@ def main() -> None:
     overrides = dict(item.split("=", 1) for item in args.set)
     times: dict[str, list[float]] = {"dense only": [], "with lexical": []}
     with tempfile.TemporaryDirectory() as work:
-        records = write_records(args.folder, Path(work))
+        records = write_records(read_corpus(args.folder), Path(work) / "corpus.jsonl")
         if args.flow:  # the temporary Prefect server starts at the first flow run: not part of either measure
             warm = Path(work) / "warm.jsonl"
             warm.write_text(json.dumps({"id": "w", "text": "warm up"}) + "\n")

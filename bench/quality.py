@@ -67,6 +67,16 @@ def read_corpus(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def write_records(corpus: Iterable[dict[str, Any]], path: Path) -> Path:
+    """A BEIR corpus as Citadel's JSONL records at ``path``: the title above the text, and as metadata."""
+    with path.open("w", encoding="utf-8") as out:
+        for doc in corpus:
+            title = str(doc.get("title") or "").strip()
+            text = f"{title}\n\n{doc['text']}" if title else str(doc["text"])
+            out.write(json.dumps({"id": str(doc["_id"]), "text": text, "metadata": {"title": title}}) + "\n")
+    return path
+
+
 def read_set(folder: Path) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, dict[str, int]]]:
     """The corpus (records), the queries (id -> text) and the judgments (query id -> document id -> gain)."""
     corpus = read_corpus(folder)
@@ -140,12 +150,7 @@ async def run(
 
     corpus, queries, qrels = read_set(folder)
     corpus, queries = slice_of(corpus, queries, qrels, limit_queries, documents)
-    records = work / "corpus.jsonl"
-    with records.open("w", encoding="utf-8") as out:
-        for doc in corpus:
-            title = str(doc.get("title") or "").strip()
-            text = f"{title}\n\n{doc['text']}" if title else str(doc["text"])
-            out.write(json.dumps({"id": str(doc["_id"]), "text": text, "metadata": {"title": title}}) + "\n")
+    records = write_records(corpus, work / "corpus.jsonl")
     settings = Settings(data_dir=work / "data", **(overrides or {}))
     resources = Resources(settings)
     try:

@@ -8,7 +8,7 @@ from prefect import flow, tags
 
 from citadel.models import SearchResults
 from citadel.resources import open_resources
-from citadel.search import check_query
+from citadel.search import check_query, hits_to_ask
 from citadel.settings import EmbedderConfig, SearchMode, settings_for
 from tasks.embedding import embed_query
 from tasks.reporting import default_collection, report_search, run_name, run_tags, tag_flow_run
@@ -53,7 +53,7 @@ async def similarity_search(
     async with open_resources(settings) as resources:
         with tags(*labels):
             vector = await embed_query.with_options(task_run_name="embed the query")(settings, query, resources.embedder.model)
-            asked = max(limit, settings.rerank_top_k) if settings.rerank_url else limit
+            asked = hits_to_ask(settings, limit)
             search = search_vectors.with_options(task_run_name=f"search {collection} for {limit} hits")
             found = await search(settings, collection, vector, asked, score_threshold, filters, by_document, query, mode)
             if settings.rerank_url:

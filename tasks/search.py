@@ -40,5 +40,4 @@ async def search_vectors(
 async def rerank_hits(settings: Settings, query: str, found: dict[str, Any], limit: int) -> dict[str, Any]:
     """The best hits in the reranker's order (CITADEL_RERANK_URL), cut to ``limit``; unchanged, with a
     warning, when the reranker fails (no retry: a search does not wait on an optional stage)."""
-    results = await rerank_results(settings, query, SearchResults.model_validate(found))
-    return results.model_copy(update={"hits": results.hits[:limit]}).to_json()
+    return (await rerank_results(settings, query, SearchResults.model_validate(found), limit)).to_json()

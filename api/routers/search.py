@@ -10,7 +10,7 @@ from api.errors import ERROR_RESPONSES
 from api.schemas import CollectionEntry, CollectionList, SearchRequest, SearchResponse
 from api.security import require
 from api.state import State
-from citadel.indexing.bluegreen import SEPARATOR
+from citadel.indexing.bluegreen import versioned
 from citadel.search import search_with
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], responses={
@@ -37,7 +37,7 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
 async def collections(state: State) -> CollectionList:
     """The registry's collections, a blue-green one by its alias (the name a search uses), with their models."""
     models = await (await state.resources.registry()).collection_models()
-    named = {name.rpartition(SEPARATOR)[0] if SEPARATOR in name else name: model for name, model in models.items()}
+    named = {versioned(name) or name: model for name, model in models.items()}
     return CollectionList(
         collections=[CollectionEntry(name=name, model=model) for name, model in sorted(named.items())],
         search_mode=state.settings.search_mode,

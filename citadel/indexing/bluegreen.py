@@ -78,6 +78,12 @@ def version_number(collection: str, name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def versioned(name: str) -> str | None:
+    """The blue-green collection ``name`` is a version of (``docs`` for ``docs__v3``), or None."""
+    base = name.rpartition(SEPARATOR)[0]
+    return base if base and version_number(base, name) is not None else None
+
+
 async def layout(resources: Resources) -> tuple[set[str], dict[str, str]]:
     """The store's collections and aliases, read the cheap way while the store is not open: an
     unchanged run must not load an embedded store, nor import qdrant-client for a server."""

@@ -93,8 +93,8 @@ async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> 
 async def previous_version(resources: Resources, collection: str) -> str | None:
     """The collection a blue-green version replaces (what its alias serves, or the plain collection
     of its name), when it holds vectors of the same model; None for any other collection."""
-    base = collection.rpartition(bluegreen.SEPARATOR)[0]
-    if not base or bluegreen.version_number(base, collection) is None:
+    base = bluegreen.versioned(collection)
+    if base is None:
         return None
     previous = await bluegreen.serving(resources, base)
     if previous == collection:

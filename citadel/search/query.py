@@ -89,8 +89,6 @@ async def search_with(
             f"collection {collection!r} holds {known[0]} vectors but the configured embedder is "
             f"{resources.embedder.model}; search it with the same embedder settings it was indexed with"
         )
-    reranking = bool(resources.settings.rerank_url)
-    asked = max(limit, resources.settings.rerank_top_k) if reranking else limit
     vector = (await resources.cached_embedder.embed([query])).vectors[0]
     store = resources.store
     if known and not await store.collection_exists(collection):
@@ -99,25 +97,29 @@ async def search_with(
             f"volume?); `citadel verify --repair --collection {collection}` writes it back"
         )
     hits = await store.search(
-        collection, vector, text=query, limit=asked, score_threshold=score_threshold, filters=filters, by_document=by_document,
-        options=search_options(resources.settings, mode),
+        collection, vector, text=query, limit=hits_to_ask(resources.settings, limit), score_threshold=score_threshold,
+        filters=filters, by_document=by_document, options=search_options(resources.settings, mode),
     )
     found = SearchResults(mode=hits.mode, hits=[hit.to_result() for hit in hits])
-    if reranking:
-        found = await rerank_results(resources.settings, query, found)
-    return found.model_copy(update={"hits": found.hits[:limit]})
+    return await rerank_results(resources.settings, query, found, limit) if resources.settings.rerank_url else found
 
 
-async def rerank_results(settings: Settings, query: str, found: SearchResults) -> SearchResults:
-    """``found`` with its best hits in the reranker's order, or as it was, with a warning, when the reranker fails."""
+def hits_to_ask(settings: Settings, limit: int) -> int:
+    """The hits a search fetches to answer ``limit``: the reranker's top k when one orders them."""
+    return max(limit, settings.rerank_top_k) if settings.rerank_url else limit
+
+
+async def rerank_results(settings: Settings, query: str, found: SearchResults, limit: int) -> SearchResults:
+    """``found``'s best ``limit`` hits in the reranker's order, or in their own, with a warning, when
+    the reranker fails."""
     top = settings.rerank_top_k
     try:
         ordered = await rerank(settings, query, found.hits[:top])
     except RerankFailed as exc:
         warning = f"the reranker was skipped: {exc}"
         log.warning("%s; the search answered in its retrieval order", warning)
-        return found.model_copy(update={"warnings": [*found.warnings, warning]})
-    return found.model_copy(update={"hits": ordered + found.hits[top:], "reranked": True})
+        return found.model_copy(update={"hits": found.hits[:limit], "warnings": [*found.warnings, warning]})
+    return found.model_copy(update={"hits": (ordered + found.hits[top:])[:limit], "reranked": True})
 
 
 def search_options(settings: Settings, mode: SearchMode | None = None) -> SearchOptions:

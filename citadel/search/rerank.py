@@ -9,7 +9,6 @@ dependency: when it fails or is slow, the search answers in its retrieval order 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,8 +16,6 @@ import httpx
 
 from citadel.models import SearchHit
 from citadel.settings import Settings, masked_url, secret
-
-log = logging.getLogger(__name__)
 
 
 class RerankFailed(Exception):

@@ -73,13 +73,14 @@ def _word_counts(text: str) -> Counter[str]:
 
 def _term_ids(words: list[str]) -> list[int]:
     """Each word's term id, stemming the words not seen before in one call."""
-    known = _TERM_IDS
+    global _TERM_IDS
+    known = _TERM_IDS  # this call's own reference: a full cache is replaced, never cleared under another thread
     new = [word for word in words if word not in known]
     if new:
-        if len(known) > _TERM_IDS_MAX:
-            known.clear()
         for word, stem in zip(new, _stemmer().stemWords(new), strict=True):
             known[word] = zlib.crc32(stem.encode("utf-8"))
+        if len(known) > _TERM_IDS_MAX:
+            _TERM_IDS = {}
     return [known[word] for word in words]
 
 

@@ -25,14 +25,6 @@ from citadel.store.lexicalindex import LexicalIndex
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Found:
-    """Points a search found (id, score, payload, best first) and the mode that found them."""
-
-    points: list[tuple[str, float, dict[str, Any]]]
-    mode: SearchMode
-
-
 # Embedded stores' lexical indexes, by (store folder, collection); dropped when the store changes.
 _INDEXES: dict[tuple[str, str], tuple[int, LexicalIndex]] = {}
 _GENERATIONS: dict[str, int] = {}
@@ -56,6 +48,17 @@ def lexical_index(client: QdrantClient, path_key: str, name: str) -> LexicalInde
         index = LexicalIndex.build(client, name)
         _INDEXES[(path_key, name)] = (generation, index)
         return index
+
+
+def point_ids(client: QdrantClient, name: str, scroll_filter: models.Filter | None = None, page: int = 4096) -> set[str]:
+    """The ids of a collection's points (those matching ``scroll_filter``), scrolled a page at a time."""
+    found: set[str] = set()
+    offset = None
+    while True:
+        points, offset = client.scroll(name, scroll_filter=scroll_filter, limit=page, offset=offset, with_payload=False, with_vectors=False)
+        found.update(str(point.id) for point in points)
+        if offset is None:
+            return found
 
 
 def has_lexical(client: QdrantClient, name: str) -> bool:
@@ -154,15 +157,7 @@ def _embedded_legs(
         legs.append(client.query_points(
             name, query=[float(x) for x in query.vector], query_filter=query.filter, limit=query.candidates, with_payload=True,
         ).points)
-    allowed: set[str] | None = None
-    if query.filter is not None:
-        allowed = set()
-        offset = None
-        while True:
-            points, offset = client.scroll(name, scroll_filter=query.filter, limit=4096, offset=offset, with_payload=False)
-            allowed.update(str(p.id) for p in points)
-            if offset is None:
-                break
+    allowed = point_ids(client, name, query.filter) if query.filter is not None else None
     found = lexical_index(client, path_key, name).search(terms, query.candidates, allowed)
     records = {str(r.id): r for r in client.retrieve(name, ids=[pid for pid, _ in found], with_payload=True)} if found else {}
     legs.append([

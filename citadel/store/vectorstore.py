@@ -36,7 +36,7 @@ from citadel.store.localclients import (
     tune_embedded_storage,
     without_local_mode_warning,
 )
-from citadel.store.searching import Query, has_lexical, mode_for, search_dense, search_fused, store_changed
+from citadel.store.searching import Query, has_lexical, mode_for, point_ids, search_dense, search_fused, store_changed
 
 __all__ = ["IDS_PER_DELETE", "Hit", "Searched", "VectorStore", "local_client"]
 
@@ -192,8 +192,8 @@ class VectorStore:
         """Write points in batches and return once the store acknowledged every batch; each point's
         lexical vector is made from its payload's ``text`` where the collection keeps them."""
         if ids:
-            self._changed()
-            await self._run(self._upsert_sync, name, ids, vectors, payloads)
+            with self._changing():
+                await self._run(self._upsert_sync, name, ids, vectors, payloads)
             metrics.POINTS_UPSERTED.labels(name).inc(len(ids))
 
     def _delete_sync(self, name: str, ids: Sequence[str]) -> None:
@@ -210,8 +210,8 @@ class VectorStore:
     async def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete points by id (the registry knows them; a filter scan would be slow in embedded mode)."""
         if ids:
-            self._changed()
-            await self._run(self._delete_sync, name, ids)
+            with self._changing():
+                await self._run(self._delete_sync, name, ids)
             metrics.POINTS_DELETED.labels(name).inc(len(ids))
 
     def _present_sync(self, name: str, ids: Sequence[str]) -> set[str]:
@@ -231,13 +231,7 @@ class VectorStore:
         with self._rows() as rows:
             if rows is not None:
                 return rows.ids(name)
-        found: set[str] = set()
-        offset = None
-        while True:
-            points, offset = self.client.scroll(name, limit=page, offset=offset, with_payload=False, with_vectors=False)
-            found.update(str(point.id) for point in points)
-            if offset is None:
-                return found
+        return point_ids(self.client, name, page=page)
 
     async def point_ids(self, name: str, page: int = 2000) -> set[str]:
         """Every point id of a collection, scrolled a page at a time (for a full check against the registry)."""
@@ -341,19 +335,25 @@ class VectorStore:
         if alias in aliases:
             operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
         operations.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=alias)))
-        self._changed()
-        await self._call("update_collection_aliases", change_aliases_operations=operations)
+        with self._changing():
+            await self._call("update_collection_aliases", change_aliases_operations=operations)
         self._lexical.pop(alias, None)
         self._lexical_seen.pop(alias, None)
 
     async def delete_collection(self, name: str) -> None:
-        self._changed()
-        await self._call("delete_collection", name)
+        with self._changing():
+            await self._call("delete_collection", name)
         self._checked = {key for key in self._checked if key[0] != name}
         self._lexical.pop(name, None)
         self._lexical_seen.pop(name, None)
 
-    def _changed(self) -> None:
-        """An embedded store's lexical indexes are stale once it is written (a server keeps its own)."""
-        if not self.is_server:
-            store_changed(self.path_key)
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """An embedded store's lexical indexes are stale once a write ends, however it ends (a server
+        keeps its own): marked after it, so that a search during the write cannot keep an index built
+        without the written points."""
+        try:
+            yield
+        finally:
+            if not self.is_server:
+                store_changed(self.path_key)
