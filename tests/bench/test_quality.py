@@ -51,8 +51,8 @@ def test_the_docs_set_is_read_from_the_sections_of_the_docs() -> None:
 
 SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "evalsets" / "scifact"
 # Floors a little under what the embedded defaults measure (WordLlama, hybrid; 2026-12-07): the
-# dense leg alone scores under each (0.661 and 0.764), so losing the lexical vectors fails them.
-DOCS_FLOOR = 0.70  # measured 0.747 (sparse 0.722, dense 0.661)
+# dense leg alone scores under each (0.655 and 0.764), so losing the lexical vectors fails them.
+DOCS_FLOOR = 0.70  # measured 0.753 (sparse 0.714, dense 0.655) on the docs as they are
 SCIFACT_FLOOR = 0.83  # measured 0.871 on the slice (sparse 0.854, dense 0.764)
 
 
