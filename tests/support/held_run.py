@@ -11,6 +11,9 @@ def held_index_script(source: str, collection: str, held_at: str = "Document 30"
     never returns, so the batches before it are indexed and the run waits there to be killed."""
     return textwrap.dedent(f"""
         import asyncio, re
+        from cli.prefectenv import prefect_defaults
+
+        prefect_defaults()  # as the CLI does: the local Prefect server gets 90 s to start on a busy machine
         from citadel.embedders import HashingEmbedder, WordLlamaEmbedder
         from flows.index_corpus import index_corpus
 
