@@ -6,19 +6,15 @@ from typing import Any
 
 from prefect import flow, tags
 from prefect.artifacts import acreate_table_artifact
-from prefect.runtime import flow_run
 
 from citadel.resources import open_resources
 from citadel.settings import EmbedderConfig, settings_for
 from tasks.embedding import embed_texts_task
 from tasks.reporting import artifact_key, run_tags, tag_flow_run
+from tasks.run_names import flow_run_namer
 
 
-def _name() -> str:
-    return f"embed-{len(flow_run.parameters.get('texts') or [])}-texts"
-
-
-@flow(name="embed-texts", flow_run_name=_name, persist_result=True, result_serializer="json")
+@flow(name="embed-texts", flow_run_name=flow_run_namer("embed-texts"), persist_result=True, result_serializer="json")
 async def embed_texts(texts: list[str], embedder: EmbedderConfig | None = None) -> dict[str, Any]:
     """Vectors for texts in order (the result, kept as JSON), with the model, its size and how
     many came from the cache.

@@ -17,12 +17,13 @@ from citadel.settings import EmbedderConfig, Settings, settings_for
 from tasks.crashed import mark_flow_runs_crashed
 from tasks.index_steps import TaskSteps
 from tasks.indexing import check_store, prepare_collection, switch_collection
-from tasks.reporting import default_collection, report_index_run, run_name, run_tags, tag_flow_run
+from tasks.reporting import report_index_run, run_tags, tag_flow_run
+from tasks.run_names import flow_run_namer
 
 
 @flow(
     name="index-corpus",
-    flow_run_name=run_name("index", "collection", default_collection),
+    flow_run_name=flow_run_namer("index-corpus"),
     validate_parameters=True,
     # The summary is kept as JSON (never pickle) in the result storage, so run_deployment and
     # `citadel` read it back; a table artifact shows it in the UI and over the REST API.

@@ -40,6 +40,7 @@ from flows.cancellation import run_unless_cancelled
 from flows.index_corpus import index_corpus
 from tasks.passing import as_is
 from tasks.reporting import report_workflow, run_tags, tag_flow_run
+from tasks.run_names import flow_run_namer
 from tasks.workflow import orchestrated_steps, step_cache_key, workflow_step
 
 
@@ -87,13 +88,7 @@ def _data(workflow: dict[str, Any] | str) -> Any:
 
 # The report (states, timings, outputs) is persisted as JSON, never pickle, so that
 # `citadel workflow status` can show the outputs of a run executed by a worker.
-def _name() -> str:
-    workflow = flow_run.parameters.get("workflow")
-    workflow_id = workflow.get("workflow_id") if isinstance(workflow, dict) else None
-    return f"workflow-{workflow_id or 'from-file'}"
-
-
-@flow(name="run-workflow", flow_run_name=_name, persist_result=True, result_serializer="json")
+@flow(name="run-workflow", flow_run_name=flow_run_namer("run-workflow"), persist_result=True, result_serializer="json")
 async def run_workflow(
     workflow: dict[str, Any] | str,
     context: dict[str, Any] | None = None,

@@ -11,13 +11,14 @@ from citadel.resources import open_resources
 from citadel.search import check_query, hits_to_ask
 from citadel.settings import EmbedderConfig, SearchMode, settings_for
 from tasks.embedding import embed_query
-from tasks.reporting import default_collection, report_search, run_name, run_tags, tag_flow_run
+from tasks.reporting import report_search, run_tags, tag_flow_run
+from tasks.run_names import flow_run_namer
 from tasks.search import rerank_hits, search_vectors
 
 
 @flow(
     name="similarity-search",
-    flow_run_name=run_name("search", "collection", default_collection),
+    flow_run_name=flow_run_namer("similarity-search"),
     persist_result=True,  # as JSON: run_deployment(...).state.result() gives the caller its hits
     result_serializer="json",
 )

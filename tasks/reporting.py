@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
@@ -29,20 +29,6 @@ def artifact_key(kind: str, name: str) -> str:
     """``index-docs-v2`` from ``("index", "Docs_v2")``: artifact keys allow lowercase letters, digits and dashes."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "default"
     return f"{kind}-{slug}"[:255]
-
-
-def run_name(prefix: str, parameter: str, default: Callable[[], str]) -> Callable[[], str]:
-    """A flow run name from one of its parameters (``index-docs``), the default when it is unset."""
-
-    def name() -> str:
-        value = flow_run.parameters.get(parameter)
-        return f"{prefix}-{value or default()}"
-
-    return name
-
-
-def default_collection() -> str:
-    return Settings().collection
 
 
 def run_tags(settings: Settings, collection: str | None = None) -> list[str]:
