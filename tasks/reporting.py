@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from citadel.models import RunSummary, SearchResults, WorkflowReport
 from citadel.registry import DeadLetter
 from citadel.settings import Settings
+from citadel.workflows.outputs import shorten, summarize_output
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +94,13 @@ async def report_workflow(report: WorkflowReport) -> None:
     """Each step's state, time and output (or error), as a table."""
     rows = [
         {"step": step_id, "state": step.state, "cached": step.cached, "seconds": step.duration_s,
-         "output or error": step.error or _preview(step.output)}
+         "output or error": shorten(step.error) if step.error else summarize_output(step.output)}
         for step_id, step in report.steps.items()
     ]
     await acreate_table_artifact(
         rows, key=artifact_key("workflow", report.workflow_id or "workflow"),
         description=f"Steps of workflow {report.workflow_id}",
     )
-
-
-def _preview(value: Any) -> str:
-    import json
-
-    text = json.dumps(value, default=str) if value is not None else ""
-    return text if len(text) <= SNIPPET else text[: SNIPPET - 3] + "..."
 
 
 def _cell(text: str) -> str:

@@ -136,9 +136,12 @@ async def test_embed_and_workflow_runs_are_named_and_report(data_dir: Path) -> N
     workflow_id = f"wf-{uuid.uuid4().hex[:6]}"
     workflow = {"workflow_id": workflow_id, "steps": [
         {"step_id": "split", "type": "chunk", "parameters": {"text": "one. two. three.", "chunk_size": 6, "chunk_overlap": 0}},
+        {"step_id": "vectors", "type": "embedding", "parameters": {"texts": "${steps.split.output.texts}"}},
     ]}
     state = await run_workflow(workflow, return_state=True)
     run, tasks, artifacts = await _run_of(state)
     assert run.name == f"workflow-{workflow_id}" and f"workflow:{workflow_id}" in run.tags
-    (step,) = artifacts[artifact_key("workflow", workflow_id)]
-    assert (step["step"], step["state"]) == ("split", "Completed") and "one." in step["output or error"]
+    split, vectors = artifacts[artifact_key("workflow", workflow_id)]
+    assert (split["step"], split["state"], split["output or error"]) == ("split", "Completed", "3 chunks")
+    # The shape of what the embed step made, never its numbers.
+    assert vectors["output or error"] == "3 vectors of 256 dimensions (wordllama-l2_supercat-256d), 0 from the cache"
