@@ -203,6 +203,7 @@ class CollectionList(Succeeded):
 
 class WorkflowSubmitted(Succeeded):
     task_id: str = Field(description="The Prefect flow run id.")
+    name: str | None = Field(None, description="The flow run's name, final from its creation on (as the UI shows it).")
     status: str
     status_url: str
     runs_in: Literal["api", "workers"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from prefect.states import Cancelling
 
 from citadel.errors import ConfigurationError
@@ -30,6 +30,7 @@ from citadel.settings import Settings
 from citadel.workflows import WorkflowDefinition, check_workflow, load_step_modules, load_workflow, workflow_from_data
 from flows.cancellation import cancel_request
 from flows.run_workflow import run_workflow, workflow_steps
+from tasks.run_names import deployment_run_name, final_run_name
 
 DEFAULT_DEPLOYMENT = "run-workflow/default"
 FINAL = frozenset({"Completed", "Failed", "Crashed", "Cancelled", "Skipped", "TimedOut", "Cached"})
@@ -38,6 +39,13 @@ FINAL = frozenset({"Completed", "Failed", "Crashed", "Cancelled", "Skipped", "Ti
 def prefect_api_url() -> str | None:
     """The Prefect API of this process, from Prefect's settings; None runs flows on a local server."""
     return PREFECT_API_URL.value() or None
+
+
+def run_url(flow_run_id: str) -> str | None:
+    """The run's page in the Prefect UI; None without a Prefect API (a temporary local server
+    that ends with this process has no page to come back to)."""
+    ui = PREFECT_UI_URL.value() if prefect_api_url() else None
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
 
 
 async def submit_workflow(
@@ -53,23 +61,43 @@ async def submit_workflow(
     report comes back at once, Scheduled), else (or with ``local``) in this process to its end.
     ``source_roots`` sandboxes its ``index`` and ``flow`` steps, on the worker as here, with
     inline records under names of the caller ``inline_owner``."""
-    parameters = _parameters(workflow, context, source_roots, inline_owner)
+    report, here = await start_workflow(
+        workflow, context=context, deployment=deployment, local=local, source_roots=source_roots, inline_owner=inline_owner
+    )
+    if here is None:
+        return report
+    await here.task
+    return await wait_for_workflow(report.flow_run_id)
+
+
+async def start_workflow(
+    workflow: dict[str, Any],
+    *,
+    context: dict[str, Any] | None = None,
+    deployment: str = DEFAULT_DEPLOYMENT,
+    local: bool = False,
+    source_roots: Sequence[str] | None = None,
+    inline_owner: str | None = None,
+) -> tuple[WorkflowReport, RunHere | None]:
+    """Create a workflow run under its final name and start it, returning at once (Scheduled):
+    through ``deployment`` when a Prefect API is configured (no :class:`RunHere`), else (or with
+    ``local``) in this process, in the background, so a caller can show the run while it goes."""
     if local or not prefect_api_url():
-        state = await run_workflow(
-            workflow, context=context, source_roots=parameters.get("source_roots"), inline_owner=parameters.get("inline_owner"),
-            return_state=True,
-        )
-        return await wait_for_workflow(str(state.state_details.flow_run_id))
+        return await start_workflow_here(workflow, context=context, source_roots=source_roots, inline_owner=inline_owner)
+    parameters = _parameters(workflow, context, source_roots, inline_owner)
     try:
-        flow_run = await arun_deployment(deployment, parameters=parameters, timeout=0)
+        flow_run = await arun_deployment(
+            deployment, parameters=parameters, timeout=0, flow_run_name=await deployment_run_name(deployment, parameters)
+        )
     except ObjectNotFound:
         raise ConfigurationError(
             f"deployment {deployment!r} not found on {prefect_api_url()}; "
             "run `prefect deploy --all` (or `citadel serve`), or use --local"
         ) from None
-    return WorkflowReport(
+    report = WorkflowReport(
         flow_run_id=str(flow_run.id), name=flow_run.name, workflow_id=workflow.get("workflow_id"), state="Scheduled"
     )
+    return report, None
 
 
 def check_definition(workflow: dict[str, Any], context: dict[str, Any] | None, settings: Settings) -> WorkflowDefinition:
@@ -115,7 +143,9 @@ async def start_workflow_here(
     and ``inline_owner``; :func:`stop_workflow_here` cancels it."""
     parameters = _parameters(workflow, context, source_roots, inline_owner)
     async with get_client() as client:
-        flow_run = await client.create_flow_run(run_workflow, parameters=parameters)
+        flow_run = await client.create_flow_run(
+            run_workflow, parameters=parameters, name=final_run_name(run_workflow.name, parameters)
+        )
     with cancel_request() as requested:  # the engine's task carries the request into the flow
         task = asyncio.create_task(run_flow_async(run_workflow, flow_run=flow_run, parameters=parameters, return_type="state"))  # type: ignore[arg-type]
     report = WorkflowReport(
@@ -191,12 +221,20 @@ async def workflow_status(flow_run_id: str) -> WorkflowReport:
     )
 
 
-async def wait_for_workflow(flow_run_id: str, timeout_s: float = 3600, settle_s: float = 10) -> WorkflowReport:
+async def wait_for_workflow(
+    flow_run_id: str,
+    timeout_s: float = 3600,
+    settle_s: float = 10,
+    on_report: Callable[[WorkflowReport], None] | None = None,
+) -> WorkflowReport:
     """Poll until the run is final and its steps' states have reached the server (they arrive as
-    events, a moment after the flow run's own state)."""
+    events, a moment after the flow run's own state); ``on_report`` sees every reading, so a
+    caller can show the steps' states as they change."""
     deadline = time.monotonic() + timeout_s
     while True:
         report = await workflow_status(flow_run_id)
+        if on_report is not None:
+            on_report(report)
         if report.state in FINAL or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
@@ -204,6 +242,8 @@ async def wait_for_workflow(flow_run_id: str, timeout_s: float = 3600, settle_s:
     while time.monotonic() < settle and not all(step.state in FINAL for step in report.steps.values()):
         await asyncio.sleep(0.25)
         report = await workflow_status(flow_run_id)
+        if on_report is not None:
+            on_report(report)
     return report
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from citadel.settings import Settings
@@ -58,6 +60,20 @@ def final_run_name(flow_name: str, parameters: Mapping[str, Any]) -> str | None:
     with ``parameters`` ends with; None for a flow that is not Citadel's (Prefect then names it)."""
     namer = NAMERS.get(flow_name.split("/", 1)[0])
     return namer(parameters) if namer else None
+
+
+async def deployment_run_name(deployment: str, parameters: Mapping[str, Any]) -> str | None:
+    """The final name of a run of ``deployment`` (``flow/name``) with ``parameters``, over the
+    deployment's own parameters as the server merges them (a ``nightly`` deployment's collection
+    names its runs); None for a flow that is not Citadel's, or a deployment the server lacks."""
+    if deployment.split("/", 1)[0] not in NAMERS:
+        return None
+    async with get_client() as client:
+        try:
+            found = await client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return None  # the caller's run_deployment says so, in its own words
+    return final_run_name(deployment, {**(found.parameters or {}), **parameters})
 
 
 def flow_run_namer(flow_name: str) -> Callable[[], str]:

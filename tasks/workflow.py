@@ -31,6 +31,7 @@ from citadel.workflows import (
     run_step,
 )
 from tasks.limits import embedding_slot
+from tasks.run_names import deployment_run_name
 
 
 def _missing(deployment: str) -> ConfigurationError:
@@ -57,10 +58,11 @@ async def run_flow_step(params: FlowParams, ctx: StepContext, sandbox: Sandbox |
     parameters = params.parameters
     if sandbox is not None:
         parameters = sandbox.flow_parameters(params.deployment, parameters, await deployment_parameters(params.deployment))
+    name = await deployment_run_name(params.deployment, parameters)
     try:
         flow_run = await arun_deployment(
             params.deployment, parameters=parameters, timeout=params.timeout_seconds, poll_interval=1,
-            idempotency_key=_attempt_key(params.deployment),
+            idempotency_key=_attempt_key(params.deployment), flow_run_name=name,
         )
     except ObjectNotFound:
         raise _missing(params.deployment) from None

@@ -111,7 +111,7 @@ async def create_workflow(
         runs_in = "workers"
     log.info("workflow %s submitted as flow run %s by %s", report.workflow_id, report.flow_run_id, identity.subject)
     return WorkflowSubmitted(
-        task_id=report.flow_run_id, status=report.state or "Scheduled", runs_in=runs_in,
+        task_id=report.flow_run_id, name=report.name, status=report.state or "Scheduled", runs_in=runs_in,
         status_url=str(request.url_for("workflow_status_route", task_id=report.flow_run_id).path),
     )
 
