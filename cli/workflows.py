@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, NoReturn
 
 import typer
-from rich.table import Table
 
 from citadel.errors import ConfigurationError
 from citadel.workflows import WorkflowDefinition, WorkflowInvalid
 from cli.common import JsonOption, err, fail, out, print_json, run, settings
 from cli.prefectenv import quiet_prefect
+from cli.runview import StepProgress, header_lines, print_lines, report_lines
 
 workflow_app = typer.Typer(no_args_is_help=True, help="Validate, run and inspect declarative workflows.")
 
@@ -57,19 +56,11 @@ def workflow_validate(
         out.print(f"[green]valid[/green]: {definition.workflow_id}, {len(order)} steps in order {' -> '.join(order)}")
 
 
-def _print_report(report: Any, as_json: bool) -> None:
+def _print_report(report: Any, as_json: bool, url: str | None = None) -> None:
     if as_json:
-        print_json(report)
+        print_json({**report.to_json(), "url": url} if url else report)
         return
-    out.print(f"[bold]{report.workflow_id or report.name}[/bold] flow run {report.flow_run_id}: {report.state}", highlight=False)
-    table = Table()
-    for column in ("step", "state", "start", "end", "output or error"):
-        table.add_column(column, overflow="fold")
-    for step_id, step in report.steps.items():
-        detail = step.error or (json.dumps(step.output, default=str)[:80] if step.output is not None else "")
-        state = step.state + (" (cached)" if step.cached else "")
-        table.add_row(step_id, state, (step.start or "")[11:19], (step.end or "")[11:19], detail)
-    out.print(table)
+    print_lines(out, report_lines(report))
 
 
 @workflow_app.command("run")
@@ -80,28 +71,35 @@ def workflow_run(
     local: bool = typer.Option(False, "--local", help="Run in this process instead of through a deployment."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Run a workflow: through its deployment when a Prefect server is configured, else here."""
+    """Run a workflow: through its deployment when a Prefect server is configured, else here.
+
+    The run's name, id and page in the Prefect UI come at once, then its steps' states while it
+    is waited for, then the report."""
     definition = _load_definition(file)
     if isinstance(definition, Exception):
         _print_problems(definition, as_json)
     payload = definition.model_dump(mode="json")
     quiet_prefect()
-    from orchestration.workflow_runs import submit_workflow, wait_for_workflow
+    from orchestration.workflow_runs import follow_workflow, run_url, start_workflow
 
-    async def go() -> Any:
-        report = await submit_workflow(payload, deployment=deployment, local=local)
-        if wait and report.state not in ("Completed", "Failed", "Crashed", "Cancelled"):
-            return await wait_for_workflow(report.flow_run_id)
-        return report
+    async def go() -> tuple[Any, str | None]:
+        report, here = await start_workflow(payload, deployment=deployment, local=local)
+        url = run_url(report.flow_run_id)
+        if not as_json:
+            print_lines(out, header_lines(report, url))
+        if here is None and not wait:
+            return report, url
+        if as_json:
+            return await follow_workflow(report.flow_run_id, here), url
+        with StepProgress(out) as progress:
+            return await follow_workflow(report.flow_run_id, here, on_report=progress), url
 
-    report = run(go)
+    report, url = run(go)
     if report.state == "Scheduled":  # went through the deployment and was not waited for
         if as_json:
-            print_json({"flow_run_id": report.flow_run_id})
-        else:
-            out.print(report.flow_run_id)
+            print_json({"flow_run_id": report.flow_run_id, "id": report.flow_run_id, "name": report.name, "url": url})
         return
-    _print_report(report, as_json)
+    _print_report(report, as_json, url)
     raise typer.Exit(0 if report.state == "Completed" else 1)
 
 

@@ -64,10 +64,7 @@ async def submit_workflow(
     report, here = await start_workflow(
         workflow, context=context, deployment=deployment, local=local, source_roots=source_roots, inline_owner=inline_owner
     )
-    if here is None:
-        return report
-    await here.task
-    return await wait_for_workflow(report.flow_run_id)
+    return report if here is None else await follow_workflow(report.flow_run_id, here)
 
 
 async def start_workflow(
@@ -244,6 +241,23 @@ async def wait_for_workflow(
         report = await workflow_status(flow_run_id)
         if on_report is not None:
             on_report(report)
+    return report
+
+
+async def follow_workflow(
+    flow_run_id: str, here: RunHere | None = None, on_report: Callable[[WorkflowReport], None] | None = None
+) -> WorkflowReport:
+    """Wait for a run to end (see :func:`wait_for_workflow`); a run of this process (``here``)
+    whose engine fails outside Prefect's states ends the wait with its error, not a timeout."""
+    waiting = asyncio.ensure_future(wait_for_workflow(flow_run_id, on_report=on_report))
+    if here is None:
+        return await waiting
+    await asyncio.wait({waiting, here.task}, return_when=asyncio.FIRST_COMPLETED)
+    if here.task.done() and not here.task.cancelled() and here.task.exception() is not None:
+        waiting.cancel()
+        raise here.task.exception()  # type: ignore[misc]
+    report = await waiting
+    await here.task
     return report
 
 
