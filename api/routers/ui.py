@@ -11,10 +11,14 @@ from fastapi import APIRouter, Depends, Query
 from api.errors import ERROR_RESPONSES, ApiError
 from api.routers.metrics import TIME_RANGE, range_seconds, runs_in_range
 from api.schemas import ChartResponse, DashboardConfig
-from api.security import require
+from api.security import Caller, require
 from api.state import State
 
 router = APIRouter(prefix="/ui", tags=["ui"], dependencies=[Depends(require("metrics"))], responses=ERROR_RESPONSES)
+
+# Each widget's source route needs a scope (health/detailed needs none): a caller is given only the
+# widgets it can read, so a metrics-only key's dashboard has no widget that would answer 403.
+_SCOPES = {"/api/v1/metrics/": "metrics", "/api/v1/ui/": "metrics", "/api/v1/orchestration/": "workflows"}
 
 _WIDGETS: dict[str, list[dict[str, Any]]] = {
     "main": [
@@ -40,11 +44,19 @@ _WIDGETS: dict[str, list[dict[str, Any]]] = {
 
 @router.get("/dashboard/config", response_model=DashboardConfig, summary="The widgets of a dashboard")
 async def dashboard_config(
+    identity: Caller,
     dashboard_type: str = Query("main", description=f"One of {', '.join(_WIDGETS)}.", json_schema_extra={"enum": list(_WIDGETS)}),
 ) -> DashboardConfig:
+    """The widgets of a dashboard that the caller's scopes can read; the others are left out."""
     if dashboard_type not in _WIDGETS:
         raise ApiError(400, f"dashboard_type {dashboard_type!r} is not one of {', '.join(_WIDGETS)}", code="bad_dashboard_type")
-    return DashboardConfig(dashboard_type=dashboard_type, config={"widgets": _WIDGETS[dashboard_type], "theme": "auto"})
+    widgets = [widget for widget in _WIDGETS[dashboard_type] if all(identity.allows(scope) for scope in widget_scopes(widget))]
+    return DashboardConfig(dashboard_type=dashboard_type, config={"widgets": widgets, "theme": "auto"})
+
+
+def widget_scopes(widget: dict[str, Any]) -> list[str]:
+    """The scopes a widget's source route needs (none for the health check)."""
+    return [scope for prefix, scope in _SCOPES.items() if widget["source"].startswith(prefix)]
 
 
 def _iso(epoch: float) -> str:
