@@ -15,6 +15,7 @@ from citadel.models import RunSummary
 from citadel.resources import open_resources
 from citadel.settings import EmbedderConfig, Settings, settings_for
 from tasks.crashed import mark_flow_runs_crashed
+from tasks.events import emit_index_events, index_failed_hook
 from tasks.index_steps import TaskSteps
 from tasks.indexing import check_store, prepare_collection, switch_collection
 from tasks.reporting import report_index_run, run_tags, tag_flow_run
@@ -29,6 +30,8 @@ from tasks.run_names import flow_run_namer
     # `citadel` read it back; a table artifact shows it in the UI and over the REST API.
     persist_result=True,
     result_serializer="json",
+    on_failure=[index_failed_hook],  # citadel.index.failed, for the operator's automations
+    on_crashed=[index_failed_hook],
 )
 async def index_corpus(
     source: str | list[dict[str, Any]],
@@ -89,6 +92,7 @@ async def index_corpus(
                 summary = await _switch(settings, alias, summary)
     _log_summary(logger, collection, summary)
     await report_index_run(summary, run.failures)
+    emit_index_events(summary, alias, run.failures)
     return summary.to_json()
 
 

@@ -20,6 +20,7 @@ from citadel.documents import list_source
 from citadel.models import RunCounts, ShardedRunSummary
 from citadel.resources import open_resources
 from citadel.settings import EmbedderConfig, settings_for
+from tasks.events import index_failed_hook
 
 
 async def _run_shards(
@@ -41,7 +42,7 @@ async def _run_shards(
     ))
 
 
-@flow(name="index-sharded")
+@flow(name="index-sharded", on_failure=[index_failed_hook], on_crashed=[index_failed_hook])
 async def index_sharded(
     source: str,
     collection: str | None = None,

@@ -15,6 +15,7 @@ from citadel.indexing import bluegreen
 from citadel.models import StoreCheck, SwitchReport
 from citadel.resources import get_resources
 from citadel.settings import Settings
+from tasks.events import emit_switched
 from tasks.retry import RETRYING
 
 
@@ -77,5 +78,8 @@ async def resolve_dead_letters(settings: Settings, collection: str, source: str,
 
 @task(name="switch-collection", cache_policy=NO_CACHE, **RETRYING)
 async def switch_collection(settings: Settings, alias: str, version: str) -> SwitchReport:
-    """Check a version built by a blue-green run and point the alias that searches read at it, atomically."""
-    return await bluegreen.switch(get_resources(settings), alias, version)
+    """Check a version built by a blue-green run and point the alias that searches read at it,
+    atomically; ``citadel.collection.switched`` tells the operator's automations."""
+    report = await bluegreen.switch(get_resources(settings), alias, version)
+    emit_switched(report)
+    return report
