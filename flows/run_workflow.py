@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 from citadel.models import StepReport, WorkflowReport
 from citadel.resources import Resources, open_resources
 from citadel.settings import settings_for
+from citadel.words import plural
 from citadel.workflows import (
     INDEX_OUTPUTS,
     IndexParams,
@@ -189,10 +190,16 @@ def _log_or_raise(logger: logging.Logger | logging.LoggerAdapter[Any], workflow_
     """Log the run's outcome; a run with a failed step fails, naming every failure and what was skipped."""
     failed = [sid for sid, entry in ordered.items() if entry["state"] not in ("Completed", "Skipped")]
     skipped = [sid for sid, entry in ordered.items() if entry["state"] == "Skipped"]
-    logger.info("workflow %s: %d steps, failed %s, skipped %s", workflow_id, len(ordered), failed, skipped)
+    done = len(ordered) - len(failed) - len(skipped)
+    outcome = f"workflow {workflow_id}: {plural(done, 'step')} of {len(ordered)} completed"
+    if failed:
+        outcome += f", failed: {', '.join(failed)}"
+    if skipped:
+        outcome += f", skipped: {', '.join(skipped)}"
+    logger.info(outcome)
     if failed:
         reasons = "; ".join(f"{sid}: {ordered[sid].get('error')}" for sid in failed)
-        raise StepFailed(failed[0], f"{len(failed)} step(s) failed ({reasons}); skipped: {', '.join(skipped) or 'none'}")
+        raise StepFailed(failed[0], f"{plural(len(failed), 'step')} failed ({reasons}); skipped: {', '.join(skipped) or 'none'}")
 
 
 def _when(seconds: float) -> str:

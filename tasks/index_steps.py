@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+from prefect.client.schemas.objects import State
+
 from citadel.documents import SourceGroup
 from citadel.indexing import BatchPlan, EmbeddedBatch, SeenDocuments, WriteResult
 from citadel.resources import Resources
@@ -16,6 +20,8 @@ from tasks.passing import as_is
 # run of 3,000 documents, measured. A step after one that filled a write reads a single batch, so
 # a first index holds no more planned chunks than with a step per batch.
 GROUPS_PER_PLAN_STEP = 4
+PLAN_STEPS_SHOWN = 4
+"""An embed step's graph edges go to at most this many of the plan steps that fed it."""
 
 
 class TaskSteps:
@@ -31,6 +37,11 @@ class TaskSteps:
         self.settings = settings
         self.resources = resources
         self.slot = EarlySlot(settings)
+        # The graph's edges: the plan steps not yet followed by an embed (and the last that was),
+        # and each batch in flight with the state of the step that last handled it.
+        self.planned: list[State[Any]] = []
+        self.planned_before: list[State[Any]] = []
+        self.upstream: dict[int, tuple[EmbeddedBatch, State[Any]]] = {}
 
     def embedding_ahead(self) -> None:
         self.slot.ask()
@@ -43,24 +54,53 @@ class TaskSteps:
         self, name: str, collection: str, groups: list[SourceGroup], source: str, seen: SeenDocuments, full: bool
     ) -> tuple[list[BatchPlan], SeenDocuments]:
         step = plan_batch.with_options(task_run_name=name)
-        return await step(self.settings, collection, as_is(groups), source, as_is(seen), full)
+        result, state = await _run(step(self.settings, as_is(collection), as_is(groups), source, as_is(seen), full, return_state=True))
+        self.planned.append(state)
+        return cast(tuple[list[BatchPlan], SeenDocuments], result)
 
     async def embed(self, name: str, collection: str, plan: BatchPlan) -> EmbeddedBatch:
         await self.slot.wait()
-        return await embed_chunks.with_options(task_run_name=name)(self.settings, collection, as_is(plan))
+        # Fed by the plan steps since the last batch (their plans are gathered into this one).
+        upstream = self.planned[-PLAN_STEPS_SHOWN:] or self.planned_before
+        self.planned, self.planned_before = [], upstream[-1:]
+        step = embed_chunks.with_options(task_run_name=name)
+        batch, state = await _run(step(self.settings, as_is(collection), as_is(plan), wait_for=upstream, return_state=True))
+        self.upstream[id(batch)] = (batch, state)
+        return cast(EmbeddedBatch, batch)
 
     async def upsert(self, name: str, collection: str, batch: EmbeddedBatch) -> int:
-        return await upsert_vectors.with_options(task_run_name=name)(self.settings, collection, as_is(batch))
+        step = upsert_vectors.with_options(task_run_name=name)
+        points, state = await _run(step(self.settings, as_is(collection), as_is(batch), wait_for=self._made(batch), return_state=True))
+        self.upstream[id(batch)] = (batch, state)
+        return cast(int, points)
 
     async def record(self, name: str, collection: str, batch: EmbeddedBatch) -> WriteResult:
-        return await record_documents.with_options(task_run_name=name)(self.settings, collection, as_is(batch))
+        step = record_documents.with_options(task_run_name=name)
+        upstream = self._made(batch)
+        self.upstream.pop(id(batch), None)
+        result, _ = await _run(step(self.settings, as_is(collection), as_is(batch), wait_for=upstream, return_state=True))
+        return cast(WriteResult, result)
+
+    def _made(self, batch: EmbeddedBatch) -> list[State[Any]]:
+        """The state of the step that last handled ``batch`` (embed, then upsert), for the graph."""
+        kept = self.upstream.get(id(batch))
+        return [kept[1]] if kept is not None and kept[0] is batch else []
 
     async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> int:
         step = delete_stale_documents.with_options(task_run_name=name)
-        return await step(self.settings, collection, source, as_is(seen), shard)
+        return await step(self.settings, as_is(collection), as_is(source), as_is(seen), shard)
 
     async def resolve(self, name: str, collection: str, source: str, seen: SeenDocuments) -> int:
         """Only when the source has dead letters: a task run costs the Prefect server's time."""
         if not await (await self.resources.registry()).has_dead_letters(collection, source):
             return 0
-        return await resolve_dead_letters.with_options(task_run_name=name)(self.settings, collection, source, as_is(seen))
+        return await resolve_dead_letters.with_options(task_run_name=name)(self.settings, as_is(collection), as_is(source), as_is(seen))
+
+
+async def _run(call: Any) -> tuple[Any, State[Any]]:
+    """A task call's result and its state: the state is handed to the steps the result feeds as
+    ``wait_for`` (already complete, so nothing waits), and the UI's graph then shows the data flow
+    plan -> embed -> upsert -> record. The result is passed as it is (quoted), which Prefect
+    cannot trace on its own."""
+    state = await call
+    return await state.aresult(), state  # raises the task's own error, as awaiting the task does

@@ -27,6 +27,7 @@ from citadel.indexing.writing import (
     upsert_vectors,
 )
 from citadel.resources import Resources
+from citadel.words import plural
 
 # While the store is still opening (an embedded store loads every point, seconds at tens of
 # thousands), an overlapping run plans and embeds ahead of the writes, up to this much in memory.
@@ -183,7 +184,7 @@ class _Driver:
     async def _embed_and_write(self, plan: BatchPlan, label: str) -> None:
         """Embed a gathered batch, then start its write after the ones before it."""
         if plan.documents:
-            name = f"embed {plan.chunk_count} chunks of {len(plan.documents)} documents ({label})"
+            name = f"embed {plural(plan.chunk_count, 'chunk')} of {plural(len(plan.documents), 'document')} ({label})"
             embedded = await self.steps.embed(name, self.collection, plan)
         else:
             embedded = EmbeddedBatch(plan, [])
@@ -211,8 +212,8 @@ class _Driver:
         if after is not None:
             await after
         points = sum(len(d.ids) for d in batch.plan.documents)
-        await self.steps.upsert(f"upsert {points} points ({label})", self.collection, batch)
-        return await self.steps.record(f"record {len(batch.plan.documents)} documents ({label})", self.collection, batch)
+        await self.steps.upsert(f"upsert {plural(points, 'point')} ({label})", self.collection, batch)
+        return await self.steps.record(f"record {plural(len(batch.plan.documents), 'document')} ({label})", self.collection, batch)
 
     async def _prune(self, after: asyncio.Task[Any] | None) -> int:
         """Delete what the source no longer holds, after the write before it (one writer at a time)."""

@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from citadel.words import plural
+
 LIMIT = 160
 """At most this many characters, cut at a word, never mid-word."""
 FIRST_HITS = 3
@@ -23,14 +25,10 @@ def shorten(text: str, limit: int = LIMIT) -> str:
     return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;") + "…"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
 def _vectors(output: Mapping[str, Any]) -> str:
     vectors = output.get("vectors") or []
     dimensions = output.get("dimensions") or (len(vectors[0]) if vectors and isinstance(vectors[0], list) else 0)
-    text = f"{_plural(len(vectors), 'vector')} of {dimensions} dimensions"
+    text = f"{plural(len(vectors), 'vector')} of {dimensions} dimensions"
     if output.get("model"):
         text += f" ({output['model']})"
     if isinstance(output.get("cache_hits"), int):
@@ -43,7 +41,7 @@ def _hits(output: Mapping[str, Any]) -> str:
     first = ", ".join(
         f"{hit.get('title') or hit.get('document_id') or hit.get('id')} ({float(hit.get('score') or 0):.3f})" for hit in hits[:FIRST_HITS]
     )
-    text = _plural(len(hits), "hit")
+    text = plural(len(hits), "hit")
     if output.get("mode"):
         text += f" ({output['mode']})"
     return f"{text}: {first}" if first else text
@@ -56,7 +54,7 @@ def _counts(output: Mapping[str, Any]) -> str:
 
 
 def _chunks(output: Mapping[str, Any]) -> str:
-    return _plural(len(output.get("chunks") or []), "chunk")
+    return plural(len(output.get("chunks") or []), "chunk")
 
 
 def _mapping(output: Mapping[str, Any]) -> str:
@@ -71,7 +69,7 @@ def _mapping(output: Mapping[str, Any]) -> str:
     parts = []
     for key, value in output.items():
         if isinstance(value, list):
-            parts.append(f"{key}: {_plural(len(value), 'item')}")
+            parts.append(f"{key}: {plural(len(value), 'item')}")
         elif isinstance(value, Mapping):
             parts.append(f"{key}: {{{len(value)} keys}}")
         else:
@@ -86,7 +84,7 @@ def summarize_output(output: Any, limit: int = LIMIT) -> str:
     if isinstance(output, Mapping):
         text = _mapping(output)
     elif isinstance(output, list):
-        text = _plural(len(output), "item")
+        text = plural(len(output), "item")
     elif isinstance(output, str):
         text = output
     else:

@@ -145,3 +145,32 @@ async def test_embed_and_workflow_runs_are_named_and_report(data_dir: Path) -> N
     assert (split["step"], split["state"], split["output or error"]) == ("split", "Completed", "3 chunks")
     # The shape of what the embed step made, never its numbers.
     assert vectors["output or error"] == "3 vectors of 256 dimensions (wordllama-l2_supercat-256d), 0 from the cache"
+
+
+async def test_the_task_graph_shows_the_data_flow_plan_embed_upsert_record(
+    data_dir: Path, tmp_path: Path, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write step's inputs name the step that made what it writes, as Prefect's graph draws
+    them: plan -> embed -> upsert -> record, batch by batch, and no edge from an unrelated step."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=6, paragraphs=30)
+    monkeypatch.setenv("CITADEL_DOCUMENT_BATCH_SIZE", "2")
+    state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
+    _, tasks, _ = await _run_of(state, tasks=15)  # prepare, check, and per batch of 2 files a plan, embed, upsert, record, the prune
+    by_id = {str(task.id): task for task in tasks}
+
+    def upstream(task) -> set[str]:
+        return {by_id[str(ref.id)].name.split()[0] for refs in task.task_inputs.values() for ref in refs if str(ref.id) in by_id}
+
+    kinds = {"embed": {"plan"}, "upsert": {"embed"}, "record": {"upsert"}}
+    steps = [task for task in tasks if task.name.split()[0] in kinds]
+    assert len(steps) == 9, sorted(task.name for task in tasks)
+    for task in steps:
+        assert upstream(task) == kinds[task.name.split()[0]], (task.name, task.task_inputs)
+    # Each batch's chain names one batch: an upsert's embed and a record's upsert carry its label.
+    for task in steps:
+        label = task.name[task.name.rindex("("):]
+        for refs in task.task_inputs.values():
+            for ref in refs:
+                parent = by_id[str(ref.id)]
+                assert parent.name.startswith("plan") or parent.name.endswith(label), (task.name, parent.name)
