@@ -18,7 +18,7 @@ from tasks.crashed import mark_flow_runs_crashed
 from tasks.events import emit_index_events, index_failed_hook
 from tasks.index_steps import TaskSteps
 from tasks.indexing import check_store, prepare_collection, switch_collection
-from tasks.reporting import report_index_run, run_tags, tag_flow_run
+from tasks.reporting import completed, report_index_run, run_tags, tag_flow_run
 from tasks.run_names import flow_run_namer
 
 
@@ -93,7 +93,7 @@ async def index_corpus(
     _log_summary(logger, collection, summary)
     await report_index_run(summary, run.failures)
     emit_index_events(summary, alias, run.failures)
-    return summary.to_json()
+    return completed(summary.to_json(), summary.failed)
 
 
 def _log_summary(logger: Logger | LoggerAdapter[Any], collection: str, summary: RunSummary) -> None:

@@ -10,15 +10,18 @@ import logging
 import re
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
 from citadel.models import RunSummary, SearchResults, WorkflowReport
 from citadel.registry import DeadLetter
 from citadel.settings import Settings
+from citadel.words import plural
 from citadel.workflows.outputs import shorten, summarize_output
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,18 @@ def artifact_key(kind: str, name: str) -> str:
     """``index-docs-v2`` from ``("index", "Docs_v2")``: artifact keys allow lowercase letters, digits and dashes."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "default"
     return f"{kind}-{slug}"[:255]
+
+
+def completed(result: dict[str, Any], failed: int) -> dict[str, Any]:
+    """A run's result, in a ``Completed`` state named for its failed documents when it has any
+    ("Completed with 3 failed documents"): the UI says what happened, and it stays a success for
+    retries, schedules and callers, who read ``result`` as from any run."""
+    if not failed:
+        return result
+    documents = plural(failed, "failed document")
+    name, message = f"Completed with {documents}", f"{documents}: see the run's dead-letters artifact"
+    state: State[dict[str, Any]] = Completed(data=result, name=name, message=message)
+    return cast(dict[str, Any], state)  # a flow returning a state ends in it; its caller gets ``result``
 
 
 def run_tags(settings: Settings, collection: str | None = None) -> list[str]:

@@ -54,6 +54,8 @@ async def test_an_index_run_is_named_tagged_and_reports_its_summary_and_dead_let
     run, tasks, artifacts = await _run_of(state, tasks=8)
 
     assert run.name == f"index-{collection_name}"
+    # The run says what happened and stays a success (for retries, schedules and its callers).
+    assert run.state is not None and run.state.is_completed() and run.state.name == "Completed with 1 failed document"
     assert {f"collection:{collection_name}", "embedder:wordllama"} <= set(run.tags)
     names = {task.name for task in tasks}
     assert {f"prepare {collection_name}", f"check the store of {collection_name}", "plan 4 files (batch 1)"} <= names
@@ -77,7 +79,8 @@ async def test_edits_of_several_batches_show_as_one_write_named_after_its_batche
     append_paragraph([paths[1], paths[7]])  # batches 1 and 3
     state = await index_corpus(str(corpus), collection=collection_name, return_state=True)
     # prepare, check, two plan steps (the first batch, then the rest), one embed, upsert and record, the prune
-    _, tasks, _ = await _run_of(state, tasks=8)
+    run, tasks, _ = await _run_of(state, tasks=8)
+    assert run.state is not None and run.state.name == "Completed"  # nothing failed: the plain name
     names = {task.name for task in tasks}
     writes = sorted(name for name in names if name.split()[0] in ("embed", "upsert", "record"))
     assert len(writes) == 3 and all(name.endswith("(batches 1-3)") for name in writes), writes
