@@ -142,7 +142,8 @@ class StepProgress:
         if self.live is not None:
             self.live.update(self._table(states), refresh=True)
         else:
-            print_lines(self.console, [f"{key}: {state}" for key, state in states.items() if self.seen.get(key) != state])
+            changed = [f"{key}: {state}" for key, state in states.items() if self.seen.get(key) != state]
+            print_lines(self.console, [piece for line in changed for piece in wrap(line)])
         self.seen = states
 
     @staticmethod
