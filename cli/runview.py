@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from citadel.models import WorkflowReport
-from citadel.workflows.outputs import summarize_output
+from citadel.workflows import summarize_output
 
 WIDTH = 80
 """The report's widest line, whatever the terminal: it reads the same in a log or a mail."""

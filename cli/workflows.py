@@ -56,9 +56,9 @@ def workflow_validate(
         out.print(f"[green]valid[/green]: {definition.workflow_id}, {len(order)} steps in order {' -> '.join(order)}")
 
 
-def _print_report(report: Any, as_json: bool, url: str | None = None) -> None:
+def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
-        print_json({**report.to_json(), "url": url} if url else report)
+        print_json(report)  # the WorkflowReport's keys, as scripts read them
         return
     print_lines(out, report_lines(report))
 
@@ -99,7 +99,7 @@ def workflow_run(
         if as_json:
             print_json({"flow_run_id": report.flow_run_id, "id": report.flow_run_id, "name": report.name, "url": url})
         return
-    _print_report(report, as_json, url)
+    _print_report(report, as_json)
     raise typer.Exit(0 if report.state == "Completed" else 1)
 
 

@@ -20,6 +20,7 @@ from citadel.workflows.errors import (
     format_location,
 )
 from citadel.workflows.graph import topological_order, upstream
+from citadel.workflows.outputs import summarize_output
 from citadel.workflows.references import Reference, find_malformed, find_references, is_reference, referenced_steps, resolve
 from citadel.workflows.runner import run_step, run_workflow
 from citadel.workflows.sandbox import SANDBOX_PARAMETERS, Sandbox, owned_source_name
@@ -76,6 +77,7 @@ __all__ = [
     "run_workflow",
     "step_type",
     "step_types",
+    "summarize_output",
     "topological_order",
     "upstream",
     "validate_workflow",

@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelled
 from typer.testing import CliRunner
 
-from citadel.workflows.outputs import summarize_output
+from citadel.workflows import summarize_output
 from cli.main import app
 from cli.runview import wrap
 from tests.orchestration.held import held_deployment, runs_of
