@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import citadel.registry.runtotals as runtotals
-from citadel.models import CollectionStatus, DeadLetterRecord, IndexRunRecord, Result
+from citadel.models import CollectionStatus, DeadLetterRecord, IndexRunRecord, Result, as_utc
 from citadel.registry.base import RegistryBase, utcnow
 from citadel.registry.documentrows import DeadLetter, chunked
 from citadel.registry.schema import RUN_COUNTS, chunks, collections, dead_letters, documents, index_runs
@@ -129,6 +129,28 @@ class RunRecords(RegistryBase):
         """Documents waiting in the dead letters, per collection."""
         async with self.engine.connect() as conn:
             return await _count_by_collection(conn, dead_letters)
+
+    async def known_collections(self) -> set[str]:
+        """The collections created in the registry, and those with a run going: the indexing metrics
+        give each of them zeros before its first run ends, so that increase() counts that run."""
+        async with self.engine.connect() as conn:
+            created = (await conn.execute(sa.select(collections.c.name))).scalars().all()
+            running = (await conn.execute(
+                sa.select(index_runs.c.collection).where(index_runs.c.status == "running").distinct()
+            )).scalars().all()
+        return {*created, *running}
+
+    async def first_run_ends(self, names: Sequence[str]) -> dict[str, dt.datetime]:
+        """When the first recorded run of each collection of ``names`` ended (collections without an
+        ended run are left out)."""
+        query = (
+            sa.select(index_runs.c.collection, sa.func.min(index_runs.c.finished_at))
+            .where(index_runs.c.collection.in_(list(names)), index_runs.c.finished_at.is_not(None))
+            .group_by(index_runs.c.collection)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {name: as_utc(ended) for name, ended in rows if ended is not None}
 
     async def runs_of_flow_runs(self, flow_run_ids: Sequence[str]) -> list[IndexRunRecord]:
         """The index runs recorded by the given Prefect flow runs (e.g. the shards of one sharded run)."""
