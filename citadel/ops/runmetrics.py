@@ -12,8 +12,7 @@ import datetime as dt
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
-from citadel.registry import Registry
-from citadel.registry.runtotals import RunTotals
+from citadel.registry import Registry, RunTotals
 
 END_STATUSES = ("completed", "failed", "cancelled", "crashed")
 DOCUMENT_OUTCOMES = ("added", "updated", "unchanged", "deleted", "failed", "repaired")

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from citadel.registry.database import Registry
     from citadel.registry.documentrows import ChunkRow, DeadLetter, DocumentRecord, StoredDocument, check_collection_model, chunked
     from citadel.registry.runlock import Holder, RunLock, find_crashed_runs, holder, lock_key, mark_crashed_runs, process_alive
+    from citadel.registry.runtotals import RunTotals
     from citadel.registry.schema import (
         SCHEMA_VERSION,
         api_keys,
@@ -31,6 +32,7 @@ __all__ = [
     "Holder",
     "Registry",
     "RunLock",
+    "RunTotals",
     "SCHEMA_VERSION",
     "StoredDocument",
     "api_keys",
@@ -58,6 +60,7 @@ __getattr__ = lazy_exports(__name__, {
     "Holder": "runlock",
     "Registry": "database",
     "RunLock": "runlock",
+    "RunTotals": "runtotals",
     "SCHEMA_VERSION": "schema",
     "StoredDocument": "documentrows",
     "api_keys": "schema",
