@@ -8,14 +8,15 @@ from prefect import flow, tags
 from prefect.artifacts import acreate_table_artifact
 
 from citadel.resources import open_resources
-from citadel.settings import EmbedderConfig, settings_for
+from flows.parameters import Embedder, Texts
 from tasks.embedding import embed_texts_task
 from tasks.reporting import artifact_key, run_tags, tag_flow_run
 from tasks.run_names import flow_run_namer
+from tasks.runsettings import run_settings
 
 
 @flow(name="embed-texts", flow_run_name=flow_run_namer("embed-texts"), persist_result=True, result_serializer="json")
-async def embed_texts(texts: list[str], embedder: EmbedderConfig | None = None) -> dict[str, Any]:
+async def embed_texts(texts: Texts, embedder: Embedder = None) -> dict[str, Any]:
     """Vectors for texts in order (the result, kept as JSON), with the model, its size and how
     many came from the cache.
 
@@ -23,7 +24,7 @@ async def embed_texts(texts: list[str], embedder: EmbedderConfig | None = None) 
         texts: The texts to embed.
         embedder: The embedder to use instead of the worker's configured one (its kind, model, ...).
     """
-    settings = settings_for(embedder)
+    settings = await run_settings(embedder)
     labels = run_tags(settings)
     await tag_flow_run(labels)
     async with open_resources(settings):

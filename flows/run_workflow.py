@@ -21,7 +21,6 @@ from prefect.runtime import flow_run
 
 from citadel.models import StepReport, WorkflowReport
 from citadel.resources import Resources, open_resources
-from citadel.settings import settings_for
 from citadel.words import plural
 from citadel.workflows import (
     INDEX_OUTPUTS,
@@ -39,9 +38,11 @@ from citadel.workflows import (
 )
 from flows.cancellation import run_unless_cancelled
 from flows.index_corpus import index_corpus
+from flows.parameters import Context, Folders, InlineOwner, Workflow
 from tasks.passing import as_is
 from tasks.reporting import report_workflow, run_tags, tag_flow_run
 from tasks.run_names import flow_run_namer
+from tasks.runsettings import run_settings
 from tasks.workflow import orchestrated_steps, step_cache_key, workflow_step
 
 
@@ -49,7 +50,7 @@ async def run_index_subflow(params: IndexParams, ctx: StepContext, source_roots:
     """The ``index`` step as a sub-run of ``index-corpus``: its tasks show under the workflow's
     run, and the registry links the index run to that flow run. The flow takes the embedder's
     concurrency slot itself. ``source_roots`` sandboxes it (the HTTP API's runs)."""
-    settings = ctx.services.settings if isinstance(ctx.services, Resources) else settings_for()
+    settings = ctx.services.settings if isinstance(ctx.services, Resources) else await run_settings()
     return await index_corpus(
         params.source,
         collection=params.collection or settings.collection,
@@ -91,10 +92,10 @@ def _data(workflow: dict[str, Any] | str) -> Any:
 # `citadel workflow status` can show the outputs of a run executed by a worker.
 @flow(name="run-workflow", flow_run_name=flow_run_namer("run-workflow"), persist_result=True, result_serializer="json")
 async def run_workflow(
-    workflow: dict[str, Any] | str,
-    context: dict[str, Any] | None = None,
-    source_roots: list[str] | None = None,
-    inline_owner: str | None = None,
+    workflow: Workflow,
+    context: Context = None,
+    source_roots: Folders = None,
+    inline_owner: InlineOwner = None,
 ) -> dict[str, Any]:
     """Validate a workflow and run it; returns every step's state, time and output (or error), as
     JSON. A run started in a process with a cancel request (:mod:`flows.cancellation`) ends
@@ -120,7 +121,7 @@ async def _run_workflow(
     inline_owner: str | None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    settings = settings_for()
+    settings = await run_settings()
     load_step_modules(settings.step_modules)
     registry = workflow_steps(source_roots, inline_owner)
     definition = check_workflow(_data(workflow), registry, context=context)  # an invalid workflow never starts

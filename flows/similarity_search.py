@@ -9,10 +9,11 @@ from prefect import flow, tags
 from citadel.models import SearchResults
 from citadel.resources import open_resources
 from citadel.search import check_query, hits_to_ask
-from citadel.settings import EmbedderConfig, SearchMode, settings_for
+from flows.parameters import ByDocument, Collection, Embedder, Filters, Limit, Mode, Query, Threshold
 from tasks.embedding import embed_query
 from tasks.reporting import report_search, run_tags, tag_flow_run
 from tasks.run_names import flow_run_namer
+from tasks.runsettings import run_settings
 from tasks.search import rerank_hits, search_vectors
 
 
@@ -23,14 +24,14 @@ from tasks.search import rerank_hits, search_vectors
     result_serializer="json",
 )
 async def similarity_search(
-    query: str,
-    collection: str | None = None,
-    limit: int = 10,
-    score_threshold: float | None = None,
-    filters: dict[str, Any] | None = None,
-    embedder: EmbedderConfig | None = None,
-    by_document: bool = False,
-    mode: SearchMode | None = None,
+    query: Query,
+    collection: Collection = None,
+    limit: Limit = 10,
+    score_threshold: Threshold = None,
+    filters: Filters = None,
+    embedder: Embedder = None,
+    by_document: ByDocument = False,
+    mode: Mode = None,
 ) -> dict[str, Any]:
     """The best hits for a query and the mode that ranked them (citadel.models.SearchResults as
     JSON: ``mode``, and ``hits`` best first, each with its document's title, page or section and URI).
@@ -47,7 +48,7 @@ async def similarity_search(
             (both, fused); default the worker's search_mode setting (hybrid).
     """
     check_query(query)
-    settings = settings_for(embedder)
+    settings = await run_settings(embedder)
     collection = collection or settings.collection
     labels = run_tags(settings, collection)
     await tag_flow_run(labels)

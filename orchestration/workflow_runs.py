@@ -27,7 +27,7 @@ from prefect.states import Cancelling
 from citadel.errors import ConfigurationError
 from citadel.models import StepReport, WorkflowReport
 from citadel.settings import Settings
-from citadel.workflows import WorkflowDefinition, check_workflow, load_step_modules, load_workflow, workflow_from_data
+from citadel.workflows import WorkflowDefinition, WorkflowInvalid, check_workflow, load_step_modules, load_workflow, workflow_from_data
 from flows.cancellation import cancel_request
 from flows.run_workflow import run_workflow, workflow_steps
 from tasks.run_names import deployment_run_name, final_run_name
@@ -109,7 +109,7 @@ def _parameters(
 ) -> dict[str, Any]:
     """The run-workflow flow's parameters; the roots and the owner only when the run is sandboxed
     (an empty list is a sandbox with no folder: no path may be read)."""
-    parameters: dict[str, Any] = {"workflow": workflow}
+    parameters: dict[str, Any] = {"workflow": _as_the_form_has_it(workflow)}
     if context:
         parameters["context"] = context
     if source_roots is not None:
@@ -117,6 +117,15 @@ def _parameters(
         if inline_owner is not None:
             parameters["inline_owner"] = inline_owner
     return parameters
+
+
+def _as_the_form_has_it(workflow: dict[str, Any]) -> dict[str, Any]:
+    """The definition without its unset (None) fields: the deployment's schema, the Run form's,
+    has no null for an optional field (its default is what leaving it out means)."""
+    try:
+        return workflow_from_data(workflow).model_dump(mode="json", exclude_none=True)
+    except WorkflowInvalid:  # goes as it is: the run reports its problems
+        return workflow
 
 
 @dataclass(frozen=True)
