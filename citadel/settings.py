@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         description="Where `citadel backup create` writes backups; default: <data_dir>/backups.",
     )
     collection: str = Field("documents", description="Default vector collection.")
+    blocks: str | None = Field(
+        None, description="The name of the Citadel block documents (saved by `citadel setup`) a flow run reads its embedder, "
+        "cache, vector store and registry from, over this environment; unset: the environment alone.",
+    )
 
     embedder: EmbedderKind = Field(
         "wordllama", description="wordllama (semantic) or hashing (lexical), both in-process with nothing to download; "

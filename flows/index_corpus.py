@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from logging import Logger, LoggerAdapter
 from typing import Any
@@ -12,14 +13,17 @@ from prefect.runtime import flow_run
 from citadel.documents import SourceRoots
 from citadel.indexing import IndexRun, bluegreen, index_batches, resolve_source
 from citadel.models import RunSummary
+from citadel.registry import DeadLetter
 from citadel.resources import open_resources
-from citadel.settings import EmbedderConfig, Settings, settings_for
+from citadel.settings import Settings
+from flows.parameters import BlueGreen, Collection, Embedder, Folders, Full, IndexSource, Prune, Shard, Shards, SourceName
 from tasks.crashed import mark_flow_runs_crashed
 from tasks.events import emit_index_events, index_failed_hook
 from tasks.index_steps import TaskSteps
 from tasks.indexing import check_store, prepare_collection, switch_collection
 from tasks.reporting import completed, report_index_run, run_tags, tag_flow_run
 from tasks.run_names import flow_run_namer
+from tasks.runsettings import run_settings
 
 
 @flow(
@@ -34,16 +38,16 @@ from tasks.run_names import flow_run_namer
     on_crashed=[index_failed_hook],
 )
 async def index_corpus(
-    source: str | list[dict[str, Any]],
-    collection: str | None = None,
-    embedder: EmbedderConfig | None = None,
-    full: bool = False,
-    source_name: str = "inline",
-    prune: bool | None = None,
-    shard: int | None = None,
-    shards: int | None = None,
-    blue_green: bool = False,
-    source_roots: list[str] | None = None,
+    source: IndexSource,
+    collection: Collection = None,
+    embedder: Embedder = None,
+    full: Full = False,
+    source_name: SourceName = "inline",
+    prune: Prune = None,
+    shard: Shard = None,
+    shards: Shards = None,
+    blue_green: BlueGreen = False,
+    source_roots: Folders = None,
 ) -> dict[str, Any]:
     """Index a source into a collection incrementally; returns what it did (RunSummary as JSON).
 
@@ -63,8 +67,7 @@ async def index_corpus(
         source_roots: The sandbox of a run started over HTTP: the folders and s3:// prefixes it may
             read (inline records only under an inline name). Set by the service, never by a request.
     """
-    logger = get_run_logger()
-    settings = settings_for(embedder)
+    settings = await run_settings(embedder)
     collection = collection or settings.collection
     resolved = resolve_source(
         source, prune=prune, source_name=source_name, shard=shard, shards=shards, exclude=[settings.data_dir],
@@ -90,9 +93,14 @@ async def index_corpus(
             assert summary is not None
             if blue_green:
                 summary = await _switch(settings, alias, summary)
-    _log_summary(logger, collection, summary)
-    await report_index_run(summary, run.failures)
-    emit_index_events(summary, alias, run.failures)
+    return await _finish(collection, alias, summary, run.failures)
+
+
+async def _finish(collection: str, alias: str, summary: RunSummary, failures: Sequence[DeadLetter]) -> dict[str, Any]:
+    """Say what the run did (log, artifacts, events) and end it in a state named for it."""
+    _log_summary(get_run_logger(), collection, summary)
+    await report_index_run(summary, failures)
+    emit_index_events(summary, alias, failures)
     return completed(summary.to_json(), summary.failed)
 
 

@@ -19,8 +19,11 @@ from prefect.runtime import flow_run
 from citadel.documents import list_source
 from citadel.models import RunCounts, ShardedRunSummary
 from citadel.resources import open_resources
-from citadel.settings import EmbedderConfig, settings_for
+from flows.parameters import Collection, Deployment, Embedder, Full, ShardCount, ShardedSource, TimeoutS
 from tasks.events import index_failed_hook
+from tasks.reporting import completed, report_sharded_run, run_tags, tag_flow_run
+from tasks.run_names import final_run_name, flow_run_namer
+from tasks.runsettings import run_settings
 
 
 async def _run_shards(
@@ -34,7 +37,7 @@ async def _run_shards(
         *(
             arun_deployment(
                 deployment, parameters={**parameters, "shard": shard}, timeout=timeout_s, poll_interval=1,
-                flow_run_name=f"{collection}-shard-{shard}-of-{shards}",
+                flow_run_name=final_run_name(deployment, {**parameters, "shard": shard}),
                 idempotency_key=f"{attempt}-shard-{shard}-of-{shards}",
             )
             for shard in range(shards)
@@ -42,15 +45,18 @@ async def _run_shards(
     ))
 
 
-@flow(name="index-sharded", on_failure=[index_failed_hook], on_crashed=[index_failed_hook])
+@flow(
+    name="index-sharded", flow_run_name=flow_run_namer("index-sharded"), on_failure=[index_failed_hook], on_crashed=[index_failed_hook],
+    persist_result=True, result_serializer="json",  # the summary, read back by run_deployment's callers
+)
 async def index_sharded(
-    source: str,
-    collection: str | None = None,
-    shards: int = 2,
-    deployment: str = "index-corpus/on-demand",
-    embedder: EmbedderConfig | None = None,
-    full: bool = False,
-    timeout_s: float | None = None,
+    source: ShardedSource,
+    collection: Collection = None,
+    shards: ShardCount = 2,
+    deployment: Deployment = "index-corpus/on-demand",
+    embedder: Embedder = None,
+    full: Full = False,
+    timeout_s: TimeoutS = None,
 ) -> dict[str, Any]:
     """Run a deployment once per shard of a source, on whichever workers take them, and add up what
     the shards did.
@@ -69,8 +75,9 @@ async def index_sharded(
         raise ValueError(f"shards must be at least 1, got {shards}")
     started = time.perf_counter()
     logger = get_run_logger()
-    settings = settings_for(embedder)
+    settings = await run_settings(embedder)
     collection = collection or settings.collection
+    await tag_flow_run([*run_tags(settings, collection), "sharded"])
     listing = list_source(source, settings=settings)  # fail here, once, on a missing path or bucket
     parameters = {"source": listing.key, "collection": collection, "full": full, "shards": shards}
     if embedder is not None:
@@ -92,7 +99,8 @@ async def index_sharded(
         duration_s=round(time.perf_counter() - started, 3),
     )
     logger.info("indexed %s in %d shards: %s", collection, shards, total.to_json())
+    await report_sharded_run(summary, runs, recorded)
     if failed:
         states = ", ".join(f"{run.name}: {run.state.name if run.state else 'unknown'}" for run in failed)
         raise RuntimeError(f"{len(failed)} of {shards} shards did not complete ({states}); run again to finish them")
-    return summary.to_json()
+    return completed(summary.to_json(), summary.failed)

@@ -14,15 +14,15 @@ from typing import Any, cast
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from citadel.models import RunSummary, SearchResults, WorkflowReport
+from citadel.models import IndexRunRecord, RunSummary, SearchResults, ShardedRunSummary, WorkflowReport
 from citadel.registry import DeadLetter
 from citadel.settings import Settings
 from citadel.words import plural
-from citadel.workflows.outputs import shorten, summarize_output
+from citadel.workflows import summarize_output
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,25 @@ async def report_search(query: str, collection: str, found: SearchResults) -> No
     )
 
 
+async def report_sharded_run(summary: ShardedRunSummary, runs: Sequence[FlowRun], recorded: Sequence[IndexRunRecord]) -> None:
+    """A row per shard: its run's name and final state, and what it did (from the registry)."""
+    by_run = {record.flow_run_id: record for record in recorded}
+    rows = []
+    for run in runs:
+        record = by_run.get(str(run.id))
+        counts = record.counts().to_json() if record else {}
+        rows.append({"shard run": run.name, "state": run.state.name if run.state else "unknown", **counts, "flow_run_id": str(run.id)})
+    await acreate_table_artifact(
+        rows, key=artifact_key("index-sharded", summary.collection),
+        description=f"The {plural(summary.shards, 'shard')} of indexing {summary.source} into {summary.collection}",
+    )
+
+
 async def report_workflow(report: WorkflowReport) -> None:
     """Each step's state, time and output (or error), as a table."""
     rows = [
         {"step": step_id, "state": step.state, "cached": step.cached, "seconds": step.duration_s,
-         "output or error": shorten(step.error) if step.error else summarize_output(step.output)}
+         "output or error": summarize_output(step.error or step.output)}
         for step_id, step in report.steps.items()
     ]
     await acreate_table_artifact(

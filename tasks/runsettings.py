@@ -1,0 +1,56 @@
+"""A flow run's Settings: the worker's environment, then the Citadel blocks its deployment names
+(``CITADEL_BLOCKS``, a job variable), then the run's own embedder choice. An operator changes
+every deployed run's embedding server, cache, store or registry by editing one block."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import BlockDocument
+from prefect.exceptions import ObjectNotFound
+
+from blocks import BLOCK_TYPES, CitadelBlock, settings_from_blocks
+from citadel.errors import ConfigurationError
+from citadel.settings import EmbedderConfig, Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDER_SLUGS = frozenset(block.get_block_type_slug() for block in BLOCK_TYPES if "embedder" in block.get_block_type_slug())
+
+
+async def _read(client: PrefectClient, name: str, slug: str) -> BlockDocument | None:
+    try:
+        return await client.read_block_document_by_name(name, slug, include_secrets=True)
+    except ObjectNotFound:
+        return None
+
+
+async def named_blocks(name: str) -> list[CitadelBlock]:
+    """The Citadel block documents called ``name``, in the order they apply (embedder, cache, store,
+    registry); one embedder at most, or the run could not tell which one it is to use."""
+    by_slug = {block.get_block_type_slug(): block for block in BLOCK_TYPES}
+    async with get_client() as client:
+        read = await asyncio.gather(*(_read(client, name, slug) for slug in by_slug))
+    found = {doc.block_type.slug: doc for doc in read if doc is not None and doc.block_type is not None}
+    embedders = sorted(slug for slug in found if slug in EMBEDDER_SLUGS)
+    if len(embedders) > 1:
+        raise ConfigurationError(
+            f"CITADEL_BLOCKS={name}: {len(embedders)} embedder blocks are called {name!r} ({', '.join(embedders)}); "
+            "delete all but the one the runs are to use"
+        )
+    return [by_slug[slug]._from_block_document(found[slug]) for slug in by_slug if slug in found]
+
+
+async def run_settings(embedder: EmbedderConfig | None = None) -> Settings:
+    """Settings for a flow run: the environment, the named blocks over it, the run's embedder over both."""
+    settings = Settings()
+    if settings.blocks:
+        blocks = await named_blocks(settings.blocks)
+        if blocks:
+            settings = settings_from_blocks(*blocks)
+            log.info("configured by blocks %s", ", ".join(f"{b.get_block_type_slug()}/{settings.blocks}" for b in blocks))
+        else:
+            log.warning("CITADEL_BLOCKS=%s: no Citadel block has that name; the run is configured by its environment", settings.blocks)
+    return embedder.apply(settings) if embedder else settings
