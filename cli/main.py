@@ -37,6 +37,7 @@ from cli.common import (
 from cli.prefectenv import prefect_defaults, quiet_prefect
 from cli.service import apikey_app, serve_api, token_app
 from cli.warm import warm_app
+from cli.watch import watch
 from cli.workflows import workflow_app
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(backup_app, name="backup")
 app.add_typer(warm_app, name="warm")
 app.command("api")(serve_api)
+app.command("watch")(watch)
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -355,6 +357,9 @@ def setup(
     result_storage: str | None = typer.Option(
         None, "--result-storage", help="A folder every worker and reader can reach (a shared mount), where runs keep their results."
     ),
+    notify: str | None = typer.Option(
+        None, "--notify", help="A notification block (BLOCK_TYPE/NAME, such as slack-webhook/ops) that failed index runs are sent to."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Prepare a Prefect server: register the block types, create the work pool and the embedding limit."""
@@ -362,7 +367,7 @@ def setup(
     from deployments.setup import prepare_server
 
     config = settings()
-    done = run(lambda: prepare_server(config, pool, result_storage))
+    done = run(lambda: prepare_server(config, pool, result_storage, notify))
     if as_json:
         print_json(done)
     else:

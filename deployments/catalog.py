@@ -9,6 +9,23 @@ if TYPE_CHECKING:
     from prefect import Flow
 
 NIGHTLY_CRON = "0 2 * * *"
+SOURCE_CHANGED_TRIGGER: dict[str, Any] = {
+    "type": "event",
+    "enabled": True,
+    "match": {"prefect.resource.id": "citadel.source.*"},
+    "expect": ["citadel.source.changed"],
+    "after": ["citadel.source.changed"],
+    "for_each": ["prefect.resource.id", "citadel.collection"],
+    "posture": "Proactive",
+    "threshold": 1,
+    "within": 10,
+    "parameters": {
+        "source": "{{ event.resource['citadel.source'] }}",
+        "collection": "{{ event.resource['citadel.collection'] }}",
+    },
+}
+"""Live indexing (``citadel watch``): a source is indexed once it has been quiet for 10 s after a
+change (each change restarts the wait), from the last event's source and collection."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,7 @@ class DeploymentSpec:
     cron: str | None = None
     concurrency_limit: int | None = None
     tags: tuple[str, ...] = ("citadel",)
+    triggers: tuple[dict[str, Any], ...] = ()
 
     @property
     def full_name(self) -> str:
@@ -45,6 +63,11 @@ def catalog() -> list[DeploymentSpec]:
         DeploymentSpec(
             "index-corpus", "on-demand", "flows/index_corpus.py:index_corpus",
             "Index a source when asked (one shard of it when shard/shards are given).",
+        ),
+        DeploymentSpec(
+            "index-corpus", "on-change", "flows/index_corpus.py:index_corpus",
+            "Index a watched source again once its files changed and settled (citadel watch).",
+            concurrency_limit=1, tags=("citadel", "live"), triggers=(SOURCE_CHANGED_TRIGGER,),
         ),
         DeploymentSpec(
             "index-sharded", "default", "flows/index_sharded.py:index_sharded",
@@ -77,7 +100,9 @@ def load_flow(entrypoint: str) -> Flow[..., Any]:
 
 
 def to_deployments(specs: list[DeploymentSpec] | None = None) -> list[Any]:
-    """Runner deployments for ``prefect.serve`` (schedules included, no work pool)."""
+    """Runner deployments for ``prefect.serve`` (schedules and triggers included, no work pool)."""
+    from prefect.events import DeploymentEventTrigger
+
     out = []
     for spec in specs or catalog():
         flow = load_flow(spec.entrypoint)
@@ -89,6 +114,7 @@ def to_deployments(specs: list[DeploymentSpec] | None = None) -> list[Any]:
                 cron=spec.cron,
                 concurrency_limit=spec.concurrency_limit,
                 tags=list(spec.tags),
+                triggers=[DeploymentEventTrigger.model_validate(trigger) for trigger in spec.triggers] or None,
             )
         )
     return out

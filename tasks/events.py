@@ -123,6 +123,7 @@ def index_failed_hook(flow: Any, flow_run: Any, state: Any) -> None:
         links = [related(source_resource(source_name), "source"), *flow_run_related(str(flow_run.id), flow_run.name)]
         emit(INDEX_FAILED, collection_resource(collection), links, {
             "flow": getattr(flow, "name", ""), "state": getattr(state, "name", ""), "flow_run_name": flow_run.name,
+            "source": redact(source_name),
             "message": redact(str(getattr(state, "message", "") or ""))[:1000],
         })
     except Exception as exc:  # noqa: BLE001 - a hook that raises would hide the run's own failure
