@@ -40,11 +40,12 @@ def index(corpus: Path, collection: str, env: dict[str, str]) -> None:
 
 
 def answers(prometheus: Prometheus, expr: str) -> list[dict[str, object]]:
-    """The query's result, empty while Prometheus is not listening yet."""
+    """The query's result, empty while Prometheus is not listening or not ready yet (it answers 503 then)."""
     try:
-        return prometheus.query(expr)
-    except httpx.ConnectError:
+        response = prometheus.http.get("query", params={"query": expr})
+    except httpx.TransportError:
         return []
+    return list(response.json()["data"]["result"]) if response.status_code == 200 else []
 
 
 async def create_collection(name: str) -> None:
