@@ -1,10 +1,11 @@
 """The flows' parameters as the deployment's Run form shows them: a readable title, an example and a
 description (the flow's ``Args:``) for each, and a plain input for an optional one.
 
-An optional parameter's JSON schema would be ``anyOf: [X, null]``, which Prefect's form shows as a
-type picker ("Property is type None"); here it is X alone (the form can leave it out, which is
-what None means), while the flow still accepts None from Python. Citadel's own callers leave a
-None parameter out of a run they create, so a deployment's schema check never sees one.
+An optional parameter's JSON schema would be ``anyOf: [X, null]`` with a null default, which
+Prefect's form shows as a type picker ("Property is type None") and, with null its value, refuses
+to submit. Here the form sees X alone with a default of X that means "not set" (an empty name, no
+embedder fields, 0 shards, prune "auto"), which the flow reads as None; Python callers still pass
+None. A null sent to a deployment is refused by its schema check: leave the parameter out instead.
 """
 
 from __future__ import annotations
@@ -12,18 +13,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from citadel.settings import EmbedderConfig, SearchMode
 from citadel.workflows import WorkflowDefinition
 
 
-def form(title: str, *examples: Any) -> Any:
-    """A parameter's title and examples in its JSON schema (Prefect titles it by its Python name)."""
+def form(title: str, *examples: Any, unset: Any = ...) -> Any:
+    """A parameter's title and examples in its JSON schema (Prefect titles it by its Python name),
+    and for an optional one the value the form fills in for "not set" as its default."""
     extra: dict[str, Any] = {"title": title}
     if examples:
         extra["examples"] = list(examples)
+    if unset is not ...:
+        extra["default"] = unset
     return Field(json_schema_extra=extra)
+
+
+def read_unset(unset: Any) -> BeforeValidator:
+    """The form's "not set" value (an empty name, no fields, 0) read as None, as the flow's default."""
+
+    def read(value: Any) -> Any:
+        return None if type(value) is type(unset) and value == unset else value
+
+    return BeforeValidator(read)
+
+
+PRUNING = {"auto": None, "always": True, "never": False}
+
+
+def _pruning(value: Any) -> Any:
+    return PRUNING.get(value, value) if isinstance(value, str) else value
 
 
 def without_null(schema: Any) -> Any:
@@ -65,17 +85,25 @@ def plain(schema: dict[str, Any]) -> WithJsonSchema:
 
 
 OBJECT = plain({"type": "object", "additionalProperties": True})
-STRINGS = plain({"type": "array", "items": {"type": "string"}})
+STRINGS_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+STRING = plain({"type": "string"})
+COUNT = plain({"type": "integer", "minimum": 0})
+SECONDS = plain({"type": "number", "minimum": 0})
 
 
-Collection = Annotated[str | None, plain({"type": "string"}), form("Collection", "documents")]
+Collection = Annotated[str | None, read_unset(""), STRING, form("Collection", "documents", unset="")]
 Embedder = Annotated[
-    EmbedderConfig | None, plain(model_form(EmbedderConfig)), form("Embedder", {"kind": "ollama", "model": "nomic-embed-text"})
+    EmbedderConfig | None, read_unset({}), plain(model_form(EmbedderConfig)),
+    form("Embedder", {"kind": "ollama", "model": "nomic-embed-text"}, unset={}),
 ]
 Full = Annotated[bool, form("Re-process every document")]
-Shard = Annotated[int | None, plain({"type": "integer", "minimum": 0}), form("Shard (from 0)", 0)]
-Shards = Annotated[int | None, plain({"type": "integer", "minimum": 1}), form("Number of shards", 2)]
-Folders = Annotated[list[str] | None, STRINGS, form("Allowed folders and prefixes (set by the service)")]
+Shard = Annotated[int | None, COUNT, form("Shard (from 0; with a number of shards)", 1, unset=0)]
+Shards = Annotated[int | None, read_unset(0), COUNT, form("Number of shards (0: the whole source)", 2, unset=0)]
+Folders = Annotated[
+    list[str] | None, read_unset(""),
+    plain({"anyOf": [{**STRINGS_SCHEMA, "title": "Only these"}, {"type": "string", "maxLength": 0, "title": "Unrestricted"}]}),
+    form("Allowed folders and prefixes (set by the service)", unset=""),
+]
 
 IndexSource = Annotated[
     str | list[dict[str, Any]],
@@ -86,15 +114,25 @@ IndexSource = Annotated[
     form("Source", "docs", "s3://reports/2026/"),
 ]
 SourceName = Annotated[str, form("Name of inline records", "crm-export")]
-Prune = Annotated[bool | None, plain({"type": "boolean"}), form("Delete what the source no longer holds")]
+Prune = Annotated[
+    bool | None, BeforeValidator(_pruning),
+    plain({"anyOf": [
+        {"type": "string", "enum": list(PRUNING), "title": "auto (folders and prefixes: always; records: never)"},
+        {"type": "boolean", "title": "Yes or no"},
+    ]}),
+    form("Delete what the source no longer holds", unset="auto"),
+]
 BlueGreen = Annotated[bool, form("Build a new version and switch to it")]
 
 Query = Annotated[str, form("Query", "how do I rotate an API key?")]
 Limit = Annotated[int, Field(ge=1), form("Number of hits", 10)]
-Threshold = Annotated[float | None, plain({"type": "number"}), form("Minimum score", 0.3)]
-Filters = Annotated[dict[str, Any] | None, OBJECT, form("Metadata filters", {"lang": "en"})]
+Threshold = Annotated[float | None, read_unset(0), plain({"type": "number"}), form("Minimum score (0: none)", 0.3, unset=0)]
+Filters = Annotated[dict[str, Any] | None, read_unset({}), OBJECT, form("Metadata filters", {"lang": "en"}, unset={})]
 ByDocument = Annotated[bool, form("One hit per document")]
-Mode = Annotated[SearchMode | None, plain({"type": "string", "enum": ["hybrid", "dense", "sparse"]}), form("Search mode", "hybrid")]
+Mode = Annotated[
+    SearchMode | None, read_unset(""), plain({"type": "string", "enum": ["", "hybrid", "dense", "sparse"]}),
+    form("Search mode (empty: the configured one)", "hybrid", unset=""),
+]
 
 Workflow = Annotated[
     dict[str, Any] | str,
@@ -107,17 +145,11 @@ Workflow = Annotated[
         {"step_id": "embed", "type": "embedding", "parameters": {"texts": "${steps.chunk.output.texts}"}},
     ]}),
 ]
-Context = Annotated[dict[str, Any] | None, OBJECT, form("Context", {"collection": "documents"})]
-InlineOwner = Annotated[str | None, plain({"type": "string"}), form("Owner of inline records (set by the service)")]
+Context = Annotated[dict[str, Any] | None, read_unset({}), OBJECT, form("Context", {"collection": "documents"}, unset={})]
+InlineOwner = Annotated[str | None, read_unset(""), STRING, form("Owner of inline records (set by the service)", unset="")]
 
 Texts = Annotated[list[str], form("Texts", ["first text", "second text"])]
 ShardedSource = Annotated[str, form("Source", "/srv/corpus", "s3://reports/2026/")]
 ShardCount = Annotated[int, Field(ge=1), form("Number of shards", 2)]
 Deployment = Annotated[str, form("Indexing deployment", "index-corpus/on-demand")]
-TimeoutS = Annotated[float | None, plain({"type": "number", "exclusiveMinimum": 0}), form("Timeout (seconds)", 3600)]
-
-
-def present(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """``parameters`` without the ones that are None: a run created with them passes the
-    deployment's schema check (None is the default of each optional parameter anyway)."""
-    return {key: value for key, value in parameters.items() if value is not None}
+TimeoutS = Annotated[float | None, read_unset(0), SECONDS, form("Timeout in seconds (0: none)", 3600, unset=0)]

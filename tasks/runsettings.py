@@ -9,7 +9,8 @@ import logging
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import BlockDocument
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect.logging import get_run_logger
 
 from blocks import BLOCK_TYPES, CitadelBlock, settings_from_blocks
 from citadel.errors import ConfigurationError
@@ -43,6 +44,14 @@ async def named_blocks(name: str) -> list[CitadelBlock]:
     return [by_slug[slug]._from_block_document(found[slug]) for slug in by_slug if slug in found]
 
 
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run's logger (its lines in the UI's Logs tab), or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
 async def run_settings(embedder: EmbedderConfig | None = None) -> Settings:
     """Settings for a flow run: the environment, the named blocks over it, the run's embedder over both."""
     settings = Settings()
@@ -50,7 +59,7 @@ async def run_settings(embedder: EmbedderConfig | None = None) -> Settings:
         blocks = await named_blocks(settings.blocks)
         if blocks:
             settings = settings_from_blocks(*blocks)
-            log.info("configured by blocks %s", ", ".join(f"{b.get_block_type_slug()}/{settings.blocks}" for b in blocks))
+            _logger().info("configured by blocks %s", ", ".join(f"{b.get_block_type_slug()}/{settings.blocks}" for b in blocks))
         else:
-            log.warning("CITADEL_BLOCKS=%s: no Citadel block has that name; the run is configured by its environment", settings.blocks)
+            _logger().info("CITADEL_BLOCKS=%s: no Citadel block has that name; the run is configured by its environment", settings.blocks)
     return embedder.apply(settings) if embedder else settings

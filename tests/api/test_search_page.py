@@ -9,14 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as seen
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.api.conftest import Api
 from tests.api.test_endpoints import wait_final
-from tests.support.debian import ensure_debian_package
+from tests.support.chromium import headless_chromium
 
 RECORDS = [
     {"id": "tides", "text": "Spring tides come twice a month, at the new and the full moon.", "metadata": {"title": "Tide tables"}},
@@ -27,18 +26,8 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    chromium = ensure_debian_package("chromium", "chromium")
-    driver_path = ensure_debian_package("chromedriver", "chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _indexed(api: Api) -> str:

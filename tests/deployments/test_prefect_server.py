@@ -247,6 +247,17 @@ def test_a_bucket_sharded_on_two_workers_is_indexed_exactly_once(stack, stack_s3
     shard_runs = [r for r in children if r["parameters"].get("collection") == collection]
     assert sorted(r["parameters"]["shard"] for r in shard_runs) == [0, 1, 2]
     assert all(r["state"]["type"] == "COMPLETED" for r in shard_runs)
+    # Each shard's run keeps a name of its own; the parent is named, tagged and sums its shards up.
+    names = [f"index-{collection}-shard-{n}-of-3" for n in (1, 2, 3)]
+    assert sorted(r["name"] for r in shard_runs) == names
+    parent = server.api("GET", f"/flow_runs/{run_id}")
+    assert parent["name"] == f"index-{collection}-in-3-shards" and f"collection:{collection}" in parent["tags"]
+    from tasks.reporting import artifact_key
+
+    artifacts = server.api("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    (table,) = [a for a in artifacts if a["key"] == artifact_key("index-sharded", collection)]
+    rows = json.loads(table["data"])
+    assert sorted(row["shard run"] for row in rows) == names and sum(row["added"] for row in rows) == 24
 
     # Deleting an object and running again fetches nothing and removes exactly its chunks, in its own shard only.
     gone = paths.pop()
@@ -335,3 +346,113 @@ def test_a_profile_s_prefect_api_sends_a_workflow_to_its_deployment(stack, tmp_p
     run = server.api("GET", f"/flow_runs/{run_id}")
     assert run["deployment_id"] == server.deployment_id("run-workflow/default"), "it went through the deployment"
     assert server.wait_for_flow_run(run_id)["state"]["type"] == "COMPLETED", server.log_text()
+
+
+def test_setup_saves_the_stack_s_blocks_and_editing_one_changes_every_deployed_run(stack, tmp_path: Path) -> None:
+    """`citadel setup` saved a block for each backend the stack names; the deployments read blocks
+    called `citadel` (prefect.yaml's work pool); an operator points every run at another embedding
+    server by editing one block, as the Blocks page does (PATCH of its data)."""
+    from tests.support.embedding_server import EmbeddingServer
+
+    server, _, env = stack
+    deployment = server.api("GET", "/deployments/name/index-corpus/on-demand")
+    assert deployment["job_variables"]["env"]["CITADEL_BLOCKS"] == "citadel"
+    for slug in ("citadel-redis-cache", "citadel-qdrant", "citadel-registry-database"):
+        document = server.api("GET", f"/block_types/slug/{slug}/block_documents/name/citadel")
+        assert document["block_type"]["slug"] == slug
+    registry = server.api("GET", "/block_types/slug/citadel-registry-database/block_documents/name/citadel")
+    assert registry["data"]["url"] != env["CITADEL_DATABASE_URL"]  # a secret, shown masked
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+
+    def new_text() -> None:  # a text no embedding cache holds, so the run asks its embedder
+        (corpus / f"{uuid.uuid4().hex}.md").write_text(f"A note about {uuid.uuid4().hex} and nothing else.\n")
+
+    with EmbeddingServer() as first, EmbeddingServer() as second:
+        save = (
+            "from blocks import OllamaEmbedderBlock\n"
+            f"OllamaEmbedderBlock(urls=[{first.url!r}]).save('citadel')\n"
+        )
+        server.run([str(BIN / "python"), "-c", save])
+        block = server.api("GET", "/block_types/slug/citadel-ollama-embedder/block_documents/name/citadel")
+        try:
+            new_text()
+            run_id, _ = create_run(server, "index-corpus/on-demand", {"source": str(corpus), "collection": f"blk_{uuid.uuid4().hex[:8]}"})
+            assert server.wait_for_flow_run(run_id)["state"]["type"] == "COMPLETED", server.log_text()
+            assert first.requests and not second.requests  # the block's server, not the worker's default embedder
+            asked = sum(first.requests.values())
+
+            server.api("PATCH", f"/block_documents/{block['id']}", json={"data": {"urls": [second.url]}, "merge_existing_data": True})
+            new_text()
+            run_id, _ = create_run(server, "index-corpus/on-demand", {"source": str(corpus), "collection": f"blk_{uuid.uuid4().hex[:8]}"})
+            assert server.wait_for_flow_run(run_id)["state"]["type"] == "COMPLETED", server.log_text()
+            assert second.requests and sum(first.requests.values()) == asked
+        finally:
+            server.api("DELETE", f"/block_documents/{block['id']}")  # the other tests' runs use the default embedder
+
+
+def _page_text(browser, url: str, shows: str, timeout: float = 90) -> str:
+    """The text of a Prefect UI page once it shows ``shows`` (the UI renders in the browser)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    WebDriverWait(browser, timeout).until(lambda driver: shows in driver.find_element(By.TAG_NAME, "body").text)
+    time.sleep(1)  # the rest of the page (its lazily loaded parts) settles
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_the_prefect_ui_shows_named_runs_a_described_run_form_and_the_blocks(stack, tmp_path: Path) -> None:
+    """What an operator sees in Prefect's own UI, in Debian's headless Chromium: the Run form of
+    index-corpus with titled, described parameters and no "type None"; the Blocks page with the
+    blocks `citadel setup` saved; a run page with the run's readable name and its custom state.
+    Screenshots go to CITADEL_SCREENSHOTS (default: the test's folder)."""
+    import os
+
+    from tests.support.chromium import headless_chromium
+
+    server, _, _ = stack
+    shots = Path(os.environ.get("CITADEL_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    ui = server.api_url.removesuffix("/api")
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, files=2, seed=9)
+    (corpus / "empty.md").write_text("")
+    collection = f"ui_{uuid.uuid4().hex[:8]}"
+    run_id, _ = create_run(server, "index-corpus/on-demand", {"source": str(corpus), "collection": collection})
+    assert server.wait_for_flow_run(run_id)["state"]["name"] == "Completed with 1 failed document"
+    with headless_chromium(1400, 1800) as browser:
+        form = _page_text(browser, f"{ui}/deployments/deployment/{server.deployment_id('index-corpus/on-demand')}/run", "Collection")
+        browser.save_screenshot(str(shots / "prefect-run-form.png"))
+        for title in ("Source", "Collection", "Embedder", "Re-process every document", "Delete what the source no longer holds"):
+            assert title in form, title
+        assert "The collection to write" in form and 'Property is type "None"' not in form
+        # Run it as an operator would: only the source typed in; what the form leaves alone stays unset.
+        from selenium.webdriver.common.by import By
+
+        submitted = tmp_path / "from-the-form"
+        write_corpus(submitted, files=2, seed=10)
+        browser.find_elements(By.CSS_SELECTOR, "textarea")[0].send_keys(str(submitted))
+        next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit").click()
+        deadline = time.monotonic() + 60
+        def made_by_the_form() -> list[dict]:
+            return [r for r in server.api("POST", "/flow_runs/filter", json={}) if r["parameters"].get("source") == str(submitted)]
+
+        while not (made := made_by_the_form()):
+            if time.monotonic() > deadline:
+                browser.save_screenshot(str(shots / "prefect-run-form-submitted.png"))
+                raise AssertionError(f"the form made no run: {browser.find_element(By.TAG_NAME, 'body').text[:3000]}")
+            time.sleep(1)
+        (from_form,) = made
+        assert {key for key, value in from_form["parameters"].items() if value is None} == set(), from_form["parameters"]
+        final = server.wait_for_flow_run(from_form["id"])
+        assert final["state"]["type"] == "COMPLETED" and final["name"] == "index-deployed", final
+
+        blocks = _page_text(browser, f"{ui}/blocks", "citadel")
+        browser.save_screenshot(str(shots / "prefect-blocks.png"))
+        for kind in ("Citadel Qdrant", "Citadel Redis Cache", "Citadel Registry Database"):
+            assert kind in blocks, kind
+
+        run = _page_text(browser, f"{ui}/runs/flow-run/{run_id}", f"index-{collection}")
+        browser.save_screenshot(str(shots / "prefect-run.png"))
+        assert "Completed with 1 failed document" in run

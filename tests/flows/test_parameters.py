@@ -4,6 +4,7 @@ and what Citadel itself sends a run passes the schema check Prefect's server app
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,25 @@ def test_the_examples_in_the_form_are_valid_runs() -> None:
         for name, prop in schema["properties"].items():
             for example in prop.get("examples", []):
                 assert validate({name: example}, schema, raise_on_error=False, ignore_required=True) == [], (flow.name, name)
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda flow: flow.name)
+def test_what_the_form_fills_in_passes_the_check_and_reads_as_the_flow_s_defaults(flow: Any) -> None:
+    """The Run form submits every default it shows: each passes the server's schema check, and the
+    flow reads each optional one as None (its Python default), so a form run is a default run."""
+    schema = _schema(flow)
+    filled = {name: prop["default"] for name, prop in schema["properties"].items() if "default" in prop}
+    assert validate(filled, schema, raise_on_error=False, ignore_required=True) == []
+    required = {"source": "docs", "query": "q", "texts": ["t"], "workflow": {"workflow_id": "w", "steps": []}}
+    validated = flow.validate_parameters({**{k: v for k, v in required.items() if k in schema["properties"]}, **filled})
+    defaults = {name: param.default for name, param in inspect.signature(flow.fn).parameters.items()}
+    for name in filled.keys() - {"shard"}:  # shard 0 is a real shard; without shards the flow ignores it
+        assert validated[name] == defaults[name], (name, validated[name], defaults[name])
+
+
+def test_prune_reads_auto_always_never_and_booleans() -> None:
+    for given, read in (("auto", None), ("always", True), ("never", False), (True, True), (False, False), (None, None)):
+        assert index_corpus.validate_parameters({"source": "docs", "prune": given})["prune"] is read
+    # A real value stays itself: a shard of 0 with shards, a threshold, a collection.
+    assert index_corpus.validate_parameters({"source": "d", "shard": 0, "shards": 2})["shard"] == 0
+    assert similarity_search.validate_parameters({"query": "q", "score_threshold": 0.3})["score_threshold"] == 0.3
