@@ -54,7 +54,7 @@ def watch(
     quiet_prefect()
     from tasks.events import emit_source_changed
 
-    stop = _stop_on_sigterm()
+    stop = _stop_on_signals()
     started = False
     try:
         for changes in _settled_changes(source, settle, config.data_dir, stop):
@@ -105,10 +105,13 @@ async def _check_server(api: str) -> None:
         )
 
 
-def _stop_on_sigterm() -> threading.Event:
-    """An event that SIGTERM sets (a service manager stopping the watcher): it ends like Ctrl-C."""
+def _stop_on_signals() -> threading.Event:
+    """An event that Ctrl-C (SIGINT) and SIGTERM (a service manager) set: the watcher sees it at its
+    next wake (within READY_MS) and ends, rather than counting on an interrupt reaching Python
+    through the watcher's own wait, which a loaded machine showed it may not do in time."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
     return stop
 
 

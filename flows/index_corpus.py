@@ -70,7 +70,7 @@ async def index_corpus(
     settings = await run_settings(embedder)
     collection = collection or settings.collection
     resolved = resolve_source(
-        source, prune=prune, source_name=source_name, shard=shard if shards else None, shards=shards, exclude=[settings.data_dir],
+        source, prune=prune, source_name=source_name, shard=shard if shards or shard else None, shards=shards, exclude=[settings.data_dir],
         roots=SourceRoots.of(source_roots) if source_roots is not None else None, settings=settings,
     )
     labels = run_tags(settings, collection)

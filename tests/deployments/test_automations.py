@@ -143,9 +143,14 @@ def test_a_watched_change_is_indexed_one_run_at_a_time(live, tmp_path: Path) -> 
     assert [run["state"]["type"] for run in finished] == ["COMPLETED", "COMPLETED"], server.log_text()
     assert finished[1]["start_time"] >= finished[0]["end_time"], "the two runs of one source never overlapped"
     assert len(on_change_runs(server, collection)) == 2, "one run per settled change"
-    events = server.api("POST", "/events/filter", json={"filter": {
-        "event": {"name": ["citadel.index.completed"]}, "resource": {"id": [f"citadel.collection.{collection}"]}, "order": "ASC"}})
-    payloads = [event["payload"] for event in events["events"]]
+
+    def completed_events() -> list[dict[str, Any]]:
+        """The server stores events a moment after they arrive (a loaded machine showed the second late)."""
+        found = server.api("POST", "/events/filter", json={"filter": {
+            "event": {"name": ["citadel.index.completed"]}, "resource": {"id": [f"citadel.collection.{collection}"]}, "order": "ASC"}})
+        return found["events"] if len(found["events"]) >= 2 else []
+
+    payloads = [event["payload"] for event in wait_until(completed_events, "both runs' completed events", server)]
     assert [(p["documents_seen"], p["failed"]) for p in payloads] == [(2, 0), (2, 0)] and payloads[0]["added"] == 2
     # The second run saw the first run's result: every document as indexed, nothing failed.
     assert payloads[1]["added"] + payloads[1]["updated"] + payloads[1]["unchanged"] == 2

@@ -44,8 +44,8 @@ async def test_runs_that_end_are_counted_once_and_pools_reported(prefect_api_url
     finished_before = values(before, "citadel_prefect_flow_runs_finished_total")
     finished = values(after, "citadel_prefect_flow_runs_finished_total")
     assert values(after, "citadel_prefect_up") == {(): 1}
-    assert finished[("adhoc", "Completed")] == finished_before.get(("adhoc", "Completed"), 0) + 2
-    assert finished[("adhoc", "Failed")] == finished_before.get(("adhoc", "Failed"), 0) + 1
+    assert finished[("metrics-probe/adhoc", "Completed")] == finished_before.get(("metrics-probe/adhoc", "Completed"), 0) + 2
+    assert finished[("metrics-probe/adhoc", "Failed")] == finished_before.get(("metrics-probe/adhoc", "Failed"), 0) + 1
     assert values(again, "citadel_prefect_flow_runs_finished_total") == finished  # read again: nothing counted twice
     assert values(after, "citadel_prefect_work_pool_ready")[(pool,)] == 0  # no worker has polled it
     assert values(after, "citadel_prefect_workers_online")[(pool,)] == 0
