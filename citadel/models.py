@@ -79,6 +79,8 @@ class WrittenCounts(Protocol):
     def repaired(self) -> int: ...
     @property
     def chunks_written(self) -> int: ...
+    @property
+    def points_deleted(self) -> int: ...
 
 
 class RunCounts(Result):
@@ -97,6 +99,9 @@ class RunCounts(Result):
     )
     cache_hits: int = Field(0, description="Chunks whose vector came from the embedding cache.")
     repaired: int = Field(0, title="fix", description="Documents whose points the store had lost, written again.")
+    points_deleted: int = Field(
+        0, description="Points deleted from the vector store: chunks a changed document no longer has, and every point of a deleted one."
+    )
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -129,6 +134,7 @@ class RunCounts(Result):
         self.updated += written.updated
         self.repaired += written.repaired
         self.chunks_written += written.chunks_written
+        self.points_deleted += written.points_deleted
 
 
 class StoreCheck(Result):

@@ -8,7 +8,7 @@ from typing import Any, cast
 from prefect.client.schemas.objects import State
 
 from citadel.documents import SourceGroup
-from citadel.indexing import BatchPlan, EmbeddedBatch, SeenDocuments, WriteResult
+from citadel.indexing import BatchPlan, EmbeddedBatch, Pruned, SeenDocuments, WriteResult
 from citadel.resources import Resources
 from citadel.settings import Settings
 from tasks.indexing import delete_stale_documents, embed_chunks, plan_batch, record_documents, resolve_dead_letters, upsert_vectors
@@ -86,7 +86,7 @@ class TaskSteps:
         kept = self.upstream.get(id(batch))
         return [kept[1]] if kept is not None and kept[0] is batch else []
 
-    async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> int:
+    async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> Pruned:
         step = delete_stale_documents.with_options(task_run_name=name)
         return await step(self.settings, as_is(collection), as_is(source), as_is(seen), shard)
 

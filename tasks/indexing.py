@@ -64,7 +64,7 @@ async def record_documents(settings: Settings, collection: str, batch: indexing.
 @task(name="delete-stale-documents", cache_policy=NO_CACHE, **RETRYING)
 async def delete_stale_documents(
     settings: Settings, collection: str, source: str, seen: indexing.SeenDocuments, shard: tuple[int, int] | None = None
-) -> int:
+) -> indexing.Pruned:
     """Delete the vectors and records of documents gone from a completely listed source (or shard of
     it), keeping the records of files that failed to load whole."""
     return await indexing.prune_source(get_resources(settings), collection, source, seen, shard)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from citadel.indexing.run import answer_unchanged, build_and_switch, index_source
     from citadel.indexing.writing import (
         EmbeddedBatch,
+        Pruned,
         WriteResult,
         delete_documents,
         embed_plan,
@@ -46,6 +47,7 @@ __all__ = [
     "SeenDocuments",
     "Steps",
     "WriteBatcher",
+    "Pruned",
     "WriteResult",
     "answer_unchanged",
     "awaiting_repair",
@@ -84,6 +86,7 @@ __getattr__ = lazy_exports(__name__, {
     "SeenDocuments": "planning",
     "Steps": "pipeline",
     "WriteBatcher": "planning",
+    "Pruned": "writing",
     "WriteResult": "writing",
     "answer_unchanged": "run",
     "awaiting_repair": "consistency",

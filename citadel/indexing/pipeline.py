@@ -19,6 +19,7 @@ from citadel.indexing.lifecycle import IndexRun
 from citadel.indexing.planning import BatchPlan, SeenDocuments, WriteBatcher, batches_label, plan_groups
 from citadel.indexing.writing import (
     EmbeddedBatch,
+    Pruned,
     WriteResult,
     embed_plan,
     prune_source,
@@ -60,7 +61,7 @@ class Steps(Protocol):
 
     async def record(self, name: str, collection: str, batch: EmbeddedBatch) -> WriteResult: ...
 
-    async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> int: ...
+    async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> Pruned: ...
 
     async def resolve(self, name: str, collection: str, source: str, seen: SeenDocuments) -> int: ...
 
@@ -91,7 +92,7 @@ class DirectSteps:
     async def record(self, name: str, collection: str, batch: EmbeddedBatch) -> WriteResult:
         return await record_documents(self.resources, collection, batch)
 
-    async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> int:
+    async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> Pruned:
         return await prune_source(self.resources, collection, source, seen, shard)
 
     async def resolve(self, name: str, collection: str, source: str, seen: SeenDocuments) -> int:
@@ -124,7 +125,7 @@ class _Driver:
         self.batcher = WriteBatcher(settings.document_batch_size, settings.document_batch_bytes)
         self.pending: deque[tuple[asyncio.Task[WriteResult], int]] = deque()  # (the write, its chunks)
         self.tail: asyncio.Task[Any] | None = None  # the last write or prune started: the next one waits for it
-        self.pruning: asyncio.Task[int] | None = None
+        self.pruning: asyncio.Task[Pruned] | None = None
 
     async def drive(self) -> None:
         resolved, counts = self.run.resolved, self.run.counts
@@ -140,7 +141,8 @@ class _Driver:
             if resolved.prune and not self.steps.overlap:
                 self.pruning = self.tail = asyncio.create_task(self._prune(self.tail))
             if self.pruning is not None:
-                counts.deleted = await self.pruning
+                pruned = await self.pruning
+                counts.deleted, counts.points_deleted = pruned.documents, counts.points_deleted + pruned.points
                 if resolved.shard is None:
                     name = f"resolve the dead letters of {resolved.key[-80:]}"
                     await self.steps.resolve(name, self.collection, resolved.key, self.run.seen)
@@ -215,7 +217,7 @@ class _Driver:
         await self.steps.upsert(f"upsert {plural(points, 'point')} ({label})", self.collection, batch)
         return await self.steps.record(f"record {plural(len(batch.plan.documents), 'document')} ({label})", self.collection, batch)
 
-    async def _prune(self, after: asyncio.Task[Any] | None) -> int:
+    async def _prune(self, after: asyncio.Task[Any] | None) -> Pruned:
         """Delete what the source no longer holds, after the write before it (one writer at a time)."""
         if after is not None:
             await after

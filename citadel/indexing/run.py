@@ -14,7 +14,7 @@ from citadel.indexing.consistency import check_store, reconcile
 from citadel.indexing.lifecycle import HandOver, IndexRun, resolve_source
 from citadel.indexing.pipeline import DirectSteps, index_batches
 from citadel.indexing.planning import BatchPlan, SeenDocuments
-from citadel.indexing.writing import find_gone_documents, prepare_collection
+from citadel.indexing.writing import Pruned, find_gone_documents, prepare_collection
 from citadel.models import RunSummary
 from citadel.registry import find_crashed_runs
 from citadel.resources import Resources
@@ -62,11 +62,11 @@ class _NothingToDo(DirectSteps):
             raise HandOver
         return plans, added
 
-    async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> int:
+    async def prune(self, name: str, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None) -> Pruned:
         registry = await self.resources.registry()
         if await find_gone_documents(registry, collection, source, seen, shard) or await registry.has_dead_letters(collection, source):
             raise HandOver
-        return 0
+        return Pruned()
 
     async def resolve(self, name: str, collection: str, source: str, seen: SeenDocuments) -> int:
         return 0  # the prune found no dead letters

@@ -46,6 +46,15 @@ class WriteResult:
     updated: int = 0
     repaired: int = 0
     chunks_written: int = 0
+    points_deleted: int = 0
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What deleting the documents a source no longer holds did."""
+
+    documents: int = 0
+    points: int = 0
 
 
 async def _embed_texts(resources: Resources, texts: list[str]) -> tuple[np.ndarray, int, int]:
@@ -190,17 +199,19 @@ async def record_documents(resources: Resources, collection: str, batch: Embedde
         updated=changes.count("updated"),
         repaired=changes.count("repaired"),
         chunks_written=sum(len(d.ids) for d in plan.documents),
+        points_deleted=sum(len(d.stale) for d in plan.documents),
     )
 
 
-async def delete_documents(resources: Resources, collection: str, document_ids: Sequence[str]) -> int:
+async def delete_documents(resources: Resources, collection: str, document_ids: Sequence[str]) -> Pruned:
     """Remove documents' points from the store, then from the registry (safe to repeat)."""
     if not document_ids:
-        return 0
+        return Pruned()
     registry = await resources.registry()
-    await (await resources.open_store()).delete(collection, await registry.point_ids(collection, document_ids))
+    points = await registry.point_ids(collection, document_ids)
+    await (await resources.open_store()).delete(collection, points)
     await registry.delete_documents(collection, document_ids)
-    return len(document_ids)
+    return Pruned(len(document_ids), len(points))
 
 
 async def find_gone_documents(
@@ -223,9 +234,9 @@ async def find_gone_documents(
 
 async def prune_source(
     resources: Resources, collection: str, source: str, seen: SeenDocuments, shard: tuple[int, int] | None = None
-) -> int:
-    """After a complete listing of ``source``: delete what it no longer holds. Returns the
-    documents deleted. Needs only what the listing saw, so it may run while the run still embeds."""
+) -> Pruned:
+    """After a complete listing of ``source``: delete what it no longer holds, and say how many
+    documents and points that was. Needs only what the listing saw, so it may run while the run still embeds."""
     gone = await find_gone_documents(await resources.registry(), collection, source, seen, shard)
     return await delete_documents(resources, collection, gone)
 

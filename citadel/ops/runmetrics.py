@@ -16,7 +16,10 @@ from citadel.registry import Registry, RunTotals
 
 END_STATUSES = ("completed", "failed", "cancelled", "crashed")
 DOCUMENT_OUTCOMES = ("added", "updated", "unchanged", "deleted", "failed", "repaired")
-CHUNK_OUTCOMES = {"embedded": "chunks_embedded", "written": "chunks_written", "reused": "chunks_reused", "cache_hit": "cache_hits"}
+CHUNK_OUTCOMES = {
+    "embedded": "chunks_embedded", "written": "chunks_written", "reused": "chunks_reused", "cache_hit": "cache_hits",
+    "deleted": "points_deleted",
+}
 
 
 async def registry_families(registry: Registry, *, hold_new_s: float = 0.0) -> list[Metric]:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from citadel.models import RunCounts
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = sa.MetaData()
 
@@ -153,6 +153,10 @@ MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
         ("citadel_index_runs", "chunks_reused", "INTEGER NOT NULL DEFAULT 0"),
     ],
     7: [("citadel_documents", "fingerprint", "VARCHAR(160) NOT NULL DEFAULT ''")],
+    8: [
+        ("citadel_index_runs", "points_deleted", "INTEGER NOT NULL DEFAULT 0"),
+        ("citadel_run_totals", "points_deleted", "INTEGER NOT NULL DEFAULT 0"),
+    ],
 }
 
 

@@ -135,3 +135,31 @@ def test_a_write_batcher_gathers_until_a_batch_worth_of_documents_or_text() -> N
     assert batcher.add(BatchPlan(failures=[failed]), 7) is None
     rest = batcher.take()
     assert rest is not None and rest[0].failures == [failed] and rest[1] == "batch 7"
+
+
+async def test_a_run_counts_the_points_it_deletes(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
+    """What a run deletes is in its durable counts (``points_deleted``): the chunks a shortened
+    document lost and every point of a deleted one, exactly what left the store."""
+    corpus = tmp_path / "corpus"
+    paths = write_corpus(corpus, files=4, paragraphs=10)
+    settings = Settings()
+    resources = Resources(settings)
+    try:
+        first = await index_source(resources, str(corpus), collection_name)
+        assert first.points_deleted == 0
+        before = await resources.store.count(collection_name)
+        chunks = {p: len(chunk_text(p.read_text(), settings.chunk_size, settings.chunk_overlap)) for p in paths}
+        shortened, deleted = paths[0], paths[1]
+        shortened.write_text(shortened.read_text()[:300])
+        deleted.unlink()
+        kept = len(chunk_text(shortened.read_text(), settings.chunk_size, settings.chunk_overlap))
+        second = await index_source(resources, str(corpus), collection_name)
+        assert (second.updated, second.deleted) == (1, 1)
+        # The shortened document's one chunk changed too: all its old points go, one new one comes.
+        assert (kept, second.chunks_written) == (1, 1)
+        assert second.points_deleted == chunks[shortened] + chunks[deleted]
+        assert await resources.store.count(collection_name) == before - second.points_deleted + second.chunks_written
+        runs = await (await resources.registry()).recent_runs(limit=1)
+        assert runs[0].points_deleted == second.points_deleted  # kept in the registry, for the metrics of every worker's runs
+    finally:
+        await resources.aclose()

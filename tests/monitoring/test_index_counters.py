@@ -81,6 +81,7 @@ def test_a_new_collections_runs_and_points_are_counted_from_zero(
         env = {**api.env, "PREFECT_API_URL": prefect_api_url, "CITADEL_DATA_DIR": str(tmp_path / "worker")}
         index(corpus, collection, env)
         (corpus / "doc-0.txt").write_text("Document 0, changed: its points are written again.")
+        (corpus / "doc-2.txt").unlink()  # its points are deleted, by a process the API never sees
         index(corpus, collection, env)
 
         wait_for("both runs in Prometheus",
@@ -90,9 +91,11 @@ def test_a_new_collections_runs_and_points_are_counted_from_zero(
         by_status = {row["metric"]["status"]: float(row["value"][1]) for row in prometheus.query(runs_query)}
         assert round(by_status["completed"]) == 2, by_status  # both runs, the first one included
 
-        written, _deleted = panel("Points upserted and deleted", collection)
+        written, deleted = panel("Points upserted and deleted", collection)
         points = wait_for("points written in the panel", lambda: [r for r in prometheus.query(written) if float(r["value"][1]) > 0])
         assert points[0]["metric"]["collection"] == collection
+        gone = wait_for("points deleted in the panel", lambda: [r for r in prometheus.query(deleted) if float(r["value"][1]) > 0])
+        assert gone[0]["metric"]["collection"] == collection
     finally:
         stop(prometheus_process)
         api.process.stop()
