@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from prefect.client.orchestration import PrefectClient, get_client
+import httpx
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import BlockDocument
-from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from blocks import BLOCK_TYPES, CitadelBlock, settings_from_blocks
@@ -18,23 +19,35 @@ from citadel.settings import EmbedderConfig, Settings
 
 log = logging.getLogger(__name__)
 
+ATTEMPTS = 4
+
 EMBEDDER_SLUGS = frozenset(block.get_block_type_slug() for block in BLOCK_TYPES if "embedder" in block.get_block_type_slug())
 
 
-async def _read(client: PrefectClient, name: str, slug: str) -> BlockDocument | None:
-    try:
-        return await client.read_block_document_by_name(name, slug, include_secrets=True)
-    except ObjectNotFound:
-        return None
+async def _documents(name: str) -> list[BlockDocument]:
+    """Every block document called ``name``, in one request, tried again on a server error: a busy
+    Prefect server answered 500 under a stack's load, and a run must not fail (or fall back to
+    its environment, which may name other backends) over a moment's error."""
+    body = {"block_documents": {"name": {"any_": [name]}}, "include_secrets": True}
+    for attempt in range(ATTEMPTS):
+        try:
+            async with get_client() as client:
+                response = await client.request("POST", "/block_documents/filter", json=body)
+                response.raise_for_status()
+            return BlockDocument.model_validate_list(response.json())
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            server_error = not isinstance(exc, httpx.HTTPStatusError) or exc.response.status_code >= 500
+            if not server_error or attempt == ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 async def named_blocks(name: str) -> list[CitadelBlock]:
     """The Citadel block documents called ``name``, in the order they apply (embedder, cache, store,
     registry); one embedder at most, or the run could not tell which one it is to use."""
     by_slug = {block.get_block_type_slug(): block for block in BLOCK_TYPES}
-    async with get_client() as client:
-        read = await asyncio.gather(*(_read(client, name, slug) for slug in by_slug))
-    found = {doc.block_type.slug: doc for doc in read if doc is not None and doc.block_type is not None}
+    found = {doc.block_type.slug: doc for doc in await _documents(name) if doc.block_type is not None and doc.block_type.slug in by_slug}
     embedders = sorted(slug for slug in found if slug in EMBEDDER_SLUGS)
     if len(embedders) > 1:
         raise ConfigurationError(

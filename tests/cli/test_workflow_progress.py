@@ -79,7 +79,10 @@ def test_with_wait_the_run_is_shown_before_it_ends(prefect_api_url: str, tmp_pat
         rest, errors = proc.communicate(timeout=120)
     assert proc.returncode == 1, errors
     lines = rest.splitlines()
-    assert "c: Pending" in lines and "watched: Cancelled" in lines
+    assert "watched: Cancelled" in lines
+    # The step's state: as a progress line when a poll saw it before the cancel (not on a loaded
+    # machine, where the cancel can come first), and in the report's table either way.
+    assert any(line.split()[:2] == ["c", "Pending"] for line in lines), lines
     assert all(len(line) <= 80 for line in lines)
 
 
