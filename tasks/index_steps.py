@@ -107,4 +107,4 @@ async def _run(call: Any) -> tuple[Any, State[Any]]:
     # Only the run's identity goes on, with a token for its result: Prefect reads and walks the
     # result of every state in ``wait_for``, and this one's is the whole batch (a first index of
     # 10,581 chunks took twice as long with it).
-    return result, state.model_copy(update={"data": True})
+    return result.value, state.model_copy(update={"data": True})

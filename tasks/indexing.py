@@ -16,6 +16,7 @@ from citadel.models import StoreCheck, SwitchReport
 from citadel.resources import get_resources
 from citadel.settings import Settings
 from tasks.events import emit_switched
+from tasks.passing import Held
 from tasks.retry import RETRYING
 
 
@@ -36,29 +37,29 @@ async def check_store(settings: Settings, collection: str) -> StoreCheck:
 async def plan_batch(
     settings: Settings, collection: str, groups: list[SourceGroup], source: str, seen: indexing.SeenDocuments,
     full: bool = False,
-) -> tuple[list[indexing.BatchPlan], indexing.SeenDocuments]:
+) -> Held[tuple[list[indexing.BatchPlan], indexing.SeenDocuments]]:
     """Read groups of files (or validate inline records), chunk their new and changed documents
     and count the unchanged ones. Returns a plan per group and the documents they add to ``seen``,
     which the flow notes once the step succeeded (a retry screens them against the same run)."""
-    return await indexing.plan_groups(get_resources(settings), collection, groups, source, seen, full)
+    return Held(await indexing.plan_groups(get_resources(settings), collection, groups, source, seen, full))
 
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, **RETRYING)
-async def embed_chunks(settings: Settings, collection: str, plan: indexing.BatchPlan) -> indexing.EmbeddedBatch:
+async def embed_chunks(settings: Settings, collection: str, plan: indexing.BatchPlan) -> Held[indexing.EmbeddedBatch]:
     """Vectors for a batch's chunks through the embedding cache (the flow holds the backend's slot)."""
-    return await indexing.embed_plan(get_resources(settings), collection, plan)
+    return Held(await indexing.embed_plan(get_resources(settings), collection, plan))
 
 
 @task(name="upsert-vectors", cache_policy=NO_CACHE, **RETRYING)
-async def upsert_vectors(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> int:
+async def upsert_vectors(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> Held[int]:
     """Register the point ids as pending, upsert the points, delete the ones they replace."""
-    return await indexing.upsert_vectors(get_resources(settings), collection, batch)
+    return Held(await indexing.upsert_vectors(get_resources(settings), collection, batch))
 
 
 @task(name="record-documents", cache_policy=NO_CACHE, **RETRYING)
-async def record_documents(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> indexing.WriteResult:
+async def record_documents(settings: Settings, collection: str, batch: indexing.EmbeddedBatch) -> Held[indexing.WriteResult]:
     """Mark the batch's documents indexed (after the store acknowledged them) and record failures."""
-    return await indexing.record_documents(get_resources(settings), collection, batch)
+    return Held(await indexing.record_documents(get_resources(settings), collection, batch))
 
 
 @task(name="delete-stale-documents", cache_policy=NO_CACHE, **RETRYING)
