@@ -26,21 +26,19 @@ from tasks.run_names import final_run_name, flow_run_namer
 from tasks.runsettings import run_settings
 
 
-async def _run_shards(
-    deployment: str, parameters: dict[str, Any], collection: str, shards: int, timeout_s: float | None
-) -> list[FlowRun]:
-    """One run of ``deployment`` per shard, waited for together."""
+async def _run_shards(deployment: str, parameters: dict[str, Any], shards: int, timeout_s: float | None) -> list[FlowRun]:
+    """One run of ``deployment`` per shard, each under its final name, waited for together."""
     # A shard's run is created once per attempt of this run: the Prefect client retries a create
     # whose answer was lost (under load), and without a key each retry made another run of that shard.
     attempt = f"{flow_run.get_id()}-{flow_run.get_run_count()}"
+    each = [{**parameters, "shard": shard} for shard in range(shards)]
     return list(await asyncio.gather(
         *(
             arun_deployment(
-                deployment, parameters={**parameters, "shard": shard}, timeout=timeout_s, poll_interval=1,
-                flow_run_name=final_run_name(deployment, {**parameters, "shard": shard}),
-                idempotency_key=f"{attempt}-shard-{shard}-of-{shards}",
+                deployment, parameters=own, timeout=timeout_s, poll_interval=1, flow_run_name=final_run_name(deployment, own),
+                idempotency_key=f"{attempt}-shard-{own['shard']}-of-{shards}",
             )
-            for shard in range(shards)
+            for own in each
         )
     ))
 
@@ -82,7 +80,7 @@ async def index_sharded(
     parameters = {"source": listing.key, "collection": collection, "full": full, "shards": shards}
     if embedder is not None:
         parameters["embedder"] = embedder.model_dump(exclude_none=True)
-    runs = await _run_shards(deployment, parameters, collection, shards, timeout_s)
+    runs = await _run_shards(deployment, parameters, shards, timeout_s)
     failed = [run for run in runs if run.state is None or not run.state.is_completed()]
     async with open_resources(settings) as resources:
         registry = await resources.registry()

@@ -142,7 +142,8 @@ class _Driver:
                 self.pruning = self.tail = asyncio.create_task(self._prune(self.tail))
             if self.pruning is not None:
                 pruned = await self.pruning
-                counts.deleted, counts.points_deleted = pruned.documents, counts.points_deleted + pruned.points
+                counts.deleted = pruned.documents
+                counts.points_deleted += pruned.points
                 if resolved.shard is None:
                     name = f"resolve the dead letters of {resolved.key[-80:]}"
                     await self.steps.resolve(name, self.collection, resolved.key, self.run.seen)
