@@ -15,8 +15,10 @@ from fastapi import Depends, Request
 from api.embedding import EmbeddingService
 from api.health import HealthChecker
 from api.ratelimit import RateLimiter
+from citadel.apikeys import ApiKeys
 from citadel.apisettings import ApiSettings, Network
-from citadel.auth import ApiKeys, TokenVerifier
+from citadel.audit import AuditLog
+from citadel.auth import TokenVerifier
 from citadel.documents import SourceRoots
 from citadel.resources import Resources, open_resources
 from citadel.settings import Settings, secret
@@ -54,6 +56,7 @@ class ServiceState:
         self.embedding: EmbeddingService
         self.health: HealthChecker
         self.keys: ApiKeys
+        self.audit: AuditLog
 
     @property
     def embedded_store(self) -> bool:
@@ -65,7 +68,9 @@ class ServiceState:
         leave_sigterm_to_the_service()
         self.resources = await self._stack.enter_async_context(open_resources(self.settings))
         registry = await self.resources.registry()
-        self.keys = ApiKeys(registry, cache_s=self.api.api_key_cache_s)
+        self.keys = ApiKeys(registry)
+        self.audit = AuditLog(registry)
+        self._stack.push_async_callback(self.audit.drain)
         self.has_credentials_configured = self.verifier.enabled or bool(await self.keys.list())
         self.embedding = EmbeddingService(self.resources, self.api)
         self._stack.push_async_callback(self.embedding.aclose)

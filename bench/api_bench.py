@@ -82,7 +82,7 @@ class RssSampler(threading.Thread):
 
 
 async def _make_key(env: dict[str, str]) -> str:
-    from citadel.auth import ApiKeys
+    from citadel.apikeys import ApiKeys
     from citadel.registry import Registry
     from citadel.settings import Settings
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from citadel.auth import ApiKeys
+from citadel.apikeys import ApiKeys
 from citadel.ops import registry_families
 from citadel.registry import Registry
 from citadel.testing.api_process import ApiProcess
@@ -107,7 +107,7 @@ async def create_key(database_url: str) -> str:
     registry = Registry(database_url)
     await registry.init()
     try:
-        return (await ApiKeys(registry).create("bench-prometheus", ["metrics"])).key
+        return (await ApiKeys(registry).create("bench-prometheus", ["metrics"], collections="*")).key
     finally:
         await registry.aclose()
 
@@ -132,7 +132,7 @@ def main() -> None:
                 results.update(asyncio.run(time_prefect(prefect.api_url, args.flow_runs)))
                 key = asyncio.run(create_key(database))
                 env = {**os.environ, "CITADEL_DATA_DIR": str(root / "data"), "CITADEL_DATABASE_URL": database,
-                       "PREFECT_API_URL": prefect.api_url, "CITADEL_API_KEY_CACHE_S": "60",
+                       "PREFECT_API_URL": prefect.api_url,
                        "CITADEL_API_RATE_LIMITS": "100000/minute"}
                 with ApiProcess(env, root).start() as api:
                     time_scrapes(api.url, key, 2, 0)  # warm: the Prefect seed, connections

@@ -60,7 +60,6 @@ class ApiSettings(BaseSettings):
     jwt_issuer: str | None = Field(None, description="Required `iss` of tokens, when set.")
     jwt_audience: str | None = Field(None, description="Required `aud` of tokens, when set.")
     jwt_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
-    api_key_cache_s: float = Field(5.0, ge=0, description="How long a checked API key is trusted before it is read again.")
 
     api_rate_limits: str = Field("20/second;600/minute;20000/hour", description="Per identity, else per address.")
     api_rate_limit_exempt: CommaList = Field(default_factory=list, description="CIDRs never rate limited.")

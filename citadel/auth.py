@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-import sqlalchemy as sa
 
 from citadel.apisettings import ApiSettings
 from citadel.errors import CitadelError, ConfigurationError
-from citadel.hashing import has_lone_surrogate
-from citadel.models import ApiKeyCreated, ApiKeyRecord
-from citadel.registry import Registry, api_keys, utcnow
+from citadel.grants import Grants, parse_collections, parse_sources
 
 SCOPES = ("embeddings", "search", "workflows", "metrics", "admin")
 KEY_PREFIX = "ctd_"
@@ -42,14 +38,29 @@ class AuthError(CitadelError):
 
 @dataclass(frozen=True)
 class Identity:
-    """An authenticated caller: a key id or a token subject, and what it may do."""
+    """An authenticated caller: a key id or a token subject, what it may do, and what it may reach."""
 
     subject: str
     scopes: frozenset[str]
     kind: str  # "key" | "jwt"
+    grants: Grants = field(default_factory=Grants)
+    rate_limits: str = ""  # the key's own tier, checked beside the service's limits
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
+
+    def reaches(self, collection: str) -> bool:
+        """Whether the caller may search, index or watch ``collection`` (admin reaches all)."""
+        return "admin" in self.scopes or self.grants.reaches(collection)
+
+    @property
+    def reaches_every_collection(self) -> bool:
+        return "admin" in self.scopes or self.grants.every_collection
+
+
+def grants_of(scopes: Iterable[str], collections: Iterable[str], sources: Iterable[str]) -> Grants:
+    """What a caller with these scopes and grants reaches: everything for admin."""
+    return Grants(tuple(collections), tuple(sources), everything="admin" in set(scopes))
 
 
 def parse_scopes(value: str | Iterable[str]) -> list[str]:
@@ -134,16 +145,34 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise AuthError("invalid_token", "the token is malformed or its signature does not match") from None
         raw = claims.get("scope", claims.get("scopes", ""))
-        scopes = raw.split() if isinstance(raw, str) else [str(s) for s in raw] if isinstance(raw, list) else []
-        return Identity(subject=f"jwt:{claims['sub']}", scopes=frozenset(s for s in scopes if s in SCOPES), kind="jwt")
+        scopes = frozenset(_words(raw)) & frozenset(SCOPES)
+        try:  # a grant the token's issuer wrote wrongly reaches nothing, as a missing one
+            collections, sources = parse_collections(_words(claims.get("collections"))), parse_sources(_words(claims.get("sources")))
+        except ConfigurationError as exc:
+            raise AuthError("claims", f"the token's grants are malformed: {exc}") from None
+        return Identity(subject=f"jwt:{claims['sub']}", scopes=scopes, kind="jwt", grants=grants_of(scopes, collections, sources))
 
 
-def mint_token(settings: ApiSettings, subject: str, scopes: Iterable[str], ttl_s: float) -> str:
-    """An HS256 token for ``subject`` with ``scopes`` (a space-separated ``scope`` claim, as OAuth)."""
+def _words(raw: Any) -> list[str]:
+    """A claim given as a space-separated string or a list of strings."""
+    if isinstance(raw, str):
+        return raw.split()
+    return [str(item) for item in raw] if isinstance(raw, list) else []
+
+
+def mint_token(
+    settings: ApiSettings, subject: str, scopes: Iterable[str], ttl_s: float,
+    collections: Iterable[str] = (), sources: Iterable[str] = (),
+) -> str:
+    """An HS256 token for ``subject`` with ``scopes`` (a space-separated ``scope`` claim, as OAuth)
+    and its grants (``collections`` and ``sources`` claims, lists)."""
     if settings.jwt_secret is None:
         raise ConfigurationError("minting a token needs CITADEL_JWT_SECRET (tokens of a public key are minted by their issuer)")
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": subject, "scope": " ".join(parse_scopes(scopes)), "iat": now, "nbf": now, "exp": now + int(ttl_s)}
+    claims: dict[str, Any] = {
+        "sub": subject, "scope": " ".join(parse_scopes(scopes)), "iat": now, "nbf": now, "exp": now + int(ttl_s),
+        "collections": list(parse_collections(list(collections))), "sources": list(parse_sources(list(sources))),
+    }
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     if settings.jwt_audience:
@@ -151,99 +180,14 @@ def mint_token(settings: ApiSettings, subject: str, scopes: Iterable[str], ttl_s
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
 
 
-def parse_ttl(text: str) -> int:
+def parse_ttl(text: str, option: str = "--ttl") -> int:
     """``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` or plain seconds -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     text = text.strip().lower()
     number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
     if not number.isdigit() or int(number) < 1:
-        raise ConfigurationError(f"--ttl {text!r}: give a duration such as 900s, 15m, 1h or 7d")
+        raise ConfigurationError(f"{option} {text!r}: give a duration such as 900s, 15m, 1h or 90d")
     return int(number) * units[unit]
-
-
-class ApiKeys:
-    """API keys in the registry database: created, listed, revoked, and checked per request (a
-    checked key is trusted for ``cache_s`` seconds so a busy service does not read it per call)."""
-
-    def __init__(self, registry: Registry, cache_s: float = 5.0) -> None:
-        self.registry = registry
-        self.cache_s = cache_s
-        self._checked: dict[str, tuple[float, Identity]] = {}
-        self._touched: dict[str, float] = {}
-
-    async def create(self, name: str, scopes: Iterable[str]) -> ApiKeyCreated:
-        name = name.strip()
-        if not name or len(name) > 255:
-            raise ConfigurationError("give the key a name of 1 to 255 characters (--name), to tell keys apart")
-        if not re.fullmatch(KEY_NAME_PATTERN, name) or has_lone_surrogate(name):
-            raise ConfigurationError("a key name holds a control character (NUL, a newline, ...) or invalid Unicode: use printable text")
-        checked = parse_scopes(scopes)
-        key_id, key = new_key()
-        now = utcnow()
-        async with self.registry.engine.begin() as conn:
-            await conn.execute(
-                api_keys.insert().values(key_id=key_id, key_hash=hash_key(key), name=name, scopes=",".join(checked), created_at=now)
-            )
-        return ApiKeyCreated(key_id=key_id, name=name, scopes=checked, created_at=now, key=key)
-
-    async def list(self, include_revoked: bool = False) -> list[ApiKeyRecord]:
-        query = sa.select(api_keys).order_by(api_keys.c.created_at)
-        if not include_revoked:
-            query = query.where(api_keys.c.revoked_at.is_(None))
-        async with self.registry.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [_record(row._mapping) for row in rows]
-
-    async def revoke(self, key_id: str) -> ApiKeyRecord:
-        if not re.fullmatch(KEY_ID_PATTERN, key_id):  # no such key, and no look-up of what the registry cannot store
-            raise ConfigurationError(f"no API key {key_id!r}: key ids are 12 hex digits; `citadel apikey list` shows them")
-        async with self.registry.engine.begin() as conn:
-            row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id))).first()
-            if row is None:
-                raise ConfigurationError(f"no API key {key_id!r}; `citadel apikey list` shows the key ids")
-            if row.revoked_at is None:
-                await conn.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(revoked_at=utcnow()))
-            row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id))).one()
-        self._checked = {h: v for h, v in self._checked.items() if v[1].subject != f"key:{key_id}"}
-        return _record(row._mapping)
-
-    async def authenticate(self, key: str) -> Identity:
-        """The identity of ``key``, or :class:`AuthError` (unknown and revoked keys alike)."""
-        if not key.startswith(KEY_PREFIX) or len(key) > 128:
-            raise AuthError("unknown_key", "the API key is not valid")
-        digest = hash_key(key)
-        now = time.monotonic()
-        cached = self._checked.get(digest)
-        if cached and now - cached[0] < self.cache_s:
-            return cached[1]
-        async with self.registry.engine.connect() as conn:
-            row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == digest))).first()
-        if row is None:
-            raise AuthError("unknown_key", "the API key is not valid")
-        if row.revoked_at is not None:
-            self._checked.pop(digest, None)
-            raise AuthError("revoked_key", "the API key has been revoked")
-        identity = Identity(subject=f"key:{row.key_id}", scopes=frozenset(row.scopes.split(",")), kind="key")
-        self._checked[digest] = (now, identity)
-        if len(self._checked) > 10_000:
-            self._checked.clear()
-        await self._touch(row.key_id, now)
-        return identity
-
-    async def _touch(self, key_id: str, now: float) -> None:
-        """Record the last use at most once a minute per key: a write per request would cost more than the call."""
-        if now - self._touched.get(key_id, -1e9) < 60:
-            return
-        self._touched[key_id] = now
-        async with self.registry.engine.begin() as conn:
-            await conn.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(last_used_at=utcnow()))
-
-
-def _record(row: Any) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        key_id=row["key_id"], name=row["name"], scopes=row["scopes"].split(","), created_at=row["created_at"],
-        last_used_at=row["last_used_at"], revoked_at=row["revoked_at"],
-    )
 
 
 def expires_at(ttl_s: int) -> dt.datetime:

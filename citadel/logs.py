@@ -23,6 +23,7 @@ _providers: list[ContextProvider] = []
 _SECRETS = (
     (re.compile(r"\b(ctd_[A-Za-z0-9]+_)[A-Za-z0-9_-]+"), r"\1***"),  # an API key keeps its public id
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "eyJ***"),  # a JWT without its scheme
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),  # scheme://user:password@host
     (re.compile(r"(?i)\b((?:api[_-]?key|password|passwd|secret|token)\s*[=:]\s*[\"']?)[^\s\"',}]+"), r"\1***"),
 )

@@ -360,6 +360,11 @@ class ApiKeyRecord(Result):
     created_at: UTCDateTime
     last_used_at: UTCDateTime | None = None
     revoked_at: UTCDateTime | None = None
+    collections: list[str] = Field(default_factory=list, description="Collection names or patterns it reaches (none: no collection).")
+    sources: list[str] = Field(default_factory=list, description="Folders and s3:// prefixes its workflows may read, inside the service's.")
+    rate_limits: str = Field("", description="Its own rate limits, within the service's (empty: the service's).")
+    expires_at: UTCDateTime | None = Field(None, description="When it stops working (none: never).")
+    replaced_by: str | None = Field(None, description="The key a rotation issued in its place.")
 
 
 class ApiKeyCreated(ApiKeyRecord):
@@ -374,4 +379,19 @@ class TokenCreated(Result):
     token: str
     subject: str
     scopes: list[str]
+    collections: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
     expires_at: UTCDateTime
+
+
+class AuditEntry(Result):
+    """One line of the audit trail: who did or was refused what, when, from where. Never a secret."""
+
+    id: int
+    at: UTCDateTime
+    actor: str = Field(description="key:<id>, jwt:<subject>, cli:<user>, or anonymous.")
+    address: str = Field("", description="The caller's address (empty from the CLI).")
+    action: str = Field(description="What was asked, e.g. key.created, workflow.submitted, collection.switched.")
+    target: str = Field("", description="What it was asked of: a key id, a run id, a collection, a route.")
+    outcome: str = Field(description="ok or refused.")
+    detail: str = ""

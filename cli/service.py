@@ -12,8 +12,8 @@ from cli.common import JsonOption, fail, out, print_json, run, settings
 from cli.prefectenv import quiet_prefect
 
 if TYPE_CHECKING:
+    from citadel.apikeys import ApiKeys
     from citadel.apisettings import ApiSettings
-    from citadel.auth import ApiKeys
     from citadel.registry import Registry
 
 apikey_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys of the HTTP service.")
@@ -56,7 +56,7 @@ def serve_api(
 
 
 async def _keys() -> tuple[Registry, ApiKeys]:
-    from citadel.auth import ApiKeys
+    from citadel.apikeys import ApiKeys
     from citadel.registry import Registry
 
     registry = Registry(settings().registry_url)

@@ -10,7 +10,7 @@ from api.errors import ERROR_RESPONSES
 from api.schemas import CollectionEntry, CollectionList, SearchRequest, SearchResponse
 from api.security import require
 from api.state import State
-from citadel.indexing.bluegreen import versioned
+from citadel.collections import versioned
 from citadel.search import search_with
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require("search"))], responses={

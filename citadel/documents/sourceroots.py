@@ -57,6 +57,15 @@ class SourceRoots:
         """Whether ``path``, once resolved, lies inside one of the roots."""
         return inside(Path(os.path.realpath(path)), self.folders)
 
+    def narrowed_to(self, entries: Iterable[str]) -> SourceRoots:
+        """The folders and ``s3://`` prefixes of ``entries`` that lie inside these roots (a caller's
+        source grants inside the service's sandbox): folders resolved, prefixes under an allowed one."""
+        granted = SourceRoots.of(entries)
+        return SourceRoots(
+            tuple(folder for folder in granted.folders if inside(folder, self.folders)),
+            tuple(location for location in granted.buckets if self.holds_location(location)),
+        )
+
 
 def is_inline_name(name: str) -> bool:
     """Whether ``name`` names inline records rather than a path: it has no path separator (every

@@ -14,7 +14,6 @@ each version's documents under the version's own name.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 import weakref
@@ -23,7 +22,7 @@ from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
 
-from citadel.collections import check_collection_name
+from citadel.collections import SEPARATOR, check_collection_name, version_number
 from citadel.errors import ConfigurationError, VersionCheckFailed
 from citadel.models import CollectionVersion, CollectionVersions, RunSummary, SwitchReport
 from citadel.registry import Holder, RunLock, index_runs, lock_key, mark_crashed_runs
@@ -31,7 +30,6 @@ from citadel.resources import Resources
 from citadel.settings import secret
 from citadel.store import embedded_layout, server_layout
 
-SEPARATOR = "__v"
 log = logging.getLogger(__name__)
 
 
@@ -70,18 +68,6 @@ async def _refuse_if_running(resources: Resources, names: Sequence[str], doing: 
 def version_name(collection: str, number: int) -> str:
     """The name of version ``number`` of ``collection``."""
     return check_collection_name(f"{collection}{SEPARATOR}{number}")
-
-
-def version_number(collection: str, name: str) -> int | None:
-    """Which version of ``collection`` the collection ``name`` is, or None when it is none."""
-    match = re.fullmatch(re.escape(collection + SEPARATOR) + r"([1-9][0-9]*)", name)
-    return int(match.group(1)) if match else None
-
-
-def versioned(name: str) -> str | None:
-    """The blue-green collection ``name`` is a version of (``docs`` for ``docs__v3``), or None."""
-    base = name.rpartition(SEPARATOR)[0]
-    return base if base and version_number(base, name) is not None else None
 
 
 async def layout(resources: Resources) -> tuple[set[str], dict[str, str]]:

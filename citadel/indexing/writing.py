@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 import citadel.indexing.bluegreen as bluegreen
-from citadel.collections import check_collection_name
+from citadel.collections import check_collection_name, versioned
 from citadel.documents import shard_of
 from citadel.errors import EmbedderError
 from citadel.indexing.planning import BatchPlan, SeenDocuments
@@ -102,7 +102,7 @@ async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> 
 async def previous_version(resources: Resources, collection: str) -> str | None:
     """The collection a blue-green version replaces (what its alias serves, or the plain collection
     of its name), when it holds vectors of the same model; None for any other collection."""
-    base = bluegreen.versioned(collection)
+    base = versioned(collection)
     if base is None:
         return None
     previous = await bluegreen.serving(resources, base)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from citadel.registry.schema import (
         SCHEMA_VERSION,
         api_keys,
+        audit,
         chunks,
         collections,
         documents,
@@ -36,6 +37,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "StoredDocument",
     "api_keys",
+    "audit",
     "check_collection_model",
     "chunked",
     "chunks",
@@ -64,6 +66,7 @@ __getattr__ = lazy_exports(__name__, {
     "SCHEMA_VERSION": "schema",
     "StoredDocument": "documentrows",
     "api_keys": "schema",
+    "audit": "schema",
     "check_collection_model": "documentrows",
     "chunked": "documentrows",
     "chunks": "schema",

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import citadel.registry.runtotals as runtotals
 from citadel.errors import ConfigurationError
-from citadel.registry.schema import SCHEMA_VERSION, metadata, schema_version, upgrade
+from citadel.registry.schema import SCHEMA_VERSION, guard_audit, metadata, schema_version, upgrade
 from citadel.settings import masked_url
 
 
@@ -87,6 +87,7 @@ class RegistryBase:
             if self.dialect == "postgresql":
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(724113)"))
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(guard_audit)
             current = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
             if current is None:
                 await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=utcnow()))

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from citadel.models import RunCounts
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 metadata = sa.MetaData()
 
@@ -134,6 +134,26 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_used_at", sa.DateTime(timezone=True)),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    # What the key reaches: collection patterns and source grants, comma-separated (none: nothing).
+    sa.Column("collections", sa.Text, nullable=False, server_default=""),
+    sa.Column("sources", sa.Text, nullable=False, server_default=""),
+    sa.Column("rate_limits", sa.String(255), nullable=False, server_default=""),  # its own tier, within the service's
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("replaced_by", sa.String(32)),  # the key a rotation issued in its place
+)
+
+# Append-only: the code inserts and reads, the database refuses the rest (see registry.base).
+audit = sa.Table(
+    "citadel_audit",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("actor", sa.String(255), nullable=False),  # key:<id>, jwt:<sub>, cli:<user>, anonymous
+    sa.Column("address", sa.String(64), nullable=False, server_default=""),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("outcome", sa.String(32), nullable=False),  # ok | refused
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
 )
 
 # Columns each version added to tables that already existed: (table, column, SQL type and default).
@@ -157,6 +177,15 @@ MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
         ("citadel_index_runs", "points_deleted", "INTEGER NOT NULL DEFAULT 0"),
         ("citadel_run_totals", "points_deleted", "INTEGER NOT NULL DEFAULT 0"),
     ],
+    # Keys made before grants existed keep reaching every collection, so an upgrade locks no one
+    # out; every key made since names what it reaches. They reach no source until granted one.
+    9: [
+        ("citadel_api_keys", "collections", "TEXT NOT NULL DEFAULT '*'"),
+        ("citadel_api_keys", "sources", "TEXT NOT NULL DEFAULT ''"),
+        ("citadel_api_keys", "rate_limits", "VARCHAR(255) NOT NULL DEFAULT ''"),
+        ("citadel_api_keys", "expires_at", "TIMESTAMP WITH TIME ZONE"),
+        ("citadel_api_keys", "replaced_by", "VARCHAR(32)"),
+    ],
 }
 
 
@@ -171,3 +200,20 @@ def upgrade(conn: sa.Connection, found: int) -> list[int]:
                 inspector.clear_cache()
         applied.append(version)
     return applied
+
+
+def guard_audit(conn: sa.Connection) -> None:
+    """Make the audit table append-only in the database itself: SQLite refuses an update or a
+    delete; Postgres turns them into nothing through rules (dumped with the table, so a restore
+    keeps them, with no function the dump would lack)."""
+    if conn.dialect.name == "sqlite":
+        for event in ("UPDATE", "DELETE"):
+            conn.execute(sa.text(
+                f"CREATE TRIGGER IF NOT EXISTS citadel_audit_no_{event.lower()} BEFORE {event} ON citadel_audit "
+                "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
+            ))
+    elif conn.dialect.name == "postgresql":
+        for event in ("UPDATE", "DELETE"):
+            conn.execute(sa.text(
+                f"CREATE OR REPLACE RULE citadel_audit_no_{event.lower()} AS ON {event} TO citadel_audit DO INSTEAD NOTHING"
+            ))

@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from citadel.apikeys import ApiKeys
 from citadel.apisettings import ApiSettings
-from citadel.auth import ApiKeys, mint_token
+from citadel.auth import mint_token
 from citadel.registry import Registry
 from citadel.settings import Settings
 from citadel.testing.api_process import ApiProcess
@@ -41,8 +42,9 @@ class Api:
     def headers(self, key: str = "admin", **extra: str) -> dict[str, str]:
         return {"X-API-Key": self.keys[key], **extra}
 
-    def token(self, subject: str = "tester", scopes: list[str] | None = None, ttl_s: float = 600) -> str:
-        return mint_token(ApiSettings(jwt_secret=JWT_SECRET), subject, scopes or ["admin"], ttl_s)
+    def token(self, subject: str = "tester", scopes: list[str] | None = None, ttl_s: float = 600, collections: list[str] | None = None) -> str:
+        return mint_token(ApiSettings(jwt_secret=JWT_SECRET), subject, scopes or ["admin"], ttl_s,
+                          collections=["*"] if collections is None else collections)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
@@ -53,17 +55,21 @@ def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not (k.startswith("CITADEL_") and not k.startswith("CITADEL_TEST_"))}
     env.update({
         "CITADEL_DATA_DIR": str(data_dir), "CITADEL_JWT_SECRET": JWT_SECRET, "CITADEL_API_RATE_LIMITS": "2000/second",
-        "CITADEL_API_KEY_CACHE_S": "0", "PREFECT_LOGGING_LEVEL": "WARNING", **extra,
+        "PREFECT_LOGGING_LEVEL": "WARNING", **extra,
     })
     return env
 
 
-async def create_keys(settings: Settings) -> dict[str, str]:
+async def create_keys(settings: Settings, sources: Path) -> dict[str, str]:
+    """The test keys: every collection, and the API's whole source root (tenants are tests/api/hostile/test_tenants.py)."""
     registry = Registry(settings.registry_url)
     await registry.init()
     try:
         keys = ApiKeys(registry)
-        return {name: (await keys.create(f"test-{name}", scopes)).key for name, scopes in KEYS.items()}
+        return {
+            name: (await keys.create(f"test-{name}", scopes, collections="*", sources=[str(sources)])).key
+            for name, scopes in KEYS.items()
+        }
     finally:
         await registry.aclose()
 
@@ -74,7 +80,7 @@ def start_api(name: str, root: Path, prefect_api_url: str, **extra: str) -> Api:
     sources.mkdir(parents=True, exist_ok=True)
     env = base_env(data_dir, PREFECT_API_URL=prefect_api_url, CITADEL_API_SOURCE_ROOTS=str(sources), **extra)
     settings = Settings(data_dir=data_dir, redis_url=extra.get("CITADEL_REDIS_URL"), database_url=extra.get("CITADEL_DATABASE_URL"))
-    keys = asyncio.run(create_keys(settings))
+    keys = asyncio.run(create_keys(settings, sources))
     process = ApiProcess(env, root).start()
     return Api(name, process, settings, keys, env)
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from citadel.auth import ApiKeys
+from citadel.apikeys import ApiKeys
 from citadel.registry import Registry
 from citadel.testing.api_process import ApiProcess
 from tests.api.conftest import Api, base_env, start_api
@@ -53,7 +53,7 @@ async def _fresh_key(api: Api, scopes: list[str]) -> str:
     registry = Registry(api.settings.registry_url)
     await registry.init()
     try:
-        return (await ApiKeys(registry).create(f"t-{uuid.uuid4().hex[:6]}", scopes)).key
+        return (await ApiKeys(registry).create(f"t-{uuid.uuid4().hex[:6]}", scopes, collections="*")).key
     finally:
         await registry.aclose()
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from citadel.auth import ApiKeys
+from citadel.apikeys import ApiKeys
 from citadel.registry import Registry
 from tests.api.conftest import Api
 
@@ -17,7 +17,7 @@ async def create_key(api: Api, scopes: list[str]) -> str:
     registry = Registry(api.settings.registry_url)
     await registry.init()
     try:
-        return (await ApiKeys(registry).create("test-ui-metrics-only", scopes)).key
+        return (await ApiKeys(registry).create("test-ui-metrics-only", scopes, collections="*")).key
     finally:
         await registry.aclose()
 

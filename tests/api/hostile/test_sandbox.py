@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from citadel.auth import ApiKeys
+from citadel.apikeys import ApiKeys
 from citadel.registry import DocumentRecord, Registry
 from tests.api.conftest import Api, start_api
 from tests.api.test_endpoints import wait_final
@@ -158,7 +158,7 @@ def add_key(api: Api, name: str, scopes: list[str]) -> str:
         registry = Registry(api.settings.registry_url)
         await registry.init()
         try:
-            return (await ApiKeys(registry).create(name, scopes)).key
+            return (await ApiKeys(registry).create(name, scopes, collections="*", sources=[api.env["CITADEL_API_SOURCE_ROOTS"]])).key
         finally:
             await registry.aclose()
 
