@@ -60,14 +60,14 @@ def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def create_keys(settings: Settings, sources: Path) -> dict[str, str]:
+async def create_keys(settings: Settings, sources: Path | None = None) -> dict[str, str]:
     """The test keys: every collection, and the API's whole source root (tenants are tests/api/hostile/test_tenants.py)."""
     registry = Registry(settings.registry_url)
     await registry.init()
     try:
         keys = ApiKeys(registry)
         return {
-            name: (await keys.create(f"test-{name}", scopes, collections="*", sources=[str(sources)])).key
+            name: (await keys.create(f"test-{name}", scopes, collections="*", sources=[str(sources)] if sources else ())).key
             for name, scopes in KEYS.items()
         }
     finally:
