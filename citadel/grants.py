@@ -5,7 +5,8 @@ patterns are case-sensitive globs of ``*`` and ``?`` over the names Citadel allo
 digits, ``_ . -``), so no case or Unicode variant of a name matches a pattern that does not spell
 it. A blue-green version (``docs__v2``) belongs to its collection (``docs``): it is reached
 through its collection's grant, never through a pattern of its own. Source grants narrow the
-service's own sandbox (``CITADEL_API_SOURCE_ROOTS`` / ``_BUCKETS``), which stays the outer bound.
+service's own sandbox (``CITADEL_API_SOURCE_ROOTS`` / ``_BUCKETS``), which stays the outer bound
+(``*``: all of it).
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def parse_sources(value: str | Iterable[str] | None) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else [str(item) for item in value]
     sources = sorted({item.strip() for item in items if item.strip()})
     for source in sources:
-        if not is_s3_uri(source) and not os.path.isabs(source):
-            raise ConfigurationError(f"source grant {source!r}: give an absolute folder or an s3://bucket/prefix")
-    SourceRoots.of(sources)  # an s3:// entry without a bucket fails here, in one line
+        if source != EVERY and not is_s3_uri(source) and not os.path.isabs(source):
+            raise ConfigurationError(
+                f"source grant {source!r}: give an absolute folder, an s3://bucket/prefix, or '*' for all the service's"
+            )
+    SourceRoots.of(source for source in sources if source != EVERY)  # an s3:// entry without a bucket fails here
     return tuple(sources)
 
 
@@ -79,7 +82,7 @@ class Grants:
         A granted folder counts only where it lies inside one of the service's roots (both resolved,
         symlinks followed); a granted prefix only under one of the service's buckets and prefixes.
         """
-        return service if self.everything else service.narrowed_to(self.sources)
+        return service if self.everything or EVERY in self.sources else service.narrowed_to(self.sources)
 
     def describe(self) -> str:
         """The grants in a line, for the CLI and logs."""

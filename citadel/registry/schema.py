@@ -177,11 +177,11 @@ MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
         ("citadel_index_runs", "points_deleted", "INTEGER NOT NULL DEFAULT 0"),
         ("citadel_run_totals", "points_deleted", "INTEGER NOT NULL DEFAULT 0"),
     ],
-    # Keys made before grants existed keep reaching every collection, so an upgrade locks no one
-    # out; every key made since names what it reaches. They reach no source until granted one.
+    # Keys made before grants existed keep reaching every collection and every source the service
+    # allows, so an upgrade locks no one out; every key made since names what it reaches.
     9: [
         ("citadel_api_keys", "collections", "TEXT NOT NULL DEFAULT '*'"),
-        ("citadel_api_keys", "sources", "TEXT NOT NULL DEFAULT ''"),
+        ("citadel_api_keys", "sources", "TEXT NOT NULL DEFAULT '*'"),
         ("citadel_api_keys", "rate_limits", "VARCHAR(255) NOT NULL DEFAULT ''"),
         ("citadel_api_keys", "expires_at", "TIMESTAMP WITH TIME ZONE"),
         ("citadel_api_keys", "replaced_by", "VARCHAR(32)"),

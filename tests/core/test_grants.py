@@ -58,3 +58,9 @@ def test_source_grants_narrow_the_service_sandbox(tmp_path: Path) -> None:
     assert Grants().sandbox(roots).folders == () and Grants(everything=True).sandbox(roots) == roots
     with pytest.raises(ConfigurationError, match="absolute folder"):
         parse_sources(["relative/path"])
+
+
+def test_every_source_is_all_the_service_allows_and_no_more(tmp_path: Path) -> None:
+    roots = SourceRoots.of([str(tmp_path)])
+    assert Grants(sources=parse_sources("*")).sandbox(roots) == roots
+    assert Grants(sources=parse_sources("*")).sandbox(SourceRoots(())).folders == ()
