@@ -149,3 +149,57 @@ async def test_keys_are_stored_as_hashes_and_revocation_is_immediate(registry_ba
             await keys.create("  ", ["search"])
     finally:
         await registry.aclose()
+
+
+async def test_keys_expire_rotate_with_their_grants_and_every_change_is_audited(registry_backend: str) -> None:
+    import datetime as dt
+
+    from citadel.apikeys import Actor
+    from citadel.audit import AuditLog
+    from citadel.registry import audit, utcnow
+
+    registry = Registry(Settings().registry_url)
+    await registry.init()
+    try:
+        keys, trail = ApiKeys(registry), AuditLog(registry)
+        since = utcnow() - dt.timedelta(seconds=1)
+        ops = Actor("cli:ops", "10.0.0.9")
+        created = await keys.create("team-a", ["search"], collections="team-a-*", sources=["/srv/a"], rate_limits="2/second",
+                                    expires_in_s=3600, actor=ops)
+        identity = await keys.authenticate(created.key)
+        assert identity.reaches("team-a-docs") and not identity.reaches("team-b-docs")
+        assert identity.grants.sources == ("/srv/a",) and identity.rate_limits == "2/second"
+        assert created.expires_at is not None and created.expires_at > utcnow() + dt.timedelta(minutes=59)
+
+        later, old = await keys.rotate(created.key_id, 600, actor=ops)
+        assert (later.collections, later.sources, later.rate_limits) == (["team-a-*"], ["/srv/a"], "2/second")
+        assert later.expires_at is not None and later.expires_at > utcnow() + dt.timedelta(minutes=59)
+        assert old.replaced_by == later.key_id and old.expires_at is not None and old.expires_at <= utcnow() + dt.timedelta(seconds=601)
+        assert (await keys.authenticate(created.key)).subject == f"key:{created.key_id}"  # within its grace
+        with pytest.raises(ConfigurationError, match="already rotated"):
+            await keys.rotate(created.key_id, 0)
+        final, _ = await keys.rotate(later.key_id, 0, actor=ops)
+        with pytest.raises(AuthError) as caught:
+            await keys.authenticate(later.key)  # no grace: refused at once
+        assert caught.value.reason == "revoked_key"
+        short = await keys.create("short", ["search"], expires_in_s=1)
+        async with registry.engine.begin() as conn:  # its hour has come
+            await conn.execute(api_keys.update().where(api_keys.c.key_id == short.key_id).values(expires_at=utcnow()))
+        with pytest.raises(AuthError) as caught:
+            await keys.authenticate(short.key)
+        assert caught.value.reason == "expired_key"
+        assert not (await keys.authenticate(final.key)).grants.reaches("team-b-docs")
+
+        lines = [line for line in await trail.read(since=since) if line.actor == "cli:ops"]
+        assert [line.action for line in lines] == ["key.created", "key.created", "key.rotated", "key.created", "key.rotated"]
+        assert all(line.address == "10.0.0.9" for line in lines)
+        text = " ".join(line.model_dump_json() for line in await trail.read())
+        assert created.key not in text and later.key not in text and final.key not in text
+        async with registry.engine.begin() as conn:  # append-only on Postgres too: an update or delete changes nothing
+            await conn.execute(audit.update().values(outcome="forged"))
+            await conn.execute(audit.delete())
+        assert len(await trail.read()) >= len(lines) and all(line.outcome != "forged" for line in await trail.read())
+    except sa.exc.DatabaseError as exc:
+        assert registry_backend == "sqlite" and "append-only" in str(exc)
+    finally:
+        await registry.aclose()

@@ -431,3 +431,38 @@ async def test_a_registry_that_cannot_be_reached_is_a_configuration_error_withou
     await registry.aclose()
     assert "cannot open the registry database" in str(caught.value) and "Connect call failed" in str(caught.value)
     assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
+
+
+async def test_keys_made_before_grants_keep_what_they_reached_and_the_audit_trail_is_append_only(tmp_path: Path) -> None:
+    """Schema 9: an older registry's keys reach every collection and source (an upgrade locks no
+    one out); the audit table refuses updates and deletes."""
+    from citadel.apikeys import ApiKeys
+    from citadel.audit import AuditLog
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'v8.db'}"
+    first = Registry(url)
+    await first.init()
+    created = await ApiKeys(first).create("old", ["search"])
+    async with first.engine.begin() as conn:
+        for column in ("collections", "sources", "rate_limits", "expires_at", "replaced_by"):
+            await conn.execute(sa.text(f"ALTER TABLE citadel_api_keys DROP COLUMN {column}"))
+        await conn.execute(sa.text("DELETE FROM citadel_schema_version"))
+        await conn.execute(sa.text("INSERT INTO citadel_schema_version (version, applied_at) VALUES (8, CURRENT_TIMESTAMP)"))
+    await first.aclose()
+
+    upgraded = Registry(url)
+    await upgraded.init()
+    try:
+        identity = await ApiKeys(upgraded).authenticate(created.key)
+        assert identity.grants.every_collection and identity.grants.sources == ("*",)
+        trail = AuditLog(upgraded)
+        await trail.record("cli:ops", "key.created", target="key:x", detail="token=abc.def ctd_abcdef123456_SECRETPART")
+        (line,) = [entry for entry in await trail.read() if entry.target == "key:x"]
+        assert "SECRETPART" not in line.detail and "abc.def" not in line.detail
+        for statement in ("UPDATE citadel_audit SET outcome = 'ok'", "DELETE FROM citadel_audit"):
+            with pytest.raises(sa.exc.DatabaseError, match="append-only"):
+                async with upgraded.engine.begin() as conn:
+                    await conn.execute(sa.text(statement))
+        assert len(await trail.read()) >= 2  # the key's creation and the line above, still there
+    finally:
+        await upgraded.aclose()
