@@ -17,6 +17,7 @@ from rich.table import Table
 from citadel import progress
 from citadel.errors import ConfigurationError
 from citadel.models import RunCounts, StatusReport
+from cli.audit import audit
 from cli.backup import backup_app
 from cli.collections import collection_app
 from cli.common import (
@@ -52,6 +53,7 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(warm_app, name="warm")
 app.command("api")(serve_api)
 app.command("watch")(watch)
+app.command("audit")(audit)
 
 
 def _table(title: str, *columns: str) -> Table:
