@@ -119,14 +119,16 @@ def restore(
     force: bool = typer.Option(False, "--force", help="Replace what a non-empty target registry and store hold."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Restore a backup into the configured registry and vector store (empty ones, unless --force)."""
+    """Restore a backup into the configured registry and vector store (empty ones, unless --force);
+    the restored registry's audit trail gets a backup.restored line."""
+    from citadel.audit import cli_actor
     from citadel.ops import resolve_backup, restore_backup
 
     config = settings()
     where = resolve_backup(path, config)
     if not where.exists():
         fail(f"{path} does not exist: give a backup folder, or a name from `citadel backup list`")
-    result = run(lambda: restore_backup(config, where, force=force, on_step=_step(as_json)))
+    result = run(lambda: restore_backup(config, where, force=force, on_step=_step(as_json), actor=cli_actor()))
     if as_json:
         print_json(result)
         return

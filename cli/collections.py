@@ -70,19 +70,23 @@ def switch_version(
     force: bool = typer.Option(False, "--force", help="Switch even when the version fails its check."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Point COLLECTION at VERSION in one atomic step, after checking it."""
+    """Point COLLECTION at VERSION in one atomic step, after checking it (written to `citadel audit`)."""
+    from citadel.audit import cli_actor
     from citadel.indexing.bluegreen import switch
 
-    report: SwitchReport = _with_resources(lambda r: switch(r, collection, version, check=not force), lock=collection)
+    actor = cli_actor()
+    report: SwitchReport = _with_resources(lambda r: switch(r, collection, version, check=not force, actor=actor), lock=collection)
     print_json(report) if as_json else out.print(_said(report), highlight=False)
 
 
 @collection_app.command("rollback")
 def rollback_version(collection: str = NameArgument, as_json: bool = JsonOption) -> None:
-    """Point COLLECTION back at the version before the live one."""
+    """Point COLLECTION back at the version before the live one (written to `citadel audit`)."""
+    from citadel.audit import cli_actor
     from citadel.indexing.bluegreen import rollback
 
-    report: SwitchReport = _with_resources(lambda r: rollback(r, collection), lock=collection)
+    actor = cli_actor()
+    report: SwitchReport = _with_resources(lambda r: rollback(r, collection, actor=actor), lock=collection)
     print_json(report) if as_json else out.print(_said(report), highlight=False)
 
 

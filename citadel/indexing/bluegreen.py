@@ -9,6 +9,10 @@ chunks finds it), one alias operation, atomic in Qdrant, makes it live. Older ve
 Searches need nothing of this module: Qdrant resolves the alias. Writes do: an incremental run
 of ``<name>`` indexes into its live version (:func:`live_collection`), and the registry keeps
 each version's documents under the version's own name.
+
+Every switch and rollback leaves a line in the audit trail (``collection.switched``,
+``collection.rolled_back``; a version refused by its check too), naming who asked: ``cli:<user>``
+from the command line, a caller's own name (such as ``flow-run:<id>``), or :data:`SYSTEM_ACTOR`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
 
+from citadel.audit import AuditLog
 from citadel.collections import SEPARATOR, check_collection_name, version_number
 from citadel.errors import ConfigurationError, VersionCheckFailed
 from citadel.models import CollectionVersion, CollectionVersions, RunSummary, SwitchReport
@@ -31,6 +36,8 @@ from citadel.settings import secret
 from citadel.store import embedded_layout, server_layout
 
 log = logging.getLogger(__name__)
+SYSTEM_ACTOR = "citadel"
+"""The audit trail's actor of a switch no person or run is named for."""
 
 
 @asynccontextmanager
@@ -148,14 +155,39 @@ async def check_version(resources: Resources, name: str) -> tuple[int, int, bool
     return points, chunks, found
 
 
-async def switch(resources: Resources, collection: str, target: str, *, check: bool = True) -> SwitchReport:
+async def _audit(resources: Resources, actor: str, action: str, collection: str, detail: str, outcome: str = "ok") -> None:
+    trail = AuditLog(await resources.registry())
+    await trail.record(actor, action, target=f"collection:{collection}", outcome=outcome, detail=detail)
+
+
+def _moved(report: SwitchReport, check: bool) -> str:
+    """What a switch did, for its audit line."""
+    before = report.previous or ("the plain collection" if report.replaced_plain else "nothing")
+    checked = "" if check else "; check skipped"
+    return f"{before} -> {report.live}; {report.points} points, {report.chunks} chunks{checked}"
+
+
+async def switch(
+    resources: Resources, collection: str, target: str, *, check: bool = True, actor: str = SYSTEM_ACTOR
+) -> SwitchReport:
     """Make ``target`` (a version of ``collection``) live; with ``check``, only when it passes its check.
-    Callers hold :func:`locked`, as do :func:`rollback` and :func:`prune`.
+    Callers hold :func:`locked`, as do :func:`rollback` and :func:`prune`. The switch, or the
+    check's refusal, is written to the audit trail as ``actor``'s.
 
     The first switch of a collection that was indexed without blue-green replaces that plain
     collection: its name must become the alias. Its vectors and registry rows are deleted, and a
     search in the moment between the delete and the alias finds no collection.
     """
+    try:
+        report = await _switch(resources, collection, target, check=check)
+    except VersionCheckFailed as exc:
+        await _audit(resources, actor, "collection.switched", collection, str(exc), outcome="refused")
+        raise
+    await _audit(resources, actor, "collection.switched", collection, _moved(report, check))
+    return report
+
+
+async def _switch(resources: Resources, collection: str, target: str, *, check: bool) -> SwitchReport:
     if version_number(collection, target) is None:
         raise ConfigurationError(f"{target!r} is not a version of {collection!r} (versions are named {collection}{SEPARATOR}<n>)")
     collections, aliases = await layout(resources)
@@ -190,8 +222,9 @@ async def switch(resources: Resources, collection: str, target: str, *, check: b
     )
 
 
-async def rollback(resources: Resources, collection: str) -> SwitchReport:
-    """Make the newest version older than the live one live again (its check is skipped: it served before)."""
+async def rollback(resources: Resources, collection: str, *, actor: str = SYSTEM_ACTOR) -> SwitchReport:
+    """Make the newest version older than the live one live again (its check is skipped: it served
+    before); written to the audit trail as ``actor``'s."""
     current = await versions(resources, collection)
     if current.live is None:
         raise ConfigurationError(
@@ -205,7 +238,9 @@ async def rollback(resources: Resources, collection: str) -> SwitchReport:
     older = [v for v in current.versions if v.number < live_number]
     if not older:
         raise ConfigurationError(f"{current.live!r} is the oldest version of {collection!r} left: there is nothing to roll back to")
-    return await switch(resources, collection, older[-1].name, check=False)
+    report = await _switch(resources, collection, older[-1].name, check=False)
+    await _audit(resources, actor, "collection.rolled_back", collection, _moved(report, check=True))
+    return report
 
 
 async def prune(resources: Resources, collection: str, keep: int = 1) -> list[str]:

@@ -1,11 +1,14 @@
 """The backup drill: index, back up, destroy, restore; then the counts and the top hits match
-exactly and indexing again embeds nothing. On the embedded defaults and on a real Postgres."""
+exactly, indexing again embeds nothing, and the audit trail holds its lines from before the
+backup, then the restore's own, and still refuses changes. On the embedded defaults and on a real Postgres."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +66,37 @@ def _state(collection: str) -> tuple[dict[str, int], dict[str, list[tuple[str, f
     return counts, hits
 
 
+def _trail() -> list[dict[str, Any]]:
+    listed = invoke("audit", "--json")
+    assert listed.exit_code == 0, listed.output
+    lines: list[dict[str, Any]] = json.loads(listed.stdout)
+    return lines
+
+
+def _restored_trail(before: list[dict[str, Any]], backup: str, replaced: bool) -> None:
+    """The trail after a restore: the backup's lines as they were, then the restore's own line."""
+    after = _trail()
+    assert after[:-1] == before
+    last = after[-1]
+    assert (last["actor"], last["action"], last["target"], last["outcome"]) == (
+        f"cli:{getpass.getuser()}", "backup.restored", f"backup:{backup}", "ok")
+    assert ("replaced what the target held" if replaced else "into an empty target") in last["detail"]
+
+
+def _try_to_rewrite_the_trail(registry: dict[str, str], data_dir: Path) -> None:
+    """An UPDATE and a DELETE on the restored trail: refused on SQLite, nothing on Postgres."""
+    if registry["kind"] == "postgres":
+        url = Settings().registry_url
+        asyncio.run(admin_execute("UPDATE citadel_audit SET actor = 'someone else'", url))
+        asyncio.run(admin_execute("DELETE FROM citadel_audit", url))
+        return
+    with sqlite3.connect(data_dir / "registry.db") as conn:
+        for statement in ("UPDATE citadel_audit SET actor = 'someone else'", "DELETE FROM citadel_audit"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                conn.execute(statement)
+    conn.close()
+
+
 def test_the_drill(registry: dict[str, str], data_dir: Path, tmp_path: Path, collection_name: str) -> None:
     corpus = tmp_path / "corpus"
     write_corpus(corpus, files=8, paragraphs=4)
@@ -74,6 +108,11 @@ def test_the_drill(registry: dict[str, str], data_dir: Path, tmp_path: Path, col
     close_local_clients()
     counts, hits = _state(collection_name)
     assert counts["documents"] == 8 and counts["chunks"] == counts["vectors"] > 8 and all(len(h) == 5 for h in hits.values())
+
+    key = invoke("apikey", "create", "--name", "before the backup", "--scopes", "search", "--json")
+    assert key.exit_code == 0, key.output
+    trail = _trail()
+    assert [line["action"] for line in trail] == ["key.created"]
 
     backups = tmp_path / "backups"
     made = invoke("backup", "create", "--to", backups, "--json")
@@ -97,6 +136,10 @@ def test_the_drill(registry: dict[str, str], data_dir: Path, tmp_path: Path, col
     restored = invoke("backup", "restore", path, "--json")
     assert restored.exit_code == 0, restored.output
     assert json.loads(restored.stdout)["replaced"] is False
+    _restored_trail(trail, path.name, replaced=False)
+    restored_trail = _trail()
+    _try_to_rewrite_the_trail(registry, data_dir)
+    assert _trail() == restored_trail
     after_counts, after_hits = _state(collection_name)
     assert after_counts == counts
     for query in QUERIES:
@@ -111,6 +154,7 @@ def test_the_drill(registry: dict[str, str], data_dir: Path, tmp_path: Path, col
     forced = invoke("backup", "restore", path, "--force", "--json")
     assert forced.exit_code == 0, forced.output
     assert json.loads(forced.stdout)["replaced"] is True
+    _restored_trail(trail, path.name, replaced=True)  # the first restore's line went with the registry it was in
 
     # A second backup the same day, kept alone by --keep-daily 1; the first is pruned.
     second = invoke("backup", "create", "--to", backups, "--keep-daily", "1", "--keep-weekly", "0", "--json")

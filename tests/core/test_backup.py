@@ -1,4 +1,5 @@
-"""Backups without Prefect: checksums that catch a flipped byte, refusals, aliases, retention."""
+"""Backups without Prefect: checksums that catch a flipped byte, refusals, aliases, retention, and
+the audit trail a restore brings back and appends to."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from citadel.audit import AuditLog
 from citadel.errors import ConfigurationError
+from citadel.models import AuditEntry
 from citadel.ops import BackupError, Manifest, backup, create_backup, list_backups, prune_backups, restore_backup, retained, verify_backup
-from citadel.registry import SCHEMA_VERSION
+from citadel.registry import SCHEMA_VERSION, Registry
 from citadel.settings import Settings
 from citadel.store import close_local_clients, local_client
 from citadel.testing.corpus import index_with_own_backends, write_corpus
@@ -58,6 +61,33 @@ async def test_restore_refuses_a_non_empty_target_and_force_replaces_it(data_dir
     close_local_clients()
     restored = await restore_backup(settings, path, force=True)
     assert restored.replaced and restored.collections == manifest.collections
+
+
+async def _trail(settings: Settings, write: str | None = None) -> list[AuditEntry]:
+    """The registry's audit trail, after appending a line of ``write``'s action if given."""
+    registry = Registry(settings.registry_url)
+    await registry.init()
+    try:
+        if write is not None:
+            await AuditLog(registry).record("cli:tester", write, target="key:0123456789ab")
+        return await AuditLog(registry).read()
+    finally:
+        await registry.aclose()
+
+
+async def test_a_restore_keeps_the_backups_trail_and_appends_its_own_line(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
+    Settings().data_dir.mkdir(parents=True, exist_ok=True)
+    before = await _trail(Settings(), write="key.created")
+    settings, path = await _indexed_backup(tmp_path, collection_name)
+    await _trail(settings, write="key.revoked")  # after the backup: the restore takes the registry back to before it
+
+    close_local_clients()
+    await restore_backup(settings, path, force=True, actor="ops:restorer")
+    *kept, restored = await _trail(settings)
+    assert kept == before and [line.action for line in kept] == ["key.created"]
+    assert (restored.actor, restored.action, restored.target, restored.outcome) == (
+        "ops:restorer", "backup.restored", f"backup:{path.name}", "ok")
+    assert restored.detail == f"from {path}; sqlite registry, embedded vectors; replaced what the target held"
 
 
 async def test_collections_and_aliases_of_the_embedded_store_come_back(data_dir: Path, tmp_path: Path, collection_name: str) -> None:

@@ -1,6 +1,7 @@
 """Restoring a verified backup into the configured registry and vector store: refused into a
 different kind of backend, a non-empty target (unless forced), a store another process holds, or
-while a run writes to it; checked afterwards against the backup's counts."""
+while a run writes to it; checked afterwards against the backup's counts, and written to the
+audit trail of the restored registry (so the line outlives the restore it tells of)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from citadel.audit import AuditLog
 from citadel.errors import ConfigurationError
 from citadel.ops.backup.embedded import embedded_points, restore_embedded
 from citadel.ops.backup.manifest import (
@@ -114,12 +116,16 @@ async def _replaces(settings: Settings, embedded: bool, force: bool) -> bool:
     return replaced
 
 
-async def restore_backup(settings: Settings, path: Path, *, force: bool = False, on_step: Step | None = None) -> RestoreResult:
+async def restore_backup(
+    settings: Settings, path: Path, *, force: bool = False, on_step: Step | None = None, actor: str = "citadel"
+) -> RestoreResult:
     """Restore a verified backup into the configured registry and vector store.
 
     The target must be empty (no documents, no points) unless ``force``; never while a run writes
     to it or another process holds the embedded store. An older registry schema is brought up to
-    date by the usual upgrade; a newer one than this Citadel knows is refused.
+    date by the usual upgrade; a newer one than this Citadel knows is refused. ``actor`` restored
+    it, says the ``backup.restored`` line appended to the restored registry's audit trail: the
+    trail holds every line written before the backup, then this one.
     """
     started = time.perf_counter()
     say(on_step, "verifying the backup")
@@ -140,6 +146,7 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False,
     expected = {c.name: c for c in manifest.collections}
     restored = await _restored_counts(settings, embedded, set(expected))
     problems = count_problems("restored", expected, restored, ("documents", "chunks", "points"))
+    await _audit_restore(settings, actor, manifest, path, replaced, problems)
     if problems:
         raise BackupError("the restore finished but does not match the backup: " + "; ".join(problems))
     return RestoreResult(
@@ -162,3 +169,19 @@ async def _restored_counts(settings: Settings, embedded: bool, restored: set[str
     for name, count in points.items():
         counts.setdefault(name, CollectionCounts(name=name)).points = count
     return counts
+
+
+async def _audit_restore(settings: Settings, actor: str, manifest: Manifest, path: Path, replaced: bool, problems: list[str]) -> None:
+    """Append ``backup.restored`` to the restored registry (after its schema upgrade, which adds the
+    trail to a backup older than it): ok, or failed with what does not match."""
+    detail = (f"from {path}; {manifest.registry.kind} registry, {manifest.vectors.kind} vectors; "
+              f"{'replaced what the target held' if replaced else 'into an empty target'}")
+    if problems:
+        detail += "; does not match the backup: " + "; ".join(problems)
+    registry = Registry(settings.registry_url)
+    try:
+        await registry.init()
+        await AuditLog(registry).record(actor, "backup.restored", target=f"backup:{manifest.name}",
+                                        outcome="failed" if problems else "ok", detail=detail)
+    finally:
+        await registry.aclose()
