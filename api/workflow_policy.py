@@ -1,11 +1,14 @@
 """What a workflow submitted over HTTP may name: it runs on the server, with the server's access.
 
-Paths stay inside the configured source roots, embedders are only the configured ones (never a
-URL or a key from the request), deployments only those on the allowlist and only for admins, and
-every value that reaches one of these is given literally, not computed by another step.
+Paths stay inside the caller's source grants within the configured source roots, collections
+inside the caller's collection grants, embedders are only the configured ones (never a URL or a
+key from the request), deployments only those on the allowlist and only for admins, and every
+value that reaches one of these is given literally, not computed by another step (a caller that
+reaches every collection may compute a collection).
 
 These refusals answer early, with every problem's location; the run itself enforces the roots
-where files are listed and opened (the API passes them to it), so nothing here is the only guard.
+where files are listed and opened, and the collections where a step resolves its own (the API
+passes both to it), so nothing here is the only guard. Which runs a caller may see is here too.
 """
 
 from __future__ import annotations
@@ -16,20 +19,39 @@ from typing import Any
 
 from citadel.apisettings import ApiSettings
 from citadel.auth import Identity
-from citadel.documents import SourceRoots, is_s3_uri, parse_s3_uri, source_name_problem
+from citadel.collections import check_collection_name
+from citadel.documents import SourceRoots, is_inline_name, is_s3_uri, parse_s3_uri
 from citadel.errors import ConfigurationError
 from citadel.settings import Settings
-from citadel.workflows import SANDBOX_PARAMETERS, format_location
+from citadel.workflows import COLLECTION_STEPS, SANDBOX_PARAMETERS, format_location, named_collections
 
 _REFERENCE = "${"
 _LITERAL = "must be given literally, not as a reference"
+_OUTSIDE = "outside the folders this key may index (its source grants, inside CITADEL_API_SOURCE_ROOTS)"
+
+
+def caller_sandbox(identity: Identity, api: ApiSettings) -> SourceRoots:
+    """The folders and buckets the caller's runs may read: its source grants inside the service's
+    own sandbox (an admin: the service's)."""
+    service = SourceRoots.of(api.sandbox)
+    return service if identity.allows("admin") else identity.grants.sandbox(service)
+
+
+def sandbox_entries(roots: SourceRoots) -> list[str]:
+    """``roots`` as a run's ``source_roots`` names them: resolved folders and ``s3://`` prefixes."""
+    return [str(folder) for folder in roots.folders] + [location.uri for location in roots.buckets]
+
+
+def collection_grants(identity: Identity) -> list[str] | None:
+    """The collection patterns a caller's run is bound to; None for one that reaches every collection."""
+    return None if identity.reaches_every_collection else list(identity.grants.collections)
 
 
 def _path_problem(source: str, roots: SourceRoots) -> str | None:
     if is_s3_uri(source):
         return _bucket_problem(source, roots)
     if not roots.folders:
-        return "indexing a path over HTTP is off; send inline records, or have an operator set CITADEL_API_SOURCE_ROOTS"
+        return "indexing a path over HTTP is off for this key; send inline records, or have an operator grant it a folder"
     pattern = glob.has_magic(source)
     if pattern and ".." in Path(source).parts:
         return "a glob may not contain '..'"
@@ -39,20 +61,60 @@ def _path_problem(source: str, roots: SourceRoots) -> str | None:
         index = next(i for i, part in enumerate(fixed) if glob.has_magic(part))
         base = Path(*fixed[:index]) if index else Path(".")
     if not roots.holds(base.expanduser()):  # symlinks and '..' followed
-        return f"{source!r} is outside the folders this service may index (CITADEL_API_SOURCE_ROOTS)"
+        return f"{source!r} is {_OUTSIDE}"
     return None
 
 
 def _bucket_problem(source: str, roots: SourceRoots) -> str | None:
     if not roots.buckets:
-        return "indexing object storage over HTTP is off; have an operator list buckets in CITADEL_API_SOURCE_BUCKETS"
+        return ("indexing object storage over HTTP is off for this key; have an operator list buckets in "
+                "CITADEL_API_SOURCE_BUCKETS and grant it one")
     try:
         location = parse_s3_uri(source)
     except ConfigurationError as exc:
         return str(exc)
     if not roots.holds_location(location):
-        return f"{source!r} is not under a bucket and prefix this service may index (CITADEL_API_SOURCE_BUCKETS)"
+        return f"{source!r} is not under a bucket and prefix this key may index (its source grants, inside CITADEL_API_SOURCE_BUCKETS)"
     return None
+
+
+def _source_name_problem(name: str, roots: SourceRoots) -> str | None:
+    """Why a run may not file inline records under ``name``: a path (it names, and prunes, a file
+    source) must be absolute and inside the caller's folders; a name without '/' is inline."""
+    if is_inline_name(name) or (Path(name).is_absolute() and roots.holds(name)):
+        return None
+    return (f"source_name {name!r} is a path {_OUTSIDE}; name inline records without '/' (e.g. 'crm'), "
+            "or give an absolute path inside one of those folders")
+
+
+def _collection_problems(
+    params: dict[str, Any], kind: Any, identity: Identity, settings: Settings, where: tuple[str | int, ...]
+) -> list[tuple[str, str]]:
+    problem = _collection_problem(params, kind, identity, settings)
+    return [(format_location(*where, "collection"), problem)] if problem else []
+
+
+def _collection_problem(params: dict[str, Any], kind: Any, identity: Identity, settings: Settings) -> str | None:
+    """Why a step may not use the collection it names (or, for ``index`` and ``search``, the
+    default one): said without telling whether that collection exists."""
+    if kind not in COLLECTION_STEPS and "collection" not in params:
+        return None
+    collection = params.get("collection")
+    default = collection is None or collection == ""
+    if default:
+        collection = settings.collection
+    if not isinstance(collection, str):
+        return None  # the schema check reports it
+    if _REFERENCE in collection:
+        return None if identity.reaches_every_collection else f"{_LITERAL} (this key reaches only some collections)"
+    try:
+        check_collection_name(collection)
+    except ConfigurationError as exc:
+        return str(exc)
+    if identity.reaches(collection):
+        return None
+    which = f"the service's default collection {collection!r} (no collection given)" if default else f"collection {collection!r}"
+    return f"{which} is outside the collections this key may reach"
 
 
 def _embedder_problems(embedder: Any, settings: Settings, models: list[str], where: tuple[str | int, ...]) -> list[tuple[str, str]]:
@@ -86,7 +148,7 @@ def _source_problems(params: dict[str, Any], roots: SourceRoots, where: tuple[st
             found.append((format_location(*where, "source"), problem))
     name = params.get("source_name")
     if isinstance(name, str):  # the source whose documents a prune deletes: its own, never another's
-        problem = _LITERAL if _REFERENCE in name else source_name_problem(name, roots)
+        problem = _LITERAL if _REFERENCE in name else _source_name_problem(name, roots)
         if problem:
             found.append((format_location(*where, "source_name"), problem))
     return found
@@ -107,7 +169,9 @@ def _flow_problems(
         (format_location(*where, name), "set by the service from its own configuration and the caller, never by a request; remove it")
         for name in SANDBOX_PARAMETERS if name in inner
     ]
-    found += _source_problems(inner, SourceRoots.of(api.sandbox), where)
+    found += _source_problems(inner, caller_sandbox(identity, api), where)
+    if "collection" in inner:  # a deployment's own collection (its default) is the admin's to start
+        found += _collection_problems(inner, None, identity, settings, where)
     workflow = inner.get("workflow")
     if isinstance(workflow, dict):
         found += _refusals(workflow, identity, api, settings, models, (*where, "workflow"))
@@ -120,7 +184,7 @@ def _refusals(
     workflow: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str], at: tuple[str | int, ...]
 ) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
-    roots = SourceRoots.of(api.sandbox)
+    roots = caller_sandbox(identity, api)
     steps = workflow.get("steps")
     if not isinstance(steps, list):
         return []  # the schema check reports it
@@ -139,17 +203,28 @@ def _refusals(
         model = params.get("model")
         if isinstance(model, str) and (model not in models or _REFERENCE in model):
             found.append((format_location(*where, "model"), f"model {model!r} is not served here; served: {', '.join(models)}"))
+        if kind == "flow":
+            found += _flow_step_problems(params, identity, api, settings, models, (*at, "steps", index))
+            continue
+        found += _collection_problems(params, kind, identity, settings, where)
         if kind == "index":
             found += _source_problems(params, roots, where)
-        elif kind == "flow":
-            deployment = params.get("deployment")
-            if not identity.allows("admin"):
-                found.append((format_location(*at, "steps", index, "type"), "a 'flow' step starts a deployment: it needs the admin scope"))
-            if not isinstance(deployment, str) or deployment not in api.api_deployments:
-                allowed = ", ".join(api.api_deployments) or "none"
-                found.append((format_location(*where, "deployment"), f"not on the allowlist (CITADEL_API_DEPLOYMENTS: {allowed})"))
-            found += _flow_problems(params, identity, api, settings, models, where)
     return found
+
+
+def _flow_step_problems(
+    params: dict[str, Any], identity: Identity, api: ApiSettings, settings: Settings, models: list[str], at: tuple[str | int, ...]
+) -> list[tuple[str, str]]:
+    """What a ``flow`` step at ``at`` may not do: start a deployment without the admin scope, or one off the allowlist."""
+    found = []
+    where = (*at, "parameters")
+    deployment = params.get("deployment")
+    if not identity.allows("admin"):
+        found.append((format_location(*at, "type"), "a 'flow' step starts a deployment: it needs the admin scope"))
+    if not isinstance(deployment, str) or deployment not in api.api_deployments:
+        allowed = ", ".join(api.api_deployments) or "none"
+        found.append((format_location(*where, "deployment"), f"not on the allowlist (CITADEL_API_DEPLOYMENTS: {allowed})"))
+    return found + _flow_problems(params, identity, api, settings, models, where)
 
 
 def workflow_refusals(
@@ -159,3 +234,20 @@ def workflow_refusals(
     step's parameters are the deployment's, checked as an ``index`` step's are (and a workflow it
     passes to run-workflow as this one)."""
     return [{"location": location, "message": message} for location, message in _refusals(workflow, identity, api, settings, models, ())]
+
+
+def may_see(identity: Identity, owners: frozenset[str], workflow: Any, default_collection: str) -> bool:
+    """Whether a caller may see (and cancel) a run: an admin every run; anyone the runs it
+    submitted (``owners``), and a run whose ``workflow`` names at least one collection when it
+    reaches every one of them (a collection not known before the run: when it reaches every one)."""
+    if identity.allows("admin") or identity.subject in owners:
+        return True
+    named = named_collections(workflow, default_collection)
+    if named.unknown:
+        return identity.reaches_every_collection
+    return bool(named.names) and all(identity.reaches(name) for name in named.names)
+
+
+def workflow_collections(workflow: dict[str, Any], settings: Settings) -> str:
+    """The collections a submitted workflow names, in a line for the audit trail."""
+    return named_collections(workflow, settings.collection).describe()

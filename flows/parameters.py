@@ -147,6 +147,11 @@ Workflow = Annotated[
 ]
 Context = Annotated[dict[str, Any] | None, read_unset({}), OBJECT, form("Context", {"collection": "documents"}, unset={})]
 InlineOwner = Annotated[str | None, read_unset(""), STRING, form("Owner of inline records (set by the service)", unset="")]
+CollectionGrants = Annotated[
+    list[str] | None, read_unset(""),
+    plain({"anyOf": [{**STRINGS_SCHEMA, "title": "Only these"}, {"type": "string", "maxLength": 0, "title": "Every collection"}]}),
+    form("Collections the caller may reach (set by the service)", ["team-a-*"], unset=""),
+]
 
 Texts = Annotated[list[str], form("Texts", ["first text", "second text"])]
 ShardedSource = Annotated[str, form("Source", "/srv/corpus", "s3://reports/2026/")]

@@ -38,7 +38,7 @@ from citadel.workflows import (
 )
 from flows.cancellation import run_unless_cancelled
 from flows.index_corpus import index_corpus
-from flows.parameters import Context, Folders, InlineOwner, Workflow
+from flows.parameters import CollectionGrants, Context, Folders, InlineOwner, Workflow
 from tasks.passing import as_is
 from tasks.reporting import report_workflow, run_tags, tag_flow_run
 from tasks.run_names import flow_run_namer
@@ -63,12 +63,16 @@ async def run_index_subflow(params: IndexParams, ctx: StepContext, source_roots:
     )
 
 
-def workflow_steps(source_roots: list[str] | None = None, inline_owner: str | None = None) -> StepRegistry:
+def workflow_steps(
+    source_roots: list[str] | None = None, inline_owner: str | None = None, collection_grants: list[str] | None = None
+) -> StepRegistry:
     """The step types a run uses: the core's (with the step modules loaded), the orchestration
-    layer's ``flow``, and ``index`` as a sub-run of index-corpus. A sandboxed run (``source_roots``)
-    binds its bounds into them, where no step parameter reaches them: ``index`` reads inside the
-    roots and files inline records under ``inline_owner``'s names, ``flow`` passes both on."""
-    sandbox = Sandbox.of(source_roots, inline_owner)
+    layer's ``flow``, and ``index`` as a sub-run of index-corpus. A sandboxed run (``source_roots``,
+    ``collection_grants``) binds its bounds into them, where no step parameter reaches them:
+    ``index`` reads inside the roots and files inline records under ``inline_owner``'s names, every
+    step that takes a collection fails before it touches the store when the one it resolved is not
+    granted, and ``flow`` passes the bounds on."""
+    sandbox = Sandbox.of(source_roots, inline_owner, collection_grants)
 
     async def run_index(params: IndexParams, ctx: StepContext) -> dict[str, Any]:
         if sandbox is not None:
@@ -80,7 +84,7 @@ def workflow_steps(source_roots: list[str] | None = None, inline_owner: str | No
         "index", run_index, params=IndexParams, outputs=INDEX_OUTPUTS, replace=True,
         description="Index documents into a collection, incrementally, as a sub-run of index-corpus.",
     )
-    return registry
+    return sandbox.bind(registry) if sandbox is not None else registry
 
 
 def _data(workflow: dict[str, Any] | str) -> Any:
@@ -96,6 +100,7 @@ async def run_workflow(
     context: Context = None,
     source_roots: Folders = None,
     inline_owner: InlineOwner = None,
+    collection_grants: CollectionGrants = None,
 ) -> dict[str, Any]:
     """Validate a workflow and run it; returns every step's state, time and output (or error), as
     JSON. A run started in a process with a cancel request (:mod:`flows.cancellation`) ends
@@ -110,8 +115,11 @@ async def run_workflow(
             service, never by a workflow.
         inline_owner: The caller whose names inline records go under (see docs/design.md). Set by
             the service, never by a workflow.
+        collection_grants: The collections (names and globs) the caller of a run started over HTTP
+            may reach: a step whose collection, once its references are resolved, is not among
+            them fails before it reads or writes anything. Set by the service, never by a workflow.
     """
-    return await run_unless_cancelled(_run_workflow(workflow, context, source_roots, inline_owner))
+    return await run_unless_cancelled(_run_workflow(workflow, context, source_roots, inline_owner, collection_grants))
 
 
 async def _run_workflow(
@@ -119,11 +127,13 @@ async def _run_workflow(
     context: dict[str, Any] | None,
     source_roots: list[str] | None,
     inline_owner: str | None,
+    collection_grants: list[str] | None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     settings = await run_settings()
     load_step_modules(settings.step_modules)
-    registry = workflow_steps(source_roots, inline_owner)
+    registry = workflow_steps(source_roots, inline_owner, collection_grants)
+    sandbox = Sandbox.of(source_roots, inline_owner, collection_grants)  # the steps' cache keys honour it too
     definition = check_workflow(_data(workflow), registry, context=context)  # an invalid workflow never starts
     await tag_flow_run([f"workflow:{definition.workflow_id}", *run_tags(settings)])
     merged = {**definition.context, **(context or {})}
@@ -142,7 +152,8 @@ async def _run_workflow(
         wait_for = [state for state, _ in upstream_results]
         # With return_state, the async task's call gives a coroutine of the step's final State.
         state: State[Any] = await _step_task(step)(
-            settings, as_is(definition), step_id, as_is(outputs), merged, as_is(registry), wait_for=wait_for, return_state=True
+            settings, as_is(definition), step_id, as_is(outputs), merged, as_is(registry), as_is(sandbox),
+            wait_for=wait_for, return_state=True,
         )
         finished = time.time()
         report[step_id], result = await _step_entry(state)

@@ -33,6 +33,10 @@ from flows.run_workflow import run_workflow, workflow_steps
 from tasks.run_names import deployment_run_name, final_run_name
 
 DEFAULT_DEPLOYMENT = "run-workflow/default"
+OWNER_TAG = "citadel-owner:"
+"""The tag a run submitted by a known caller carries, followed by the caller's subject."""
+SCAN_LIMIT = 2000
+"""The most runs a filtered listing reads to find the ones a caller may see."""
 FINAL = frozenset({"Completed", "Failed", "Crashed", "Cancelled", "Skipped", "TimedOut", "Cached"})
 
 
@@ -56,13 +60,16 @@ async def submit_workflow(
     local: bool = False,
     source_roots: Sequence[str] | None = None,
     inline_owner: str | None = None,
+    collection_grants: Sequence[str] | None = None,
 ) -> WorkflowReport:
     """Start a validated workflow: through ``deployment`` when a Prefect API is configured (the
     report comes back at once, Scheduled), else (or with ``local``) in this process to its end.
     ``source_roots`` sandboxes its ``index`` and ``flow`` steps, on the worker as here, with
-    inline records under names of the caller ``inline_owner``."""
+    inline records under names of the caller ``inline_owner``, who owns the run (its
+    :data:`OWNER_TAG`); ``collection_grants`` bounds the collections its steps may use."""
     report, here = await start_workflow(
-        workflow, context=context, deployment=deployment, local=local, source_roots=source_roots, inline_owner=inline_owner
+        workflow, context=context, deployment=deployment, local=local, source_roots=source_roots, inline_owner=inline_owner,
+        collection_grants=collection_grants,
     )
     return report if here is None else await follow_workflow(report.flow_run_id, here)
 
@@ -75,16 +82,20 @@ async def start_workflow(
     local: bool = False,
     source_roots: Sequence[str] | None = None,
     inline_owner: str | None = None,
+    collection_grants: Sequence[str] | None = None,
 ) -> tuple[WorkflowReport, RunHere | None]:
     """Create a workflow run under its final name and start it, returning at once (Scheduled):
     through ``deployment`` when a Prefect API is configured (no :class:`RunHere`), else (or with
     ``local``) in this process, in the background, so a caller can show the run while it goes."""
     if local or not prefect_api_url():
-        return await start_workflow_here(workflow, context=context, source_roots=source_roots, inline_owner=inline_owner)
-    parameters = _parameters(workflow, context, source_roots, inline_owner)
+        return await start_workflow_here(
+            workflow, context=context, source_roots=source_roots, inline_owner=inline_owner, collection_grants=collection_grants
+        )
+    parameters = _parameters(workflow, context, source_roots, inline_owner, collection_grants)
     try:
         flow_run = await arun_deployment(
-            deployment, parameters=parameters, timeout=0, flow_run_name=await deployment_run_name(deployment, parameters)
+            deployment, parameters=parameters, timeout=0, flow_run_name=await deployment_run_name(deployment, parameters),
+            tags=owner_tags(parameters),
         )
     except ObjectNotFound:
         raise ConfigurationError(
@@ -105,10 +116,15 @@ def check_definition(workflow: dict[str, Any], context: dict[str, Any] | None, s
 
 
 def _parameters(
-    workflow: dict[str, Any], context: dict[str, Any] | None, source_roots: Sequence[str] | None, inline_owner: str | None
+    workflow: dict[str, Any],
+    context: dict[str, Any] | None,
+    source_roots: Sequence[str] | None,
+    inline_owner: str | None,
+    collection_grants: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The run-workflow flow's parameters; the roots and the owner only when the run is sandboxed
-    (an empty list is a sandbox with no folder: no path may be read)."""
+    (an empty list is a sandbox with no folder: no path may be read), the collection patterns
+    only when they bound it (an empty list: no collection)."""
     parameters: dict[str, Any] = {"workflow": _as_the_form_has_it(workflow)}
     if context:
         parameters["context"] = context
@@ -116,7 +132,16 @@ def _parameters(
         parameters["source_roots"] = [str(root) for root in source_roots]
         if inline_owner is not None:
             parameters["inline_owner"] = inline_owner
+    if collection_grants is not None:
+        parameters["collection_grants"] = [str(pattern) for pattern in collection_grants]
     return parameters
+
+
+def owner_tags(parameters: dict[str, Any]) -> list[str]:
+    """The tag that records who submitted a run (:data:`OWNER_TAG` and the caller's subject), when
+    the service names one; set when the run is created, as the run's ``inline_owner``."""
+    owner = parameters.get("inline_owner")
+    return [f"{OWNER_TAG}{owner}"] if isinstance(owner, str) and owner else []
 
 
 def _as_the_form_has_it(workflow: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +151,33 @@ def _as_the_form_has_it(workflow: dict[str, Any]) -> dict[str, Any]:
         return workflow_from_data(workflow).model_dump(mode="json", exclude_none=True)
     except WorkflowInvalid:  # goes as it is: the run reports its problems
         return workflow
+
+
+class RunHidden(ConfigurationError):
+    """A run the caller may not see: said as a run that does not exist."""
+
+
+@dataclass(frozen=True)
+class RunOrigin:
+    """Who submitted a run (its :data:`OWNER_TAG` and its ``inline_owner``, both set by the service)
+    and the workflow it was given, as a visibility check reads them."""
+
+    owners: frozenset[str]
+    workflow: Any
+
+
+Visible = Callable[[RunOrigin], bool]
+"""Whether a caller may see (and so cancel) a run."""
+
+
+def run_origin(flow_run: FlowRun) -> RunOrigin:
+    """What a visibility check reads of ``flow_run``: its owners and its workflow."""
+    parameters = flow_run.parameters or {}
+    owners = {tag.removeprefix(OWNER_TAG) for tag in flow_run.tags or [] if tag.startswith(OWNER_TAG)}
+    owner = parameters.get("inline_owner")
+    if isinstance(owner, str) and owner:
+        owners.add(owner)
+    return RunOrigin(frozenset(owners), parameters.get("workflow"))
 
 
 @dataclass(frozen=True)
@@ -142,15 +194,16 @@ async def start_workflow_here(
     context: dict[str, Any] | None = None,
     source_roots: Sequence[str] | None = None,
     inline_owner: str | None = None,
+    collection_grants: Sequence[str] | None = None,
 ) -> tuple[WorkflowReport, RunHere]:
     """Record a workflow run on the Prefect API and run it in this process, in the background: the
     report (Scheduled, with the run's id) comes back at once. A long-lived process that holds the
-    embedded store (the HTTP API) runs what it accepts this way, sandboxed by ``source_roots``
-    and ``inline_owner``; :func:`stop_workflow_here` cancels it."""
-    parameters = _parameters(workflow, context, source_roots, inline_owner)
+    embedded store (the HTTP API) runs what it accepts this way, sandboxed by ``source_roots``,
+    ``inline_owner`` and ``collection_grants``; :func:`stop_workflow_here` cancels it."""
+    parameters = _parameters(workflow, context, source_roots, inline_owner, collection_grants)
     async with get_client() as client:
         flow_run = await client.create_flow_run(
-            run_workflow, parameters=parameters, name=final_run_name(run_workflow.name, parameters)
+            run_workflow, parameters=parameters, name=final_run_name(run_workflow.name, parameters), tags=owner_tags(parameters)
         )
     with cancel_request() as requested:  # the engine's task carries the request into the flow
         task = asyncio.create_task(run_flow_async(run_workflow, flow_run=flow_run, parameters=parameters, return_type="state"))  # type: ignore[arg-type]
@@ -183,8 +236,9 @@ async def _outputs(flow_run: FlowRun) -> dict[str, Any]:
     return result.get("steps", {}) if isinstance(result, dict) else {}
 
 
-async def workflow_status(flow_run_id: str) -> WorkflowReport:
-    """A workflow run's state and, per step, its state, start, end, error and output, from Prefect."""
+async def workflow_status(flow_run_id: str, visible: Visible | None = None) -> WorkflowReport:
+    """A workflow run's state and, per step, its state, start, end, error and output, from Prefect;
+    a run ``visible`` does not show is :class:`RunHidden`, said as a run that does not exist."""
     try:
         run_id = uuid.UUID(flow_run_id)
     except ValueError:
@@ -194,6 +248,8 @@ async def workflow_status(flow_run_id: str) -> WorkflowReport:
             flow_run = await client.read_flow_run(run_id)
         except ObjectNotFound:
             raise ConfigurationError(f"no flow run {flow_run_id} on this Prefect server") from None
+        if visible is not None and not visible(run_origin(flow_run)):
+            raise RunHidden(f"no flow run {flow_run_id} on this Prefect server")
         task_runs = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC
         )
@@ -270,9 +326,10 @@ async def follow_workflow(
     return report
 
 
-async def cancel_workflow(flow_run_id: str) -> WorkflowReport:
-    """Ask the run's worker to stop it (Cancelling); a run already final is left as it is."""
-    report = await workflow_status(flow_run_id)
+async def cancel_workflow(flow_run_id: str, visible: Visible | None = None) -> WorkflowReport:
+    """Ask the run's worker to stop it (Cancelling); a run already final is left as it is, and a
+    run ``visible`` does not show is not touched (:class:`RunHidden`)."""
+    report = await workflow_status(flow_run_id, visible)
     if report.state not in FINAL:
         async with get_client() as client:
             await client.set_flow_run_state(uuid.UUID(flow_run_id), Cancelling(message="cancelled on request"))
@@ -289,14 +346,27 @@ async def stop_workflow_here(flow_run_id: str, run: RunHere, timeout_s: float = 
     return await workflow_status(flow_run_id)
 
 
-async def recent_workflows(limit: int = 20) -> list[WorkflowReport]:
-    """The newest workflow runs, newest first, with their state (steps are read per run)."""
+async def _newest_runs(limit: int, visible: Visible | None) -> list[FlowRun]:
+    """Up to ``limit`` of the newest run-workflow runs ``visible`` shows, read a page at a time
+    (at most :data:`SCAN_LIMIT` runs looked at)."""
+    page = limit if visible is None else min(max(limit * 4, 50), 200)
+    found: list[FlowRun] = []
     async with get_client() as client:
-        runs = await client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["run-workflow"])),
-            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-            limit=limit,
-        )
+        for offset in range(0, SCAN_LIMIT, page):
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["run-workflow"])),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=page, offset=offset,
+            )
+            found += [run for run in runs if visible is None or visible(run_origin(run))]
+            if len(found) >= limit or len(runs) < page:
+                break
+    return found[:limit]
+
+
+async def recent_workflows(limit: int = 20, visible: Visible | None = None) -> list[WorkflowReport]:
+    """The newest workflow runs ``visible`` shows (every one without it), newest first, with their
+    state (steps are read per run)."""
+    runs = await _newest_runs(limit, visible)
     return [
         WorkflowReport(
             flow_run_id=str(run.id),

@@ -29,6 +29,7 @@ from citadel.workflows import (
     WorkflowDefinition,
     resolve,
     run_step,
+    takes_collection,
 )
 from tasks.limits import embedding_slot
 from tasks.run_names import deployment_run_name
@@ -104,15 +105,26 @@ def orchestrated_steps(base: StepRegistry, sandbox: Sandbox | None = None) -> St
 
 def step_cache_key(task_ctx: Any, inputs: dict[str, Any]) -> str | None:
     """The cache key of a cached step: its type, the parameters its cache names (after references
-    are resolved), the embedder's kind, model and size, and the source of the step type's code."""
+    are resolved), the collection it uses (whatever its cache names: one collection's hits are
+    never another's), the embedder's kind, model and size, and the source of the step type's code.
+
+    None (the step runs, and its sandbox refuses it) when a sandboxed run's step would use a
+    collection outside the run's: a cached output is never read past the sandbox."""
     values = {name: value.unwrap() if isinstance(value, BaseAnnotation) else value for name, value in inputs.items()}
     definition, step_id, registry = values["definition"], values["step_id"], values["registry"]
     settings: Settings = values["settings"]
+    sandbox: Sandbox | None = values.get("sandbox")
     step = definition.step(step_id)
     parameters = resolve(step.parameters, values["outputs"], {**definition.context, **(values["context"] or {})})
+    step_type = registry.get(step.type)
+    collection = None
+    if takes_collection(step_type.params):
+        given = parameters.get("collection")
+        collection = given if isinstance(given, str) and given else settings.collection
+        if sandbox is not None and not sandbox.reaches(collection):
+            return None
     if step.cache is not None and step.cache.key is not None:
         parameters = {name: parameters.get(name) for name in step.cache.key}
-    step_type = registry.get(step.type)
     try:
         code = inspect.getsource(step_type.run)
     except (OSError, TypeError):  # no source to read: the function's qualified name stands for it
@@ -123,6 +135,8 @@ def step_cache_key(task_ctx: Any, inputs: dict[str, Any]) -> str | None:
         "embedder": [settings.embedder, settings.embedding_model, settings.embedding_dimensions],
         "code": hashlib.sha256(code.encode()).hexdigest(),
     }
+    if collection is not None:
+        identity["collection"] = collection
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -143,8 +157,10 @@ async def workflow_step(
     outputs: dict[str, Any],
     context: dict[str, Any],
     registry: StepRegistry,
+    sandbox: Sandbox | None = None,
 ) -> Any:
-    """Run one step with its upstream ``outputs``; Prefect owns its retries, timeout and cache."""
+    """Run one step with its upstream ``outputs``; Prefect owns its retries, timeout and cache.
+    ``sandbox`` is the run's (its steps in ``registry`` enforce it; the cache key reads it too)."""
     once = definition.model_copy(
         update={
             "steps": [

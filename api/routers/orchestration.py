@@ -12,14 +12,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 
+from api.auditing import audit
 from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import WorkflowList, WorkflowStatus, WorkflowSubmitted, unicode_problems
 from api.security import require
 from api.state import ServiceState, State
-from api.workflow_policy import workflow_refusals
+from api.workflow_policy import (
+    caller_sandbox,
+    collection_grants,
+    may_see,
+    sandbox_entries,
+    workflow_collections,
+    workflow_refusals,
+)
 from citadel.auth import Identity
 from citadel.errors import ConfigurationError
 from orchestration.workflow_runs import (
+    RunHidden,
+    RunOrigin,
+    Visible,
     cancel_workflow,
     check_definition,
     recent_workflows,
@@ -52,6 +63,25 @@ def _run_id(task_id: str) -> str:
 
 def _runs_here(state: ServiceState) -> bool:
     return state.embedded_store or not state.prefect_api_url
+
+
+def _visible_to(identity: Identity, state: ServiceState) -> Visible | None:
+    """Which runs the caller may see and cancel (None: every run, for an admin)."""
+    if identity.allows("admin"):
+        return None
+    default = state.settings.collection
+
+    def visible(origin: RunOrigin) -> bool:
+        return may_see(identity, origin.owners, origin.workflow, default)
+
+    return visible
+
+
+def _no_such_run(request: Request, state: ServiceState, action: str, task_id: str, exc: ConfigurationError) -> ApiError:
+    """The answer for a run that does not exist, and for one the caller may not see (audited as refused)."""
+    if isinstance(exc, RunHidden):
+        audit(request, state, action, target=task_id, outcome="refused", detail="a run this key may not see")
+    return ApiError(404, f"no workflow run {task_id}")
 
 
 # The body is read as plain JSON so that every problem of a definition comes back in one 400 with
@@ -87,29 +117,35 @@ async def create_workflow(
     if not_text:  # before anything encodes the definition (the run's parameters, the registry)
         raise ApiError(422, "the request does not match the schema", code="invalid_request", details=not_text)
     refusals = workflow_refusals(workflow, identity, state.api, state.settings, state.embedding.models)
+    collections = workflow_collections(workflow, state.settings)
     if refusals:
+        audit(request, state, "workflow.refused", target=collections, outcome="refused",
+              detail=f"workflow {str(workflow.get('workflow_id'))!r}; " + "; ".join(r["location"] for r in refusals))
         raise ApiError(403, f"the workflow asks for what this service does not allow ({len(refusals)} problem(s))",
                        code="workflow_refused", details=refusals)
     context = workflow.get("context") if isinstance(workflow.get("context"), dict) else None
     check_definition(workflow, context, state.settings)  # WorkflowInvalid: 400 with every problem
-    # The run is sandboxed by the roots the service sets and by who asked, never by anything in the
-    # request: its index and flow steps list and open only files inside the roots (an empty list:
-    # none), here or on a worker, and file inline records under the caller's own names.
-    roots = state.api.sandbox
-    owner = identity.subject
+    # The run is sandboxed by the service and by who asked, never by anything in the request: its
+    # index and flow steps list and open only files inside the caller's roots (its source grants
+    # inside the service's; an empty list: none), its steps use only the caller's collections, here
+    # or on a worker, and it files inline records under the caller's own names.
+    roots = sandbox_entries(caller_sandbox(identity, state.api))
+    owner, grants = identity.subject, collection_grants(identity)
     await state.prefect_ready()
     if _runs_here(state):
-        report, run = await start_workflow_here(workflow, source_roots=roots, inline_owner=owner)
+        report, run = await start_workflow_here(workflow, source_roots=roots, inline_owner=owner, collection_grants=grants)
         run_id = report.flow_run_id
         state.runs_here[run_id] = run
         run.task.add_done_callback(lambda _task: state.runs_here.pop(run_id, None))
         runs_in = "api"
     else:
         report = await submit_workflow(
-            workflow, deployment=state.api.api_workflow_deployment, source_roots=roots, inline_owner=owner
+            workflow, deployment=state.api.api_workflow_deployment, source_roots=roots, inline_owner=owner, collection_grants=grants
         )
         runs_in = "workers"
     log.info("workflow %s submitted as flow run %s by %s", report.workflow_id, report.flow_run_id, identity.subject)
+    audit(request, state, "workflow.submitted", target=report.flow_run_id,
+          detail=f"workflow {report.workflow_id!r}; collections {collections}")
     return WorkflowSubmitted(
         task_id=report.flow_run_id, name=report.name, status=report.state or "Scheduled", runs_in=runs_in,
         status_url=str(request.url_for("workflow_status_route", task_id=report.flow_run_id).path),
@@ -117,32 +153,36 @@ async def create_workflow(
 
 
 @router.get("/workflow/{task_id}/status", response_model=WorkflowStatus, name="workflow_status_route",
-            dependencies=[Depends(require("workflows"))], summary="A run's state and every step's")
-async def status(task_id: str, state: State) -> WorkflowStatus:
+            summary="A run's state and every step's (a run the key may not see is answered as one that does not exist)")
+async def status(task_id: str, request: Request, state: State, identity: WorkflowsCaller) -> WorkflowStatus:
     await state.prefect_ready()
     try:
-        return WorkflowStatus.of(await workflow_status(_run_id(task_id)))
+        return WorkflowStatus.of(await workflow_status(_run_id(task_id), _visible_to(identity, state)))
     except ConfigurationError as exc:
-        raise ApiError(404, f"no workflow run {task_id}") from exc
+        raise _no_such_run(request, state, "workflow.status", task_id, exc) from None
 
 
-@router.post("/workflow/{task_id}/cancel", response_model=WorkflowStatus, dependencies=[Depends(require("workflows"))],
-             summary="Cancel a run that has not finished")
-async def cancel(task_id: str, state: State) -> WorkflowStatus:
+@router.post("/workflow/{task_id}/cancel", response_model=WorkflowStatus,
+             summary="Cancel a run that has not finished (a run the key may not see is answered as one that does not exist)")
+async def cancel(task_id: str, request: Request, state: State, identity: WorkflowsCaller) -> WorkflowStatus:
     await state.prefect_ready()
     run_id = _run_id(task_id)
-    here = state.runs_here.get(run_id)
-    if here is not None:  # a run of this process stops here: no worker watches it
-        return WorkflowStatus.of(await stop_workflow_here(run_id, here))
+    visible = _visible_to(identity, state)
     try:
-        report = await cancel_workflow(run_id)
+        here = state.runs_here.get(run_id)
+        if here is not None:  # a run of this process stops here, once the caller may see it: no worker watches it
+            await workflow_status(run_id, visible)
+            report = await stop_workflow_here(run_id, here)
+        else:
+            report = await cancel_workflow(run_id, visible)
     except ConfigurationError as exc:
-        raise ApiError(404, f"no workflow run {task_id}") from exc
+        raise _no_such_run(request, state, "workflow.cancel", task_id, exc) from None
+    audit(request, state, "workflow.cancelled", target=run_id, detail=f"ended {report.state}" if report.state else "")
     return WorkflowStatus.of(report)
 
 
-@router.get("/workflows", response_model=WorkflowList, dependencies=[Depends(require("workflows"))],
-            summary="The newest workflow runs")
-async def workflows(state: State, limit: int = Query(20, ge=1, le=200)) -> WorkflowList:
+@router.get("/workflows", response_model=WorkflowList, summary="The newest workflow runs the key may see")
+async def workflows(state: State, identity: WorkflowsCaller, limit: int = Query(20, ge=1, le=200)) -> WorkflowList:
     await state.prefect_ready()
-    return WorkflowList(workflows=[WorkflowStatus.of(report) for report in await recent_workflows(limit)])
+    reports = await recent_workflows(limit, _visible_to(identity, state))
+    return WorkflowList(workflows=[WorkflowStatus.of(report) for report in reports])

@@ -21,9 +21,10 @@ from citadel.workflows.errors import (
 )
 from citadel.workflows.graph import topological_order, upstream
 from citadel.workflows.outputs import summarize_output
+from citadel.workflows.reach import COLLECTION_STEPS, NamedCollections, named_collections
 from citadel.workflows.references import Reference, find_malformed, find_references, is_reference, referenced_steps, resolve
 from citadel.workflows.runner import run_step, run_workflow
-from citadel.workflows.sandbox import SANDBOX_PARAMETERS, Sandbox, owned_source_name
+from citadel.workflows.sandbox import SANDBOX_PARAMETERS, Sandbox, owned_source_name, step_collection, takes_collection
 from citadel.workflows.spec import StepSpec, WorkflowDefinition, load_workflow, load_workflow_data, workflow_from_data
 from citadel.workflows.steps import (
     StepContext,
@@ -38,11 +39,13 @@ from citadel.workflows.steps import (
 from citadel.workflows.validation import check_workflow, validate_workflow
 
 __all__ = [
+    "COLLECTION_STEPS",
     "DuplicateStepType",
     "FLOW_OUTPUTS",
     "FlowParams",
     "INDEX_OUTPUTS",
     "IndexParams",
+    "NamedCollections",
     "OrchestrationRequired",
     "Problem",
     "Reference",
@@ -69,15 +72,18 @@ __all__ = [
     "load_step_modules",
     "load_workflow",
     "load_workflow_data",
+    "named_collections",
     "owned_source_name",
     "referenced_steps",
     "register_builtins",
     "resolve",
     "run_step",
     "run_workflow",
+    "step_collection",
     "step_type",
     "step_types",
     "summarize_output",
+    "takes_collection",
     "topological_order",
     "upstream",
     "validate_workflow",
