@@ -57,7 +57,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             "PREFECT_LOGGING_LEVEL": "WARNING",
         })
         created = subprocess.run(
-            [str(CITADEL), "apikey", "create", "--name", "bluegreen-load", "--scopes", "embeddings,search", "--json"],
+            [str(CITADEL), "apikey", "create", "--name", "bluegreen-load", "--scopes", "embeddings,search", "--collections", "*", "--json"],
             env=env, cwd=root, capture_output=True, text=True, timeout=60, check=False,
         )
         assert created.returncode == 0, created.stderr

@@ -297,7 +297,8 @@ def _wait_ready(url: str, timeout: float = 120) -> dict[str, Any]:
 
 def _create_key(podman: Podman, container: str, scopes: str) -> str:
     name = f"test-{uuid.uuid4().hex[:6]}"
-    result = podman.run("exec", container, "citadel", "apikey", "create", "--name", name, "--scopes", scopes, "--json")
+    result = podman.run("exec", container, "citadel", "apikey", "create", "--name", name, "--scopes", scopes,
+                         "--collections", "*", "--sources", "*", "--json")
     key: str = json.loads(result.stdout)["key"]
     return key
 

@@ -151,7 +151,7 @@ def test_no_glob_case_or_unicode_variant_of_a_name_reaches_it(tenants: Tenants, 
     name = variant.format(b=t.b.docs, B=t.b.docs.upper(), u=fullwidth)
     for mode in ("dense", "sparse", "hybrid"):
         answer = search(t, t.a.key, name, mode=mode, group_by="document")
-        assert answer.status_code in (404, 422), (name, answer.text)
+        assert answer.status_code in (400, 404, 422), (name, answer.text)  # not a name, or no collection of A's
         assert SECRET not in answer.text and "plan.md" not in answer.text
 
 
@@ -311,17 +311,19 @@ def registry_keys(api: Api) -> Any:
 
 def test_a_revoked_rotated_or_expired_key_is_refused_at_once_by_every_worker(workers_api: Api) -> None:
     api, keys = workers_api, registry_keys(workers_api)
+    expiring, _ = add_key(api, f"e-{uuid.uuid4().hex[:6]}", ["search"], collections=["*"], expires_in_s=15)
+    started = time.monotonic()
     revoked, revoked_id = add_key(api, f"r-{uuid.uuid4().hex[:6]}", ["search"], collections=["*"])
     rotated, rotated_id = add_key(api, f"o-{uuid.uuid4().hex[:6]}", ["search"], collections=["team-x-*"])
-    expiring, _ = add_key(api, f"e-{uuid.uuid4().hex[:6]}", ["search"], collections=["*"], expires_in_s=3)
-    started = time.monotonic()
-    for key in (revoked, rotated, expiring):
+    assert statuses(api, expiring, 10) == {200}
+    assert time.monotonic() - started < 14, "too slow to see the key work before it expires"
+    for key in (revoked, rotated):
         assert statuses(api, key) == {200}  # every worker has checked it
     keys.revoke(revoked_id)
     new, _old = keys.rotate(rotated_id, 0)
     assert statuses(api, revoked) == {401} and statuses(api, rotated) == {401}
     assert statuses(api, new.key) == {200} and new.collections == ["team-x-*"]
-    time.sleep(max(0.0, 3.5 - (time.monotonic() - started)))
+    time.sleep(max(0.0, 15.5 - (time.monotonic() - started)))
     assert statuses(api, expiring) == {401}
     answer = call(api, expiring, "GET", "/api/v1/search/collections")
     assert answer.status_code == 401 and "expired" in answer.json()["error"]["message"]
