@@ -42,7 +42,9 @@ class Api:
     def headers(self, key: str = "admin", **extra: str) -> dict[str, str]:
         return {"X-API-Key": self.keys[key], **extra}
 
-    def token(self, subject: str = "tester", scopes: list[str] | None = None, ttl_s: float = 600, collections: list[str] | None = None) -> str:
+    def token(
+        self, subject: str = "tester", scopes: list[str] | None = None, ttl_s: float = 600, collections: list[str] | None = None
+    ) -> str:
         return mint_token(ApiSettings(jwt_secret=JWT_SECRET), subject, scopes or ["admin"], ttl_s,
                           collections=["*"] if collections is None else collections)
 
