@@ -7,6 +7,7 @@ rightmost address that is not one of them); from anyone else the header is ignor
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from api import metrics
+from api.auditing import audit
 from api.errors import ApiError, error_response
 from api.state import ServiceState, State, service_state
 from citadel.apisettings import Network
@@ -55,14 +57,41 @@ def client_address(request: Request, trusted: list[Network]) -> str:
     return peer
 
 
-async def _rate_limit(request: Request, state: ServiceState, identity: str) -> None:
+async def _rate_limit(request: Request, state: ServiceState, identity: str, tier: str = "") -> None:
+    """The service's limits for ``identity``, and its own ``tier`` (a key's) beside them; 429 when either is spent."""
     address = _address(request.state.client_address)
     if _inside(address, state.exempt):
         return
-    decision = await state.limiter.check(identity)
+    decision = await state.limiter.check(identity, tier)
     request.state.rate_limit_headers = decision.headers
     if not decision.allowed:
+        _audit_rate_limited(request, state, identity)
         raise ApiError(429, "too many requests; wait for Retry-After seconds", headers=decision.headers)
+
+
+LIMITED_LINE_S = 60.0
+"""A caller's 429s go into the audit trail at most once a minute per process, each line with the
+count of those left out since the one before: a line per refusal would hand whoever floods the
+service a write to the registry per request, which is what the limit spares it."""
+_limited: dict[str, tuple[float, int]] = {}
+
+
+def _audit_rate_limited(request: Request, state: ServiceState, caller: str) -> None:
+    now = time.monotonic()
+    since, skipped = _limited.get(caller, (-LIMITED_LINE_S, 0))
+    if now - since < LIMITED_LINE_S:
+        _limited[caller] = (since, skipped + 1)
+        return
+    if len(_limited) > 10_000:
+        _limited.clear()
+    _limited[caller] = (now, 0)
+    more = f"; {skipped} more since the previous line" if skipped else ""
+    audit(request, state, "rate_limit", target=target_of(request), outcome="refused", detail=f"rate limited{more}")
+
+
+def target_of(request: Request) -> str:
+    """What a request asked for, as the audit trail names it: its method and path (never its query)."""
+    return f"{request.method} {request.url.path}"
 
 
 async def authenticate(
@@ -113,9 +142,11 @@ async def _identify(
     except AuthError as exc:
         metrics.AUTH_FAILURES.labels(exc.reason).inc()
         await _rate_limit(request, state, f"addr:{address}")
+        # The reason's code, never the credential: the caller is anonymous until it authenticates.
+        audit(request, state, "authenticate", target=target_of(request), outcome="refused", detail=exc.reason)
         raise
-    await _rate_limit(request, state, identity.subject)
-    request.state.identity = identity
+    request.state.identity = identity  # a 429 is then the identity's, in the audit trail too
+    await _rate_limit(request, state, identity.subject, identity.rate_limits)
     return identity
 
 
@@ -156,17 +187,28 @@ async def refuse_before_body(scope: Scope) -> Response | None:
 
 
 def require(scope: str) -> Callable[..., Awaitable[Identity]]:
-    """A dependency that lets through only identities with ``scope`` (admin has every scope)."""
+    """A dependency that lets through only identities with ``scope`` (admin has every scope); a
+    refusal goes into the audit trail, under the admin route's name for the admin scope."""
 
     async def check(request: Request, state: State, identity: Caller) -> Identity:
+        action = admin_action(request) if scope == "admin" else "authorize"
         if not identity.allows(scope):
             held = ", ".join(sorted(identity.scopes)) or "none"
+            audit(request, state, action, target=target_of(request), outcome="refused", detail=f"needs the {scope} scope")
             raise ApiError(403, f"this route needs the {scope!r} scope; the credentials have {held}")
         if scope == "admin":
             address = _address(request.state.client_address)
             if _inside(address, state.admin_deny) or not _inside(address, state.admin_allow):
+                audit(request, state, action, target=target_of(request), outcome="refused", detail="outside the admin networks")
                 raise ApiError(403, "admin routes are not served to this address (CITADEL_API_ADMIN_ALLOW / _DENY)")
         return identity
 
     check.__name__ = f"require_{scope}"
     return check
+
+
+def admin_action(request: Request) -> str:
+    """``admin.<operation id>`` of the admin route ``request`` goes to (its path without one)."""
+    route = request.scope.get("route")
+    name = getattr(route, "operation_id", None) or getattr(route, "path", None) or request.url.path
+    return f"admin.{name}"

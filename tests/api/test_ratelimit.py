@@ -120,3 +120,32 @@ async def test_while_redis_hangs_one_request_at_a_time_tries_it_again(monkeypatc
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_keys_tier_is_checked_beside_the_services_periods(store: str, redis_url: str) -> None:
+    limiter = RateLimiter("1000/second;5/minute", redis_url if store == "redis" else None, prefix=f"test-{uuid.uuid4().hex}")
+    try:
+        tiered = [await limiter.check("key:a", "2/minute") for _ in range(3)]
+        assert [d.allowed for d in tiered] == [True, True, False]
+        # The tighter budget is reported: the key's, named apart from the service's.
+        assert tiered[0].headers["RateLimit"].startswith('"key-minute";r=1;t=')
+        assert tiered[0].headers["RateLimit-Policy"] == '"second";q=1000;w=1, "minute";q=5;w=60, "key-minute";q=2;w=60'
+        assert tiered[2].headers["RateLimit"].startswith('"key-minute";r=0;') and int(tiered[2].headers["Retry-After"]) >= 1
+        # The key's refusal counted against none of the service's periods: 3 of its 5 are left.
+        assert (await limiter.check("key:a")).headers["RateLimit"].startswith('"minute";r=2;')
+        # A tier looser than the service's: the service's periods stay the outer bound, and are reported.
+        loose = [await limiter.check("key:b", "100/minute") for _ in range(6)]
+        assert [d.allowed for d in loose] == [True] * 5 + [False]
+        assert loose[0].headers["RateLimit"].startswith('"minute";r=4;') and loose[5].headers["RateLimit"].startswith('"minute";r=0;')
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_tier_alone_limits_when_the_service_sets_none() -> None:
+    limiter = RateLimiter("", None)
+    try:
+        assert (await limiter.check("x")).allowed and (await limiter.check("x")).headers == {}
+        assert [(await limiter.check("x", "1/minute")).allowed for _ in range(2)] == [True, False]
+    finally:
+        await limiter.aclose()
