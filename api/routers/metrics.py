@@ -4,6 +4,7 @@ process's own counters for the API, the registry's runs for indexing. An empty r
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from typing import Any
 
@@ -14,8 +15,9 @@ from fastapi.responses import Response
 from api.errors import ERROR_RESPONSES, ApiError
 from api.metrics import exposition
 from api.schemas import MetricsResponse, SystemMetrics
-from api.security import require
+from api.security import Caller, require
 from api.state import ServiceState, State
+from citadel.auth import Identity
 from citadel.models import IndexRunRecord
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require("metrics"))], responses=ERROR_RESPONSES)
@@ -31,9 +33,11 @@ def range_seconds(time_range: str) -> int:
     return RANGES[time_range]
 
 
-async def runs_in_range(state: ServiceState, seconds: int) -> list[IndexRunRecord]:
+async def runs_in_range(state: ServiceState, seconds: int, identity: Identity) -> list[IndexRunRecord]:
+    """The runs of the last ``seconds`` into the collections ``identity`` reaches."""
     registry = await state.resources.registry()
-    return await registry.runs_since(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds))
+    runs = await registry.runs_since(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds))
+    return [run for run in runs if identity.reaches(run.collection)]
 
 
 @router.get("/metrics/system", response_model=SystemMetrics, summary="CPU, memory and disk of the host (psutil)")
@@ -47,10 +51,11 @@ async def system(state: State) -> SystemMetrics:
 
 
 @router.get("/metrics/embeddings", response_model=MetricsResponse, summary="Embedding figures of a time range")
-async def embeddings(state: State, time_range: str = TIME_RANGE) -> MetricsResponse:
+async def embeddings(state: State, identity: Caller, time_range: str = TIME_RANGE) -> MetricsResponse:
+    """The API's own embedding figures, and the indexing runs' of the collections the caller reaches."""
     seconds = range_seconds(time_range)
     usage = state.embedding.usage.total(time.time() - seconds)
-    runs = [run for run in await runs_in_range(state, seconds) if run.status != "running"]
+    runs = [run for run in await runs_in_range(state, seconds, identity) if run.status != "running"]
     embedded = sum(run.chunks_embedded for run in runs)
     run_seconds = sum(run.duration_s or 0.0 for run in runs)
     api: dict[str, Any] = {
@@ -77,6 +82,48 @@ EXPOSITION_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/metrics/prometheus", summary="The Prometheus exposition", response_class=Response, responses=EXPOSITION_RESPONSES)
-async def prometheus(state: State) -> Response:
+async def prometheus(state: State, identity: Caller) -> Response:
+    """Every series to a caller that reaches every collection; to another, those without a
+    ``collection`` label and those of the collections it reaches."""
     body, content_type = await exposition(state)
+    if not identity.reaches_every_collection:
+        body = reached_series(body, identity)
     return Response(body, media_type=content_type)
+
+
+_LABEL = re.compile(rb'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?\s*')
+
+
+def reached_series(text: bytes, identity: Identity) -> bytes:
+    """The exposition ``text`` without the samples labelled with a collection ``identity`` does not
+    reach (HELP and TYPE lines stay: they name no collection). A sample whose labels do not parse is
+    left out too: what it names cannot be told."""
+    kept = []
+    for line in text.split(b"\n"):
+        named = [] if line.startswith(b"#") else _collections_of(line)
+        if named is not None and all(identity.reaches(collection) for collection in named):
+            kept.append(line)
+    return b"\n".join(kept)
+
+
+def _collections_of(line: bytes) -> list[str] | None:
+    """The values of a sample line's ``collection`` labels, read label by label (a value may hold
+    any text, escaped); None when the labels do not parse."""
+    position = line.find(b"{")
+    if position < 0:
+        return []
+    position += 1
+    found = []
+    while not line.startswith(b"}", position):
+        label = _LABEL.match(line, position)
+        if label is None:
+            return None
+        if label.group(1) == b"collection":
+            found.append(_unescape(label.group(2)))
+        position = label.end()
+    return found
+
+
+def _unescape(value: bytes) -> str:
+    """A label value as written in the text format (backslash, quote and newline escaped)."""
+    return re.sub(rb"\\(.)", lambda m: b"\n" if m.group(1) == b"n" else m.group(1), value).decode("utf-8", "replace")

@@ -64,11 +64,12 @@ def _iso(epoch: float) -> str:
 
 
 @router.get("/charts/embedding-performance", response_model=ChartResponse, summary="Embedding throughput over time")
-async def embedding_performance(state: State, time_range: str = TIME_RANGE) -> ChartResponse:
-    """Two series: texts this API process embedded per minute, and each finished indexing run's chunks per second."""
+async def embedding_performance(state: State, identity: Caller, time_range: str = TIME_RANGE) -> ChartResponse:
+    """Two series: texts this API process embedded per minute, and the chunks per second of each
+    finished indexing run into a collection the caller reaches."""
     seconds = range_seconds(time_range)
     minutes = state.embedding.usage.since(time.time() - seconds)
-    runs = [run for run in await runs_in_range(state, seconds) if run.finished_at and run.duration_s]
+    runs = [run for run in await runs_in_range(state, seconds, identity) if run.finished_at and run.duration_s]
     datasets = [
         {"label": "API texts per minute", "unit": "texts/min",
          "points": [{"x": _iso(minute), "y": usage.texts} for minute, usage in minutes]},
