@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from citadel.auth import KEY_NAME_PATTERN
-from citadel.models import ApiKeyCreated, ApiKeyRecord, SearchHit, WorkflowReport
+from citadel.models import ApiKeyCreated, ApiKeyRecord, AuditEntry, SearchHit, WorkflowReport
 from citadel.settings import SearchMode
 from citadel.store import FILTER_KEY_MAX, FILTER_KEY_PATTERN, INT64_MAX, INT64_MIN, filter_key_problem, filter_value_problem
 
@@ -254,12 +254,46 @@ class ChartResponse(Succeeded):
     config: dict[str, Any]
 
 
+# Documented forms of a key's grants, tier and lifetimes, checked by the admin routes as a JSON
+# Schema validator reads them (400 naming the rules). A source holds no comma (grants are stored
+# comma-separated) and no control character (a NUL names no file and cannot be stored).
+GRANT_PATTERN = r"^[A-Za-z0-9_.*?-]{1,255}$"
+SOURCE_PATTERN = r"^(\*|(/|[sS]3://)[^,\x00-\x1f\x7f]*)$"
+LIMITS_PATTERN = r"^[1-9][0-9]{0,8}/(second|minute|hour|day)(;[1-9][0-9]{0,8}/(second|minute|hour|day))*$"
+TTL_PATTERN = r"^[1-9][0-9]{0,5}[smh]?$|^[1-9][0-9]{0,4}d$"
+GRACE_PATTERN = r"^[0-9]{1,6}[smh]?$|^[0-9]{1,5}d$"
+
+
 class KeyCreateRequest(Strict):
     name: Annotated[Text, AfterValidator(key_name)] = Field(
         min_length=1, max_length=255, json_schema_extra={"pattern": KEY_NAME_PATTERN},
         description="Some visible character, no control characters.",
     )
     scopes: list[Literal["embeddings", "search", "workflows", "metrics", "admin"]] = Field(min_length=1, max_length=5)
+    collections: list[Annotated[Text, Field(max_length=255, json_schema_extra={"pattern": GRANT_PATTERN})]] | None = Field(
+        None, max_length=100, description="Collection names or patterns (`*`, `?`) it reaches; none given: no collection. "
+        "A blue-green collection's versions are reached through its name.",
+    )
+    sources: list[Annotated[Text, Field(max_length=1024, json_schema_extra={"pattern": SOURCE_PATTERN})]] | None = Field(
+        None, max_length=100, description="Absolute folders and s3://bucket/prefix entries its workflows may read, inside the "
+        "service's own (CITADEL_API_SOURCE_ROOTS / _BUCKETS), or `*` for all the service allows; none given: none.",
+    )
+    rate_limits: Text | None = Field(
+        None, max_length=255, json_schema_extra={"pattern": LIMITS_PATTERN},
+        description="Its own rate limits, e.g. `5/second;100/minute`, each within the service's (CITADEL_API_RATE_LIMITS); "
+        "none given: the service's.",
+    )
+    expires_in: Text | None = Field(
+        None, max_length=16, json_schema_extra={"pattern": TTL_PATTERN},
+        description="How long it works: seconds, or a number with s, m, h or d (`90d`); none given: until revoked.",
+    )
+
+
+class KeyRotateRequest(Strict):
+    grace: Text = Field(
+        max_length=16, json_schema_extra={"pattern": GRACE_PATTERN},
+        description="How long the old key keeps working: seconds, or a number with s, m, h or d (`1h`); `0`: it stops at once.",
+    )
 
 
 class KeyList(Succeeded):
@@ -268,3 +302,12 @@ class KeyList(Succeeded):
 
 class KeyCreatedResponse(Succeeded):
     key: ApiKeyCreated
+
+
+class KeyRotatedResponse(Succeeded):
+    key: ApiKeyCreated = Field(description="The new key, its value included (shown this once).")
+    replaced: ApiKeyRecord = Field(description="The old key: it works until its expires_at.")
+
+
+class AuditList(Succeeded):
+    entries: list[AuditEntry] = Field(description="Oldest first.")

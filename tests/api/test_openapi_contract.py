@@ -18,9 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from citadel.apisettings import ApiSettings
+from citadel.auth import mint_token
 from citadel.settings import Settings
 from citadel.testing.api_process import ApiProcess
-from tests.api.conftest import base_env, create_keys
+from tests.api.conftest import JWT_SECRET, base_env, create_keys
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
@@ -65,18 +67,23 @@ def served(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> It
     # Searches without a collection read the configured one: the same, so they find something too.
     env = base_env(tmp_path / "data", CITADEL_API_RATE_LIMITS="100000/second", CITADEL_API_SOURCE_ROOTS=str(tmp_path),
                    PREFECT_API_URL=prefect_api_url, CITADEL_COLLECTION=collection)
-    keys = asyncio.run(create_keys(Settings(data_dir=tmp_path / "data")))
+    keys = asyncio.run(create_keys(Settings(data_dir=tmp_path / "data"), tmp_path))
     with ApiProcess(env, tmp_path) as api:
         model = _indexed_collection(api, keys["admin"], collection)
         schema = httpx.get(f"{api.url}/api/v1/openapi.json").json()
         yield Served(api, keys, schema, collection, model, tmp_path)
 
 
-def schemathesis_run(served: Served, name: str, *options: str, timeout: float) -> tuple[str, str]:
+def admin_token() -> str:
+    """An admin credential no generated request can revoke or rotate (a key's id is in the list of keys)."""
+    return mint_token(ApiSettings(jwt_secret=JWT_SECRET), "contract", ["admin"], 3600, collections=["*"], sources=["*"])
+
+
+def schemathesis_run(served: Served, name: str, *options: str, timeout: float, credential: str = "") -> tuple[str, str]:
     """One seeded ``st run`` with every check; its output (also left beside the API log) and the API's log."""
     st = Path(sys.executable).with_name("st")
     command = [str(st), "--config-file", str(CONFIG), "run", f"{served.api.url}/api/v1/openapi.json",
-               "-H", f"X-API-Key: {served.keys['admin']}", "--checks", "all", "--seed", SEED, "--no-color", *options]
+               "-H", credential or f"X-API-Key: {served.keys['admin']}", "--checks", "all", "--seed", SEED, "--no-color", *options]
     env = {**served.api.env, "SCHEMATHESIS_HOOKS": str(HOOKS), "CITADEL_CONTRACT_COLLECTION": served.collection,
            "CITADEL_CONTRACT_MODEL": served.model}
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=served.tmp_path, env=env)
@@ -112,7 +119,9 @@ def test_stateful_sequences_follow_the_documented_links(served: Served) -> None:
     """Keys created, listed and revoked (and workflows submitted and watched) in sequences the
     links of the document allow, bounded in examples and time."""
     started = time.monotonic()
-    out, log = schemathesis_run(served, "stateful", "--phases", "stateful", "--max-examples", "150", "--workers", "1", timeout=300)
+    # As a token: the stateless run rotates and revokes keys, the test's own among them.
+    out, log = schemathesis_run(served, "stateful", "--phases", "stateful", "--max-examples", "150", "--workers", "1", timeout=300,
+                                credential=f"Authorization: Bearer {admin_token()}")
     links = re.search(r"API Links:\s+(\d+) covered / (\d+) selected", out)
     scenarios = re.search(r"Scenarios:\s+(\d+)", out)
     assert links and scenarios, out[-4000:]
