@@ -59,10 +59,11 @@ class TaskSteps:
         return cast(tuple[list[BatchPlan], SeenDocuments], result)
 
     async def embed(self, name: str, collection: str, plan: BatchPlan) -> EmbeddedBatch:
-        await self.slot.wait()
-        # Fed by the plan steps since the last batch (their plans are gathered into this one).
+        # Fed by the plan steps since the last batch (their plans are gathered into this one): taken
+        # before anything is awaited, as the driver starts the next batch's embedding while this one's runs.
         upstream = self.planned[-PLAN_STEPS_SHOWN:] or self.planned_before
         self.planned, self.planned_before = [], upstream[-1:]
+        await self.slot.wait()
         step = embed_chunks.with_options(task_run_name=name)
         batch, state = await _run(step(self.settings, as_is(collection), as_is(plan), wait_for=upstream, return_state=True))
         self.upstream[id(batch)] = (batch, state)

@@ -7,6 +7,7 @@ batches over several base URLs; each URL gets one worker that pulls the next bat
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ import orjson
 
 from citadel import metrics
 from citadel.embedders.models import resolve_dimensions
+from citadel.embedders.slots import OrderedSlots
 from citadel.errors import EmbedderError, EmbedderUnreachable, InputTooLongError
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class HttpEmbedder:
         retries: int = 4,
         backoff_s: float = 0.5,
         max_input_chars: int = 8000,
+        requests_per_server: int = 1,
         headers: dict[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -117,8 +120,12 @@ class HttpEmbedder:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_input_chars = max_input_chars
-        # One batch in flight per server, across every concurrent embed() call: a server embeds serially.
-        self._slots = {url: asyncio.Semaphore(1) for url in self.urls}
+        # At most this many requests at a server at once, across every concurrent embed() call. A
+        # server embeds one at a time; a second request waiting in its queue starts the moment the
+        # first ends, where one at a time would leave it idle while the answer travels and the next is sent.
+        self.requests_per_server = requests_per_server
+        self._slots = {url: OrderedSlots(requests_per_server) for url in self.urls}
+        self._calls = itertools.count()  # each embed() call's turn: an older call's requests go first
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers or {},
@@ -261,29 +268,34 @@ class HttpEmbedder:
             log.warning("input of %d characters too long for %s; truncating to half", len(text), self.model)
             return await self._embed_with_halving(url, [text[: len(text) // 2]])
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        prepared = [text[: self.max_input_chars] for text in texts]
-        batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
-        results: list[np.ndarray | None] = [None] * len(batches)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for index in range(len(batches)):
-            queue.put_nowait(index)
-        refused: dict[str, str] = {}
+    async def _request(self, url: str, texts: list[str]) -> np.ndarray:
+        """One request's vectors, counted in the server's gauges."""
+        slots = metrics.EMBED_SLOTS.labels(self._servers[url], self.model)
+        slots.inc()
+        try:
+            vectors = await self._embed_with_halving(url, texts)
+        finally:
+            slots.dec()
+        metrics.EMBED_TEXTS.labels(self._servers[url], self.model).inc(len(texts))
+        return vectors
 
-        async def worker(url: str) -> None:
+    async def _work(
+        self, url: str, order: int, queue: asyncio.Queue[int], batches: list[list[str]], results: list[np.ndarray | None],
+        refused: dict[str, str],
+    ) -> None:
+        """Send the call's requests from ``queue`` to ``url`` until none is left or the server refuses.
+
+        A slot at the server is kept from one request to the next of this call, and given up
+        between them only to an older call: that call's batch ends first (see OrderedSlots).
+        """
+        slots = self._slots[url]
+        await slots.acquire(order)
+        holding = True
+        try:
             while not queue.empty():
                 index = queue.get_nowait()
                 try:
-                    async with self._slots[url]:
-                        slots = metrics.EMBED_SLOTS.labels(self._servers[url], self.model)
-                        slots.inc()
-                        try:
-                            results[index] = await self._embed_with_halving(url, batches[index])
-                        finally:
-                            slots.dec()
-                    metrics.EMBED_TEXTS.labels(self._servers[url], self.model).inc(len(batches[index]))
+                    results[index] = await self._request(url, batches[index])
                 except ServerRefused as exc:
                     queue.put_nowait(index)  # another server takes it
                     refused[url] = exc.reason
@@ -293,6 +305,26 @@ class HttpEmbedder:
                     if exc.backend and exc.status is None:  # an answer that is not vectors of the configured size
                         metrics.EMBED_ERRORS.labels(self._servers[url], self.model, "invalid_response").inc()
                     raise
+                if not queue.empty() and slots.older_than(order):
+                    holding = False
+                    slots.release()
+                    await slots.acquire(order)
+                    holding = True
+        finally:
+            if holding:
+                slots.release()
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        prepared = [text[: self.max_input_chars] for text in texts]
+        batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
+        results: list[np.ndarray | None] = [None] * len(batches)
+        order = next(self._calls)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(len(batches)):
+            queue.put_nowait(index)
+        refused: dict[str, str] = {}
 
         now = time.monotonic()
         up = [url for url in self.urls if self._down_until.get(url, 0.0) <= now] or self.urls
@@ -308,7 +340,8 @@ class HttpEmbedder:
             # then spread over every server instead of queueing on the first.
             self._turn = (self._turn + 1) % len(live)
             live = sorted(live[self._turn :] + live[: self._turn], key=lambda url: self._slots[url].locked())
-            workers = [asyncio.create_task(worker(url)) for url in live[: queue.qsize()]]
+            lanes = [url for _ in range(self.requests_per_server) for url in live]
+            workers = [asyncio.create_task(self._work(url, order, queue, batches, results, refused)) for url in lanes[: queue.qsize()]]
             try:
                 await asyncio.gather(*workers)
             finally:
