@@ -51,6 +51,13 @@ def start_embedders(count: int, cost: str, stack: contextlib.ExitStack) -> list[
     return servers
 
 
+def counts_of(env: dict[str, str], collection: str) -> tuple[int, int]:
+    """(points in the store, chunks in the registry) from `citadel status`."""
+    *_, status = citadel(["status"], env)
+    entry = next(c for c in status["collections"] if c["collection"] == collection)
+    return entry["vectors"], entry["chunks"]
+
+
 def server_stats(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/_stub/stats", timeout=10).json()
 
@@ -132,6 +139,8 @@ def one_run(corpus: Path, root: Path, count: int, args: argparse.Namespace, pref
             "cpu_s": {"command": cpu, **{name: tree_cpu_s(pid) - before[name] for name, pid in pids.items()}},
             "steps_s": steps(prefect.api_url, summary["flow_run_id"]),
         }
+        points, chunks = counts_of(env, collection)
+        result["points"], result["registry_chunks"] = points, chunks
         result["timeline_s"] = timeline(prefect.api_url, summary["flow_run_id"], served)
         floor = max(result["busy_s"])
         result["floor_s"] = floor

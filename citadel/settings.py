@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, description="Qdrant server; unset means embedded mode under data_dir.")
     qdrant_api_key: SecretStr | None = None
     upsert_batch_size: int = Field(128, ge=64, le=256)
+    upsert_parallel: int = Field(
+        2, ge=1, le=8, description="Batches of points sent to a Qdrant server at once (Qdrant advises 2 to 4 parallel uploads)."
+    )
 
     search_mode: SearchMode = Field(
         "hybrid", description="dense (the embedding's nearest chunks), sparse (the query's words, BM25) or hybrid (both, fused)."
