@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -79,11 +80,13 @@ def task_times(api_url: str, flow_run_id: str) -> list[tuple[str, float, float]]
 
 
 def profiled(output: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``citadel ARGS --json`` under py-spy, sampling every thread (idle ones too) into a
-    speedscope file; the command's JSON."""
+    """Run ``citadel ARGS --json`` under py-spy, sampling every thread into ``output``: a speedscope
+    file, or collapsed stacks with PROFILE_FORMAT=raw; idle samples too with PROFILE_IDLE=1. The command's JSON."""
     spy = Path(sys.executable).with_name("py-spy")
-    command = [str(spy), "record", "--rate", "200", "--threads", "--idle", "--format", "speedscope", "--output", output,
-               "--", sys.executable, "-m", "cli", *args, "--json"]
+    options = ["--rate", "200", "--threads", "--format", os.environ.get("PROFILE_FORMAT", "speedscope"), "--output", output]
+    if os.environ.get("PROFILE_IDLE"):
+        options.append("--idle")
+    command = [str(spy), "record", *options, "--", sys.executable, "-m", "cli", *args, "--json"]
     done = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
     return json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("{"):])[0]
 

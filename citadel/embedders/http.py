@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import numpy as np
@@ -38,6 +38,7 @@ REFUSED_RETRY_DELAYS = (0.2, 0.5)
 5xx or a timeout, it says the server is not there, which retrying for a minute cannot change."""
 
 DOWN_S = 30.0
+JSON_HEADERS = {"content-type": "application/json"}
 """How long a server that refused is left out while others answer."""
 
 
@@ -146,6 +147,11 @@ class HttpEmbedder:
         raise NotImplementedError
 
     # shared -----------------------------------------------------------------------------
+    async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        """POST ``body`` as JSON written by orjson (a batch of texts is tens of kilobytes, which the
+        standard library's encoder takes milliseconds over), with :meth:`_send`'s retries."""
+        return await self._send("POST", url, content=orjson.dumps(body), headers=JSON_HEADERS)
+
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request with retries on connection errors, 429 and 5xx; never on other 4xx."""
         attempt = 0
@@ -237,8 +243,17 @@ class HttpEmbedder:
         return body
 
     def _check_vectors(self, vectors: list[list[float]], expected: int) -> np.ndarray:
+        """The answer's vectors as a float32 matrix, converted in one step; only an answer that is not
+        ``expected`` vectors of the configured size is looked at more closely, to say what is wrong."""
         if len(vectors) != expected:
             raise EmbedderError(f"server returned {len(vectors)} vectors for {expected} inputs", backend=True)
+        try:
+            matrix = np.array(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            matrix = None
+            problem = exc
+        if matrix is not None and matrix.shape == (expected, self.dimensions):
+            return matrix
         sizes = {len(v) if isinstance(v, (list, tuple)) else -1 for v in vectors}
         if sizes != {self.dimensions}:
             got = "/".join(str(size) for size in sorted(sizes))
@@ -247,10 +262,7 @@ class HttpEmbedder:
                 "set CITADEL_EMBEDDING_DIMENSIONS to the model's real size",
                 backend=True,
             )
-        try:
-            return np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise EmbedderError(f"model {self.model} returned non-numeric vectors: {exc}", backend=True) from exc
+        raise EmbedderError(f"model {self.model} returned non-numeric vectors: {problem}", backend=True)
 
     async def _embed_with_halving(self, url: str, texts: list[str]) -> np.ndarray:
         """Embed a batch; when the server rejects it for length, halve it, and at one text truncate it."""
@@ -280,7 +292,7 @@ class HttpEmbedder:
         return vectors
 
     async def _work(
-        self, url: str, order: int, queue: asyncio.Queue[int], batches: list[list[str]], results: list[np.ndarray | None],
+        self, url: str, order: int, queue: asyncio.Queue[int], batches: list[list[str]], results: np.ndarray,
         refused: dict[str, str],
     ) -> None:
         """Send the call's requests from ``queue`` to ``url`` until none is left or the server refuses.
@@ -295,7 +307,8 @@ class HttpEmbedder:
             while not queue.empty():
                 index = queue.get_nowait()
                 try:
-                    results[index] = await self._request(url, batches[index])
+                    start = index * self.batch_size
+                    results[start : start + len(batches[index])] = await self._request(url, batches[index])
                 except ServerRefused as exc:
                     queue.put_nowait(index)  # another server takes it
                     refused[url] = exc.reason
@@ -319,7 +332,7 @@ class HttpEmbedder:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         prepared = [text[: self.max_input_chars] for text in texts]
         batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
-        results: list[np.ndarray | None] = [None] * len(batches)
+        results = np.empty((len(prepared), self.dimensions), dtype=np.float32)  # each answer written in its place
         order = next(self._calls)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for index in range(len(batches)):
@@ -347,4 +360,4 @@ class HttpEmbedder:
             finally:
                 for task in workers:
                     task.cancel()
-        return np.vstack(cast("list[np.ndarray]", results))  # every batch has its vectors once the queue is empty
+        return results  # every batch has its vectors once the queue is empty
