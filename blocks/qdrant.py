@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from blocks.base import CitadelBlock, url_scheme
 from citadel.errors import ConfigurationError
 from citadel.settings import get_settings
-from citadel.store import VectorStore
+
+if TYPE_CHECKING:
+    from citadel.store import VectorStore
 
 
 class QdrantBlock(CitadelBlock):
@@ -50,6 +52,8 @@ class QdrantBlock(CitadelBlock):
 
     def build(self) -> VectorStore:
         """A :class:`VectorStore` on the server, or on the process-wide embedded client of the folder."""
+        from citadel.store import VectorStore  # qdrant-client: imported by a run that writes, not by every start
+
         path = self.path if self.path is not None else get_settings().qdrant_path
         return VectorStore.connect(
             url=self.url,

@@ -29,7 +29,8 @@ EMBED_LATENCY = Histogram(
     "citadel_embedding_request_duration_seconds", "Time an embedding server took to answer one request.", ["server", "model"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
-EMBED_SLOTS = Gauge("citadel_embedding_slots_in_use", "Batches in flight on an embedding server (one at a time each).",
+EMBED_SLOTS = Gauge("citadel_embedding_slots_in_use",
+                    "Requests in flight at an embedding server (CITADEL_EMBED_REQUESTS_PER_SERVER at most each).",
                     ["server", "model"], multiprocess_mode="livesum")
 
 CACHE_HITS = Counter("citadel_embedding_cache_hits", "Texts whose vector the embedding cache held.", ["cache"])

@@ -83,6 +83,7 @@ class Resources:
                     api_key=secret(s.qdrant_api_key),
                     path=s.qdrant_path,
                     batch_size=s.upsert_batch_size,
+                    parallel=s.upsert_parallel,
                 )
             return self._store
 

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     openai_base_url: str = Field("http://localhost:8080/v1", description="OpenAI-compatible server base URL.")
     openai_api_key: SecretStr | None = None
     embed_batch_size: int = Field(64, gt=0, description="Texts per embedding request.")
+    embed_requests_per_server: int = Field(
+        2, gt=0, le=64,
+        description="Requests sent to one embedding server at once. 2 keeps a server that embeds one request at a time "
+        "(Ollama queues the rest) busy: the next waits in its queue while one is embedded. Raise it for a server that "
+        "embeds several at once (OLLAMA_NUM_PARALLEL, TEI, vLLM).",
+    )
     embed_timeout_s: float = Field(60.0, gt=0)
     embed_retries: int = Field(4, ge=0)
     max_input_chars: int = Field(8000, gt=0, description="Longer inputs are truncated before sending.")
@@ -120,6 +126,9 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, description="Qdrant server; unset means embedded mode under data_dir.")
     qdrant_api_key: SecretStr | None = None
     upsert_batch_size: int = Field(128, ge=64, le=256)
+    upsert_parallel: int = Field(
+        2, ge=1, le=8, description="Batches of points sent to a Qdrant server at once (Qdrant advises 2 to 4 parallel uploads)."
+    )
 
     search_mode: SearchMode = Field(
         "hybrid", description="dense (the embedding's nearest chunks), sparse (the query's words, BM25) or hybrid (both, fused)."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from logging import Logger, LoggerAdapter
@@ -82,13 +83,16 @@ async def index_corpus(
         collection = await (bluegreen.next_version if blue_green else bluegreen.live_collection)(resources, alias)
         full = full or blue_green
         with tags(*labels):
-            await prepare_collection.with_options(task_run_name=f"prepare {collection}")(settings, collection)
             async with IndexRun(resources, collection, resolved, flow_run_id=str(flow_run.id) if flow_run.id else None) as run:
                 await mark_flow_runs_crashed(run.crashed)
                 run.store = await check_store.with_options(task_run_name=f"check the store of {collection}")(settings, collection)
-                steps = TaskSteps(settings, resources)
+                # A new collection is created (and a store opened) while the first batches are
+                # planned and embedded: only the writes wait for it.
+                prepare = prepare_collection.with_options(task_run_name=f"prepare {collection}")
+                steps = TaskSteps(settings, resources, before_writes=asyncio.ensure_future(prepare(settings, collection)))
                 slot.push_async_callback(steps.aclose)  # the embedding slot is held until the run ends
                 await index_batches(run, steps, full)
+                await steps.prepared()
             summary = run.summary
             assert summary is not None
             if blue_green:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 from prefect.client.schemas.objects import State
@@ -33,10 +34,11 @@ class TaskSteps:
     overlap = True
     group_limit = GROUPS_PER_PLAN_STEP
 
-    def __init__(self, settings: Settings, resources: Resources) -> None:
+    def __init__(self, settings: Settings, resources: Resources, before_writes: asyncio.Future[Any] | None = None) -> None:
         self.settings = settings
         self.resources = resources
         self.slot = EarlySlot(settings)
+        self.before_writes = before_writes  # what the first write waits for (the collection's creation)
         # The graph's edges: the plan steps not yet followed by an embed (and the last that was),
         # and each batch in flight with the state of the step that last handled it.
         self.planned: list[State[Any]] = []
@@ -46,9 +48,17 @@ class TaskSteps:
     def embedding_ahead(self) -> None:
         self.slot.ask()
 
+    async def prepared(self) -> None:
+        """Wait for what the writes wait for (a run with nothing to write never did): its failure fails the run."""
+        if self.before_writes is not None:
+            await self.before_writes
+
     async def aclose(self) -> None:
-        """Give the embedding slot back (or stop asking for it)."""
+        """Give the embedding slot back (or stop asking for it); stop what writes would have waited for."""
         await self.slot.aclose()
+        if self.before_writes is not None and not self.before_writes.done():
+            self.before_writes.cancel()
+            await asyncio.gather(self.before_writes, return_exceptions=True)
 
     async def plan(
         self, name: str, collection: str, groups: list[SourceGroup], source: str, seen: SeenDocuments, full: bool
@@ -59,16 +69,19 @@ class TaskSteps:
         return cast(tuple[list[BatchPlan], SeenDocuments], result)
 
     async def embed(self, name: str, collection: str, plan: BatchPlan) -> EmbeddedBatch:
-        await self.slot.wait()
-        # Fed by the plan steps since the last batch (their plans are gathered into this one).
+        # Fed by the plan steps since the last batch (their plans are gathered into this one): taken
+        # before anything is awaited, as the driver starts the next batch's embedding while this one's runs.
         upstream = self.planned[-PLAN_STEPS_SHOWN:] or self.planned_before
         self.planned, self.planned_before = [], upstream[-1:]
+        await self.slot.wait()
         step = embed_chunks.with_options(task_run_name=name)
         batch, state = await _run(step(self.settings, as_is(collection), as_is(plan), wait_for=upstream, return_state=True))
         self.upstream[id(batch)] = (batch, state)
         return cast(EmbeddedBatch, batch)
 
     async def upsert(self, name: str, collection: str, batch: EmbeddedBatch) -> int:
+        if self.before_writes is not None:
+            await self.before_writes
         step = upsert_vectors.with_options(task_run_name=name)
         points, state = await _run(step(self.settings, as_is(collection), as_is(batch), wait_for=self._made(batch), return_state=True))
         self.upstream[id(batch)] = (batch, state)

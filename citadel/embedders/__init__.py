@@ -47,6 +47,7 @@ def build_embedder(settings: Settings) -> Embedder:
         timeout_s=settings.embed_timeout_s,
         retries=settings.embed_retries,
         max_input_chars=settings.max_input_chars,
+        requests_per_server=settings.embed_requests_per_server,
     )
     try:
         if settings.embedder == "hashing":

@@ -7,6 +7,7 @@ batches over several base URLs; each URL gets one worker that pulls the next bat
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import random
@@ -14,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import numpy as np
@@ -22,6 +23,7 @@ import orjson
 
 from citadel import metrics
 from citadel.embedders.models import resolve_dimensions
+from citadel.embedders.slots import OrderedSlots
 from citadel.errors import EmbedderError, EmbedderUnreachable, InputTooLongError
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ REFUSED_RETRY_DELAYS = (0.2, 0.5)
 5xx or a timeout, it says the server is not there, which retrying for a minute cannot change."""
 
 DOWN_S = 30.0
+JSON_HEADERS = {"content-type": "application/json"}
 """How long a server that refused is left out while others answer."""
 
 
@@ -105,6 +108,7 @@ class HttpEmbedder:
         retries: int = 4,
         backoff_s: float = 0.5,
         max_input_chars: int = 8000,
+        requests_per_server: int = 1,
         headers: dict[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -117,8 +121,12 @@ class HttpEmbedder:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_input_chars = max_input_chars
-        # One batch in flight per server, across every concurrent embed() call: a server embeds serially.
-        self._slots = {url: asyncio.Semaphore(1) for url in self.urls}
+        # At most this many requests at a server at once, across every concurrent embed() call. A
+        # server embeds one at a time; a second request waiting in its queue starts the moment the
+        # first ends, where one at a time would leave it idle while the answer travels and the next is sent.
+        self.requests_per_server = requests_per_server
+        self._slots = {url: OrderedSlots(requests_per_server) for url in self.urls}
+        self._calls = itertools.count()  # each embed() call's turn: an older call's requests go first
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers=headers or {},
@@ -139,6 +147,11 @@ class HttpEmbedder:
         raise NotImplementedError
 
     # shared -----------------------------------------------------------------------------
+    async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        """POST ``body`` as JSON written by orjson (a batch of texts is tens of kilobytes, which the
+        standard library's encoder takes milliseconds over), with :meth:`_send`'s retries."""
+        return await self._send("POST", url, content=orjson.dumps(body), headers=JSON_HEADERS)
+
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request with retries on connection errors, 429 and 5xx; never on other 4xx."""
         attempt = 0
@@ -230,8 +243,17 @@ class HttpEmbedder:
         return body
 
     def _check_vectors(self, vectors: list[list[float]], expected: int) -> np.ndarray:
+        """The answer's vectors as a float32 matrix, converted in one step; only an answer that is not
+        ``expected`` vectors of the configured size is looked at more closely, to say what is wrong."""
         if len(vectors) != expected:
             raise EmbedderError(f"server returned {len(vectors)} vectors for {expected} inputs", backend=True)
+        try:
+            matrix = np.array(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            matrix = None
+            problem = exc
+        if matrix is not None and matrix.shape == (expected, self.dimensions):
+            return matrix
         sizes = {len(v) if isinstance(v, (list, tuple)) else -1 for v in vectors}
         if sizes != {self.dimensions}:
             got = "/".join(str(size) for size in sorted(sizes))
@@ -240,10 +262,7 @@ class HttpEmbedder:
                 "set CITADEL_EMBEDDING_DIMENSIONS to the model's real size",
                 backend=True,
             )
-        try:
-            return np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise EmbedderError(f"model {self.model} returned non-numeric vectors: {exc}", backend=True) from exc
+        raise EmbedderError(f"model {self.model} returned non-numeric vectors: {problem}", backend=True)
 
     async def _embed_with_halving(self, url: str, texts: list[str]) -> np.ndarray:
         """Embed a batch; when the server rejects it for length, halve it, and at one text truncate it."""
@@ -261,29 +280,35 @@ class HttpEmbedder:
             log.warning("input of %d characters too long for %s; truncating to half", len(text), self.model)
             return await self._embed_with_halving(url, [text[: len(text) // 2]])
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        prepared = [text[: self.max_input_chars] for text in texts]
-        batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
-        results: list[np.ndarray | None] = [None] * len(batches)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for index in range(len(batches)):
-            queue.put_nowait(index)
-        refused: dict[str, str] = {}
+    async def _request(self, url: str, texts: list[str]) -> np.ndarray:
+        """One request's vectors, counted in the server's gauges."""
+        slots = metrics.EMBED_SLOTS.labels(self._servers[url], self.model)
+        slots.inc()
+        try:
+            vectors = await self._embed_with_halving(url, texts)
+        finally:
+            slots.dec()
+        metrics.EMBED_TEXTS.labels(self._servers[url], self.model).inc(len(texts))
+        return vectors
 
-        async def worker(url: str) -> None:
+    async def _work(
+        self, url: str, order: int, queue: asyncio.Queue[int], batches: list[list[str]], results: np.ndarray,
+        refused: dict[str, str],
+    ) -> None:
+        """Send the call's requests from ``queue`` to ``url`` until none is left or the server refuses.
+
+        A slot at the server is kept from one request to the next of this call, and given up
+        between them only to an older call: that call's batch ends first (see OrderedSlots).
+        """
+        slots = self._slots[url]
+        await slots.acquire(order)
+        holding = True
+        try:
             while not queue.empty():
                 index = queue.get_nowait()
                 try:
-                    async with self._slots[url]:
-                        slots = metrics.EMBED_SLOTS.labels(self._servers[url], self.model)
-                        slots.inc()
-                        try:
-                            results[index] = await self._embed_with_halving(url, batches[index])
-                        finally:
-                            slots.dec()
-                    metrics.EMBED_TEXTS.labels(self._servers[url], self.model).inc(len(batches[index]))
+                    start = index * self.batch_size
+                    results[start : start + len(batches[index])] = await self._request(url, batches[index])
                 except ServerRefused as exc:
                     queue.put_nowait(index)  # another server takes it
                     refused[url] = exc.reason
@@ -293,6 +318,26 @@ class HttpEmbedder:
                     if exc.backend and exc.status is None:  # an answer that is not vectors of the configured size
                         metrics.EMBED_ERRORS.labels(self._servers[url], self.model, "invalid_response").inc()
                     raise
+                if not queue.empty() and slots.older_than(order):
+                    holding = False
+                    slots.release()
+                    await slots.acquire(order)
+                    holding = True
+        finally:
+            if holding:
+                slots.release()
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        prepared = [text[: self.max_input_chars] for text in texts]
+        batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
+        results = np.empty((len(prepared), self.dimensions), dtype=np.float32)  # each answer written in its place
+        order = next(self._calls)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(len(batches)):
+            queue.put_nowait(index)
+        refused: dict[str, str] = {}
 
         now = time.monotonic()
         up = [url for url in self.urls if self._down_until.get(url, 0.0) <= now] or self.urls
@@ -308,10 +353,11 @@ class HttpEmbedder:
             # then spread over every server instead of queueing on the first.
             self._turn = (self._turn + 1) % len(live)
             live = sorted(live[self._turn :] + live[: self._turn], key=lambda url: self._slots[url].locked())
-            workers = [asyncio.create_task(worker(url)) for url in live[: queue.qsize()]]
+            lanes = [url for _ in range(self.requests_per_server) for url in live]
+            workers = [asyncio.create_task(self._work(url, order, queue, batches, results, refused)) for url in lanes[: queue.qsize()]]
             try:
                 await asyncio.gather(*workers)
             finally:
                 for task in workers:
                     task.cancel()
-        return np.vstack(cast("list[np.ndarray]", results))  # every batch has its vectors once the queue is empty
+        return results  # every batch has its vectors once the queue is empty

@@ -22,7 +22,7 @@ class OllamaEmbedder(HttpEmbedder):
     async def _request_batch(self, url: str, texts: list[str]) -> list[list[float]]:
         if url in self._legacy:
             return [await self._legacy_one(url, text) for text in texts]
-        response = await self._send("POST", f"{url}/api/embed", json={"model": self.model, "input": texts, "truncate": True})
+        response = await self._post(f"{url}/api/embed", {"model": self.model, "input": texts, "truncate": True})
         if response.status_code == 404 and "model" not in error_message(response).lower():
             # A server older than /api/embed (Ollama < 0.3): fall back to one prompt per request.
             self._legacy.add(url)
@@ -34,7 +34,7 @@ class OllamaEmbedder(HttpEmbedder):
         return embeddings
 
     async def _legacy_one(self, url: str, text: str) -> list[float]:
-        response = await self._send("POST", f"{url}/api/embeddings", json={"model": self.model, "prompt": text})
+        response = await self._post(f"{url}/api/embeddings", {"model": self.model, "prompt": text})
         self._raise_for(response, url)
         embedding = self._json_body(response, url).get("embedding")
         if embedding == [] and not text:

@@ -32,7 +32,7 @@ class OpenAIEmbedder(HttpEmbedder):
         return f"OpenAIEmbedder(model={self.model!r}, urls={self.urls!r})"
 
     async def _request_batch(self, url: str, texts: list[str]) -> list[list[float]]:
-        response = await self._send("POST", f"{url}/embeddings", json={"model": self.model, "input": texts})
+        response = await self._post(f"{url}/embeddings", {"model": self.model, "input": texts})
         self._raise_for(response, url)
         data = self._json_body(response, url).get("data")
         if not isinstance(data, list) or not all(

@@ -34,6 +34,10 @@ from citadel.words import plural
 # thousands), an overlapping run plans and embeds ahead of the writes, up to this much in memory.
 AHEAD_WHILE_OPENING_BATCHES = 8
 AHEAD_WHILE_OPENING_CHUNKS = 10_000
+# Batches an overlapping run embeds at once: the next batch's requests already wait at the
+# embedding servers while this one's last answers come back, are cached and handed to its write,
+# and the batch after it is planned meanwhile, so a server never waits for a batch boundary.
+EMBEDDING_AT_ONCE = 2
 
 
 class Steps(Protocol):
@@ -124,6 +128,7 @@ class _Driver:
         settings = run.resources.settings
         self.batcher = WriteBatcher(settings.document_batch_size, settings.document_batch_bytes)
         self.pending: deque[tuple[asyncio.Task[WriteResult], int]] = deque()  # (the write, its chunks)
+        self.embedding: list[asyncio.Task[EmbeddedBatch]] = []  # batches being embedded, oldest first
         self.tail: asyncio.Task[Any] | None = None  # the last write or prune started: the next one waits for it
         self.pruning: asyncio.Task[Pruned] | None = None
 
@@ -153,15 +158,13 @@ class _Driver:
             self.pending.clear()
             raise
         finally:
-            started: list[asyncio.Task[Any]] = [write for write, _ in self.pending]
-            if self.pruning is not None and not self.pruning.done():
-                started.append(self.pruning)
-            for write in started:  # cancelled or interrupted: stop at once, the next run repairs
-                write.cancel()
+            started = [task for task in self._started() if not task.done()]
+            for task in started:  # cancelled or interrupted: stop at once, the next run repairs
+                task.cancel()
             await asyncio.gather(*started, return_exceptions=True)
 
     def _started(self) -> list[asyncio.Task[Any]]:
-        return [write for write, _ in self.pending] + ([self.pruning] if self.pruning else [])
+        return [*self.embedding, *(write for write, _ in self.pending), *([self.pruning] if self.pruning else [])]
 
     async def _plan_every_batch(self) -> None:
         """Plan the source's groups, one a step after a step that filled a write, else up to the
@@ -185,35 +188,56 @@ class _Driver:
             size = 1 if any(self.batcher.fills(plan) for plan in plans) else self.steps.group_limit
 
     async def _embed_and_write(self, plan: BatchPlan, label: str) -> None:
-        """Embed a gathered batch, then start its write after the ones before it."""
+        """Embed a gathered batch and start its write after the ones before it. An overlapping runner
+        starts it once fewer than :data:`EMBEDDING_AT_ONCE` batches embed and returns at once, so the
+        next batch is planned while this one embeds; a direct runner waits for both."""
+        if not self.steps.overlap:
+            embedding = asyncio.create_task(self._embed(plan, label))
+            await embedding
+            self.run.counts.add_written(await self._write(embedding, label, self.tail))
+            return
+        # This batch is planned: it starts the moment an embedding ends, and the next is planned meanwhile.
+        while len(self.embedding) >= EMBEDDING_AT_ONCE:
+            await asyncio.wait(self.embedding, return_when=asyncio.FIRST_COMPLETED)
+            for done in [task for task in self.embedding if task.done()]:
+                self.embedding.remove(done)
+                done.result()  # a failed embedding stops the run here, not at its write
+        embedding = asyncio.create_task(self._embed(plan, label))
+        self.embedding.append(embedding)
+        write = asyncio.create_task(self._write(embedding, label, self.tail))
+        self.pending.append((write, plan.chunk_count))
+        self.tail = write
+        # Writes run while later batches embed; once the store is open, at most one waits behind them.
+        while self.pending and (self.pending[0][0].done() or self._waiting_too_much()):
+            self.run.counts.add_written(await self.pending.popleft()[0])
+
+    async def _embed(self, plan: BatchPlan, label: str) -> EmbeddedBatch:
+        """Vectors for a batch with changed documents (none to make for the others), counted into the run."""
         if plan.documents:
             name = f"embed {plural(plan.chunk_count, 'chunk')} of {plural(len(plan.documents), 'document')} ({label})"
             embedded = await self.steps.embed(name, self.collection, plan)
         else:
             embedded = EmbeddedBatch(plan, [])
         self.run.count_embedded(embedded)
-        # Embedding this batch overlapped with writing the ones before it.
-        while self.pending and (self.pending[0][0].done() or self._waiting_too_much()):
-            self.run.counts.add_written(await self.pending.popleft()[0])
-        if embedded.plan.documents or embedded.plan.failures:
-            write = asyncio.create_task(self._write(embedded, label, self.tail))
-            self.pending.append((write, embedded.plan.chunk_count))
-            self.tail = write
-            if not self.steps.overlap:
-                self.run.counts.add_written(await self.pending.popleft()[0])
+        return embedded
 
     def _waiting_too_much(self) -> bool:
-        """Whether the next write waits for the ones started: always once the store is open."""
+        """Whether more batches wait to be written than the run keeps: once the store is open, the
+        ones embedding and one more; while it opens, up to a bound of batches and chunks."""
         if self.run.resources.store_opened:
-            return True
+            return len(self.pending) > EMBEDDING_AT_ONCE
         chunks = sum(size for _, size in self.pending)
         return len(self.pending) >= AHEAD_WHILE_OPENING_BATCHES or chunks >= AHEAD_WHILE_OPENING_CHUNKS
 
-    async def _write(self, batch: EmbeddedBatch, label: str, after: asyncio.Task[Any] | None) -> WriteResult:
-        """The two write steps of a batch, in order: the points, then the registry; after the write (or
-        prune) before it (a store takes one writer at a time, and a failed write stops the ones after)."""
+    async def _write(self, embedding: asyncio.Task[EmbeddedBatch], label: str, after: asyncio.Task[Any] | None) -> WriteResult:
+        """The two write steps of a batch once it is embedded, in order: the points, then the registry;
+        after the write (or prune) before it (a store takes one writer at a time, and a failed write
+        stops the ones after). A batch with nothing changed and no failure writes nothing."""
+        batch = await embedding
         if after is not None:
             await after
+        if not batch.plan.documents and not batch.plan.failures:
+            return WriteResult()
         points = sum(len(d.ids) for d in batch.plan.documents)
         await self.steps.upsert(f"upsert {plural(points, 'point')} ({label})", self.collection, batch)
         return await self.steps.record(f"record {plural(len(batch.plan.documents), 'document')} ({label})", self.collection, batch)

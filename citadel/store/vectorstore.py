@@ -37,6 +37,7 @@ from citadel.store.localclients import (
     without_local_mode_warning,
 )
 from citadel.store.searching import Query, has_lexical, mode_for, point_ids, search_dense, search_fused, store_changed
+from citadel.store.upload import Uploader
 
 __all__ = ["IDS_PER_DELETE", "Hit", "Searched", "VectorStore", "local_client"]
 
@@ -66,13 +67,16 @@ class VectorStore:
         self._checked: set[tuple[str, int, str]] = set()
         self._lexical: dict[str, bool] = {}
         self._lexical_seen: dict[str, tuple[float, bool]] = {}
+        self.uploader: Uploader | None = None  # a server's: points upserted over REST, several batches at once
 
     @classmethod
-    def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128) -> VectorStore:
+    def connect(cls, *, url: str | None, api_key: str | None, path: Path, batch_size: int = 128, parallel: int = 2) -> VectorStore:
         if url:
             # Certificates are loaded only for an https server (as in citadel.store.probe).
             client = QdrantClient(url=url, api_key=api_key, timeout=60, verify=url.lower().startswith("https://"))
-            return cls(client, batch_size=batch_size, is_server=True)
+            store = cls(client, batch_size=batch_size, is_server=True)
+            store.uploader = Uploader(url, api_key, batch_size=batch_size, parallel=parallel)
+            return store
         with embedded_rows(path) as rows:  # takes the store now: one held elsewhere fails here
             if rows is None:
                 local_client(path)
@@ -193,7 +197,13 @@ class VectorStore:
         lexical vector is made from its payload's ``text`` where the collection keeps them."""
         if ids:
             with self._changing():
-                await self._run(self._upsert_sync, name, ids, vectors, payloads)
+                if self.uploader is not None:
+                    lexical = self._lexical.get(name)
+                    if lexical is None:
+                        lexical = await self._run(self._lexical_of, name)
+                    await self.uploader.upsert(name, ids, vectors, payloads, lexical)
+                else:
+                    await self._run(self._upsert_sync, name, ids, vectors, payloads)
             metrics.POINTS_UPSERTED.labels(name).inc(len(ids))
 
     def _delete_sync(self, name: str, ids: Sequence[str]) -> None:

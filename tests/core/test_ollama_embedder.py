@@ -125,6 +125,34 @@ async def test_one_batch_at_a_time_per_server(server: EmbeddingServer, make_embe
     assert server.max_in_flight == 1
 
 
+async def test_two_requests_wait_at_a_serial_server_so_it_never_idles_between_them(
+    server: EmbeddingServer, make_embedder
+) -> None:
+    """The next request is queued at the server while one is embedded (CITADEL_EMBED_REQUESTS_PER_SERVER=2)."""
+    server.serial(0.02, 0.0)
+    inputs = texts(12)
+    vectors = await make_embedder([server.url], batch_size=2, requests_per_server=2).embed(inputs)
+    assert np.array_equal(vectors, server.vectors(inputs))
+    assert server.max_in_flight == 2 and server.stats()["requests"] == 6  # one embedded, the next waiting
+
+
+async def test_an_older_call_is_embedded_before_a_newer_one_that_shares_the_server(
+    server: EmbeddingServer, make_embedder
+) -> None:
+    """Two batches embedding at once: the first one's requests go first, so it ends (and is
+    written) while the second embeds, instead of both ending together."""
+    import asyncio
+
+    server.serial(0.01, 0.0)
+    embedder = make_embedder([server.url], batch_size=2, requests_per_server=2)
+    older, newer = texts(10), [f"newer {text}" for text in texts(10)]
+    first = asyncio.create_task(embedder.embed(older))
+    await asyncio.sleep(0.005)  # the older call has its requests at the server
+    await asyncio.gather(first, embedder.embed(newer))
+    order = [text for batch in server.received for text in batch]
+    assert max(order.index(text) for text in older) < min(order.index(text) for text in newer), order
+
+
 async def test_batches_spread_over_two_servers(
     server: EmbeddingServer, second_server: EmbeddingServer, make_embedder
 ) -> None:

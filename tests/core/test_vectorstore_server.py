@@ -22,6 +22,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 from citadel.errors import CollectionMismatchError, ConfigurationError
 from citadel.store import VectorStore
 from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process
+from tests.support.embedding_server import free_port
 from tests.support.qdrant_server import QdrantTestServer, server_version
 
 pytestmark = pytest.mark.system  # its tests start processes of their own (see tests/conftest.py)
@@ -432,3 +433,47 @@ async def test_search_by_document_over_the_rest_api(store: VectorStore, collecti
     assert sorted(h.payload["document_id"] for h in hits) == ["doc-0", "doc-1", "doc-2"]
     assert hits[0].id == ids[0] and hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert hits[0].score >= hits[1].score >= hits[2].score
+
+
+async def test_points_go_up_in_parallel_batches_with_the_lexical_vectors_qdrant_client_would_write(
+    server: QdrantTestServer, raw: QdrantClient, tmp_path: Path, collection_name: str
+) -> None:
+    """The REST upload writes what qdrant-client's upsert writes, several batches at once."""
+    from citadel.store.lexical import LEXICAL_VECTOR, lexical_point
+
+    store = VectorStore.connect(url=server.url, api_key=None, path=tmp_path / "unused", batch_size=64, parallel=3)
+    await store.ensure_collection(collection_name, DIMS, MODEL)
+    count = 64 * 6 + 5
+    ids, vectors, payloads = _points(count)
+    for payload in payloads:
+        payload["text"] = f"Chunk {payload['chunk_index']} of the benchmark's corpus, about embeddings and vectors."
+    before = server.requests[UPSERT]
+    await store.upsert(collection_name, ids, np.asarray(vectors, dtype=np.float32), payloads)
+    assert server.requests[UPSERT] - before == 7
+    stored = {str(p.id): p for p in raw.retrieve(collection_name, ids, with_vectors=True, with_payload=True)}
+    assert len(stored) == count and await store.count(collection_name) == count
+    for point_id, vector, payload in zip(ids, vectors, payloads, strict=True):
+        point = stored[point_id]
+        assert point.payload == payload
+        assert np.allclose(point.vector[""], vector)
+        expected = lexical_point(payload)
+        assert (point.vector[LEXICAL_VECTOR].indices, point.vector[LEXICAL_VECTOR].values) == (expected.indices, expected.values)
+    store.client.close()
+
+
+async def test_a_refused_upload_says_why_and_an_unreachable_server_is_worth_retrying(
+    store: VectorStore, tmp_path: Path, collection_name: str
+) -> None:
+    from citadel.errors import is_transient
+    from citadel.store.upload import StoreError
+
+    await store.ensure_collection(collection_name, DIMS, MODEL)
+    with pytest.raises(StoreError, match="refused an upsert") as refused:
+        await store.upsert(collection_name, [pid(0)], [[1.0, 0.0]], [{"text": "two dimensions, not four"}])
+    assert not is_transient(refused.value)
+    gone = VectorStore.connect(url=f"http://127.0.0.1:{free_port()}", api_key=None, path=tmp_path / "unused")
+    gone._lexical[collection_name] = True  # no round trip to ask: straight to the upload
+    with pytest.raises(ConnectionError, match="did not answer") as unreachable:
+        await gone.upsert(collection_name, [pid(0)], [unit(1, 0, 0, 0)], [{"text": "x"}])
+    assert is_transient(unreachable.value)
+    gone.client.close()

@@ -134,6 +134,10 @@ class EmbeddingServer:
             self.in_flight = 0
             self.max_in_flight = 0
             self.cost: tuple[float, float] | None = None
+            self.intervals: list[tuple[float, float]] = []  # (start, end) of each request's embedding, epoch seconds
+            self.busy_s = 0.0  # time spent embedding, one request at a time (serial mode): the embedding floor
+            self.first_started: float | None = None
+            self.last_finished: float | None = None
 
     def fail_next(
         self,
@@ -281,7 +285,21 @@ class EmbeddingServer:
             started = time.monotonic()
             response = await self._route(request, path)
             await self._hold(per_request + per_text * count - (time.monotonic() - started), generation)
+            finished = time.monotonic()
+            with self._lock:
+                self.busy_s += finished - started
+                now = time.time()  # wall clock: a benchmark places it against the run's own times
+                self.first_started = now - (finished - started) if self.first_started is None else self.first_started
+                self.last_finished = now
+                self.intervals.append((round(now - (finished - started), 4), round(now, 4)))
         return response
+
+    def stats(self) -> dict[str, Any]:
+        """What the server did: requests and texts embedded, how long it was busy embedding (serial
+        mode), and when (epoch seconds) its first request started and its last one ended."""
+        with self._lock:
+            return {"busy_s": round(self.busy_s, 4), "first_started": self.first_started, "last_finished": self.last_finished,
+                    "requests": len(self.batch_sizes), "texts": sum(self.batch_sizes), "intervals": list(self.intervals)}
 
     async def _hold(self, seconds: float, generation: int) -> None:
         """Wait ``seconds``, but stop waiting when the server stops or is reset."""
@@ -316,6 +334,8 @@ class EmbeddingServer:
             return JSONResponse({"version": "0.1.30" if self.legacy else "0.6.2"})
         if method == "GET" and path == "/api/tags":
             return self._tags()
+        if method == "GET" and path == "/_stub/stats":  # the test server's own: what a benchmark reads
+            return JSONResponse(self.stats())
         if method == "POST" and path == "/api/embed" and not self.legacy:
             return await self._ollama_embed(request)
         if method == "POST" and path == "/api/embeddings":
