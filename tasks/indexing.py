@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from citadel import indexing
 from citadel.documents import SourceGroup
@@ -81,6 +82,8 @@ async def resolve_dead_letters(settings: Settings, collection: str, source: str,
 async def switch_collection(settings: Settings, alias: str, version: str) -> SwitchReport:
     """Check a version built by a blue-green run and point the alias that searches read at it,
     atomically; ``citadel.collection.switched`` tells the operator's automations."""
-    report = await bluegreen.switch(get_resources(settings), alias, version)
+    run_id = flow_run.get_id()
+    actor = f"flow-run:{run_id}" if run_id else bluegreen.SYSTEM_ACTOR  # the trail names the run that switched
+    report = await bluegreen.switch(get_resources(settings), alias, version, actor=actor)
     emit_switched(report)
     return report

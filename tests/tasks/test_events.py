@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES, temporary_settings
 
+from citadel.audit import AuditLog
+from citadel.registry import Registry
 from citadel.settings import Settings
 from citadel.store import VectorStore
 from citadel.testing.corpus import write_corpus
@@ -59,6 +61,13 @@ async def test_a_blue_green_switch_is_announced(data_dir: Path, tmp_path: Path, 
     assert [e["payload"]["live"] for e in events] == [first["switch"]["live"], second["switch"]["live"]]
     assert events[1]["payload"]["previous"] == first["switch"]["live"]
     assert all(e["payload"]["collection"] == collection_name for e in events)
+    registry = Registry(Settings().registry_url)  # the audit trail names the flow run that switched
+    try:
+        lines = [line for line in await AuditLog(registry).read() if line.action == "collection.switched"]
+        lines = [line for line in lines if collection_name in line.target]
+    finally:
+        await registry.aclose()
+    assert len(lines) == 2 and all(line.actor.startswith("flow-run:") and line.outcome == "ok" for line in lines), lines
 
 
 async def test_a_store_that_lost_its_points_is_announced_repaired(
