@@ -26,6 +26,7 @@ from citadel.settings import Settings
 from citadel.workflows import COLLECTION_STEPS, SANDBOX_PARAMETERS, format_location, named_collections
 
 _REFERENCE = "${"
+BUILT_IN_STEPS = ("chunk", "embedding", "search", "index", "flow")
 _LITERAL = "must be given literally, not as a reference"
 _OUTSIDE = "outside the folders this key may index (its source grants, inside CITADEL_API_SOURCE_ROOTS)"
 
@@ -199,6 +200,10 @@ def _refusals(
             continue
         kind = step.get("type")
         where: tuple[str | int, ...] = (*at, "steps", index, "parameters")
+        if kind not in BUILT_IN_STEPS and not identity.reaches_every_collection:
+            # A step module's own type may reach the store by any parameter: only for keys that reach it all.
+            found.append((format_location(*at, "steps", index, "type"), f"step type {kind!r} is not one of "
+                          f"{', '.join(BUILT_IN_STEPS)}: it runs only for keys that reach every collection"))
         found += _embedder_problems(params.get("embedder"), settings, models, (*where, "embedder"))
         model = params.get("model")
         if isinstance(model, str) and (model not in models or _REFERENCE in model):
@@ -236,16 +241,12 @@ def workflow_refusals(
     return [{"location": location, "message": message} for location, message in _refusals(workflow, identity, api, settings, models, ())]
 
 
-def may_see(identity: Identity, owners: frozenset[str], workflow: Any, default_collection: str) -> bool:
-    """Whether a caller may see (and cancel) a run: an admin every run; anyone the runs it
-    submitted (``owners``), and a run whose ``workflow`` names at least one collection when it
-    reaches every one of them (a collection not known before the run: when it reaches every one)."""
-    if identity.allows("admin") or identity.subject in owners:
-        return True
-    named = named_collections(workflow, default_collection)
-    if named.unknown:
-        return identity.reaches_every_collection
-    return bool(named.names) and all(identity.reaches(name) for name in named.names)
+def may_see(identity: Identity, owners: frozenset[str]) -> bool:
+    """Whether a caller may see (and cancel) a run: the runs it submitted (``owners``: its own
+    across rotations), every run for an admin or a key that reaches every collection. Two teams
+    that share a collection never see each other's runs: a run's report holds its sources,
+    queries and hits."""
+    return identity.allows("admin") or identity.reaches_every_collection or identity.owner in owners
 
 
 def workflow_collections(workflow: dict[str, Any], settings: Settings) -> str:

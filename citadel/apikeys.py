@@ -104,7 +104,7 @@ class ApiKeys:
 
     async def _insert(self, conn: Any, values: dict[str, Any], actor: Actor | None, action: str, detail: str = "") -> ApiKeyCreated:
         key_id, key = new_key()
-        row = {**values, "key_id": key_id, "key_hash": hash_key(key), "created_at": utcnow()}
+        row = {"principal": key_id, **values, "key_id": key_id, "key_hash": hash_key(key), "created_at": utcnow()}
         await conn.execute(api_keys.insert().values(**row))
         await conn.execute(self._audit(actor, action, key_id, detail or f"name {row['name']!r}; scopes {row['scopes']}; "
                                        f"collections {row['collections'] or 'none'}; sources {row['sources'] or 'none'}"))
@@ -151,6 +151,7 @@ class ApiKeys:
                 raise ConfigurationError(f"API key {key_id} was already rotated into {old.replaced_by}; rotate that one")
             lifetime = _aware(old.expires_at) - _aware(old.created_at) if old.expires_at is not None else None
             values = {name: old._mapping[name] for name in ("name", "scopes", "collections", "sources", "rate_limits")}
+            values["principal"] = old.principal or old.key_id  # the new key owns what the old one made
             values["expires_at"] = now + lifetime if lifetime is not None else None
             created = await self._insert(conn, values, actor, "key.created", detail=f"rotated from key:{key_id}")
             ends = now + dt.timedelta(seconds=grace_s)
@@ -159,7 +160,11 @@ class ApiKeys:
             change: dict[str, Any] = {"replaced_by": created.key_id, "expires_at": ends}
             if grace_s == 0:
                 change["revoked_at"] = now
-            await conn.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(**change))
+            # Only while no other rotation or revocation got there first (two at once: one wins).
+            still = api_keys.c.replaced_by.is_(None) & api_keys.c.revoked_at.is_(None)
+            updated = await conn.execute(api_keys.update().where((api_keys.c.key_id == key_id) & still).values(**change))
+            if updated.rowcount != 1:
+                raise ConfigurationError(f"API key {key_id} was rotated or revoked meanwhile; `citadel apikey list` shows it")
             detail = f"replaced by key:{created.key_id}; works until {ends.isoformat()}"
             await conn.execute(self._audit(actor, "key.rotated", key_id, detail))
             old = await self._row(conn, key_id)
@@ -181,6 +186,7 @@ class ApiKeys:
         identity = Identity(
             subject=f"key:{row.key_id}", scopes=scopes, kind="key",
             grants=grants_of(scopes, _split(row.collections), _split(row.sources)), rate_limits=row.rate_limits,
+            principal=row.principal or row.key_id,
         )
         await self._touch(row.key_id, time.monotonic())
         return identity

@@ -45,6 +45,12 @@ class Identity:
     kind: str  # "key" | "jwt"
     grants: Grants = field(default_factory=Grants)
     rate_limits: str = ""  # the key's own tier, checked beside the service's limits
+    principal: str = ""  # who owns what the caller makes: a key's first id, kept by its rotations
+
+    @property
+    def owner(self) -> str:
+        """Whose runs and inline records the caller's are: ``key:<first id>`` across rotations, or the token's subject."""
+        return f"key:{self.principal}" if self.kind == "key" and self.principal else self.subject
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes

@@ -37,7 +37,7 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
         raise ConfigurationError(
             f"--since {text!r}: give a duration such as 1h or 7d, or a time such as 2025-01-31T12:00 (UTC unless it says)"
         ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC) if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
 async def read_trail(since: dt.datetime | None, limit: int, actor: str | None) -> list[AuditEntry]:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from api.errors import ERROR_RESPONSES, ApiError
@@ -37,11 +37,19 @@ def vectors_json(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
+def _reads_the_cache(request: Request, asked: bool) -> bool:
+    """Whether a request reads the shared embedding cache: only for a caller that reaches every
+    collection. A hit (its flag, or its speed) says that someone embedded that exact text, and the
+    cache holds every tenant's chunks, so a caller kept to some collections is always embedded afresh."""
+    identity = getattr(request.state, "identity", None)
+    return asked and identity is not None and identity.reaches_every_collection
+
+
 @router.post("/generate", response_model=GenerateResponse, summary="Embed one text")
-async def generate(body: GenerateRequest, state: State) -> Response:
+async def generate(body: GenerateRequest, state: State, request: Request) -> Response:
     started = time.perf_counter()
     _check_lengths(state, [body.text])
-    result = await state.embedding.embed([body.text], body.model, use_cache=body.cache_enabled)
+    result = await state.embedding.embed([body.text], body.model, use_cache=_reads_the_cache(request, body.cache_enabled))
     return vectors_json({
         "success": True, "embedding": result.vectors[0], "model": result.model, "dimensions": int(result.vectors.shape[1]),
         "cached": result.cached == 1, "duration_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -49,7 +57,7 @@ async def generate(body: GenerateRequest, state: State) -> Response:
 
 
 @router.post("/batch", response_model=BatchResponse, summary="Embed many texts, in order")
-async def batch(body: BatchRequest, state: State) -> Response:
+async def batch(body: BatchRequest, state: State, request: Request) -> Response:
     started = time.perf_counter()
     if len(body.texts) > state.api.api_max_batch_texts:
         raise ApiError(
@@ -57,7 +65,7 @@ async def batch(body: BatchRequest, state: State) -> Response:
             code="batch_too_large",
         )
     _check_lengths(state, body.texts)
-    result = await state.embedding.embed(body.texts, body.model, use_cache=body.cache_enabled)
+    result = await state.embedding.embed(body.texts, body.model, use_cache=_reads_the_cache(request, body.cache_enabled))
     return vectors_json({
         "success": True, "embeddings": result.vectors, "model": result.model, "dimensions": int(result.vectors.shape[1]),
         "cached_count": result.cached, "duration_ms": round((time.perf_counter() - started) * 1000, 3),

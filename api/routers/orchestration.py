@@ -66,13 +66,12 @@ def _runs_here(state: ServiceState) -> bool:
 
 
 def _visible_to(identity: Identity, state: ServiceState) -> Visible | None:
-    """Which runs the caller may see and cancel (None: every run, for an admin)."""
-    if identity.allows("admin"):
+    """Which runs the caller may see and cancel (None: every run, for an admin or a key that reaches every collection)."""
+    if identity.allows("admin") or identity.reaches_every_collection:
         return None
-    default = state.settings.collection
 
     def visible(origin: RunOrigin) -> bool:
-        return may_see(identity, origin.owners, origin.workflow, default)
+        return may_see(identity, origin.owners)
 
     return visible
 
@@ -130,7 +129,7 @@ async def create_workflow(
     # inside the service's; an empty list: none), its steps use only the caller's collections, here
     # or on a worker, and it files inline records under the caller's own names.
     roots = sandbox_entries(caller_sandbox(identity, state.api))
-    owner, grants = identity.subject, collection_grants(identity)
+    owner, grants = identity.owner, collection_grants(identity)
     await state.prefect_ready()
     if _runs_here(state):
         report, run = await start_workflow_here(workflow, source_roots=roots, inline_owner=owner, collection_grants=grants)

@@ -193,6 +193,7 @@ async def record_documents(resources: Resources, collection: str, batch: Embedde
     plan = batch.plan
     await registry.commit_documents(collection, resources.embedder.model, [d.record for d in plan.documents])
     await registry.record_dead_letters(collection, plan.failures)
+    await registry.note_written(sum(len(d.ids) for d in plan.documents))
     changes = [d.change for d in plan.documents]
     return WriteResult(
         added=changes.count("added"),

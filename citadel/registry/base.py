@@ -17,6 +17,9 @@ from citadel.errors import ConfigurationError
 from citadel.registry.schema import SCHEMA_VERSION, guard_audit, metadata, schema_version, upgrade
 from citadel.settings import masked_url
 
+ANALYZE_FIRST = 20_000
+"""Chunks a process writes before it first refreshes a Postgres registry's statistics; then each doubling."""
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -37,6 +40,22 @@ class RegistryBase:
         if url.startswith("sqlite"):
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._ready = False
+        self._written_since_analyze = 0
+        self._analyze_after = ANALYZE_FIRST
+
+    async def note_written(self, chunks: int) -> None:
+        """Count chunks written and, on Postgres, refresh the planner's statistics of the documents
+        and chunks each time they have about doubled. A first index of 30,000 documents wrote 630,000
+        chunks before autovacuum analyzed anything: the planner, still expecting an empty
+        collection, walked every document to sample 32 point ids (300 ms instead of 7) and looked up
+        a batch's chunks in 185 ms instead of 28."""
+        self._written_since_analyze += chunks
+        if self.dialect != "postgresql" or self._written_since_analyze < self._analyze_after:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.text("ANALYZE citadel_documents, citadel_chunks"))
+        self._analyze_after = 2 * max(self._analyze_after, self._written_since_analyze)
+        self._written_since_analyze = 0
 
     @property
     def dialect(self) -> str:

@@ -140,6 +140,7 @@ api_keys = sa.Table(
     sa.Column("rate_limits", sa.String(255), nullable=False, server_default=""),  # its own tier, within the service's
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("replaced_by", sa.String(32)),  # the key a rotation issued in its place
+    sa.Column("principal", sa.String(32)),  # the first key of its rotations: whose runs and records it owns
 )
 
 # Append-only: the code inserts and reads, the database refuses the rest (see registry.base).
@@ -178,26 +179,40 @@ MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
         ("citadel_run_totals", "points_deleted", "INTEGER NOT NULL DEFAULT 0"),
     ],
     # Keys made before grants existed keep reaching every collection and every source the service
-    # allows, so an upgrade locks no one out; every key made since names what it reaches.
+    # allows, so an upgrade locks no one out (BACKFILLS); every key made since names what it reaches.
     9: [
-        ("citadel_api_keys", "collections", "TEXT NOT NULL DEFAULT '*'"),
-        ("citadel_api_keys", "sources", "TEXT NOT NULL DEFAULT '*'"),
+        ("citadel_api_keys", "collections", "TEXT NOT NULL DEFAULT ''"),
+        ("citadel_api_keys", "sources", "TEXT NOT NULL DEFAULT ''"),
         ("citadel_api_keys", "rate_limits", "VARCHAR(255) NOT NULL DEFAULT ''"),
         ("citadel_api_keys", "expires_at", "TIMESTAMP WITH TIME ZONE"),
         ("citadel_api_keys", "replaced_by", "VARCHAR(32)"),
+        ("citadel_api_keys", "principal", "VARCHAR(32)"),
     ],
 }
 
 
+# What the rows already there get when a version adds its columns (a new row is written whole by
+# the code, so the columns' own defaults stay the safe ones: a key inserted without grants reaches nothing).
+BACKFILLS: dict[int, list[str]] = {
+    9: ["UPDATE citadel_api_keys SET collections = '*', sources = '*', principal = key_id"],
+}
+
+
 def upgrade(conn: sa.Connection, found: int) -> list[int]:
-    """Add the columns of every version after ``found`` that the tables lack; the versions applied."""
+    """Add the columns of every version after ``found`` that the tables lack, and fill them in
+    the rows already there; the versions applied."""
     inspector = sa.inspect(conn)
     applied: list[int] = []
     for version in range(found + 1, SCHEMA_VERSION + 1):
+        added = False
         for table, column, ddl in MIGRATIONS.get(version, []):
             if column not in {c["name"] for c in inspector.get_columns(table)}:
                 conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
                 inspector.clear_cache()
+                added = True
+        if added:
+            for statement in BACKFILLS.get(version, []):
+                conn.execute(sa.text(statement))
         applied.append(version)
     return applied
 

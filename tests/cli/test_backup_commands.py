@@ -74,7 +74,7 @@ def _trail() -> list[dict[str, Any]]:
 
 
 def _restored_trail(before: list[dict[str, Any]], backup: str, replaced: bool) -> None:
-    """The trail after a restore: the backup's lines as they were, then the restore's own line."""
+    """The trail after a restore: the lines as they were (the backup's, and the target's since), then the restore's own line."""
     after = _trail()
     assert after[:-1] == before
     last = after[-1]
@@ -154,7 +154,7 @@ def test_the_drill(registry: dict[str, str], data_dir: Path, tmp_path: Path, col
     forced = invoke("backup", "restore", path, "--force", "--json")
     assert forced.exit_code == 0, forced.output
     assert json.loads(forced.stdout)["replaced"] is True
-    _restored_trail(trail, path.name, replaced=True)  # the first restore's line went with the registry it was in
+    _restored_trail(restored_trail, path.name, replaced=True)  # the first restore's line was kept: it came after the backup
 
     # A second backup the same day, kept alone by --keep-daily 1; the first is pruned.
     second = invoke("backup", "create", "--to", backups, "--keep-daily", "1", "--keep-weekly", "0", "--json")

@@ -75,16 +75,16 @@ async def _trail(settings: Settings, write: str | None = None) -> list[AuditEntr
         await registry.aclose()
 
 
-async def test_a_restore_keeps_the_backups_trail_and_appends_its_own_line(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
+async def test_a_restore_keeps_the_trail_and_appends_its_own_line(data_dir: Path, tmp_path: Path, collection_name: str) -> None:
     Settings().data_dir.mkdir(parents=True, exist_ok=True)
-    before = await _trail(Settings(), write="key.created")
+    await _trail(Settings(), write="key.created")
     settings, path = await _indexed_backup(tmp_path, collection_name)
-    await _trail(settings, write="key.revoked")  # after the backup: the restore takes the registry back to before it
+    since = await _trail(settings, write="key.revoked")  # after the backup: the registry goes back, the trail keeps it
 
     close_local_clients()
     await restore_backup(settings, path, force=True, actor="ops:restorer")
     *kept, restored = await _trail(settings)
-    assert kept == before and [line.action for line in kept] == ["key.created"]
+    assert kept == since and [line.action for line in kept] == ["key.created", "key.revoked"]
     assert (restored.actor, restored.action, restored.target, restored.outcome) == (
         "ops:restorer", "backup.restored", f"backup:{path.name}", "ok")
     assert restored.detail == f"from {path}; sqlite registry, embedded vectors; replaced what the target held"

@@ -466,3 +466,35 @@ async def test_keys_made_before_grants_keep_what_they_reached_and_the_audit_trai
         assert len(await trail.read()) >= 2  # the key's creation and the line above, still there
     finally:
         await upgraded.aclose()
+
+
+async def test_a_growing_postgres_registry_refreshes_its_planner_statistics(postgres_url: str) -> None:
+    """Each time the written chunks about double, the documents' and chunks' statistics are refreshed."""
+    from citadel.registry.base import ANALYZE_FIRST
+
+    registry = Registry(postgres_url)
+    await registry.init()
+
+    async def analyzed(expected: int | None = None) -> int:
+        """Postgres's count of ANALYZE runs on the chunks (its statistics reach other sessions within a second or so)."""
+        for _ in range(100):
+            async with registry.engine.connect() as conn:
+                count = int((await conn.execute(sa.text(
+                    "SELECT coalesce(sum(analyze_count), 0) FROM pg_stat_user_tables WHERE relname = 'citadel_chunks'"))).scalar_one())
+            if expected is None or count >= expected:
+                return count
+            await asyncio.sleep(0.1)
+        return count
+
+    try:
+        before = await analyzed()
+        await registry.note_written(ANALYZE_FIRST - 1)
+        assert registry._written_since_analyze == ANALYZE_FIRST - 1, "not yet"
+        await registry.note_written(1)
+        assert registry._written_since_analyze == 0 and await analyzed(before + 1) == before + 1
+        await registry.note_written(ANALYZE_FIRST)  # not yet doubled again
+        assert registry._written_since_analyze == ANALYZE_FIRST
+        await registry.note_written(ANALYZE_FIRST * 2)
+        assert await analyzed(before + 2) == before + 2
+    finally:
+        await registry.aclose()

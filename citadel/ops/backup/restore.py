@@ -6,10 +6,12 @@ audit trail of the restored registry (so the line outlives the restore it tells 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -33,7 +35,7 @@ from citadel.ops.backup.postgres import restore_postgres
 from citadel.ops.backup.server import restore_server, server_points
 from citadel.ops.backup.sqliteregistry import restore_sqlite, sqlite_path
 from citadel.ops.backup.verify import verify_backup
-from citadel.registry import SCHEMA_VERSION, Registry, documents
+from citadel.registry import SCHEMA_VERSION, Registry, audit, documents
 from citadel.settings import Settings
 from citadel.store import embedded_store_holder, store_in_use
 
@@ -132,6 +134,7 @@ async def restore_backup(
     manifest = _restorable(settings, path)
     embedded = manifest.vectors.kind == "embedded"
     replaced = await _replaces(settings, embedded, force)
+    trail = await _current_trail(settings)  # the restore must not erase what was audited since the backup
     say(on_step, "restoring the registry")
     if _is_postgres(settings):
         await asyncio.to_thread(restore_postgres, settings, path / PG_REGISTRY)
@@ -146,7 +149,7 @@ async def restore_backup(
     expected = {c.name: c for c in manifest.collections}
     restored = await _restored_counts(settings, embedded, set(expected))
     problems = count_problems("restored", expected, restored, ("documents", "chunks", "points"))
-    await _audit_restore(settings, actor, manifest, path, replaced, problems)
+    await _audit_restore(settings, actor, manifest, path, replaced, problems, trail)
     if problems:
         raise BackupError("the restore finished but does not match the backup: " + "; ".join(problems))
     return RestoreResult(
@@ -171,9 +174,32 @@ async def _restored_counts(settings: Settings, embedded: bool, restored: set[str
     return counts
 
 
-async def _audit_restore(settings: Settings, actor: str, manifest: Manifest, path: Path, replaced: bool, problems: list[str]) -> None:
-    """Append ``backup.restored`` to the restored registry (after its schema upgrade, which adds the
-    trail to a backup older than it): ok, or failed with what does not match."""
+async def _current_trail(settings: Settings) -> list[dict[str, Any]]:
+    """The target registry's audit lines before it is replaced (none when it has no trail yet)."""
+    registry = Registry(settings.registry_url)
+    try:
+        async with registry.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(audit).order_by(audit.c.id))).all()
+    except sa.exc.SQLAlchemyError:
+        return []  # no registry, or one from before the trail
+    finally:
+        await registry.aclose()
+    return [{key: value for key, value in row._mapping.items() if key != "id"} for row in rows]
+
+
+def _line_key(line: dict[str, Any]) -> tuple[Any, ...]:
+    at = line["at"]
+    at = at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at.astimezone(dt.UTC)
+    return (at, line["actor"], line["action"], line["target"], line["outcome"], line["detail"])
+
+
+async def _audit_restore(
+    settings: Settings, actor: str, manifest: Manifest, path: Path, replaced: bool, problems: list[str],
+    trail: list[dict[str, Any]],
+) -> None:
+    """Append to the restored registry's trail (after its schema upgrade, which adds the trail to a
+    backup older than it) the lines the target had that the backup lacks, so a restore erases no
+    audited action, then ``backup.restored``: ok, or failed with what does not match."""
     detail = (f"from {path}; {manifest.registry.kind} registry, {manifest.vectors.kind} vectors; "
               f"{'replaced what the target held' if replaced else 'into an empty target'}")
     if problems:
@@ -181,6 +207,11 @@ async def _audit_restore(settings: Settings, actor: str, manifest: Manifest, pat
     registry = Registry(settings.registry_url)
     try:
         await registry.init()
+        async with registry.engine.begin() as conn:
+            restored = {_line_key(dict(row._mapping)) for row in (await conn.execute(sa.select(audit))).all()}
+            later = [line for line in trail if _line_key(line) not in restored]
+            if later:
+                await conn.execute(audit.insert(), later)
         await AuditLog(registry).record(actor, "backup.restored", target=f"backup:{manifest.name}",
                                         outcome="failed" if problems else "ok", detail=detail)
     finally:
