@@ -16,26 +16,14 @@ import pytest
 from citadel.apikeys import ApiKeys
 from citadel.registry import Registry
 from tests.api.conftest import Api
+from tests.api.hostile.test_tenants import add_key as add_key_and_id
+from tests.api.hostile.test_tenants import call
 from tests.api.test_endpoints import wait_final
 
 
 def add_key(api: Api, name: str, scopes: list[str], **grants: Any) -> str:
-    """A key an operator makes while the service runs."""
-
-    async def create() -> str:
-        registry = Registry(api.settings.registry_url)
-        await registry.init()
-        try:
-            return (await ApiKeys(registry).create(name, scopes, **grants)).key
-        finally:
-            await registry.aclose()
-
-    return asyncio.run(create())
-
-
-def call(api: Api, key: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    with api.client(headers={"X-API-Key": key}) as client:
-        return client.request(method, path, **kwargs)
+    """A key an operator makes while the service runs: its value."""
+    return add_key_and_id(api, name, scopes, **grants)[0]
 
 
 def submit(api: Api, key: str, steps: list[dict]) -> str:
