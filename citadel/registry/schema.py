@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from citadel.models import RunCounts
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 metadata = sa.MetaData()
 
@@ -186,15 +186,16 @@ MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
         ("citadel_api_keys", "rate_limits", "VARCHAR(255) NOT NULL DEFAULT ''"),
         ("citadel_api_keys", "expires_at", "TIMESTAMP WITH TIME ZONE"),
         ("citadel_api_keys", "replaced_by", "VARCHAR(32)"),
-        ("citadel_api_keys", "principal", "VARCHAR(32)"),
     ],
+    10: [("citadel_api_keys", "principal", "VARCHAR(32)")],
 }
 
 
 # What the rows already there get when a version adds its columns (a new row is written whole by
 # the code, so the columns' own defaults stay the safe ones: a key inserted without grants reaches nothing).
 BACKFILLS: dict[int, list[str]] = {
-    9: ["UPDATE citadel_api_keys SET collections = '*', sources = '*', principal = key_id"],
+    9: ["UPDATE citadel_api_keys SET collections = '*', sources = '*'"],
+    10: ["UPDATE citadel_api_keys SET principal = key_id WHERE principal IS NULL"],
 }
 
 

@@ -110,19 +110,20 @@ def test_a_collection_outside_the_grants_answers_as_one_that_does_not_exist(api:
 
 
 def test_a_refusal_takes_about_as_long_as_a_miss(api: Api) -> None:
-    """Back to back, interleaved (so that the machine's load falls on both alike): the medians of a
-    refusal and of a miss stay close."""
+    """Back to back, interleaved (so that the machine's load falls on both alike): the lower
+    quartiles of a refusal and of a miss stay close (the quartile, as a loaded machine's stalls
+    fall on the upper half of either)."""
     tenants = tenants_of(api)
     key = create_key(api, ["search"], collections=["t-a-*"])
     times: dict[str, list[float]] = {tenants.b: [], f"t-a-{uuid.uuid4().hex[:8]}": []}
     with api.client(headers={"X-API-Key": key["key"]}) as client:
-        for round_ in range(31):
+        for round_ in range(61):
             for collection, spent in times.items():
                 began = time.perf_counter()
                 assert client.post("/api/v1/search", json={"query": "tea", "collection": collection}).status_code == 404
                 if round_:  # the first round warms both paths
                     spent.append((time.perf_counter() - began) * 1000)
-    refused, absent = (statistics.median(spent) for spent in times.values())
+    refused, absent = (statistics.quantiles(spent, n=4)[0] for spent in times.values())
     assert abs(refused - absent) < max(1.0, 0.25 * absent), (refused, absent)
 
 

@@ -444,7 +444,7 @@ async def test_keys_made_before_grants_keep_what_they_reached_and_the_audit_trai
     await first.init()
     created = await ApiKeys(first).create("old", ["search"])
     async with first.engine.begin() as conn:
-        for column in ("collections", "sources", "rate_limits", "expires_at", "replaced_by"):
+        for column in ("collections", "sources", "rate_limits", "expires_at", "replaced_by", "principal"):
             await conn.execute(sa.text(f"ALTER TABLE citadel_api_keys DROP COLUMN {column}"))
         await conn.execute(sa.text("DELETE FROM citadel_schema_version"))
         await conn.execute(sa.text("INSERT INTO citadel_schema_version (version, applied_at) VALUES (8, CURRENT_TIMESTAMP)"))
@@ -455,6 +455,7 @@ async def test_keys_made_before_grants_keep_what_they_reached_and_the_audit_trai
     try:
         identity = await ApiKeys(upgraded).authenticate(created.key)
         assert identity.grants.every_collection and identity.grants.sources == ("*",)
+        assert identity.owner == f"key:{created.key_id}"  # its principal: itself
         trail = AuditLog(upgraded)
         await trail.record("cli:ops", "key.created", target="key:x", detail="token=abc.def ctd_abcdef123456_SECRETPART")
         (line,) = [entry for entry in await trail.read() if entry.target == "key:x"]

@@ -438,7 +438,14 @@ def test_the_prefect_ui_shows_named_runs_a_described_run_form_and_the_blocks(sta
         def made_by_the_form() -> list[dict]:
             return [r for r in server.api("POST", "/flow_runs/filter", json={}) if r["parameters"].get("source") == str(submitted)]
 
+        resubmitted = False
         while not (made := made_by_the_form()):
+            page = browser.find_element(By.TAG_NAME, "body").text
+            if "Something went wrong" in page and not resubmitted:
+                # Prefect's server answered the UI's create with an error (a loaded machine's SQLite
+                # server does at times): submit again, as an operator would, once.
+                resubmitted = True
+                next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit").click()
             if time.monotonic() > deadline:
                 browser.save_screenshot(str(shots / "prefect-run-form-submitted.png"))
                 raise AssertionError(f"the form made no run: {browser.find_element(By.TAG_NAME, 'body').text[:3000]}")
