@@ -108,7 +108,9 @@ async def serving(resources: Resources, collection: str) -> str:
     this only names the version whose registry rows (model, existence) the searcher checks."""
     now = time.monotonic()
     cached = _recent.get(resources)
-    if cached is None or now - cached[0] > ALIAS_TTL_S:
+    # A name the cached aliases lack is read again: it may be an alias made since (a blue-green
+    # build's first switch), which a search right after it must find.
+    if cached is None or now - cached[0] > ALIAS_TTL_S or collection not in cached[1]:
         cached = (now, (await layout(resources))[1])
         _recent[resources] = cached
     return cached[1].get(collection, collection)
