@@ -65,7 +65,7 @@ def _runs_here(state: ServiceState) -> bool:
     return state.embedded_store or not state.prefect_api_url
 
 
-def _visible_to(identity: Identity, state: ServiceState) -> Visible | None:
+def _visible_to(identity: Identity) -> Visible | None:
     """Which runs the caller may see and cancel (None: every run, for an admin or a key that reaches every collection)."""
     if identity.allows("admin") or identity.reaches_every_collection:
         return None
@@ -156,7 +156,7 @@ async def create_workflow(
 async def status(task_id: str, request: Request, state: State, identity: WorkflowsCaller) -> WorkflowStatus:
     await state.prefect_ready()
     try:
-        return WorkflowStatus.of(await workflow_status(_run_id(task_id), _visible_to(identity, state)))
+        return WorkflowStatus.of(await workflow_status(_run_id(task_id), _visible_to(identity)))
     except ConfigurationError as exc:
         raise _no_such_run(request, state, "workflow.status", task_id, exc) from None
 
@@ -166,7 +166,7 @@ async def status(task_id: str, request: Request, state: State, identity: Workflo
 async def cancel(task_id: str, request: Request, state: State, identity: WorkflowsCaller) -> WorkflowStatus:
     await state.prefect_ready()
     run_id = _run_id(task_id)
-    visible = _visible_to(identity, state)
+    visible = _visible_to(identity)
     try:
         here = state.runs_here.get(run_id)
         if here is not None:  # a run of this process stops here, once the caller may see it: no worker watches it
@@ -183,5 +183,5 @@ async def cancel(task_id: str, request: Request, state: State, identity: Workflo
 @router.get("/workflows", response_model=WorkflowList, summary="The newest workflow runs the key may see")
 async def workflows(state: State, identity: WorkflowsCaller, limit: int = Query(20, ge=1, le=200)) -> WorkflowList:
     await state.prefect_ready()
-    reports = await recent_workflows(limit, _visible_to(identity, state))
+    reports = await recent_workflows(limit, _visible_to(identity))
     return WorkflowList(workflows=[WorkflowStatus.of(report) for report in reports])

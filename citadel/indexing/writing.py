@@ -193,13 +193,14 @@ async def record_documents(resources: Resources, collection: str, batch: Embedde
     plan = batch.plan
     await registry.commit_documents(collection, resources.embedder.model, [d.record for d in plan.documents])
     await registry.record_dead_letters(collection, plan.failures)
-    await registry.note_written(sum(len(d.ids) for d in plan.documents))
+    written = sum(len(d.ids) for d in plan.documents)
+    await registry.note_written(written)
     changes = [d.change for d in plan.documents]
     return WriteResult(
         added=changes.count("added"),
         updated=changes.count("updated"),
         repaired=changes.count("repaired"),
-        chunks_written=sum(len(d.ids) for d in plan.documents),
+        chunks_written=written,
         points_deleted=sum(len(d.stale) for d in plan.documents),
     )
 
