@@ -67,6 +67,7 @@ from starlette.routing import Route
 
 from citadel.store import prepare_embedded_write
 from citadel.testing.qdrant_process import URL_LINE_PREFIX
+from tests.support import growing_arrays
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INDEX_FILE = "server_payload_indexes.json"  # the payload indexes embedded mode does not keep
@@ -1000,6 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (announced on stdout)")
     args = parser.parse_args(argv)
+    growing_arrays.install()  # this process's collections fill in linear time, as a real server's do
     # The key from the environment, as Qdrant reads it, never from a command line others can see.
     app = QdrantRestApp(args.path, api_key=os.environ.get("QDRANT__SERVICE__API_KEY") or None)
     # uvicorn shuts down gracefully on these signals, then raises them again: exit cleanly then.
