@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.phases_bench import REPO
+from bench.saturation_bench import start_embedders
 
 CHILD = """
 import asyncio, resource, sys, threading, time, tracemalloc
@@ -48,12 +49,7 @@ def main() -> None:
         root = Path(tmp)
         server, qdrant_url = start_qdrant_process(root / "qdrant", timeout=120)
         stack.callback(stop_qdrant_process, server)
-        embedder = subprocess.Popen([sys.executable, "-m", "tests.support.embedding_server", "--serial", "0,0"],
-                                    cwd=REPO, stdout=subprocess.PIPE, text=True)
-        stack.callback(embedder.wait, 10)
-        stack.callback(embedder.terminate)
-        assert embedder.stdout is not None
-        url = embedder.stdout.readline().strip().split("=", 1)[1]
+        ((url, _),) = start_embedders(1, "0,0", stack)
         for files in (int(part) for part in args.files.split(",")):
             corpus = root / f"corpus-{files}"
             write_corpus(corpus, files=files, paragraphs=23, seed=2026)

@@ -32,30 +32,20 @@ class _GrowingNumpy(types.ModuleType):
         value = np.asarray(values)
         if axis is not None or not isinstance(arr, np.ndarray) or arr.ndim != 1 or value.ndim != 0:
             return np.append(arr, values, axis=axis)
-        if np.result_type(arr.dtype, value.dtype) != arr.dtype:  # np.append would widen: let it
-            grown = np.append(arr, values)
-            return self._into_buffer(grown)
-        size = len(arr)
-        buffer = arr.base
-        # In place only at the end of the newest view of a buffer: an older view keeps its length.
-        if (isinstance(buffer, np.ndarray) and buffer.ndim == 1 and buffer.dtype == arr.dtype
-                and self._used.get(id(buffer), (None, -1))[1] == size and self._used[id(buffer)][0]() is buffer
-                and len(buffer) > size
-                and arr.ctypes.data == buffer.ctypes.data and arr.strides == buffer.strides):
+        size, dtype = len(arr), np.result_type(arr.dtype, value.dtype)  # np.append's (a bool mask and 0 give int64)
+        entry = self._used.get(id(arr.base))
+        held = entry[0]() if entry is not None and entry[1] == size else None
+        # In place only at the end of the newest view of one of these buffers: an older view keeps its length.
+        if (held is not None and held is arr.base and held.dtype == dtype and len(held) > size
+                and arr.ctypes.data == held.ctypes.data and arr.strides == held.strides):
+            buffer = held
             buffer[size] = value
-            self._used[id(buffer)] = (self._used[id(buffer)][0], size + 1)
-            return buffer[: size + 1]
-        buffer = np.empty(max(16, 2 * (size + 1)), dtype=arr.dtype)
-        buffer[:size] = arr
-        buffer[size] = value
+        else:
+            buffer = np.empty(max(16, 2 * (size + 1)), dtype=dtype)
+            buffer[:size] = arr
+            buffer[size] = value
         self._remember(buffer, size + 1)
         return buffer[: size + 1]
-
-    def _into_buffer(self, grown: np.ndarray) -> np.ndarray:
-        buffer = np.empty(max(16, 2 * len(grown)), dtype=grown.dtype)
-        buffer[: len(grown)] = grown
-        self._remember(buffer, len(grown))
-        return buffer[: len(grown)]
 
     def _remember(self, buffer: np.ndarray, used: int) -> None:
         if len(self._used) > 4096:  # forget the buffers no view holds any more
