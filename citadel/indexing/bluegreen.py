@@ -30,7 +30,7 @@ from citadel.audit import AuditLog
 from citadel.collections import SEPARATOR, check_collection_name, version_number
 from citadel.errors import ConfigurationError, VersionCheckFailed
 from citadel.models import CollectionVersion, CollectionVersions, RunSummary, SwitchReport
-from citadel.registry import Holder, RunLock, index_runs, lock_key, mark_crashed_runs
+from citadel.registry import Holder, RunLock, among, index_runs, lock_key, mark_crashed_runs
 from citadel.resources import Resources
 from citadel.settings import secret
 from citadel.store import embedded_layout, server_layout
@@ -65,7 +65,7 @@ async def _refuse_if_running(resources: Resources, names: Sequence[str], doing: 
         return
     registry = await resources.registry()
     await mark_crashed_runs(registry)
-    query = sa.select(index_runs.c.collection).where(index_runs.c.status == "running", index_runs.c.collection.in_(list(names)))
+    query = sa.select(index_runs.c.collection).where(index_runs.c.status == "running", among(index_runs.c.collection, names))
     async with registry.engine.connect() as conn:
         busy = sorted({row.collection for row in await conn.execute(query)})
     if busy:

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from citadel.models import StoreCheck
-from citadel.registry import Registry, chunked, chunks, documents
+from citadel.registry import Registry, among, chunked, chunks, documents
 from citadel.resources import Resources
 from citadel.settings import secret
 from citadel.store import StoreSnapshot, probe_embedded, probe_server
@@ -121,20 +121,20 @@ async def mark_for_repair(registry: Registry, collection: str, point_ids: Sequen
         for part in chunked(list(point_ids)):
             doc_ids = (
                 await conn.execute(
-                    sa.select(chunks.c.document_id).distinct().where(chunks.c.collection == collection, chunks.c.point_id.in_(part))
+                    sa.select(chunks.c.document_id).distinct().where(chunks.c.collection == collection, among(chunks.c.point_id, part))
                 )
             ).scalars().all()
             await conn.execute(
-                chunks.update().where(chunks.c.collection == collection, chunks.c.point_id.in_(part)).values(state="pending")
+                chunks.update().where(chunks.c.collection == collection, among(chunks.c.point_id, part)).values(state="pending")
             )
             for docs in chunked(doc_ids):
                 rows = await conn.execute(
-                    sa.select(documents.c.id, documents.c.source).where(documents.c.collection == collection, documents.c.id.in_(docs))
+                    sa.select(documents.c.id, documents.c.source).where(documents.c.collection == collection, among(documents.c.id, docs))
                 )
                 owners.update({row.id: row.source for row in rows})
                 await conn.execute(
                     documents.update()
-                    .where(documents.c.collection == collection, documents.c.id.in_(docs), documents.c.status == "indexed")
+                    .where(documents.c.collection == collection, among(documents.c.id, docs), documents.c.status == "indexed")
                     .values(status="repair")
                 )
     return owners

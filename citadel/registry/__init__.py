@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from citadel.registry.base import utcnow
     from citadel.registry.database import Registry
     from citadel.registry.documentrows import ChunkRow, DeadLetter, DocumentRecord, StoredDocument, check_collection_model, chunked
+    from citadel.registry.idlists import among, not_among
     from citadel.registry.runlock import Holder, RunLock, find_crashed_runs, holder, lock_key, mark_crashed_runs, process_alive
     from citadel.registry.runtotals import RunTotals
     from citadel.registry.schema import (
@@ -36,6 +37,7 @@ __all__ = [
     "RunTotals",
     "SCHEMA_VERSION",
     "StoredDocument",
+    "among",
     "api_keys",
     "audit",
     "check_collection_model",
@@ -50,12 +52,15 @@ __all__ = [
     "locks",
     "mark_crashed_runs",
     "metadata",
+    "not_among",
     "process_alive",
     "schema_version",
     "utcnow",
 ]
 
 __getattr__ = lazy_exports(__name__, {
+    "among": "idlists",
+    "not_among": "idlists",
     "ChunkRow": "documentrows",
     "DeadLetter": "documentrows",
     "DocumentRecord": "documentrows",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from citadel.registry.base import utcnow
 from citadel.registry.documentrows import (
-    MAX_BOUND_IDS,
     ChunkRow,
     DeadLetter,
     DocumentRecord,
@@ -24,7 +23,7 @@ from citadel.registry.runrecords import RunRecords
 from citadel.registry.schema import SCHEMA_VERSION, chunks, collections, dead_letters, documents, index_runs, schema_version
 
 __all__ = [
-    "MAX_BOUND_IDS", "SCHEMA_VERSION", "ChunkRow", "DeadLetter", "DocumentRecord", "Registry", "StoredChunk", "StoredDocument",
+    "SCHEMA_VERSION", "ChunkRow", "DeadLetter", "DocumentRecord", "Registry", "StoredChunk", "StoredDocument",
     "check_collection_model", "chunked", "chunks", "collections", "dead_letters", "documents", "index_runs", "schema_version",
     "utcnow",
 ]

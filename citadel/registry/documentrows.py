@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from citadel.errors import CollectionMismatchError
 from citadel.registry.base import RegistryBase, utcnow
+from citadel.registry.idlists import among, not_among
 from citadel.registry.schema import chunks, collections, dead_letters, documents
 
 
@@ -60,9 +60,6 @@ class DeadLetter:
     source: str
     stage: str
     error: str
-
-
-MAX_BOUND_IDS = 10_000  # ids bound in one statement; asyncpg's limit is 32,767 parameters
 
 
 def chunked(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
@@ -125,7 +122,7 @@ class DocumentRows(RegistryBase):
                 query = sa.select(
                     documents.c.id, documents.c.content_hash, documents.c.status, documents.c.chunk_count,
                     documents.c.source, documents.c.chunking, documents.c.fingerprint,
-                ).where(documents.c.collection == collection, documents.c.id.in_(part))
+                ).where(documents.c.collection == collection, among(documents.c.id, part))
                 for row in await conn.execute(query):
                     found[row.id] = StoredDocument(
                         row.id, row.content_hash, row.status, row.chunk_count, row.source, row.chunking, row.fingerprint
@@ -136,7 +133,7 @@ class DocumentRows(RegistryBase):
         found: dict[str, list[StoredChunk]] = {doc_id: [] for doc_id in document_ids}
         async with self.engine.connect() as conn:
             for part in chunked(list(document_ids)):
-                query = sa.select(chunks).where(chunks.c.collection == collection, chunks.c.document_id.in_(part))
+                query = sa.select(chunks).where(chunks.c.collection == collection, among(chunks.c.document_id, part))
                 for row in await conn.execute(query):
                     found[row.document_id].append(StoredChunk(row.point_id, row.position, row.chunk_hash, row.state))
         return found
@@ -177,18 +174,14 @@ class DocumentRows(RegistryBase):
         now = utcnow()
         document_ids = [r.id for r in records]
         async with self.engine.begin() as conn:
+            # One statement for the batch (a point id belongs to one document): an edited corpus
+            # commits hundreds of documents, each keeping most of its chunks.
             keep_all = [c.point_id for r in records for c in r.chunks]
-            if len(keep_all) + len(document_ids) <= MAX_BOUND_IDS:
-                # One statement for the batch (a point id belongs to one document): an edited corpus
-                # commits hundreds of documents, each keeping most of its chunks.
-                mine = (chunks.c.collection == collection, chunks.c.document_id.in_(document_ids))
-                await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.not_in(keep_all) if keep_all else sa.true()))
-            else:
-                for record in records:
-                    await self._keep_only(conn, collection, record)
+            mine = (chunks.c.collection == collection, among(chunks.c.document_id, document_ids))
+            await conn.execute(chunks.delete().where(*mine, not_among(chunks.c.point_id, keep_all)))
             await conn.execute(
                 chunks.update()
-                .where(chunks.c.collection == collection, chunks.c.document_id.in_(document_ids), chunks.c.state != "indexed")
+                .where(chunks.c.collection == collection, among(chunks.c.document_id, document_ids), chunks.c.state != "indexed")
                 .values(state="indexed")
             )
             stmt = self.insert_statement(documents)
@@ -216,22 +209,8 @@ class DocumentRows(RegistryBase):
                 ],
             )
             await conn.execute(
-                dead_letters.delete().where(dead_letters.c.collection == collection, dead_letters.c.document_id.in_(document_ids))
+                dead_letters.delete().where(dead_letters.c.collection == collection, among(dead_letters.c.document_id, document_ids))
             )
-
-    @staticmethod
-    async def _keep_only(conn: AsyncConnection, collection: str, record: DocumentRecord) -> None:
-        """Delete the chunk rows of one document that it no longer has."""
-        keep = [c.point_id for c in record.chunks]
-        mine = (chunks.c.collection == collection, chunks.c.document_id == record.id)
-        if len(keep) <= MAX_BOUND_IDS:
-            await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.not_in(keep) if keep else sa.true()))
-            return
-        # More ids than one statement may bind (asyncpg allows 32,767): list, then delete in parts.
-        wanted = set(keep)
-        existing = (await conn.execute(sa.select(chunks.c.point_id).where(*mine))).scalars().all()
-        for part in chunked([pid for pid in existing if pid not in wanted]):
-            await conn.execute(chunks.delete().where(*mine, chunks.c.point_id.in_(part)))
 
     async def record_chunking(self, collection: str, document_ids: Sequence[str], chunking: str) -> None:
         """Note the chunk settings of unchanged documents indexed before the registry kept them."""
@@ -239,7 +218,7 @@ class DocumentRows(RegistryBase):
             for part in chunked(list(document_ids)):
                 await conn.execute(
                     documents.update()
-                    .where(documents.c.collection == collection, documents.c.id.in_(part), documents.c.chunking == "")
+                    .where(documents.c.collection == collection, among(documents.c.id, part), documents.c.chunking == "")
                     .values(chunking=chunking)
                 )
 
@@ -263,7 +242,7 @@ class DocumentRows(RegistryBase):
             for part in chunked(list(fingerprints)):
                 query = sa.select(
                     documents.c.id, documents.c.origin, documents.c.fingerprint, documents.c.status, documents.c.chunking
-                ).where(documents.c.collection == collection, documents.c.origin.in_(part))
+                ).where(documents.c.collection == collection, among(documents.c.origin, part))
                 for row in await conn.execute(query):
                     current = row.status == "indexed" and row.chunking == chunking and row.fingerprint == fingerprints[row.origin]
                     rows.setdefault(row.origin, []).append((row.id, current))
@@ -306,5 +285,5 @@ class DocumentRows(RegistryBase):
             for part in chunked(list(document_ids)):
                 for table in (chunks, documents, dead_letters):
                     column = table.c.document_id if "document_id" in table.c else table.c.id
-                    await conn.execute(table.delete().where(table.c.collection == collection, column.in_(part)))
+                    await conn.execute(table.delete().where(table.c.collection == collection, among(column, part)))
 

@@ -17,6 +17,7 @@ import citadel.registry.runtotals as runtotals
 from citadel.models import CollectionStatus, DeadLetterRecord, IndexRunRecord, Result, as_utc
 from citadel.registry.base import RegistryBase, utcnow
 from citadel.registry.documentrows import DeadLetter, chunked
+from citadel.registry.idlists import among
 from citadel.registry.schema import RUN_COUNTS, chunks, collections, dead_letters, documents, index_runs
 
 
@@ -59,7 +60,7 @@ class RunRecords(RegistryBase):
             for part in chunked(resolved):
                 await conn.execute(
                     dead_letters.delete().where(
-                        dead_letters.c.collection == collection, dead_letters.c.document_id.in_(part)
+                        dead_letters.c.collection == collection, among(dead_letters.c.document_id, part)
                     )
                 )
         return len(resolved)
@@ -145,7 +146,7 @@ class RunRecords(RegistryBase):
         ended run are left out)."""
         query = (
             sa.select(index_runs.c.collection, sa.func.min(index_runs.c.finished_at))
-            .where(index_runs.c.collection.in_(list(names)), index_runs.c.finished_at.is_not(None))
+            .where(among(index_runs.c.collection, names), index_runs.c.finished_at.is_not(None))
             .group_by(index_runs.c.collection)
         )
         async with self.engine.connect() as conn:
@@ -155,7 +156,7 @@ class RunRecords(RegistryBase):
     async def runs_of_flow_runs(self, flow_run_ids: Sequence[str]) -> list[IndexRunRecord]:
         """The index runs recorded by the given Prefect flow runs (e.g. the shards of one sharded run)."""
         async with self.engine.connect() as conn:
-            rows = await conn.execute(sa.select(index_runs).where(index_runs.c.flow_run_id.in_(list(flow_run_ids))))
+            rows = await conn.execute(sa.select(index_runs).where(among(index_runs.c.flow_run_id, flow_run_ids)))
             return [IndexRunRecord.model_validate(dict(row._mapping)) for row in rows]
 
     async def recent_runs(self, limit: int = 10) -> list[IndexRunRecord]:

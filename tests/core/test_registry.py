@@ -172,14 +172,9 @@ async def test_commit_only_touches_its_own_documents(registry: Registry, collect
     assert len(chunks["doc-2"]) == 2
 
 
-@pytest.mark.parametrize("bound", [10_000, 4], ids=["one statement", "per document"])
-async def test_a_batch_of_edited_documents_keeps_exactly_each_ones_chunks(
-    registry: Registry, collection_name: str, bound: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each document of a committed batch keeps exactly its own chunks, whether the batch's ids fit
-    one statement or not; rows of chunks it kept are left as they were, and another document's
-    pending intents stay."""
-    monkeypatch.setattr("citadel.registry.documentrows.MAX_BOUND_IDS", bound)
+async def test_a_batch_of_edited_documents_keeps_exactly_each_ones_chunks(registry: Registry, collection_name: str) -> None:
+    """Each document of a committed batch keeps exactly its own chunks; rows of chunks it kept are
+    left as they were, and another document's pending intents stay."""
     before = [record(collection_name, f"doc-{n}", [f"{n} a", f"{n} b", f"{n} c"]) for n in range(3)]
     await registry.write_intent(collection_name, MODEL, before)
     await registry.commit_documents(collection_name, MODEL, before)
@@ -191,6 +186,41 @@ async def test_a_batch_of_edited_documents_keeps_exactly_each_ones_chunks(
     for rec in after:
         assert sorted((c.point_id, c.state) for c in stored[rec.id]) == sorted((c.point_id, "indexed") for c in rec.chunks)
     assert [(c.point_id, c.state) for c in stored["doc-x"]] == [(bystander.chunks[0].point_id, "pending")]
+
+
+async def test_a_document_of_more_chunks_than_a_statement_may_bind_commits(registry: Registry, collection_name: str) -> None:
+    """40,000 chunks (asyncpg binds 32,767 parameters at most) are kept in one commit, and an edit
+    that drops half of them leaves exactly the other half."""
+    texts = [f"part {n}" for n in range(40_000)]
+    big = record(collection_name, "big", texts)
+    await registry.write_intent(collection_name, MODEL, [big])
+    await registry.commit_documents(collection_name, MODEL, [big])
+    smaller = record(collection_name, "big", texts[::2])
+    await registry.write_intent(collection_name, MODEL, [smaller])
+    await registry.commit_documents(collection_name, MODEL, [smaller])
+    stored = (await registry.get_chunks(collection_name, ["big"]))["big"]
+    assert sorted(c.point_id for c in stored) == sorted(c.point_id for c in smaller.chunks)
+    assert {c.state for c in stored} == {"indexed"}
+
+
+async def test_batches_of_every_size_share_their_statements(registry: Registry, collection_name: str) -> None:
+    """A long run commits batches of many sizes; each query keeps one statement text whatever the
+    number of ids, so the drivers' caches of prepared statements do not grow with the batches."""
+    texts: dict[int, set[str]] = {}
+    for size in (1, 2, 5):
+        seen: set[str] = set()
+        def note(conn: object, cursor: object, statement: str, *args: object, seen: set[str] = seen) -> None:
+            seen.add(statement)
+        sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", note)
+        batch = [record(collection_name, f"doc-{size}-{n}", [f"{size} {n} {k}" for k in range(size + n)]) for n in range(size)]
+        await registry.get_documents(collection_name, [r.id for r in batch])
+        await registry.get_chunks(collection_name, [r.id for r in batch])
+        await registry.write_intent(collection_name, MODEL, batch)
+        await registry.commit_documents(collection_name, MODEL, batch)
+        sa.event.remove(registry.engine.sync_engine, "before_cursor_execute", note)
+        texts[size] = seen
+    assert texts[1] == texts[2] == texts[5]
+    assert all(statement.count("?") + statement.count("$") < 20 for statement in texts[5])
 
 
 async def test_reindexing_marks_document_pending_again(registry: Registry, collection_name: str) -> None:
