@@ -3,8 +3,8 @@ json_each(?))`` on SQLite, so a query has one statement text whatever the list's
 
 An expanded ``IN (...)`` is a new text for every length: each is parsed and prepared anew, and the
 drivers keep the prepared ones (asyncpg's cache, pysqlite's) with every parameter's description. A
-first index of 30,000 documents committed each batch with its own length, and its process grew
-by some 900,000 Python objects that way."""
+first index of 30,000 documents committed each batch with its own length, and held some 560,000
+more Python objects at its peak that way."""
 
 from __future__ import annotations
 
