@@ -6,15 +6,17 @@ history; their data is plain JSON, readable over Prefect's REST API (``/api/arti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
@@ -76,19 +78,19 @@ async def report_index_run(summary: RunSummary, failures: Sequence[DeadLetter]) 
         "model": summary.model,
         "store_drift": bool(summary.store and summary.store.drift),
     }
-    await acreate_table_artifact(
+    await _save("index", lambda: acreate_table_artifact(
         [row], key=artifact_key("index", summary.collection),
         description=f"What indexing {summary.source} into {summary.collection} did",
-    )
+    ))
     if failures:
         lines = [f"# Dead letters of {summary.collection}", "", "| document | stage | reason |", "|---|---|---|"]
         lines += [f"| `{_cell(f.document_id)}` | {f.stage} | {_cell(f.error)} |" for f in failures]
         if summary.failed > len(failures):
             lines.append(f"\n... and {summary.failed - len(failures)} more: `citadel status` lists them.")
-        await acreate_markdown_artifact(
+        await _save("dead-letters", lambda: acreate_markdown_artifact(
             "\n".join(lines), key=artifact_key("dead-letters", summary.collection),
             description="Documents this run could not index, retried on the next run",
-        )
+        ))
 
 
 async def report_search(query: str, collection: str, found: SearchResults) -> None:
@@ -99,10 +101,10 @@ async def report_search(query: str, collection: str, found: SearchResults) -> No
          "text": " ".join(str(hit.text or "").split())[:SNIPPET]}
         for rank, hit in enumerate(hits, start=1)
     ]
-    await acreate_table_artifact(
+    await _save("search", lambda: acreate_table_artifact(
         rows or [{"rank": None, "score": None, "document": "no hits", "chunk": None, "text": ""}],
         key=artifact_key("search", collection), description=f"Top hits for {query[:200]!r} ({found.mode} search)",
-    )
+    ))
 
 
 async def report_sharded_run(summary: ShardedRunSummary, runs: Sequence[FlowRun], recorded: Sequence[IndexRunRecord]) -> None:
@@ -113,10 +115,10 @@ async def report_sharded_run(summary: ShardedRunSummary, runs: Sequence[FlowRun]
         record = by_run.get(str(run.id))
         counts = record.counts().to_json() if record else {}
         rows.append({"shard run": run.name, "state": run.state.name if run.state else "unknown", **counts, "flow_run_id": str(run.id)})
-    await acreate_table_artifact(
+    await _save("index-sharded", lambda: acreate_table_artifact(
         rows, key=artifact_key("index-sharded", summary.collection),
         description=f"The {plural(summary.shards, 'shard')} of indexing {summary.source} into {summary.collection}",
-    )
+    ))
 
 
 async def report_workflow(report: WorkflowReport) -> None:
@@ -126,10 +128,31 @@ async def report_workflow(report: WorkflowReport) -> None:
          "output or error": summarize_output(step.error or step.output)}
         for step_id, step in report.steps.items()
     ]
-    await acreate_table_artifact(
+    await _save("workflow", lambda: acreate_table_artifact(
         rows, key=artifact_key("workflow", report.workflow_id or "workflow"),
         description=f"Steps of workflow {report.workflow_id}",
-    )
+    ))
+
+
+ARTIFACT_ATTEMPTS = 3
+
+
+async def _save(kind: str, create: Callable[[], Awaitable[Any]]) -> None:
+    """Save a run's summary artifact. It shows the run in the UI but is not its result (the result
+    holds the same summary), so a Prefect server's error is tried again and, if it stays, logged
+    instead of failing a run whose work is done (seen: a 500 on /artifacts/ under load)."""
+    for attempt in range(1, ARTIFACT_ATTEMPTS + 1):
+        try:
+            await create()
+            return
+        except PrefectHTTPStatusError as exc:
+            status = exc.response.status_code
+            if status < 500:
+                raise
+            if attempt == ARTIFACT_ATTEMPTS:
+                log.warning("the %s artifact was not saved: the Prefect server answered %s %s times", kind, status, attempt)
+                return
+            await asyncio.sleep(0.5 * attempt)
 
 
 def _cell(text: str) -> str:
