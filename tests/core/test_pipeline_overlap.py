@@ -5,6 +5,7 @@ batch's requests go first: tests/core/test_ollama_embedder.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,13 @@ class Overlapping(DirectSteps):
         self.embedding = 0
         self.most_embedding = 0
         self.planned_while_embedding = 0
+        self.plans = 0
 
     async def plan(
         self, name: str, collection: str, groups: list[SourceGroup], source: str, seen: SeenDocuments, full: bool
     ) -> tuple[list[BatchPlan], SeenDocuments]:
         self.planned_while_embedding += self.embedding > 0
+        self.plans += 1
         return await super().plan(name, collection, groups, source, seen, full)
 
     async def embed(self, name: str, collection: str, plan: BatchPlan) -> EmbeddedBatch:
@@ -50,11 +53,21 @@ class Overlapping(DirectSteps):
         self.most_embedding = max(self.most_embedding, self.embedding)
         self.events.append(f"embed start {name.rsplit('(', 1)[1]}")
         try:
-            await asyncio.sleep(0.05)  # the embedding server at work
+            # The embedding server at work until the driver starts planning a later batch, which an
+            # overlapping driver does at once; a driver that waited would be seen planning nothing
+            # meanwhile (the last batches, with none after them, end after a second). A fixed 50 ms
+            # here failed under CI's load, when planning a batch took longer than that.
+            planned = self.plans
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._until_planned(planned), 1.0)
             return await super().embed(name, collection, plan)
         finally:
             self.embedding -= 1
             self.events.append(f"embed end {name.rsplit('(', 1)[1]}")
+
+    async def _until_planned(self, plans: int) -> None:
+        while self.plans <= plans:
+            await asyncio.sleep(0.005)
 
     async def upsert(self, name: str, collection: str, batch: EmbeddedBatch) -> int:
         self.events.append(f"upsert {name.rsplit('(', 1)[1]}")
