@@ -10,7 +10,7 @@ from prefect.artifacts import acreate_table_artifact
 from citadel.resources import open_resources
 from flows.parameters import Embedder, Texts
 from tasks.embedding import embed_texts_task
-from tasks.reporting import artifact_key, run_tags, tag_flow_run
+from tasks.reporting import artifact_key, run_tags, save_artifact, tag_flow_run
 from tasks.run_names import flow_run_namer
 from tasks.runsettings import run_settings
 
@@ -30,8 +30,8 @@ async def embed_texts(texts: Texts, embedder: Embedder = None) -> dict[str, Any]
     async with open_resources(settings):
         with tags(*labels):
             result = await embed_texts_task.with_options(task_run_name=f"embed {len(texts)} texts")(settings, texts)
-    await acreate_table_artifact(
+    await save_artifact("embed", lambda: acreate_table_artifact(
         [{key: result[key] for key in ("model", "dimensions", "cache_hits", "embedded")} | {"texts": len(texts)}],
         key=artifact_key("embed", str(result["model"])), description="What the embedding run did (the vectors are its result)",
-    )
+    ))
     return result

@@ -78,7 +78,7 @@ async def report_index_run(summary: RunSummary, failures: Sequence[DeadLetter]) 
         "model": summary.model,
         "store_drift": bool(summary.store and summary.store.drift),
     }
-    await _save("index", lambda: acreate_table_artifact(
+    await save_artifact("index", lambda: acreate_table_artifact(
         [row], key=artifact_key("index", summary.collection),
         description=f"What indexing {summary.source} into {summary.collection} did",
     ))
@@ -87,7 +87,7 @@ async def report_index_run(summary: RunSummary, failures: Sequence[DeadLetter]) 
         lines += [f"| `{_cell(f.document_id)}` | {f.stage} | {_cell(f.error)} |" for f in failures]
         if summary.failed > len(failures):
             lines.append(f"\n... and {summary.failed - len(failures)} more: `citadel status` lists them.")
-        await _save("dead-letters", lambda: acreate_markdown_artifact(
+        await save_artifact("dead-letters", lambda: acreate_markdown_artifact(
             "\n".join(lines), key=artifact_key("dead-letters", summary.collection),
             description="Documents this run could not index, retried on the next run",
         ))
@@ -101,7 +101,7 @@ async def report_search(query: str, collection: str, found: SearchResults) -> No
          "text": " ".join(str(hit.text or "").split())[:SNIPPET]}
         for rank, hit in enumerate(hits, start=1)
     ]
-    await _save("search", lambda: acreate_table_artifact(
+    await save_artifact("search", lambda: acreate_table_artifact(
         rows or [{"rank": None, "score": None, "document": "no hits", "chunk": None, "text": ""}],
         key=artifact_key("search", collection), description=f"Top hits for {query[:200]!r} ({found.mode} search)",
     ))
@@ -115,7 +115,7 @@ async def report_sharded_run(summary: ShardedRunSummary, runs: Sequence[FlowRun]
         record = by_run.get(str(run.id))
         counts = record.counts().to_json() if record else {}
         rows.append({"shard run": run.name, "state": run.state.name if run.state else "unknown", **counts, "flow_run_id": str(run.id)})
-    await _save("index-sharded", lambda: acreate_table_artifact(
+    await save_artifact("index-sharded", lambda: acreate_table_artifact(
         rows, key=artifact_key("index-sharded", summary.collection),
         description=f"The {plural(summary.shards, 'shard')} of indexing {summary.source} into {summary.collection}",
     ))
@@ -128,7 +128,7 @@ async def report_workflow(report: WorkflowReport) -> None:
          "output or error": summarize_output(step.error or step.output)}
         for step_id, step in report.steps.items()
     ]
-    await _save("workflow", lambda: acreate_table_artifact(
+    await save_artifact("workflow", lambda: acreate_table_artifact(
         rows, key=artifact_key("workflow", report.workflow_id or "workflow"),
         description=f"Steps of workflow {report.workflow_id}",
     ))
@@ -137,7 +137,7 @@ async def report_workflow(report: WorkflowReport) -> None:
 ARTIFACT_ATTEMPTS = 3
 
 
-async def _save(kind: str, create: Callable[[], Awaitable[Any]]) -> None:
+async def save_artifact(kind: str, create: Callable[[], Awaitable[Any]]) -> None:
     """Save a run's summary artifact. It shows the run in the UI but is not its result (the result
     holds the same summary), so a Prefect server's error is tried again and, if it stays, logged
     instead of failing a run whose work is done (seen: a 500 on /artifacts/ under load)."""

@@ -1,5 +1,6 @@
-"""A list of ids bound as one parameter: ``= ANY($1)`` on Postgres, ``IN (SELECT value FROM
-json_each(?))`` on SQLite, so a query has one statement text whatever the list's length.
+"""A list of ids bound as one parameter: ``= ANY($1)`` and ``NOT IN (SELECT unnest($1))`` on
+Postgres, ``[NOT] IN (SELECT value FROM json_each(?))`` on SQLite, so a query has one statement
+text whatever the list's length.
 
 An expanded ``IN (...)`` is a new text for every length: each is parsed and prepared anew, and the
 drivers keep the prepared ones (asyncpg's cache, pysqlite's) with every parameter's description. A
@@ -55,12 +56,16 @@ class _AmongIds(ColumnElement[bool]):
 
 def among(column: ColumnElement[Any], ids: Iterable[str]) -> ColumnElement[bool]:
     """``column IN ids``, with the ids in one parameter."""
-    return _AmongIds(column, sa.bindparam(None, list(ids), type_=_IdArray(), unique=True), negated=False)
+    return _AmongIds(column, _bound(ids), negated=False)
 
 
 def not_among(column: ColumnElement[Any], ids: Iterable[str]) -> ColumnElement[bool]:
     """``column NOT IN ids``, with the ids in one parameter (true for no ids)."""
-    return _AmongIds(column, sa.bindparam(None, list(ids), type_=_IdArray(), unique=True), negated=True)
+    return _AmongIds(column, _bound(ids), negated=True)
+
+
+def _bound(ids: Iterable[str]) -> BindParameter[list[str]]:
+    return sa.bindparam(None, list(ids), type_=_IdArray(), unique=True)
 
 
 @compiles(_AmongIds, "postgresql")

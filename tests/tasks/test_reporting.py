@@ -34,14 +34,14 @@ def server(*statuses: int) -> tuple[list[int], Callable[[], Awaitable[None]]]:
 
 async def test_a_server_error_is_tried_again_until_the_artifact_is_saved() -> None:
     calls, create = server(500, 502, 0)
-    await reporting._save("workflow", create)
+    await reporting.save_artifact("workflow", create)
     assert len(calls) == 3
 
 
 async def test_an_error_that_stays_is_logged_and_the_run_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     calls, create = server(500, 500, 500)
     with caplog.at_level(logging.WARNING, logger="tasks.reporting"):
-        await reporting._save("workflow", create)
+        await reporting.save_artifact("workflow", create)
     assert len(calls) == reporting.ARTIFACT_ATTEMPTS
     assert "the workflow artifact was not saved: the Prefect server answered 500 3 times" in caplog.text
 
@@ -49,5 +49,5 @@ async def test_an_error_that_stays_is_logged_and_the_run_goes_on(caplog: pytest.
 async def test_a_refused_artifact_is_a_bug_and_raises() -> None:
     calls, create = server(422)
     with pytest.raises(PrefectHTTPStatusError):
-        await reporting._save("workflow", create)
+        await reporting.save_artifact("workflow", create)
     assert len(calls) == 1
