@@ -44,6 +44,9 @@ class Overlapping(DirectSteps):
     async def plan(
         self, name: str, collection: str, groups: list[SourceGroup], source: str, seen: SeenDocuments, full: bool
     ) -> tuple[list[BatchPlan], SeenDocuments]:
+        # An embedding the driver has just started runs its first step at the loop's next turn: let
+        # it, so what is counted is whether one embeds, not whether its task has had a turn yet.
+        await asyncio.sleep(0)
         self.planned_while_embedding += self.embedding > 0
         self.plans += 1
         return await super().plan(name, collection, groups, source, seen, full)
