@@ -217,7 +217,7 @@ class _Driver:
             name = f"embed {plural(plan.chunk_count, 'chunk')} of {plural(len(plan.documents), 'document')} ({label})"
             embedded = await self.steps.embed(name, self.collection, plan)
         else:
-            embedded = EmbeddedBatch(plan, [])
+            embedded = EmbeddedBatch(plan)
         self.run.count_embedded(embedded)
         return embedded
 

@@ -8,7 +8,7 @@ registry, then points in the store, then the registry marks the documents indexe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,7 +29,8 @@ class EmbeddedBatch:
     """A plan with a vector for every chunk of every document that could be embedded."""
 
     plan: BatchPlan
-    vectors: list[np.ndarray]
+    # One row per chunk of ``plan.documents``, in order: one buffer for the batch, written to the store as it is.
+    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
     chunks_embedded: int = 0
     cache_hits: int = 0
     chunks_reused: int = 0
@@ -70,19 +71,18 @@ async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> 
     resources.open_store_in_background()  # the batch will be written: load the store while it is embedded
     reuse_ids = [pid for doc in plan.documents for pid in doc.reuse.values()]
     reused = await (await resources.open_store()).retrieve_vectors(collection, reuse_ids) if reuse_ids else {}
-    batch = EmbeddedBatch(plan, [])
+    starts = _row_starts(plan)
+    batch = EmbeddedBatch(plan, np.zeros((starts[-1], resources.embedder.dimensions), dtype=np.float32))
     wanted: list[tuple[int, int]] = []  # (document index, chunk position) needing the embedder
     for d_index, doc in enumerate(plan.documents):
         batch.chunks_reused += doc.kept  # their vectors stay where they are
-        vectors = np.zeros((len(doc.texts), resources.embedder.dimensions), dtype=np.float32)
         for position in range(len(doc.texts)):
             old = doc.reuse.get(position)
             if old is not None and old in reused:
-                vectors[position] = reused[old]
+                batch.vectors[starts[d_index] + position] = reused[old]
                 batch.chunks_reused += 1
             else:
                 wanted.append((d_index, position))
-        batch.vectors.append(vectors)
     wanted = await _reuse_from_previous_version(resources, collection, batch, wanted)
     if not wanted:
         return batch
@@ -92,11 +92,21 @@ async def embed_plan(resources: Resources, collection: str, plan: BatchPlan) -> 
         if exc.transient or exc.backend or exc.status in _BACKEND_MISCONFIGURED:
             raise  # the backend is down or misconfigured: no document is at fault
         return await _embed_documents_one_by_one(resources, batch, wanted)
-    for (d_index, position), vector in zip(wanted, matrix, strict=True):
-        batch.vectors[d_index][position] = vector
+    if len(wanted) == starts[-1]:  # every row, in order (a first index): the embedder's matrix is the batch's
+        batch.vectors = matrix
+    else:
+        batch.vectors[[starts[d] + p for d, p in wanted]] = matrix
     batch.chunks_embedded += embedded
     batch.cache_hits += hits
     return batch
+
+
+def _row_starts(plan: BatchPlan) -> list[int]:
+    """The row of each planned document's first chunk in the batch's vectors, then the rows in all."""
+    starts = [0]
+    for doc in plan.documents:
+        starts.append(starts[-1] + len(doc.texts))
+    return starts
 
 
 async def previous_version(resources: Resources, collection: str) -> str | None:
@@ -128,11 +138,12 @@ async def _reuse_from_previous_version(
         if (old := by_hash.get(plan.documents[d].record.id, {}).get(plan.documents[d].payloads[p]["chunk_hash"]))
     }
     reused = await (await resources.open_store()).retrieve_vectors(previous, list(set(sources.values()))) if sources else {}
+    starts = _row_starts(plan)
     left = []
     for d_index, position in wanted:
         old = sources.get((d_index, position))
         if old is not None and old in reused:
-            batch.vectors[d_index][position] = reused[old]
+            batch.vectors[starts[d_index] + position] = reused[old]
             batch.chunks_reused += 1
         else:
             left.append((d_index, position))
@@ -145,6 +156,7 @@ async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch
     for d_index, position in wanted:
         per_doc.setdefault(d_index, []).append(position)
     failed: set[int] = set()
+    starts = _row_starts(batch.plan)
     for d_index, positions in per_doc.items():
         doc = batch.plan.documents[d_index]
         try:
@@ -155,13 +167,13 @@ async def _embed_documents_one_by_one(resources: Resources, batch: EmbeddedBatch
             failed.add(d_index)
             batch.plan.failures.append(DeadLetter(doc.record.id, doc.record.source, "embed", exc.message))
             continue
-        for position, vector in zip(positions, matrix, strict=True):
-            batch.vectors[d_index][position] = vector
+        batch.vectors[[starts[d_index] + p for p in positions]] = matrix
         batch.chunks_embedded += embedded
         batch.cache_hits += hits
     if failed:
-        batch.plan.documents = [d for i, d in enumerate(batch.plan.documents) if i not in failed]
-        batch.vectors = [v for i, v in enumerate(batch.vectors) if i not in failed]
+        kept = [i for i in range(len(batch.plan.documents)) if i not in failed]
+        batch.vectors = batch.vectors[[row for i in kept for row in range(starts[i], starts[i + 1])]]
+        batch.plan.documents = [batch.plan.documents[i] for i in kept]
     return batch
 
 
@@ -182,7 +194,7 @@ async def upsert_vectors(resources: Resources, collection: str, batch: EmbeddedB
     ids = [pid for d in plan.documents for pid in d.ids]
     payloads = [p for d in plan.documents for p in d.payloads]
     if ids:
-        await store.upsert(collection, ids, np.vstack(batch.vectors), payloads)
+        await store.upsert(collection, ids, batch.vectors, payloads)
     await store.delete(collection, [pid for d in plan.documents for pid in d.stale])
     return len(ids)
 

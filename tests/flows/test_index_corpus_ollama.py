@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
 from citadel.settings import Settings
+from citadel.store import VectorStore
 from citadel.testing.corpus import dead_letters_of, index_state, write_corpus
 from flows.index_corpus import index_corpus
 from tests.support.embedding_server import EmbeddingServer
@@ -56,11 +58,25 @@ async def test_document_the_embedder_rejects_is_dead_lettered(
     letters = await dead_letters_of(Settings(), collection_name)
     assert [(Path(letter["document_id"]).name, letter["stage"]) for letter in letters] == [("doc_00000.md", "embed")]
     assert "unsupported characters" in letters[0]["error"]
+    assert _stored_vectors_match_their_texts(ollama, collection_name) > 0, "the rejected document's rows left the batch, not others'"
 
     retried = await index_corpus(str(corpus), collection=collection_name)
     assert (retried["added"], retried["unchanged"], retried["failed"]) == (1, 2, 0)
     vectors, chunks = await index_state(Settings(), collection_name)
     assert vectors == chunks > 0
+    assert _stored_vectors_match_their_texts(ollama, collection_name) == vectors
+
+
+def _stored_vectors_match_their_texts(server: EmbeddingServer, collection: str) -> int:
+    """Check that every point holds the vector of its own text; returns the points checked."""
+    settings = Settings()
+    store = VectorStore.connect(url=settings.qdrant_url, api_key=None, path=settings.qdrant_path)
+    points, _ = store.client.scroll(collection, limit=1000, with_vectors=True, with_payload=True)
+    for point in points:
+        stored = point.vector[""] if isinstance(point.vector, dict) else point.vector
+        expected = server.vector(point.payload["text"], "all-minilm")
+        assert np.allclose(stored, expected / np.linalg.norm(expected), atol=1e-5), point.payload["source"]
+    return len(points)
 
 
 async def test_a_document_rejected_again_keeps_its_dead_letter_while_the_prune_runs_alongside(
