@@ -123,6 +123,12 @@ class Settings(BaseSettings):
         "at 768 dimensions 32 MB holds about 10,000 vectors, and an index run does not grow past it."
     )
 
+    index_mmap_threshold_kb: int = Field(
+        4096, ge=0, le=32 * 1024, description="An indexing process maps each buffer of at least this many KB on its own, "
+        "so a long run's memory stays flat (glibc's mmap threshold, fixed; it otherwise rises to the largest buffer "
+        "freed and a run's megabyte buffers fragment its heap). 0 leaves glibc's own.",
+    )
+
     qdrant_url: str | None = Field(None, description="Qdrant server; unset means embedded mode under data_dir.")
     qdrant_api_key: SecretStr | None = None
     upsert_batch_size: int = Field(128, ge=64, le=256)

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from citadel import progress
+from citadel.allocator import fix_mmap_threshold
 from citadel.collections import check_collection_name
 from citadel.documents import (
     SUPPORTED_SUFFIXES,
@@ -131,6 +132,7 @@ class IndexRun:
         self._lock: RunLock | None = None
 
     async def __aenter__(self) -> IndexRun:
+        fix_mmap_threshold(self.resources.settings.index_mmap_threshold_kb)  # before the run's first big buffer
         registry = await self.resources.registry()
         self.crashed = await mark_crashed_runs(registry)
         self._lock = RunLock(registry, self.key, self.run_id)
