@@ -54,7 +54,9 @@ class SparseTerms:
 
 _local = threading.local()  # a Stemmer must not be shared by threads, and writes run in worker threads
 _TERM_IDS: dict[str, int] = {}  # word -> term id; a corpus's vocabulary is small (SciFact's: 60,000 words)
-_TERM_IDS_MAX = 500_000
+# Emptied when full: a growing corpus keeps adding words (numbers, names), so a larger bound only
+# makes a long run's memory grow; restemming the common words after a reset takes milliseconds.
+_TERM_IDS_MAX = 65_536
 
 
 def _stemmer() -> Stemmer.Stemmer:

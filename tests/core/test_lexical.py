@@ -64,3 +64,17 @@ def test_convex_fusion_scales_each_leg_to_its_own_range() -> None:
     assert fused["b"] == pytest.approx(0.3 * 0.5)
     assert dict(convex([[("x", 2.0)], []], [0.3, 0.7])) == {"x": pytest.approx(0.3)}  # one candidate scales to 1
     assert fuse("rrf", [dense, sparse], [0.3, 0.7])[0][0] == "c" and fuse("convex", [dense, sparse], [0.3, 0.7])[0][0] == "c"
+
+
+def test_the_term_id_cache_stays_within_its_bound_and_ids_survive_a_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from citadel.store import lexical
+
+    words = [f"measurement{n} sample{n}" for n in range(40)]
+    expected = [terms(text) for text in words]
+    monkeypatch.setattr(lexical, "_TERM_IDS", {})
+    monkeypatch.setattr(lexical, "_TERM_IDS_MAX", 10)
+    seen = []
+    for text in words:
+        seen.append(terms(text))
+        assert len(lexical._TERM_IDS) <= 10
+    assert seen == expected, "a word's id is its stem's, whether or not the cache was emptied"
