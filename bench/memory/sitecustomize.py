@@ -10,6 +10,9 @@ Every 2 s it samples the resident memory, glibc's allocated and free bytes (``ma
 bytes kept in its heaps are fragmentation) and Python's allocated blocks. With
 MEMORY_TRACE_AFTER=S it starts ``tracemalloc`` after S seconds and reports, from its last
 snapshot, what was allocated since then and is still alive, by where (slow: for a probe only).
+With MEMORY_CENSUS_EVERY=S it counts the gc's objects by type every S seconds and reports the
+types that grew most from the first count to the last (about a second a count: cheap enough for
+a whole run).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def _start(report_path: str) -> None:
     began, samples = time.time(), []
     kept: dict[str, Any] = {}  # the last snapshot and its time
     trace_after = float(os.environ.get("MEMORY_TRACE_AFTER", "0") or 0)
+    census_every = int(os.environ.get("MEMORY_CENSUS_EVERY", "0") or 0)
 
     def sample() -> None:
         import tracemalloc
@@ -53,11 +57,20 @@ def _start(report_path: str) -> None:
             samples.append({"s": at, **{k: round(v) for k, v in _status_mb().items()},
                             "glibc_used_mb": info.uordblks >> 20, "glibc_free_mb": info.fordblks >> 20,
                             "glibc_mapped_mb": info.hblkhd >> 20, "python_blocks_k": sys.getallocatedblocks() // 1000})
+            if census_every and int(at) % census_every < 2:
+                import gc
+                from collections import Counter
+
+                counted = Counter(type(obj).__qualname__ for obj in gc.get_objects())
+                kept.setdefault("census_first", (at, counted))
+                kept["census_last"] = (at, counted)
             if trace_after and at >= trace_after:
                 if not tracemalloc.is_tracing():
                     tracemalloc.start(12)
                 elif int(at) % 16 < 2:
                     kept["snapshot"], kept["at"] = tracemalloc.take_snapshot(), at
+                    kept.setdefault("first", kept["snapshot"])
+                    kept.setdefault("first_at", at)
 
     def report() -> None:
         result: dict[str, object] = {"argv": sys.argv, "samples": samples}
@@ -67,6 +80,17 @@ def _start(report_path: str) -> None:
                 "at_s": kept["at"], "total_mb": round(sum(s.size for s in stats) / 2**20, 1),
                 "largest": [{"mb": round(s.size / 2**20, 2), "blocks": s.count, "where": s.traceback.format()[-8:]}
                             for s in stats[:15]]}
+            grown = kept["snapshot"].compare_to(kept["first"], "traceback")
+            grown.sort(key=lambda s: -s.count_diff)
+            result["grown_by_count"] = {
+                "from_s": kept["first_at"], "to_s": kept["at"],
+                "largest": [{"blocks": s.count_diff, "mb": round(s.size_diff / 2**20, 2), "where": s.traceback.format()[-12:]}
+                            for s in grown[:20]]}
+        if "census_first" in kept:
+            (first_at, first), (last_at, last) = kept["census_first"], kept["census_last"]
+            grown = sorted(((last[name] - first.get(name, 0), name) for name in last), reverse=True)
+            result["objects_grown"] = {"from_s": first_at, "to_s": last_at,
+                                       "largest": [{"type": name, "more": more, "now": last[name]} for more, name in grown[:25]]}
         command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "python")
         os.makedirs(report_path, exist_ok=True)
         with open(os.path.join(report_path, f"{os.path.basename(command)}-{os.getpid()}.json"), "w") as out:
