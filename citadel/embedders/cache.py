@@ -240,10 +240,12 @@ class CachedEmbedder:
         if missing:
             first_rows = [rows[0] for rows in missing.values()]
             computed = await self.embedder.embed([texts[row] for row in first_rows])
-            writes: list[tuple[str, bytes]] = []
-            for (key, rows), vector in zip(missing.items(), computed, strict=True):
-                vectors[rows] = vector
-                writes.append((key, encode_vector(vector)))
+            writes = [(key, encode_vector(vector)) for key, vector in zip(missing, computed, strict=True)]
+            if len(first_rows) == len(texts):  # every text new and distinct (a first index): the rows are in order
+                vectors = computed
+            else:
+                for rows, vector in zip(missing.values(), computed, strict=True):
+                    vectors[rows] = vector
             await self.cache.set_many(writes)
         return EmbedResult(vectors, hits, len(missing))
 
