@@ -16,6 +16,8 @@ peak RSS, the CPU of every process, and the time of each step from Prefect's tas
 
 ``--cost 0,0`` leaves only the server's own work (a vector per text from a hash, and JSON): what
 the pipeline does with an embedder that answers at once. ``--rerun`` adds an unchanged re-run.
+``--stall 30000:7`` holds the Qdrant test server 7 s at its first upsert past 30,000 points, as
+it stalls when it doubles its vector array (at 524,287 points in a 30,000-document run).
 """
 
 from __future__ import annotations
@@ -169,7 +171,10 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="run the first index under py-spy into FILE (collapsed stacks)")
     parser.add_argument("--dump", metavar="FILE", help="write each request's time and each task run's to FILE (the last run)")
     parser.add_argument("--set", action="append", default=[], metavar="CITADEL_X=V", help="a setting for the runs")
+    parser.add_argument("--stall", metavar="POINTS:SECONDS", help="the Qdrant test server holds one upsert that long past that many points")
     args = parser.parse_args()
+    if args.stall:
+        os.environ["QDRANT_TEST_STALL"] = args.stall  # read by the test server's process
     from citadel.testing.corpus import write_corpus
     from citadel.testing.prefect_server import PrefectServer, create_prefect_database
     from citadel.testing.qdrant_process import start_qdrant_process, stop_qdrant_process

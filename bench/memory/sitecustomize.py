@@ -11,8 +11,8 @@ bytes kept in its heaps are fragmentation) and Python's allocated blocks. With
 MEMORY_TRACE_AFTER=S it starts ``tracemalloc`` after S seconds and reports, from its last
 snapshot, what was allocated since then and is still alive, by where (slow: for a probe only).
 With MEMORY_CENSUS_EVERY=S it counts the gc's objects by type every S seconds and reports the
-types that grew most from the first count to the last (about a second a count: cheap enough for
-a whole run).
+types that grew most from the first count to the last, and to the count nearest the peak of
+resident memory (a fraction of a second a count: cheap enough for a whole run).
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def _start(report_path: str) -> None:
                 counted = Counter(type(obj).__qualname__ for obj in gc.get_objects())
                 kept.setdefault("census_first", (at, counted))
                 kept["census_last"] = (at, counted)
+                if samples[-1]["VmRSS"] >= kept.get("census_peak", (0, None, 0))[2]:  # the count nearest the peak
+                    kept["census_peak"] = (at, counted, samples[-1]["VmRSS"])
             if trace_after and at >= trace_after:
                 if not tracemalloc.is_tracing():
                     tracemalloc.start(12)
@@ -87,10 +89,11 @@ def _start(report_path: str) -> None:
                 "largest": [{"blocks": s.count_diff, "mb": round(s.size_diff / 2**20, 2), "where": s.traceback.format()[-12:]}
                             for s in grown[:20]]}
         if "census_first" in kept:
-            (first_at, first), (last_at, last) = kept["census_first"], kept["census_last"]
-            grown = sorted(((last[name] - first.get(name, 0), name) for name in last), reverse=True)
-            result["objects_grown"] = {"from_s": first_at, "to_s": last_at,
-                                       "largest": [{"type": name, "more": more, "now": last[name]} for more, name in grown[:25]]}
+            first_at, first = kept["census_first"]
+            for label, (at, counted, *_) in (("objects_grown", kept["census_last"]), ("objects_at_peak", kept["census_peak"])):
+                grown = sorted(((counted[name] - first.get(name, 0), name) for name in counted), reverse=True)
+                result[label] = {"from_s": first_at, "to_s": at,
+                                 "largest": [{"type": name, "more": more, "now": counted[name]} for more, name in grown[:25]]}
         command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "python")
         os.makedirs(report_path, exist_ok=True)
         with open(os.path.join(report_path, f"{os.path.basename(command)}-{os.getpid()}.json"), "w") as out:

@@ -245,6 +245,11 @@ class QdrantRestApp:
         self._indexes: dict[str, dict[str, Any]] = self._load_indexes()
         self._index_counts: dict[tuple[str, str], int] = {}  # (collection, field): points, until a write
         self.requests: Counter[tuple[str, str]] = Counter()
+        # For benchmarks: QDRANT_TEST_STALL=POINTS:SECONDS holds the first upsert after that many
+        # points for that long, as a server does that grows its arrays or compacts its segments.
+        points, _, seconds = os.environ.get("QDRANT_TEST_STALL", "").partition(":")
+        self._stall = (int(points), float(seconds)) if points and seconds else None
+        self._points_upserted = 0
         self._app = Starlette(
             routes=self._routes(),
             exception_handlers={404: self._no_route, 405: self._no_route},
@@ -545,8 +550,13 @@ class QdrantRestApp:
         collection = self._require(request.path_params["name"])
         points = body.batch if isinstance(body, models.PointsBatch) else body.points
         options = {key: value for key in ("update_filter", "update_mode") if (value := getattr(body, key)) is not None}
-        prepare_embedded_write(self.client, collection, len(points.ids) if isinstance(points, models.Batch) else len(points))
+        adding = len(points.ids) if isinstance(points, models.Batch) else len(points)
+        prepare_embedded_write(self.client, collection, adding)
         self.client.upsert(collection, points=points, **options)
+        self._points_upserted += adding
+        if self._stall is not None and self._points_upserted >= self._stall[0]:
+            time.sleep(self._stall[1])  # under the lock: every request waits, as for a real stall
+            self._stall = None
         return self._update_result(request)
 
     def _retrieve(self, request: Request, body: models.PointRequest) -> list[models.Record]:
