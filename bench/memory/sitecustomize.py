@@ -12,7 +12,9 @@ MEMORY_TRACE_AFTER=S it starts ``tracemalloc`` after S seconds and reports, from
 snapshot, what was allocated since then and is still alive, by where (slow: for a probe only).
 With MEMORY_CENSUS_EVERY=S it counts the gc's objects by type every S seconds and reports the
 types that grew most from the first count to the last, and to the count nearest the peak of
-resident memory (a fraction of a second a count: cheap enough for a whole run).
+resident memory (a fraction of a second a count: cheap enough for a whole run). With
+MEMORY_COLLECT_EVERY=S it runs the gc's full collection every S seconds (a probe: what memory
+garbage in reference cycles holds between the gc's own rare full collections).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _start(report_path: str) -> None:
     kept: dict[str, Any] = {}  # the last snapshot and its time
     trace_after = float(os.environ.get("MEMORY_TRACE_AFTER", "0") or 0)
     census_every = int(os.environ.get("MEMORY_CENSUS_EVERY", "0") or 0)
+    collect_every = int(os.environ.get("MEMORY_COLLECT_EVERY", "0") or 0)
 
     def sample() -> None:
         import tracemalloc
@@ -57,6 +60,10 @@ def _start(report_path: str) -> None:
             samples.append({"s": at, **{k: round(v) for k, v in _status_mb().items()},
                             "glibc_used_mb": info.uordblks >> 20, "glibc_free_mb": info.fordblks >> 20,
                             "glibc_mapped_mb": info.hblkhd >> 20, "python_blocks_k": sys.getallocatedblocks() // 1000})
+            if collect_every and int(at) % collect_every < 2:
+                import gc
+
+                gc.collect()  # a probe: is what the census counts garbage in reference cycles?
             if census_every and int(at) % census_every < 2:
                 import gc
                 from collections import Counter
