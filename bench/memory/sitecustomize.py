@@ -52,7 +52,9 @@ def _start(report_path: str) -> None:
     collect_every = int(os.environ.get("MEMORY_COLLECT_EVERY", "0") or 0)
 
     def sample() -> None:
+        import gc
         import tracemalloc
+        from collections import Counter
 
         while True:
             time.sleep(2)
@@ -61,13 +63,8 @@ def _start(report_path: str) -> None:
                             "glibc_used_mb": info.uordblks >> 20, "glibc_free_mb": info.fordblks >> 20,
                             "glibc_mapped_mb": info.hblkhd >> 20, "python_blocks_k": sys.getallocatedblocks() // 1000})
             if collect_every and int(at) % collect_every < 2:
-                import gc
-
                 gc.collect()  # a probe: is what the census counts garbage in reference cycles?
             if census_every and int(at) % census_every < 2:
-                import gc
-                from collections import Counter
-
                 counted = Counter(type(obj).__qualname__ for obj in gc.get_objects())
                 kept.setdefault("census_first", (at, counted))
                 kept["census_last"] = (at, counted)
